@@ -1,0 +1,80 @@
+"""Entry point: ``python -m runner task=glue/mrpc method=adapter``."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from runner.errors import UserError
+
+log = logging.getLogger("runner")
+
+
+def _rank() -> int:
+    return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")))
+
+
+def _world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def _prepare_distributed_argv() -> None:
+    """Inside ``accelerate launch``/torchrun every rank runs this entry point.
+
+    All ranks must share one output dir: the run stamp comes from the launcher
+    process (the common parent), not from each rank's clock. Only rank 0 writes
+    Hydra's files. A sweep inside a launcher would run once per rank, so refuse it.
+    """
+    if _world_size() <= 1:
+        return
+    if any(a in ("-m", "--multirun") for a in sys.argv[1:]):
+        print("error: Hydra multirun inside accelerate launch/torchrun runs one sweep per rank; "
+              "run the sweep outside and launch each job (see README: several GPUs per job)", file=sys.stderr)
+        sys.exit(2)
+    os.environ.setdefault("RUNNER_RUN_STAMP", _launcher_stamp())
+    if _rank() > 0:
+        sys.argv += ["hydra.output_subdir=null", "hydra/job_logging=stdout"]
+
+
+def _launcher_stamp() -> str:
+    import datetime
+
+    import psutil
+
+    started = psutil.Process(os.getppid()).create_time()
+    return datetime.datetime.fromtimestamp(started).strftime("%Y-%m-%d_%H-%M-%S_%f")
+
+
+def _register_resolvers() -> None:
+    import datetime
+
+    def run_stamp() -> str:
+        return os.environ.get("RUNNER_RUN_STAMP") or datetime.datetime.now().strftime("%Y-%m-%d_%H-%M-%S_%f")
+
+    if not OmegaConf.has_resolver("run_stamp"):
+        OmegaConf.register_new_resolver("run_stamp", run_stamp, use_cache=True)
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    from runner.app import execute
+
+    return execute(cfg)
+
+
+def cli() -> None:
+    _register_resolvers()
+    _prepare_distributed_argv()
+    try:
+        main()
+    except UserError as exc:  # raised outside the task function (rare)
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,69 @@
+"""Resumable checkpoints and the saved trained model.
+
+A checkpoint is ``<output_dir>/checkpoint/``: Accelerate's state (model,
+optimizer, scheduler, RNG) plus ``meta.json`` (step, history, method state,
+W&B run id). It is written to a temporary folder and renamed into place, so a
+crash while saving leaves the previous checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import yaml
+from safetensors.torch import save_file
+
+from runner.adapters import is_adapter_param, is_head_param
+from runner.results import atomic_write_json, atomic_write_text
+
+CHECKPOINT = "checkpoint"
+
+
+def save(accelerator, output_dir: Path, meta: dict) -> Path:
+    target = Path(output_dir) / CHECKPOINT
+    tmp = Path(output_dir) / f".{CHECKPOINT}.tmp"
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process and tmp.exists():
+        shutil.rmtree(tmp)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp), safe_serialization=True)
+    if accelerator.is_main_process:
+        atomic_write_json(tmp / "meta.json", meta)
+        old = Path(output_dir) / f".{CHECKPOINT}.old"
+        if target.exists():
+            target.rename(old)
+        tmp.rename(target)
+        if old.exists():
+            shutil.rmtree(old)
+    accelerator.wait_for_everyone()
+    return target
+
+
+def load_meta(output_dir: Path) -> dict | None:
+    path = Path(output_dir) / CHECKPOINT / "meta.json"
+    if not path.is_file():
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def load(accelerator, output_dir: Path) -> None:
+    accelerator.load_state(str(Path(output_dir) / CHECKPOINT))
+
+
+def save_trained_model(model, tokenizer, target: Path, config: dict) -> None:
+    """Adapters (PEFT format or ours) or the full model, with tokenizer and config."""
+    target = Path(target)
+    target.mkdir(parents=True, exist_ok=True)
+    if hasattr(model, "peft_config"):
+        model.save_pretrained(str(target))  # adapter weights + classifier head
+    elif any(is_adapter_param(n) for n, _ in model.named_parameters()):
+        state = {n: p.detach().contiguous().cpu() for n, p in model.named_parameters() if is_adapter_param(n) or is_head_param(n)}
+        save_file(state, str(target / "bottleneck_adapters.safetensors"))
+        atomic_write_json(target / "bottleneck_config.json", config.get("adapter", {}))
+    else:
+        model.save_pretrained(str(target), safe_serialization=True)
+    tokenizer.save_pretrained(str(target))
+    atomic_write_text(target / "run_config.yaml", yaml.safe_dump(config, sort_keys=False))

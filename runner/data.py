@@ -1,0 +1,235 @@
+"""GLUE data: the Hub, classic GLUE_DIR tsv files, or parquet/csv/json files.
+
+``load_task_splits`` returns raw ``datasets.Dataset`` objects with the Hub's
+column names and integer (or float, for STS-B) labels, whatever the source;
+``build_dataloaders`` tokenises them once (cached on disk) and pads each batch
+dynamically.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import datasets
+from omegaconf import DictConfig
+from torch.utils.data import DataLoader
+from transformers import DataCollatorWithPadding
+
+from runner.errors import DataError
+
+log = logging.getLogger(__name__)
+
+TABLE_SUFFIXES = (".parquet", ".csv", ".json", ".jsonl")
+HUB_HINT = (
+    "point the runner at local files: GLUE_DIR=/path/to/glue (holding {dir}/train.tsv) "
+    "or task.data_dir=/path/to/{dir}"
+)
+
+
+@dataclass
+class TaskData:
+    train: datasets.Dataset
+    evals: dict[str, datasets.Dataset]  # Hub split name -> dataset, primary first
+    source: str  # where the data came from, for provenance
+
+
+# ---------------------------------------------------------------------------
+# Locating and reading files
+# ---------------------------------------------------------------------------
+
+
+def resolve_task_dir(task: DictConfig) -> Path | None:
+    """The folder holding this task's files, or None to use the Hub.
+
+    ``task.data_dir`` may be the task folder itself or a GLUE root that holds
+    ``<glue_dir_name>/`` (the ``GLUE_DIR`` layout).
+    """
+    if task.data_dir in (None, ""):
+        return None
+    root = Path(str(task.data_dir)).expanduser()
+    if not root.is_dir():
+        raise DataError(f"data dir {root} does not exist; set GLUE_DIR or task.data_dir to a folder with the task's files")
+    nested = root / task.glue_dir_name
+    return nested if nested.is_dir() else root
+
+
+def find_split_file(task_dir: Path, hub_split: str, glue_stem: str) -> Path | None:
+    """A split's file: classic ``<stem>.tsv`` first, then Hub-style tables."""
+    candidates = [task_dir / f"{glue_stem}.tsv"]
+    for stem in dict.fromkeys((hub_split, glue_stem)):
+        candidates += [task_dir / f"{stem}{suffix}" for suffix in TABLE_SUFFIXES]
+    return next((p for p in candidates if p.is_file()), None)
+
+
+def label_to_id(value: str, task: DictConfig):
+    """A raw GLUE tsv label as the Hub's label id (float for regression)."""
+    if task.is_regression:
+        return float(value)
+    names = list(task.label_names)
+    if value in names:
+        return names.index(value)
+    label = int(value)
+    if not 0 <= label < len(names):
+        raise ValueError(f"label {label} outside 0..{len(names) - 1}")
+    return label
+
+
+def read_glue_tsv(path: Path, task: DictConfig) -> datasets.Dataset:
+    """Read a classic GLUE tsv file (tab separated, no quoting, optional BOM)."""
+    columns = dict(task.tsv.columns)
+    rows: dict[str, list] = {name: [] for name in columns}
+    skipped = 0
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+        header = next(reader, None) if task.tsv.header else None
+        if header is not None:
+            width = len(header)
+            needed = max(i if i >= 0 else width + i for i in columns.values()) + 1
+            if width < needed:
+                raise DataError(
+                    f"{path} has {width} columns ({', '.join(header)}), but task {task.name} "
+                    f"expects at least {needed}; is this the {task.glue_dir_name} file?"
+                )
+        for line in reader:
+            try:
+                record = {name: line[i] for name, i in columns.items()}
+                record["label"] = label_to_id(record["label"], task)
+            except (IndexError, ValueError):
+                skipped += 1  # QQP's train file has a few broken lines
+                continue
+            for name, value in record.items():
+                rows[name].append(value)
+    total = len(rows["label"]) + skipped
+    if total and skipped > max(10, total // 100):
+        raise DataError(
+            f"{path}: {skipped} of {total} rows do not fit task {task.name}'s columns "
+            f"{dict(columns)}; is this the {task.glue_dir_name} file?"
+        )
+    if skipped:
+        log.warning("%s: skipped %d malformed rows", path, skipped)
+    return datasets.Dataset.from_dict(rows)
+
+
+def read_table(path: Path, task: DictConfig) -> datasets.Dataset:
+    """Read a parquet/csv/json file that uses the Hub's column names."""
+    kind = {".parquet": "parquet", ".csv": "csv", ".json": "json", ".jsonl": "json"}[path.suffix]
+    ds = datasets.load_dataset(kind, data_files=str(path), split="train")
+    missing = [c for c in [*task.text_keys, "label"] if c not in ds.column_names]
+    if missing:
+        raise DataError(
+            f"{path} lacks column(s) {', '.join(missing)} (has {', '.join(ds.column_names)}); "
+            f"task {task.name} needs {', '.join([*task.text_keys, 'label'])}"
+        )
+    return ds.select_columns([*task.text_keys, "label"])
+
+
+def read_split(path: Path, task: DictConfig) -> datasets.Dataset:
+    return read_glue_tsv(path, task) if path.suffix == ".tsv" else read_table(path, task)
+
+
+def load_local(task: DictConfig, task_dir: Path) -> TaskData:
+    splits = {task.train_split: "train", **dict(task.eval_splits)}
+    found = {}
+    for hub_split, stem in splits.items():
+        path = find_split_file(task_dir, hub_split, stem)
+        if path is None:
+            raise DataError(
+                f"{task_dir} has no {stem}.tsv (or {hub_split}.parquet/.csv/.json) for task "
+                f"{task.name}; expected the GLUE layout {task.glue_dir_name}/train.tsv, {stem}.tsv"
+            )
+        found[hub_split] = read_split(path, task)
+    train = found.pop(task.train_split)
+    return TaskData(train=train, evals=found, source=str(task_dir))
+
+
+def load_hub(task: DictConfig) -> TaskData:
+    try:
+        ds = datasets.load_dataset(task.hub_path, task.hub_name)
+    except Exception as exc:  # connection errors come in many types
+        raise DataError(
+            f"cannot load {task.hub_path}/{task.hub_name} from the Hugging Face Hub "
+            f"({type(exc).__name__}); " + HUB_HINT.format(dir=task.glue_dir_name)
+        ) from exc
+    evals = {split: ds[split] for split in task.eval_splits}
+    return TaskData(train=ds[task.train_split], evals=evals, source=f"hub:{task.hub_path}/{task.hub_name}")
+
+
+def cap(ds: datasets.Dataset, n: int | None) -> datasets.Dataset:
+    return ds if n is None or n >= len(ds) else ds.select(range(n))
+
+
+def load_task_splits(task: DictConfig) -> TaskData:
+    """Raw train and eval splits of a task, capped as configured."""
+    task_dir = resolve_task_dir(task)
+    data = load_local(task, task_dir) if task_dir is not None else load_hub(task)
+    for split, ds in [("train", data.train), *data.evals.items()]:
+        if len(ds) == 0:
+            raise DataError(f"split {split} of task {task.name} from {data.source} is empty")
+    data.train = cap(data.train, task.max_train_samples)
+    data.evals = {k: cap(v, task.max_eval_samples) for k, v in data.evals.items()}
+    return data
+
+
+# ---------------------------------------------------------------------------
+# Tokenisation and loaders
+# ---------------------------------------------------------------------------
+
+
+def _fingerprint(ds: datasets.Dataset, tokenizer, max_length: int) -> str:
+    h = hashlib.sha256()
+    h.update(ds._fingerprint.encode())
+    h.update(json.dumps([tokenizer.name_or_path, type(tokenizer).__name__, len(tokenizer), max_length]).encode())
+    return h.hexdigest()[:20]
+
+
+def tokenize(ds: datasets.Dataset, tokenizer, text_keys, max_length: int, cache_dir: Path | None) -> datasets.Dataset:
+    """Tokenise without padding (the collator pads per batch); cached on disk."""
+
+    def encode(batch):
+        texts = [batch[k] for k in text_keys]
+        return tokenizer(*texts, truncation=True, max_length=max_length)
+
+    target = None
+    if cache_dir is not None:
+        target = cache_dir / f"tok-{_fingerprint(ds, tokenizer, max_length)}"
+        if (target / "dataset_info.json").is_file():
+            return datasets.load_from_disk(str(target))
+    out = ds.map(encode, batched=True, remove_columns=list(text_keys), desc="tokenising", keep_in_memory=True)
+    out = out.rename_column("label", "labels")
+    if target is not None:
+        tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+        out.save_to_disk(str(tmp))
+        try:
+            os.replace(tmp, target)
+        except OSError:  # another process won the race; keep theirs
+            pass
+        out = datasets.load_from_disk(str(target)) if target.is_dir() else out
+    return out
+
+
+def build_dataloaders(cfg: DictConfig, data: TaskData, tokenizer, accelerator) -> tuple[DataLoader, dict[str, DataLoader]]:
+    tcfg = cfg.trainer
+    cache_dir = Path(cfg.data_cache_dir).expanduser() if cfg.get("data_cache_dir") else None
+    if cache_dir is not None:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+    with accelerator.main_process_first():
+        train = tokenize(data.train, tokenizer, cfg.task.text_keys, tcfg.max_seq_length, cache_dir)
+        evals = {k: tokenize(v, tokenizer, cfg.task.text_keys, tcfg.max_seq_length, cache_dir) for k, v in data.evals.items()}
+    pad_to = 8 if tcfg.mixed_precision in ("fp16", "bf16") else None
+    collator = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=pad_to)
+    train_loader = DataLoader(
+        train.with_format("torch"), batch_size=tcfg.batch_size, shuffle=True, collate_fn=collator,
+        num_workers=tcfg.num_workers, drop_last=False,
+    )
+    eval_loaders = {
+        k: DataLoader(v.with_format("torch"), batch_size=tcfg.eval_batch_size, shuffle=False, collate_fn=collator,
+                      num_workers=tcfg.num_workers)
+        for k, v in evals.items()
+    }
+    return train_loader, eval_loaders

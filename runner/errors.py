@@ -1,0 +1,29 @@
+"""User-facing errors: one clear line, a distinct exit code, no traceback."""
+
+
+class UserError(Exception):
+    """Bad input from the user (config, files, environment).
+
+    The entry point prints ``error: <message>`` and exits with ``exit_code``
+    instead of a traceback (set ``debug=true`` to see one).
+    """
+
+    exit_code = 2
+
+
+class ConfigError(UserError):
+    """An override or config value is invalid."""
+
+    exit_code = 2
+
+
+class DataError(UserError):
+    """Data files or the Hub dataset cannot be read as the task expects."""
+
+    exit_code = 3
+
+
+class ModelError(UserError):
+    """The model cannot be found or is not supported by the requested method."""
+
+    exit_code = 4

@@ -1,0 +1,70 @@
+"""The narrow interface through which training methods plug into the loop.
+
+The loop in :mod:`runner.train` calls these hooks; ``full`` and ``adapter``
+need none of them. SAFE (``runner.safe``) freezes adapters in
+``on_step_end``. A method is chosen by ``method.name``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class LoopContext:
+    """What a method can see and change during training."""
+
+    cfg: Any
+    accelerator: Any
+    model: Any  # as prepared by Accelerate (may be DDP-wrapped)
+    optimizer: Any
+    train_loader: Any
+    total_steps: int
+    tracker: Any
+    output_dir: Path
+    extra: dict = field(default_factory=dict)
+
+
+class TrainingMethod:
+    """Default: train what ``prepare_trainable`` left trainable; no hooks."""
+
+    name = "base"
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+
+    def ddp_kwargs(self) -> dict:
+        """Keyword arguments for DDP (e.g. find_unused_parameters)."""
+        return {}
+
+    def setup(self, ctx: LoopContext) -> None:
+        """Called once after ``accelerator.prepare`` and before the first step."""
+
+    def on_step_end(self, ctx: LoopContext, step: int) -> dict:
+        """Called after each optimizer step (``step`` counts from 1); returns metrics to log."""
+        return {}
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+    def report(self, ctx: LoopContext) -> dict:
+        """A section for results.json at the end of training."""
+        return {}
+
+
+def build_method(cfg) -> TrainingMethod:
+    name = cfg.method.name
+    if name in ("full", "adapter"):
+        return TrainingMethod(cfg)
+    if name == "safe":
+        from runner.safe import SafeMethod  # noqa: PLC0415 (optional dependency chain)
+
+        return SafeMethod(cfg)
+    from runner.errors import ConfigError
+
+    raise ConfigError(f"unknown method {name}; valid: full, adapter, safe")

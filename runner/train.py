@@ -1,0 +1,407 @@
+"""The training recipe: setup, an explicit Accelerate loop, evaluation, results.
+
+Reading order: :func:`run` -> :class:`Recipe` (``setup``, ``train``,
+``evaluate``, ``finish``). Everything a run measures ends up in
+``<output_dir>/results.json`` and, on the main process, in W&B.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DistributedDataParallelKwargs, set_seed
+from omegaconf import DictConfig, OmegaConf
+from tqdm.auto import tqdm
+from transformers import get_scheduler
+
+from runner import checkpoint, data as data_lib, measure, provenance
+from runner.adapters import parameter_counts, prepare_trainable
+from runner.errors import ConfigError
+from runner.methods import LoopContext, build_method
+from runner.models import load_model_and_tokenizer
+from runner.results import STATUS_COMPLETED, STATUS_FAILED, STATUS_RUNNING, atomic_write_json, atomic_write_text
+from runner.tasks import compute_metrics, predictions_from_logits
+from runner.tracking import Tracker, scrub
+
+log = logging.getLogger(__name__)
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite."""
+
+    def __init__(self, step: int, loss: float):
+        super().__init__(f"loss is {loss} at step {step}; lower trainer.lr or enable gradient clipping (trainer.max_grad_norm)")
+        self.step = step
+
+
+def resolved_config(cfg: DictConfig) -> dict:
+    return scrub(OmegaConf.to_container(cfg, resolve=True))
+
+
+class Recipe:
+    """One fine-tuning run. Methods plug in through :class:`runner.methods.TrainingMethod`."""
+
+    def __init__(self, cfg: DictConfig):
+        self.cfg = cfg
+        self.output_dir = Path(cfg.output_dir)
+        self.timer = measure.PhaseTimer()
+        self.method = build_method(cfg)
+        ddp = DistributedDataParallelKwargs(**self.method.ddp_kwargs())
+        self.accelerator = Accelerator(
+            mixed_precision=cfg.trainer.mixed_precision,
+            gradient_accumulation_steps=cfg.trainer.grad_accum_steps,
+            cpu=bool(cfg.trainer.cpu),
+            kwargs_handlers=[ddp],
+        )
+        self.device = self.accelerator.device
+        self.is_main = self.accelerator.is_main_process
+        self.history: list[dict] = []  # one record per optimizer step
+        self.evals: list[dict] = []
+        self.global_step = 0
+        self.epoch = 0
+        self.results: dict = {"status": STATUS_RUNNING}
+        self.tracker: Tracker | None = None
+
+    # ------------------------------------------------------------------ setup
+
+    def setup(self) -> None:
+        cfg = self.cfg
+        with self.timer.phase("setup"):
+            set_seed(cfg.seed)
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            if self.is_main:
+                atomic_write_text(self.output_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(resolved_config(cfg))))
+            self.resume_state = checkpoint.load_meta(self.output_dir) if cfg.resume else None
+            if cfg.resume and self.resume_state is None:
+                log.warning("resume=true but %s holds no checkpoint; starting from scratch", self.output_dir)
+            run_id = (self.resume_state or {}).get("wandb_run_id")
+            self.tracker = Tracker(cfg, self.output_dir, self.is_main, resolved_config(cfg), run_id=run_id)
+
+            self.data = data_lib.load_task_splits(cfg.task)
+            model, self.tokenizer = load_model_and_tokenizer(cfg.model, cfg.task)
+            model = prepare_trainable(model, cfg)
+            self.param_counts = parameter_counts(model)
+            self.train_loader, self.eval_loaders = data_lib.build_dataloaders(cfg, self.data, self.tokenizer, self.accelerator)
+
+            trainable = [p for p in model.parameters() if p.requires_grad]
+            if not trainable:
+                raise ConfigError("no trainable parameters; check method and adapter settings")
+            optimizer = torch.optim.AdamW(trainable, lr=cfg.trainer.lr, weight_decay=cfg.trainer.weight_decay)
+            prepared = self.accelerator.prepare(model, optimizer, self.train_loader, *self.eval_loaders.values())
+            self.model, self.optimizer, self.train_loader = prepared[:3]
+            self.eval_loaders = dict(zip(self.eval_loaders, prepared[3:]))
+
+            self.steps_per_epoch = math.ceil(len(self.train_loader) / cfg.trainer.grad_accum_steps)
+            if cfg.trainer.max_steps:
+                self.total_steps = int(cfg.trainer.max_steps)
+                self.num_epochs = math.ceil(self.total_steps / self.steps_per_epoch)
+            else:
+                self.num_epochs = int(cfg.trainer.epochs)
+                self.total_steps = self.num_epochs * self.steps_per_epoch
+            self.scheduler = get_scheduler(
+                cfg.trainer.lr_schedule, self.optimizer,
+                num_warmup_steps=int(cfg.trainer.warmup_ratio * self.total_steps),
+                num_training_steps=self.total_steps,
+            )
+            self.accelerator.register_for_checkpointing(self.scheduler)
+            self.ctx = LoopContext(
+                cfg=cfg, accelerator=self.accelerator, model=self.model, optimizer=self.optimizer,
+                train_loader=self.train_loader, total_steps=self.total_steps, tracker=self.tracker,
+                output_dir=self.output_dir,
+            )
+            self.method.setup(self.ctx)
+            if self.resume_state is not None:
+                self._restore(self.resume_state)
+        self.flop_meter = measure.FlopMeter(cfg.trainer.count_flops)
+        self.eval_flop_meter = measure.FlopMeter(cfg.trainer.count_flops)
+
+    def _restore(self, meta: dict) -> None:
+        checkpoint.load(self.accelerator, self.output_dir)
+        self.method.load_state_dict(meta.get("method_state", {}))
+        self.global_step = meta["global_step"]
+        self.history = meta.get("history", [])
+        self.evals = meta.get("evals", [])
+        log.info("resumed from step %d", self.global_step)
+
+    # ------------------------------------------------------------------ train
+
+    def _batches(self, epoch: int):
+        """This epoch's batches, skipping those already trained on when resuming."""
+        self.train_loader.set_epoch(epoch) if hasattr(self.train_loader, "set_epoch") else None
+        done = self.global_step * self.cfg.trainer.grad_accum_steps - epoch * len(self.train_loader)
+        if done > 0:
+            return self.accelerator.skip_first_batches(self.train_loader, done)
+        return self.train_loader
+
+    def train(self) -> None:
+        cfg, acc = self.cfg, self.accelerator
+        tcfg = cfg.trainer
+        meter = measure.SavedTensorMeter(acc.unwrap_model(self.model), enabled=tcfg.measure_activations)
+        bar = tqdm(total=self.total_steps, initial=self.global_step, desc="train", disable=not (self.is_main and tcfg.progress_bar),
+                   dynamic_ncols=True)
+        eval_every = tcfg.eval_every_steps
+        ckpt_every = tcfg.checkpoint_every_steps
+        measure.reset_cuda_peaks(self.device)
+        self.model.train()
+        start_epoch = self.global_step // self.steps_per_epoch
+        step_flops, step_saved, step_tokens, step_loss, micro = 0, 0, 0, 0.0, 0
+        t_step = time.perf_counter()
+        with self.timer.phase("train", self.device):
+            for epoch in range(start_epoch, self.num_epochs):
+                self.epoch = epoch
+                for batch in self._batches(epoch):
+                    with acc.accumulate(self.model):
+                        key = (measure.batch_key(batch), measure.trainable_signature(self.model))
+                        with self.flop_meter.context(key) as fl:
+                            with meter:
+                                loss = self.model(**batch).loss
+                            acc.backward(loss)
+                        if acc.sync_gradients and tcfg.max_grad_norm:
+                            acc.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], tcfg.max_grad_norm)
+                        self.optimizer.step()
+                        self.scheduler.step()
+                        self.optimizer.zero_grad(set_to_none=True)
+                    step_flops += fl.flops or 0
+                    step_saved = max(step_saved, meter.bytes)
+                    step_tokens += int(batch["attention_mask"].sum()) if "attention_mask" in batch else batch["input_ids"].numel()
+                    step_loss += loss.detach().float().item()
+                    micro += 1
+                    if not acc.sync_gradients:
+                        continue
+                    self.global_step += 1
+                    mean_loss = step_loss / micro
+                    self._check_finite(mean_loss)
+                    measure.sync(self.device)
+                    now = time.perf_counter()
+                    record = {
+                        "step": self.global_step, "epoch": epoch, "loss": mean_loss,
+                        "lr": self.scheduler.get_last_lr()[0], "step_time_s": now - t_step,
+                        "flops": step_flops if tcfg.count_flops else None,
+                        "saved_bytes": step_saved if tcfg.measure_activations else None,
+                        "tokens": step_tokens, "trainable_params": sum(p.numel() for p in self.model.parameters() if p.requires_grad),
+                    }
+                    if self.device.type == "cuda":
+                        record["cuda_allocated_bytes"] = int(torch.cuda.memory_allocated(self.device))
+                    record.update(self.method.on_step_end(self.ctx, self.global_step))
+                    self.model = self.ctx.model  # a method may re-wrap the model (e.g. DDP after freezing)
+                    self.history.append(record)
+                    if self.global_step % tcfg.log_every_steps == 0 or self.global_step == 1:
+                        self.tracker.log({f"train/{k}": v for k, v in record.items() if k != "step" and _is_number(v)}, self.global_step)
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{mean_loss:.4f}")
+                    if eval_every and self.global_step % eval_every == 0 and self.global_step < self.total_steps:
+                        self.evaluate()
+                    if ckpt_every and self.global_step % ckpt_every == 0 and self.global_step < self.total_steps:
+                        self.save_checkpoint()
+                    step_flops, step_saved, step_tokens, step_loss, micro = 0, 0, 0, 0.0, 0
+                    t_step = time.perf_counter()
+                    if self.global_step >= self.total_steps:
+                        break
+                if self.global_step >= self.total_steps:
+                    break
+                if not eval_every:
+                    self.evaluate()
+                if not ckpt_every:
+                    self.save_checkpoint()
+        bar.close()
+
+    def _check_finite(self, loss: float) -> None:
+        bad = torch.tensor(0.0 if math.isfinite(loss) else 1.0, device=self.device)
+        if self.accelerator.num_processes > 1:
+            bad = self.accelerator.reduce(bad, "sum")
+        if bad.item() > 0:
+            raise TrainingDiverged(self.global_step + 0, loss)
+
+    # ------------------------------------------------------------------- eval
+
+    @torch.no_grad()
+    def evaluate(self) -> dict:
+        acc, task = self.accelerator, self.cfg.task
+        self.model.eval()
+        metrics: dict = {}
+        flops = 0
+        with self.timer.phase("eval", self.device):
+            for i, (split, loader) in enumerate(self.eval_loaders.items()):
+                logits_all, labels_all, losses = [], [], []
+                for batch in tqdm(loader, desc=f"eval {split}", leave=False,
+                                  disable=not (self.is_main and self.cfg.trainer.progress_bar)):
+                    with self.eval_flop_meter.context(measure.batch_key(batch)) as fl:
+                        out = self.model(**batch)
+                    flops += fl.flops or 0
+                    logits, labels, loss = acc.gather_for_metrics((out.logits, batch["labels"], out.loss.reshape(1).expand(len(batch["labels"]))))
+                    logits_all.append(logits.float().cpu())
+                    labels_all.append(labels.cpu())
+                    losses.append(loss.float().cpu())
+                logits = torch.cat(logits_all).numpy()
+                labels = torch.cat(labels_all).numpy()
+                preds = predictions_from_logits(logits, task.is_regression)
+                split_metrics = compute_metrics(task.metrics, preds, labels)
+                split_metrics["loss"] = float(torch.cat(losses).mean())
+                split_metrics["num_examples"] = int(len(labels))
+                prefix = "" if i == 0 else f"{split}/"
+                metrics.update({prefix + k: v for k, v in split_metrics.items()})
+        flops = self._sum_across_processes(flops)
+        metrics["flops"] = flops
+        record = {"step": self.global_step, "epoch": self.epoch, **metrics}
+        self.evals.append(record)
+        self.tracker.log({f"eval/{k}": v for k, v in metrics.items() if _is_number(v)}, self.global_step)
+        self.model.train()
+        return metrics
+
+    def _sum_across_processes(self, value: float) -> float:
+        if self.accelerator.num_processes == 1:
+            return value
+        t = torch.tensor(float(value), dtype=torch.float64, device=self.device)
+        return float(self.accelerator.reduce(t, "sum").item())
+
+    def _max_across_processes(self, value: float) -> float:
+        if self.accelerator.num_processes == 1:
+            return value
+        t = torch.tensor(float(value), dtype=torch.float64, device=self.device)
+        return float(self.accelerator.gather(t.reshape(1)).max().item())
+
+    # ------------------------------------------------------------ checkpoints
+
+    def save_checkpoint(self) -> None:
+        meta = {
+            "global_step": self.global_step, "epoch": self.epoch, "history": self.history, "evals": self.evals,
+            "method_state": self.method.state_dict(), "wandb_run_id": self.tracker.run_id if self.tracker else None,
+        }
+        checkpoint.save(self.accelerator, self.output_dir, meta)
+
+    def save_model(self) -> Path:
+        """The trained adapter (or full model), its tokenizer and resolved config."""
+        target = self.output_dir / "model"
+        self.accelerator.wait_for_everyone()
+        if self.is_main:
+            model = self.accelerator.unwrap_model(self.model)
+            checkpoint.save_trained_model(model, self.tokenizer, target, resolved_config(self.cfg))
+        self.accelerator.wait_for_everyone()
+        return target
+
+    # ---------------------------------------------------------------- results
+
+    def summarize(self) -> dict:
+        cfg = self.cfg
+        steps = self.history
+        model = self.accelerator.unwrap_model(self.model)
+        state = measure.model_state_bytes(model, self.optimizer)
+        state["grad_bytes"] = state["trainable_param_bytes"]  # one gradient per trainable weight at each optimizer step
+        saved = [s["saved_bytes"] for s in steps if s.get("saved_bytes") is not None]
+        saved_peak = self._max_across_processes(max(saved, default=0))
+        step_flops = [s["flops"] for s in steps if s.get("flops") is not None]
+        train_flops = self._sum_across_processes(sum(step_flops))
+        tokens = self._sum_across_processes(sum(s["tokens"] for s in steps))
+        train_s = self.timer.seconds.get("train", 0.0) - self.timer.seconds.get("eval", 0.0)
+        step_times = [s["step_time_s"] for s in steps]
+        n_examples = len(self.data.train)
+        final_eval = self.evals[-1] if self.evals else {}
+        memory = {
+            "saved_for_backward_peak_bytes": int(saved_peak),
+            "saved_for_backward_mean_bytes": float(np.mean(saved)) if saved else None,
+            **state,
+            "state_plus_saved_peak_bytes": int(saved_peak + state["param_bytes"] + state["grad_bytes"] + state["optimizer_state_bytes"]),
+            "process_max_rss_bytes": measure.max_rss_bytes(),
+            **measure.cuda_peaks(self.device),
+        }
+        if self.device.type == "cuda":
+            alloc = [s["cuda_allocated_bytes"] for s in steps if "cuda_allocated_bytes" in s]
+            memory["cuda_allocated_mean_bytes"] = float(np.mean(alloc)) if alloc else None
+        eval_passes = [e["flops"] for e in self.evals]
+        return {
+            "run_name": cfg.run_name,
+            "task": cfg.task.name,
+            "model": cfg.model.short_name,
+            "method": cfg.method.name,
+            "adapter": cfg.adapter.name if cfg.method.uses_adapters else None,
+            "seed": cfg.seed,
+            "metrics": {k: v for k, v in final_eval.items() if k not in ("step", "epoch", "flops")},
+            "main_metric": cfg.task.main_metric,
+            "eval_history": self.evals,
+            "memory": memory,
+            "flops": {
+                "train_total": train_flops,
+                "train_per_step_mean": train_flops / max(1, len(steps)),
+                "eval_per_pass": eval_passes[-1] if eval_passes else None,
+                "eval_total": float(sum(eval_passes)),
+                "counted_train_shapes": self.flop_meter.counted_steps,
+                "method": "torch.utils.flop_counter on real batches (forward+backward), cached per batch shape and "
+                          "trainable set; CPU flash-attention formulas registered; summed over processes",
+            },
+            "time": {
+                "setup_s": self.timer.seconds.get("setup", 0.0),
+                "train_s": train_s,
+                "eval_s": self.timer.seconds.get("eval", 0.0),
+                "step_mean_s": float(np.mean(step_times)) if step_times else None,
+                "step_median_s": float(np.median(step_times)) if step_times else None,
+                "train_samples_per_s": n_examples * self.num_epochs / train_s if train_s > 0 and not cfg.trainer.max_steps else None,
+                "train_tokens_per_s": tokens / train_s if train_s > 0 else None,
+            },
+            "params": self.param_counts,
+            "steps": {"total": self.global_step, "per_epoch": self.steps_per_epoch, "epochs": self.num_epochs},
+            "data": {"source": self.data.source, "train_examples": n_examples,
+                     "eval_examples": {k: len(v) for k, v in self.data.evals.items()}},
+            "provenance": provenance.collect(self.device, cfg.seed, self.accelerator.num_processes),
+        }
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def write_step_history(path: Path, history: list[dict]) -> None:
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in history))
+
+
+def run(cfg: DictConfig) -> dict:
+    """Run one experiment end to end; returns the results dict."""
+    recipe = Recipe(cfg)
+    exit_code = 1
+    try:
+        recipe.setup()
+        recipe.train()
+        if not recipe.evals or recipe.evals[-1]["step"] != recipe.global_step:
+            recipe.evaluate()
+        with recipe.timer.phase("save"):
+            model_dir = recipe.save_model()
+        results = recipe.summarize()
+        results["method_report"] = recipe.method.report(recipe.ctx)
+        results["artifacts"] = {"model": str(model_dir), "steps": "steps.jsonl", "config": "config.yaml"}
+        results["status"] = STATUS_COMPLETED
+        if recipe.is_main:
+            results["wandb"] = {"run_id": recipe.tracker.run_id, "dir": recipe.tracker.run_dir}
+            write_step_history(recipe.output_dir / "steps.jsonl", recipe.history)
+            atomic_write_json(recipe.output_dir / "results.json", results)
+            recipe.tracker.summary(flatten(results))
+        exit_code = 0
+        return results
+    except BaseException as exc:
+        if recipe.is_main and recipe.output_dir.exists():
+            atomic_write_json(recipe.output_dir / "results.json", {
+                "status": STATUS_FAILED, "run_name": cfg.run_name, "error": f"{type(exc).__name__}: {exc}",
+                "step": recipe.global_step,
+            })
+        raise
+    finally:
+        if recipe.tracker is not None:
+            recipe.tracker.finish(exit_code)
+        recipe.accelerator.end_training()
+
+
+def flatten(d: dict, prefix: str = "") -> dict:
+    """Nested results as W&B summary keys (``memory/param_bytes``); lists are skipped."""
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "/"))
+        elif not isinstance(v, list):
+            out[key] = v
+    return out
