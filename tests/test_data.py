@@ -1,0 +1,177 @@
+"""Every GLUE task loads from its classic tsv layout with Hub column names and label ids."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import compose_config
+
+from runner.data import load_task_splits
+from runner.errors import DataError
+
+# task -> (folder, {file stem: tsv text}, expected first train row, expected first row of the primary eval split)
+H = "\t".join
+GLUE_FILES = {
+    "cola": ("CoLA", {
+        "train": "gj04\t1\t\tOur friends won't buy this analysis.\ngj04\t0\t*\tThey drank the pub.\n",
+        "dev": "gj04\t0\t*\tThe more we study verbs, the crazier they get verbs.\n",
+    }, {"sentence": "Our friends won't buy this analysis.", "label": 1},
+        {"sentence": "The more we study verbs, the crazier they get verbs.", "label": 0}),
+    "sst2": ("SST-2", {
+        "train": "sentence\tlabel\nhide new secretions from the parental units \t0\nit 's a charming journey . \t1\n",
+        "dev": "sentence\tlabel\nit 's a charming and often affecting journey . \t1\n",
+    }, {"sentence": "hide new secretions from the parental units ", "label": 0},
+        {"sentence": "it 's a charming and often affecting journey . ", "label": 1}),
+    "mrpc": ("MRPC", {
+        "train": "\ufeffQuality\t#1 ID\t#2 ID\t#1 String\t#2 String\n1\t702876\t702977\tAmrozi accused his brother.\tHe called his brother a witness.\n0\t1\t2\ta\tb\n",
+        "dev": "\ufeffQuality\t#1 ID\t#2 ID\t#1 String\t#2 String\n0\t1089874\t1089925\tPCCW 's chief.\tCommon \"quotes\" stay.\n",
+    }, {"sentence1": "Amrozi accused his brother.", "sentence2": "He called his brother a witness.", "label": 1},
+        {"sentence1": "PCCW 's chief.", "sentence2": 'Common "quotes" stay.', "label": 0}),
+    "qqp": ("QQP", {
+        "train": "id\tqid1\tqid2\tquestion1\tquestion2\tis_duplicate\n133273\t213221\t213222\tHow is the life?\tHow is life?\t1\n9\t1\t2\tbroken line\n",
+        "dev": "id\tqid1\tqid2\tquestion1\tquestion2\tis_duplicate\n201359\t303345\t303346\tWhy are people mean?\tWhy do people lie?\t0\n",
+    }, {"question1": "How is the life?", "question2": "How is life?", "label": 1},
+        {"question1": "Why are people mean?", "question2": "Why do people lie?", "label": 0}),
+    "stsb": ("STS-B", {
+        "train": "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore\n0\tmain-captions\tMSRvid\t2012test\t0001\tnone\tnone\tA plane is taking off.\tAn air plane is taking off.\t5.000\n",
+        "dev": "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore\n0\tmain-captions\tMSRvid\t2012test\t0000\tnone\tnone\tA man with a hard hat is dancing.\tA man wearing a hard hat is dancing.\t4.750\n",
+    }, {"sentence1": "A plane is taking off.", "sentence2": "An air plane is taking off.", "label": 5.0},
+        {"sentence1": "A man with a hard hat is dancing.", "sentence2": "A man wearing a hard hat is dancing.", "label": 4.75}),
+    "mnli": ("MNLI", {
+        "train": H(["index", "promptID", "pairID", "genre", "sentence1_binary_parse", "sentence2_binary_parse", "sentence1_parse",
+                    "sentence2_parse", "sentence1", "sentence2", "label1", "gold_label"]) + "\n"
+                 + H(["0", "31193", "31193n", "government", "( ( C ) )", "( P )", "(ROOT)", "(ROOT)", "Conceptually cream skimming.",
+                      "Product and geography.", "neutral", "neutral"]) + "\n",
+        "dev_matched": H(["index", "promptID", "pairID", "genre", "s1b", "s2b", "s1p", "s2p", "sentence1", "sentence2", "label1",
+                          "label2", "label3", "label4", "label5", "gold_label"]) + "\n"
+                       + H(["0", "63735", "63735n", "slate", "(", "(", "(", "(", "The new rights are nice.", "Everyone loves them.",
+                            "neutral", "entailment", "neutral", "neutral", "neutral", "neutral"]) + "\n",
+        "dev_mismatched": H(["index", "promptID", "pairID", "genre", "s1b", "s2b", "s1p", "s2p", "sentence1", "sentence2", "label1",
+                             "label2", "label3", "label4", "label5", "gold_label"]) + "\n"
+                          + H(["0", "75290", "75290c", "letters", "(", "(", "(", "(", "Your contribution helped.", "It did not help.",
+                               "contradiction", "contradiction", "contradiction", "contradiction", "contradiction", "contradiction"]) + "\n",
+    }, {"premise": "Conceptually cream skimming.", "hypothesis": "Product and geography.", "label": 1},
+        {"premise": "The new rights are nice.", "hypothesis": "Everyone loves them.", "label": 1}),
+    "qnli": ("QNLI", {
+        "train": "index\tquestion\tsentence\tlabel\n0\tWhen did it start?\tIt started in 1900.\tentailment\n1\tq\ts\tnot_entailment\n",
+        "dev": "index\tquestion\tsentence\tlabel\n0\tWhat came into force?\tThe law did.\tnot_entailment\n",
+    }, {"question": "When did it start?", "sentence": "It started in 1900.", "label": 0},
+        {"question": "What came into force?", "sentence": "The law did.", "label": 1}),
+    "rte": ("RTE", {
+        "train": "index\tsentence1\tsentence2\tlabel\n0\tNo weapons were found.\tWeapons were found.\tnot_entailment\n",
+        "dev": "index\tsentence1\tsentence2\tlabel\n0\tDana Reeve died.\tChristopher Reeve had an accident.\tnot_entailment\n1\ta\tb\tentailment\n",
+    }, {"sentence1": "No weapons were found.", "sentence2": "Weapons were found.", "label": 1},
+        {"sentence1": "Dana Reeve died.", "sentence2": "Christopher Reeve had an accident.", "label": 1}),
+    "wnli": ("WNLI", {
+        "train": "index\tsentence1\tsentence2\tlabel\n0\tI stuck a pin through a carrot.\tThe carrot had a hole.\t1\n",
+        "dev": "index\tsentence1\tsentence2\tlabel\n0\tThe drain is clogged.\tThe hair is clogged.\t0\n",
+    }, {"sentence1": "I stuck a pin through a carrot.", "sentence2": "The carrot had a hole.", "label": 1},
+        {"sentence1": "The drain is clogged.", "sentence2": "The hair is clogged.", "label": 0}),
+}
+
+
+def write_task(root, task):
+    folder, files, *_ = GLUE_FILES[task]
+    (root / folder).mkdir(parents=True)
+    for stem, text in files.items():
+        (root / folder / f"{stem}.tsv").write_text(text, encoding="utf-8")
+    return root
+
+
+@pytest.mark.parametrize("task", sorted(GLUE_FILES))
+def test_classic_glue_tsv_loads_with_hub_columns_and_labels(task, tmp_path):
+    write_task(tmp_path, task)
+    cfg = compose_config([f"task=glue/{task}", f"task.data_dir={tmp_path}"])
+    data = load_task_splits(cfg.task)
+    _, files, train_row, eval_row = GLUE_FILES[task]
+    assert data.train[0] == train_row
+    primary = next(iter(data.evals))
+    assert data.evals[primary][0] == eval_row
+    assert list(data.evals) == list(cfg.task.eval_splits)
+    if task == "mnli":
+        assert data.evals["validation_mismatched"][0]["label"] == 2  # contradiction in the Hub's order
+    if task == "qqp":
+        assert len(data.train) == 1  # the broken line is skipped
+
+
+def test_data_dir_may_be_the_task_folder_itself(tmp_path):
+    write_task(tmp_path, "rte")
+    cfg = compose_config(["task=glue/rte", f"task.data_dir={tmp_path / 'RTE'}"])
+    assert len(load_task_splits(cfg.task).evals["validation"]) == 2
+
+
+def test_caps_keep_the_first_rows(tmp_path):
+    write_task(tmp_path, "rte")
+    cfg = compose_config(["task=glue/rte", f"task.data_dir={tmp_path}", "task.max_eval_samples=1"])
+    data = load_task_splits(cfg.task)
+    assert len(data.evals["validation"]) == 1 and data.evals["validation"][0]["sentence1"] == "Dana Reeve died."
+
+
+def test_real_mrpc_files_match_the_official_split_sizes(glue_dir):
+    data = load_task_splits(compose_config(["task=glue/mrpc", f"task.data_dir={glue_dir}"]).task)
+    assert len(data.train) == 3668 and len(data.evals["validation"]) == 408
+    labels = data.evals["validation"]["label"]
+    assert sum(labels) == 279  # 68.4% paraphrases: the majority-class baseline
+
+
+def test_real_rte_tsv_and_hub_parquet_give_the_same_rows(glue_dir):
+    tsv = load_task_splits(compose_config(["task=glue/rte", f"task.data_dir={glue_dir}"]).task)
+    parquet = load_task_splits(compose_config(["task=glue/rte", f"task.data_dir={glue_dir / 'RTE' / 'hf_parquet'}"]).task)
+    assert len(tsv.train) == len(parquet.train) == 2490
+    for split in ("validation",):
+        assert tsv.evals[split].to_list() == parquet.evals[split].to_list()
+    assert tsv.train.to_list()[:50] == parquet.train.to_list()[:50]
+
+
+@pytest.mark.parametrize("suffix", ["csv", "json", "jsonl"])
+def test_hub_style_tables_load(suffix, tmp_path):
+    import pandas as pd
+
+    rows = pd.DataFrame({"sentence1": ["a b", "c d"], "sentence2": ["e", "f"], "label": [0, 1], "idx": [0, 1]})
+    for split in ("train", "validation"):
+        path = tmp_path / f"{split}.{suffix}"
+        if suffix == "csv":
+            rows.to_csv(path, index=False)
+        else:
+            rows.to_json(path, orient="records", lines=True)
+    data = load_task_splits(compose_config(["task=glue/rte", f"task.data_dir={tmp_path}"]).task)
+    assert data.train.to_list() == [{"sentence1": "a b", "sentence2": "e", "label": 0}, {"sentence1": "c d", "sentence2": "f", "label": 1}]
+
+
+def test_missing_split_file_names_the_expected_layout(tmp_path):
+    (tmp_path / "RTE").mkdir()
+    (tmp_path / "RTE" / "train.tsv").write_text(GLUE_FILES["rte"][1]["train"])
+    with pytest.raises(DataError, match="dev.tsv"):
+        load_task_splits(compose_config(["task=glue/rte", f"task.data_dir={tmp_path}"]).task)
+
+
+def test_wrong_columns_are_reported(tmp_path):
+    import pandas as pd
+
+    pd.DataFrame({"text": ["a"], "label": [0]}).to_parquet(tmp_path / "train.parquet")
+    pd.DataFrame({"text": ["a"], "label": [0]}).to_parquet(tmp_path / "validation.parquet")
+    with pytest.raises(DataError, match="lacks column.*sentence1"):
+        load_task_splits(compose_config(["task=glue/rte", f"task.data_dir={tmp_path}"]).task)
+
+
+def test_wrong_task_file_is_reported(tmp_path, glue_dir):
+    # RTE's files read as MRPC: 4 columns where MRPC needs 5
+    (tmp_path / "MRPC").mkdir()
+    for stem in ("train", "dev"):
+        (tmp_path / "MRPC" / f"{stem}.tsv").write_text((glue_dir / "RTE" / f"{stem}.tsv").read_text())
+    with pytest.raises(DataError, match="columns"):
+        load_task_splits(compose_config(["task=glue/mrpc", f"task.data_dir={tmp_path}"]).task)
+
+
+def test_missing_data_dir_is_reported(tmp_path):
+    with pytest.raises(DataError, match="does not exist"):
+        load_task_splits(compose_config(["task=glue/rte", f"task.data_dir={tmp_path / 'nope'}"]).task)
+
+
+def test_unreachable_hub_says_how_to_use_local_files(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # no cached copy
+    monkeypatch.delenv("GLUE_DIR", raising=False)
+    cfg = compose_config(["task=glue/rte"])
+    with pytest.raises(DataError, match="GLUE_DIR=.*task.data_dir="):
+        load_task_splits(cfg.task)

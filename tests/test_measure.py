@@ -1,0 +1,85 @@
+"""The measurements are exact on cases small enough to count by hand."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import BertConfig, BertForSequenceClassification
+
+from runner.measure import FlopMeter, SavedTensorMeter, batch_key, count_flops, trainable_signature
+
+
+def tiny_bert(attn: str, **kw) -> BertForSequenceClassification:
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                        max_position_embeddings=64, attention_probs_dropout_prob=0.0, hidden_dropout_prob=0.0, **kw)
+    config._attn_implementation = attn
+    return BertForSequenceClassification(config).eval()
+
+
+def expected_forward_flops(batch: int, seq: int, hidden=32, inter=64, layers=2, labels=2) -> int:
+    tokens = batch * seq
+    per_layer = 2 * tokens * (4 * hidden * hidden + 2 * hidden * inter)  # q,k,v,o + ffn in/out
+    per_layer += 2 * 2 * batch * seq * seq * hidden  # QK^T and AV over all heads
+    pooler = 2 * batch * hidden * hidden
+    classifier = 2 * batch * hidden * labels
+    return layers * per_layer + pooler + classifier
+
+
+def test_forward_flops_match_the_architecture_for_sdpa_and_eager():
+    ids = torch.randint(0, 50, (3, 16))
+    for attn in ("sdpa", "eager"):
+        model = tiny_bert(attn)
+        with torch.no_grad():
+            _, flops = count_flops(model, input_ids=ids)
+        # sdpa takes the fused CPU flash-attention kernel here, which the stock counter misses
+        assert flops == expected_forward_flops(3, 16), attn
+
+
+def test_training_step_flops_are_forward_plus_backward():
+    model = tiny_bert("sdpa").train()
+    ids, labels = torch.randint(0, 50, (2, 8)), torch.tensor([0, 1])
+    for p in model.bert.embeddings.parameters():
+        p.requires_grad_(False)
+
+    def step():
+        model(input_ids=ids, labels=labels).loss.backward()
+
+    _, flops = count_flops(step)
+    fwd = expected_forward_flops(2, 8)
+    # every matmul above the embeddings has weight and input gradients: backward = 2 x forward,
+    # except the first layer's Q/K/V/FFN inputs, whose input gradient (to the frozen embeddings) is not needed
+    assert 2.5 * fwd < flops <= 3 * fwd
+
+
+def test_flop_meter_counts_once_per_shape_and_trainable_set():
+    model = tiny_bert("sdpa")
+    meter = FlopMeter()
+    ids = torch.randint(0, 50, (2, 8))
+    key = (batch_key({"input_ids": ids}), trainable_signature(model))
+    for _ in range(3):
+        with meter.context(key) as step, torch.no_grad():
+            model(input_ids=ids)
+    assert step.flops == expected_forward_flops(2, 8) and meter.counted_steps == 1
+    model.classifier.weight.requires_grad_(False)
+    assert trainable_signature(model) != key[1]
+
+
+def test_saved_tensor_meter_counts_unique_activation_storages():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    x = torch.randn(5, 8)
+    with SavedTensorMeter(net) as meter:
+        net(x).sum().backward()
+    # Linear 1 saves x, ReLU saves its output, Linear 2 saves that same output: 5*8 + 5*16 floats
+    assert meter.bytes == (5 * 8 + 5 * 16) * 4
+
+
+def test_saved_tensor_meter_ignores_frozen_prefix():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    for p in net[0].parameters():
+        p.requires_grad_(False)
+    with SavedTensorMeter(net) as meter:
+        net(torch.randn(5, 8)).sum().backward()
+    assert meter.bytes == 5 * 16 * 4  # nothing below the first trainable layer is kept

@@ -1,0 +1,114 @@
+"""The real pipeline (Hydra config -> data -> model -> Accelerate loop -> results) on a tiny model."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+from conftest import compose_config
+from wandb_files import find_run_file, read_run
+
+from runner.train import run
+
+
+def train(overrides, tmp_path, name="run"):
+    out = tmp_path / name
+    results = run(compose_config(overrides, output_dir=out))
+    return results, out
+
+
+def test_adapter_run_writes_every_measurement(tiny_overrides, tmp_path):
+    results, out = train(tiny_overrides, tmp_path)
+    on_disk = json.loads((out / "results.json").read_text())
+    assert on_disk["status"] == results["status"] == "completed"
+    assert set(on_disk["metrics"]) >= {"accuracy", "f1", "loss", "num_examples"}
+    assert on_disk["metrics"]["num_examples"] == 32
+    mem, flops, time, params = on_disk["memory"], on_disk["flops"], on_disk["time"], on_disk["params"]
+    assert mem["saved_for_backward_peak_bytes"] >= mem["saved_for_backward_mean_bytes"] > 0
+    assert mem["state_plus_saved_peak_bytes"] == (mem["saved_for_backward_peak_bytes"] + mem["param_bytes"]
+                                                   + mem["grad_bytes"] + mem["optimizer_state_bytes"])
+    assert mem["optimizer_state_bytes"] == 2 * mem["trainable_param_bytes"]  # AdamW: two moments per weight
+    assert mem["process_max_rss_bytes"] > mem["param_bytes"]
+    steps = [json.loads(line) for line in (out / "steps.jsonl").read_text().splitlines()]
+    assert len(steps) == on_disk["steps"]["total"] == 4  # 64 examples / batch 16
+    assert flops["train_total"] == sum(s["flops"] for s in steps) > 0
+    assert flops["eval_per_pass"] > 0
+    assert time["train_s"] > 0 and time["step_mean_s"] > 0 and time["train_tokens_per_s"] > 0
+    assert 0 < params["params_trainable"] < params["params_total"]
+    assert params["params_adapter"] == 2 * 2 * 8 * (32 + 32)  # 2 layers x (query, value) x r(A+B)
+    prov = on_disk["provenance"]
+    assert prov["packages"]["torch"] and prov["seed"] == 42 and prov["device"] == "cpu"
+    assert (out / "model" / "adapter_model.safetensors").is_file()
+    saved_cfg = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved_cfg["trainer"]["batch_size"] == 16 and saved_cfg["output_dir"] == str(out)
+
+
+def test_full_fine_tuning_trains_every_weight_and_learns(tiny_overrides, tmp_path):
+    # a small train set seen for many epochs: the model memorises it, the training loss must fall
+    results, out = train([*tiny_overrides, "method=full", "adapter=none", "trainer.lr=1e-3", "trainer.epochs=40",
+                          "task.max_train_samples=8", "trainer.batch_size=8", "trainer.warmup_ratio=0",
+                          "trainer.lr_schedule=constant", "trainer.max_grad_norm=0", "trainer.weight_decay=0",
+                          "trainer.eval_every_steps=1000", "trainer.checkpoint_every_steps=1000"], tmp_path)
+    assert results["params"]["params_trainable"] == results["params"]["params_total"]
+    steps = [json.loads(line) for line in (out / "steps.jsonl").read_text().splitlines()]
+    first, last = sum(s["loss"] for s in steps[:5]) / 5, sum(s["loss"] for s in steps[-5:]) / 5
+    assert len(steps) == 40 and last < 0.7 * first
+    assert (out / "model" / "model.safetensors").is_file()
+
+
+def test_bottleneck_adapters_train_only_adapters_and_head(tiny_overrides, tmp_path):
+    results, out = train([*tiny_overrides, "adapter=bottleneck", "adapter.reduction_factor=4"], tmp_path)
+    hidden, size = 32, 8
+    per_adapter = 2 * hidden * size + size + hidden
+    head = hidden * 2 + 2
+    assert results["params"]["params_adapter"] == 2 * 2 * per_adapter  # 2 layers x (attention, ffn)
+    assert results["params"]["params_trainable"] == results["params"]["params_adapter"] + head
+    assert (out / "model" / "bottleneck_adapters.safetensors").is_file()
+
+
+def test_regression_task_reports_pearson_and_spearman(tiny_overrides, tmp_path):
+    from test_data import write_task
+
+    data = write_task(tmp_path / "glue", "stsb")
+    overrides = [o for o in tiny_overrides if not o.startswith("task.data_dir")]
+    results, _ = train([*overrides, "task=glue/stsb", f"task.data_dir={data}"], tmp_path)
+    assert set(results["metrics"]) >= {"pearson", "spearmanr", "loss"}
+
+
+def test_mnli_reports_matched_and_mismatched(tiny_overrides, tmp_path):
+    from test_data import write_task
+
+    data = write_task(tmp_path / "glue", "mnli")
+    overrides = [o for o in tiny_overrides if not o.startswith("task.data_dir")]
+    results, _ = train([*overrides, "task=glue/mnli", f"task.data_dir={data}"], tmp_path)
+    assert "accuracy" in results["metrics"] and "validation_mismatched/accuracy" in results["metrics"]
+
+
+def test_max_steps_and_grad_accumulation(tiny_overrides, tmp_path):
+    results, out = train([*tiny_overrides, "trainer.max_steps=3", "trainer.grad_accum_steps=2", "trainer.batch_size=8"], tmp_path)
+    steps = [json.loads(line) for line in (out / "steps.jsonl").read_text().splitlines()]
+    assert results["steps"]["total"] == 3 and len(steps) == 3
+    assert all(s["tokens"] > 0 for s in steps)
+
+
+def test_wandb_offline_run_holds_the_same_numbers(tiny_overrides, tmp_path, monkeypatch):
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc credentials
+    overrides = [o for o in tiny_overrides if o != "logger=none"]
+    results, out = train([*overrides, "logger=wandb", "trainer.log_every_steps=1"], tmp_path)
+    run_file = find_run_file(out)
+    assert run_file.parent.name.startswith("offline-run-")
+    wb = read_run(run_file)
+    summary = wb["summary"]
+    assert summary["metrics/accuracy"] == pytest.approx(results["metrics"]["accuracy"])
+    assert summary["memory/saved_for_backward_peak_bytes"] == results["memory"]["saved_for_backward_peak_bytes"]
+    assert summary["flops/train_total"] == results["flops"]["train_total"]
+    assert summary["status"] == "completed"
+    losses = [row["train/loss"] for row in wb["history"] if "train/loss" in row]
+    steps = [json.loads(line) for line in (out / "steps.jsonl").read_text().splitlines()]
+    assert losses == pytest.approx([s["loss"] for s in steps])
+    assert wb["config"]["trainer"]["batch_size"] == 16
+    assert results["wandb"]["run_id"] == run_file.stem.removeprefix("run-")
