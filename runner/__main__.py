@@ -55,7 +55,8 @@ def _requested_cpu_processes() -> int:
         argv = psutil.Process(os.getppid()).cmdline()
     except Exception:  # noqa: BLE001 (no parent info: assume one process)
         return 1
-    if "launch" not in argv or not any("accelerate" in a for a in argv[:3]):
+    head = " ".join(argv[:4])  # `accelerate launch ...` or `python -m accelerate.commands.launch ...`
+    if "accelerate" not in head or "launch" not in head:
         return 1
     for i, arg in enumerate(argv):
         if arg == "--num_processes" and i + 1 < len(argv):

@@ -151,7 +151,7 @@ class Recipe:
         measure.reset_cuda_peaks(self.device)
         self.model.train()
         start_epoch = self.global_step // self.steps_per_epoch
-        step_flops, step_saved, step_tokens, step_loss, micro = 0, 0, 0, 0.0, 0
+        step_flops, step_saved, step_tokens, step_loss, micro, padded_length = 0, 0, 0, 0.0, 0, 0
         t_step = time.perf_counter()
         with self.timer.phase("train", self.device):
             for epoch in range(start_epoch, self.num_epochs):
@@ -171,6 +171,7 @@ class Recipe:
                     step_flops += fl.flops or 0
                     step_saved = max(step_saved, meter.bytes)
                     step_tokens += int(batch["attention_mask"].sum()) if "attention_mask" in batch else batch["input_ids"].numel()
+                    padded_length = max(padded_length, batch["input_ids"].shape[-1])
                     step_loss += loss.detach().float().item()
                     micro += 1
                     if not acc.sync_gradients:
@@ -185,7 +186,7 @@ class Recipe:
                         "lr": self.scheduler.get_last_lr()[0], "step_time_s": now - t_step,
                         "flops": step_flops if tcfg.count_flops else None,
                         "saved_bytes": step_saved if tcfg.measure_activations else None,
-                        "tokens": step_tokens, "trainable_params": sum(p.numel() for p in self.model.parameters() if p.requires_grad),
+                        "tokens": step_tokens, "padded_length": padded_length, "trainable_params": sum(p.numel() for p in self.model.parameters() if p.requires_grad),
                     }
                     if self.device.type == "cuda":
                         record["cuda_allocated_bytes"] = int(torch.cuda.memory_allocated(self.device))
@@ -200,7 +201,7 @@ class Recipe:
                         self.evaluate()
                     if ckpt_every and self.global_step % ckpt_every == 0 and self.global_step < self.total_steps:
                         self.save_checkpoint()
-                    step_flops, step_saved, step_tokens, step_loss, micro = 0, 0, 0, 0.0, 0
+                    step_flops, step_saved, step_tokens, step_loss, micro, padded_length = 0, 0, 0, 0.0, 0, 0
                     t_step = time.perf_counter()
                     if self.global_step >= self.total_steps:
                         break

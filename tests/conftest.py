@@ -6,8 +6,8 @@ import os
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig, open_dict
+
+from runner.config import compose_config  # noqa: F401 (re-exported for the tests)
 
 REPO = Path(__file__).resolve().parent.parent
 CONF = REPO / "conf"
@@ -15,18 +15,6 @@ SHARED_GLUE = Path(os.environ.get("GLUE_DIR") or REPO.parent / "shared" / "data"
 
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-
-def compose_config(overrides: list[str] | None = None, output_dir: Path | None = None) -> DictConfig:
-    """The real composed config, as ``python -m runner <overrides>`` would see it."""
-    from runner.__main__ import _register_resolvers
-
-    _register_resolvers()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=list(overrides or []))
-    with open_dict(cfg):
-        cfg.output_dir = str(output_dir) if output_dir is not None else "unused"
-    return cfg
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,112 @@
+"""Our `method=adapter` training step against a plain hand-written PyTorch+PEFT loop.
+
+Both train the same LoRA model (same seed, same PEFT config), on the same
+tokenised batches, with the same optimizer, schedule and gradient clipping.
+Ours runs the full runner recipe (Accelerate, saved-tensor hooks, FLOP counter,
+per-step records); the plain loop does nothing else. Blocks of both alternate
+(ours, plain, ours, plain, ...) so machine noise hits both; we compare median
+step times after warm-up and print the ratio ours/plain.
+
+    python scripts/bench_step.py                      # RTE: every batch pads to 128 tokens
+    python scripts/bench_step.py --task mrpc --steps 40 --repeats 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from peft import LoraConfig, TaskType, get_peft_model
+from torch.utils.data import DataLoader
+from transformers import DataCollatorWithPadding, get_scheduler
+
+from runner import data as data_lib
+from runner.config import compose_config
+from runner.models import load_model_and_tokenizer
+from runner.train import run
+
+
+def overrides(args) -> list[str]:
+    return [
+        f"task=glue/{args.task}", "method=adapter", "adapter=lora", "logger=none", f"seed={args.seed}",
+        f"trainer.batch_size={args.batch_size}", f"trainer.max_seq_length={args.max_seq_length}",
+        f"trainer.max_steps={args.steps}", "trainer.progress_bar=false", f"task.max_train_samples={args.steps * args.batch_size}",
+        "task.max_eval_samples=32", "trainer.eval_every_steps=100000", "trainer.checkpoint_every_steps=100000",
+    ]
+
+
+def ours(args, workdir: Path, i: int) -> list[float]:
+    out = workdir / f"ours-{i}"
+    run(compose_config(overrides(args), output_dir=out))
+    steps = [json.loads(line) for line in (out / "steps.jsonl").read_text().splitlines()]
+    return [s["step_time_s"] for s in steps]
+
+
+def plain(args) -> list[float]:
+    cfg = compose_config(overrides(args))
+    torch.manual_seed(args.seed)
+    model, tokenizer = load_model_and_tokenizer(cfg.model, cfg.task)
+    a = cfg.adapter
+    model = get_peft_model(model, LoraConfig(task_type=TaskType.SEQ_CLS, r=a.r, lora_alpha=a.alpha,
+                                             lora_dropout=a.dropout, target_modules=list(a.target_modules)))
+    raw = data_lib.load_task_splits(cfg.task).train
+    train = data_lib.tokenize(raw, tokenizer, cfg.task.text_keys, cfg.trainer.max_seq_length, None)
+    loader = DataLoader(train.with_format("torch"), batch_size=args.batch_size, shuffle=True,
+                        collate_fn=DataCollatorWithPadding(tokenizer))
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.trainer.lr, weight_decay=cfg.trainer.weight_decay)
+    sched = get_scheduler("linear", opt, num_warmup_steps=int(0.06 * args.steps), num_training_steps=args.steps)
+    model.train()
+    times = []
+    t = time.perf_counter()
+    for batch in loader:
+        loss = model(**batch).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, cfg.trainer.max_grad_norm)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        loss.item()
+        now = time.perf_counter()
+        times.append(now - t)
+        t = now
+    return times
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--task", default="rte", choices=["rte", "mrpc"])
+    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--warmup", type=int, default=5, help="steps dropped from each block")
+    p.add_argument("--repeats", type=int, default=3, help="alternating blocks of each loop")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--max-seq-length", type=int, default=128)
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args()
+    os.environ.setdefault("GLUE_DIR", str(Path(__file__).resolve().parents[2] / "shared" / "data" / "glue"))
+
+    from runner.app import _quiet_libraries
+
+    _quiet_libraries()
+    ours_times, plain_times = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(args.repeats):
+            ours_times += ours(args, Path(tmp), i)[args.warmup:]
+            plain_times += plain(args)[args.warmup:]
+            print(f"block {i}: ours median {statistics.median(ours_times):.3f} s, plain median {statistics.median(plain_times):.3f} s",
+                  flush=True)
+    o, q = statistics.median(ours_times), statistics.median(plain_times)
+    print(f"\n{args.task.upper()}, MiniLM + LoRA r8, batch {args.batch_size} x <= {args.max_seq_length} tokens, "
+          f"{len(ours_times)} steps each, torch threads {torch.get_num_threads()}")
+    print(f"median step: ours {o:.3f} s, plain PyTorch+PEFT {q:.3f} s")
+    print(f"ratio ours/plain: {o / q:.3f}  (target <= 1.05)")
+
+
+if __name__ == "__main__":
+    main()

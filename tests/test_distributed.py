@@ -1,0 +1,58 @@
+"""Two CPU processes through the documented launcher: one output dir, one W&B run, correct metrics."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from wandb_files import find_run_file, read_run
+
+pytestmark = pytest.mark.slow
+
+
+def evaluate_saved_model(model_dir, glue_dir, n_eval):
+    """Accuracy of the saved model on the first n_eval MRPC dev examples, in one process, by hand."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from runner.data import read_glue_tsv
+    from conftest import compose_config
+
+    task = compose_config(["task=glue/mrpc"]).task
+    dev = read_glue_tsv(glue_dir / "MRPC" / "dev.tsv", task).select(range(n_eval))
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+    enc = tok(list(dev["sentence1"]), list(dev["sentence2"]), truncation=True, max_length=64, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        preds = model(**enc).logits.argmax(-1).numpy()
+    return float(np.mean(preds == np.array(list(dev["label"]))))
+
+
+def test_two_cpu_processes_share_one_run(tiny_model_dir, glue_dir, tmp_path):
+    env = {**os.environ, "HOME": str(tmp_path), "GLUE_DIR": str(glue_dir), "WANDB_SILENT": "true"}
+    env.pop("WANDB_API_KEY", None)
+    env.pop("WANDB_MODE", None)
+    n_eval = 33  # odd: the second process pads its last batch, gather_for_metrics must drop the duplicates
+    cmd = [
+        sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--cpu", "-m", "runner",
+        f"model.name_or_path={tiny_model_dir}", "model.short_name=tiny", "method=full", "adapter=none",
+        "task.max_train_samples=64", f"task.max_eval_samples={n_eval}", "trainer.batch_size=8", "trainer.eval_batch_size=8",
+        "trainer.epochs=1", "trainer.max_seq_length=64", "trainer.progress_bar=false", f"data_cache_dir={tmp_path / 'cache'}",
+    ]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = list((tmp_path / "outputs" / "runs").iterdir())
+    assert len(runs) == 1, runs
+    out = runs[0]
+    results = json.loads((out / "results.json").read_text())
+    assert results["status"] == "completed"
+    assert results["provenance"]["num_processes"] == 2
+    assert results["steps"]["per_epoch"] == 4  # 64 examples / (2 processes x batch 8)
+    assert results["metrics"]["num_examples"] == n_eval
+    assert results["metrics"]["accuracy"] == pytest.approx(evaluate_saved_model(out / "model", glue_dir, n_eval))
+    wb = read_run(find_run_file(out))  # exactly one W&B run
+    assert wb["summary"]["provenance/num_processes"] == 2

@@ -1,0 +1,46 @@
+"""The real pretrained MiniLM on a slice of the real MRPC files."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from runner.config import compose_config
+from runner.train import run
+
+pytestmark = pytest.mark.slow
+
+HIDDEN, INTER, LAYERS = 384, 1536, 6
+
+
+def forward_flops(batch: int, seq: int) -> float:
+    """MiniLM's encoder forward pass, counted from the architecture."""
+    linear = 2 * batch * seq * (4 * HIDDEN * HIDDEN + 2 * HIDDEN * INTER)
+    attention = 2 * 2 * batch * seq * seq * HIDDEN
+    return LAYERS * (linear + attention)
+
+
+def test_minilm_lora_on_mrpc_slice(glue_dir, tmp_path):
+    out = tmp_path / "run"
+    cfg = compose_config([
+        f"task.data_dir={glue_dir}", "task.max_train_samples=96", "task.max_eval_samples=64", "trainer.batch_size=16",
+        "trainer.epochs=1", "trainer.progress_bar=false", "logger=none", f"data_cache_dir={tmp_path / 'cache'}",
+    ], output_dir=out)
+    results = run(cfg)
+    assert results["status"] == "completed"
+    assert results["params"]["params_total"] == 22_788_484  # all-MiniLM-L6-v2 + LoRA r8 on query/value + 2-way head
+    assert results["params"]["params_adapter"] == LAYERS * 2 * 8 * 2 * HIDDEN
+    assert 0.0 <= results["metrics"]["accuracy"] <= 1.0 and results["metrics"]["num_examples"] == 64
+    steps = [json.loads(line) for line in (out / "steps.jsonl").read_text().splitlines()]
+    assert len(steps) == 6
+    # LoRA: no base-weight gradients, so a step costs about forward + input-gradient backward = 2 x forward
+    for s in steps:
+        batch_size = 16
+        seq = s["padded_length"]
+        assert 1.85 < s["flops"] / forward_flops(batch_size, seq) < 2.05, s
+    # activation memory grows with the batch's padded length
+    lengths = [s["padded_length"] for s in steps]
+    saved = [s["saved_bytes"] for s in steps]
+    assert np.corrcoef(lengths, saved)[0, 1] > 0.95
