@@ -100,15 +100,45 @@ def main(cfg: DictConfig) -> float | None:
     return execute(cfg)
 
 
+def _check_overrides_before_hydra() -> None:
+    """Unknown group options, keys and bad values fail in one line, before Hydra makes a run dir."""
+    from runner.validate import check_group_choices, validate_config
+
+    args = [a for a in sys.argv[1:] if not a.startswith("-")]
+    check_group_choices(args)
+    if any(a in ("-m", "--multirun", "--help", "-h", "--hydra-help", "--info") or a.startswith("--cfg") for a in sys.argv[1:]):
+        return  # sweeps are checked job by job
+    overrides = [a for a in args if not a.startswith("hydra.") and not a.startswith("hydra/")]
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from runner.config import compose_config
+    from runner.errors import ConfigError
+
+    try:
+        cfg = compose_config(overrides)
+    except (HydraException, OmegaConfBaseException, ValueError) as exc:
+        raise ConfigError(_one_line(exc)) from exc
+    validate_config(cfg)
+
+
+def _one_line(exc: Exception) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip() and not line.strip().startswith(("full_key", "object_type"))]
+    return "invalid override: " + "; ".join(lines[:3])
+
+
 def cli() -> None:
     _register_resolvers()
     _relaunch_on_cpu_processes()
     _prepare_distributed_argv()
     try:
-        main()
-    except UserError as exc:  # raised outside the task function (rare)
+        _check_overrides_before_hydra()
+    except UserError as exc:
+        if "debug=true" in sys.argv[1:]:
+            raise
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
+    main()
 
 
 if __name__ == "__main__":

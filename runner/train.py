@@ -7,16 +7,19 @@ Reading order: :func:`run` -> :class:`Recipe` (``setup``, ``train``,
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
+import signal
+import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedDataParallelKwargs, set_seed
+from accelerate.utils import DataLoaderConfiguration, DistributedDataParallelKwargs, set_seed
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 from transformers import get_scheduler
@@ -25,12 +28,22 @@ from runner import checkpoint, data as data_lib, measure, provenance
 from runner.adapters import parameter_counts, prepare_trainable
 from runner.errors import ConfigError
 from runner.methods import LoopContext, build_method
-from runner.models import load_model_and_tokenizer
-from runner.results import STATUS_COMPLETED, STATUS_FAILED, STATUS_RUNNING, atomic_write_json, atomic_write_text
+from runner.models import load_model_and_tokenizer, resolve_model_path
+from runner.results import (
+    STATUS_COMPLETED, STATUS_FAILED, STATUS_INTERRUPTED, STATUS_RUNNING, atomic_write_json, atomic_write_text, read_results,
+)
 from runner.tasks import compute_metrics, predictions_from_logits
 from runner.tracking import Tracker, scrub
 
 log = logging.getLogger(__name__)
+
+
+class RunInterrupted(RuntimeError):
+    """SIGINT/SIGTERM arrived; a checkpoint was saved at ``step``."""
+
+    def __init__(self, signum: int, step: int):
+        super().__init__(f"interrupted by {signal.Signals(signum).name} at step {step}; checkpoint saved, continue with resume=true")
+        self.signum, self.step = signum, step
 
 
 class TrainingDiverged(RuntimeError):
@@ -59,6 +72,8 @@ class Recipe:
             gradient_accumulation_steps=cfg.trainer.grad_accum_steps,
             cpu=bool(cfg.trainer.cpu),
             kwargs_handlers=[ddp],
+            # the shuffle order depends on (seed, epoch) only, so a resumed run sees the same batches
+            dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
         )
         self.device = self.accelerator.device
         self.is_main = self.accelerator.is_main_process
@@ -68,6 +83,10 @@ class Recipe:
         self.epoch = 0
         self.results: dict = {"status": STATUS_RUNNING}
         self.tracker: Tracker | None = None
+        self.started = False  # True once the run dir holds something worth keeping
+        self.flop_meter = measure.FlopMeter(cfg.trainer.count_flops)
+        self.eval_flop_meter = measure.FlopMeter(cfg.trainer.count_flops)
+        self.stop_signal: int | None = None
 
     # ------------------------------------------------------------------ setup
 
@@ -75,24 +94,25 @@ class Recipe:
         cfg = self.cfg
         with self.timer.phase("setup"):
             set_seed(cfg.seed)
-            self.output_dir.mkdir(parents=True, exist_ok=True)
-            if self.is_main:
-                atomic_write_text(self.output_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(resolved_config(cfg))))
-            self.resume_state = checkpoint.load_meta(self.output_dir) if cfg.resume else None
-            if cfg.resume and self.resume_state is None:
-                log.warning("resume=true but %s holds no checkpoint; starting from scratch", self.output_dir)
-            run_id = (self.resume_state or {}).get("wandb_run_id")
-            self.tracker = Tracker(cfg, self.output_dir, self.is_main, resolved_config(cfg), run_id=run_id)
-
+            self.resume_state = self._check_output_dir()
+            # data and model first: bad input stops here, before anything is logged or written
+            resolve_model_path(cfg.model.name_or_path)  # a missing local model fails before the data is read
             self.data = data_lib.load_task_splits(cfg.task)
             model, self.tokenizer = load_model_and_tokenizer(cfg.model, cfg.task)
             model = prepare_trainable(model, cfg)
             self.param_counts = parameter_counts(model)
             self.train_loader, self.eval_loaders = data_lib.build_dataloaders(cfg, self.data, self.tokenizer, self.accelerator)
-
             trainable = [p for p in model.parameters() if p.requires_grad]
             if not trainable:
                 raise ConfigError("no trainable parameters; check method and adapter settings")
+
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            if self.is_main:
+                atomic_write_text(self.output_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(resolved_config(cfg))))
+            run_id = (self.resume_state or {}).get("wandb_run_id")
+            self.tracker = Tracker(cfg, self.output_dir, self.is_main, resolved_config(cfg), run_id=run_id)
+            self.started = True
+
             optimizer = torch.optim.AdamW(trainable, lr=cfg.trainer.lr, weight_decay=cfg.trainer.weight_decay)
             prepared = self.accelerator.prepare(model, optimizer, self.train_loader, *self.eval_loaders.values())
             self.model, self.optimizer, self.train_loader = prepared[:3]
@@ -110,7 +130,6 @@ class Recipe:
                 num_warmup_steps=int(cfg.trainer.warmup_ratio * self.total_steps),
                 num_training_steps=self.total_steps,
             )
-            self.accelerator.register_for_checkpointing(self.scheduler)
             self.ctx = LoopContext(
                 cfg=cfg, accelerator=self.accelerator, model=self.model, optimizer=self.optimizer,
                 train_loader=self.train_loader, total_steps=self.total_steps, tracker=self.tracker,
@@ -119,11 +138,25 @@ class Recipe:
             self.method.setup(self.ctx)
             if self.resume_state is not None:
                 self._restore(self.resume_state)
-        self.flop_meter = measure.FlopMeter(cfg.trainer.count_flops)
-        self.eval_flop_meter = measure.FlopMeter(cfg.trainer.count_flops)
+
+    def _check_output_dir(self) -> dict | None:
+        """Never overwrite a finished run; resume only from a checkpoint."""
+        results = self.output_dir / "results.json"
+        meta = checkpoint.load_meta(self.output_dir)
+        previous = read_results(results).get("status") if results.is_file() else None
+        if self.cfg.resume:
+            if previous == STATUS_COMPLETED:
+                raise ConfigError(f"{self.output_dir} holds a completed run; nothing to resume")
+            if meta is None:
+                raise ConfigError(f"resume=true but {self.output_dir} holds no checkpoint; point hydra.run.dir at an interrupted run")
+            return meta
+        if previous is not None or meta is not None:
+            raise ConfigError(f"{self.output_dir} already holds a run; use resume=true to continue it, or another hydra.run.dir")
+        return None
 
     def _restore(self, meta: dict) -> None:
         checkpoint.load(self.accelerator, self.output_dir)
+        self.scheduler.load_state_dict(meta["scheduler_state"])
         self.method.load_state_dict(meta.get("method_state", {}))
         self.global_step = meta["global_step"]
         self.history = meta.get("history", [])
@@ -153,7 +186,7 @@ class Recipe:
         start_epoch = self.global_step // self.steps_per_epoch
         step_flops, step_saved, step_tokens, step_loss, micro, padded_length = 0, 0, 0, 0.0, 0, 0
         t_step = time.perf_counter()
-        with self.timer.phase("train", self.device):
+        with self.timer.phase("train", self.device), self._stop_on_signals():
             for epoch in range(start_epoch, self.num_epochs):
                 self.epoch = epoch
                 for batch in self._batches(epoch):
@@ -178,7 +211,7 @@ class Recipe:
                         continue
                     self.global_step += 1
                     mean_loss = step_loss / micro
-                    self._check_finite(mean_loss)
+                    self._check_step(mean_loss)
                     measure.sync(self.device)
                     now = time.perf_counter()
                     record = {
@@ -213,12 +246,36 @@ class Recipe:
                     self.save_checkpoint()
         bar.close()
 
-    def _check_finite(self, loss: float) -> None:
-        bad = torch.tensor(0.0 if math.isfinite(loss) else 1.0, device=self.device)
+    def _check_step(self, loss: float) -> None:
+        """Stop on a non-finite loss or a signal, on every process at the same step."""
+        flags = torch.tensor([0.0 if math.isfinite(loss) else 1.0, 1.0 if self.stop_signal else 0.0], device=self.device)
         if self.accelerator.num_processes > 1:
-            bad = self.accelerator.reduce(bad, "sum")
-        if bad.item() > 0:
-            raise TrainingDiverged(self.global_step + 0, loss)
+            flags = self.accelerator.reduce(flags, "sum")
+        if flags[0].item() > 0:
+            raise TrainingDiverged(self.global_step, loss)
+        if flags[1].item() > 0:
+            self.save_checkpoint()
+            raise RunInterrupted(self.stop_signal or signal.SIGTERM, self.global_step)
+
+    @contextlib.contextmanager
+    def _stop_on_signals(self):
+        """SIGINT/SIGTERM finish the current step, save a checkpoint, then stop."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def request_stop(signum, frame):
+            if self.stop_signal is not None:  # a second signal: stop now
+                raise KeyboardInterrupt
+            self.stop_signal = signum
+            log.warning("%s received: saving a checkpoint after this step", signal.Signals(signum).name)
+
+        previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
     # ------------------------------------------------------------------- eval
 
@@ -273,6 +330,7 @@ class Recipe:
     def save_checkpoint(self) -> None:
         meta = {
             "global_step": self.global_step, "epoch": self.epoch, "history": self.history, "evals": self.evals,
+            "scheduler_state": self.scheduler.state_dict(),
             "method_state": self.method.state_dict(), "wandb_run_id": self.tracker.run_id if self.tracker else None,
         }
         checkpoint.save(self.accelerator, self.output_dir, meta)
@@ -362,7 +420,12 @@ def write_step_history(path: Path, history: list[dict]) -> None:
 
 
 def run(cfg: DictConfig) -> dict:
-    """Run one experiment end to end; returns the results dict."""
+    """Run one experiment end to end; returns the results dict.
+
+    results.json always tells the truth: ``completed`` only after everything
+    was measured and saved; ``failed`` or ``interrupted`` (with what was done
+    so far) otherwise. Bad input found before training writes nothing.
+    """
     recipe = Recipe(cfg)
     exit_code = 1
     try:
@@ -384,16 +447,32 @@ def run(cfg: DictConfig) -> dict:
         exit_code = 0
         return results
     except BaseException as exc:
-        if recipe.is_main and recipe.output_dir.exists():
-            atomic_write_json(recipe.output_dir / "results.json", {
-                "status": STATUS_FAILED, "run_name": cfg.run_name, "error": f"{type(exc).__name__}: {exc}",
-                "step": recipe.global_step,
-            })
+        if recipe.started and recipe.is_main:
+            status = STATUS_INTERRUPTED if isinstance(exc, (RunInterrupted, KeyboardInterrupt)) else STATUS_FAILED
+            write_partial_results(recipe, status, exc)
         raise
     finally:
         if recipe.tracker is not None:
             recipe.tracker.finish(exit_code)
         recipe.accelerator.end_training()
+
+
+def write_partial_results(recipe: Recipe, status: str, exc: BaseException) -> None:
+    """Keep what was computed; say clearly that the run did not complete."""
+    has_checkpoint = checkpoint.load_meta(recipe.output_dir) is not None
+    write_step_history(recipe.output_dir / "steps.jsonl", recipe.history)
+    atomic_write_json(recipe.output_dir / "results.json", {
+        "status": status,
+        "run_name": recipe.cfg.run_name,
+        "error": f"{type(exc).__name__}: {exc}",
+        "step": recipe.global_step,
+        "checkpoint": str(recipe.output_dir / checkpoint.CHECKPOINT) if has_checkpoint else None,
+        "eval_history": recipe.evals,
+        "task": recipe.cfg.task.name, "model": recipe.cfg.model.short_name, "method": recipe.cfg.method.name,
+        "seed": recipe.cfg.seed,
+    })
+    if recipe.tracker is not None:
+        recipe.tracker.summary({"status": status, "error": f"{type(exc).__name__}: {exc}"})
 
 
 def flatten(d: dict, prefix: str = "") -> dict:

@@ -1,0 +1,104 @@
+"""Checks that run before any heavy work, each failing with one clear line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from runner.errors import ConfigError
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+GROUPS = ("task", "model", "adapter", "method", "trainer", "logger", "experiment", "freeze", "prune")
+LR_SCHEDULES = ("linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial")
+
+
+def group_options(group: str) -> list[str]:
+    root = CONF_DIR / group
+    return sorted(str(p.relative_to(root).with_suffix("")) for p in root.rglob("*.yaml"))
+
+
+def check_group_choices(overrides: list[str]) -> None:
+    """``task=glue/foo`` -> one line naming the valid options (before Hydra composes)."""
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        key = key.lstrip("+~")
+        if not sep or key not in GROUPS or value in ("", "null"):
+            continue
+        valid = group_options(key)
+        for choice in _sweep_values(value):
+            if choice not in valid:
+                raise ConfigError(f"unknown {key} '{choice}'; valid: {', '.join(valid)}")
+
+
+def _sweep_values(value: str) -> list[str]:
+    if any(value.startswith(f) for f in ("choice(", "range(", "interval(", "glob(")):
+        return []  # sweep functions: Hydra checks these
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def _positive(value, name: str, integer: bool = False) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+    if integer:
+        ok = ok and float(value).is_integer()
+    if not ok:
+        kind = "a positive integer" if integer else "a positive number"
+        raise ConfigError(f"{name} must be {kind}, got {value!r}")
+
+
+def _fraction(value, name: str, closed_right: bool = True) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value and (value <= 1 if closed_right else value < 1)
+    if not ok:
+        interval = "[0, 1]" if closed_right else "[0, 1)"
+        raise ConfigError(f"{name} must be in {interval}, got {value!r}")
+
+
+def validate_config(cfg: DictConfig) -> None:
+    """Values out of range, inconsistent choices; cheap and before any loading."""
+    t = cfg.trainer
+    _positive(t.batch_size, "trainer.batch_size", integer=True)
+    _positive(t.eval_batch_size, "trainer.eval_batch_size", integer=True)
+    _positive(t.lr, "trainer.lr")
+    _positive(t.grad_accum_steps, "trainer.grad_accum_steps", integer=True)
+    _positive(t.max_seq_length, "trainer.max_seq_length", integer=True)
+    if t.max_steps is not None:
+        _positive(t.max_steps, "trainer.max_steps", integer=True)
+    else:
+        _positive(t.epochs, "trainer.epochs", integer=True)
+    _fraction(t.warmup_ratio, "trainer.warmup_ratio", closed_right=False)
+    if t.weight_decay < 0:
+        raise ConfigError(f"trainer.weight_decay must be >= 0, got {t.weight_decay}")
+    if t.max_grad_norm is not None and t.max_grad_norm < 0:
+        raise ConfigError(f"trainer.max_grad_norm must be >= 0 (0 or null: no clipping), got {t.max_grad_norm}")
+    if t.mixed_precision not in ("no", "fp16", "bf16"):
+        raise ConfigError(f"trainer.mixed_precision must be one of no, fp16, bf16, got {t.mixed_precision!r}")
+    if t.lr_schedule not in LR_SCHEDULES:
+        raise ConfigError(f"trainer.lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {t.lr_schedule!r}")
+    for name in ("eval_every_steps", "checkpoint_every_steps"):
+        if t[name] is not None:
+            _positive(t[name], f"trainer.{name}", integer=True)
+    _positive(t.log_every_steps, "trainer.log_every_steps", integer=True)
+    for name in ("max_train_samples", "max_eval_samples"):
+        if cfg.task[name] is not None:
+            _positive(cfg.task[name], f"task.{name}", integer=True)
+    if not isinstance(cfg.seed, int) or isinstance(cfg.seed, bool):
+        raise ConfigError(f"seed must be an integer, got {cfg.seed!r}")
+
+    if cfg.method.uses_adapters:
+        a = cfg.adapter
+        if a.name == "none":
+            raise ConfigError(f"method={cfg.method.name} trains adapters but adapter=none; use adapter=lora or adapter=bottleneck")
+        if not a.get("target_modules"):
+            raise ConfigError("adapter.target_modules is empty; name the modules to adapt, e.g. [query, value]")
+        if a.name == "lora":
+            _positive(a.r, "adapter.r (LoRA rank)", integer=True)
+            _positive(a.alpha, "adapter.alpha")
+            _fraction(a.dropout, "adapter.dropout", closed_right=False)
+        if a.name == "bottleneck":
+            from runner.adapters import ACTIVATIONS
+
+            _positive(a.reduction_factor, "adapter.reduction_factor", integer=True)
+            if a.activation not in ACTIVATIONS:
+                raise ConfigError(f"adapter.activation must be one of {', '.join(ACTIVATIONS)}, got {a.activation!r}")
+    if cfg.logger.name == "wandb" and cfg.logger.mode not in ("auto", "online", "offline", "disabled"):
+        raise ConfigError(f"logger.mode must be auto, online, offline or disabled, got {cfg.logger.mode!r}")
