@@ -1,0 +1,107 @@
+"""Bad input: one line naming the problem, a distinct exit code, nothing left behind that looks like a result."""
+
+from __future__ import annotations
+
+import json
+import re
+import os
+import subprocess
+import sys
+
+import pytest
+
+CONFIG, DATA, MODEL = 2, 3, 4
+
+
+@pytest.fixture(scope="module")
+def fixtures(tmp_path_factory, tiny_model_dir, glue_dir):
+    root = tmp_path_factory.mktemp("bad")
+    only_train = root / "only-train"
+    (only_train / "RTE").mkdir(parents=True)
+    (only_train / "RTE" / "train.tsv").write_text((glue_dir / "RTE" / "train.tsv").read_text())
+    wrong_columns = root / "wrong-columns"
+    wrong_columns.mkdir()
+    for split in ("train", "validation"):
+        (wrong_columns / f"{split}.csv").write_text("text,label\nhello,0\n")
+    rte_as_mrpc = root / "rte-as-mrpc"
+    (rte_as_mrpc / "MRPC").mkdir(parents=True)
+    for stem in ("train", "dev"):
+        (rte_as_mrpc / "MRPC" / f"{stem}.tsv").write_text((glue_dir / "RTE" / f"{stem}.tsv").read_text())
+    no_config = root / "no-config"
+    no_config.mkdir()
+    (no_config / "weights.bin").write_text("x")
+    gpt2 = root / "gpt2"
+    from transformers import GPT2Config, GPT2Model
+
+    GPT2Model(GPT2Config(n_layer=1, n_head=2, n_embd=8, vocab_size=50)).save_pretrained(gpt2)
+    empty_run = root / "empty-run"
+    empty_run.mkdir()
+    done_run = root / "done-run"
+    done_run.mkdir()
+    (done_run / "results.json").write_text(json.dumps({"status": "completed"}))
+    return {"only_train": only_train, "wrong_columns": wrong_columns, "rte_as_mrpc": rte_as_mrpc, "no_config": no_config,
+            "gpt2": gpt2, "empty_run": empty_run, "done_run": done_run, "tiny": tiny_model_dir}
+
+
+# (id, overrides, extra environment, exit code, message pattern)
+CASES = [
+    ("unknown-task", ["task=glue/foo"], {}, CONFIG, r"unknown task 'glue/foo'; valid: glue/cola, .*glue/wnli"),
+    ("unknown-model", ["model=gpt5"], {}, CONFIG, r"unknown model 'gpt5'; valid: .*minilm"),
+    ("unknown-adapter", ["adapter=prefix"], {}, CONFIG, r"unknown adapter 'prefix'; valid: bottleneck, lora"),
+    ("unknown-method", ["method=magic"], {}, CONFIG, r"unknown method 'magic'; valid: adapter, full"),
+    ("unknown-logger", ["logger=mlflow"], {}, CONFIG, r"unknown logger 'mlflow'"),
+    ("unknown-criterion", ["prune=foo"], {}, CONFIG, r"unknown prune 'foo'"),
+    ("unknown-experiment", ["experiment=paper"], {}, CONFIG, r"unknown experiment 'paper'; valid: .*demo"),
+    ("unknown-key", ["trainer.bsz=3"], {}, CONFIG, r"invalid override: Could not override 'trainer.bsz'"),
+    ("bad-override-syntax", ["trainer.lr=[1,"], {}, CONFIG, r"invalid override"),
+    ("zero-batch", ["trainer.batch_size=0"], {}, CONFIG, r"trainer.batch_size must be a positive integer, got 0"),
+    ("negative-batch", ["trainer.batch_size=-4"], {}, CONFIG, r"trainer.batch_size must be a positive integer, got -4"),
+    ("zero-lr", ["trainer.lr=0"], {}, CONFIG, r"trainer.lr must be a positive number"),
+    ("negative-lr", ["trainer.lr=-1e-3"], {}, CONFIG, r"trainer.lr must be a positive number"),
+    ("zero-epochs", ["trainer.epochs=0"], {}, CONFIG, r"trainer.epochs must be a positive integer"),
+    ("negative-max-steps", ["trainer.max_steps=-1"], {}, CONFIG, r"trainer.max_steps must be a positive integer"),
+    ("lora-rank-zero", ["adapter.r=0"], {}, CONFIG, r"adapter.r \(LoRA rank\) must be a positive integer, got 0"),
+    ("lora-dropout", ["adapter.dropout=1.5"], {}, CONFIG, r"adapter.dropout must be in \[0, 1\)"),
+    ("mixed-precision", ["trainer.mixed_precision=fp8"], {}, CONFIG, r"trainer.mixed_precision must be one of no, fp16, bf16"),
+    ("warmup", ["trainer.warmup_ratio=1.5"], {}, CONFIG, r"trainer.warmup_ratio must be in \[0, 1\)"),
+    ("schedule", ["trainer.lr_schedule=exponential"], {}, CONFIG, r"trainer.lr_schedule must be one of"),
+    ("train-cap", ["task.max_train_samples=0"], {}, CONFIG, r"task.max_train_samples must be a positive integer"),
+    ("seed", ["seed=abc"], {}, CONFIG, r"seed must be an integer"),
+    ("wandb-mode", ["logger.mode=sometimes"], {}, CONFIG, r"logger.mode must be auto, online, offline or disabled"),
+    ("adapter-method-without-adapter", ["method=adapter", "adapter=none"], {}, CONFIG,
+     r"method=adapter trains adapters but adapter=none"),
+    ("lora-targets-match-nothing", ["adapter.target_modules=[nonexistent]", "model.name_or_path={tiny}"], {}, CONFIG,
+     r"adapter.target_modules \['nonexistent'\] match no module"),
+    ("bottleneck-targets-match-nothing", ["adapter=bottleneck", "adapter.target_modules=[foo.bar]", "model.name_or_path={tiny}"],
+     {}, CONFIG, r"adapter.target_modules \['foo.bar'\] match no linear layer"),
+    ("resume-without-checkpoint", ["resume=true", "hydra.run.dir={empty_run}"], {}, CONFIG, r"resume=true but .* holds no checkpoint"),
+    ("never-overwrite", ["hydra.run.dir={done_run}"], {}, CONFIG, r"already holds a run|holds a completed run"),
+    ("glue-dir-missing", [], {"GLUE_DIR": "/nonexistent/glue"}, DATA, r"data dir /nonexistent/glue does not exist"),
+    ("split-file-missing", ["task=glue/rte", "task.data_dir={only_train}"], {}, DATA, r"has no dev.tsv"),
+    ("wrong-columns", ["task=glue/rte", "task.data_dir={wrong_columns}"], {}, DATA, r"lacks column\(s\) sentence1, sentence2"),
+    ("wrong-task-files", ["task=glue/mrpc", "task.data_dir={rte_as_mrpc}"], {}, DATA, r"has 4 columns .* expects at least 5"),
+    ("model-path-missing", ["model.name_or_path=/does/not/exist"], {}, MODEL, r"model path /does/not/exist does not exist"),
+    ("model-folder-without-config", ["model.name_or_path={no_config}"], {}, MODEL, r"has no config.json"),
+    ("unsupported-architecture", ["model.name_or_path={gpt2}"], {}, MODEL, r"model type gpt2 is not supported"),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_bad_input_fails_in_one_line(case, fixtures, glue_dir, tmp_path):
+    _, overrides, extra_env, code, pattern = case
+    overrides = [o.format(**fixtures) for o in overrides]
+    env = {**os.environ, "GLUE_DIR": str(glue_dir), "HOME": str(tmp_path), "WANDB_MODE": "offline", **extra_env}
+    cmd = [sys.executable, "-m", "runner", *overrides, "trainer.progress_bar=false", f"data_cache_dir={tmp_path / 'cache'}"]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == code, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    errors = [line for line in lines if line.startswith("error: ")]
+    assert len(errors) == 1, proc.stderr[-2000:]
+    assert re.search(pattern, errors[0]), errors[0]
+    # nothing that looks like a result: no run dir under outputs/, no new results.json anywhere
+    runs = tmp_path / "outputs" / "runs"
+    assert not runs.exists() or not any(runs.iterdir()), list(runs.iterdir())
+    for results in list(tmp_path.rglob("results.json")) + list(fixtures["empty_run"].rglob("results.json")):
+        assert json.loads(results.read_text()).get("status") != "completed"
+    assert json.loads((fixtures["done_run"] / "results.json").read_text()) == {"status": "completed"}
