@@ -190,6 +190,8 @@ class Recipe:
             for epoch in range(start_epoch, self.num_epochs):
                 self.epoch = epoch
                 for batch in self._batches(epoch):
+                    # dropout depends on (seed, step, process) only, so a resumed run replays it exactly
+                    torch.manual_seed(hash((cfg.seed, self.global_step, micro, acc.process_index)) % 2**63)
                     with acc.accumulate(self.model):
                         key = (measure.batch_key(batch), measure.trainable_signature(self.model))
                         with self.flop_meter.context(key) as fl:
@@ -211,7 +213,6 @@ class Recipe:
                         continue
                     self.global_step += 1
                     mean_loss = step_loss / micro
-                    self._check_step(mean_loss)
                     measure.sync(self.device)
                     now = time.perf_counter()
                     record = {
@@ -228,6 +229,7 @@ class Recipe:
                     self.history.append(record)
                     if self.global_step % tcfg.log_every_steps == 0 or self.global_step == 1:
                         self.tracker.log({f"train/{k}": v for k, v in record.items() if k != "step" and _is_number(v)}, self.global_step)
+                    self._check_step(mean_loss)  # NaN/inf or a signal: stop here, on every process
                     bar.update(1)
                     bar.set_postfix(loss=f"{mean_loss:.4f}")
                     if eval_every and self.global_step % eval_every == 0 and self.global_step < self.total_steps:
