@@ -86,3 +86,21 @@ def compose_cfg(overrides: list[str], output_dir: Path, model_dir: Path):
     ]
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         return compose(config_name="train", overrides=base + list(overrides))
+
+
+def run_cfg(cfg) -> dict:
+    """``runner.train.run`` in this process, with Accelerate's singletons reset afterwards."""
+    from accelerate.state import AcceleratorState
+
+    from runner.train import run
+
+    try:
+        return run(cfg)
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def read_steps(output_dir: Path) -> list[dict]:
+    import json
+
+    return [json.loads(line) for line in (Path(output_dir) / "steps.jsonl").read_text().splitlines()]
