@@ -244,6 +244,9 @@ class SafeMethod(TrainingMethod):
     # ----------------------------------------------------------------- report
 
     def report(self, ctx: LoopContext) -> dict:
+        acc = ctx.accelerator
+        log.info("SAFE rank %d/%d: frozen %s; trainable checksum %.12e", acc.process_index, acc.num_processes,
+                 sorted(self.freezer.frozen.items()), _checksum(ctx.model))
         history = ctx.extra.get("history", [])
         layers = self.freezer.layers
         freeze_steps = {k: self.freezer.frozen.get(k) for k in layers}
@@ -289,6 +292,11 @@ class SafeMethod(TrainingMethod):
             except Exception as exc:  # a plot must never fail a finished run
                 log.warning("SAFE: could not draw the freeze timeline: %s", exc)
         return report
+
+
+def _checksum(model) -> float:
+    """Sum of |w| over trainable parameters: equal on every rank when DDP kept them in sync."""
+    return float(sum(p.detach().double().abs().sum() for p in model.parameters() if p.requires_grad))
 
 
 def _frac_frozen_changes(events: list[dict], n: int) -> list[list]:
