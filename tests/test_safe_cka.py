@@ -78,3 +78,13 @@ def test_token_matrix_drops_padding_so_padding_values_do_not_matter():
     assert linear_cka(token_matrix(garbage, mask), token_matrix(moved, mask)) == pytest.approx(
         linear_cka(tokens, token_matrix(moved, mask)))
     assert rbf_cka(token_matrix(garbage, mask), tokens) == pytest.approx(1.0)
+
+
+def test_cached_reference_gives_the_same_linear_cka():
+    from runner.safe.cka import LinearCKAReference
+
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(200, 12, generator=g)
+    ref = LinearCKAReference(x)
+    for y in (x, 3 * x + 1, x + 0.3 * torch.randn(200, 12, generator=g), torch.randn(200, 5, generator=g)):
+        assert ref(y) == pytest.approx(linear_cka(x, y), rel=1e-12)

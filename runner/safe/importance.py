@@ -26,7 +26,7 @@ from torch import nn
 
 from runner import measure
 from runner.adapters import adapter_parameters, layer_index
-from runner.safe.cka import cka, token_matrix
+from runner.safe.cka import LinearCKAReference, cka, token_matrix
 
 REPRESENTATIONS = ("adapted", "layer")
 _ADAPTER_SPLIT = re.compile(r"\.(lora_[A-Za-z_]+|bottleneck)\.")
@@ -82,6 +82,7 @@ class RepresentationProbe:
             self.token_idx = torch.from_numpy(np.sort(np.random.default_rng(seed).choice(n_tokens, max_tokens, replace=False)))
         self.n_tokens = n_tokens if self.token_idx is None else int(max_tokens)
         self.reference: dict[int, list[torch.Tensor]] = {}
+        self._linear: dict[int, list[LinearCKAReference]] = {}
         self.flop_meter = measure.FlopMeter(count_flops)
         self.last_flops = 0
         self.last_seconds = 0.0
@@ -125,6 +126,17 @@ class RepresentationProbe:
 
     def set_reference(self) -> None:
         self.reference = self.capture()
+        if self.kernel == "linear":
+            self._linear = {layer: [LinearCKAReference(r) for r in refs] for layer, refs in self.reference.items()}
+
+    def _cka_flops(self, now: dict[int, list[torch.Tensor]]) -> int:
+        """Multiply-adds of the CKA products, counted as SAFE's compute (2 per multiply-add)."""
+        total = 0
+        for current in now.values():
+            for c in current:
+                n, d = c.shape
+                total += 2 * 2 * n * d * d if self.kernel == "linear" else 2 * 2 * n * n * d + 3 * 2 * n * n
+        return total
 
     def reference_checksum(self) -> float:
         """A number that changes if the reference representations change (checked on resume)."""
@@ -136,8 +148,12 @@ class RepresentationProbe:
             raise RuntimeError("set_reference() must run before importance()")
         now = self.capture(layers)
         scores = {}
+        self.last_flops += self._cka_flops(now)
         for layer, current in now.items():
-            values = [cka(c, r, self.kernel) for c, r in zip(current, self.reference[layer])]
+            if self.kernel == "linear":
+                values = [ref(c) for c, ref in zip(current, self._linear[layer])]
+            else:
+                values = [cka(c, r, self.kernel) for c, r in zip(current, self.reference[layer])]
             score = 1.0 - float(np.mean(values))
             scores[layer] = score if math.isnan(score) else max(0.0, score)  # NaN: undefined, never frozen
         return scores

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from pathlib import Path
 
 import numpy as np
@@ -93,7 +94,7 @@ class SafeMethod(TrainingMethod):
         self.probe_flops = 0
         self.probe_seconds = 0.0
         self.reference_checksum: float | None = None
-        self.state_bytes: dict = {}
+        self._pending: tuple[int, float] | None = None
 
     # ----------------------------------------------------------------- setup
 
@@ -121,6 +122,7 @@ class SafeMethod(TrainingMethod):
             self.probe.set_reference()  # step 0: every adapter is still (close to) the identity
             self.probe_flops += self.probe.last_flops
             self.probe_seconds += self.probe.last_seconds
+            self._pending = (self.probe.last_flops, self.probe.last_seconds)  # charged to step 1
             self.reference_checksum = self.probe.reference_checksum()
             log.info("SAFE: probe of %d examples (%d tokens), reference captured for layers %s",
                      len(batch["input_ids"]), self.probe.n_tokens, sorted(self.probe.targets))
@@ -152,6 +154,7 @@ class SafeMethod(TrainingMethod):
 
     def _decide(self, step: int) -> dict:
         """Measure importance of the active adapters and choose which to freeze (main process)."""
+        start = time.perf_counter()
         progress = step / max(1, self.total_steps)
         t = schedule.threshold(progress, float(self.scfg.t_w), float(self.scfg.t_f), float(self.scfg.threshold))
         active = self.freezer.active
@@ -170,10 +173,13 @@ class SafeMethod(TrainingMethod):
                 freeze = sorted(int(k) for k in rng.choice(active, size=len(below), replace=False))
         return {"step": step, "threshold": t, "importance": importance, "normalised": normalised, "freeze": freeze,
                 "below": below,
-                "flops": self.probe.last_flops, "seconds": self.probe.last_seconds}
+                "flops": self.probe.last_flops, "seconds": time.perf_counter() - start}
 
     def on_step_end(self, ctx: LoopContext, step: int) -> dict:
         out: dict = {}
+        if self._pending is not None:  # the reference capture in setup (main process)
+            out["method_flops"], out["method_time_s"] = self._pending
+            self._pending = None
         if self._is_measure_step(step):
             acc = ctx.accelerator
             decision = self._decide(step) if acc.is_main_process else None
@@ -197,8 +203,8 @@ class SafeMethod(TrainingMethod):
             out.update(metrics)
             out["safe/froze"] = froze
             # Compute spent outside the training forward/backward; added to the run's training FLOPs.
-            out["method_flops"] = decision["flops"]
-            out["method_time_s"] = decision["seconds"]
+            out["method_flops"] = out.get("method_flops", 0) + decision["flops"]
+            out["method_time_s"] = out.get("method_time_s", 0.0) + decision["seconds"]
         grad_bytes = sum(p.numel() * p.element_size() for p in ctx.model.parameters() if p.requires_grad)
         out["safe/frac_frozen"] = self.freezer.frac_frozen()
         out["safe/n_frozen"] = len(self.freezer.frozen)
