@@ -20,7 +20,8 @@ LINE = re.compile(r"SAFE rank (\d)/2: frozen (\[.*?\]); trainable checksum (\S+)
 
 @pytest.mark.slow
 @pytest.mark.timeout(180)
-def test_safe_under_two_process_ddp(tmp_path):
+@pytest.mark.parametrize("policy", ["safe", "static"])
+def test_safe_under_two_process_ddp(tmp_path, policy):
     model_dir = save_tiny_model_dir(tmp_path / "model")
     out = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "GLUE_DIR": str(GLUE_DIR),
@@ -30,6 +31,7 @@ def test_safe_under_two_process_ddp(tmp_path):
            "task.max_train_samples=160", "task.max_eval_samples=64", "trainer.max_seq_length=64",
            "trainer.batch_size=8", "trainer.epochs=2", "trainer.lr=5e-3", "trainer.progress_bar=false",
            "safe.interval=2", "safe.t_w=0.1", "safe.t_f=0.5", "safe.threshold=1.0", "safe.probe_size=32",
+           f"freeze={policy}", "safe.static_k=3",
            "trainer.checkpoint_every_steps=6", f"output_dir={out}", f"hydra.run.dir={tmp_path / 'hydra'}"]
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=170)
     log = proc.stdout + proc.stderr
@@ -41,5 +43,7 @@ def test_safe_under_two_process_ddp(tmp_path):
     assert results["status"] == "completed" and results["provenance"]["num_processes"] == 2
     report = results["method_report"]
     assert report["n_frozen"] == 3 and report["events"]
+    if policy == "static":  # frozen before the first step (the model is re-wrapped in setup)
+        assert [e["step"] for e in report["events"]] == [0]
     assert str(sorted((int(k.removeprefix("layer")), a["freeze_step"]) for k, a in report["adapters"].items()
                       if a["freeze_step"] is not None)).replace(" ", "") == ranks[0][0].replace(" ", "")

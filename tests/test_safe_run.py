@@ -135,3 +135,13 @@ def test_freeze_without_method_safe_is_a_config_error(tmp_path, model_dir):
     cfg = compose_cfg(["method=safe", "freeze=static"], tmp_path, model_dir)
     with pytest.raises(ConfigError, match="static_k"):
         run_cfg(cfg)
+
+
+def test_bottleneck_adapters_with_rbf_cka_on_layer_outputs(runs):
+    """The other adapter type and the other importance options go through the same path (no merging)."""
+    results, steps, _ = runs("bottleneck", ["method=safe", "adapter=bottleneck", *COMMON, "safe.threshold=1.0",
+                                            "safe.kernel=rbf", "safe.representation=layer", "safe.max_tokens=256"])
+    report = results["method_report"]
+    assert report["n_adapters"] == 4 and report["n_frozen"] == 3 and report["merged_layers"] == []
+    assert steps[-1]["trainable_params"] < steps[0]["trainable_params"]
+    assert all(0.0 <= v[1] <= 1.0 for a in report["adapters"].values() for v in a["importance"])
