@@ -187,8 +187,6 @@ class SafeMethod(TrainingMethod):
                 from accelerate.utils import broadcast_object_list
 
                 decision = broadcast_object_list([decision], from_process=0)[0]
-            self.probe_flops += decision["flops"]
-            self.probe_seconds += decision["seconds"]
             froze = self._freeze(ctx, decision["freeze"], step)
             self.measurements.append({
                 "step": step, "threshold": decision["threshold"], "importance": decision["importance"],
@@ -202,9 +200,12 @@ class SafeMethod(TrainingMethod):
             ctx.tracker.log({k: v for k, v in metrics.items() if not math.isnan(v)}, step)
             out.update(metrics)
             out["safe/froze"] = froze
-            # Compute spent outside the training forward/backward; added to the run's training FLOPs.
-            out["method_flops"] = out.get("method_flops", 0) + decision["flops"]
-            out["method_time_s"] = out.get("method_time_s", 0.0) + decision["seconds"]
+            if acc.is_main_process:  # only the main process ran the probe (FLOPs are summed over processes)
+                self.probe_flops += decision["flops"]
+                self.probe_seconds += decision["seconds"]
+                # Compute spent outside the training forward/backward; added to the run's training FLOPs.
+                out["method_flops"] = out.get("method_flops", 0) + decision["flops"]
+                out["method_time_s"] = out.get("method_time_s", 0.0) + decision["seconds"]
         grad_bytes = sum(p.numel() * p.element_size() for p in ctx.model.parameters() if p.requires_grad)
         out["safe/frac_frozen"] = self.freezer.frac_frozen()
         out["safe/n_frozen"] = len(self.freezer.frozen)
