@@ -26,7 +26,7 @@ def freeze_timeline(path: Path, layers: list[int], total_steps: int, measurement
     frozen = np.zeros_like(importance, dtype=bool)
     for layer, step in freeze_steps.items():
         if step is not None and int(layer) in row:
-            frozen[row[int(layer)], int(step):] = True
+            frozen[row[int(layer)], int(step) + 1:] = True  # it froze after optimizer step `step`
     importance[frozen] = np.nan
 
     fig, (ax, ax2) = plt.subplots(2, 1, figsize=(9, 2.2 + 0.35 * len(layers)), sharex=True,
@@ -37,7 +37,7 @@ def freeze_timeline(path: Path, layers: list[int], total_steps: int, measurement
               cmap=ListedColormap(["#555555"]), vmin=0, vmax=1, extent=extent)
     for layer, step in freeze_steps.items():
         if step is not None and int(layer) in row:
-            ax.plot([step], [row[int(layer)]], marker="|", color="red", markersize=14, mew=2)
+            ax.plot([step + 0.5], [row[int(layer)]], marker="|", color="red", markersize=14, mew=2)
     ax.set_yticks(range(len(layers)), [f"layer {layer}" for layer in layers])
     ax.set_ylabel("adapter")
     ax.set_title(title or "SAFE freeze timeline (colour: importance / max; grey: frozen; red: freeze step)", fontsize=9)
@@ -47,7 +47,7 @@ def freeze_timeline(path: Path, layers: list[int], total_steps: int, measurement
         ax2.step(s, f, where="post", label="fraction frozen", color="black")
     if threshold:
         s, t = zip(*threshold)
-        ax2.plot(s, t, label="threshold T(t)", color="tab:orange")
+        ax2.plot(s, t, label="threshold T(t)", color="tab:orange", marker=".")
     ax2.set_ylim(-0.02, 1.02)
     ax2.set_xlabel("optimizer step")
     ax2.legend(loc="lower right", fontsize=8)
