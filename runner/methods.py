@@ -59,6 +59,11 @@ class TrainingMethod:
 
 def build_method(cfg) -> TrainingMethod:
     name = cfg.method.name
+    freeze = cfg.freeze.name if cfg.get("freeze") is not None else "none"
+    if freeze != "none" and name != "safe":  # SAFE: freezing only happens inside method=safe
+        from runner.errors import ConfigError
+
+        raise ConfigError(f"freeze={freeze} needs method=safe (method={name} freezes nothing)")
     if name in ("full", "adapter"):
         return TrainingMethod(cfg)
     if name == "safe":

@@ -136,6 +136,7 @@ class Recipe:
                 output_dir=self.output_dir,
             )
             self.method.setup(self.ctx)
+            self.model = self.ctx.model  # a method may re-wrap the model in setup (SAFE: freeze=static)
             if self.resume_state is not None:
                 self._restore(self.resume_state)
 
@@ -155,9 +156,12 @@ class Recipe:
         return None
 
     def _restore(self, meta: dict) -> None:
+        # The method's state first: SAFE re-freezes adapters, which removes them from the
+        # optimizer, so that the saved optimizer state then fits the param groups.
+        self.method.load_state_dict(meta.get("method_state", {}))
+        self.model = self.ctx.model
         checkpoint.load(self.accelerator, self.output_dir)
         self.scheduler.load_state_dict(meta["scheduler_state"])
-        self.method.load_state_dict(meta.get("method_state", {}))
         self.global_step = meta["global_step"]
         self.history = meta.get("history", [])
         self.evals = meta.get("evals", [])
@@ -357,7 +361,8 @@ class Recipe:
         state["grad_bytes"] = state["trainable_param_bytes"]  # one gradient per trainable weight at each optimizer step
         saved = [s["saved_bytes"] for s in steps if s.get("saved_bytes") is not None]
         saved_peak = self._max_across_processes(max(saved, default=0))
-        step_flops = [s["flops"] for s in steps if s.get("flops") is not None]
+        # method_flops: compute a method spends outside the training forward/backward (SAFE's probe)
+        step_flops = [s["flops"] + (s.get("method_flops") or 0) for s in steps if s.get("flops") is not None]
         train_flops = self._sum_across_processes(sum(step_flops))
         tokens = self._sum_across_processes(sum(s["tokens"] for s in steps))
         train_s = self.timer.seconds.get("train", 0.0) - self.timer.seconds.get("eval", 0.0)
@@ -438,6 +443,12 @@ def run(cfg: DictConfig) -> dict:
         with recipe.timer.phase("save"):
             model_dir = recipe.save_model()
         results = recipe.summarize()
+        if cfg.trainer.get("sharpness") and cfg.trainer.sharpness.enabled and recipe.is_main:
+            from runner.sharpness import sharpness_of_run
+
+            with recipe.timer.phase("sharpness"):
+                results["sharpness"] = sharpness_of_run(recipe.accelerator, recipe.model, recipe.train_loader, cfg)
+        recipe.ctx.extra["history"] = recipe.history
         results["method_report"] = recipe.method.report(recipe.ctx)
         results["artifacts"] = {"model": str(model_dir), "steps": "steps.jsonl", "config": "config.yaml"}
         results["status"] = STATUS_COMPLETED

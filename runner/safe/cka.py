@@ -1,0 +1,114 @@
+"""Centered Kernel Alignment (Kornblith et al., 2019) between two representations.
+
+SAFE scores an adapter by how far its layer's representation moved from the
+start of training: ``importance = 1 - CKA(now, start)``. Representations here
+are token matrices ``[n_tokens, features]``; :func:`token_matrix` turns a
+``[batch, seq, features]`` activation into one with padding tokens removed.
+
+* Linear CKA: ``||Y^T X||_F^2 / (||X^T X||_F ||Y^T Y||_F)`` on column-centred
+  ``X`` and ``Y``. Invariant to orthogonal transforms and isotropic scaling;
+  computed in feature space (cheap when features << tokens), in float64.
+* RBF CKA: HSIC of Gaussian-kernel Gram matrices, the bandwidth a fraction of
+  the median pairwise distance (so it is scale invariant too). Costs
+  ``O(n_tokens^2)``: cap the tokens (``safe.max_tokens``).
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def token_matrix(hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+    """``[batch, seq, features]`` -> ``[tokens, features]`` without padding tokens."""
+    if hidden.dim() == 2:
+        return hidden
+    if attention_mask is None:
+        return hidden.reshape(-1, hidden.shape[-1])
+    return hidden[attention_mask.to(torch.bool)]
+
+
+def _centered(x: torch.Tensor) -> torch.Tensor:
+    x = x.to(torch.float64)
+    return x - x.mean(dim=0, keepdim=True)
+
+
+def linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:
+    """Linear CKA of two ``[n, d]`` matrices over the same ``n`` examples (tokens).
+
+    Returns NaN when either representation is constant (CKA is undefined).
+    """
+    if x.shape[0] != y.shape[0]:
+        raise ValueError(f"CKA needs the same examples in both: {x.shape[0]} vs {y.shape[0]} rows")
+    x, y = _centered(x), _centered(y)
+    if x.shape[1] + y.shape[1] <= 2 * x.shape[0]:  # feature space: d x d products
+        cross = (y.T @ x).pow(2).sum()
+        norm_x = (x.T @ x).pow(2).sum().sqrt()
+        norm_y = (y.T @ y).pow(2).sum().sqrt()
+    else:  # sample space: n x n Gram matrices (same value)
+        kx, ky = x @ x.T, y @ y.T
+        cross = (kx * ky).sum()
+        norm_x, norm_y = kx.pow(2).sum().sqrt(), ky.pow(2).sum().sqrt()
+    denom = norm_x * norm_y
+    if denom <= 0:
+        return float("nan")
+    return float(cross / denom)
+
+
+class LinearCKAReference:
+    """Linear CKA against one fixed representation, its centring and norm computed once.
+
+    ``LinearCKAReference(x)(y) == linear_cka(x, y)``; each call costs two
+    ``d x d`` products instead of three (SAFE compares every measurement with
+    the same start-of-training reference).
+    """
+
+    def __init__(self, x: torch.Tensor):
+        self.x = _centered(x)
+        self.norm = float((self.x.T @ self.x).pow(2).sum().sqrt())
+
+    def __call__(self, y: torch.Tensor) -> float:
+        if y.shape[0] != self.x.shape[0]:
+            raise ValueError(f"CKA needs the same examples in both: {self.x.shape[0]} vs {y.shape[0]} rows")
+        y = _centered(y)
+        cross = (y.T @ self.x).pow(2).sum()
+        denom = self.norm * float((y.T @ y).pow(2).sum().sqrt())
+        return float(cross / denom) if denom > 0 else float("nan")
+
+
+def _rbf_gram(x: torch.Tensor, sigma_frac: float) -> torch.Tensor:
+    x = x.to(torch.float64)
+    sq = x.pow(2).sum(1)
+    d2 = (sq[:, None] + sq[None, :] - 2 * x @ x.T).clamp_min(0)
+    positive = d2[d2 > 0]
+    if positive.numel() == 0:
+        return torch.ones_like(d2)
+    sigma2 = (sigma_frac ** 2) * positive.median()  # median heuristic on squared distances
+    return torch.exp(-d2 / (2 * sigma2))
+
+
+def _hsic(k: torch.Tensor, l: torch.Tensor) -> torch.Tensor:
+    kc = k - k.mean(0, keepdim=True) - k.mean(1, keepdim=True) + k.mean()
+    lc = l - l.mean(0, keepdim=True) - l.mean(1, keepdim=True) + l.mean()
+    return (kc * lc).sum()
+
+
+def rbf_cka(x: torch.Tensor, y: torch.Tensor, sigma_frac: float = 0.8) -> float:
+    """CKA with Gaussian kernels; bandwidth ``sigma_frac * median distance``."""
+    if x.shape[0] != y.shape[0]:
+        raise ValueError(f"CKA needs the same examples in both: {x.shape[0]} vs {y.shape[0]} rows")
+    k, l = _rbf_gram(x, sigma_frac), _rbf_gram(y, sigma_frac)
+    denom = (_hsic(k, k) * _hsic(l, l)).sqrt()
+    if denom <= 0:
+        return float("nan")
+    return float(_hsic(k, l) / denom)
+
+
+KERNELS = {"linear": linear_cka, "rbf": rbf_cka}
+
+
+def cka(x: torch.Tensor, y: torch.Tensor, kernel: str = "linear") -> float:
+    try:
+        fn = KERNELS[kernel]
+    except KeyError:
+        raise ValueError(f"unknown CKA kernel {kernel!r}; valid: {', '.join(KERNELS)}") from None
+    return fn(x, y)

@@ -1,0 +1,366 @@
+"""SAFE (Selective Adapter FrEezing) as a :class:`runner.methods.TrainingMethod`.
+
+``method=safe`` trains adapters like ``method=adapter`` and, after every
+optimizer step, may freeze some of them (``freeze=`` chooses the policy):
+
+* ``safe``   - measure importance (1 - CKA to the start) every ``safe.interval``
+  steps until ``t_f``; from ``t_w`` on, freeze every active adapter whose
+  importance / max importance is below the cubic threshold T(t).
+* ``random`` - the same measurements and the same number of adapters frozen at
+  each decision as ``safe`` would freeze, but chosen at random.
+* ``static`` - freeze the lowest ``safe.static_k`` adapters before step 1.
+* ``none``   - freeze nothing (plain adapter tuning through this code path).
+
+Decisions are made on the main process and broadcast, so every rank freezes
+the same adapters at the same step; after a freezing event a DDP-wrapped model
+is wrapped afresh, so DDP's reducer only waits for gradients that still come.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+
+from runner.errors import ConfigError
+from runner.methods import LoopContext, TrainingMethod
+from runner.safe import schedule
+from runner.safe.freezer import AdapterFreezer, optimizer_state_bytes
+from runner.safe.importance import REPRESENTATIONS, RepresentationProbe, probe_batch, probe_targets
+
+log = logging.getLogger(__name__)
+
+POLICIES = ("none", "safe", "static", "random")
+MEASURING = ("safe", "random")
+TIMELINE_PNG = "safe_freeze_timeline.png"
+
+
+def rewrap_ddp(ctx: LoopContext) -> None:
+    """Wrap the model in a fresh DDP so its reducer only covers parameters that still train."""
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    old = ctx.model
+    if not isinstance(old, DDP):
+        return
+    acc = ctx.accelerator
+    handler = getattr(acc, "ddp_handler", None)
+    kwargs = handler.to_kwargs() if handler is not None else {}
+    if old.device_ids:
+        kwargs.update(device_ids=old.device_ids, output_device=old.output_device)
+    new = DDP(old.module, **kwargs)
+    if handler is not None:
+        handler.register_comm_hook(new)
+    # Accelerate saves and loads the models it prepared: point it at the new wrapper.
+    acc._models = [new if m is old else m for m in acc._models]
+    ctx.model = new
+
+
+class SafeMethod(TrainingMethod):
+    name = "safe"
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        self.policy = str(cfg.freeze.name) if cfg.get("freeze") is not None else "none"
+        if self.policy not in POLICIES:
+            raise ConfigError(f"freeze={self.policy} is not a SAFE policy; valid: {', '.join(POLICIES)}")
+        if not cfg.method.uses_adapters:
+            raise ConfigError("method=safe freezes adapters; it needs method.uses_adapters=true")
+        self.scfg = cfg.get("safe")
+        if self.policy != "none" and self.scfg is None:
+            raise ConfigError(f"freeze={self.policy} needs the `safe:` config node (conf/freeze/safe.yaml)")
+        if self.scfg is not None:
+            try:
+                schedule.validate(float(self.scfg.t_w), float(self.scfg.t_f), float(self.scfg.threshold))
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from exc
+            if self.policy in MEASURING:
+                if int(self.scfg.interval) < 1:
+                    raise ConfigError(f"safe.interval must be >= 1 step, got {self.scfg.interval}")
+                if int(self.scfg.probe_size) < 1:
+                    raise ConfigError(f"safe.probe_size must be >= 1 example, got {self.scfg.probe_size}")
+                if self.scfg.representation not in REPRESENTATIONS:
+                    raise ConfigError(f"safe.representation={self.scfg.representation}; valid: {', '.join(REPRESENTATIONS)}")
+                if self.scfg.kernel not in ("linear", "rbf"):
+                    raise ConfigError(f"safe.kernel={self.scfg.kernel}; valid: linear, rbf")
+        self.seed = int(self.scfg.get("seed", cfg.seed) if self.scfg is not None else cfg.seed)
+        self.ctx: LoopContext | None = None
+        self.freezer: AdapterFreezer | None = None
+        self.probe: RepresentationProbe | None = None
+        self.measurements: list[dict] = []  # {step, threshold, importance, normalised, froze}
+        self.events: list[dict] = []  # {step, layers, trainable_adapter_params}
+        self.probe_flops = 0
+        self.probe_seconds = 0.0
+        self.reference_checksum: float | None = None
+        self._pending: tuple[int, float] | None = None
+
+    # ----------------------------------------------------------------- setup
+
+    def setup(self, ctx: LoopContext) -> None:
+        self.ctx = ctx
+        acc = ctx.accelerator
+        module = acc.unwrap_model(ctx.model)
+        merge = bool(self.cfg.adapter.get("merge_on_freeze", False))
+        self.freezer = AdapterFreezer(module, ctx.optimizer, merge=merge)
+        if not self.freezer.groups:
+            raise ConfigError("method=safe freezes the adapters of each encoder layer, but the model has none; "
+                              "use adapter=lora or adapter=bottleneck")
+        self.total_steps = int(ctx.total_steps)
+        if self.scfg is not None:
+            self.t_w_step = schedule.step_of(float(self.scfg.t_w), self.total_steps)
+            self.t_f_step = schedule.step_of(float(self.scfg.t_f), self.total_steps)
+        if self.policy in MEASURING and acc.is_main_process:
+            targets = probe_targets(module, str(self.scfg.representation))
+            batch = probe_batch(ctx.train_loader, int(self.scfg.probe_size), self.seed, acc.device)
+            self.probe = RepresentationProbe(
+                module, batch, {k: v for k, v in targets.items() if k in self.freezer.groups},
+                kernel=str(self.scfg.kernel), max_tokens=self.scfg.get("max_tokens"), seed=self.seed,
+                count_flops=bool(self.cfg.trainer.get("count_flops", True)),
+            )
+            self.probe.set_reference()  # step 0: every adapter is still (close to) the identity
+            self.probe_flops += self.probe.last_flops
+            self.probe_seconds += self.probe.last_seconds
+            self._pending = (self.probe.last_flops, self.probe.last_seconds)  # charged to step 1
+            self.reference_checksum = self.probe.reference_checksum()
+            log.info("SAFE: probe of %d examples (%d tokens), reference captured for layers %s",
+                     len(batch["input_ids"]), self.probe.n_tokens, sorted(self.probe.targets))
+        if self.policy == "static":
+            k = self.scfg.get("static_k")
+            n = len(self.freezer.groups)
+            if k is None or not 0 <= int(k) <= n:
+                raise ConfigError(f"freeze=static needs safe.static_k in 0..{n} (the number of lowest adapters to freeze; "
+                                  f"the benchmark passes SAFE's final frozen count)")
+            self._freeze(ctx, self.freezer.layers[:int(k)], step=0)
+
+    def _freeze(self, ctx: LoopContext, layers, step: int) -> list[int]:
+        done = self.freezer.freeze(layers, step)
+        if done:
+            rewrap_ddp(ctx)
+            self.events.append({"step": int(step), "layers": done,
+                                "trainable_adapter_params": self._trainable_adapter_params()})
+        return done
+
+    def _trainable_adapter_params(self) -> int:
+        return int(sum(p.numel() for g in self.freezer.groups.values() for p in g.values() if p.requires_grad))
+
+    # ------------------------------------------------------------------ steps
+
+    def _is_measure_step(self, step: int) -> bool:
+        if self.policy not in MEASURING or step > self.t_f_step or not self.freezer.active:
+            return False
+        return step % int(self.scfg.interval) == 0 or step == self.t_f_step
+
+    def _decide(self, step: int) -> dict:
+        """Measure importance of the active adapters and choose which to freeze (main process)."""
+        start = time.perf_counter()
+        progress = step / max(1, self.total_steps)
+        t = schedule.threshold(progress, float(self.scfg.t_w), float(self.scfg.t_f), float(self.scfg.threshold))
+        active = self.freezer.active
+        importance = self.probe.importance(active)
+        finite = [v for v in importance.values() if not math.isnan(v)]
+        top = max(finite, default=0.0)
+        normalised = {k: (v / top if top > 1e-12 and not math.isnan(v) else float("nan")) for k, v in importance.items()}
+        freeze: list[int] = []
+        below: list[int] = []
+        if t > 0 and top > 1e-12:
+            below = [k for k in active if normalised[k] < t]  # NaN compares False: never frozen
+            if self.policy == "safe":
+                freeze = below
+            elif below:  # random: as many as SAFE would freeze now, chosen uniformly among the active
+                rng = np.random.default_rng([self.seed, step])
+                freeze = sorted(int(k) for k in rng.choice(active, size=len(below), replace=False))
+        return {"step": step, "threshold": t, "importance": importance, "normalised": normalised, "freeze": freeze,
+                "below": below,
+                "flops": self.probe.last_flops, "seconds": time.perf_counter() - start}
+
+    def on_step_end(self, ctx: LoopContext, step: int) -> dict:
+        out: dict = {}
+        if self._pending is not None:  # the reference capture in setup (main process)
+            out["method_flops"], out["method_time_s"] = self._pending
+            self._pending = None
+        if self._is_measure_step(step):
+            acc = ctx.accelerator
+            decision = self._decide(step) if acc.is_main_process else None
+            if acc.num_processes > 1:
+                from accelerate.utils import broadcast_object_list
+
+                decision = broadcast_object_list([decision], from_process=0)[0]
+            froze = self._freeze(ctx, decision["freeze"], step)
+            self.measurements.append({
+                "step": step, "threshold": decision["threshold"], "importance": decision["importance"],
+                "normalised": decision["normalised"], "below": decision["below"], "froze": froze,
+            })
+            metrics = {"safe/threshold": decision["threshold"]}
+            for k, v in decision["importance"].items():
+                metrics[f"safe/importance/layer{k}"] = v
+                metrics[f"safe/importance_normalised/layer{k}"] = decision["normalised"][k]
+            metrics["safe/frac_frozen"] = self.freezer.frac_frozen()
+            ctx.tracker.log({k: v for k, v in metrics.items() if not math.isnan(v)}, step)
+            out.update(metrics)
+            out["safe/froze"] = froze
+            if acc.is_main_process:  # only the main process ran the probe (FLOPs are summed over processes)
+                self.probe_flops += decision["flops"]
+                self.probe_seconds += decision["seconds"]
+                # Compute spent outside the training forward/backward; added to the run's training FLOPs.
+                out["method_flops"] = out.get("method_flops", 0) + decision["flops"]
+                out["method_time_s"] = out.get("method_time_s", 0.0) + decision["seconds"]
+        grad_bytes = sum(p.numel() * p.element_size() for p in ctx.model.parameters() if p.requires_grad)
+        out["safe/frac_frozen"] = self.freezer.frac_frozen()
+        out["safe/n_frozen"] = len(self.freezer.frozen)
+        out["safe/grad_bytes"] = int(grad_bytes)
+        out["safe/optimizer_state_bytes"] = optimizer_state_bytes(ctx.optimizer)
+        return out
+
+    # ------------------------------------------------------------- checkpoint
+
+    def state_dict(self) -> dict:
+        return {
+            "policy": self.policy,
+            "frozen": {str(k): v for k, v in (self.freezer.frozen.items() if self.freezer else [])},
+            "measurements": [_jsonable(m) for m in self.measurements],
+            "events": self.events,
+            "probe_flops": self.probe_flops,
+            "probe_seconds": self.probe_seconds,
+            "reference_checksum": self.reference_checksum,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Re-freeze what was frozen. Runs before the checkpoint's weights and optimizer state
+        are loaded, so the optimizer's param groups match those saved (and merged LoRA base
+        weights are then overwritten by the saved, merged ones)."""
+        if not state:
+            return
+        if state.get("policy", self.policy) != self.policy:
+            raise ConfigError(f"the checkpoint was trained with freeze={state['policy']}, not freeze={self.policy}")
+        frozen = {int(k): int(v) for k, v in state.get("frozen", {}).items()}
+        for step in sorted(set(frozen.values())):
+            self.freezer.freeze([k for k, s in frozen.items() if s == step], step)
+        if frozen:
+            rewrap_ddp(self.ctx)
+        self.measurements = [_from_json(m) for m in state.get("measurements", [])]
+        self.events = list(state.get("events", []))
+        self.probe_flops = state.get("probe_flops", 0)
+        self.probe_seconds = state.get("probe_seconds", 0.0)
+        saved = state.get("reference_checksum")
+        if saved is not None and self.reference_checksum is not None and not math.isclose(saved, self.reference_checksum, rel_tol=1e-4):
+            log.warning("SAFE: the probe's reference representations differ from the original run's "
+                        "(checksum %.6g vs %.6g); importances after resuming are not comparable", self.reference_checksum, saved)
+
+    # ----------------------------------------------------------------- report
+
+    def report(self, ctx: LoopContext) -> dict:
+        acc = ctx.accelerator
+        log.info("SAFE rank %d/%d: frozen %s; trainable checksum %.12e", acc.process_index, acc.num_processes,
+                 sorted(self.freezer.frozen.items()), _checksum(ctx.model))
+        history = ctx.extra.get("history", [])
+        layers = self.freezer.layers
+        freeze_steps = {k: self.freezer.frozen.get(k) for k in layers}
+        last_freeze = max((e["step"] for e in self.events), default=None)
+        report = {
+            "policy": self.policy,
+            "config": _plain(self.scfg) if self.scfg is not None else None,
+            "adapter_unit": "all adapter modules of one encoder layer",
+            "n_adapters": len(layers),
+            "n_frozen": len(self.freezer.frozen),
+            "merged_layers": sorted(self.freezer.merged),
+            "schedule_steps": ({"total": self.total_steps, "t_w": self.t_w_step, "t_f": self.t_f_step}
+                               if self.scfg is not None else {"total": self.total_steps}),
+            "adapters": {
+                f"layer{k}": {
+                    "freeze_step": freeze_steps[k],
+                    "importance": [[m["step"], m["importance"].get(k), m["normalised"].get(k)]
+                                   for m in self.measurements if k in m["importance"]],
+                } for k in layers
+            },
+            "frac_frozen": _frac_frozen_changes(self.events, len(layers)),
+            "threshold": [[m["step"], m["threshold"]] for m in self.measurements],
+            "decisions": [{"step": m["step"], "threshold": m["threshold"], "below": m.get("below", []), "froze": m["froze"]}
+                          for m in self.measurements],
+            "events": self.events,
+            "memory": _memory_phases(history, self.events),
+            "overhead": {"probe_flops_total": self.probe_flops, "probe_seconds_total": self.probe_seconds,
+                         "measurements": len(self.measurements) + (1 if self.probe is not None else 0)},
+            "last_freeze_step": last_freeze,
+        }
+        if ctx.accelerator.is_main_process:
+            try:
+                from runner.safe.plot import freeze_timeline
+
+                path = freeze_timeline(
+                    Path(ctx.output_dir) / TIMELINE_PNG, layers, self.total_steps,
+                    [{"step": m["step"], "normalised": m["normalised"]} for m in self.measurements],
+                    freeze_steps, [(0, 0.0)] + [(s, f) for s, f in report["frac_frozen"]] + [(self.total_steps, self.freezer.frac_frozen())],
+                    report["threshold"], title=f"SAFE freeze timeline ({self.policy}); grey: frozen, red: freeze step",
+                )
+                report["timeline_png"] = path.name
+                ctx.tracker.log_image("safe/freeze_timeline", path, self.total_steps)
+            except Exception as exc:  # a plot must never fail a finished run
+                log.warning("SAFE: could not draw the freeze timeline: %s", exc)
+        return report
+
+
+def _checksum(model) -> float:
+    """Sum of |w| over trainable parameters: equal on every rank when DDP kept them in sync."""
+    return float(sum(p.detach().double().abs().sum() for p in model.parameters() if p.requires_grad))
+
+
+def _frac_frozen_changes(events: list[dict], n: int) -> list[list]:
+    out, count = [], 0
+    for e in events:
+        count += len(e["layers"])
+        out.append([e["step"], count / max(1, n)])
+    return out
+
+
+def _memory_phases(history: list[dict], events: list[dict]) -> dict:
+    """Saved-for-backward (and CUDA) memory before the first and after the last freezing event,
+    and the state bytes (gradients, optimizer) at the start and end."""
+    def mean(key, steps):
+        vals = [s[key] for s in steps if s.get(key) is not None]
+        return float(np.mean(vals)) if vals else None
+
+    def peak(key, steps):
+        vals = [s[key] for s in steps if s.get(key) is not None]
+        return max(vals) if vals else None
+
+    first = min((e["step"] for e in events), default=None)
+    last = max((e["step"] for e in events), default=None)
+    before = [s for s in history if first is None or s["step"] <= first]
+    after = [s for s in history if last is not None and s["step"] > last]
+    out = {
+        "saved_for_backward_mean_bytes": mean("saved_bytes", history),
+        "saved_for_backward_mean_before_first_freeze_bytes": mean("saved_bytes", before),
+        "saved_for_backward_mean_after_last_freeze_bytes": mean("saved_bytes", after),
+        "saved_for_backward_peak_after_last_freeze_bytes": peak("saved_bytes", after),
+        "steps_after_last_freeze": len(after),
+        "grad_bytes_first_step": history[0].get("safe/grad_bytes") if history else None,
+        "grad_bytes_last_step": history[-1].get("safe/grad_bytes") if history else None,
+        "optimizer_state_bytes_first_step": history[0].get("safe/optimizer_state_bytes") if history else None,
+        "optimizer_state_bytes_peak": peak("safe/optimizer_state_bytes", history),
+        "optimizer_state_bytes_last_step": history[-1].get("safe/optimizer_state_bytes") if history else None,
+    }
+    if any("cuda_allocated_bytes" in s for s in history):
+        out["cuda_allocated_mean_bytes"] = mean("cuda_allocated_bytes", history)
+        out["cuda_allocated_mean_after_last_freeze_bytes"] = mean("cuda_allocated_bytes", after)
+    return out
+
+
+def _jsonable(m: dict) -> dict:
+    return {**m, "importance": {str(k): v for k, v in m["importance"].items()},
+            "normalised": {str(k): v for k, v in m["normalised"].items()}}
+
+
+def _from_json(m: dict) -> dict:
+    return {**m, "importance": {int(k): v for k, v in m["importance"].items()},
+            "normalised": {int(k): v for k, v in m["normalised"].items()}}
+
+
+def _plain(node):
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(node, resolve=True)
+
+
+__all__ = ["SafeMethod", "rewrap_ddp", "POLICIES"]

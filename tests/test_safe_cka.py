@@ -1,0 +1,90 @@
+"""CKA: invariances and the independent-representations limit."""
+
+import math
+
+import pytest
+import torch
+
+from runner.safe.cka import cka, linear_cka, rbf_cka, token_matrix
+
+
+def _rotation(d: int, seed: int) -> torch.Tensor:
+    q, _ = torch.linalg.qr(torch.randn(d, d, generator=torch.Generator().manual_seed(seed), dtype=torch.float64))
+    return q
+
+
+@pytest.mark.parametrize("kernel", ["linear", "rbf"])
+def test_identical_representations_have_cka_one(kernel):
+    x = torch.randn(300, 16, generator=torch.Generator().manual_seed(0))
+    assert cka(x, x, kernel) == pytest.approx(1.0, abs=1e-9)
+
+
+@pytest.mark.parametrize("kernel", ["linear", "rbf"])
+def test_cka_is_invariant_to_isotropic_scaling_rotation_and_shift(kernel):
+    x = torch.randn(300, 16, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    y = 7.5 * x @ _rotation(16, 2) + 3.0  # scale, rotate, translate
+    assert cka(x, y, kernel) == pytest.approx(1.0, abs=1e-9)
+    assert cka(x, 0.01 * x, kernel) == pytest.approx(1.0, abs=1e-9)
+
+
+@pytest.mark.parametrize("kernel", ["linear", "rbf"])
+def test_independent_random_representations_have_cka_near_zero(kernel):
+    g = torch.Generator().manual_seed(3)
+    x, y = torch.randn(1500, 8, generator=g), torch.randn(1500, 8, generator=g)
+    assert abs(cka(x, y, kernel)) < 0.03
+
+
+def test_cka_is_not_invariant_to_anisotropic_scaling():
+    """Sanity: a representation that really changed scores below 1."""
+    x = torch.randn(500, 8, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    y = x * torch.tensor([10.0, 1, 1, 1, 1, 1, 1, 0.1], dtype=torch.float64)
+    assert linear_cka(x, y) < 0.9
+
+
+def test_feature_and_sample_space_forms_agree():
+    g = torch.Generator().manual_seed(5)
+    x, y = torch.randn(40, 8, generator=g), torch.randn(40, 8, generator=g) + 0.5 * torch.randn(40, 8, generator=g)
+    y = torch.cat([y, x[:, :3]], 1)
+    wide_x, wide_y = torch.randn(20, 64, generator=g), torch.randn(20, 64, generator=g)  # features > samples
+    from runner.safe import cka as mod
+
+    def sample_space(a, b):
+        a, b = mod._centered(a), mod._centered(b)
+        ka, kb = a @ a.T, b @ b.T
+        return float((ka * kb).sum() / (ka.pow(2).sum().sqrt() * kb.pow(2).sum().sqrt()))
+
+    assert linear_cka(x, y) == pytest.approx(sample_space(x, y), rel=1e-9)
+    assert linear_cka(wide_x, wide_y) == pytest.approx(sample_space(wide_x, wide_y), rel=1e-9)
+
+
+def test_constant_representation_gives_nan_and_mismatched_rows_raise():
+    x = torch.randn(10, 4)
+    assert math.isnan(linear_cka(x, torch.ones(10, 4)))
+    with pytest.raises(ValueError):
+        linear_cka(x, torch.randn(9, 4))
+    with pytest.raises(ValueError):
+        cka(x, x, "cosine")
+
+
+def test_token_matrix_drops_padding_so_padding_values_do_not_matter():
+    g = torch.Generator().manual_seed(6)
+    hidden = torch.randn(3, 5, 4, generator=g)
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]])
+    tokens = token_matrix(hidden, mask)
+    assert tokens.shape == (9, 4)
+    garbage = hidden.clone()
+    garbage[mask == 0] = 1e6
+    moved = hidden + 0.1 * torch.randn(3, 5, 4, generator=g)
+    assert linear_cka(token_matrix(garbage, mask), token_matrix(moved, mask)) == pytest.approx(
+        linear_cka(tokens, token_matrix(moved, mask)))
+    assert rbf_cka(token_matrix(garbage, mask), tokens) == pytest.approx(1.0)
+
+
+def test_cached_reference_gives_the_same_linear_cka():
+    from runner.safe.cka import LinearCKAReference
+
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(200, 12, generator=g)
+    ref = LinearCKAReference(x)
+    for y in (x, 3 * x + 1, x + 0.3 * torch.randn(200, 12, generator=g), torch.randn(200, 5, generator=g)):
+        assert ref(y) == pytest.approx(linear_cka(x, y), rel=1e-12)

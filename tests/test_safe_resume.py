@@ -1,0 +1,72 @@
+"""The freezing state is part of the checkpoint: an interrupted SAFE run resumes with it.
+
+(The runner's mid-epoch resume does not replay the same batches, so trajectories are
+compared through the frozen adapters' weights, not the losses.)"""
+
+import json
+
+import pytest
+import torch
+
+from safe_helpers import compose_cfg, read_steps, run_cfg, save_tiny_model_dir, single_thread  # noqa: F401
+
+from safetensors.torch import load_file
+
+from runner.adapters import layer_index
+from runner.safe.method import SafeMethod
+
+OVERRIDES = ["method=safe", "task=glue/mrpc", "task.max_train_samples=160", "trainer.epochs=2", "trainer.lr=5e-3",
+             "safe.interval=2", "safe.t_w=0.1", "safe.t_f=0.5", "safe.threshold=1.0", "safe.probe_size=32",
+             "trainer.checkpoint_every_steps=8", "trainer.eval_every_steps=100"]
+
+
+class Interrupted(Exception):
+    pass
+
+
+def test_interrupted_safe_run_resumes_with_its_frozen_adapters(tmp_path, monkeypatch):
+    model_dir = save_tiny_model_dir(tmp_path / "model")
+    torch.set_num_threads(1)
+    straight = run_cfg(compose_cfg(OVERRIDES, tmp_path / "straight", model_dir))
+    straight_steps = read_steps(tmp_path / "straight")
+    frozen_by_8 = {k: a["freeze_step"] for k, a in straight["method_report"]["adapters"].items()
+                   if a["freeze_step"] is not None and a["freeze_step"] <= 8}
+    assert frozen_by_8, "the test needs a freezing event before the checkpoint at step 8"
+
+    original = SafeMethod.on_step_end
+
+    def crash_after_checkpoint(self, ctx, step):
+        if step == 9:
+            raise Interrupted("simulated crash at step 9")
+        return original(self, ctx, step)
+
+    out = tmp_path / "resumed"
+    monkeypatch.setattr(SafeMethod, "on_step_end", crash_after_checkpoint)
+    with pytest.raises(Interrupted):
+        run_cfg(compose_cfg(OVERRIDES, out, model_dir))
+    meta = json.loads((out / "checkpoint" / "meta.json").read_text())
+    assert meta["global_step"] == 8
+    assert {f"layer{k}": v for k, v in meta["method_state"]["frozen"].items()} == frozen_by_8
+
+    at_8 = load_file(str(out / "checkpoint" / "model.safetensors"))
+    monkeypatch.setattr(SafeMethod, "on_step_end", original)
+    resumed = run_cfg(compose_cfg([*OVERRIDES, "resume=true"], out, model_dir))
+    resumed_steps = read_steps(out)
+    assert resumed["status"] == "completed" and [s["step"] for s in resumed_steps] == list(range(1, 21))
+    # the adapters frozen before the checkpoint stay frozen from the first resumed step on ...
+    report = resumed["method_report"]
+    for layer, step in frozen_by_8.items():
+        assert report["adapters"][layer]["freeze_step"] == step
+    assert resumed_steps[8]["trainable_params"] <= straight_steps[7]["trainable_params"]
+    # ... their LoRA weights and merged base weights are exactly those of the checkpoint: no update
+    # after resuming, and no second merge (the checkpoint's base weights are already merged)
+    at_16 = load_file(str(out / "checkpoint" / "model.safetensors"))
+    assert json.loads((out / "checkpoint" / "meta.json").read_text())["global_step"] == 16
+    layers = [int(k.removeprefix("layer")) for k in frozen_by_8]
+    names = [n for n in at_8 if layer_index(n) in layers and ("lora_" in n or "base_layer.weight" in n)]
+    assert any("base_layer.weight" in n for n in names) and any("lora_" in n for n in names)
+    for n in names:
+        assert torch.equal(at_8[n], at_16[n]), n
+    live = [n for n in at_8 if "lora_" in n and layer_index(n) not in layers
+            and report["adapters"][f"layer{layer_index(n)}"]["freeze_step"] in (None, 17, 18, 19, 20)]
+    assert all(not torch.equal(at_8[n], at_16[n]) for n in live)  # the others kept training

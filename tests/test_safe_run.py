@@ -1,0 +1,147 @@
+"""method=safe end to end through the real Hydra config on a tiny BERT and real MRPC rows."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from safe_helpers import compose_cfg, read_steps, run_cfg, save_tiny_model_dir, single_thread  # noqa: F401
+
+from runner.safe import schedule
+
+# 160 examples, batch 16: 10 steps per epoch, 20 steps in all; t_w at step 2, t_f at step 10.
+COMMON = ["task=glue/mrpc", "task.max_train_samples=160", "trainer.epochs=2", "trainer.lr=5e-3",
+          "safe.interval=2", "safe.t_w=0.1", "safe.t_f=0.5", "safe.probe_size=32"]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return save_tiny_model_dir(tmp_path_factory.mktemp("tiny-bert"))
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, model_dir):
+    """Cache of finished runs by name, so tests share them."""
+    cache = {}
+    root = tmp_path_factory.mktemp("runs")
+
+    def get(name, overrides):
+        if name not in cache:
+            out = root / name
+            torch.set_num_threads(1)
+            results = run_cfg(compose_cfg(overrides, out, model_dir))
+            cache[name] = (results, read_steps(out), out)
+        return cache[name]
+
+    return get
+
+
+def adapter_run(runs):
+    return runs("adapter", ["method=adapter", *[o for o in COMMON if not o.startswith("safe.")]])
+
+
+def safe_run(runs):
+    return runs("safe", ["method=safe", *COMMON, "safe.threshold=1.0", "trainer.sharpness.enabled=true",
+                         "trainer.sharpness.iters=5", "trainer.sharpness.batches=1"])
+
+
+def test_safe_freezes_on_schedule_and_reports(runs):
+    results, steps, out = safe_run(runs)
+    report = results["method_report"]
+    assert results["status"] == "completed" and results["method"] == "safe"
+    assert report["policy"] == "safe" and report["n_adapters"] == 4
+    assert report["schedule_steps"] == {"total": 20, "t_w": 2, "t_f": 10}
+    # T_final = 1: every adapter but the most important one ends up frozen by t_f
+    assert report["n_frozen"] == 3 and report["last_freeze_step"] <= 10
+    measured = [step for step, _ in report["threshold"]]
+    assert measured == [2, 4, 6, 8, 10][: len(measured)] and measured[0] == 2
+    assert all(d["froze"] == d["below"] for d in report["decisions"])
+    for step, t in report["threshold"]:
+        assert t == pytest.approx(schedule.threshold(step / 20, 0.1, 0.5, 1.0))
+    for layer, a in report["adapters"].items():
+        k = int(layer.removeprefix("layer"))
+        if a["freeze_step"] is None:
+            continue
+        # frozen at a measurement where its importance / max was below the threshold
+        at = dict((s, n) for s, _, n in a["importance"])[a["freeze_step"]]
+        assert at < schedule.threshold(a["freeze_step"] / 20, 0.1, 0.5, 1.0)
+        assert k in report["merged_layers"]
+    # per-step records: fraction frozen never decreases; trainable params drop with it
+    fracs = [s["safe/frac_frozen"] for s in steps]
+    assert fracs == sorted(fracs) and fracs[-1] == pytest.approx(0.75)
+    assert steps[-1]["trainable_params"] < steps[0]["trainable_params"]
+    assert steps[-1]["safe/optimizer_state_bytes"] < steps[0]["safe/optimizer_state_bytes"]
+    mem = report["memory"]
+    assert mem["optimizer_state_bytes_last_step"] < mem["optimizer_state_bytes_first_step"]
+    assert mem["steps_after_last_freeze"] == 20 - report["last_freeze_step"]
+    # the probe's FLOPs count as training compute
+    assert report["overhead"]["probe_flops_total"] > 0
+    probe_in_steps = sum(s.get("method_flops") or 0 for s in steps)
+    assert results["flops"]["train_total"] == sum(s["flops"] for s in steps) + probe_in_steps
+    assert (out / report["timeline_png"]).stat().st_size > 5000
+    assert math.isfinite(results["sharpness"]["lambda_max"])
+    assert results["sharpness"]["unmerged_for_measurement"] == 2 * 3  # query+value of 3 merged layers
+    on_disk = json.loads((out / "results.json").read_text())
+    assert on_disk["method_report"]["n_frozen"] == 3
+
+
+def test_safe_matches_plain_adapter_tuning_until_the_first_freeze(runs):
+    """The probe is read-only: SAFE's losses equal method=adapter's exactly until it freezes."""
+    _, base_steps, _ = adapter_run(runs)
+    results, safe_steps, _ = safe_run(runs)
+    first = min(e["step"] for e in results["method_report"]["events"])
+    for a, b in zip(base_steps[:first], safe_steps[:first]):
+        assert a["loss"] == b["loss"] and a["saved_bytes"] == b["saved_bytes"]
+    assert base_steps[first]["trainable_params"] > safe_steps[first]["trainable_params"]
+    assert sum(s["flops"] for s in safe_steps[first:]) < sum(s["flops"] for s in base_steps[first:])
+
+
+def test_static_baseline_freezes_lowest_k_before_the_first_step(runs):
+    _, base_steps, _ = adapter_run(runs)
+    results, steps, _ = runs("static", ["method=safe", "freeze=static", "safe.static_k=2", *COMMON])
+    report = results["method_report"]
+    assert report["policy"] == "static"
+    assert {k: a["freeze_step"] for k, a in report["adapters"].items()} == {
+        "layer0": 0, "layer1": 0, "layer2": None, "layer3": None}
+    assert all(s["safe/frac_frozen"] == 0.5 for s in steps)
+    # same batches as the baseline, fewer activations kept for backward at every step
+    assert all(s["saved_bytes"] < b["saved_bytes"] for s, b in zip(steps, base_steps))
+
+
+def test_random_baseline_freezes_as_many_as_safe_would(runs):
+    results, _, _ = runs("random", ["method=safe", "freeze=random", *COMMON, "safe.threshold=1.0"])
+    report = results["method_report"]
+    assert report["policy"] == "random" and report["n_frozen"] == 3
+    # every decision froze exactly as many adapters as were below the threshold (not necessarily those)
+    assert all(len(d["froze"]) == len(d["below"]) for d in report["decisions"])
+    assert sum(len(d["froze"]) for d in report["decisions"]) == 3
+
+
+def test_freeze_none_is_plain_adapter_tuning(runs):
+    _, base_steps, _ = adapter_run(runs)
+    results, steps, _ = runs("none", ["method=safe", "freeze=none", *[o for o in COMMON if not o.startswith("safe.")]])
+    assert results["method_report"]["n_frozen"] == 0
+    assert [s["loss"] for s in steps] == [s["loss"] for s in base_steps]
+
+
+def test_freeze_without_method_safe_is_a_config_error(tmp_path, model_dir):
+    from runner.errors import ConfigError
+    from runner.methods import build_method
+
+    cfg = compose_cfg(["method=adapter", "freeze=safe"], tmp_path, model_dir)
+    with pytest.raises(ConfigError, match="needs method=safe"):
+        build_method(cfg)
+    cfg = compose_cfg(["method=safe", "freeze=static"], tmp_path, model_dir)
+    with pytest.raises(ConfigError, match="static_k"):
+        run_cfg(cfg)
+
+
+def test_bottleneck_adapters_with_rbf_cka_on_layer_outputs(runs):
+    """The other adapter type and the other importance options go through the same path (no merging)."""
+    results, steps, _ = runs("bottleneck", ["method=safe", "adapter=bottleneck", *COMMON, "safe.threshold=1.0",
+                                            "safe.kernel=rbf", "safe.representation=layer", "safe.max_tokens=256"])
+    report = results["method_report"]
+    assert report["n_adapters"] == 4 and report["n_frozen"] == 3 and report["merged_layers"] == []
+    assert steps[-1]["trainable_params"] < steps[0]["trainable_params"]
+    assert all(0.0 <= v[1] <= 1.0 for a in report["adapters"].values() for v in a["importance"])
