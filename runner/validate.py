@@ -100,5 +100,8 @@ def validate_config(cfg: DictConfig) -> None:
             _positive(a.reduction_factor, "adapter.reduction_factor", integer=True)
             if a.activation not in ACTIVATIONS:
                 raise ConfigError(f"adapter.activation must be one of {', '.join(ACTIVATIONS)}, got {a.activation!r}")
+    from runner.methods import build_method
+
+    build_method(cfg)  # each method checks its own knobs (SAFE: schedule, probe, policy)
     if cfg.logger.name == "wandb" and cfg.logger.mode not in ("auto", "online", "offline", "disabled"):
         raise ConfigError(f"logger.mode must be auto, online, offline or disabled, got {cfg.logger.mode!r}")
