@@ -91,6 +91,10 @@ def _register_resolvers() -> None:
 
     if not OmegaConf.has_resolver("run_stamp"):
         OmegaConf.register_new_resolver("run_stamp", run_stamp, use_cache=True)
+    if not OmegaConf.has_resolver("sweep_group"):  # sweep: W&B group shared by a multirun's jobs
+        from runner.jobs import sweep_group
+
+        OmegaConf.register_new_resolver("sweep_group", sweep_group)
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
