@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from pathlib import Path
 
@@ -352,13 +351,20 @@ def _ratio_text(r) -> str:
     return "" if r is None or pd.isna(r) else f"{r:.2f}×"
 
 
+def _missing(v) -> bool:
+    try:
+        return v is None or bool(pd.isna(v))
+    except (TypeError, ValueError):  # a list or array
+        return False
+
+
 def markdown(df: pd.DataFrame) -> str:
     if df.empty:
         return "_(none)_\n"
     cols = list(df.columns)
     lines = ["| " + " | ".join(str(c) for c in cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
     for _, r in df.iterrows():
-        cells = ["" if (v is None or (isinstance(v, float) and math.isnan(v))) else str(v) for v in r.tolist()]
+        cells = ["" if _missing(v) else str(v) for v in r.tolist()]
         lines.append("| " + " | ".join(c.replace("|", "\\|").replace("\n", " ") for c in cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -626,7 +632,7 @@ def build_report(paths: list[Path], out: Path, baseline: str = "adapter", by: li
                 for task in task_order(pstats[pstats["model"] == model]["task"]):
                     fig = plot_pruning(pstats, model, task, out / f"pruning_{model}_{task}.png")
                     figures += [fig] if fig else []
-    sections.append("## Not completed\n\n" + markdown(problems.fillna("")))
+    sections.append("## Not completed\n\n" + markdown(problems))
     if figures:
         sections.append("## Figures\n\n" + "".join(f"![{f.stem}]({f.name})\n" for f in figures))
     text = "\n".join(sections)

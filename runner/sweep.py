@@ -162,6 +162,20 @@ def job_state(job_dir: Path) -> str:
     return RESUMABLE if has_checkpoint else INCOMPLETE
 
 
+def jobs_to_run(jobs: list[Job], retry_failed: bool = False) -> list[tuple[Job, bool]]:
+    """(job, resume?) for every job that still has to run: completed ones are skipped, failed ones too unless retried."""
+    todo = []
+    for job in jobs:
+        state = job_state(Path(job.dir))
+        if state == COMPLETED:
+            continue
+        if state == FAILED and not retry_failed:
+            print(f"sweep: {job.name}: failed before; skipped (--retry-failed reruns it)", file=sys.stderr)
+            continue
+        todo.append((job, state in (INTERRUPTED, RESUMABLE)))
+    return todo
+
+
 def retire(job_dir: Path) -> Path:
     """Move a job's dir under ``<sweep>/.retired/`` (kept, never deleted; aggregation skips it)."""
     job_dir = Path(job_dir)
@@ -367,6 +381,9 @@ class Runner:
         finally:
             for s, handler in previous.items():
                 signal.signal(s, handler)
+            for proc, *_ in self.running.values():  # only after an error in this loop: leave no job behind
+                if proc.poll() is None:
+                    proc.send_signal(signal.SIGTERM)
         return 128 + self.stop_signal if self.stop_signal else 0
 
     def _start(self, job: Job, resume: bool, slot: int) -> None:
@@ -455,15 +472,7 @@ def main(argv: list[str] | None = None) -> int:
     sweep_dir = Path(sweep_dir)
     group = sweep_dir.name if jobs and _uses_wandb(jobs[0].overrides) else None
 
-    todo: list[tuple[Job, bool]] = []
-    for job in jobs:
-        state = job_state(Path(job.dir))
-        if state == COMPLETED:
-            continue
-        if state == FAILED and not args.retry_failed:
-            print(f"sweep: {job.name}: failed before; skipped (--retry-failed reruns it)", file=sys.stderr)
-            continue
-        todo.append((job, state in (INTERRUPTED, RESUMABLE)))
+    todo = jobs_to_run(jobs, args.retry_failed)
 
     if args.dry_run:
         for job, resume in todo:

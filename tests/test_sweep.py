@@ -14,8 +14,8 @@ import runner.train as train_mod
 from runner.config import compose_config
 from runner.jobs import resolve_auto_resume
 from runner.sweep import (
-    COMPLETED, FAILED, INCOMPLETE, INTERRUPTED, MISSING, RESUMABLE, Job, build_command, expand, job_state, load_plan, plan,
-    summarize,
+    COMPLETED, FAILED, INCOMPLETE, INTERRUPTED, MISSING, RESUMABLE, Job, build_command, expand, job_state, jobs_to_run, load_plan,
+    plan, retire, summarize,
 )
 
 
@@ -181,3 +181,12 @@ def test_job_states_and_a_hydra_multirun_dir_as_a_plan(tmp_path):
     summary = json.loads((sweep / "sweep_summary.json").read_text())
     assert summary["counts"] == {"completed": 1, "failed": 1, "interrupted": 1, "resumable": 1, "incomplete": 2, "missing": 1}
     assert "| 6_mrpc-minilm-adapter-s7 | missing |" in (sweep / "sweep_summary.md").read_text()
+
+    # what --resume does with each state
+    todo = jobs_to_run(jobs)
+    assert [(j.name, resume) for j, resume in todo] == [("2_c", True), ("3_d", True), ("4_e", False), ("5_f", False),
+                                                          ("6_mrpc-minilm-adapter-s7", False)]
+    assert [j.name for j, _ in jobs_to_run(jobs, retry_failed=True)][:1] == ["1_b"]
+    kept = retire(sweep / "4_e")
+    assert kept == sweep / ".retired" / "4_e.1" and (kept / "results.json").is_file() and not (sweep / "4_e").exists()
+    assert retire(sweep / "5_f") == sweep / ".retired" / "5_f.1"
