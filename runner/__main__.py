@@ -31,9 +31,9 @@ def _prepare_distributed_argv() -> None:
     """
     if _world_size() <= 1:
         return
-    if any(a in ("-m", "--multirun") for a in sys.argv[1:]):
+    if any(a in ("-m", "--multirun", "hydra.mode=MULTIRUN") or a.startswith("hparams_search=") for a in sys.argv[1:]):
         print("error: Hydra multirun inside accelerate launch/torchrun runs one sweep per rank; "
-              "run the sweep outside and launch each job (see README: several GPUs per job)", file=sys.stderr)
+              "run the sweep outside: python -m runner.sweep --procs N -- <overrides> (docs/experiments.md)", file=sys.stderr)
         sys.exit(2)
     os.environ.setdefault("RUNNER_RUN_STAMP", _launcher_stamp())
     if _rank() > 0:

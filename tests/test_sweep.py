@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
 import pytest
 import yaml
@@ -190,3 +189,16 @@ def test_job_states_and_a_hydra_multirun_dir_as_a_plan(tmp_path):
     kept = retire(sweep / "4_e")
     assert kept == sweep / ".retired" / "4_e.1" and (kept / "results.json").is_file() and not (sweep / "4_e").exists()
     assert retire(sweep / "5_f") == sweep / ".retired" / "5_f.1"
+
+
+@pytest.mark.parametrize("sweep_arg", ["-m", "hparams_search=mrpc_optuna", "hydra.mode=MULTIRUN"])
+def test_no_sweep_inside_a_distributed_launch(sweep_arg, tmp_path):
+    import os
+    import subprocess
+
+    env = {**os.environ, "WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0"}
+    proc = subprocess.run([sys.executable, "-m", "runner", sweep_arg, "seed=1"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "one sweep per rank" in proc.stderr and "python -m runner.sweep --procs N" in proc.stderr
+    assert not (tmp_path / "outputs").exists()
