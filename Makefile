@@ -5,7 +5,7 @@ GLUE_DIR ?= $(abspath ../shared/data/glue)
 export GLUE_DIR
 PYTEST_ARGS ?=
 
-.PHONY: help install run test test-fast bench clean
+.PHONY: help install run test test-fast bench clean sweep sweep-resume report
 
 help: ## List targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-14s %s\n", $$1, $$2}'
@@ -29,3 +29,37 @@ bench-step: install ## Our adapter training step vs a plain PyTorch+PEFT loop
 
 clean: ## Remove run outputs
 	rm -rf outputs/runs outputs/multiruns
+
+# --- sweeps and reports (docs/experiments.md) --------------------------------
+# A grid of TASKS x METHODS x SEEDS for one MODEL; the repro targets reuse these
+# variables, e.g. `make sweep MODEL=roberta-large TASKS="mrpc rte" PROCS=4`.
+MODEL ?= minilm
+TASKS ?= mrpc rte
+METHODS ?= adapter
+SEEDS ?= 1 2 3
+PROCS ?= 1
+PARALLEL ?= 1
+LAUNCHER ?=
+EXTRA ?=
+BASELINE ?= adapter
+SWEEP ?= outputs
+ifndef SWEEP_DIR
+SWEEP_DIR := outputs/multiruns/$(shell date +%Y-%m-%d_%H-%M-%S)_$(MODEL)
+endif
+comma := ,
+space := $(subst ,, )
+csv = $(subst $(space),$(comma),$(strip $(1)))
+GRID = model=$(MODEL) task=$(call csv,$(addprefix glue/,$(TASKS))) method=$(call csv,$(METHODS)) seed=$(call csv,$(SEEDS))
+
+sweep: install ## Grid MODEL x TASKS x METHODS x SEEDS into SWEEP_DIR; PROCS processes and PARALLEL jobs at a time, or LAUNCHER=slurm|local; EXTRA=overrides
+ifeq ($(LAUNCHER),)
+	$(PYTHON) -m runner.sweep --procs $(PROCS) --parallel $(PARALLEL) --dir $(SWEEP_DIR) -- $(GRID) $(EXTRA)
+else
+	$(PYTHON) -m runner -m hydra/launcher=$(LAUNCHER) hydra.sweep.dir=$(SWEEP_DIR) $(GRID) $(EXTRA)
+endif
+
+sweep-resume: ## Continue SWEEP_DIR: skip completed jobs, resume interrupted ones, run the rest
+	$(PYTHON) -m runner.sweep --resume $(SWEEP_DIR)
+
+report: ## Tables (report.md, CSVs) and PNGs from every results.json under SWEEP (default outputs/) into SWEEP/report
+	$(PYTHON) scripts/aggregate.py $(SWEEP) --baseline $(BASELINE)

@@ -31,9 +31,9 @@ def _prepare_distributed_argv() -> None:
     """
     if _world_size() <= 1:
         return
-    if any(a in ("-m", "--multirun") for a in sys.argv[1:]):
+    if any(a in ("-m", "--multirun", "hydra.mode=MULTIRUN") or a.startswith("hparams_search=") for a in sys.argv[1:]):
         print("error: Hydra multirun inside accelerate launch/torchrun runs one sweep per rank; "
-              "run the sweep outside and launch each job (see README: several GPUs per job)", file=sys.stderr)
+              "run the sweep outside: python -m runner.sweep --procs N -- <overrides> (docs/experiments.md)", file=sys.stderr)
         sys.exit(2)
     os.environ.setdefault("RUNNER_RUN_STAMP", _launcher_stamp())
     if _rank() > 0:
@@ -91,6 +91,10 @@ def _register_resolvers() -> None:
 
     if not OmegaConf.has_resolver("run_stamp"):
         OmegaConf.register_new_resolver("run_stamp", run_stamp, use_cache=True)
+    if not OmegaConf.has_resolver("sweep_group"):  # sweep: W&B group shared by a multirun's jobs
+        from runner.jobs import sweep_group
+
+        OmegaConf.register_new_resolver("sweep_group", sweep_group)
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")

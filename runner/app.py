@@ -19,6 +19,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from runner.errors import UserError
+from runner.jobs import record_failure, resolve_auto_resume
 
 log = logging.getLogger("runner")
 
@@ -55,11 +56,15 @@ def _remove_empty_run_dir(output_dir: Path) -> None:
         shutil.rmtree(output_dir, ignore_errors=True)
 
 
-def _fail(message: str, code: int, cfg: DictConfig) -> None:
+def _fail(message: str, code: int, cfg: DictConfig, exc: BaseException | None = None, stop_sweep: bool = False) -> None:
     if cfg.get("debug"):
         traceback.print_exc()
     print(f"error: {message}", file=sys.stderr)
     if not _is_multirun():
+        sys.exit(code)
+    # sweep: the job's dir keeps a failure record and the sweep goes on (a signal stops it)
+    record_failure(cfg, Path(cfg.output_dir), exc or RuntimeError(message), code)
+    if stop_sweep:
         sys.exit(code)
 
 
@@ -74,15 +79,27 @@ def execute(cfg: DictConfig) -> float | None:
     output_dir = Path(cfg.output_dir)
     try:
         validate_config(cfg)
+        done = resolve_auto_resume(cfg)  # sweep: resume=auto skips a completed job, continues an interrupted one
+        if done is not None:
+            log.info("%s already completed; skipped (resume=auto)", output_dir)
+            return done["metrics"].get(cfg.task.main_metric)
         results = run(cfg)
         return results["metrics"].get(cfg.task.main_metric)
     except UserError as exc:
-        _remove_empty_run_dir(output_dir)
-        _fail(str(exc), exc.exit_code, cfg)
+        if not _is_multirun():
+            _remove_empty_run_dir(output_dir)
+        _fail(str(exc), exc.exit_code, cfg, exc)
     except TrainingDiverged as exc:
-        _fail(f"{exc}; results marked failed, last good checkpoint kept in {output_dir}", EXIT_DIVERGED, cfg)
-    except torch.OutOfMemoryError:
-        _fail(OOM_HINT, EXIT_OOM, cfg)
+        _fail(f"{exc}; results marked failed, last good checkpoint kept in {output_dir}", EXIT_DIVERGED, cfg, exc)
+    except torch.OutOfMemoryError as exc:
+        _fail(OOM_HINT, EXIT_OOM, cfg, exc)
     except RunInterrupted as exc:
-        _fail(str(exc), 128 + int(exc.signum), cfg)
+        # sweep: Ctrl-C/SIGTERM stops the whole sweep, not just this job (resume: python -m runner.sweep --resume)
+        _fail(str(exc), 128 + int(exc.signum), cfg, exc, stop_sweep=True)
+    except Exception as exc:
+        # sweep: any other crash fails this job only; a single run still raises (traceback, exit 1)
+        if not _is_multirun():
+            raise
+        log.exception("job %s crashed", cfg.get("run_name"))
+        _fail(f"job {cfg.get('run_name')} crashed: {type(exc).__name__}: {exc} (traceback in the job's log)", 1, cfg, exc)
     return None

@@ -27,6 +27,7 @@ from transformers import get_scheduler
 from runner import checkpoint, data as data_lib, measure, provenance
 from runner.adapters import parameter_counts, prepare_trainable
 from runner.errors import ConfigError
+from runner.jobs import reset_accelerate_state
 from runner.methods import LoopContext, build_method
 from runner.models import load_model_and_tokenizer, resolve_model_path
 from runner.results import (
@@ -433,7 +434,11 @@ def run(cfg: DictConfig) -> dict:
     was measured and saved; ``failed`` or ``interrupted`` (with what was done
     so far) otherwise. Bad input found before training writes nothing.
     """
-    recipe = Recipe(cfg)
+    try:
+        recipe = Recipe(cfg)
+    except BaseException:
+        reset_accelerate_state()  # sweep: a half-built Accelerator must not leak into the next job
+        raise
     exit_code = 1
     try:
         recipe.setup()
@@ -468,6 +473,7 @@ def run(cfg: DictConfig) -> dict:
         if recipe.tracker is not None:
             recipe.tracker.finish(exit_code)
         recipe.accelerator.end_training()
+        reset_accelerate_state()  # sweep: the next job in this process gets a fresh Accelerator
 
 
 def write_partial_results(recipe: Recipe, status: str, exc: BaseException) -> None:

@@ -1,0 +1,506 @@
+"""Sweeps whose jobs each run as their own process group, and resuming a sweep dir.
+
+Hydra's multirun (``python -m runner -m ...``) runs every job in one process,
+which is right for one device per job. A job that needs several processes
+(``accelerate launch``/torchrun) cannot run inside a sweep (every rank would run
+the whole sweep), so this module runs the sweep *outside* and starts each job
+as its own launcher process::
+
+    python -m runner.sweep --procs 4 -- task=glue/mrpc,glue/rte method=adapter seed=1,2,3
+    python -m runner.sweep --procs 2 --cpu -- task=glue/mrpc seed=1,2      # 2 CPU processes per job
+    python -m runner.sweep --resume outputs/multiruns/<stamp>               # continue a sweep (ours or Hydra's)
+
+The grid uses Hydra's own expansion (``BasicSweeper.split_arguments``), so job
+``i`` is the same job ``python -m runner -m <same overrides>`` would number
+``i``; job dirs are ``<sweep dir>/<i>_<run_name>`` as in a Hydra multirun.
+Each job writes its usual run dir (``hydra.run.dir``), logs to
+``<sweep dir>/logs/<i>_<run_name>.log``, and the sweep ends with
+``sweep_summary.json``/``sweep_summary.md``. The W&B runs of a sweep share one
+group: the sweep dir's name.
+
+``--resume DIR`` skips completed jobs, resumes interrupted ones from their last
+checkpoint (``resume=true``), reruns jobs that left nothing usable (their old
+dir is kept under ``DIR/.retired/``), runs jobs never started, and lists failed
+jobs (rerun with ``--retry-failed``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from runner.results import STATUS_COMPLETED, STATUS_FAILED, STATUS_INTERRUPTED, atomic_write_json, atomic_write_text
+
+MANIFEST = "sweep.json"
+SUMMARY = "sweep_summary"
+RETIRED = ".retired"
+
+# job states (see job_state)
+COMPLETED, FAILED, INTERRUPTED, RESUMABLE, INCOMPLETE, MISSING = (
+    "completed", "failed", "interrupted", "resumable", "incomplete", "missing")
+
+
+@dataclass
+class Job:
+    num: int
+    name: str  # "<num>_<run_name>"
+    overrides: list[str]
+    dir: str = ""
+    extra: dict = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------- the grid
+
+
+def expand(overrides: list[str]) -> list[list[str]]:
+    """Every combination of the comma lists, in Hydra's BasicSweeper order (job numbers match ``-m``)."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(list(overrides))
+    return BasicSweeper.split_arguments(parsed, None)[0]
+
+
+def _is_hydra_override(item: str) -> bool:
+    key = item.lstrip("+~").split("=", 1)[0]
+    return key == "hydra" or key.startswith(("hydra.", "hydra/"))
+
+
+def run_name(overrides: list[str]) -> str | None:
+    """The job's ``run_name`` as the runner would compute it (None if the overrides do not compose)."""
+    from runner.config import compose_config
+
+    try:
+        cfg = compose_config([o for o in overrides if not _is_hydra_override(o)])
+        return str(cfg.run_name)
+    except Exception:  # noqa: BLE001 (the job itself will report why, with its exit code)
+        return None
+
+
+def _uses_wandb(overrides: list[str]) -> bool:
+    from runner.config import compose_config
+
+    try:
+        return compose_config([o for o in overrides if not _is_hydra_override(o)]).logger.name == "wandb"
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def plan(sweep_dir: Path, overrides: list[str]) -> list[Job]:
+    jobs = []
+    for num, job_overrides in enumerate(expand(overrides)):
+        name = f"{num}_{run_name(job_overrides) or 'job'}"
+        jobs.append(Job(num, name, job_overrides, str(Path(sweep_dir) / name)))
+    return jobs
+
+
+def load_plan(sweep_dir: Path) -> tuple[list[Job], dict]:
+    """The jobs of an existing sweep dir: ours (``sweep.json``) or a Hydra multirun (``multirun.yaml``)."""
+    sweep_dir = Path(sweep_dir)
+    manifest = sweep_dir / MANIFEST
+    if manifest.is_file():
+        data = json.loads(manifest.read_text())
+        return [Job(**j) for j in data["jobs"]], data.get("options", {})
+    multirun = sweep_dir / "multirun.yaml"
+    if not multirun.is_file():
+        raise SystemExit(f"error: {sweep_dir} holds neither {MANIFEST} nor multirun.yaml; not a sweep dir")
+    from omegaconf import OmegaConf
+
+    conf = OmegaConf.load(multirun)
+    sweeper = str(OmegaConf.select(conf, "hydra.sweeper._target_") or "")
+    if not sweeper.endswith("BasicSweeper"):
+        raise SystemExit(f"error: {sweep_dir} was made by {sweeper}, not a grid; only grid sweeps can be resumed job by job")
+    params = OmegaConf.select(conf, "hydra.sweeper.params") or {}
+    overrides = [f"{k}={v}" for k, v in params.items()] + list(OmegaConf.select(conf, "hydra.overrides.task") or [])
+    existing = {p.name.split("_", 1)[0]: p for p in sweep_dir.iterdir() if p.is_dir() and "_" in p.name}
+    jobs = []
+    for num, job_overrides in enumerate(expand(overrides)):
+        found = existing.get(str(num))
+        name = found.name if found else f"{num}_{run_name(job_overrides) or 'job'}"
+        jobs.append(Job(num, name, job_overrides, str(sweep_dir / name)))
+    return jobs, {}
+
+
+# ------------------------------------------------------------------ job states
+
+
+def read_status(job_dir: Path) -> dict | None:
+    path = Path(job_dir) / "results.json"
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def job_state(job_dir: Path) -> str:
+    """completed | failed | interrupted (with a checkpoint) | resumable (killed hard, checkpoint left)
+    | incomplete (a dir but nothing to resume from) | missing (never started)."""
+    job_dir = Path(job_dir)
+    if not job_dir.is_dir():
+        return MISSING
+    results = read_status(job_dir) or {}
+    status = results.get("status")
+    has_checkpoint = (job_dir / "checkpoint" / "meta.json").is_file()
+    if status == STATUS_COMPLETED:
+        return COMPLETED
+    if status == STATUS_FAILED:
+        return FAILED
+    if status == STATUS_INTERRUPTED:
+        return INTERRUPTED if has_checkpoint else INCOMPLETE
+    return RESUMABLE if has_checkpoint else INCOMPLETE
+
+
+def jobs_to_run(jobs: list[Job], retry_failed: bool = False) -> list[tuple[Job, bool]]:
+    """(job, resume?) for every job that still has to run: completed ones are skipped, failed ones too unless retried."""
+    todo = []
+    for job in jobs:
+        state = job_state(Path(job.dir))
+        if state == COMPLETED:
+            continue
+        if state == FAILED and not retry_failed:
+            print(f"sweep: {job.name}: failed before; skipped (--retry-failed reruns it)", file=sys.stderr)
+            continue
+        todo.append((job, state in (INTERRUPTED, RESUMABLE)))
+    return todo
+
+
+def retire(job_dir: Path) -> Path:
+    """Move a job's dir under ``<sweep>/.retired/`` (kept, never deleted; aggregation skips it)."""
+    job_dir = Path(job_dir)
+    root = job_dir.parent / RETIRED
+    root.mkdir(exist_ok=True)
+    n = 1
+    while (root / f"{job_dir.name}.{n}").exists():
+        n += 1
+    target = root / f"{job_dir.name}.{n}"
+    job_dir.rename(target)
+    return target
+
+
+# ------------------------------------------------------------------ summaries
+
+
+def summarize(sweep_dir: Path, jobs: list[Job] | None = None) -> list[dict]:
+    """One row per job: state, main metric, error; written to ``sweep_summary.json`` and ``.md``."""
+    sweep_dir = Path(sweep_dir)
+    if jobs is None:
+        jobs, _ = load_plan(sweep_dir)
+    rows = []
+    for job in jobs:
+        results = read_status(Path(job.dir)) or {}
+        metric_name = results.get("main_metric")
+        rows.append({
+            "num": job.num, "name": job.name, "state": job_state(Path(job.dir)),
+            "metric": metric_name, "value": (results.get("metrics") or {}).get(metric_name) if metric_name else None,
+            "error": results.get("error"), "dir": str(Path(job.dir).relative_to(sweep_dir)) if Path(job.dir).is_relative_to(sweep_dir) else job.dir,
+            "overrides": job.overrides,
+        })
+    atomic_write_json(sweep_dir / f"{SUMMARY}.json", {"sweep_dir": str(sweep_dir), "jobs": rows,
+                                                      "counts": _counts(rows)})
+    atomic_write_text(sweep_dir / f"{SUMMARY}.md", summary_markdown(rows))
+    return rows
+
+
+def _counts(rows: list[dict]) -> dict:
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r["state"]] = counts.get(r["state"], 0) + 1
+    return counts
+
+
+def summary_markdown(rows: list[dict]) -> str:
+    lines = ["| job | state | metric | error |", "|---|---|---|---|"]
+    for r in rows:
+        value = f"{r['metric']}={r['value']:.4f}" if isinstance(r["value"], (int, float)) else ""
+        error = (r["error"] or "").replace("|", "\\|").splitlines()[0][:160] if r["error"] else ""
+        lines.append(f"| {r['name']} | {r['state']} | {value} | {error} |")
+    counts = ", ".join(f"{v} {k}" for k, v in _counts(rows).items())
+    return "\n".join(lines) + f"\n\n{len(rows)} jobs: {counts}\n"
+
+
+try:
+    from hydra.experimental.callback import Callback
+except ImportError:  # pragma: no cover
+    Callback = object  # type: ignore[misc,assignment]
+
+
+class SweepSummary(Callback):
+    """Hydra callback (conf/hydra/default.yaml): at the end of a multirun, write and print the job table."""
+
+    def on_multirun_end(self, config, **kwargs) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        try:
+            jobs, _ = load_plan(sweep_dir)
+        except SystemExit:  # not a grid (e.g. Optuna): summarize the job dirs that exist
+            dirs = sorted((p for p in sweep_dir.iterdir() if p.is_dir() and "_" in p.name and p.name.split("_")[0].isdigit()),
+                          key=lambda p: int(p.name.split("_")[0]))
+            jobs = [Job(int(p.name.split("_")[0]), p.name, [], str(p)) for p in dirs]
+        rows = summarize(sweep_dir, jobs)
+        print(f"\nsweep {sweep_dir}:\n" + summary_markdown(rows), file=sys.stderr)
+
+
+# ------------------------------------------------------------------ launching
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launcher_for(procs: int, cpu: bool, launcher: str) -> str:
+    if launcher != "auto":
+        return launcher
+    if procs <= 1:
+        return "python"
+    # accelerate's --cpu launcher starts one process and does not forward SIGTERM; torchrun does both
+    return "torchrun" if cpu else "accelerate"
+
+
+def build_command(job: Job, *, procs: int = 1, cpu: bool = False, launcher: str = "auto", launch_args: list[str] | None = None,
+                  resume: bool = False, group: str | None = None) -> list[str]:
+    """The command that runs one job as its own process (group)."""
+    args = list(job.overrides)
+    if cpu and not any(a.startswith("trainer.cpu=") for a in args):
+        args.append("trainer.cpu=true")
+    if group and not any(a.startswith("logger.group=") for a in args):
+        args.append(f"logger.group={group}")
+    if resume:
+        args.append("resume=true")
+    args.append(f"hydra.run.dir={job.dir}")
+    kind = launcher_for(procs, cpu, launcher)
+    py = sys.executable
+    if kind == "python":
+        return [py, "-m", "runner", *args]
+    if kind == "torchrun":
+        return [py, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={procs}", *(launch_args or []),
+                "-m", "runner", *args]
+    if kind == "accelerate":
+        head = [py, "-m", "accelerate.commands.launch", "--num_processes", str(procs)]
+        if cpu:
+            head.append("--cpu")
+        elif procs > 1:
+            head += ["--multi_gpu", "--main_process_port", str(_free_port())]
+        return [*head, *(launch_args or []), "-m", "runner", *args]
+    raise SystemExit(f"error: unknown launcher {kind!r}; valid: auto, python, torchrun, accelerate")
+
+
+def _last_error_line(log_path: Path) -> str | None:
+    try:
+        lines = [line.strip() for line in log_path.read_text(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return None
+    for line in reversed(lines):
+        if line.startswith("error:"):
+            return line[len("error:"):].strip()
+    return lines[-1][:500] if lines else None
+
+
+def record_launch_failure(job: Job, returncode: int, log_path: Path) -> None:
+    """A job that exited without results.json (bad input, a crash at start, killed) gets a failure record."""
+    job_dir = Path(job.dir)
+    if read_status(job_dir) is not None:
+        return
+    job_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(job_dir / "results.json", {
+        "status": STATUS_FAILED, "stage": "before_training" if returncode != 0 else "no_results",
+        "error": _last_error_line(log_path) or f"exit code {returncode}", "exit_code": returncode,
+        "run_name": job.name.split("_", 1)[1], "job": {"num": job.num, "overrides": job.overrides},
+        "log": str(log_path), "finished_at": datetime.datetime.now().isoformat(timespec="seconds"),
+    })
+
+
+class Runner:
+    """Runs jobs K at a time, each in its own session; forwards SIGINT/SIGTERM so jobs checkpoint and stop."""
+
+    def __init__(self, sweep_dir: Path, *, procs: int, cpu: bool, launcher: str, launch_args: list[str], parallel: int,
+                 devices: list[str] | None, grace_s: float, group: str | None):
+        self.sweep_dir = Path(sweep_dir)
+        self.opts = dict(procs=procs, cpu=cpu, launcher=launcher, launch_args=launch_args, group=group)
+        self.parallel = max(1, parallel)
+        self.slots = self._device_slots(devices, procs)
+        self.grace_s = grace_s
+        self.running: dict[int, tuple[subprocess.Popen, Job, float, int]] = {}
+        self.stop_signal: int | None = None
+        self.stop_time = 0.0
+
+    def _device_slots(self, devices: list[str] | None, procs: int) -> list[str | None]:
+        if not devices:
+            return [None] * self.parallel
+        per_job = max(1, procs)
+        slots = [",".join(devices[i:i + per_job]) for i in range(0, len(devices) - per_job + 1, per_job)]
+        if len(slots) < self.parallel:
+            raise SystemExit(f"error: {len(devices)} devices give {len(slots)} slots of {per_job}; --parallel {self.parallel} needs more")
+        return slots[:self.parallel]
+
+    def _on_signal(self, signum, frame) -> None:
+        if self.stop_signal is not None:  # second signal: stop now
+            for proc, *_ in self.running.values():
+                _kill_group(proc, signal.SIGKILL)
+            return
+        self.stop_signal, self.stop_time = signum, time.time()
+        print(f"sweep: {signal.Signals(signum).name}: asking {len(self.running)} running job(s) to checkpoint and stop; "
+              "no new jobs start", file=sys.stderr)
+        for proc, *_ in self.running.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)  # the launcher (torchrun/accelerate) forwards it to every rank
+
+    def run(self, todo: list[tuple[Job, bool]]) -> int:
+        (self.sweep_dir / "logs").mkdir(parents=True, exist_ok=True)
+        previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        free = list(range(len(self.slots)))
+        queue = list(todo)
+        try:
+            while queue or self.running:
+                while queue and free and self.stop_signal is None:
+                    job, resume = queue.pop(0)
+                    self._start(job, resume, free.pop(0))
+                time.sleep(0.2)
+                for num, (proc, job, t0, slot) in list(self.running.items()):
+                    if proc.poll() is None:
+                        if self.stop_signal is not None and time.time() - self.stop_time > self.grace_s:
+                            _kill_group(proc, signal.SIGKILL)  # did not checkpoint in time
+                        continue
+                    del self.running[num]
+                    free.append(slot)
+                    self._finished(job, proc.returncode, time.time() - t0)
+                if self.stop_signal is not None and not self.running:
+                    break
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+            for proc, *_ in self.running.values():  # only after an error in this loop: leave no job behind
+                if proc.poll() is None:
+                    proc.send_signal(signal.SIGTERM)
+        return 128 + self.stop_signal if self.stop_signal else 0
+
+    def _start(self, job: Job, resume: bool, slot: int) -> None:
+        cmd = build_command(job, resume=resume, **self.opts)
+        env = dict(os.environ)
+        if self.slots[slot] is not None:
+            env["CUDA_VISIBLE_DEVICES"] = self.slots[slot]
+        log_path = self.sweep_dir / "logs" / f"{job.name}.log"
+        with open(log_path, "a") as log:
+            log.write(f"\n$ {shlex.join(cmd)}\n")
+            log.flush()
+            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        self.running[job.num] = (proc, job, time.time(), slot)
+        what = "resuming" if resume else "starting"
+        print(f"sweep: {what} {job.name}" + (f" on devices {self.slots[slot]}" if self.slots[slot] else ""), file=sys.stderr)
+
+    def _finished(self, job: Job, returncode: int, seconds: float) -> None:
+        log_path = self.sweep_dir / "logs" / f"{job.name}.log"
+        if returncode != 0 or read_status(Path(job.dir)) is None:
+            record_launch_failure(job, returncode, log_path)
+        state = job_state(Path(job.dir))
+        results = read_status(Path(job.dir)) or {}
+        metric = results.get("main_metric")
+        value = (results.get("metrics") or {}).get(metric) if metric else None
+        detail = f"{metric}={value:.4f}" if isinstance(value, (int, float)) else (results.get("error") or "")[:200]
+        print(f"sweep: {job.name}: {state} (exit {returncode}, {seconds:.0f} s) {detail}", file=sys.stderr)
+
+
+def _kill_group(proc: subprocess.Popen, sig: int) -> None:
+    try:
+        os.killpg(proc.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+# ------------------------------------------------------------------------ CLI
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m runner.sweep",
+        description="Run a grid of runner jobs, each as its own process group (several processes per job possible).",
+        epilog="example: python -m runner.sweep --procs 2 -- task=glue/mrpc,glue/rte method=adapter seed=1,2,3")
+    p.add_argument("overrides", nargs="*", help="Hydra overrides; comma lists are swept (same syntax as -m)")
+    p.add_argument("--procs", type=int, default=None, help="processes per job (default 1)")
+    p.add_argument("--cpu", action="store_true", default=None, help="CPU processes (sets trainer.cpu=true)")
+    p.add_argument("--launcher", choices=("auto", "python", "torchrun", "accelerate"), default=None,
+                   help="auto: python for 1 process, torchrun on CPU, accelerate launch --multi_gpu on GPUs")
+    p.add_argument("--launch-args", default=None, help="extra launcher arguments, e.g. \"--config_file fsdp.yaml\"")
+    p.add_argument("--parallel", type=int, default=None, help="jobs at a time (default 1)")
+    p.add_argument("--devices", default=None, help="GPU ids to split among parallel jobs, e.g. 0,1,2,3")
+    p.add_argument("--dir", type=Path, default=None, help="sweep dir (default outputs/multiruns/<stamp>)")
+    p.add_argument("--resume", type=Path, default=None, metavar="SWEEP_DIR",
+                   help="continue a sweep dir: skip completed, resume interrupted, run the rest")
+    p.add_argument("--retry-failed", action="store_true", help="with --resume: rerun failed jobs too")
+    p.add_argument("--grace", type=float, default=300.0, help="seconds a signalled job gets to checkpoint before SIGKILL")
+    p.add_argument("--dry-run", action="store_true", help="print the jobs and their commands, run nothing")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from runner.__main__ import _register_resolvers
+
+    _register_resolvers()
+    args = _parser().parse_args(argv)
+    if args.resume is not None:
+        sweep_dir = args.resume
+        jobs, stored = load_plan(sweep_dir)
+        if args.overrides:
+            raise SystemExit("error: --resume takes the jobs from the sweep dir; give no overrides")
+    else:
+        if not args.overrides:
+            raise SystemExit("error: no overrides; e.g. python -m runner.sweep -- task=glue/mrpc,glue/rte seed=1,2")
+        sweep_dir = args.dir or Path("outputs/multiruns") / datetime.datetime.now().strftime("%Y-%m-%d_%H-%M-%S_%f")
+        if (sweep_dir / MANIFEST).exists():
+            raise SystemExit(f"error: {sweep_dir} already holds a sweep; continue it with --resume {sweep_dir}")
+        jobs, stored = plan(sweep_dir, args.overrides), {}
+    opts = {
+        "procs": args.procs if args.procs is not None else stored.get("procs", 1),
+        "cpu": args.cpu if args.cpu is not None else stored.get("cpu", False),
+        "launcher": args.launcher or stored.get("launcher", "auto"),
+        "launch_args": shlex.split(args.launch_args) if args.launch_args is not None else stored.get("launch_args", []),
+        "parallel": args.parallel if args.parallel is not None else stored.get("parallel", 1),
+        "devices": args.devices.split(",") if args.devices else stored.get("devices"),
+    }
+    sweep_dir = Path(sweep_dir)
+    group = sweep_dir.name if jobs and _uses_wandb(jobs[0].overrides) else None
+
+    todo = jobs_to_run(jobs, args.retry_failed)
+
+    if args.dry_run:
+        for job, resume in todo:
+            print(shlex.join(build_command(job, resume=resume, group=group, **{k: opts[k] for k in ("procs", "cpu", "launcher", "launch_args")})))
+        return 0
+
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    manifest = json.loads((sweep_dir / MANIFEST).read_text()) if (sweep_dir / MANIFEST).is_file() else {
+        "created": datetime.datetime.now().isoformat(timespec="seconds"), "argv": sys.argv[1:] if argv is None else argv,
+        "made_by": "multirun.yaml (Hydra multirun)" if args.resume is not None else "runner.sweep"}
+    manifest.update(options=opts, jobs=[asdict(j) for j in jobs])
+    atomic_write_json(sweep_dir / MANIFEST, manifest)  # a Hydra multirun dir gets one too: later resumes read it
+    for job, resume in todo:
+        state = job_state(Path(job.dir))
+        if not resume and state != MISSING:  # failed (retried) or incomplete: keep the old dir aside, start fresh
+            print(f"sweep: {job.name}: {state}; old dir kept as {retire(Path(job.dir))}", file=sys.stderr)
+    print(f"sweep: {len(jobs)} jobs in {sweep_dir}, {len(todo)} to run "
+          f"({sum(r for _, r in todo)} resumed); {opts['procs']} process(es) per job, {opts['parallel']} at a time", file=sys.stderr)
+    runner = Runner(sweep_dir, procs=opts["procs"], cpu=opts["cpu"], launcher=opts["launcher"], launch_args=opts["launch_args"],
+                    parallel=opts["parallel"], devices=opts["devices"], grace_s=args.grace, group=group)
+    code = runner.run(todo)
+    rows = summarize(sweep_dir, jobs)
+    print(f"\nsweep {sweep_dir}:\n" + summary_markdown(rows), file=sys.stderr)
+    if code:
+        print(f"sweep: stopped by a signal; continue with: python -m runner.sweep --resume {sweep_dir}", file=sys.stderr)
+        return code
+    return 0 if all(r["state"] == COMPLETED for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

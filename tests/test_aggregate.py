@@ -1,0 +1,188 @@
+"""Aggregation: synthetic results.json with known numbers give exactly the expected tables; real runs too."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from runner.aggregate import build_report, collect, freeze_steps, main, pruning_entries
+
+MiB = 2**20
+
+
+def write_run(root: Path, name: str, *, task, method, seed, acc=None, mem_mib=None, flops=None, train_s=None,
+              status="completed", adapter="lora", model="m", extra=None) -> Path:
+    run = root / name
+    (run / ".hydra").mkdir(parents=True)
+    results = {"status": status, "run_name": name, "task": task, "model": model, "method": method, "adapter": adapter,
+               "seed": seed, "main_metric": "accuracy"}
+    if status == "completed":
+        results.update({
+            "metrics": {"accuracy": acc, "f1": 0.5},
+            "memory": {"saved_for_backward_peak_bytes": int(mem_mib * MiB / 2), "saved_for_backward_mean_bytes": mem_mib * MiB / 4,
+                       "state_plus_saved_peak_bytes": int(mem_mib * MiB), "param_bytes": 1000},
+            "flops": {"train_total": flops, "eval_per_pass": 1.0},
+            "time": {"train_s": train_s},
+            "steps": {"total": 100},
+            "eval_history": [{"step": 100, "accuracy": acc}],
+        })
+    else:
+        results.update({"error": "RuntimeError: boom" if status == "failed" else "RunInterrupted: SIGTERM", "step": 10})
+    results.update(extra or {})
+    (run / "results.json").write_text(json.dumps(results))
+    (run / "config.yaml").write_text(f"prune:\n  name: {'hies' if extra and 'pruning' in extra else 'none'}\nseed: {seed}\n")
+    return run
+
+
+def hies_section(unpruned, values):
+    """HIES-shaped pruning section: values[(criterion, ratio)] = (metric, stability)."""
+    return {"pruning": {"criterion": "hies", "ratio": 0.5, "unpruned": {"main_metric": unpruned},
+                        "results": [{"criterion": c, "ratio": r, "main_metric": m, "stability": s, "flops_ratio": 1 - r,
+                                     "params_ratio": 1 - r / 2, "metrics": {"accuracy": m}} for (c, r), (m, s) in values.items()]}}
+
+
+def safe_section(freeze):
+    return {"method_report": {"adapters": {f"layer{i}": {"freeze_step": s} for i, s in enumerate(freeze)},
+                              "schedule_steps": {"total": 100}}}
+
+
+@pytest.fixture
+def synthetic(tmp_path) -> Path:
+    root = tmp_path / "sweep"
+    n = 0
+
+    def add(**kw):
+        nonlocal n
+        write_run(root, f"{n}_{kw['task']}-{kw['method']}-s{kw['seed']}", **kw)
+        n += 1
+
+    for seed, acc, t in zip((1, 2, 3), (0.80, 0.82, 0.84), (10, 12, 14)):
+        add(task="mrpc", method="adapter", seed=seed, acc=acc, mem_mib=100, flops=1e12, train_s=t,
+            extra=hies_section(acc, {("hies", 0.1): (acc - 0.01, 0.99), ("hies", 0.5): (acc - 0.10, 0.90),
+                                     ("random", 0.5): (0.50 + seed / 100, 0.6 + seed / 10)}))
+    for seed, acc in zip((1, 2, 3), (0.81, 0.83, 0.85)):
+        add(task="mrpc", method="safe", seed=seed, acc=acc, mem_mib=60, flops=0.5e12, train_s=6, extra=safe_section([20, 50, None]))
+    for seed, acc in zip((1, 2, 3), (0.60, 0.62, 0.64)):
+        add(task="rte", method="adapter", seed=seed, acc=acc, mem_mib=200, flops=2e12, train_s=20)
+    for seed, acc in zip((1, 2), (0.61, 0.63)):
+        add(task="rte", method="safe", seed=seed, acc=acc, mem_mib=100, flops=1e12, train_s=10, extra=safe_section([30, 40, 90]))
+    add(task="rte", method="safe", seed=3, status="failed")
+    add(task="rte", method="safe", seed=4, status="interrupted")
+    (root / "99_killed" / ".hydra").mkdir(parents=True)  # a job killed before writing results.json
+    # a superseded attempt kept aside by the sweep runner: never read
+    write_run(root / ".retired", "0_mrpc-adapter-s1.1", task="mrpc", method="adapter", seed=1, acc=0.0, mem_mib=1, flops=1, train_s=1)
+    return root
+
+
+def test_pruning_and_freeze_keys_are_read_in_one_place():
+    entries, ref = pruning_entries(hies_section(0.8, {("hies", 0.5): (0.7, 0.9)}))
+    assert entries == [{"criterion": "hies", "ratio": 0.5, "metric": 0.7, "stability": 0.9, "flops_ratio": 0.5, "params_ratio": 0.75}]
+    assert ref == {"metric": 0.8}
+    assert pruning_entries({"pruning": [{"criterion": "his", "ratio": 0.2, "metric": 0.6, "stability": 0.8}]})[0][0]["metric"] == 0.6
+    assert pruning_entries({}) == ([], None)
+    assert freeze_steps({**safe_section([20, None]), "steps": {"total": 80}}) == ({"layer0": 20, "layer1": None}, 80)
+    assert freeze_steps({"method_report": {}}) is None
+
+
+def test_synthetic_results_give_the_expected_tables(synthetic, tmp_path):
+    report = build_report([synthetic], tmp_path / "report", baseline="adapter")
+    runs, stats = report["runs"], report["stats"]
+    assert len(runs) == 13 and (runs["status"] == "completed").sum() == 11  # .retired/ is not read
+
+    s = stats.set_index(["task", "method"])
+    assert s.loc[("mrpc", "adapter"), "metric_mean"] == pytest.approx(0.82)
+    assert s.loc[("mrpc", "adapter"), "metric_std"] == pytest.approx(0.02)  # sample std over 3 seeds
+    assert s.loc[("rte", "safe"), "n"] == 2  # the failed and the interrupted run are not averaged
+    assert s.loc[("rte", "safe"), "metric_std"] == pytest.approx(math.sqrt(2) / 100)
+    assert s.loc[("mrpc", "safe"), "memory.state_plus_saved_peak_bytes_ratio"] == pytest.approx(0.6)
+    assert s.loc[("rte", "safe"), "flops.train_total_ratio"] == pytest.approx(0.5)
+    assert s.loc[("mrpc", "adapter"), "time.train_s_mean"] == pytest.approx(12.0)
+    assert s.loc[("mrpc", "safe"), "time.train_s_ratio"] == pytest.approx(0.5)
+
+    main_t = report["tables"]["main/m"].set_index("method")
+    assert list(main_t.index) == ["adapter", "safe"]  # the baseline first
+    assert main_t.loc["adapter", "MRPC"] == "82.00 ± 2.00"
+    assert main_t.loc["safe", "MRPC"] == "83.00 ± 2.00"
+    assert main_t.loc["safe", "RTE"] == "62.00 ± 1.41"
+    assert main_t.loc["adapter", "avg"] == "72.00" and main_t.loc["safe", "avg"] == "72.50"
+    assert main_t.loc["adapter", "memory (MiB)"] == "150" and main_t.loc["safe", "memory (MiB)"] == "80"
+    assert main_t.loc["safe", "memory ×adapter"] == "0.55×"  # mean over tasks of 0.60 and 0.50
+    assert main_t.loc["adapter", "train FLOPs (TFLOP)"] == "1.5" and main_t.loc["safe", "train FLOPs ×adapter"] == "0.50×"
+    assert main_t.loc["safe", "train time (s)"] == "8" and main_t.loc["safe", "train time ×adapter"] == "0.50×"
+
+    eff = report["tables"]["efficiency/m"]
+    row = eff[(eff["task"] == "RTE") & (eff["method"] == "safe")].iloc[0]
+    assert row["n"] == 2 and row["seeds"] == "1,2"
+    assert row["state + saved, peak (MiB)"] == "100.000 ± 0.000 [0.50×]"
+    assert row["saved for backward, mean (MiB)"] == "25.000 ± 0.000 [0.50×]"
+
+    t1 = report["tables"]["pruning_metric/m"].set_index("criterion")
+    assert t1.loc["hies", "MRPC 0%"] == "82.00 ± 2.00"  # the unpruned model
+    assert t1.loc["hies", "MRPC 50%"] == "72.00 ± 2.00"
+    assert t1.loc["random", "MRPC 50%"] == "52.00 ± 1.00"
+    assert t1.loc["random", "MRPC 10%"] == "–"
+    t2 = report["tables"]["pruning_stability/m"].set_index("criterion")
+    assert t2.loc["hies", "MRPC 50%"] == "0.900 ± 0.000" and t2.loc["random", "MRPC 50%"] == "0.800 ± 0.100"
+    assert "MRPC 0%" not in t2.columns
+
+    problems = report["problems"]
+    assert sorted(problems["status"]) == ["failed", "interrupted", "no results"]
+    assert problems.set_index("status").loc["failed", "error"] == "RuntimeError: boom"
+
+    out = tmp_path / "report"
+    assert {p.name for p in out.iterdir()} >= {"runs.csv", "summary.csv", "pruning.csv", "problems.csv", "report.md",
+                                               "efficiency_m.png", "freeze_timeline_m_mrpc.png", "freeze_timeline_m_rte.png",
+                                               "pruning_m_mrpc.png"}
+    csv = pd.read_csv(out / "runs.csv")
+    assert len(csv) == 13 and "memory.state_plus_saved_peak_bytes" in csv.columns and "method_report.adapters.layer0.freeze_step" in csv.columns
+    md = (out / "report.md").read_text()
+    assert "## Not completed" in md and "RuntimeError: boom" in md and "99_killed" in md
+
+
+def test_repeated_seeds_are_flagged_and_by_splits_them(tmp_path):
+    root = tmp_path / "runs"
+    for i, (lr, acc) in enumerate(((1e-3, 0.8), (1e-4, 0.6))):
+        run = write_run(root, f"{i}_mrpc", task="mrpc", method="adapter", seed=1, acc=acc, mem_mib=10, flops=1e9, train_s=1)
+        (run / "config.yaml").write_text(f"trainer:\n  lr: {lr}\n")
+    mixed = build_report([root], tmp_path / "r1", plots=False)
+    assert "seed repeated" in mixed["tables"]["efficiency/m"].iloc[0]["n"]
+    split = build_report([root], tmp_path / "r2", by=["trainer.lr"], plots=False)
+    t = split["tables"]["main/m"]
+    assert sorted(t["method"]) == ["adapter trainer.lr=0.0001", "adapter trainer.lr=0.001"]
+    assert sorted(t["MRPC"]) == ["60.00 (n=1)", "80.00 (n=1)"]
+
+
+def test_cli_writes_the_report(synthetic, tmp_path, capsys):
+    assert main([str(synthetic), "--out", str(tmp_path / "cli"), "--no-plots"]) == 0
+    printed = capsys.readouterr().out
+    assert "| adapter | 82.00 ± 2.00 | 62.00 ± 2.00 | 72.00 |" in printed
+    assert not list((tmp_path / "cli").glob("*.png"))
+
+
+def test_real_runs_aggregate_to_their_own_numbers(tiny_overrides, tmp_path):
+    from runner.config import compose_config
+    from runner.train import run
+
+    root = tmp_path / "sweep"
+    for i, (method, seed) in enumerate((("adapter", 1), ("adapter", 2), ("full", 1))):
+        extra = ["method=full", "adapter=none"] if method == "full" else []
+        run(compose_config([*tiny_overrides, *extra, f"seed={seed}"], output_dir=root / f"{i}_{method}-s{seed}"))
+    runs, problems, _ = collect([root])
+    assert len(runs) == 3 and problems.empty
+    report = build_report([root], tmp_path / "report", plots=True)
+    res = [json.loads((root / d / "results.json").read_text()) for d in ("0_adapter-s1", "1_adapter-s2", "2_full-s1")]
+    accs = pd.Series([r["metrics"]["accuracy"] for r in res[:2]])
+    main_t = report["tables"]["main/tiny"].set_index("method")
+    assert main_t.loc["adapter", "MRPC"] == f"{accs.mean() * 100:.2f} ± {accs.std() * 100:.2f}"
+    assert main_t.loc["full", "MRPC"] == f"{res[2]['metrics']['accuracy'] * 100:.2f} (n=1)"
+    stats = report["stats"].set_index("method")
+    mem = [r["memory"]["state_plus_saved_peak_bytes"] for r in res]
+    assert stats.loc["full", "memory.state_plus_saved_peak_bytes_ratio"] == pytest.approx(mem[2] / ((mem[0] + mem[1]) / 2))
+    flops = [r["flops"]["train_total"] for r in res]
+    assert stats.loc["full", "flops.train_total_ratio"] == pytest.approx(flops[2] / ((flops[0] + flops[1]) / 2))
+    assert stats.loc["full", "flops.train_total_ratio"] > 1  # full fine-tuning computes weight gradients too
+    assert (tmp_path / "report" / "efficiency_tiny.png").stat().st_size > 0

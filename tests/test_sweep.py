@@ -1,0 +1,204 @@
+"""Jobs of a sweep in one process and the sweep runner's planning, without starting processes."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+import yaml
+
+import runner.app as app_mod
+import runner.train as train_mod
+from runner.config import compose_config
+from runner.jobs import resolve_auto_resume
+from runner.sweep import (
+    COMPLETED, FAILED, INCOMPLETE, INTERRUPTED, MISSING, RESUMABLE, Job, build_command, expand, job_state, jobs_to_run, load_plan,
+    plan, retire, summarize,
+)
+
+
+def test_jobs_in_one_process_each_get_a_fresh_accelerator(tiny_overrides, tmp_path):
+    """Accelerate's state is process-wide: without a reset the second job keeps the first one's settings (or refuses)."""
+    from accelerate.state import AcceleratorState, PartialState
+
+    first = train_mod.run(compose_config([*tiny_overrides, "trainer.mixed_precision=no"], output_dir=tmp_path / "a"))
+    assert AcceleratorState._shared_state == {} and PartialState._shared_state == {}
+    seen = {}
+    original = train_mod.Recipe.setup
+
+    def setup(self):
+        seen["mixed_precision"] = self.accelerator.mixed_precision
+        original(self)
+
+    train_mod.Recipe.setup = setup
+    try:
+        second = train_mod.run(compose_config([*tiny_overrides, "trainer.mixed_precision=bf16", "trainer.grad_accum_steps=2"],
+                                              output_dir=tmp_path / "b"))
+    finally:
+        train_mod.Recipe.setup = original
+    assert first["status"] == second["status"] == "completed"
+    assert seen["mixed_precision"] == "bf16"  # not the first job's "no"
+    assert second["steps"]["total"] == 2  # 64 examples / (16 x 2 accumulation steps): the new accumulation was used
+
+
+@pytest.fixture
+def in_multirun(monkeypatch):
+    monkeypatch.setattr(app_mod, "_is_multirun", lambda: True)
+
+
+def test_a_crash_in_a_multirun_job_is_recorded_and_returns_none(tiny_overrides, tmp_path, monkeypatch, in_multirun, capsys):
+    def explode(model, cfg):
+        raise RuntimeError("adapter injection exploded")
+
+    monkeypatch.setattr(train_mod, "prepare_trainable", explode)
+    out = tmp_path / "job"
+    assert app_mod.execute(compose_config(tiny_overrides, output_dir=out)) is None
+    record = json.loads((out / "results.json").read_text())
+    assert record["status"] == "failed" and record["stage"] == "before_training" and record["exit_code"] == 1
+    assert record["error"] == "RuntimeError: adapter injection exploded"
+    assert (record["task"], record["model"], record["method"], record["seed"]) == ("mrpc", "tiny", "adapter", 42)
+    assert "crashed: RuntimeError: adapter injection exploded" in capsys.readouterr().err
+
+
+def test_a_crash_during_training_keeps_the_runs_own_failed_results(tiny_overrides, tmp_path, monkeypatch, in_multirun):
+    original = train_mod.Recipe.evaluate
+
+    def evaluate(self):
+        raise ValueError("metric exploded")
+
+    monkeypatch.setattr(train_mod.Recipe, "evaluate", evaluate)
+    out = tmp_path / "job"
+    assert app_mod.execute(compose_config(tiny_overrides, output_dir=out)) is None
+    record = json.loads((out / "results.json").read_text())
+    assert record["status"] == "failed" and record["error"] == "ValueError: metric exploded"
+    assert record["step"] == 4 and "stage" not in record  # written by the run itself, with what it had done
+    monkeypatch.setattr(train_mod.Recipe, "evaluate", original)
+
+
+def test_bad_input_in_a_multirun_job_keeps_a_failure_record(tiny_overrides, tmp_path, in_multirun):
+    out = tmp_path / "job"
+    overrides = [o for o in tiny_overrides if not o.startswith("task.data_dir")] + [f"task.data_dir={tmp_path / 'nowhere'}"]
+    assert app_mod.execute(compose_config(overrides, output_dir=out)) is None
+    record = json.loads((out / "results.json").read_text())
+    assert record["status"] == "failed" and record["exit_code"] == 3 and "does not exist" in record["error"]
+
+
+def test_a_crash_in_a_single_run_still_raises(tiny_overrides, tmp_path, monkeypatch):
+    monkeypatch.setattr(train_mod, "prepare_trainable", lambda m, c: (_ for _ in ()).throw(RuntimeError("boom")))
+    with pytest.raises(RuntimeError, match="boom"):
+        app_mod.execute(compose_config(tiny_overrides, output_dir=tmp_path / "job"))
+
+
+def test_resume_auto_skips_completed_resumes_checkpoints_and_retires_failed(tmp_path):
+    def cfg_for(d):
+        return compose_config(["resume=auto", "logger=none"], output_dir=d)
+
+    done = tmp_path / "done"
+    done.mkdir()
+    (done / "results.json").write_text(json.dumps({"status": "completed", "metrics": {"accuracy": 0.7}}))
+    cfg = cfg_for(done)
+    assert resolve_auto_resume(cfg)["metrics"]["accuracy"] == 0.7
+
+    killed = tmp_path / "killed"
+    (killed / "checkpoint").mkdir(parents=True)
+    (killed / "checkpoint" / "meta.json").write_text(json.dumps({"global_step": 3}))
+    cfg = cfg_for(killed)
+    assert resolve_auto_resume(cfg) is None and cfg.resume is True
+
+    failed = tmp_path / "failed"
+    failed.mkdir()
+    (failed / "results.json").write_text(json.dumps({"status": "failed", "error": "DataError"}))
+    (failed / "metrics.jsonl").write_text("{}\n")
+    cfg = cfg_for(failed)
+    assert resolve_auto_resume(cfg) is None and cfg.resume is False
+    assert not (failed / "results.json").exists()
+    assert json.loads((failed / ".retired" / "1" / "results.json").read_text())["error"] == "DataError"
+
+    fresh = compose_config(["resume=true"], output_dir=tmp_path / "x")
+    assert resolve_auto_resume(fresh) is None and fresh.resume is True  # only "auto" is touched
+
+
+def test_a_run_outside_a_sweep_keeps_its_wandb_group():
+    cfg = compose_config(["logger=wandb", "task=glue/rte"])
+    assert cfg.logger.group == "rte-minilm-adapter"
+    assert compose_config(["logger=wandb", "logger.group=mine"]).logger.group == "mine"
+
+
+def test_the_grid_is_hydras_and_names_are_the_runners(tmp_path):
+    jobs = expand(["task=glue/mrpc,glue/rte", "seed=1,2", "trainer.lr=1e-3"])
+    assert jobs == [  # values as Hydra writes them into each job's overrides
+        ["task=glue/mrpc", "seed=1", "trainer.lr=0.001"], ["task=glue/mrpc", "seed=2", "trainer.lr=0.001"],
+        ["task=glue/rte", "seed=1", "trainer.lr=0.001"], ["task=glue/rte", "seed=2", "trainer.lr=0.001"],
+    ]
+    planned = plan(tmp_path, ["task=glue/mrpc,glue/rte", "method=adapter,full", "adapter=lora"])
+    assert [j.name for j in planned] == ["0_mrpc-minilm-adapter-s42", "1_mrpc-minilm-full-s42",
+                                         "2_rte-minilm-adapter-s42", "3_rte-minilm-full-s42"]
+    assert planned[3].dir == str(tmp_path / "3_rte-minilm-full-s42")
+    assert plan(tmp_path, ["task=glue/nope"])[0].name == "0_job"  # the job itself reports the bad override
+
+
+def test_each_job_gets_its_own_launcher_command(tmp_path):
+    job = Job(3, "3_mrpc-minilm-adapter-s1", ["task=glue/mrpc", "seed=1"], str(tmp_path / "3_mrpc-minilm-adapter-s1"))
+    one = build_command(job, group="sw")
+    assert one[1:] == ["-m", "runner", "task=glue/mrpc", "seed=1", "logger.group=sw", f"hydra.run.dir={job.dir}"]
+    cpu = build_command(job, procs=2, cpu=True, resume=True)
+    assert cpu[1:6] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m"]
+    assert cpu[-3:] == ["trainer.cpu=true", "resume=true", f"hydra.run.dir={job.dir}"]
+    gpu = build_command(job, procs=4, launch_args=["--mixed_precision", "bf16"])
+    assert gpu[1:7] == ["-m", "accelerate.commands.launch", "--num_processes", "4", "--multi_gpu", "--main_process_port"]
+    assert gpu[8:12] == ["--mixed_precision", "bf16", "-m", "runner"]
+    acc_cpu = build_command(job, procs=2, cpu=True, launcher="accelerate")
+    assert acc_cpu[1:7] == ["-m", "accelerate.commands.launch", "--num_processes", "2", "--cpu", "-m"]
+    assert build_command(job, group="sw", procs=1)[0] == sys.executable
+
+
+def test_job_states_and_a_hydra_multirun_dir_as_a_plan(tmp_path):
+    sweep = tmp_path / "sweep"
+    states = {"0_a": {"status": "completed"}, "1_b": {"status": "failed"}, "2_c": {"status": "interrupted"},
+              "3_d": None, "4_e": {"status": "interrupted"}, "5_f": None}
+    for name, results in states.items():
+        d = sweep / name
+        (d / ".hydra").mkdir(parents=True)
+        if results:
+            (d / "results.json").write_text(json.dumps(results))
+    for name in ("2_c", "3_d"):
+        (sweep / name / "checkpoint").mkdir()
+        (sweep / name / "checkpoint" / "meta.json").write_text("{}")
+    expected = [COMPLETED, FAILED, INTERRUPTED, RESUMABLE, INCOMPLETE, INCOMPLETE]
+    assert [job_state(sweep / n) for n in states] == expected
+    assert job_state(sweep / "9_never") == MISSING
+
+    (sweep / "multirun.yaml").write_text(yaml.safe_dump({"hydra": {
+        "sweeper": {"_target_": "hydra._internal.core_plugins.basic_sweeper.BasicSweeper", "max_batch_size": None, "params": None},
+        "overrides": {"task": ["trainer.lr=1e-3", "seed=1,2,3,4,5,6,7"]}}}))
+    jobs, _ = load_plan(sweep)
+    assert [j.name for j in jobs][:6] == list(states) and jobs[6].name == "6_mrpc-minilm-adapter-s7"
+    assert jobs[4].overrides == ["trainer.lr=0.001", "seed=5"]
+    rows = summarize(sweep, jobs)
+    assert [r["state"] for r in rows] == [*expected, MISSING]
+    summary = json.loads((sweep / "sweep_summary.json").read_text())
+    assert summary["counts"] == {"completed": 1, "failed": 1, "interrupted": 1, "resumable": 1, "incomplete": 2, "missing": 1}
+    assert "| 6_mrpc-minilm-adapter-s7 | missing |" in (sweep / "sweep_summary.md").read_text()
+
+    # what --resume does with each state
+    todo = jobs_to_run(jobs)
+    assert [(j.name, resume) for j, resume in todo] == [("2_c", True), ("3_d", True), ("4_e", False), ("5_f", False),
+                                                          ("6_mrpc-minilm-adapter-s7", False)]
+    assert [j.name for j, _ in jobs_to_run(jobs, retry_failed=True)][:1] == ["1_b"]
+    kept = retire(sweep / "4_e")
+    assert kept == sweep / ".retired" / "4_e.1" and (kept / "results.json").is_file() and not (sweep / "4_e").exists()
+    assert retire(sweep / "5_f") == sweep / ".retired" / "5_f.1"
+
+
+@pytest.mark.parametrize("sweep_arg", ["-m", "hparams_search=mrpc_optuna", "hydra.mode=MULTIRUN"])
+def test_no_sweep_inside_a_distributed_launch(sweep_arg, tmp_path):
+    import os
+    import subprocess
+
+    env = {**os.environ, "WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0"}
+    proc = subprocess.run([sys.executable, "-m", "runner", sweep_arg, "seed=1"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "one sweep per rank" in proc.stderr and "python -m runner.sweep --procs N" in proc.stderr
+    assert not (tmp_path / "outputs").exists()
