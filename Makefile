@@ -63,3 +63,22 @@ sweep-resume: ## Continue SWEEP_DIR: skip completed jobs, resume interrupted one
 
 report: ## Tables (report.md, CSVs) and PNGs from every results.json under SWEEP (default outputs/) into SWEEP/report
 	$(PYTHON) scripts/aggregate.py $(SWEEP) --baseline $(BASELINE)
+
+# --- reproduction targets (README: "Reproduce the papers") -------------------
+# Defaults: MiniLM, MRPC and RTE, 3 seeds, offline on a 2-core CPU. Paper
+# settings: make repro-safe MODEL=roberta-large TASKS="cola sst2 mrpc qqp stsb mnli qnli rte" PROCS=4
+SAFE_EPOCHS ?= 3
+SAFE_LR ?= 1e-3
+SAFE_TRAIN_CAP ?= null
+REPRO_SAFE_DIR ?= outputs/repro-safe/$(MODEL)
+
+repro-safe: install ## SAFE vs adapter tuning (LoRA): TASKS x {adapter, safe} x SEEDS, then the SAFE table and plots (rerun to continue)
+ifneq ($(wildcard $(REPRO_SAFE_DIR)/sweep.json),)
+	$(PYTHON) -m runner.sweep --resume $(REPRO_SAFE_DIR)
+else
+	$(PYTHON) -m runner.sweep --procs $(PROCS) --parallel $(PARALLEL) --dir $(REPRO_SAFE_DIR) -- \
+	  model=$(MODEL) task=$(call csv,$(addprefix glue/,$(TASKS))) method=adapter,safe seed=$(call csv,$(SEEDS)) \
+	  trainer.epochs=$(SAFE_EPOCHS) trainer.lr=$(SAFE_LR) task.max_train_samples=$(SAFE_TRAIN_CAP) \
+	  trainer.sharpness.enabled=true trainer.sharpness.batches=1 trainer.sharpness.iters=10 logger=none $(EXTRA)
+endif
+	$(PYTHON) scripts/aggregate.py $(REPRO_SAFE_DIR) --baseline adapter
