@@ -39,7 +39,17 @@ def execute(cfg: DictConfig) -> float | None:
     try:
         from runner.train import run
 
-        results = run(cfg)
+        # --- head pruning (runner.prune, docs/hies.md): checked before training; a saved run skips training
+        from runner.prune import stage as prune_stage
+
+        prune = prune_stage.check(cfg)
+        if prune is not None and prune.from_run:
+            results = prune_stage.prune_saved_run(cfg)
+            return results["metrics"].get(results["main_metric"])
+        results = run(cfg, post_train=prune_stage.after_training if prune is not None else None)
+        if "pruning" in results:  # the job's final model is the pruned one
+            return results["pruning"]["primary"]["main_metric"]
+        # --- end head pruning
         return results["metrics"].get(cfg.task.main_metric)
     except UserError as exc:
         if cfg.get("debug"):

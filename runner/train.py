@@ -360,8 +360,13 @@ def write_step_history(path: Path, history: list[dict]) -> None:
     atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in history))
 
 
-def run(cfg: DictConfig) -> dict:
-    """Run one experiment end to end; returns the results dict."""
+def run(cfg: DictConfig, post_train=None) -> dict:
+    """Run one experiment end to end; returns the results dict.
+
+    ``post_train(recipe, results) -> dict``, if given, runs after the model and
+    results are saved (head pruning: :func:`runner.prune.stage.after_training`);
+    the sections it returns are added to results.json.
+    """
     recipe = Recipe(cfg)
     exit_code = 1
     try:
@@ -380,6 +385,10 @@ def run(cfg: DictConfig) -> dict:
             write_step_history(recipe.output_dir / "steps.jsonl", recipe.history)
             atomic_write_json(recipe.output_dir / "results.json", results)
             recipe.tracker.summary(flatten(results))
+        if post_train is not None:  # e.g. head pruning (runner.prune)
+            results.update(post_train(recipe, results))
+            if recipe.is_main:
+                atomic_write_json(recipe.output_dir / "results.json", results)
         exit_code = 0
         return results
     except BaseException as exc:
