@@ -8,6 +8,7 @@ time -> plots, files, W&B. Returns the ``pruning`` section of results.json.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import json
@@ -157,6 +158,18 @@ def forward_flops(model: nn.Module, batch: dict, device) -> int:
     with torch.no_grad():
         _, flops = measure.count_flops(lambda: model(**batch))
     return flops
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None):
+    """Run with ``n`` intra-op threads (None: leave torch's setting)."""
+    before = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _time_once(model: nn.Module, batch: dict, device) -> float:
@@ -409,10 +422,12 @@ def run_pruning(inputs: PruneInputs, s: PruneSettings) -> dict:
                 "latency": None, "recovery": recovery,
             }
             if timed:
-                record["latency"] = {
-                    f"bs{bs}": compare_latency(model, pruned_model, batches, s.latency_repeats, device)
-                    for bs, batches in latency_batches.items()
-                }
+                with torch_threads(s.latency_threads):
+                    record["latency"] = {
+                        f"bs{bs}": {**compare_latency(model, pruned_model, batches, s.latency_repeats, device),
+                                    "threads": torch.get_num_threads()}
+                        for bs, batches in latency_batches.items()
+                    }
             if save:
                 from runner.prune.persist import save_pruned
 

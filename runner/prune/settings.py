@@ -35,6 +35,7 @@ class PruneSettings:
     latency: str
     latency_repeats: int
     latency_ratios: tuple[float, ...] | None  # None: every evaluated ratio
+    latency_threads: int | None  # None: torch's default
     latency_examples: int
     latency_batch_sizes: tuple[int, ...]
     flops_batch_size: int
@@ -144,6 +145,8 @@ def parse(pcfg: DictConfig) -> PruneSettings:
         latency_repeats=_positive_int(pcfg.get("latency_repeats", 7), "prune.latency_repeats"),
         latency_ratios=None if pcfg.get("latency_ratios") is None else tuple(
             _ratio(r, "every prune.latency_ratios value") for r in _list(pcfg.get("latency_ratios"), "prune.latency_ratios")),
+        latency_threads=None if pcfg.get("latency_threads") is None else _positive_int(
+            pcfg.get("latency_threads"), "prune.latency_threads"),
         latency_examples=_positive_int(pcfg.get("latency_examples", 64), "prune.latency_examples"),
         latency_batch_sizes=tuple(_positive_int(b, "prune.latency_batch_sizes") for b in _list(pcfg.get("latency_batch_sizes", [1, 32]), "prune.latency_batch_sizes")),
         flops_batch_size=_positive_int(pcfg.get("flops_batch_size", 32), "prune.flops_batch_size"),
