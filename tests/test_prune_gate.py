@@ -100,6 +100,11 @@ def test_gate_through_merged_lora_and_bottleneck():
                 p.normal_(0, 0.5)
     peft_model.eval()
     ref = _logits(peft_model, batch)
+    # SAFE merges a frozen layer's LoRA modules in place (PEFT merge()); unwrapping must not add them twice
+    for name, module in peft_model.named_modules():
+        if ".layer.0." in name and hasattr(module, "merge") and hasattr(module, "lora_A"):
+            module.merge()
+    torch.testing.assert_close(_logits(peft_model, batch), ref, atol=1e-5, rtol=0)
     with pytest.raises(ModelError, match="unwrap_peft"):
         HeadGate(peft_model)
     merged = unwrap_peft(peft_model)
