@@ -196,3 +196,20 @@ def test_cli_refuses_bad_prune_settings_before_training(tiny_model_dir, tmp_path
     with pytest.raises(SystemExit):
         execute(cfg)
     assert "prune.from_run needs a criterion" in capsys.readouterr().err
+
+
+def test_pruning_results_reach_wandb(tiny_model_dir, tmp_path, monkeypatch):
+    from wandb_files import find_run_file, read_run
+
+    from runner.app import execute
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    train_dir = tmp_path / "train"
+    execute(compose([*_overrides(tiny_model_dir, tmp_path), "logger=wandb", "prune=random", *FAST_PRUNE,
+                     "prune.latency=none", "prune.ratios=[0.25,0.5]"], train_dir))
+    run = read_run(find_run_file(train_dir))
+    logged = {k for row in run["history"] for k in row}
+    assert {"prune/random/r0.25/accuracy", "prune/random/r0.5/stability", "prune/random/r0.5/flops_ratio"} <= logged
+    assert "prune/curve/_type" in logged and "prune/heatmaps/_type" in logged  # the plots, as images
+    assert run["summary"]["prune/primary/heads_pruned"] == 2  # round(0.3 * 8) at the primary ratio
+    assert "train/loss" in logged  # one W&B run for training and pruning
