@@ -15,7 +15,10 @@ latency ratios at 50%; scoring time. Finished steps are skipped on a rerun.
     python scripts/bench_hies.py --dry-run                         # print the commands only
 
 Everything runs through ``python -m runner`` in subprocesses (the real entry
-point); extra overrides go to fine-tuning (``--train``) or pruning (``--prune``).
+point). Fine-tuning uses ``--recipe`` (default: full fine-tuning at lr 1e-4,
+the runner's 3 epochs) plus ``--train`` overrides, e.g. ``--recipe
+"method=safe"`` once SAFE is merged; pruning takes ``--prune`` overrides (e.g.
+``prune.latency_threads=1`` on a busy machine, ``prune.alpha=auto``).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 CRITERIA = ["hies", "his", "entropy", "magnitude", "random", "none"]
 RATIOS = [0.1, 0.3, 0.5, 0.7]
+DEFAULT_RECIPE = "method=full trainer.lr=1e-4"
 
 
 def _list(values) -> str:
@@ -186,7 +190,10 @@ def main() -> None:
     ap.add_argument("--criteria", nargs="+", default=CRITERIA)
     ap.add_argument("--runs", nargs="*", default=[], metavar="TASK=DIR,DIR,...",
                     help="reuse finished fine-tuning runs (one per seed) instead of training")
-    ap.add_argument("--train", nargs="*", default=[], metavar="OVERRIDE", help="extra overrides for fine-tuning")
+    ap.add_argument("--recipe", default=DEFAULT_RECIPE,
+                    help=f"fine-tuning overrides (default {DEFAULT_RECIPE!r}: full fine-tuning; LoRA with the runner's "
+                         f"defaults stays at MRPC's majority class after an epoch); '' for the runner's defaults")
+    ap.add_argument("--train", nargs="*", default=[], metavar="OVERRIDE", help="extra overrides for fine-tuning (after --recipe)")
     ap.add_argument("--prune", nargs="*", default=[], metavar="OVERRIDE", help="extra overrides for pruning")
     ap.add_argument("--out", type=Path, default=REPO / "outputs" / "bench_hies")
     ap.add_argument("--dry-run", action="store_true")
@@ -206,7 +213,8 @@ def main() -> None:
                 if completed(run_dir):
                     print(f"= fine-tuned {task} seed {seed}: {run_dir}")
                 else:
-                    run_cli([f"task=glue/{task}", f"seed={seed}", "logger=none", "trainer.progress_bar=false", *args.train],
+                    run_cli([f"task=glue/{task}", f"seed={seed}", "logger=none", "trainer.progress_bar=false",
+                             *args.recipe.split(), *args.train],
                             run_dir, args.dry_run, out / "logs" / f"train-{task}-s{seed}.log")
                 runs.append(run_dir)
         results = []
