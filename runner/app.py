@@ -72,6 +72,7 @@ def execute(cfg: DictConfig) -> float | None:
     """Run the configured job; returns the main metric (for sweepers)."""
     import torch
 
+    from runner.prune import stage as prune_stage
     from runner.train import RunInterrupted, TrainingDiverged, run
     from runner.validate import validate_config
 
@@ -79,11 +80,19 @@ def execute(cfg: DictConfig) -> float | None:
     output_dir = Path(cfg.output_dir)
     try:
         validate_config(cfg)
+        # --- head pruning (runner.prune, docs/hies.md): checked before training; a saved run skips training
+        prune = prune_stage.check(cfg)
+        if prune is not None and prune.from_run:
+            results = prune_stage.prune_saved_run(cfg)
+            return results["metrics"].get(results["main_metric"])
         done = resolve_auto_resume(cfg)  # sweep: resume=auto skips a completed job, continues an interrupted one
         if done is not None:
             log.info("%s already completed; skipped (resume=auto)", output_dir)
             return done["metrics"].get(cfg.task.main_metric)
-        results = run(cfg)
+        results = run(cfg, post_train=prune_stage.after_training if prune is not None else None)
+        if "pruning" in results:  # the job's final model is the pruned one
+            return results["pruning"]["primary"]["main_metric"]
+        # --- end head pruning
         return results["metrics"].get(cfg.task.main_metric)
     except UserError as exc:
         if not _is_multirun():

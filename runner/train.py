@@ -427,12 +427,15 @@ def write_step_history(path: Path, history: list[dict]) -> None:
     atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in history))
 
 
-def run(cfg: DictConfig) -> dict:
+def run(cfg: DictConfig, post_train=None) -> dict:
     """Run one experiment end to end; returns the results dict.
 
     results.json always tells the truth: ``completed`` only after everything
     was measured and saved; ``failed`` or ``interrupted`` (with what was done
     so far) otherwise. Bad input found before training writes nothing.
+    ``post_train(recipe, results) -> dict``, if given, runs after the model and
+    results are saved (head pruning: :func:`runner.prune.stage.after_training`);
+    the sections it returns are added to results.json.
     """
     try:
         recipe = Recipe(cfg)
@@ -440,6 +443,7 @@ def run(cfg: DictConfig) -> dict:
         reset_accelerate_state()  # sweep: a half-built Accelerator must not leak into the next job
         raise
     exit_code = 1
+    trained: dict | None = None  # the completed training results, once written
     try:
         recipe.setup()
         recipe.train()
@@ -462,11 +466,19 @@ def run(cfg: DictConfig) -> dict:
             write_step_history(recipe.output_dir / "steps.jsonl", recipe.history)
             atomic_write_json(recipe.output_dir / "results.json", results)
             recipe.tracker.summary(flatten(results))
+        trained = results
+        if post_train is not None:  # e.g. head pruning (runner.prune)
+            results.update(post_train(recipe, results))
+            if recipe.is_main:
+                atomic_write_json(recipe.output_dir / "results.json", results)
         exit_code = 0
         return results
     except BaseException as exc:
-        if recipe.started and recipe.is_main:
-            status = STATUS_INTERRUPTED if isinstance(exc, (RunInterrupted, KeyboardInterrupt)) else STATUS_FAILED
+        status = STATUS_INTERRUPTED if isinstance(exc, (RunInterrupted, KeyboardInterrupt)) else STATUS_FAILED
+        if trained is not None and recipe.is_main:  # training finished; the stage after it failed: keep every number
+            atomic_write_json(recipe.output_dir / "results.json",
+                              {**trained, "status": status, "failed_stage": "post_train", "error": f"{type(exc).__name__}: {exc}"})
+        elif recipe.started and recipe.is_main:
             write_partial_results(recipe, status, exc)
         raise
     finally:

@@ -103,5 +103,8 @@ def validate_config(cfg: DictConfig) -> None:
     from runner.methods import build_method
 
     build_method(cfg)  # each method checks its own knobs (SAFE: schedule, probe, policy)
+    from runner.prune.stage import check as check_pruning
+
+    check_pruning(cfg)  # ratio in [0, 1), alpha in [0, 1] or auto, criteria, from_run
     if cfg.logger.name == "wandb" and cfg.logger.mode not in ("auto", "online", "offline", "disabled"):
         raise ConfigError(f"logger.mode must be auto, online, offline or disabled, got {cfg.logger.mode!r}")

@@ -1,0 +1,164 @@
+"""Which models we can gate and prune, and the head gate itself.
+
+transformers 5 removed ``head_mask``, so the gate is ours: a forward pre-hook
+on each layer's attention output projection (``attention.output.dense``). Its
+input is the concatenation of the heads' outputs, ``[B, T, H * d]``; the hook
+views it as ``[B, T, H, d]`` and multiplies head ``h`` by ``m[layer, h]``.
+The hook sees the same tensor whatever attention kernel (eager, SDPA) ran.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from runner.errors import ModelError
+
+# Encoder families whose layers look like BERT's: layer.attention.self.{query,
+# key,value} and layer.attention.output.dense.
+GATEABLE_MODEL_TYPES = ("bert", "roberta", "xlm-roberta", "camembert", "electra")
+
+
+@dataclass(frozen=True)
+class HeadGeometry:
+    num_layers: int
+    num_heads: int  # per layer, before pruning
+    head_size: int
+    hidden_size: int
+
+    @property
+    def total_heads(self) -> int:
+        return self.num_layers * self.num_heads
+
+
+def unwrap_peft(model: nn.Module) -> nn.Module:
+    """The plain transformers model: PEFT LoRA weights merged into the base weights.
+
+    Pruning slices the query/key/value and output weights; a LoRA delta that
+    is not merged would keep the full width. ``merge_and_unload`` folds the
+    adapters in (and keeps ``modules_to_save`` such as the classifier).
+    """
+    if hasattr(model, "merge_and_unload") and hasattr(model, "peft_config"):
+        model = model.merge_and_unload()
+    return model
+
+
+def _output_projection(layer: nn.Module) -> nn.Linear:
+    """The attention output projection, seen through our bottleneck adapter wrapper."""
+    dense = layer.attention.output.dense
+    base = getattr(dense, "base_layer", dense)  # runner.adapters.WithBottleneck keeps the Linear as base_layer
+    if not isinstance(base, nn.Linear) or hasattr(base, "lora_A"):
+        raise ModelError(
+            f"attention.output.dense is a {type(dense).__name__}; merge LoRA adapters before pruning "
+            f"(runner.prune.gate.unwrap_peft)"
+        )
+    return base
+
+
+def encoder_layers(model: nn.Module) -> list[nn.Module]:
+    """The encoder's layers, after checking that every one of them can be gated.
+
+    Raises :class:`ModelError` with the reason for anything else (GPT-2,
+    DistilBERT, T5, ...).
+    """
+    config = getattr(model, "config", None)
+    model_type = getattr(config, "model_type", None)
+    if hasattr(model, "peft_config"):
+        raise ModelError("head gating needs the plain transformers model; call runner.prune.gate.unwrap_peft first")
+    if model_type not in GATEABLE_MODEL_TYPES:
+        raise ModelError(
+            f"head gating and pruning support BERT- and RoBERTa-family encoders "
+            f"({', '.join(GATEABLE_MODEL_TYPES)}), not model type {model_type!r} ({type(model).__name__})"
+        )
+    base = getattr(model, "base_model", model)
+    layers = getattr(getattr(base, "encoder", None), "layer", None)
+    if not isinstance(layers, nn.ModuleList) or len(layers) == 0:
+        raise ModelError(f"{type(model).__name__} has no encoder.layer list; cannot locate its attention heads")
+    for i, layer in enumerate(layers):
+        att = getattr(layer, "attention", None)
+        ok = att is not None and hasattr(att, "self") and hasattr(att, "output") and hasattr(att.output, "dense")
+        if not ok:
+            raise ModelError(f"layer {i} of {type(model).__name__} has no attention.self / attention.output.dense")
+        if getattr(layer, "add_cross_attention", False):
+            raise ModelError("encoder-decoder (cross-attention) BERT models are not supported by head pruning")
+        _output_projection(layer)
+    return list(layers)
+
+
+def supports_head_gating(model: nn.Module) -> bool:
+    try:
+        encoder_layers(model)
+    except ModelError:
+        return False
+    return True
+
+
+def geometry(model: nn.Module) -> HeadGeometry:
+    layers = encoder_layers(model)
+    config = model.config
+    heads = int(config.num_attention_heads)
+    return HeadGeometry(
+        num_layers=len(layers), num_heads=heads, head_size=int(config.hidden_size) // heads,
+        hidden_size=int(config.hidden_size),
+    )
+
+
+def heads_in_layer(layer: nn.Module) -> int:
+    """Heads a layer has now (after any physical pruning)."""
+    return int(getattr(layer.attention.self, "num_attention_heads", 0))
+
+
+class HeadGate:
+    """A (layers x heads) gate ``m`` on every head's output; use as a context manager.
+
+    ``m = 1`` leaves the model unchanged, ``m = 0`` removes the head's
+    contribution. With ``requires_grad=True``, ``gate.mask.grad`` after a
+    backward pass is dL/dm (the head importance signal). Only for models that
+    have not been physically pruned.
+    """
+
+    def __init__(self, model: nn.Module, requires_grad: bool = False):
+        self.model = model
+        self.layers = encoder_layers(model)
+        self.geo = geometry(model)
+        for i, layer in enumerate(self.layers):
+            if heads_in_layer(layer) != self.geo.num_heads:
+                raise ModelError(f"layer {i} is already pruned; gate the model before physical pruning")
+        param = next(model.parameters())
+        self.mask = torch.ones(self.geo.num_layers, self.geo.num_heads, device=param.device, dtype=param.dtype,
+                               requires_grad=requires_grad)
+        self._handles: list = []
+
+    def _hook(self, index: int):
+        def pre_hook(module, args):
+            x = args[0]
+            shape = x.shape
+            gated = x.view(*shape[:-1], self.geo.num_heads, self.geo.head_size) * self.mask[index].view(-1, 1).to(x.dtype)
+            return (gated.view(shape), *args[1:])
+
+        return pre_hook
+
+    def attach(self) -> "HeadGate":
+        if not self._handles:
+            self._handles = [layer.attention.output.dense.register_forward_pre_hook(self._hook(i))
+                             for i, layer in enumerate(self.layers)]
+        return self
+
+    def detach(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+    def set(self, mask: torch.Tensor) -> None:
+        """Copy a (layers x heads) 0/1 (or real-valued) mask into the gate."""
+        with torch.no_grad():
+            self.mask.copy_(torch.as_tensor(mask, dtype=self.mask.dtype, device=self.mask.device))
+
+    def __enter__(self) -> "HeadGate":
+        return self.attach()
+
+    def __exit__(self, *exc) -> bool:
+        self.detach()
+        return False

@@ -1,0 +1,71 @@
+"""Saving and loading a physically pruned model.
+
+A pruned model folder holds the usual ``config.json`` (with the original head
+count), ``model.safetensors`` (the pruned, smaller weights), the tokenizer
+and ``pruned_heads.json``. Loading builds the model from the config, removes
+the same heads, then loads the weights strictly, so every shape must match.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import AutoConfig, AutoModelForSequenceClassification
+
+from runner.errors import ModelError
+from runner.prune.physical import PRUNED_HEADS_ATTR, heads_kept, prune_heads
+from runner.results import atomic_write_json
+
+PRUNED_HEADS_FILE = "pruned_heads.json"
+WEIGHTS_FILE = "model.safetensors"
+
+
+def save_pruned(model, target: Path, tokenizer=None, extra: dict | None = None) -> Path:
+    """Write config, pruned weights, tokenizer and the list of pruned heads."""
+    target = Path(target)
+    target.mkdir(parents=True, exist_ok=True)
+    pruned = getattr(model, PRUNED_HEADS_ATTR, None) or {}
+    model.config.save_pretrained(str(target))
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    save_file(state, str(target / WEIGHTS_FILE), metadata={"format": "pt"})
+    if tokenizer is not None:
+        tokenizer.save_pretrained(str(target))
+    atomic_write_json(target / PRUNED_HEADS_FILE, {
+        "format": 1,
+        "pruned_heads": {str(k): v for k, v in sorted(pruned.items())},
+        "heads_per_layer": heads_kept(model),
+        "num_heads_original": int(model.config.num_attention_heads),
+        **(extra or {}),
+    })
+    return target
+
+
+def read_pruned_heads(folder: Path) -> dict[int, list[int]]:
+    path = Path(folder) / PRUNED_HEADS_FILE
+    if not path.is_file():
+        raise ModelError(f"{folder} has no {PRUNED_HEADS_FILE}; it is not a pruned model folder")
+    with open(path) as f:
+        meta = json.load(f)
+    return {int(k): [int(h) for h in v] for k, v in meta["pruned_heads"].items()}
+
+
+def load_pruned(folder: Path, attn_implementation: str | None = None, dtype: torch.dtype | None = None):
+    """Rebuild a pruned sequence-classification model from :func:`save_pruned`'s folder."""
+    folder = Path(folder)
+    pruned = read_pruned_heads(folder)
+    config = AutoConfig.from_pretrained(str(folder))
+    kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    model = AutoModelForSequenceClassification.from_config(config, **kwargs)
+    if pruned:
+        prune_heads(model, pruned)
+    state = load_file(str(folder / WEIGHTS_FILE))
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise ModelError(f"weights in {folder} do not fit the pruned architecture: {str(exc).splitlines()[0]}") from exc
+    if dtype is not None:
+        model.to(dtype)
+    return model.eval()

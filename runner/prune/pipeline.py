@@ -1,0 +1,514 @@
+"""Score once, then prune and measure every (criterion, ratio).
+
+Reading order: :func:`run_pruning` -> data (:class:`PruneData`) -> unpruned
+reference -> :func:`score_heads` (calibration pass, alpha) -> for each
+criterion and ratio: select, remove heads physically, evaluate, count FLOPs,
+time -> plots, files, W&B. Returns the ``pruning`` section of results.json.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+from torch import nn
+from torch.utils.data import DataLoader
+from transformers import DataCollatorWithPadding
+
+from runner import measure
+from runner.data import tokenize
+from runner.errors import ConfigError
+from runner.prune import plots
+from runner.prune.gate import HeadGate, geometry, unwrap_peft
+from runner.prune.physical import count_parameters, heads_kept, prune_heads
+from runner.prune.scores import CalibrationScores, calibration_scores, criterion_scores, hies_scores, magnitude_scores
+from runner.prune.select import mask_to_dict, select_heads_to_prune
+from runner.prune.settings import PruneSettings
+from runner.results import atomic_write_json
+from runner.tasks import compute_metrics, predictions_from_logits
+
+log = logging.getLogger(__name__)
+
+STABILITY_DEFINITION = (
+    "agreement of the pruned model's predictions with the unpruned model's on the eval split: classification, the "
+    "fraction of examples with the same predicted label; regression, the Pearson correlation of the two models' outputs"
+)
+
+
+@dataclass
+class PruneInputs:
+    """What the pipeline needs from a job (after training, or a saved run)."""
+
+    model: nn.Module  # fine-tuned; PEFT-wrapped models are merged
+    tokenizer: object
+    task: DictConfig
+    data: object  # runner.data.TaskData (raw splits)
+    max_seq_length: int
+    eval_batch_size: int
+    train_batch_size: int
+    output_dir: Path
+    device: torch.device
+    tracker: object | None = None
+    step: int = 0
+    data_cache_dir: Path | None = None
+    source_run: str | None = None
+
+
+# ---------------------------------------------------------------------------
+# Data
+# ---------------------------------------------------------------------------
+
+
+class PruneData:
+    """Tokenised eval split, calibration and held-out slices of the training split.
+
+    The calibration examples and the alpha hold-out are drawn from the
+    training split with ``prune.seed`` and never overlap; the eval split is
+    used only to report results.
+    """
+
+    def __init__(self, inputs: PruneInputs, s: PruneSettings):
+        task = inputs.task
+        self.collator = DataCollatorWithPadding(inputs.tokenizer)
+        self.eval_split, eval_raw = next(iter(inputs.data.evals.items()))
+        cache = inputs.data_cache_dir
+        self.eval = tokenize(eval_raw, inputs.tokenizer, task.text_keys, inputs.max_seq_length, cache)
+        train = tokenize(inputs.data.train, inputs.tokenizer, task.text_keys, inputs.max_seq_length, cache)
+        self.train = train
+        n_train = len(train)
+        need = s.calib_samples + (s.alpha_holdout_samples if s.alpha_auto and "hies" in s.compare else 0)
+        if s.calib_samples > n_train:
+            raise ConfigError(f"prune.calib_samples={s.calib_samples} exceeds the {n_train} training examples")
+        order = np.random.default_rng(s.seed).permutation(n_train)
+        self.calib_indices = sorted(int(i) for i in order[: s.calib_samples])
+        hold = order[s.calib_samples: need]
+        if s.alpha_auto and "hies" in s.compare and len(hold) < 16:
+            raise ConfigError(
+                f"prune.alpha=auto needs held-out training examples beyond the {s.calib_samples} calibration ones; "
+                f"only {len(hold)} left of {n_train}"
+            )
+        self.holdout_indices = sorted(int(i) for i in hold)
+        self.eval_batch_size = inputs.eval_batch_size
+        self.train_batch_size = inputs.train_batch_size
+        self._eval = self._holdout = None
+
+    def loader(self, ds, batch_size: int, shuffle: bool = False, seed: int = 0) -> DataLoader:
+        g = torch.Generator().manual_seed(seed)
+        return DataLoader(ds.with_format("torch"), batch_size=batch_size, shuffle=shuffle, collate_fn=self.collator,
+                          generator=g if shuffle else None)
+
+    def calibration(self, batch_size: int) -> DataLoader:
+        return self.loader(self.train.select(self.calib_indices), batch_size)
+
+    def holdout(self) -> list[dict]:
+        if self._holdout is None:  # collated once, reused by every evaluation
+            self._holdout = list(self.loader(self.train.select(self.holdout_indices), self.eval_batch_size))
+        return self._holdout
+
+    def evaluation(self) -> list[dict]:
+        if self._eval is None:
+            self._eval = list(self.loader(self.eval, self.eval_batch_size))
+        return self._eval
+
+    def fixed_batches(self, batch_size: int, n_examples: int) -> list[dict]:
+        """The first ``n_examples`` eval examples in batches of ``batch_size`` (labels dropped)."""
+        ds = self.eval.select(range(min(n_examples, len(self.eval))))
+        return [{k: v for k, v in b.items() if k != "labels"} for b in self.loader(ds, batch_size)]
+
+
+# ---------------------------------------------------------------------------
+# Evaluation, stability, FLOPs, latency
+# ---------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def predict(model: nn.Module, loader, device) -> tuple[np.ndarray, np.ndarray]:
+    was = model.training
+    model.eval()
+    logits, labels = [], []
+    for batch in loader:
+        batch = {k: v.to(device) for k, v in batch.items()}
+        out = model(**{k: v for k, v in batch.items() if k != "labels"})
+        logits.append(out.logits.float().cpu())
+        labels.append(batch["labels"].cpu())
+    model.train(was)
+    return torch.cat(logits).numpy(), torch.cat(labels).numpy()
+
+
+def stability(preds: np.ndarray, reference: np.ndarray, is_regression: bool) -> float:
+    """See :data:`STABILITY_DEFINITION`."""
+    if is_regression:
+        if np.std(preds) == 0 or np.std(reference) == 0:
+            return float("nan")
+        return float(np.corrcoef(preds, reference)[0, 1])
+    return float(np.mean(preds == reference))
+
+
+def forward_flops(model: nn.Module, batch: dict, device) -> int:
+    batch = {k: v.to(device) for k, v in batch.items()}
+    with torch.no_grad():
+        _, flops = measure.count_flops(lambda: model(**batch))
+    return flops
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None):
+    """Run with ``n`` intra-op threads (None: leave torch's setting)."""
+    before = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _time_once(model: nn.Module, batch: dict, device) -> float:
+    measure.sync(device)
+    start = time.perf_counter()
+    model(**batch)
+    measure.sync(device)
+    return time.perf_counter() - start
+
+
+@torch.inference_mode()
+def compare_latency(reference: nn.Module, pruned: nn.Module, batches: list[dict], repeats: int, device,
+                    warmup: int = 1) -> dict:
+    """Interleaved timing of the unpruned and the pruned model on the same batches.
+
+    Every batch is run by both models back to back, alternating which goes
+    first, ``repeats`` times; so a slow spell of a shared CPU hits both alike.
+    ``ratio`` is the median over all these (batch, repetition) pairs of
+    pruned time / unpruned time; each model's median time per pass over the
+    batches (sum over batches of each batch's median) is reported too.
+    """
+    batches = [{k: v.to(device) for k, v in b.items()} for b in batches]
+    reference.eval()
+    pruned.eval()
+    for _ in range(warmup):
+        for b in batches:
+            _time_once(reference, b, device)
+            _time_once(pruned, b, device)
+    ref_t = np.zeros((repeats, len(batches)))
+    pr_t = np.zeros((repeats, len(batches)))
+    for r in range(repeats):
+        for i, b in enumerate(batches):
+            if (r + i) % 2 == 0:
+                ref_t[r, i] = _time_once(reference, b, device)
+                pr_t[r, i] = _time_once(pruned, b, device)
+            else:
+                pr_t[r, i] = _time_once(pruned, b, device)
+                ref_t[r, i] = _time_once(reference, b, device)
+    n = sum(int(b["input_ids"].shape[0]) for b in batches)
+    ratios = (pr_t / ref_t).reshape(-1)
+    ref_pass = float(np.median(ref_t, axis=0).sum())
+    pr_pass = float(np.median(pr_t, axis=0).sum())
+    return {
+        "batch_size": int(batches[0]["input_ids"].shape[0]),
+        "examples": n,
+        "batches": len(batches),
+        "repeats": repeats,
+        "unpruned_pass_s": ref_pass,
+        "pruned_pass_s": pr_pass,
+        "unpruned_ms_per_example": 1000 * ref_pass / n,
+        "pruned_ms_per_example": 1000 * pr_pass / n,
+        "ratio": float(np.median(ratios)),
+        "ratio_of_medians": pr_pass / ref_pass,
+        "ratio_q25": float(np.quantile(ratios, 0.25)),
+        "ratio_q75": float(np.quantile(ratios, 0.75)),
+    }
+
+
+def recover(model: nn.Module, data: PruneData, steps: int, lr: float, seed: int, device) -> dict:
+    """Optional recovery fine-tuning of a pruned model: all weights, AdamW, ``steps`` steps on the train split."""
+    model.train()
+    for p in model.parameters():
+        p.requires_grad_(True)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    loader = data.loader(data.train, data.train_batch_size, shuffle=True, seed=seed)
+    done, losses = 0, []
+    while done < steps:
+        for batch in loader:
+            batch = {k: v.to(device) for k, v in batch.items()}
+            loss = model(**batch).loss
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            losses.append(float(loss.detach()))
+            done += 1
+            if done >= steps:
+                break
+    model.eval()
+    return {"steps": done, "lr": lr, "final_loss": float(np.mean(losses[-10:])) if losses else None}
+
+
+# ---------------------------------------------------------------------------
+# Scoring and alpha
+# ---------------------------------------------------------------------------
+
+
+def _auc(ratios: list[float], values: list[float]) -> float:
+    """Mean quality over the ratio range (trapezoid area divided by its width)."""
+    x = np.asarray(ratios, dtype=float)
+    y = np.asarray(values, dtype=float)
+    if len(x) == 1:
+        return float(y[0])
+    return float(np.trapezoid(y, x) / (x[-1] - x[0]))
+
+
+def choose_alpha(model: nn.Module, calib: CalibrationScores, data: PruneData, s: PruneSettings, task, device) -> dict:
+    """Pick alpha by the area under the quality-vs-ratio curve on held-out training examples.
+
+    For every alpha in ``prune.alpha_grid`` the heads are ranked by HIES and
+    gated off (gate 0, which equals physical removal) at each of
+    ``prune.alpha_ratios``; the main metric on the hold-out slice, with the
+    unpruned value at ratio 0, gives the curve. The alpha with the largest
+    area wins; ties go to the larger area under the stability curve, then to
+    the alpha closest to 0.5.
+    """
+    start = time.perf_counter()
+    loader = data.holdout()
+    base_logits, labels = predict(model, loader, device)
+    base_preds = predictions_from_logits(base_logits, task.is_regression)
+    base_metric = compute_metrics([task.main_metric], base_preds, labels)[task.main_metric]
+    cache: dict[bytes, tuple[float, float]] = {}
+    table = []
+    with HeadGate(model) as gate:
+        for a in s.alpha_grid:
+            scores = hies_scores(calib.his, calib.entropy, a)
+            metrics, stabs = [], []
+            for r in s.alpha_ratios:
+                pruned = select_heads_to_prune(scores, r, s.min_heads_per_layer)
+                key = pruned.numpy().tobytes()
+                if key not in cache:
+                    gate.set((~pruned).float())
+                    logits, _ = predict(model, loader, device)
+                    preds = predictions_from_logits(logits, task.is_regression)
+                    m = compute_metrics([task.main_metric], preds, labels)[task.main_metric]
+                    cache[key] = (m, stability(preds, base_preds, task.is_regression))
+                metrics.append(cache[key][0])
+                stabs.append(cache[key][1])
+            xs = [0.0, *s.alpha_ratios]
+            table.append({
+                "alpha": a, "metrics": metrics, "stability": stabs,
+                "auc": _auc(xs, [base_metric, *metrics]), "stability_auc": _auc(xs, [1.0, *stabs]),
+            })
+    best = max(table, key=lambda t: (np.nan_to_num(t["auc"], nan=-np.inf), np.nan_to_num(t["stability_auc"], nan=-np.inf),
+                                     -abs(t["alpha"] - 0.5)))
+    return {
+        "alpha": best["alpha"], "table": table, "ratios": list(s.alpha_ratios), "holdout_examples": len(data.holdout_indices),
+        "holdout_unpruned_metric": base_metric, "metric": task.main_metric, "evaluations": len(cache),
+        "time_s": time.perf_counter() - start,
+    }
+
+
+def score_heads(model: nn.Module, data: PruneData, s: PruneSettings, task, device) -> tuple[dict, dict, dict]:
+    """Score maps for every compared criterion; returns (maps, extra maps, scoring report)."""
+    geo = geometry(model)
+    shape = (geo.num_layers, geo.num_heads)
+    report: dict = {"calib_examples": 0, "time_s": 0.0}
+    calib = None
+    extra: dict = {}
+    if s.needs_calibration:
+        calib = calibration_scores(model, data.calibration(s.calib_batch_size), normalize_layers=s.normalize_layers,
+                                   device=device)
+        report.update({
+            "calib_examples": calib.examples, "calib_tokens": calib.tokens, "calib_batches": calib.batches,
+            "calib_batch_size": s.calib_batch_size, "time_s": calib.seconds, "attn_implementation": "eager",
+            "normalize_layers": s.normalize_layers, "what": "one pass: forward (eager attention, gate at 1) and "
+                                                            "backward to the gate, HIS and AE together",
+        })
+        extra = {"his_raw": calib.his_raw, "attention_entropy": calib.entropy}
+    magnitude = None
+    if "magnitude" in s.compare:
+        t0 = time.perf_counter()
+        magnitude = magnitude_scores(model)
+        report["magnitude_time_s"] = time.perf_counter() - t0
+    alpha = s.alpha
+    if "hies" in s.compare and s.alpha_auto:
+        auto = choose_alpha(model, calib, data, s, task, device)
+        alpha = auto["alpha"]
+        report["alpha_auto"] = auto
+        report["alpha_auto_time_s"] = auto["time_s"]
+    report["alpha"] = alpha
+    maps = {c: criterion_scores(c, calib=calib, magnitude=magnitude, shape=shape, alpha=alpha, seed=s.seed)
+            for c in s.compare}
+    return maps, extra, report
+
+
+# ---------------------------------------------------------------------------
+# The whole stage
+# ---------------------------------------------------------------------------
+
+
+def run_pruning(inputs: PruneInputs, s: PruneSettings) -> dict:
+    t_start = time.perf_counter()
+    task = inputs.task
+    device = inputs.device
+    out_dir = Path(inputs.output_dir) / "pruning"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model = unwrap_peft(inputs.model).to(device).eval()
+    geo = geometry(model)  # refuses unsupported architectures with a clear message
+    for p in model.parameters():
+        p.requires_grad_(False)
+    data = PruneData(inputs, s)
+    eval_loader = data.evaluation()
+
+    # the unpruned reference
+    base_logits, labels = predict(model, eval_loader, device)
+    base_preds = predictions_from_logits(base_logits, task.is_regression)
+    base_metrics = compute_metrics(task.metrics, base_preds, labels)
+    flops_batch = data.fixed_batches(s.flops_batch_size, s.flops_batch_size)[0]
+    base_flops = forward_flops(model, flops_batch, device)
+    base_params = count_parameters(model)
+    latency_batches = {bs: data.fixed_batches(bs, s.latency_examples) for bs in s.latency_batch_sizes}
+    log.info("pruning: unpruned %s=%.4f; scoring %s", task.main_metric, base_metrics[task.main_metric], ", ".join(s.compare))
+
+    maps, extra_maps, scoring = score_heads(model, data, s, task, device)
+
+    records: list[dict] = []
+    by_mask: dict[bytes, dict] = {}
+    flops_by_layout: dict[tuple, int] = {}
+    saved_model = None
+    primary_masks = {}
+    for crit in s.compare:
+        for ratio in s.ratios:
+            if crit == "none":
+                pruned_mask = torch.zeros(geo.num_layers, geo.num_heads, dtype=torch.bool)
+            else:
+                pruned_mask = select_heads_to_prune(maps[crit], ratio, s.min_heads_per_layer)
+            if ratio == s.ratio:
+                primary_masks[crit] = pruned_mask.numpy()
+            timed = (s.latency == "all" or (s.latency == "primary" and crit == s.criterion)) and (
+                s.latency_ratios is None or ratio in s.latency_ratios)
+            save = s.save_model == "primary" and crit == s.criterion and ratio == s.ratio and crit != "none"
+            key = pruned_mask.numpy().tobytes()
+            cached = by_mask.get(key)
+            if cached is not None and not save and (not timed or cached.get("latency")) and not s.recovery_finetune:
+                records.append({**copy.deepcopy(cached), "criterion": crit, "ratio": ratio,
+                                "latency": copy.deepcopy(cached["latency"]) if timed else None})
+                continue
+            pruned_model = prune_heads(copy.deepcopy(model), pruned_mask) if bool(pruned_mask.any()) else copy.deepcopy(model)
+            recovery = None
+            if s.recovery_finetune and bool(pruned_mask.any()):
+                recovery = recover(pruned_model, data, s.recovery_steps, s.recovery_lr, s.seed, device)
+            logits, _ = predict(pruned_model, eval_loader, device)
+            preds = predictions_from_logits(logits, task.is_regression)
+            metrics = compute_metrics(task.metrics, preds, labels)
+            layout = tuple(heads_kept(pruned_model))
+            if layout not in flops_by_layout:
+                flops_by_layout[layout] = forward_flops(pruned_model, flops_batch, device)
+            flops = flops_by_layout[layout]
+            params = count_parameters(pruned_model)
+            n_pruned = int(pruned_mask.sum())
+            record = {
+                "criterion": crit, "ratio": ratio,
+                "heads_pruned": n_pruned, "heads_kept": geo.total_heads - n_pruned,
+                "heads_kept_ratio": (geo.total_heads - n_pruned) / geo.total_heads,
+                "heads_per_layer": list(layout), "pruned_heads": {str(k): v for k, v in mask_to_dict(pruned_mask).items()},
+                "metrics": metrics, "main_metric": metrics[task.main_metric],
+                "stability": stability(preds, base_preds, task.is_regression),
+                "params": params, "params_ratio": params / base_params,
+                "flops": flops, "flops_ratio": flops / base_flops,
+                "latency": None, "recovery": recovery,
+            }
+            if timed:
+                with torch_threads(s.latency_threads):
+                    record["latency"] = {
+                        f"bs{bs}": {**compare_latency(model, pruned_model, batches, s.latency_repeats, device),
+                                    "threads": torch.get_num_threads()}
+                        for bs, batches in latency_batches.items()
+                    }
+            if save:
+                from runner.prune.persist import save_pruned
+
+                saved_model = save_pruned(pruned_model, out_dir / f"model_{crit}_r{ratio}", inputs.tokenizer, extra={
+                    "criterion": crit, "ratio": ratio, "alpha": scoring.get("alpha"), "source_run": inputs.source_run,
+                    "attn_implementation": model.config._attn_implementation,
+                })
+            by_mask[key] = record
+            records.append(record)
+            log.info("pruning: %-9s ratio %.2f  %s=%.4f  stability=%.4f  flops x%.3f%s", crit, ratio,
+                     task.main_metric, record["main_metric"], record["stability"], record["flops_ratio"],
+                     "  latency(bs%s) x%.3f" % (s.latency_batch_sizes[-1], record["latency"][f"bs{s.latency_batch_sizes[-1]}"]["ratio"])
+                     if record["latency"] else "")
+            del pruned_model
+
+    # files and plots
+    score_maps = {**{k: v.tolist() for k, v in maps.items()}, **{k: v.tolist() for k, v in extra_maps.items()}}
+    atomic_write_json(out_dir / "scores.json", {
+        "layers": geo.num_layers, "heads": geo.num_heads, "alpha": scoring.get("alpha"),
+        "higher_is_kept": True, "maps": score_maps,
+    })
+    heat = plots.heatmaps({**maps, **extra_maps}, out_dir / "head_scores.png", pruned=primary_masks,
+                          alpha=scoring.get("alpha"), title=f"{task.name}: head scores (x = pruned at ratio {s.ratio})")
+    curve = plots.quality_curves(records, base_metrics[task.main_metric], task.main_metric, out_dir / "quality_vs_ratio.png",
+                                 title=f"{task.name}: pruning without fine-tuning")
+    artifacts = {"dir": str(out_dir), "scores": str(out_dir / "scores.json"), "heatmaps": str(heat), "curve": str(curve),
+                 "model": str(saved_model) if saved_model else None}
+    if "alpha_auto" in scoring:
+        artifacts["alpha_curve"] = str(plots.alpha_curve(scoring["alpha_auto"]["table"], scoring["alpha"], out_dir / "alpha_auto.png"))
+
+    primary = next(r for r in records if r["criterion"] == s.criterion and r["ratio"] == s.ratio)
+    section = {
+        "criterion": s.criterion,
+        "ratio": s.ratio,
+        "ratios": list(s.ratios),
+        "compare": list(s.compare),
+        "alpha": scoring.get("alpha"),
+        "source_run": inputs.source_run,
+        "eval_split": data.eval_split,
+        "eval_examples": int(len(labels)),
+        "stability_definition": STABILITY_DEFINITION,
+        "model": {**dataclasses.asdict(geo), "total_heads": geo.total_heads,
+                  "attn_implementation": model.config._attn_implementation},
+        "unpruned": {
+            "metrics": base_metrics, "main_metric": base_metrics[task.main_metric], "params": base_params,
+            "flops": base_flops, "flops_batch_shape": list(flops_batch["input_ids"].shape),
+        },
+        "scoring": scoring,
+        "primary": primary,
+        "results": records,
+        "settings": dataclasses.asdict(s),
+        "artifacts": artifacts,
+        "time_s": time.perf_counter() - t_start,
+    }
+    _log_to_tracker(inputs, section, task.main_metric)
+    return section
+
+
+def _log_to_tracker(inputs: PruneInputs, section: dict, metric: str) -> None:
+    tracker = inputs.tracker
+    if tracker is None:
+        return
+    flat = {}
+    for r in section["results"]:
+        tag = f"prune/{r['criterion']}/r{r['ratio']}"
+        flat[f"{tag}/{metric}"] = r["main_metric"]
+        flat[f"{tag}/stability"] = r["stability"]
+        flat[f"{tag}/flops_ratio"] = r["flops_ratio"]
+        flat[f"{tag}/params_ratio"] = r["params_ratio"]
+        for name, lat in (r["latency"] or {}).items():
+            flat[f"{tag}/latency_ratio_{name}"] = lat["ratio"]
+    flat["prune/scoring_time_s"] = section["scoring"]["time_s"]
+    flat["prune/calib_examples"] = section["scoring"]["calib_examples"]
+    flat["prune/unpruned/" + metric] = section["unpruned"]["main_metric"]
+    tracker.log({k: v for k, v in flat.items() if v is not None and not (isinstance(v, float) and np.isnan(v))}, inputs.step)
+    for key in ("heatmaps", "curve", "alpha_curve"):
+        path = section["artifacts"].get(key)
+        if path:
+            tracker.log_image(f"prune/{key}", Path(path), inputs.step)
+    tracker.summary({"prune/primary/" + k: v for k, v in section["primary"].items() if isinstance(v, (int, float))})
+
+
+def dumps(section: dict) -> str:
+    return json.dumps(section, indent=2, default=float)

@@ -1,0 +1,186 @@
+"""How a job prunes: right after training, or on a saved run (``prune.from_run``).
+
+``runner.app.execute`` calls :func:`check` before anything runs,
+:func:`after_training` as the training recipe's post-train stage, and
+:func:`prune_saved_run` instead of training when ``prune.from_run`` is set.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from runner import provenance
+from runner.errors import ConfigError, ModelError
+from runner.prune import settings as settings_lib
+from runner.prune.pipeline import PruneInputs, run_pruning
+from runner.results import STATUS_COMPLETED, STATUS_FAILED, atomic_write_json, atomic_write_text, read_results
+
+log = logging.getLogger(__name__)
+
+
+def check(cfg: DictConfig) -> settings_lib.PruneSettings | None:
+    """Validate ``cfg.prune`` up front (before any training); None when pruning is off."""
+    pcfg = cfg.get("prune")
+    if pcfg is None:
+        return None
+    if str(pcfg.get("name", "none")) == "none":
+        if pcfg.get("from_run") not in (None, ""):
+            raise ConfigError("prune.from_run needs a criterion: add prune=hies (or his, entropy, random, magnitude)")
+        return None
+    return settings_lib.parse(pcfg)
+
+
+# ---------------------------------------------------------------------------
+# After training
+# ---------------------------------------------------------------------------
+
+
+def after_training(recipe, results: dict) -> dict:
+    """Post-train stage for :func:`runner.train.run`: prune the in-memory model; returns ``{"pruning": ...}``."""
+    s = check(recipe.cfg)
+    if s is None or not recipe.is_main:
+        return {}
+    cfg = recipe.cfg
+    model = recipe.accelerator.unwrap_model(recipe.model)
+    inputs = PruneInputs(
+        model=model, tokenizer=recipe.tokenizer, task=cfg.task, data=recipe.data,
+        max_seq_length=int(cfg.trainer.max_seq_length), eval_batch_size=int(cfg.trainer.eval_batch_size),
+        train_batch_size=int(cfg.trainer.batch_size), output_dir=Path(cfg.output_dir), device=recipe.device,
+        tracker=recipe.tracker, step=recipe.global_step, data_cache_dir=_cache_dir(cfg),
+    )
+    section = run_pruning(inputs, s)
+    return {"pruning": section}
+
+
+def _cache_dir(cfg) -> Path | None:
+    d = cfg.get("data_cache_dir")
+    if not d:
+        return None
+    path = Path(str(d)).expanduser()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+# ---------------------------------------------------------------------------
+# A saved run
+# ---------------------------------------------------------------------------
+
+
+def _source_config(src: Path) -> DictConfig:
+    for candidate in (src / "config.yaml", src / "model" / "run_config.yaml"):
+        if candidate.is_file():
+            return OmegaConf.load(candidate)
+    raise ConfigError(f"prune.from_run={src} holds no config.yaml (nor model/run_config.yaml); is it a runner output dir?")
+
+
+def _task_config(scfg: DictConfig, cfg: DictConfig) -> DictConfig:
+    """The source run's task; its data_dir if that still exists, else this job's (a GLUE root such as $GLUE_DIR)."""
+    task = OmegaConf.create(OmegaConf.to_container(scfg.task, resolve=True))
+    src_dir = task.get("data_dir")
+    if src_dir not in (None, "") and Path(str(src_dir)).expanduser().is_dir():
+        return task
+    with open_dict(task):
+        task.data_dir = cfg.task.get("data_dir")
+    return task
+
+
+def load_trained_model(model_dir: Path, scfg: DictConfig, task: DictConfig):
+    """The fine-tuned model of a saved run (LoRA merged, bottleneck adapters attached) and its tokenizer."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from runner.models import load_model_and_tokenizer
+
+    model_dir = Path(model_dir)
+    if (model_dir / "pruned_heads.json").is_file():
+        raise ModelError(f"{model_dir} is already pruned; prune the fine-tuned (unpruned) run instead")
+    attn = scfg.model.get("attn_implementation", "sdpa")
+    if (model_dir / "adapter_config.json").is_file():
+        from peft import PeftModel
+
+        base, tokenizer = load_model_and_tokenizer(scfg.model, task)
+        model = PeftModel.from_pretrained(base, str(model_dir)).merge_and_unload()
+    elif (model_dir / "bottleneck_adapters.safetensors").is_file():
+        from safetensors.torch import load_file
+
+        from runner.adapters import add_bottleneck_adapters
+
+        model, tokenizer = load_model_and_tokenizer(scfg.model, task)
+        model = add_bottleneck_adapters(model, scfg.adapter)
+        state = load_file(str(model_dir / "bottleneck_adapters.safetensors"))
+        missing = set(state) - set(dict(model.named_parameters()))
+        if missing:
+            raise ModelError(f"{model_dir}: adapter weights {sorted(missing)[:3]} do not fit the rebuilt model")
+        model.load_state_dict(state, strict=False)
+    elif (model_dir / "config.json").is_file():
+        model = AutoModelForSequenceClassification.from_pretrained(str(model_dir), attn_implementation=attn)
+        tokenizer = None
+    else:
+        raise ModelError(f"{model_dir} holds no adapter, bottleneck weights or full model")
+    if (model_dir / "tokenizer_config.json").is_file():
+        tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    if tokenizer is None:
+        raise ModelError(f"{model_dir} holds no tokenizer")
+    return model.eval(), tokenizer
+
+
+def prune_saved_run(cfg: DictConfig) -> dict:
+    """Prune a saved fine-tuned run; results go to this job's output dir with a reference to the source."""
+    from runner import data as data_lib
+    from runner.tracking import Tracker
+    from runner.train import flatten, resolved_config
+
+    s = check(cfg)
+    src = Path(str(s.from_run)).expanduser().resolve()
+    if not (src / "model").is_dir():
+        raise ConfigError(f"prune.from_run={s.from_run}: no model/ folder there; give the output dir of a finished run")
+    scfg = _source_config(src)
+    task = _task_config(scfg, cfg)
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    src_results = read_results(src / "results.json") if (src / "results.json").is_file() else {}
+    run_name = f"prune-{s.criterion}-{src_results.get('run_name') or src.name}"
+    job_cfg = resolved_config(cfg)
+    atomic_write_text(out / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(job_cfg)))
+    tcfg = OmegaConf.merge(cfg, {"run_name": run_name})
+    tracker = Tracker(tcfg, out, True, job_cfg)
+    device = torch.device("cuda" if torch.cuda.is_available() and not cfg.trainer.get("cpu") else "cpu")
+    exit_code = 1
+    try:
+        model, tokenizer = load_trained_model(src / "model", scfg, task)
+        data = data_lib.load_task_splits(task)
+        trainer = scfg.get("trainer", cfg.trainer)
+        inputs = PruneInputs(
+            model=model, tokenizer=tokenizer, task=task, data=data,
+            max_seq_length=int(trainer.max_seq_length), eval_batch_size=int(trainer.eval_batch_size),
+            train_batch_size=int(trainer.batch_size), output_dir=out, device=device, tracker=tracker, step=0,
+            data_cache_dir=_cache_dir(cfg), source_run=str(src),
+        )
+        section = run_pruning(inputs, s)
+        results = {
+            "status": STATUS_COMPLETED,
+            "run_name": run_name,
+            "task": task.name,
+            "model": scfg.model.get("short_name"),
+            "method": f"prune:{s.criterion}",
+            "source_run": str(src),
+            "source": {k: src_results.get(k) for k in ("run_name", "method", "adapter", "seed", "metrics")},
+            "metrics": section["primary"]["metrics"],
+            "main_metric": task.main_metric,
+            "pruning": section,
+            "provenance": provenance.collect(device, int(cfg.seed), 1),
+        }
+        results["wandb"] = {"run_id": tracker.run_id, "dir": tracker.run_dir}
+        atomic_write_json(out / "results.json", results)
+        tracker.summary(flatten({k: v for k, v in results.items() if k != "pruning"}))
+        exit_code = 0
+        return results
+    except BaseException as exc:
+        atomic_write_json(out / "results.json", {"status": STATUS_FAILED, "run_name": run_name, "source_run": str(src),
+                                                 "error": f"{type(exc).__name__}: {exc}"})
+        raise
+    finally:
+        tracker.finish(exit_code)

@@ -1,0 +1,248 @@
+"""HIES benchmark: fine-tune MiniLM on MRPC and RTE, prune with every criterion, tabulate.
+
+For each task and seed: fine-tune once with the runner (or reuse a finished
+run given with ``--runs``), then prune that run on its own
+(``prune.from_run``): score once on 32 training examples, evaluate every
+criterion at every ratio without fine-tuning, time the 50%-pruned HIES model
+against the unpruned one at batch 1 and 32. Prints and writes
+``<out>/bench_hies.md`` and ``<out>/bench_hies.json``: metric and stability
+(mean and std over seeds) per criterion and ratio; FLOPs, parameter and
+latency ratios at 50%; scoring time. Finished steps are skipped on a rerun.
+
+    python scripts/bench_hies.py                                   # the full benchmark
+    python scripts/bench_hies.py --runs mrpc=outputs/runs/A,outputs/runs/B,outputs/runs/C --tasks mrpc
+    python scripts/bench_hies.py --tasks mrpc --seeds 1 --train task.max_train_samples=256 trainer.max_steps=8  # smoke
+    python scripts/bench_hies.py --dry-run                         # print the commands only
+
+Everything runs through ``python -m runner`` in subprocesses (the real entry
+point). Fine-tuning uses ``--recipe`` (default: full fine-tuning at lr 1e-4,
+the runner's 3 epochs) plus ``--train`` overrides, e.g. ``--recipe
+"method=safe"`` once SAFE is merged; pruning takes ``--prune`` overrides (e.g.
+``prune.latency_threads=1`` on a busy machine, ``prune.alpha=auto``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+CRITERIA = ["hies", "his", "entropy", "magnitude", "random", "none"]
+RATIOS = [0.1, 0.3, 0.5, 0.7]
+DEFAULT_RECIPE = "method=full trainer.lr=1e-4"
+
+
+def _list(values) -> str:
+    return "[" + ",".join(str(v) for v in values) + "]"
+
+
+def run_cli(overrides: list[str], run_dir: Path, dry: bool, log_path: Path) -> None:
+    cmd = [sys.executable, "-m", "runner", *overrides, f"hydra.run.dir={run_dir}"]
+    print("$ " + " ".join(cmd), flush=True)
+    if dry:
+        return
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env.setdefault("GLUE_DIR", str(REPO.parent / "shared" / "data" / "glue"))
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    with open(log_path, "w") as log:
+        proc = subprocess.run(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    print(f"  ({time.perf_counter() - start:.0f} s, log {log_path})", flush=True)
+    if proc.returncode != 0:
+        tail = log_path.read_text().splitlines()[-15:]
+        raise SystemExit(f"command failed with exit code {proc.returncode}:\n" + "\n".join(tail))
+
+
+def completed(run_dir: Path) -> bool:
+    path = run_dir / "results.json"
+    if not path.is_file():
+        return False
+    try:
+        return json.loads(path.read_text()).get("status") == "completed"
+    except json.JSONDecodeError:
+        return False
+
+
+def parse_runs(items: list[str]) -> dict[str, list[Path]]:
+    runs: dict[str, list[Path]] = {}
+    for item in items:
+        task, _, dirs = item.partition("=")
+        if not dirs:
+            raise SystemExit(f"--runs takes task=dir1,dir2,...; got {item!r}")
+        runs[task] = [Path(d).expanduser().resolve() for d in dirs.split(",") if d]
+    return runs
+
+
+# ---------------------------------------------------------------------------
+# Tables
+# ---------------------------------------------------------------------------
+
+
+def _ms(values: list[float]) -> tuple[float, float]:
+    v = np.asarray([x for x in values if x is not None and np.isfinite(x)], dtype=float)
+    if v.size == 0:
+        return float("nan"), float("nan")
+    return float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else 0.0
+
+
+def aggregate(task: str, results: list[dict], criteria: list[str], ratios: list[float]) -> dict:
+    metric = results[0]["main_metric"]
+    table = {}
+    for crit in criteria:
+        for r in ratios:
+            rows = [next((x for x in res["pruning"]["results"] if x["criterion"] == crit and x["ratio"] == r), None)
+                    for res in results]
+            rows = [x for x in rows if x is not None]
+            if not rows:
+                continue
+            table[f"{crit}@{r}"] = {
+                "criterion": crit, "ratio": r, "seeds": len(rows),
+                "metric_mean": _ms([x["main_metric"] for x in rows])[0], "metric_std": _ms([x["main_metric"] for x in rows])[1],
+                "stability_mean": _ms([x["stability"] for x in rows])[0], "stability_std": _ms([x["stability"] for x in rows])[1],
+            }
+    unpruned = _ms([res["pruning"]["unpruned"]["main_metric"] for res in results])
+    half = [next((x for x in res["pruning"]["results"] if x["criterion"] == "hies" and x["ratio"] == 0.5), None)
+            for res in results]
+    half = [x for x in half if x is not None]
+    eff = {}
+    if half:
+        eff = {
+            "heads_kept": half[0]["heads_kept"], "params_ratio": _ms([x["params_ratio"] for x in half])[0],
+            "flops_ratio": _ms([x["flops_ratio"] for x in half])[0],
+        }
+        for bs in ("bs1", "bs32"):
+            lat = [x["latency"][bs] for x in half if x.get("latency") and bs in x["latency"]]
+            if lat:
+                eff[f"latency_ratio_{bs}"] = float(np.median([v["ratio"] for v in lat]))
+                eff[f"latency_ratio_{bs}_per_seed"] = [v["ratio"] for v in lat]
+                eff[f"unpruned_ms_per_example_{bs}"] = float(np.median([v["unpruned_ms_per_example"] for v in lat]))
+        if "latency_ratio_bs32" in eff:
+            eff["latency_minus_flops_bs32"] = eff["latency_ratio_bs32"] - eff["flops_ratio"]
+    scoring = [res["pruning"]["scoring"] for res in results]
+    compare = {}
+    for r in (0.3, 0.5):
+        h, s = table.get(f"hies@{r}"), table.get(f"his@{r}")
+        if h and s:
+            compare[str(r)] = {"hies": h["metric_mean"], "his": s["metric_mean"], "hies_minus_his": h["metric_mean"] - s["metric_mean"],
+                               "hies_stability_minus_his": h["stability_mean"] - s["stability_mean"]}
+    return {
+        "task": task, "metric": metric, "seeds": len(results), "unpruned_mean": unpruned[0], "unpruned_std": unpruned[1],
+        "table": table, "efficiency_at_0.5": eff,
+        "scoring": {"calib_examples": scoring[0]["calib_examples"], "time_s_median": float(np.median([x["time_s"] for x in scoring])),
+                    "time_s_max": float(max(x["time_s"] for x in scoring)), "alpha": [x.get("alpha") for x in scoring]},
+        "hies_vs_his": compare,
+        "runs": [res["source_run"] for res in results], "prune_dirs": [res.get("_dir") for res in results],
+    }
+
+
+def markdown(summaries: list[dict], criteria: list[str], ratios: list[float]) -> str:
+    lines = ["# HIES benchmark", "",
+             "Pruning without fine-tuning; mean over seeds (± std). Stability: fraction of eval examples whose predicted "
+             "label equals the unpruned model's.", ""]
+    for s in summaries:
+        lines += [f"## {s['task'].upper()} ({s['metric']}, {s['seeds']} seed(s); unpruned {s['unpruned_mean']:.4f} ± {s['unpruned_std']:.4f})", ""]
+        head = "| criterion | " + " | ".join(f"{int(r * 100)}% {s['metric']}" for r in ratios) + " | " + \
+               " | ".join(f"{int(r * 100)}% stability" for r in ratios) + " |"
+        lines += [head, "|" + "---|" * (1 + 2 * len(ratios))]
+        for crit in criteria:
+            cells_m, cells_s = [], []
+            for r in ratios:
+                row = s["table"].get(f"{crit}@{r}")
+                cells_m.append(f"{row['metric_mean']:.4f} ± {row['metric_std']:.3f}" if row else "")
+                cells_s.append(f"{row['stability_mean']:.3f}" if row else "")
+            lines.append(f"| {crit} | " + " | ".join(cells_m) + " | " + " | ".join(cells_s) + " |")
+        e = s["efficiency_at_0.5"]
+        if e:
+            lines += ["", f"50% of heads pruned ({e['heads_kept']} kept): params x{e['params_ratio']:.3f}, forward FLOPs "
+                          f"x{e['flops_ratio']:.3f}, latency x{e.get('latency_ratio_bs1', float('nan')):.3f} at batch 1 and "
+                          f"x{e.get('latency_ratio_bs32', float('nan')):.3f} at batch 32 (median of interleaved pairs, "
+                          f"median over seeds; latency - FLOPs at batch 32: {e.get('latency_minus_flops_bs32', float('nan')):+.3f})."]
+        sc = s["scoring"]
+        lines += ["", f"Scoring: {sc['calib_examples']} calibration examples, {sc['time_s_median']:.2f} s median "
+                      f"({sc['time_s_max']:.2f} s max); alpha {sc['alpha']}."]
+        for r, c in s["hies_vs_his"].items():
+            verdict = "HIES >= HIS" if c["hies_minus_his"] >= 0 else "HIES < HIS"
+            lines.append(f"- {int(float(r) * 100)}%: HIES {c['hies']:.4f} vs HIS {c['his']:.4f} ({c['hies_minus_his']:+.4f}, "
+                         f"stability {c['hies_stability_minus_his']:+.3f}): {verdict}")
+        lines.append("")
+    both = [c["hies_minus_his"] for s in summaries for c in s["hies_vs_his"].values()]
+    if both:
+        lines.append(f"HIES - HIS, averaged over tasks at 30% and 50%: {np.mean(both):+.4f} "
+                     f"({'target met' if np.mean(both) >= 0 else 'target missed'}).")
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--tasks", nargs="+", default=["mrpc", "rte"])
+    ap.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
+    ap.add_argument("--ratios", nargs="+", type=float, default=RATIOS)
+    ap.add_argument("--criteria", nargs="+", default=CRITERIA)
+    ap.add_argument("--runs", nargs="*", default=[], metavar="TASK=DIR,DIR,...",
+                    help="reuse finished fine-tuning runs (one per seed) instead of training")
+    ap.add_argument("--recipe", default=DEFAULT_RECIPE,
+                    help=f"fine-tuning overrides (default {DEFAULT_RECIPE!r}: full fine-tuning; LoRA with the runner's "
+                         f"defaults stays at MRPC's majority class after an epoch); '' for the runner's defaults")
+    ap.add_argument("--train", nargs="*", default=[], metavar="OVERRIDE", help="extra overrides for fine-tuning (after --recipe)")
+    ap.add_argument("--prune", nargs="*", default=[], metavar="OVERRIDE", help="extra overrides for pruning")
+    ap.add_argument("--out", type=Path, default=REPO / "outputs" / "bench_hies")
+    ap.add_argument("--dry-run", action="store_true")
+    args = ap.parse_args()
+
+    out = args.out.resolve()
+    given = parse_runs(args.runs)
+    criteria = list(dict.fromkeys(["hies", *args.criteria]))
+    summaries = []
+    t0 = time.perf_counter()
+    for task in args.tasks:
+        runs = given.get(task)
+        if runs is None:
+            runs = []
+            for seed in args.seeds:
+                run_dir = out / "runs" / f"{task}-s{seed}"
+                if completed(run_dir):
+                    print(f"= fine-tuned {task} seed {seed}: {run_dir}")
+                else:
+                    run_cli([f"task=glue/{task}", f"seed={seed}", "logger=none", "trainer.progress_bar=false",
+                             *args.recipe.split(), *args.train],
+                            run_dir, args.dry_run, out / "logs" / f"train-{task}-s{seed}.log")
+                runs.append(run_dir)
+        results = []
+        for i, run_dir in enumerate(runs):
+            prune_dir = out / "prune" / f"{task}-{i}-{run_dir.name}"
+            if not completed(prune_dir):
+                run_cli([
+                    "prune=hies", f"prune.from_run={run_dir}", f"prune.ratios={_list(args.ratios)}",
+                    f"prune.ratio={0.5 if 0.5 in args.ratios else args.ratios[0]}",
+                    f"prune.compare={_list(criteria)}", "prune.latency=primary", "prune.latency_ratios=[0.5]",
+                    "prune.save_model=none", "logger=none", *args.prune,
+                ], prune_dir, args.dry_run, out / "logs" / f"prune-{task}-{i}.log")
+            if not args.dry_run:
+                res = json.loads((prune_dir / "results.json").read_text())
+                res["_dir"] = str(prune_dir)
+                results.append(res)
+        if results:
+            summaries.append(aggregate(task, results, criteria, args.ratios))
+    if args.dry_run:
+        return
+    md = markdown(summaries, criteria, args.ratios)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bench_hies.md").write_text(md)
+    (out / "bench_hies.json").write_text(json.dumps({"summaries": summaries, "seconds": time.perf_counter() - t0,
+                                                     "args": {k: str(v) for k, v in vars(args).items()}}, indent=2))
+    print(md)
+    print(f"wrote {out / 'bench_hies.md'} and {out / 'bench_hies.json'} ({time.perf_counter() - t0:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,45 @@
+"""The benchmark's tables: means over seeds, 50% efficiency, the HIES-vs-HIS verdict."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+from prune_helpers import REPO
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location("bench_hies", REPO / "scripts" / "bench_hies.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _result(seed_shift: float) -> dict:
+    recs = []
+    for crit, drop in (("hies", 0.05), ("his", 0.10), ("none", 0.0)):
+        for r in (0.3, 0.5):
+            rec = {"criterion": crit, "ratio": r, "main_metric": 0.8 - drop * r * 10 + seed_shift,
+                   "stability": 1 - drop * r, "heads_kept": 36, "params_ratio": 0.92, "flops_ratio": 0.82, "latency": None}
+            if crit == "hies" and r == 0.5:
+                rec["latency"] = {"bs1": {"ratio": 0.85, "unpruned_ms_per_example": 10.0},
+                                  "bs32": {"ratio": 0.84 + seed_shift, "unpruned_ms_per_example": 8.0}}
+            recs.append(rec)
+    return {"main_metric": "accuracy", "source_run": "x",
+            "pruning": {"results": recs, "unpruned": {"main_metric": 0.8 + seed_shift},
+                        "scoring": {"calib_examples": 32, "time_s": 2.0 + seed_shift, "alpha": 0.5}}}
+
+
+def test_aggregate_and_markdown():
+    bench = _bench()
+    s = bench.aggregate("mrpc", [_result(0.0), _result(0.02)], ["hies", "his", "none"], [0.3, 0.5])
+    assert s["table"]["hies@0.5"]["metric_mean"] == pytest.approx(0.8 - 0.25 + 0.01)
+    assert s["table"]["hies@0.5"]["metric_std"] == pytest.approx(0.0141421, rel=1e-4)
+    assert s["unpruned_mean"] == pytest.approx(0.81)
+    e = s["efficiency_at_0.5"]
+    assert e["flops_ratio"] == pytest.approx(0.82) and e["latency_ratio_bs32"] == pytest.approx(0.85)
+    assert e["latency_minus_flops_bs32"] == pytest.approx(0.03)
+    assert s["hies_vs_his"]["0.3"]["hies_minus_his"] == pytest.approx(0.15)
+    md = bench.markdown([s], ["hies", "his", "none"], [0.3, 0.5])
+    assert "| hies | 0.6600 ± 0.014 | 0.5600 ± 0.014 |" in md
+    assert "target met" in md and "x0.820" in md

