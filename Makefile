@@ -82,3 +82,18 @@ else
 	  trainer.sharpness.enabled=true trainer.sharpness.batches=1 trainer.sharpness.iters=10 logger=none $(EXTRA)
 endif
 	$(PYTHON) scripts/aggregate.py $(REPRO_SAFE_DIR) --baseline adapter
+
+HIES_RECIPE ?= method=full adapter=none trainer.lr=1e-4 trainer.epochs=3
+HIES_RATIOS ?= [0.1,0.3,0.5,0.7]
+HIES_COMPARE ?= [his,entropy,random,magnitude,none]
+REPRO_HIES_DIR ?= outputs/repro-hies/$(MODEL)
+
+repro-hies: install ## Fine-tune TASKS x SEEDS, prune with every criterion at HIES_RATIOS (no retraining), then the HIES tables and plots
+ifneq ($(wildcard $(REPRO_HIES_DIR)/sweep.json),)
+	$(PYTHON) -m runner.sweep --resume $(REPRO_HIES_DIR)
+else
+	$(PYTHON) -m runner.sweep --procs $(PROCS) --parallel $(PARALLEL) --dir $(REPRO_HIES_DIR) -- \
+	  model=$(MODEL) task=$(call csv,$(addprefix glue/,$(TASKS))) seed=$(call csv,$(SEEDS)) $(HIES_RECIPE) \
+	  prune=hies 'prune.ratios=$(HIES_RATIOS)' 'prune.compare=$(HIES_COMPARE)' prune.ratio=0.5 logger=none $(EXTRA)
+endif
+	$(PYTHON) scripts/aggregate.py $(REPRO_HIES_DIR) --baseline full
