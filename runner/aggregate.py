@@ -32,6 +32,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from runner.results import flatten
+
 GLUE_ORDER = ["cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "qnli", "rte", "wnli"]
 GROUP_KEYS = ["model", "task", "method", "adapter"]  # more with --by (e.g. prune.name, trainer.lr)
 # runs.csv column -> label; memory in bytes, FLOPs, seconds
@@ -92,17 +94,6 @@ def freeze_steps(results: dict) -> tuple[dict[str, int | None], int] | None:
 # ------------------------------------------------------------------ collecting
 
 
-def flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if k in SKIP_FLATTEN and not prefix:
-            continue
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(flatten(v, key + "."))
-        elif not isinstance(v, list):
-            out[key] = v
-    return out
 
 
 def _hidden(path: Path, root: Path) -> bool:
@@ -162,7 +153,7 @@ def run_row(results: dict, run_dir: Path, cfg: dict, by: list[str]) -> dict:
     }
     for key in by:
         row[f"cfg.{key}"] = _config_value(cfg, key)
-    row.update({k: v for k, v in flatten(results).items() if k not in row})
+    row.update({k: v for k, v in flatten(results, sep=".", skip=SKIP_FLATTEN).items() if k not in row})
     return row
 
 

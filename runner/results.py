@@ -55,3 +55,17 @@ class _suppress:
 def read_results(path: Path) -> dict:
     with open(path) as f:
         return json.load(f)
+
+
+def flatten(d: dict, sep: str = "/", skip: tuple = (), prefix: str = "") -> dict:
+    """Nested results as flat keys (``memory/param_bytes``); lists and top-level ``skip`` keys are left out."""
+    out = {}
+    for k, v in d.items():
+        if k in skip and not prefix:
+            continue
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, sep, skip, key + sep))
+        elif not isinstance(v, list):
+            out[key] = v
+    return out

@@ -31,7 +31,8 @@ from runner.jobs import reset_accelerate_state
 from runner.methods import LoopContext, build_method
 from runner.models import load_model_and_tokenizer, resolve_model_path
 from runner.results import (
-    STATUS_COMPLETED, STATUS_FAILED, STATUS_INTERRUPTED, STATUS_RUNNING, atomic_write_json, atomic_write_text, read_results,
+    STATUS_COMPLETED, STATUS_FAILED, STATUS_INTERRUPTED, STATUS_RUNNING, atomic_write_json, atomic_write_text, flatten,
+    read_results,
 )
 from runner.tasks import compute_metrics, predictions_from_logits
 from runner.tracking import Tracker, scrub
@@ -504,15 +505,3 @@ def write_partial_results(recipe: Recipe, status: str, exc: BaseException) -> No
     })
     if recipe.tracker is not None:
         recipe.tracker.summary({"status": status, "error": f"{type(exc).__name__}: {exc}"})
-
-
-def flatten(d: dict, prefix: str = "") -> dict:
-    """Nested results as W&B summary keys (``memory/param_bytes``); lists are skipped."""
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(flatten(v, key + "/"))
-        elif not isinstance(v, list):
-            out[key] = v
-    return out

@@ -22,6 +22,17 @@ TITLES = {
 }
 
 
+
+def _save(fig, path: Path, title: str = "") -> Path:
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
 def heatmaps(maps: dict[str, np.ndarray], path: Path, pruned: dict[str, np.ndarray] | None = None,
              alpha: float | None = None, title: str = "") -> Path:
     """One panel per score map (layers x heads); an x marks heads pruned at the primary ratio."""
@@ -44,14 +55,7 @@ def heatmaps(maps: dict[str, np.ndarray], path: Path, pruned: dict[str, np.ndarr
         if pruned and name in pruned:
             ys, xs = np.nonzero(np.asarray(pruned[name]))
             ax.scatter(xs, ys, marker="x", s=18, c="red", linewidths=1)
-    if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path, title)
 
 
 def quality_curves(records: list[dict], baseline: float, metric: str, path: Path, title: str = "") -> Path:
@@ -74,14 +78,7 @@ def quality_curves(records: list[dict], baseline: float, metric: str, path: Path
     for ax in (ax_m, ax_s):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path, title)
 
 
 def alpha_curve(table: list[dict], chosen: float, path: Path) -> Path:

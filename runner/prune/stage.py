@@ -131,7 +131,8 @@ def prune_saved_run(cfg: DictConfig) -> dict:
     """Prune a saved fine-tuned run; results go to this job's output dir with a reference to the source."""
     from runner import data as data_lib
     from runner.tracking import Tracker
-    from runner.train import flatten, resolved_config
+    from runner.results import flatten
+    from runner.train import resolved_config
 
     s = check(cfg)
     src = Path(str(s.from_run)).expanduser().resolve()
