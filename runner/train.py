@@ -173,7 +173,8 @@ class Recipe:
 
     def _batches(self, epoch: int):
         """This epoch's batches, skipping those already trained on when resuming."""
-        self.train_loader.set_epoch(epoch) if hasattr(self.train_loader, "set_epoch") else None
+        if hasattr(self.train_loader, "set_epoch"):
+            self.train_loader.set_epoch(epoch)
         done = self.global_step * self.cfg.trainer.grad_accum_steps - epoch * len(self.train_loader)
         if done > 0:
             return self.accelerator.skip_first_batches(self.train_loader, done)
@@ -191,6 +192,8 @@ class Recipe:
         self.model.train()
         start_epoch = self.global_step // self.steps_per_epoch
         step_flops, step_saved, step_tokens, step_loss, micro, padded_length = 0, 0, 0, 0.0, 0, 0
+        # the trainable set changes only when a method acts (setup, restore, on_step_end)
+        trainable, signature = self._trainable()
         t_step = time.perf_counter()
         with self.timer.phase("train", self.device), self._stop_on_signals():
             for epoch in range(start_epoch, self.num_epochs):
@@ -199,13 +202,13 @@ class Recipe:
                     # dropout depends on (seed, step, process) only, so a resumed run replays it exactly
                     torch.manual_seed(hash((cfg.seed, self.global_step, micro, acc.process_index)) % 2**63)
                     with acc.accumulate(self.model):
-                        key = (measure.batch_key(batch), measure.trainable_signature(self.model))
+                        key = (measure.batch_key(batch), signature)
                         with self.flop_meter.context(key) as fl:
                             with meter:
                                 loss = self.model(**batch).loss
                             acc.backward(loss)
                         if acc.sync_gradients and tcfg.max_grad_norm:
-                            acc.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], tcfg.max_grad_norm)
+                            acc.clip_grad_norm_(trainable, tcfg.max_grad_norm)
                         self.optimizer.step()
                         self.scheduler.step()
                         self.optimizer.zero_grad(set_to_none=True)
@@ -226,12 +229,14 @@ class Recipe:
                         "lr": self.scheduler.get_last_lr()[0], "step_time_s": now - t_step,
                         "flops": step_flops if tcfg.count_flops else None,
                         "saved_bytes": step_saved if tcfg.measure_activations else None,
-                        "tokens": step_tokens, "padded_length": padded_length, "trainable_params": sum(p.numel() for p in self.model.parameters() if p.requires_grad),
+                        "tokens": step_tokens, "padded_length": padded_length,
+                        "trainable_params": sum(p.numel() for p in trainable),
                     }
                     if self.device.type == "cuda":
                         record["cuda_allocated_bytes"] = int(torch.cuda.memory_allocated(self.device))
                     record.update(self.method.on_step_end(self.ctx, self.global_step))
                     self.model = self.ctx.model  # a method may re-wrap the model (e.g. DDP after freezing)
+                    trainable, signature = self._trainable()
                     self.history.append(record)
                     if self.global_step % tcfg.log_every_steps == 0 or self.global_step == 1:
                         self.tracker.log({f"train/{k}": v for k, v in record.items() if k != "step" and _is_number(v)}, self.global_step)
@@ -253,6 +258,10 @@ class Recipe:
                 if not ckpt_every:
                     self.save_checkpoint()
         bar.close()
+
+    def _trainable(self) -> tuple[list, int]:
+        """The parameters that train now, and the signature the FLOP cache keys on."""
+        return [p for p in self.model.parameters() if p.requires_grad], measure.trainable_signature(self.model)
 
     def _check_step(self, loss: float) -> None:
         """Stop on a non-finite loss or a signal, on every process at the same step."""
