@@ -89,17 +89,25 @@ else
 endif
 	$(PYTHON) scripts/aggregate.py $(REPRO_SAFE_DIR) --baseline adapter
 
+# By default repro-hies prunes the adapter runs repro-safe fine-tuned (no
+# retraining: run repro-safe first). HIES_FROM= (empty) fine-tunes TASKS x SEEDS
+# with HIES_RECIPE instead, e.g. the paper's full fine-tuning:
+#   make repro-hies HIES_FROM= HIES_RECIPE="method=full adapter=none trainer.lr=1e-4"
+HIES_FROM ?= $(REPRO_SAFE_DIR)
 HIES_RECIPE ?= method=full adapter=none trainer.lr=1e-4 trainer.epochs=3
 HIES_RATIOS ?= [0.1,0.3,0.5,0.7]
 HIES_COMPARE ?= [his,entropy,random,magnitude,none]
+HIES_PRUNE = prune=hies 'prune.ratios=$(HIES_RATIOS)' 'prune.compare=$(HIES_COMPARE)' prune.ratio=0.5 logger=none $(EXTRA)
 REPRO_HIES_DIR ?= outputs/repro-hies/$(MODEL)
 
-repro-hies: install ## Fine-tune TASKS x SEEDS, prune with every criterion at HIES_RATIOS (no retraining), then the HIES tables and plots
+repro-hies: install ## Prune repro-safe's adapter runs (or fine-tune, HIES_FROM=) with every criterion at HIES_RATIOS, then the HIES tables and plots
 ifneq ($(wildcard $(REPRO_HIES_DIR)/sweep.json),)
 	$(PYTHON) -m runner.sweep --resume $(REPRO_HIES_DIR)
+else ifneq ($(strip $(HIES_FROM)),)
+	runs=$$($(PYTHON) -m runner.sweep --completed $(HIES_FROM) --method adapter) && \
+	$(PYTHON) -m runner.sweep --dir $(REPRO_HIES_DIR) -- "prune.from_run=$$runs" $(HIES_PRUNE)
 else
 	$(PYTHON) -m runner.sweep --procs $(PROCS) --parallel $(PARALLEL) --dir $(REPRO_HIES_DIR) -- \
-	  model=$(MODEL) task=$(call csv,$(addprefix glue/,$(TASKS))) seed=$(call csv,$(SEEDS)) $(HIES_RECIPE) \
-	  prune=hies 'prune.ratios=$(HIES_RATIOS)' 'prune.compare=$(HIES_COMPARE)' prune.ratio=0.5 logger=none $(EXTRA)
+	  model=$(MODEL) task=$(call csv,$(addprefix glue/,$(TASKS))) seed=$(call csv,$(SEEDS)) $(HIES_RECIPE) $(HIES_PRUNE)
 endif
 	$(PYTHON) scripts/aggregate.py $(REPRO_HIES_DIR) --baseline full

@@ -99,9 +99,17 @@ def _uses_wandb(overrides: list[str]) -> bool:
 def plan(sweep_dir: Path, overrides: list[str]) -> list[Job]:
     jobs = []
     for num, job_overrides in enumerate(expand(overrides)):
-        name = f"{num}_{run_name(job_overrides) or 'job'}"
+        name = f"{num}_{_job_label(job_overrides)}"
         jobs.append(Job(num, name, job_overrides, str(Path(sweep_dir) / name)))
     return jobs
+
+
+def _job_label(overrides: list[str]) -> str:
+    """``run_name``; for a job that prunes a saved run, ``prune-<that run's dir name>`` (its task and seed come from there)."""
+    source = next((o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0] == "prune.from_run"), None)
+    if source not in (None, "", "null"):
+        return f"prune-{Path(source).name}"
+    return run_name(overrides) or "job"
 
 
 def load_plan(sweep_dir: Path) -> tuple[list[Job], dict]:
@@ -126,7 +134,7 @@ def load_plan(sweep_dir: Path) -> tuple[list[Job], dict]:
     jobs = []
     for num, job_overrides in enumerate(expand(overrides)):
         found = existing.get(str(num))
-        name = found.name if found else f"{num}_{run_name(job_overrides) or 'job'}"
+        name = found.name if found else f"{num}_{_job_label(job_overrides)}"
         jobs.append(Job(num, name, job_overrides, str(sweep_dir / name)))
     return jobs, {}
 
@@ -441,7 +449,22 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--retry-failed", action="store_true", help="with --resume: rerun failed jobs too")
     p.add_argument("--grace", type=float, default=300.0, help="seconds a signalled job gets to checkpoint before SIGKILL")
     p.add_argument("--dry-run", action="store_true", help="print the jobs and their commands, run nothing")
+    p.add_argument("--completed", type=Path, default=None, metavar="SWEEP_DIR",
+                   help="print the completed job dirs of SWEEP_DIR as one comma list (a sweep value for "
+                        "prune.from_run) and exit; filter with --method")
+    p.add_argument("--method", default=None, help="with --completed: only runs of this method (results.json 'method')")
     return p
+
+
+def completed_runs(sweep_dir: Path, method: str | None = None) -> list[Path]:
+    """Job dirs of a sweep whose results.json says completed (and, if given, whose method matches), in job order."""
+    jobs, _ = load_plan(sweep_dir)
+    out = []
+    for job in jobs:
+        results = read_status(Path(job.dir)) or {}
+        if results.get("status") == STATUS_COMPLETED and (method is None or results.get("method") == method):
+            out.append(Path(job.dir))
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -449,6 +472,12 @@ def main(argv: list[str] | None = None) -> int:
 
     _register_resolvers()
     args = _parser().parse_args(argv)
+    if args.completed is not None:
+        runs = completed_runs(args.completed, args.method)
+        if not runs:
+            raise SystemExit(f"error: no completed{' ' + args.method if args.method else ''} runs in {args.completed}")
+        print(",".join(str(r.resolve()) for r in runs))
+        return 0
     if args.resume is not None:
         sweep_dir = args.resume
         jobs, stored = load_plan(sweep_dir)

@@ -13,6 +13,7 @@ latency ratios at 50%; scoring time. Finished steps are skipped on a rerun.
     python scripts/bench_hies.py --runs mrpc=outputs/runs/A,outputs/runs/B,outputs/runs/C --tasks mrpc
     python scripts/bench_hies.py --tasks mrpc --seeds 1 --train task.max_train_samples=256 trainer.max_steps=8  # smoke
     python scripts/bench_hies.py --dry-run                         # print the commands only
+    python scripts/bench_hies.py --from-sweep outputs/repro-hies/minilm   # the tables for what `make repro-hies` ran
 
 Everything runs through ``python -m runner`` in subprocesses (the real entry
 point). Fine-tuning uses ``--recipe`` (default: full fine-tuning at lr 1e-4,
@@ -78,6 +79,21 @@ def parse_runs(items: list[str]) -> dict[str, list[Path]]:
             raise SystemExit(f"--runs takes task=dir1,dir2,...; got {item!r}")
         runs[task] = [Path(d).expanduser().resolve() for d in dirs.split(",") if d]
     return runs
+
+
+def from_sweep(root: Path, tasks: list[str], criteria: list[str], ratios: list[float]) -> list[dict]:
+    """Summaries of the completed pruning runs under ``root``, one per task, in ``tasks`` order."""
+    by_task: dict[str, list[dict]] = {}
+    for path in sorted(root.rglob("results.json")):
+        try:
+            res = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if res.get("status") == "completed" and res.get("pruning") and res.get("task") in tasks:
+            res["_dir"] = str(path.parent)
+            res.setdefault("source_run", str(path.parent))
+            by_task.setdefault(res["task"], []).append(res)
+    return [aggregate(t, by_task[t], criteria, ratios) for t in tasks if t in by_task]
 
 
 # ---------------------------------------------------------------------------
@@ -182,7 +198,7 @@ def markdown(summaries: list[dict], criteria: list[str], ratios: list[float]) ->
 # ---------------------------------------------------------------------------
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tasks", nargs="+", default=["mrpc", "rte"])
     ap.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
@@ -197,14 +213,24 @@ def main() -> None:
     ap.add_argument("--prune", nargs="*", default=[], metavar="OVERRIDE", help="extra overrides for pruning")
     ap.add_argument("--out", type=Path, default=REPO / "outputs" / "bench_hies")
     ap.add_argument("--dry-run", action="store_true")
-    args = ap.parse_args()
+    ap.add_argument("--from-sweep", type=Path, default=None, metavar="DIR",
+                    help="run nothing: tabulate the completed pruning runs under DIR (e.g. make repro-hies's sweep dir) "
+                         "into DIR/bench_hies/")
+    args = ap.parse_args(argv)
 
-    out = args.out.resolve()
-    given = parse_runs(args.runs)
     criteria = list(dict.fromkeys(["hies", *args.criteria]))
     summaries = []
     t0 = time.perf_counter()
-    for task in args.tasks:
+    if args.from_sweep is not None:
+        if not args.from_sweep.is_dir():
+            raise SystemExit(f"--from-sweep {args.from_sweep}: no such folder")
+        args.out = args.out if "--out" in (argv or sys.argv) else args.from_sweep / "bench_hies"
+        summaries = from_sweep(args.from_sweep, args.tasks, criteria, args.ratios)
+        if not summaries:
+            raise SystemExit(f"--from-sweep {args.from_sweep}: no completed pruning runs for {args.tasks}")
+    out = args.out.resolve()
+    given = parse_runs(args.runs)
+    for task in [] if args.from_sweep else args.tasks:
         runs = given.get(task)
         if runs is None:
             runs = []

@@ -12,6 +12,7 @@ are reused, so an interrupted benchmark continues where it stopped.
 
     python scripts/bench_safe.py                          # the full benchmark
     python scripts/bench_safe.py --tasks mrpc --seeds 1 --max-train-samples 64 --max-steps 4   # smoke
+    python scripts/bench_safe.py --from-sweep outputs/repro-safe/minilm   # the table for runs `make repro-safe` made
 
 Baselines through the same code path: ``--methods adapter safe static random``
 (static freezes the lowest k adapters from step 0, k = SAFE's final frozen
@@ -63,6 +64,9 @@ def parse_args(argv=None):
     p.add_argument("--safe-override", action="append", default=[], metavar="KEY=VALUE",
                    help="extra override for the SAFE-family runs only (safe/static/random)")
     p.add_argument("--dry-run", action="store_true", help="print the commands only")
+    p.add_argument("--from-sweep", type=Path, default=None, metavar="DIR",
+                   help="run nothing: tabulate the completed runs under DIR (e.g. make repro-safe's sweep dir); "
+                        "--tasks/--seeds/--methods still select")
     return p.parse_args(argv)
 
 
@@ -96,7 +100,31 @@ def load_results(path: Path) -> dict | None:
         r = json.loads((path / "results.json").read_text())
     except (OSError, ValueError):
         return None
-    return r if r.get("status") == "completed" else None
+    if r.get("status") != "completed":
+        return None
+    r["_dir"] = str(path)
+    return r
+
+
+def settings(runs: list[dict]) -> str:
+    """What the runs were trained with, read from their own config.yaml (not from this script's arguments)."""
+    import yaml
+
+    seen = []
+    for r in runs:
+        try:
+            c = yaml.safe_load((Path(r["_dir"]) / "config.yaml").read_text())
+        except (OSError, KeyError, yaml.YAMLError):
+            continue
+        a, t = c.get("adapter") or {}, c.get("trainer") or {}
+        steps = f", max {t['max_steps']} steps" if t.get("max_steps") else ""
+        text = (f"{c['model'].get('short_name')} + {a.get('name')} (r{a.get('r')}, {'/'.join(a.get('target_modules') or [])}), "
+                f"lr {t.get('lr')}, batch {t.get('batch_size')}, max length {t.get('max_seq_length')}, {t.get('epochs')} epochs"
+                f"{steps}, "
+                f"train cap {c['task'].get('max_train_samples') or 'none'}")
+        if text not in seen:
+            seen.append(text)
+    return "; ".join(seen) or "unknown settings"
 
 
 def run_one(args, task, method, seed, static_k=None) -> dict:
@@ -122,6 +150,21 @@ def run_one(args, task, method, seed, static_k=None) -> dict:
     print(f"[done] {target.name}: {results['main_metric']}={results['metrics'][results['main_metric']]:.4f} "
           f"train {results['time']['train_s']:.0f}s", flush=True)
     return results
+
+
+def from_sweep(args) -> dict[str, dict[str, list[dict]]]:
+    """Completed runs under a sweep dir, by task and method (SAFE-family runs by their freeze policy)."""
+    by_task: dict[str, dict[str, list[dict]]] = {t: {m: [] for m in args.methods} for t in args.tasks}
+    for path in sorted(args.from_sweep.rglob("results.json")):
+        r = load_results(path.parent)
+        if r is None or r.get("task") not in by_task or int(r.get("seed", -1)) not in args.seeds:
+            continue
+        method = r.get("method")
+        if method == "safe":
+            method = (r.get("method_report") or {}).get("policy") or "safe"
+        if method in by_task[r["task"]]:
+            by_task[r["task"]][method].append(r)
+    return {task: methods for task, methods in by_task.items() if any(methods.values())}
 
 
 # ----------------------------------------------------------------- summary
@@ -205,12 +248,12 @@ def _f(x, fmt="{:.2f}"):
     return "-" if x is None else fmt.format(x)
 
 
-def markdown(summary: dict, args) -> str:
+def markdown(summary: dict, by_task: dict) -> str:
+    runs = [r for rows in by_task.values() for rs in rows.values() for r in rs]
+    seeds = sorted({int(r["seed"]) for r in runs})
     lines = [f"# SAFE benchmark ({datetime.datetime.now():%Y-%m-%d %H:%M})", "",
-             f"MiniLM-L6 + LoRA (r8, query/value), lr {args.lr}, batch {args.batch_size}, max length {args.max_seq_length}, "
-             f"{args.epochs} epochs{f', max {args.max_steps} steps' if args.max_steps else ''}, "
-             f"train cap {args.max_train_samples or 'none'}, seeds {args.seeds}. Memory = bytes saved for backward "
-             "(CPU); wall time = training phase without evaluation. Ratios are SAFE/baseline of the seed means.", ""]
+             f"{settings(runs)}; seeds {seeds}. Memory = bytes saved for backward (CPU); wall time = training phase "
+             "without evaluation. Ratios are SAFE/baseline of the seed means.", ""]
     for task, rows in summary.items():
         lines += [f"## {task}", "",
                   "| method | metric (mean ± std) | mean saved GB/step | peak saved GB | after last freeze GB | "
@@ -242,13 +285,17 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if "static" in args.methods and "safe" not in args.methods:
         raise SystemExit("--methods static needs safe too (k = SAFE's final frozen count)")
-    args.out = args.out or REPO / "outputs" / "bench_safe" / datetime.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+    if args.from_sweep and not args.from_sweep.is_dir():
+        raise SystemExit(f"--from-sweep {args.from_sweep}: no such folder")
+    default_out = (args.from_sweep / "bench_safe" if args.from_sweep
+                   else REPO / "outputs" / "bench_safe" / datetime.datetime.now().strftime("%Y-%m-%d_%H-%M-%S"))
+    args.out = args.out or default_out
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "args.json").write_text(json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}, indent=2))
     order = [m for m in ("adapter", "safe", "static", "random") if m in args.methods]
-    by_task: dict[str, dict[str, list[dict]]] = {}
+    by_task: dict[str, dict[str, list[dict]]] = from_sweep(args) if args.from_sweep else {}
     start = time.perf_counter()
-    for task in args.tasks:
+    for task in [] if args.from_sweep else args.tasks:
         by_task[task] = {m: [] for m in order}
         for seed in args.seeds:
             safe_frozen = None
@@ -261,7 +308,7 @@ def main(argv=None) -> int:
     if args.dry_run:
         return 0
     summary = summarize(by_task)
-    text = markdown(summary, args)
+    text = markdown(summary, by_task)
     (args.out / "summary.md").write_text(text + "\n")
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2))
     print(text)

@@ -43,3 +43,26 @@ def test_aggregate_and_markdown():
     md = bench.markdown([s], ["hies", "his", "none"], [0.3, 0.5])
     assert "| hies | 0.6600 ± 0.014 | 0.5600 ± 0.014 |" in md
     assert "target met" in md and "x0.820" in md
+
+
+def test_tables_from_a_sweep_dir(tmp_path):
+    import json
+
+    sweep = tmp_path / "sweep"
+    for i, (task, shift) in enumerate((("mrpc", 0.0), ("mrpc", 0.02), ("rte", 0.0))):
+        d = sweep / f"{i}_prune-{task}"
+        d.mkdir(parents=True)
+        (d / "results.json").write_text(json.dumps({**_result(shift), "status": "completed", "task": task}))
+    failed = sweep / "3_prune-broken"
+    failed.mkdir()
+    (failed / "results.json").write_text(json.dumps({**_result(0.5), "status": "failed", "task": "mrpc"}))
+    bench = _bench()
+    bench.main(["--from-sweep", str(sweep), "--criteria", "his", "none", "--ratios", "0.3", "0.5"])
+    data = json.loads((sweep / "bench_hies" / "bench_hies.json").read_text())
+    mrpc, rte = data["summaries"]
+    assert (mrpc["task"], mrpc["seeds"], rte["task"], rte["seeds"]) == ("mrpc", 2, "rte", 1)
+    assert mrpc["table"]["hies@0.5"]["metric_mean"] == pytest.approx(0.8 - 0.25 + 0.01)
+    assert mrpc["hies_vs_his"]["0.3"]["hies_minus_his"] == pytest.approx(0.15)
+    assert "HIES - HIS, averaged over tasks at 30% and 50%: +0.2000 (target met)" in (sweep / "bench_hies" / "bench_hies.md").read_text()
+    with pytest.raises(SystemExit, match="no completed pruning runs"):
+        bench.main(["--from-sweep", str(sweep), "--tasks", "sst2"])

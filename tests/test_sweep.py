@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 import sys
 
 import pytest
@@ -14,7 +15,7 @@ from runner.config import compose_config
 from runner.jobs import resolve_auto_resume
 from runner.sweep import (
     COMPLETED, FAILED, INCOMPLETE, INTERRUPTED, MISSING, RESUMABLE, Job, build_command, expand, job_state, jobs_to_run, load_plan,
-    plan, retire, summarize,
+    completed_runs, main as sweep_main, plan, retire, summarize,
 )
 
 
@@ -189,6 +190,28 @@ def test_job_states_and_a_hydra_multirun_dir_as_a_plan(tmp_path):
     kept = retire(sweep / "4_e")
     assert kept == sweep / ".retired" / "4_e.1" and (kept / "results.json").is_file() and not (sweep / "4_e").exists()
     assert retire(sweep / "5_f") == sweep / ".retired" / "5_f.1"
+
+
+def test_completed_runs_of_a_sweep_feed_a_pruning_sweep(tmp_path, capsys):
+    src = tmp_path / "safe"
+    jobs = plan(src, ["task=glue/mrpc,glue/rte", "method=adapter,safe", "seed=1"])
+    states = ["completed", "completed", "failed", "completed"]  # rte adapter failed
+    for job, status in zip(jobs, states):
+        Path(job.dir).mkdir(parents=True)
+        method = job.overrides[1].split("=")[1]
+        (Path(job.dir) / "results.json").write_text(json.dumps({"status": status, "method": method}))
+    (src / "sweep.json").write_text(json.dumps({"jobs": [vars(j) for j in jobs]}))
+    assert [p.name for p in completed_runs(src, "adapter")] == ["0_mrpc-minilm-adapter-s1"]
+    assert [p.name for p in completed_runs(src)] == ["0_mrpc-minilm-adapter-s1", "1_mrpc-minilm-safe-s1", "3_rte-minilm-safe-s1"]
+    assert sweep_main(["--completed", str(src), "--method", "safe"]) == 0
+    listed = capsys.readouterr().out.strip()
+    assert listed == f"{(src / '1_mrpc-minilm-safe-s1').resolve()},{(src / '3_rte-minilm-safe-s1').resolve()}"
+    # the list is one sweep value: one pruning job per run, named after its source
+    pruning = plan(tmp_path / "hies", [f"prune.from_run={listed}", "prune=hies"])
+    assert [j.name for j in pruning] == ["0_prune-1_mrpc-minilm-safe-s1", "1_prune-3_rte-minilm-safe-s1"]
+    assert pruning[1].overrides[0] == f"prune.from_run={(src / '3_rte-minilm-safe-s1').resolve()}"
+    with pytest.raises(SystemExit, match="no completed full runs"):
+        sweep_main(["--completed", str(src), "--method", "full"])
 
 
 @pytest.mark.parametrize("sweep_arg", ["-m", "hparams_search=mrpc_optuna", "hydra.mode=MULTIRUN"])

@@ -1,0 +1,59 @@
+"""The SAFE benchmark's table from a sweep dir: seeds grouped per task and method, SAFE/baseline ratios, targets."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import pytest
+import yaml
+from prune_helpers import REPO
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location("bench_safe", REPO / "scripts" / "bench_safe.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _write_run(d, task, method, seed, acc, saved, flops, train_s, status="completed", policy="safe"):
+    d.mkdir(parents=True)
+    r = {"status": status, "task": task, "method": method, "seed": seed, "main_metric": "accuracy",
+         "metrics": {"accuracy": acc}, "memory": {"saved_for_backward_mean_bytes": saved, "saved_for_backward_peak_bytes": 2 * saved},
+         "flops": {"train_total": flops}, "time": {"train_s": train_s, "step_mean_s": 1.0}, "steps": {"total": 100}}
+    if method == "safe":
+        r["method_report"] = {"policy": policy, "n_frozen": 5, "last_freeze_step": 30,
+                              "memory": {"saved_for_backward_mean_after_last_freeze_bytes": saved / 4}}
+    (d / "results.json").write_text(json.dumps(r))
+    (d / "config.yaml").write_text(yaml.safe_dump({
+        "model": {"short_name": "minilm"}, "task": {"max_train_samples": None},
+        "adapter": {"name": "lora", "r": 8, "target_modules": ["query", "value"]},
+        "trainer": {"lr": 1e-3, "batch_size": 32, "max_seq_length": 128, "epochs": 3, "max_steps": None}}))
+
+
+def test_table_from_a_sweep_dir(tmp_path, capsys):
+    sweep = tmp_path / "sweep"
+    for seed, shift in ((1, 0.0), (2, 0.02)):
+        _write_run(sweep / f"a{seed}", "mrpc", "adapter", seed, 0.80 + shift, 1e9, 100e12, 200.0)
+        _write_run(sweep / f"s{seed}", "mrpc", "safe", seed, 0.798 + shift, 0.3e9, 65e12, 150.0)
+    _write_run(sweep / "r1", "mrpc", "safe", 1, 0.5, 0.3e9, 65e12, 150.0, policy="random")  # not asked for: ignored
+    _write_run(sweep / "f3", "mrpc", "adapter", 3, 0.1, 1e9, 100e12, 200.0, status="failed")  # not completed: ignored
+    bench = _bench()
+    assert bench.main(["--from-sweep", str(sweep)]) == 0
+    summary = json.loads((sweep / "bench_safe" / "summary.json").read_text())
+    safe = summary["mrpc"]["safe"]
+    assert summary["mrpc"]["adapter"]["n"] == 2 and safe["n"] == 2
+    assert summary["mrpc"]["adapter"]["metric_mean"] == pytest.approx(81.0)
+    assert safe["metric_drop_points"] == pytest.approx(0.2)
+    assert safe["ratios"] == pytest.approx({"mean_memory": 0.3, "peak_memory": 0.3, "flops": 0.65, "wall_time": 0.75})
+    assert safe["targets_met"] == {"mean_memory": True, "flops": True, "wall_time": True, "metric": True}
+    out = capsys.readouterr().out
+    assert "minilm + lora (r8, query/value), lr 0.001, batch 32, max length 128, 3 epochs, train cap none; seeds [1, 2]" in out
+    assert "| safe | 0.300 ✓ | 0.300 | 0.650 ✓ | 0.750 ✓ | -0.20 ✓ |" in out
+    assert "rte" not in summary  # no runs for it
+
+
+def test_from_sweep_needs_a_folder(tmp_path):
+    with pytest.raises(SystemExit, match="no such folder"):
+        _bench().main(["--from-sweep", str(tmp_path / "nope")])
