@@ -77,7 +77,7 @@ report: ## Tables (report.md, CSVs) and PNGs from every results.json under SWEEP
 # MiniLM/MRPC it closes most of the gap query/value LoRA leaves between SAFE
 # (which keeps only the top layer's adapter) and the baseline (docs/safe.md).
 SAFE_EPOCHS ?= 3
-SAFE_LR ?= 2e-3
+SAFE_LR ?= 1e-3
 SAFE_TARGETS ?= [query,key,value,output.dense,intermediate.dense]
 SAFE_TRAIN_CAP ?= null
 REPRO_SAFE_DIR ?= outputs/repro-safe/$(MODEL)

@@ -8,7 +8,10 @@ saved-for-backward bytes per step, peak saved bytes, total training FLOPs
 (SAFE's probe included) and training wall time, plus the sharpness
 (top Hessian eigenvalue). The table goes to ``<out>/summary.md`` and
 ``<out>/summary.json``. Finished runs (``results.json`` with status completed)
-are reused, so an interrupted benchmark continues where it stopped.
+are reused, so an interrupted benchmark continues where it stopped. The
+defaults are ``make repro-safe``'s recipe (LoRA r8 on every encoder linear
+layer, lr 1e-3, 3 epochs, full training sets), so ``--from-sweep`` on that
+target's output gives the same table without training again.
 
     python scripts/bench_safe.py                          # the full benchmark
     python scripts/bench_safe.py --tasks mrpc --seeds 1 --max-train-samples 64 --max-steps 4   # smoke
@@ -50,13 +53,15 @@ def parse_args(argv=None):
     p.add_argument("--max-train-samples", type=int, default=None,
                    help="cap on training examples, the same for every method (default: the whole training set)")
     p.add_argument("--max-eval-samples", type=int, default=None, help="cap on eval examples (default: the whole dev set)")
-    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--max-steps", type=int, default=None, help="stop after N optimizer steps (smoke tests)")
     p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--targets", default="[query,key,value,output.dense,intermediate.dense]",
+                   help="LoRA target modules (default: every linear layer of the encoder, as make repro-safe)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--max-seq-length", type=int, default=128)
-    p.add_argument("--sharpness-batches", type=int, default=2, help="0 turns the sharpness measurement off")
-    p.add_argument("--sharpness-iters", type=int, default=20)
+    p.add_argument("--sharpness-batches", type=int, default=1, help="0 turns the sharpness measurement off")
+    p.add_argument("--sharpness-iters", type=int, default=10)
     p.add_argument("--logger", default="none", help="runner logger (none or wandb)")
     p.add_argument("--out", type=Path, default=None, help="output folder (default outputs/bench_safe/<stamp>)")
     p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
@@ -77,7 +82,8 @@ def run_dir(out: Path, task: str, method: str, seed: int) -> Path:
 def overrides_for(args, task: str, method: str, seed: int, static_k: int | None) -> list[str]:
     o = [f"task=glue/{task}", *METHODS[method], f"seed={seed}", f"logger={args.logger}",
          f"trainer.epochs={args.epochs}", f"trainer.lr={args.lr}", f"trainer.batch_size={args.batch_size}",
-         f"trainer.max_seq_length={args.max_seq_length}", "trainer.progress_bar=false"]
+         f"trainer.max_seq_length={args.max_seq_length}", "trainer.progress_bar=false",
+         f"adapter.target_modules={args.targets}"]
     if args.max_train_samples:
         o.append(f"task.max_train_samples={args.max_train_samples}")
     if args.max_eval_samples:
