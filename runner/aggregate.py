@@ -487,7 +487,9 @@ def plot_efficiency(stats: pd.DataFrame, model: str, baseline: str, path: Path) 
     mem = "memory.cuda_peak_allocated_bytes" if "memory.cuda_peak_allocated_bytes_mean" in s and s[
         "memory.cuda_peak_allocated_bytes_mean"].notna().all() else "memory.state_plus_saved_peak_bytes"
     panels = [(c, t) for c, t in ((mem, EFFICIENCY[mem]), ("flops.train_total", "train FLOPs"), ("time.train_s", "train time"))
-              if f"{c}_mean" in s]
+              if f"{c}_mean" in s and s[f"{c}_mean"].notna().any()]
+    if not panels:  # e.g. only pruning jobs on saved runs: nothing was trained here
+        return None
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
     width = 0.8 / max(1, len(labels))
     x = np.arange(len(tasks))

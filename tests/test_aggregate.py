@@ -163,6 +163,26 @@ def test_cli_writes_the_report(synthetic, tmp_path, capsys):
     assert not list((tmp_path / "cli").glob("*.png"))
 
 
+def test_a_sweep_of_pruning_jobs_on_saved_runs_gets_its_tables_and_plots(tmp_path):
+    """What make repro-hies writes: pruning results only (no training measurements), task and seed from the source run."""
+    root = tmp_path / "hies"
+    for i, (task, seed, acc) in enumerate((("mrpc", 1, 0.80), ("mrpc", 2, 0.82), ("rte", 1, 0.60))):
+        run = root / f"{i}_prune-{task}-s{seed}"
+        (run / ".hydra").mkdir(parents=True)
+        results = {"status": "completed", "task": task, "model": "m", "method": "prune:hies", "main_metric": "accuracy",
+                   "metrics": {"accuracy": acc - 0.1}, "source": {"method": "adapter", "adapter": "lora", "seed": seed},
+                   **hies_section(acc, {("hies", 0.5): (acc - 0.1, 0.9), ("his", 0.5): (acc - 0.05, 0.95)})}
+        (run / "results.json").write_text(json.dumps(results))
+        (run / "config.yaml").write_text("prune:\n  name: hies\nseed: 42\n")
+    report = build_report([root], root / "report")
+    assert report["runs"]["seed"].tolist() == [1, 2, 1]  # from the source runs, not the pruning job's config
+    p = report["pruning"]
+    his = p[(p["task"] == "mrpc") & (p["criterion"] == "his") & (p["ratio"] == 0.5)]
+    assert his["metric_mean"].item() == pytest.approx(0.76) and his["n"].item() == 2
+    assert (root / "report" / "pruning_m_mrpc.png").is_file() and (root / "report" / "pruning_m_rte.png").is_file()
+    assert not (root / "report" / "efficiency_m.png").exists()  # nothing was trained: no cost bars
+
+
 def test_real_runs_aggregate_to_their_own_numbers(tiny_overrides, tmp_path):
     from runner.config import compose_config
     from runner.train import run
