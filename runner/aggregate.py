@@ -486,7 +486,10 @@ def plot_efficiency(stats: pd.DataFrame, model: str, baseline: str, path: Path) 
     labels = _order(s["label"], first=[l for l in s["label"] if l.split(" ")[0] == baseline])
     mem = "memory.cuda_peak_allocated_bytes" if "memory.cuda_peak_allocated_bytes_mean" in s and s[
         "memory.cuda_peak_allocated_bytes_mean"].notna().all() else "memory.state_plus_saved_peak_bytes"
-    panels = [(c, t) for c, t in ((mem, EFFICIENCY[mem]), ("flops.train_total", "train FLOPs"), ("time.train_s", "train time"))
+    # mean saved-for-backward bytes per step: what freezing lowers over a run (the peak is usually the first steps)
+    saved = "memory.saved_for_backward_mean_bytes"
+    panels = [(c, t) for c, t in ((saved, EFFICIENCY[saved] + " per step"), (mem, EFFICIENCY[mem]),
+                                  ("flops.train_total", "train FLOPs"), ("time.train_s", "train time"))
               if f"{c}_mean" in s and s[f"{c}_mean"].notna().any()]
     if not panels:  # e.g. only pruning jobs on saved runs: nothing was trained here
         return None
