@@ -94,8 +94,6 @@ def freeze_steps(results: dict) -> tuple[dict[str, int | None], int] | None:
 # ------------------------------------------------------------------ collecting
 
 
-
-
 def _hidden(path: Path, root: Path) -> bool:
     """Inside .hydra/, .retired/ (superseded attempts), .submitit/, a checkpoint temp dir..."""
     try:

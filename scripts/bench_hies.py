@@ -83,8 +83,10 @@ def parse_runs(items: list[str]) -> dict[str, list[Path]]:
 
 def from_sweep(root: Path, tasks: list[str], criteria: list[str], ratios: list[float]) -> list[dict]:
     """Summaries of the completed pruning runs under ``root``, one per task, in ``tasks`` order."""
+    from runner.aggregate import find_results  # skips .retired/ attempts and .hydra/, as the report does
+
     by_task: dict[str, list[dict]] = {}
-    for path in sorted(root.rglob("results.json")):
+    for path in find_results(root):
         try:
             res = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError):
@@ -211,7 +213,8 @@ def main(argv: list[str] | None = None) -> None:
                          f"defaults stays at MRPC's majority class after an epoch); '' for the runner's defaults")
     ap.add_argument("--train", nargs="*", default=[], metavar="OVERRIDE", help="extra overrides for fine-tuning (after --recipe)")
     ap.add_argument("--prune", nargs="*", default=[], metavar="OVERRIDE", help="extra overrides for pruning")
-    ap.add_argument("--out", type=Path, default=REPO / "outputs" / "bench_hies")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="output folder (default outputs/bench_hies, or DIR/bench_hies with --from-sweep)")
     ap.add_argument("--dry-run", action="store_true")
     ap.add_argument("--from-sweep", type=Path, default=None, metavar="DIR",
                     help="run nothing: tabulate the completed pruning runs under DIR (e.g. make repro-hies's sweep dir) "
@@ -224,11 +227,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.from_sweep is not None:
         if not args.from_sweep.is_dir():
             raise SystemExit(f"--from-sweep {args.from_sweep}: no such folder")
-        args.out = args.out if "--out" in (argv or sys.argv) else args.from_sweep / "bench_hies"
         summaries = from_sweep(args.from_sweep, args.tasks, criteria, args.ratios)
         if not summaries:
             raise SystemExit(f"--from-sweep {args.from_sweep}: no completed pruning runs for {args.tasks}")
-    out = args.out.resolve()
+    out = (args.out or (args.from_sweep / "bench_hies" if args.from_sweep else REPO / "outputs" / "bench_hies")).resolve()
     given = parse_runs(args.runs)
     for task in [] if args.from_sweep else args.tasks:
         runs = given.get(task)

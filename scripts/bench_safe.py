@@ -160,8 +160,10 @@ def run_one(args, task, method, seed, static_k=None) -> dict:
 
 def from_sweep(args) -> dict[str, dict[str, list[dict]]]:
     """Completed runs under a sweep dir, by task and method (SAFE-family runs by their freeze policy)."""
+    from runner.aggregate import find_results  # skips .retired/ attempts and .hydra/, as the report does
+
     by_task: dict[str, dict[str, list[dict]]] = {t: {m: [] for m in args.methods} for t in args.tasks}
-    for path in sorted(args.from_sweep.rglob("results.json")):
+    for path in find_results(args.from_sweep):
         r = load_results(path.parent)
         if r is None or r.get("task") not in by_task or int(r.get("seed", -1)) not in args.seeds:
             continue

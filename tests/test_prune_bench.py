@@ -56,6 +56,9 @@ def test_tables_from_a_sweep_dir(tmp_path):
     failed = sweep / "3_prune-broken"
     failed.mkdir()
     (failed / "results.json").write_text(json.dumps({**_result(0.5), "status": "failed", "task": "mrpc"}))
+    retired = sweep / ".retired" / "0_prune-mrpc.1"  # a superseded attempt the sweep kept aside: never read
+    retired.mkdir(parents=True)
+    (retired / "results.json").write_text(json.dumps({**_result(0.5), "status": "completed", "task": "mrpc"}))
     bench = _bench()
     bench.main(["--from-sweep", str(sweep), "--criteria", "his", "none", "--ratios", "0.3", "0.5"])
     data = json.loads((sweep / "bench_hies" / "bench_hies.json").read_text())

@@ -39,6 +39,7 @@ def test_table_from_a_sweep_dir(tmp_path, capsys):
         _write_run(sweep / f"s{seed}", "mrpc", "safe", seed, 0.798 + shift, 0.3e9, 65e12, 150.0)
     _write_run(sweep / "r1", "mrpc", "safe", 1, 0.5, 0.3e9, 65e12, 150.0, policy="random")  # not asked for: ignored
     _write_run(sweep / "f3", "mrpc", "adapter", 3, 0.1, 1e9, 100e12, 200.0, status="failed")  # not completed: ignored
+    _write_run(sweep / ".retired" / "a1.1", "mrpc", "adapter", 1, 0.1, 1e9, 100e12, 200.0)  # superseded attempt: ignored
     bench = _bench()
     assert bench.main(["--from-sweep", str(sweep)]) == 0
     summary = json.loads((sweep / "bench_safe" / "summary.json").read_text())
