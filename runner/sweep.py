@@ -39,7 +39,14 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from runner.results import STATUS_COMPLETED, STATUS_FAILED, STATUS_INTERRUPTED, atomic_write_json, atomic_write_text
+from runner.results import (
+    STATUS_COMPLETED,
+    STATUS_FAILED,
+    STATUS_INTERRUPTED,
+    atomic_write_json,
+    atomic_write_text,
+    read_run,
+)
 
 MANIFEST = "sweep.json"
 SUMMARY = "sweep_summary"
@@ -142,23 +149,13 @@ def load_plan(sweep_dir: Path) -> tuple[list[Job], dict]:
 # ------------------------------------------------------------------ job states
 
 
-def read_status(job_dir: Path) -> dict | None:
-    path = Path(job_dir) / "results.json"
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-
-
 def job_state(job_dir: Path) -> str:
     """completed | failed | interrupted (with a checkpoint) | resumable (killed hard, checkpoint left)
     | incomplete (a dir but nothing to resume from) | missing (never started)."""
     job_dir = Path(job_dir)
     if not job_dir.is_dir():
         return MISSING
-    results = read_status(job_dir) or {}
+    results = read_run(job_dir) or {}
     status = results.get("status")
     has_checkpoint = (job_dir / "checkpoint" / "meta.json").is_file()
     if status == STATUS_COMPLETED:
@@ -207,7 +204,7 @@ def summarize(sweep_dir: Path, jobs: list[Job] | None = None) -> list[dict]:
         jobs, _ = load_plan(sweep_dir)
     rows = []
     for job in jobs:
-        results = read_status(Path(job.dir)) or {}
+        results = read_run(Path(job.dir)) or {}
         metric_name = results.get("main_metric")
         rows.append({
             "num": job.num, "name": job.name, "state": job_state(Path(job.dir)),
@@ -319,7 +316,7 @@ def _last_error_line(log_path: Path) -> str | None:
 def record_launch_failure(job: Job, returncode: int, log_path: Path) -> None:
     """A job that exited without results.json (bad input, a crash at start, killed) gets a failure record."""
     job_dir = Path(job.dir)
-    if read_status(job_dir) is not None:
+    if read_run(job_dir) is not None:
         return
     job_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(job_dir / "results.json", {
@@ -410,10 +407,10 @@ class Runner:
 
     def _finished(self, job: Job, returncode: int, seconds: float) -> None:
         log_path = self.sweep_dir / "logs" / f"{job.name}.log"
-        if returncode != 0 or read_status(Path(job.dir)) is None:
+        if returncode != 0 or read_run(Path(job.dir)) is None:
             record_launch_failure(job, returncode, log_path)
         state = job_state(Path(job.dir))
-        results = read_status(Path(job.dir)) or {}
+        results = read_run(Path(job.dir)) or {}
         metric = results.get("main_metric")
         value = (results.get("metrics") or {}).get(metric) if metric else None
         detail = f"{metric}={value:.4f}" if isinstance(value, (int, float)) else (results.get("error") or "")[:200]
@@ -461,7 +458,7 @@ def completed_runs(sweep_dir: Path, method: str | None = None) -> list[Path]:
     jobs, _ = load_plan(sweep_dir)
     out = []
     for job in jobs:
-        results = read_status(Path(job.dir)) or {}
+        results = read_run(Path(job.dir)) or {}
         if results.get("status") == STATUS_COMPLETED and (method is None or results.get("method") == method):
             out.append(Path(job.dir))
     return out

@@ -35,6 +35,10 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # run as a script from anywhere
+
+from runner.results import read_completed
+
 CRITERIA = ["hies", "his", "entropy", "magnitude", "random", "none"]
 RATIOS = [0.1, 0.3, 0.5, 0.7]
 DEFAULT_RECIPE = "method=full trainer.lr=1e-4"
@@ -62,13 +66,7 @@ def run_cli(overrides: list[str], run_dir: Path, dry: bool, log_path: Path) -> N
 
 
 def completed(run_dir: Path) -> bool:
-    path = run_dir / "results.json"
-    if not path.is_file():
-        return False
-    try:
-        return json.loads(path.read_text()).get("status") == "completed"
-    except json.JSONDecodeError:
-        return False
+    return read_completed(run_dir) is not None
 
 
 def parse_runs(items: list[str]) -> dict[str, list[Path]]:

@@ -35,6 +35,10 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # run as a script from anywhere
+
+from runner.results import read_completed
+
 TARGETS = {"mean_memory": 0.55, "flops": 0.70, "wall_time": 0.85, "metric_drop_points": 0.5}
 METHODS = {
     "adapter": ["method=adapter"],
@@ -102,13 +106,10 @@ def overrides_for(args, task: str, method: str, seed: int, static_k: int | None)
 
 
 def load_results(path: Path) -> dict | None:
-    try:
-        r = json.loads((path / "results.json").read_text())
-    except (OSError, ValueError):
-        return None
-    if r.get("status") != "completed":
-        return None
-    r["_dir"] = str(path)
+    """A completed run's results, with its dir under ``_dir`` (None if the run did not complete)."""
+    r = read_completed(path)
+    if r is not None:
+        r["_dir"] = str(path)
     return r
 
 
