@@ -114,4 +114,4 @@ else
 	$(PYTHON) -m runner.sweep --procs $(PROCS) --parallel $(PARALLEL) --dir $(REPRO_HIES_DIR) -- \
 	  model=$(MODEL) task=$(call csv,$(addprefix glue/,$(TASKS))) seed=$(call csv,$(SEEDS)) $(HIES_RECIPE) $(HIES_PRUNE)
 endif
-	$(PYTHON) scripts/aggregate.py $(REPRO_HIES_DIR) --baseline full
+	$(PYTHON) scripts/aggregate.py $(REPRO_HIES_DIR)
