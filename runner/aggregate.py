@@ -131,6 +131,26 @@ def _config_value(cfg: dict, dotted: str):
     return node
 
 
+# Config keys that may differ between the seeds of one group without mixing settings.
+PER_RUN_KEYS = ("seed", "output_dir", "run_name", "data_cache_dir", "logger", "debug", "resume", "hydra",
+                "prune.from_run", "task.data_dir", "trainer.progress_bar")
+
+
+def settings_of(cfg: dict) -> dict:
+    """A run's settings: its flattened config without what legitimately differs per run (seeds, paths, logging)."""
+    def per_run(key: str) -> bool:
+        return key.endswith(".seed") or any(key == k or key.startswith(k + ".") for k in PER_RUN_KEYS)
+
+    return {k: v for k, v in flatten(cfg, sep=".").items() if not per_run(k)}
+
+
+def differing_settings(settings: list[dict]) -> list[str]:
+    """Config keys whose values are not the same in every run (runs without a config.yaml are skipped)."""
+    settings = [s for s in settings if s]
+    keys = sorted(set().union(*settings)) if settings else []
+    return [k for k in keys if len({repr(s.get(k)) for s in settings}) > 1]
+
+
 def run_row(results: dict, run_dir: Path, cfg: dict, by: list[str]) -> dict:
     source = results.get("source") or {}  # a pruning job on a saved run
     prune = _config_value(cfg, "prune.name") or ("none" if not results.get("pruning") else "?")
@@ -151,6 +171,7 @@ def run_row(results: dict, run_dir: Path, cfg: dict, by: list[str]) -> dict:
     }
     for key in by:
         row[f"cfg.{key}"] = _config_value(cfg, key)
+    row["_settings"] = settings_of(cfg)  # not written to runs.csv
     row.update({k: v for k, v in flatten(results, sep=".", skip=SKIP_FLATTEN).items() if k not in row})
     return row
 
@@ -250,6 +271,11 @@ def summarize_runs(runs: pd.DataFrame, baseline: str = "adapter", by: list[str] 
     stats = stats.reset_index()
     dup = grouped["seed"].apply(lambda s: s.duplicated().any()).reset_index(drop=True)
     stats["duplicate_seeds"] = dup.values  # the same seed twice: the group mixes settings (use --by)
+    if "_settings" in done:  # runs averaged together should differ only in their seed
+        mixed = grouped["_settings"].apply(lambda s: ",".join(differing_settings(list(s)))).reset_index(drop=True)
+        stats["mixed_settings"] = mixed.values
+    else:
+        stats["mixed_settings"] = ""
     for col in columns[1:]:
         stats[f"{col}_ratio"] = [_ratio(stats, i, col, baseline, keys) for i in range(len(stats))]
     return stats
@@ -371,8 +397,10 @@ def _method_label(row, stats: pd.DataFrame) -> str:
 def main_table(stats: pd.DataFrame, model: str, baseline: str) -> pd.DataFrame:
     """SAFE's main-table layout for one model: methods x (tasks, average, memory, FLOPs, time, ratios).
 
-    Task cells: main metric x100, mean ± std over seeds. Memory is the CUDA peak when every
-    run has one, else the CPU estimate (state + saved-for-backward peak). Memory, FLOPs
+    Task cells: main metric x100, mean ± std over seeds. Peak memory is the CUDA peak when every
+    run has one, else the CPU estimate (state + saved-for-backward peak); mean saved/step is the
+    activation memory autograd keeps, averaged over steps (what SAFE's freezing cuts: its peak
+    comes from the first steps, when every adapter still trains). Memory, FLOPs
     and time are means over tasks; their ratio is the mean over tasks of the per-task ratio
     to the baseline.
     """
@@ -383,7 +411,8 @@ def main_table(stats: pd.DataFrame, model: str, baseline: str) -> pd.DataFrame:
     tasks = task_order(s["task"])
     mem_col = "memory.cuda_peak_allocated_bytes" if "memory.cuda_peak_allocated_bytes_mean" in s and s[
         "memory.cuda_peak_allocated_bytes_mean"].notna().all() else "memory.state_plus_saved_peak_bytes"
-    eff = [(mem_col, "memory"), ("flops.train_total", "train FLOPs"), ("time.train_s", "train time")]
+    eff = [(mem_col, "peak memory"), ("memory.saved_for_backward_mean_bytes", "mean saved/step"),
+           ("flops.train_total", "train FLOPs"), ("time.train_s", "train time")]
     eff = [(c, n) for c, n in eff if f"{c}_mean" in s]
     units = {c: _unit(s[f"{c}_mean"], _kind(c)) for c, _ in eff}
     rows = []
@@ -410,6 +439,22 @@ def main_table(stats: pd.DataFrame, model: str, baseline: str) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _short_keys(keys: str, n: int = 3) -> str:
+    keys = [k for k in str(keys).split(",") if k]
+    return ", ".join(keys[:n]) + (f" and {len(keys) - n} more" if len(keys) > n else "")
+
+
+def mixed_groups_note(stats: pd.DataFrame) -> str:
+    """A warning for the report when some mean mixes runs trained with different settings."""
+    if "mixed_settings" not in stats or not stats["mixed_settings"].astype(bool).any():
+        return ""
+    lines = [f"- {r['model']} / {r['task']} / {r['method']}: {_short_keys(r['mixed_settings'], 6)}"
+             for _, r in stats[stats["mixed_settings"].astype(bool)].iterrows()]
+    return ("**Warning: some means pool runs with different settings** (not just different seeds). Report one "
+            "sweep dir at a time, or split the groups with `--by <key>` (e.g. `--by trainer.lr`):\n\n"
+            + "\n".join(lines) + "\n")
+
+
 def efficiency_table(stats: pd.DataFrame, model: str, baseline: str) -> pd.DataFrame:
     """Per task and method: n, metric, every memory measure, FLOPs, time; ratios to the baseline."""
     s = stats[stats["model"] == model].copy()
@@ -431,7 +476,9 @@ def efficiency_table(stats: pd.DataFrame, model: str, baseline: str) -> pd.DataF
                 digits = 1 if _kind(c) == "seconds" else 3
                 out[f"{label_c} ({unit})"] = _pm(r[f"{c}_mean"], r[f"{c}_std"], 1 / scale, digits) + (
                     f" [{_ratio_text(r[f'{c}_ratio'])}]" if not pd.isna(r[f"{c}_ratio"]) else "")
-            if r.get("duplicate_seeds"):
+            if r.get("mixed_settings"):
+                out["n"] = f"{out['n']} (settings differ: {_short_keys(r['mixed_settings'])}; split with --by)"
+            elif r.get("duplicate_seeds"):
                 out["n"] = f"{out['n']} (seed repeated: settings mixed, use --by)"
             rows.append(out)
     return pd.DataFrame(rows)
@@ -587,7 +634,7 @@ def build_report(paths: list[Path], out: Path, baseline: str = "adapter", by: li
     runs, problems, raw = collect(paths, by)
     stats = summarize_runs(runs, baseline, by)
     pstats = summarize_pruning(raw)
-    runs.to_csv(out / "runs.csv", index=False)
+    runs.drop(columns=[c for c in runs.columns if c.startswith("_")]).to_csv(out / "runs.csv", index=False)
     stats.to_csv(out / "summary.csv", index=False)
     problems.to_csv(out / "problems.csv", index=False)
     if not pstats.empty:
@@ -597,6 +644,8 @@ def build_report(paths: list[Path], out: Path, baseline: str = "adapter", by: li
     sections = [f"# Results\n\nFrom {', '.join(str(p) for p in paths)}: {len(runs)} results.json, {n_done} completed; "
                 f"{len(problems)} listed under *Not completed* (never averaged). Metric: the task's main metric x100, "
                 f"mean ± std over seeds (sample std). Ratios (×) are to method `{baseline}` on the same model and task.\n"]
+    if mixed_groups_note(stats):
+        sections.append(mixed_groups_note(stats))
     tables: dict[str, pd.DataFrame] = {}
     figures: list[Path] = []
     models = _order(stats["model"]) if not stats.empty else []

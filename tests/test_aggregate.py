@@ -109,8 +109,9 @@ def test_synthetic_results_give_the_expected_tables(synthetic, tmp_path):
     assert main_t.loc["safe", "MRPC"] == "83.00 ± 2.00"
     assert main_t.loc["safe", "RTE"] == "62.00 ± 1.41"
     assert main_t.loc["adapter", "avg"] == "72.00" and main_t.loc["safe", "avg"] == "72.50"
-    assert main_t.loc["adapter", "memory (MiB)"] == "150" and main_t.loc["safe", "memory (MiB)"] == "80"
-    assert main_t.loc["safe", "memory ×adapter"] == "0.55×"  # mean over tasks of 0.60 and 0.50
+    assert main_t.loc["adapter", "peak memory (MiB)"] == "150" and main_t.loc["safe", "peak memory (MiB)"] == "80"
+    assert main_t.loc["safe", "peak memory ×adapter"] == "0.55×"  # mean over tasks of 0.60 and 0.50
+    assert main_t.loc["adapter", "mean saved/step (MiB)"] == "37.5" and main_t.loc["safe", "mean saved/step ×adapter"] == "0.55×"
     assert main_t.loc["adapter", "train FLOPs (TFLOP)"] == "1.5" and main_t.loc["safe", "train FLOPs ×adapter"] == "0.50×"
     assert main_t.loc["safe", "train time (s)"] == "8" and main_t.loc["safe", "train time ×adapter"] == "0.50×"
 
@@ -149,9 +150,12 @@ def test_repeated_seeds_are_flagged_and_by_splits_them(tmp_path):
         run = write_run(root, f"{i}_mrpc", task="mrpc", method="adapter", seed=1, acc=acc, mem_mib=10, flops=1e9, train_s=1)
         (run / "config.yaml").write_text(f"trainer:\n  lr: {lr}\n")
     mixed = build_report([root], tmp_path / "r1", plots=False)
-    assert "seed repeated" in mixed["tables"]["efficiency/m"].iloc[0]["n"]
+    assert "settings differ: trainer.lr; split with --by" in mixed["tables"]["efficiency/m"].iloc[0]["n"]
+    assert "pool runs with different settings" in mixed["markdown"] and "m / mrpc / adapter: trainer.lr" in mixed["markdown"]
+    assert "_settings" not in pd.read_csv(tmp_path / "r1" / "runs.csv").columns
     split = build_report([root], tmp_path / "r2", by=["trainer.lr"], plots=False)
     t = split["tables"]["main/m"]
+    assert "different settings" not in split["markdown"]
     assert sorted(t["method"]) == ["adapter trainer.lr=0.0001", "adapter trainer.lr=0.001"]
     assert sorted(t["MRPC"]) == ["60.00 (n=1)", "80.00 (n=1)"]
 
