@@ -37,6 +37,9 @@ class TaskData:
     train: datasets.Dataset
     evals: dict[str, datasets.Dataset]  # Hub split name -> dataset, primary first
     source: str  # where the data came from, for provenance
+    # Training examples held out of fine-tuning (task.holdout_samples), e.g. for
+    # choosing HIES's alpha on data the model never saw; None when none are held out.
+    holdout: datasets.Dataset | None = None
 
 
 # ---------------------------------------------------------------------------
@@ -173,7 +176,25 @@ def load_task_splits(task: DictConfig) -> TaskData:
             raise DataError(f"split {split} of task {task.name} from {data.source} is empty")
     data.train = cap(data.train, task.max_train_samples)
     data.evals = {k: cap(v, task.max_eval_samples) for k, v in data.evals.items()}
+    data.train, data.holdout = split_holdout(data.train, task.get("holdout_samples"), task.get("holdout_seed", 0), task.name)
     return data
+
+
+def split_holdout(train: datasets.Dataset, n, seed, task_name: str = "") -> tuple[datasets.Dataset, datasets.Dataset | None]:
+    """(train without the hold-out, hold-out): ``n`` examples drawn with ``seed`` (after the
+    ``max_train_samples`` cap), the same for every run with the same task settings, so a
+    later pruning job (``prune.from_run``) finds exactly the examples fine-tuning never saw."""
+    import numpy as np
+
+    if not n:
+        return train, None
+    if int(n) >= len(train):
+        raise DataError(f"task.holdout_samples={n} leaves no training examples for task {task_name} "
+                        f"({len(train)} after the cap); hold out fewer")
+    order = np.random.default_rng(int(seed)).permutation(len(train))
+    held = sorted(int(i) for i in order[: int(n)])
+    kept = sorted(int(i) for i in order[int(n):])
+    return train.select(kept), train.select(held)
 
 
 # ---------------------------------------------------------------------------

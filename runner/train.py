@@ -424,6 +424,7 @@ class Recipe:
             "params": self.param_counts,
             "steps": {"total": self.global_step, "per_epoch": self.steps_per_epoch, "epochs": self.num_epochs},
             "data": {"source": self.data.source, "train_examples": n_examples,
+                     "holdout_examples": len(self.data.holdout) if self.data.holdout is not None else 0,
                      "eval_examples": {k: len(v) for k, v in self.data.evals.items()}},
             "provenance": provenance.collect(self.device, cfg.seed, self.accelerator.num_processes),
         }

@@ -81,6 +81,9 @@ def validate_config(cfg: DictConfig) -> None:
     for name in ("max_train_samples", "max_eval_samples"):
         if cfg.task[name] is not None:
             _positive(cfg.task[name], f"task.{name}", integer=True)
+    holdout = cfg.task.get("holdout_samples")
+    if holdout not in (None, 0):
+        _positive(holdout, "task.holdout_samples (training examples kept out of fine-tuning)", integer=True)
     if not isinstance(cfg.seed, int) or isinstance(cfg.seed, bool):
         raise ConfigError(f"seed must be an integer, got {cfg.seed!r}")
 

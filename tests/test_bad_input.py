@@ -66,6 +66,7 @@ CASES = [
     ("warmup", ["trainer.warmup_ratio=1.5"], {}, CONFIG, r"trainer.warmup_ratio must be in \[0, 1\)"),
     ("schedule", ["trainer.lr_schedule=exponential"], {}, CONFIG, r"trainer.lr_schedule must be one of"),
     ("train-cap", ["task.max_train_samples=0"], {}, CONFIG, r"task.max_train_samples must be a positive integer"),
+    ("holdout", ["task.holdout_samples=-5"], {}, CONFIG, r"task.holdout_samples \(training examples kept out of fine-tuning\) must be a positive integer"),
     ("seed", ["seed=abc"], {}, CONFIG, r"seed must be an integer"),
     ("wandb-mode", ["logger.mode=sometimes"], {}, CONFIG, r"logger.mode must be auto, online, offline or disabled"),
     ("adapter-method-without-adapter", ["method=adapter", "adapter=none"], {}, CONFIG,

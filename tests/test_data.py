@@ -106,6 +106,23 @@ def test_caps_keep_the_first_rows(tmp_path):
     assert len(data.evals["validation"]) == 1 and data.evals["validation"][0]["sentence1"] == "Dana Reeve died."
 
 
+def test_holdout_is_kept_out_of_training_the_same_way_every_time(glue_dir):
+    over = ["task=glue/mrpc", f"task.data_dir={glue_dir}", "task.max_train_samples=200", "task.holdout_samples=50"]
+    data = load_task_splits(compose_config(over).task)
+    assert len(data.train) == 150 and len(data.holdout) == 50
+    pairs = lambda ds: {(r["sentence1"], r["sentence2"]) for r in ds}  # noqa: E731
+    capped = load_task_splits(compose_config(over[:3]).task)
+    assert data.holdout is not None and capped.holdout is None and len(capped.train) == 200
+    assert not pairs(data.train) & pairs(data.holdout)  # disjoint
+    assert pairs(data.train) | pairs(data.holdout) == pairs(capped.train)  # drawn from the capped split
+    again = load_task_splits(compose_config(over).task)
+    assert again.holdout["sentence1"] == data.holdout["sentence1"]  # a later pruning job finds the same examples
+    other = load_task_splits(compose_config([*over, "task.holdout_seed=1"]).task)
+    assert other.holdout["sentence1"] != data.holdout["sentence1"]
+    with pytest.raises(DataError, match="holdout_samples=200 leaves no training examples"):
+        load_task_splits(compose_config([*over[:3], "task.holdout_samples=200"]).task)
+
+
 def test_real_mrpc_files_match_the_official_split_sizes(glue_dir):
     data = load_task_splits(compose_config(["task=glue/mrpc", f"task.data_dir={glue_dir}"]).task)
     assert len(data.train) == 3668 and len(data.evals["validation"]) == 408

@@ -112,6 +112,29 @@ def test_calibration_and_holdout_come_from_training_data_only(tokenizer, tmp_pat
     assert not set(d.calib_indices) & set(d.holdout_indices)
     assert max(d.calib_indices + d.holdout_indices) < len(data.train)
     assert PruneData(inputs, s).calib_indices == d.calib_indices  # seeded
+    assert d.holdout_source == "training"  # seen in fine-tuning: no examples were held out of it
+
+
+def test_alpha_holdout_uses_the_examples_fine_tuning_never_saw(tokenizer, tmp_path):
+    from runner.data import TaskData
+    from runner.prune.pipeline import PruneData
+
+    task, data = _synthetic_task(n_train=80)
+    reserved = _synthetic_task(n_train=40, seed=9)[1].train
+    data = TaskData(train=data.train, evals=data.evals, source="synthetic", holdout=reserved)
+    s = parse(OmegaConf.create({"name": "hies", "alpha": "auto", "alpha_grid": [0.5], "alpha_ratios": [0.5],
+                                "alpha_holdout_samples": 30, "calib_samples": 20, "seed": 1}))
+    inputs = PruneInputs(model=None, tokenizer=tokenizer, task=task, data=data, max_seq_length=32, eval_batch_size=8,
+                         train_batch_size=8, output_dir=tmp_path, device=torch.device("cpu"))
+    d = PruneData(inputs, s)
+    assert d.holdout_source == "reserved" and len(d.holdout_indices) == 30 and max(d.holdout_indices) < 40
+    assert len(d.holdout_pool) == len(reserved) and sum(len(b["labels"]) for b in d.holdout()) == 30
+    i = d.holdout_indices[0]
+    assert d.holdout_pool[i]["labels"] == reserved[i]["label"]  # the reserved rows, tokenised
+    # fewer reserved examples than the alpha search needs: it says so and falls back to training examples
+    small = TaskData(train=data.train, evals=data.evals, source="synthetic", holdout=reserved.select(range(5)))
+    inputs.data = small
+    assert PruneData(inputs, s).holdout_source == "training"
 
 
 def test_stability_definition():
@@ -178,6 +201,21 @@ def test_cli_prunes_after_training_and_on_a_saved_run(tiny_model_dir, tmp_path):
     assert [r["ratio"] for r in res2["pruning"]["results"]] == [0.25, 0.3, 0.5]
     assert res2["pruning"]["unpruned"]["main_metric"] == p["unpruned"]["main_metric"]  # same model, same eval split
     assert (prune_dir / "config.yaml").is_file() and (prune_dir / "pruning" / "quality_vs_ratio.png").is_file()
+
+
+def test_alpha_auto_on_a_saved_run_uses_its_held_out_examples(tiny_model_dir, tmp_path):
+    from runner.app import execute
+
+    train_dir = tmp_path / "train"
+    execute(compose([*_overrides(tiny_model_dir, tmp_path), "task.holdout_samples=24"], train_dir))
+    res = json.loads((train_dir / "results.json").read_text())
+    assert res["data"]["holdout_examples"] == 24
+    prune_dir = tmp_path / "prune"
+    execute(compose([*_overrides(tiny_model_dir, tmp_path), "prune=hies", *FAST_PRUNE, f"prune.from_run={train_dir}",
+                     "prune.alpha=auto", "prune.alpha_grid=[0.0,1.0]", "prune.alpha_ratios=[0.5]", "prune.latency=none",
+                     "prune.save_model=none"], prune_dir))
+    auto = json.loads((prune_dir / "results.json").read_text())["pruning"]["scoring"]["alpha_auto"]
+    assert auto["holdout_source"] == "reserved" and auto["holdout_examples"] == 24
 
 
 def test_cli_refuses_bad_prune_settings_before_training(tiny_model_dir, tmp_path, capsys):

@@ -68,12 +68,18 @@ class PruneInputs:
 # ---------------------------------------------------------------------------
 
 
+MIN_HOLDOUT = 16  # fewer examples cannot rank alphas
+
+
 class PruneData:
     """Tokenised eval split, calibration and held-out slices of the training split.
 
-    The calibration examples and the alpha hold-out are drawn from the
-    training split with ``prune.seed`` and never overlap; the eval split is
-    used only to report results.
+    The calibration examples are drawn from the training split with
+    ``prune.seed``. The alpha hold-out (``prune.alpha=auto``) is drawn from
+    the examples fine-tuning held out (``task.holdout_samples``) when the run
+    has them, else from the rest of the training split, disjoint from the
+    calibration examples but seen in fine-tuning (``holdout_source`` says
+    which). The eval split is used only to report results.
     """
 
     def __init__(self, inputs: PruneInputs, s: PruneSettings):
@@ -85,18 +91,30 @@ class PruneData:
         train = tokenize(inputs.data.train, inputs.tokenizer, task.text_keys, inputs.max_seq_length, cache)
         self.train = train
         n_train = len(train)
-        need = s.calib_samples + (s.alpha_holdout_samples if s.alpha_auto and "hies" in s.compare else 0)
+        choosing = s.alpha_auto and "hies" in s.compare
         if s.calib_samples > n_train:
             raise ConfigError(f"prune.calib_samples={s.calib_samples} exceeds the {n_train} training examples")
         order = np.random.default_rng(s.seed).permutation(n_train)
         self.calib_indices = sorted(int(i) for i in order[: s.calib_samples])
-        hold = order[s.calib_samples: need]
-        if s.alpha_auto and "hies" in s.compare and len(hold) < 16:
-            raise ConfigError(
-                f"prune.alpha=auto needs held-out training examples beyond the {s.calib_samples} calibration ones; "
-                f"only {len(hold)} left of {n_train}"
-            )
-        self.holdout_indices = sorted(int(i) for i in hold)
+        reserved = inputs.data.holdout if getattr(inputs.data, "holdout", None) is not None else None
+        if not choosing:
+            self.holdout_source, self.holdout_pool, pick = None, train, []
+        elif reserved is not None and len(reserved) >= MIN_HOLDOUT:
+            self.holdout_source = "reserved"  # task.holdout_samples: never trained on
+            self.holdout_pool = tokenize(reserved, inputs.tokenizer, task.text_keys, inputs.max_seq_length, cache)
+            pick = np.random.default_rng(s.seed).permutation(len(reserved))[: s.alpha_holdout_samples]
+        else:
+            self.holdout_source = "training"  # seen in fine-tuning
+            self.holdout_pool = train
+            pick = order[s.calib_samples: s.calib_samples + s.alpha_holdout_samples]
+            if len(pick) < MIN_HOLDOUT:
+                raise ConfigError(
+                    f"prune.alpha=auto needs held-out training examples beyond the {s.calib_samples} calibration ones; "
+                    f"only {len(pick)} left of {n_train}"
+                )
+            log.warning("prune.alpha=auto: the fine-tuned model saw these %d hold-out examples in training "
+                        "(fine-tune with task.holdout_samples=%d to keep them unseen)", len(pick), s.alpha_holdout_samples)
+        self.holdout_indices = sorted(int(i) for i in pick)
         self.eval_batch_size = inputs.eval_batch_size
         self.train_batch_size = inputs.train_batch_size
         self._eval = self._holdout = None
@@ -111,7 +129,7 @@ class PruneData:
 
     def holdout(self) -> list[dict]:
         if self._holdout is None:  # collated once, reused by every evaluation
-            self._holdout = list(self.loader(self.train.select(self.holdout_indices), self.eval_batch_size))
+            self._holdout = list(self.loader(self.holdout_pool.select(self.holdout_indices), self.eval_batch_size))
         return self._holdout
 
     def evaluation(self) -> list[dict]:
@@ -306,6 +324,7 @@ def choose_alpha(model: nn.Module, calib: CalibrationScores, data: PruneData, s:
                                      -abs(t["alpha"] - 0.5)))
     return {
         "alpha": best["alpha"], "table": table, "ratios": list(s.alpha_ratios), "holdout_examples": len(data.holdout_indices),
+        "holdout_source": data.holdout_source,
         "holdout_unpruned_metric": base_metric, "metric": task.main_metric, "evaluations": len(cache),
         "time_s": time.perf_counter() - start,
     }
