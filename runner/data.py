@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import datasets
+import numpy as np
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 from transformers import DataCollatorWithPadding
@@ -184,8 +185,6 @@ def split_holdout(train: datasets.Dataset, n, seed, task_name: str = "") -> tupl
     """(train without the hold-out, hold-out): ``n`` examples drawn with ``seed`` (after the
     ``max_train_samples`` cap), the same for every run with the same task settings, so a
     later pruning job (``prune.from_run``) finds exactly the examples fine-tuning never saw."""
-    import numpy as np
-
     if not n:
         return train, None
     if int(n) >= len(train):
