@@ -18,8 +18,9 @@ latency ratios at 50%; scoring time. Finished steps are skipped on a rerun.
 Everything runs through ``python -m runner`` in subprocesses (the real entry
 point). Fine-tuning uses ``--recipe`` (default: full fine-tuning at lr 1e-4,
 the runner's 3 epochs) plus ``--train`` overrides, e.g. ``--recipe
-"method=safe"`` once SAFE is merged; pruning takes ``--prune`` overrides (e.g.
-``prune.latency_threads=1`` on a busy machine, ``prune.alpha=auto``).
+"method=safe"``; pruning takes ``--prune`` overrides (e.g.
+``prune.latency_threads=1`` on a busy machine). To choose alpha on examples
+the model never saw: ``--train task.holdout_samples=256 --prune prune.alpha=auto``.
 """
 
 from __future__ import annotations
