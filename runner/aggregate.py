@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -151,7 +152,20 @@ def differing_settings(settings: list[dict]) -> list[str]:
     return [k for k in keys if len({repr(s.get(k)) for s in settings}) > 1]
 
 
-def run_row(results: dict, run_dir: Path, cfg: dict, by: list[str]) -> dict:
+SWEEP_KEY = "sweep"  # --by sweep: the folder that holds the run (a sweep dir, or outputs/runs)
+
+
+def _sweep_of(run_dir: Path, root: Path | None) -> str:
+    """The folder holding a run, relative to the folder the report reads (its own name if that is the holder)."""
+    parent = Path(run_dir).parent
+    if root is None or Path(root).is_file():
+        return parent.name
+    root = Path(root)
+    rel = os.path.relpath(parent, root)
+    return root.name if rel == "." else rel
+
+
+def run_row(results: dict, run_dir: Path, cfg: dict, by: list[str], root: Path | None = None) -> dict:
     source = results.get("source") or {}  # a pruning job on a saved run
     prune = _config_value(cfg, "prune.name") or ("none" if not results.get("pruning") else "?")
     row = {
@@ -170,7 +184,7 @@ def run_row(results: dict, run_dir: Path, cfg: dict, by: list[str]) -> dict:
         "step": results.get("step"),
     }
     for key in by:
-        row[f"cfg.{key}"] = _config_value(cfg, key)
+        row[f"cfg.{key}"] = _sweep_of(run_dir, root) if key == SWEEP_KEY else _config_value(cfg, key)
     row["_settings"] = settings_of(cfg)  # not written to runs.csv
     row.update({k: v for k, v in flatten(results, sep=".", skip=SKIP_FLATTEN).items() if k not in row})
     return row
@@ -192,7 +206,7 @@ def collect(paths: list[Path], by: list[str] | None = None) -> tuple[pd.DataFram
                 problems.append({"path": str(run_dir), "status": "unreadable", "error": f"{type(exc).__name__}: {exc}"})
                 continue
             cfg = _load_config(run_dir)
-            row = run_row(results, run_dir, cfg, by)
+            row = run_row(results, run_dir, cfg, by, root)
             rows.append(row)
             raw.append({"row": row, "results": results, "dir": run_dir})
         problems.extend(_jobs_without_results(root))
@@ -451,7 +465,8 @@ def mixed_groups_note(stats: pd.DataFrame) -> str:
     lines = [f"- {r['model']} / {r['task']} / {r['method']}: {_short_keys(r['mixed_settings'], 6)}"
              for _, r in stats[stats["mixed_settings"].astype(bool)].iterrows()]
     return ("**Warning: some means pool runs with different settings** (not just different seeds). Report one "
-            "sweep dir at a time, or split the groups with `--by <key>` (e.g. `--by trainer.lr`):\n\n"
+            "sweep dir at a time, or split the groups with `--by <key>` (e.g. `--by trainer.lr`, or `--by sweep` "
+            "for one group per sweep dir):\n\n"
             + "\n".join(lines) + "\n")
 
 
@@ -691,7 +706,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=None, help="where to write (default <first path>/report)")
     p.add_argument("--baseline", default="adapter", help="method the ratios are taken to (default adapter)")
     p.add_argument("--by", action="append", default=[], metavar="KEY",
-                   help="also group by this config key (e.g. trainer.lr); repeatable")
+                   help="also group by this config key (e.g. trainer.lr), or by `sweep` (the folder holding each run); repeatable")
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--quiet", action="store_true", help="do not print the tables")
     args = p.parse_args(argv)

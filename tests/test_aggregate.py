@@ -160,6 +160,24 @@ def test_repeated_seeds_are_flagged_and_by_splits_them(tmp_path):
     assert sorted(t["MRPC"]) == ["60.00 (n=1)", "80.00 (n=1)"]
 
 
+def test_by_sweep_gives_one_group_per_sweep_dir(tmp_path):
+    root = tmp_path / "outputs"
+    for sweep, lr, accs in (("lr-high", 1e-3, (0.8, 0.82)), ("lr-low", 1e-4, (0.6, 0.62))):
+        for seed, acc in zip((1, 2), accs):
+            run = write_run(root / sweep, f"{seed}_mrpc", task="mrpc", method="adapter", seed=seed, acc=acc,
+                            mem_mib=10, flops=1e9, train_s=1)
+            (run / "config.yaml").write_text(f"seed: {seed}\ntrainer:\n  lr: {lr}\n")
+    pooled = build_report([root], tmp_path / "r1", plots=False)
+    assert pooled["tables"]["main/m"].iloc[0]["MRPC"] == "71.00 ± 11.60"  # four runs, two recipes, one mean
+    assert "pool runs with different settings" in pooled["markdown"]
+    split = build_report([root], tmp_path / "r2", by=["sweep"], plots=False)
+    t = split["tables"]["main/m"].set_index("method")
+    assert t.loc["adapter sweep=lr-high", "MRPC"] == "81.00 ± 1.41" and t.loc["adapter sweep=lr-low", "MRPC"] == "61.00 ± 1.41"
+    assert "different settings" not in split["markdown"]
+    one = build_report([root / "lr-low"], tmp_path / "r3", by=["sweep"], plots=False)
+    assert list(one["tables"]["main/m"]["method"]) == ["adapter sweep=lr-low"]  # the folder read is named too
+
+
 def test_cli_writes_the_report(synthetic, tmp_path, capsys):
     assert main([str(synthetic), "--out", str(tmp_path / "cli"), "--no-plots"]) == 0
     printed = capsys.readouterr().out
