@@ -49,6 +49,8 @@ LAUNCHER ?=
 EXTRA ?=
 BASELINE ?= adapter
 SWEEP ?= outputs
+# Extra grouping for `make report`: config keys or `sweep` (one group per sweep dir), e.g. BY="sweep trainer.lr"
+BY ?=
 ifndef SWEEP_DIR
 SWEEP_DIR := outputs/multiruns/$(shell date +%Y-%m-%d_%H-%M-%S)_$(MODEL)
 endif
@@ -67,8 +69,8 @@ endif
 sweep-resume: ## Continue SWEEP_DIR: skip completed jobs, resume interrupted ones, run the rest
 	$(PYTHON) -m runner.sweep --resume $(SWEEP_DIR)
 
-report: ## Tables (report.md, CSVs) and PNGs from every results.json under SWEEP (default outputs/) into SWEEP/report
-	$(PYTHON) scripts/aggregate.py $(SWEEP) --baseline $(BASELINE)
+report: ## Tables (report.md, CSVs) and PNGs from every results.json under SWEEP (default outputs/) into SWEEP/report; BY=sweep splits by sweep dir
+	$(PYTHON) scripts/aggregate.py $(SWEEP) --baseline $(BASELINE) $(foreach k,$(BY),--by $(k))
 
 # --- reproduction targets (README: "Reproduce the papers") -------------------
 # Defaults: MiniLM, MRPC and RTE, 3 seeds, offline on a 2-core CPU. Paper

@@ -146,10 +146,11 @@ def settings_of(cfg: dict) -> dict:
 
 
 def differing_settings(settings: list[dict]) -> list[str]:
-    """Config keys whose values are not the same in every run (runs without a config.yaml are skipped)."""
+    """Config keys whose values are not the same in every run. Runs without a config.yaml are
+    skipped, and so are keys some configs lack (added to the project after those runs)."""
     settings = [s for s in settings if s]
-    keys = sorted(set().union(*settings)) if settings else []
-    return [k for k in keys if len({repr(s.get(k)) for s in settings}) > 1]
+    keys = sorted(set.intersection(*(set(s) for s in settings))) if settings else []
+    return [k for k in keys if len({repr(s[k]) for s in settings}) > 1]
 
 
 SWEEP_KEY = "sweep"  # --by sweep: the folder that holds the run (a sweep dir, or outputs/runs)
@@ -183,6 +184,9 @@ def run_row(results: dict, run_dir: Path, cfg: dict, by: list[str], root: Path |
         "error": results.get("error"),
         "step": results.get("step"),
     }
+    policy = (results.get("method_report") or {}).get("policy")
+    if row["method"] == "safe" and policy not in (None, "safe"):  # SAFE's baselines are methods of their own
+        row["method"] = f"safe:{policy}"
     for key in by:
         row[f"cfg.{key}"] = _sweep_of(run_dir, root) if key == SWEEP_KEY else _config_value(cfg, key)
     row["_settings"] = settings_of(cfg)  # not written to runs.csv

@@ -160,6 +160,20 @@ def test_repeated_seeds_are_flagged_and_by_splits_them(tmp_path):
     assert sorted(t["MRPC"]) == ["60.00 (n=1)", "80.00 (n=1)"]
 
 
+def test_safe_baselines_are_their_own_rows_and_new_config_keys_do_not_flag_old_runs(tmp_path):
+    root = tmp_path / "runs"
+    for i, (policy, acc) in enumerate((("safe", 0.8), ("safe", 0.82), ("static", 0.7), ("random", 0.75))):
+        run = write_run(root, f"{i}_mrpc", task="mrpc", method="safe", seed=i, acc=acc, mem_mib=10, flops=1e9, train_s=1,
+                        extra={"method_report": {"policy": policy}})
+        # run 1 predates a config key that run 0 has (with its default): not a difference in settings
+        (run / "config.yaml").write_text(f"seed: {i}\nfreeze:\n  name: {policy}\n" + ("task:\n  holdout_samples: 0\n" if i == 0 else ""))
+    report = build_report([root], tmp_path / "r", plots=False)
+    t = report["tables"]["main/m"].set_index("method")
+    assert sorted(t.index) == ["safe", "safe:random", "safe:static"]
+    assert t.loc["safe", "MRPC"] == "81.00 ± 1.41" and t.loc["safe:static", "MRPC"] == "70.00 (n=1)"
+    assert "different settings" not in report["markdown"]
+
+
 def test_by_sweep_gives_one_group_per_sweep_dir(tmp_path):
     root = tmp_path / "outputs"
     for sweep, lr, accs in (("lr-high", 1e-3, (0.8, 0.82)), ("lr-low", 1e-4, (0.6, 0.62))):
