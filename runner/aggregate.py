@@ -663,8 +663,9 @@ def build_report(paths: list[Path], out: Path, baseline: str = "adapter", by: li
     sections = [f"# Results\n\nFrom {', '.join(str(p) for p in paths)}: {len(runs)} results.json, {n_done} completed; "
                 f"{len(problems)} listed under *Not completed* (never averaged). Metric: the task's main metric x100, "
                 f"mean ± std over seeds (sample std). Ratios (×) are to method `{baseline}` on the same model and task.\n"]
-    if mixed_groups_note(stats):
-        sections.append(mixed_groups_note(stats))
+    note = mixed_groups_note(stats)
+    if note:
+        sections.append(note)
     tables: dict[str, pd.DataFrame] = {}
     figures: list[Path] = []
     models = _order(stats["model"]) if not stats.empty else []

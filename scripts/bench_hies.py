@@ -86,11 +86,8 @@ def from_sweep(root: Path, tasks: list[str], criteria: list[str], ratios: list[f
 
     by_task: dict[str, list[dict]] = {}
     for path in find_results(root):
-        try:
-            res = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
-            continue
-        if res.get("status") == "completed" and res.get("pruning") and res.get("task") in tasks:
+        res = read_completed(path.parent)
+        if res is not None and res.get("pruning") and res.get("task") in tasks:
             res["_dir"] = str(path.parent)
             res.setdefault("source_run", str(path.parent))
             by_task.setdefault(res["task"], []).append(res)

@@ -96,7 +96,7 @@ class PruneData:
             raise ConfigError(f"prune.calib_samples={s.calib_samples} exceeds the {n_train} training examples")
         order = np.random.default_rng(s.seed).permutation(n_train)
         self.calib_indices = sorted(int(i) for i in order[: s.calib_samples])
-        reserved = inputs.data.holdout if getattr(inputs.data, "holdout", None) is not None else None
+        reserved = getattr(inputs.data, "holdout", None)
         if not choosing:
             self.holdout_source, self.holdout_pool, pick = None, train, []
         elif reserved is not None and len(reserved) >= MIN_HOLDOUT:
