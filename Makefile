@@ -5,7 +5,7 @@ GLUE_DIR ?= $(abspath ../shared/data/glue)
 export GLUE_DIR
 PYTEST_ARGS ?=
 
-.PHONY: help install run test test-fast bench-step bench-safe bench-hies clean sweep sweep-resume report repro-safe repro-hies
+.PHONY: help install run test test-fast bench-step bench-learn bench-safe bench-hies clean sweep sweep-resume report repro-safe repro-hies
 
 help: ## List targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-14s %s\n", $$1, $$2}'
@@ -26,6 +26,9 @@ test-fast: install ## Run the tests not marked slow
 
 bench-step: install ## Our adapter training step vs a plain PyTorch+PEFT loop (prints the ratio)
 	$(PYTHON) scripts/bench_step.py
+
+bench-learn: install ## Do the recipes learn? MRPC, RTE x {full, LoRA} x {mean, cls pooling} x 3 seeds vs the majority class (rerun to continue)
+	$(PYTHON) scripts/bench_learn.py
 
 bench-safe: install ## SAFE vs adapter on MRPC and RTE, 3 seeds: metric and SAFE/baseline memory, FLOPs, time ratios
 	$(PYTHON) scripts/bench_safe.py

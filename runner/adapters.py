@@ -123,7 +123,8 @@ def add_bottleneck_adapters(model: nn.Module, acfg: DictConfig) -> nn.Module:
 # ---------------------------------------------------------------------------
 
 
-def add_lora(model: nn.Module, acfg: DictConfig) -> nn.Module:
+def add_lora(model: nn.Module, acfg: DictConfig, head: list[str] | None = None) -> nn.Module:
+    """PEFT LoRA; ``head`` names the modules that train and are saved beside it (default: the classifier)."""
     from peft import LoraConfig, TaskType, get_peft_model
 
     if acfg.r <= 0:
@@ -131,6 +132,7 @@ def add_lora(model: nn.Module, acfg: DictConfig) -> nn.Module:
     config = LoraConfig(
         task_type=TaskType.SEQ_CLS, r=int(acfg.r), lora_alpha=float(acfg.alpha),
         lora_dropout=float(acfg.dropout), target_modules=list(acfg.target_modules),
+        modules_to_save=list(head) if head else None,
     )
     try:
         return get_peft_model(model, config)
@@ -141,6 +143,13 @@ def add_lora(model: nn.Module, acfg: DictConfig) -> nn.Module:
         ) from exc
 
 
+def trained_head_modules(model: nn.Module, cfg: DictConfig) -> list[str]:
+    """What trains beside the adapters (``adapter.head_modules``; auto: classifier, + pooler under cls pooling)."""
+    from runner.heads import head_modules, saved_pooling
+
+    return head_modules(model, saved_pooling(model), cfg.adapter.get("head_modules", "auto"))
+
+
 def prepare_trainable(model: nn.Module, cfg: DictConfig) -> nn.Module:
     """Add adapters if the method uses them and set ``requires_grad`` accordingly."""
     if not cfg.method.uses_adapters:
@@ -148,10 +157,13 @@ def prepare_trainable(model: nn.Module, cfg: DictConfig) -> nn.Module:
             p.requires_grad_(True)
         return model
     if cfg.adapter.name == "lora":
-        return add_lora(model, cfg.adapter)
+        return add_lora(model, cfg.adapter, trained_head_modules(model, cfg))
     if cfg.adapter.name == "bottleneck":
+        from runner.heads import is_in_modules
+
+        head = trained_head_modules(model, cfg)
         model = add_bottleneck_adapters(model, cfg.adapter)
         for name, p in model.named_parameters():
-            p.requires_grad_(is_adapter_param(name) or is_head_param(name))
+            p.requires_grad_(is_adapter_param(name) or is_in_modules(name, head))
         return model
     raise ConfigError(f"method {cfg.method.name} trains adapters, but adapter={cfg.adapter.name}; use adapter=lora or adapter=bottleneck")

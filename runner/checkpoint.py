@@ -60,7 +60,9 @@ def save_trained_model(model, tokenizer, target: Path, config: dict) -> None:
     if hasattr(model, "peft_config"):
         model.save_pretrained(str(target))  # adapter weights + classifier head
     elif any(is_adapter_param(n) for n, _ in model.named_parameters()):
-        state = {n: p.detach().contiguous().cpu() for n, p in model.named_parameters() if is_adapter_param(n) or is_head_param(n)}
+        # adapters, the classifier and whatever else trained beside them (the pooler under cls pooling)
+        state = {n: p.detach().contiguous().cpu() for n, p in model.named_parameters()
+                 if is_adapter_param(n) or is_head_param(n) or p.requires_grad}
         save_file(state, str(target / "bottleneck_adapters.safetensors"))
         atomic_write_json(target / "bottleneck_config.json", config.get("adapter", {}))
     else:

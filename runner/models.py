@@ -10,6 +10,7 @@ from omegaconf import DictConfig
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
 from runner.errors import ModelError
+from runner.heads import apply_pooling, resolve_pooling
 
 # Encoders whose layers we know how to adapt, gate and prune.
 SUPPORTED_MODEL_TYPES = ("bert", "roberta", "xlm-roberta", "camembert", "electra")
@@ -60,7 +61,8 @@ def load_model_config(mcfg: DictConfig, task: DictConfig):
 
 
 def load_model_and_tokenizer(mcfg: DictConfig, task: DictConfig):
-    """A sequence-classification model with a fresh head sized for the task."""
+    """A sequence-classification model with a fresh head sized for the task, pooling as
+    ``model.pooling`` says (``auto``: the model folder's own choice, see :mod:`runner.heads`)."""
     path, config = load_model_config(mcfg, task)
     if config.model_type not in SUPPORTED_MODEL_TYPES:
         raise ModelError(
@@ -73,4 +75,5 @@ def load_model_and_tokenizer(mcfg: DictConfig, task: DictConfig):
         path, config=config, attn_implementation=mcfg.attn_implementation,
         dtype=getattr(torch, mcfg.dtype), **kwargs,
     )
-    return model, tokenizer
+    pooling, _ = resolve_pooling(mcfg.get("pooling"), path)
+    return apply_pooling(model, pooling), tokenizer

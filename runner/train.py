@@ -20,13 +20,14 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, DistributedDataParallelKwargs, set_seed
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
-from runner import checkpoint, data as data_lib, measure, provenance
-from runner.adapters import parameter_counts, prepare_trainable
+from runner import checkpoint, curves, data as data_lib, measure, provenance
+from runner.adapters import parameter_counts, prepare_trainable, trained_head_modules
 from runner.errors import ConfigError
+from runner.heads import head_parameter_count, resolve_pooling, start_regression_bias
 from runner.jobs import reset_accelerate_state
 from runner.methods import LoopContext, build_method
 from runner.models import load_model_and_tokenizer, resolve_model_path
@@ -100,9 +101,15 @@ class Recipe:
             # data and model first: bad input stops here, before anything is logged or written
             resolve_model_path(cfg.model.name_or_path)  # a missing local model fails before the data is read
             self.data = data_lib.load_task_splits(cfg.task)
+            self._resolve_pooling()
             model, self.tokenizer = load_model_and_tokenizer(cfg.model, cfg.task)
+            self.head = self._start_head(model)
+            if cfg.method.uses_adapters:  # what trains beside the adapters, named on the plain model
+                self.head["trains"] = trained_head_modules(model, cfg)
             model = prepare_trainable(model, cfg)
             self.param_counts = parameter_counts(model)
+            if cfg.method.uses_adapters:
+                self.head["params_trainable"] = head_parameter_count(model, self.head["trains"])
             self.train_loader, self.eval_loaders = data_lib.build_dataloaders(cfg, self.data, self.tokenizer, self.accelerator)
             trainable = [p for p in model.parameters() if p.requires_grad]
             if not trainable:
@@ -141,6 +148,24 @@ class Recipe:
             self.model = self.ctx.model  # a method may re-wrap the model in setup (SAFE: freeze=static)
             if self.resume_state is not None:
                 self._restore(self.resume_state)
+
+    def _resolve_pooling(self) -> None:
+        """``model.pooling=auto`` becomes the pooling used, so config.yaml and a later
+        ``prune.from_run`` see the real choice."""
+        pooling, source = resolve_pooling(self.cfg.model.get("pooling"), resolve_model_path(self.cfg.model.name_or_path))
+        with open_dict(self.cfg):
+            self.cfg.model.pooling = pooling
+        self.pooling_source = source
+        log.info("pooling: %s (%s)", pooling, source)
+
+    def _start_head(self, model) -> dict:
+        """Regression: the output bias starts at the training-label mean (runner.heads)."""
+        head = {"pooling": self.cfg.model.pooling, "pooling_source": self.pooling_source, "regression_bias_init": None,
+                "trains": "every weight", "params_trainable": None}
+        if self.cfg.task.is_regression:  # on resume the checkpoint's weights replace it
+            labels = np.asarray(self.data.train["label"], dtype=np.float64)
+            head["regression_bias_init"] = start_regression_bias(model, float(labels.mean()))
+        return head
 
     def _check_output_dir(self) -> dict | None:
         """Never overwrite a finished run; resume only from a checkpoint."""
@@ -422,12 +447,34 @@ class Recipe:
                 "train_tokens_per_s": tokens / train_s if train_s > 0 else None,
             },
             "params": self.param_counts,
+            "head": self.head,
             "steps": {"total": self.global_step, "per_epoch": self.steps_per_epoch, "epochs": self.num_epochs},
             "data": {"source": self.data.source, "train_examples": n_examples,
                      "holdout_examples": len(self.data.holdout) if self.data.holdout is not None else 0,
                      "eval_examples": {k: len(v) for k, v in self.data.evals.items()}},
             "provenance": provenance.collect(self.device, cfg.seed, self.accelerator.num_processes),
         }
+
+
+    def check_learning(self, final_metrics: dict) -> dict:
+        """The final main metric against a constant prediction, and learning_curve.png (main process)."""
+        task = self.cfg.task
+        eval_split = next(iter(self.data.evals.values()))
+        trivial = curves.trivial_levels(list(task.metrics), self.data.train["label"], eval_split["label"], task.is_regression)
+        section = curves.learning_check(task.main_metric, final_metrics, trivial)
+        if section.get("warning"):
+            log.warning(section["warning"])
+        if self.is_main:
+            try:
+                path = curves.plot_learning_curve(
+                    self.output_dir / "learning_curve.png", self.history, self.evals, list(task.metrics), trivial,
+                    title=f"{self.cfg.run_name}: {task.name}, {self.cfg.method.name}, pooling={self.cfg.model.pooling}",
+                )
+                self.tracker.log_image("learning_curve", path, self.global_step)
+                section["plot"] = path.name
+            except Exception as exc:  # a plot must never fail a finished run
+                log.warning("learning curve plot failed: %s", exc)
+        return section
 
 
 def _is_number(v) -> bool:
@@ -463,6 +510,7 @@ def run(cfg: DictConfig, post_train=None) -> dict:
         with recipe.timer.phase("save"):
             model_dir = recipe.save_model()
         results = recipe.summarize()
+        results["learning"] = recipe.check_learning(results["metrics"])
         if cfg.trainer.get("sharpness") and cfg.trainer.sharpness.enabled and recipe.is_main:
             from runner.sharpness import sharpness_of_run
 

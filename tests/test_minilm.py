@@ -30,7 +30,11 @@ def test_minilm_lora_on_mrpc_slice(glue_dir, tmp_path):
     ], output_dir=out)
     results = run(cfg)
     assert results["status"] == "completed"
-    assert results["params"]["params_total"] == 22_788_484  # all-MiniLM-L6-v2 + LoRA r8 on query/value + 2-way head
+    # all-MiniLM-L6-v2 + LoRA r8 on query/value + 2-way head; mean pooling (the model folder's) drops
+    # BERT's never-trained dense+tanh pooler (384 x 384 + 384 = 147,840 weights)
+    assert results["head"] == {"pooling": "mean", "pooling_source": "model folder (sentence-transformers pooling config)",
+                               "regression_bias_init": None, "trains": ["classifier"], "params_trainable": 770}
+    assert results["params"]["params_total"] == 22_788_484 - 147_840
     assert results["params"]["params_adapter"] == LAYERS * 2 * 8 * 2 * HIDDEN
     assert 0.0 <= results["metrics"]["accuracy"] <= 1.0 and results["metrics"]["num_examples"] == 64
     steps = [json.loads(line) for line in (out / "steps.jsonl").read_text().splitlines()]
@@ -44,3 +48,24 @@ def test_minilm_lora_on_mrpc_slice(glue_dir, tmp_path):
     lengths = [s["padded_length"] for s in steps]
     saved = [s["saved_bytes"] for s in steps]
     assert np.corrcoef(lengths, saved)[0, 1] > 0.95
+
+
+def test_minilm_regression_learns_the_overlap_task(glue_dir, tmp_path):
+    """The offline regression task (MRPC pairs scored by word overlap): the predictions must
+    follow the labels, not sit at a constant (before the regression bias started at the label
+    mean, they did: Pearson ~0, prediction std ~0.003)."""
+    from runner.synthetic import make_overlap_stsb
+
+    root = tmp_path / "glue"
+    make_overlap_stsb(glue_dir, root)
+    out = tmp_path / "run"
+    cfg = compose_config([
+        "experiment=demo", "task=glue/stsb", f"task.data_dir={root}", "task.max_train_samples=512",
+        "task.max_eval_samples=256", "trainer.batch_size=16", "trainer.epochs=2", "trainer.max_seq_length=64",
+        "trainer.progress_bar=false", "trainer.count_flops=false", "trainer.measure_activations=false",
+        "logger=none", f"data_cache_dir={tmp_path / 'cache'}",
+    ], output_dir=out)
+    results = run(cfg)
+    assert results["status"] == "completed" and results["head"]["pooling"] == "mean"
+    assert results["learning"]["above_trivial"] is True
+    assert results["metrics"]["pearson"] > 0.6, results["metrics"]

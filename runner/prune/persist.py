@@ -16,6 +16,7 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoConfig, AutoModelForSequenceClassification
 
 from runner.errors import ModelError
+from runner.heads import apply_pooling, saved_pooling
 from runner.prune.physical import PRUNED_HEADS_ATTR, heads_kept, prune_heads
 from runner.results import atomic_write_json
 
@@ -59,6 +60,7 @@ def load_pruned(folder: Path, attn_implementation: str | None = None, dtype: tor
     config = AutoConfig.from_pretrained(str(folder))
     kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
     model = AutoModelForSequenceClassification.from_config(config, **kwargs)
+    model = apply_pooling(model, saved_pooling(model))  # mean pooling replaces BERT's pooler (no weights)
     if pruned:
         prune_heads(model, pruned)
     state = load_file(str(folder / WEIGHTS_FILE))

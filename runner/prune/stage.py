@@ -98,17 +98,19 @@ def load_trained_model(model_dir: Path, scfg: DictConfig, task: DictConfig):
     if (model_dir / "pruned_heads.json").is_file():
         raise ModelError(f"{model_dir} is already pruned; prune the fine-tuned (unpruned) run instead")
     attn = scfg.model.get("attn_implementation", "sdpa")
+    # the source's pooling (runs saved before model.pooling existed pooled with cls)
+    mcfg = OmegaConf.merge(scfg.model, {"pooling": scfg.model.get("pooling") or "cls"})
     if (model_dir / "adapter_config.json").is_file():
         from peft import PeftModel
 
-        base, tokenizer = load_model_and_tokenizer(scfg.model, task)
+        base, tokenizer = load_model_and_tokenizer(mcfg, task)
         model = PeftModel.from_pretrained(base, str(model_dir)).merge_and_unload()
     elif (model_dir / "bottleneck_adapters.safetensors").is_file():
         from safetensors.torch import load_file
 
         from runner.adapters import add_bottleneck_adapters
 
-        model, tokenizer = load_model_and_tokenizer(scfg.model, task)
+        model, tokenizer = load_model_and_tokenizer(mcfg, task)
         model = add_bottleneck_adapters(model, scfg.adapter)
         state = load_file(str(model_dir / "bottleneck_adapters.safetensors"))
         missing = set(state) - set(dict(model.named_parameters()))
@@ -116,7 +118,10 @@ def load_trained_model(model_dir: Path, scfg: DictConfig, task: DictConfig):
             raise ModelError(f"{model_dir}: adapter weights {sorted(missing)[:3]} do not fit the rebuilt model")
         model.load_state_dict(state, strict=False)
     elif (model_dir / "config.json").is_file():
+        from runner.heads import apply_pooling, saved_pooling
+
         model = AutoModelForSequenceClassification.from_pretrained(str(model_dir), attn_implementation=attn)
+        model = apply_pooling(model, saved_pooling(model))
         tokenizer = None
     else:
         raise ModelError(f"{model_dir} holds no adapter, bottleneck weights or full model")

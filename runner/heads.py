@@ -1,0 +1,220 @@
+"""The task head on top of the encoder: how the sequence is pooled, what
+trains beside the adapters, and where a regression output starts.
+
+* ``model.pooling``: ``cls`` reads the model's own pooler (BERT: dense + tanh
+  on ``[CLS]``; RoBERTa/ELECTRA: their classification head on ``<s>``),
+  ``mean`` the masked mean of the last hidden states, then the same
+  classifier. ``auto`` (the default) reads the model folder's
+  sentence-transformers pooling config (``modules.json`` /
+  ``1_Pooling/config.json``) and falls back to ``cls``. The choice is stored
+  in the Hugging Face config (``runner_pooling``), so a saved full or pruned
+  model is rebuilt with the same head.
+* ``adapter.head_modules``: the modules that train beside the adapters;
+  ``auto`` is the classifier, plus the pooler when ``cls`` pooling reads one.
+* Regression: the output bias starts at the training-label mean, so the
+  encoder is not pushed to close a shared offset (which collapses every
+  example's representation to one point). Loss, metrics and predictions stay
+  on the task's own scale.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from runner.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+POOLINGS = ("cls", "mean")
+CONFIG_KEY = "runner_pooling"  # in the Hugging Face config of models we save
+CLASSIFIER_MODULES = ("classifier", "score")
+
+
+def folder_pooling(model_path: str | Path) -> str | None:
+    """``mean`` or ``cls`` from a sentence-transformers folder's pooling config; None if it has none."""
+    folder = Path(str(model_path))
+    if not folder.is_dir():
+        return None
+    pooling_dir = folder / "1_Pooling"
+    modules = folder / "modules.json"
+    if modules.is_file():
+        try:
+            entries = json.loads(modules.read_text())
+            pooling_dir = next(
+                (folder / e["path"] for e in entries if str(e.get("type", "")).endswith("models.Pooling")), pooling_dir
+            )
+        except (ValueError, KeyError, TypeError):
+            log.warning("%s is not a sentence-transformers modules list; ignoring it", modules)
+    config = pooling_dir / "config.json"
+    if not config.is_file():
+        return None
+    try:
+        settings = json.loads(config.read_text())
+    except ValueError:
+        log.warning("%s is not JSON; ignoring it", config)
+        return None
+    if settings.get("pooling_mode_mean_tokens"):
+        return "mean"
+    if settings.get("pooling_mode_cls_token"):
+        return "cls"
+    return None  # max / weighted pooling: not offered, use the model's own pooler
+
+
+def resolve_pooling(requested: str | None, model_path: str | Path) -> tuple[str, str]:
+    """(pooling, where the choice came from: ``config`` or the folder's pooling file or ``default``)."""
+    requested = "auto" if requested in (None, "") else str(requested)
+    if requested != "auto":
+        if requested not in POOLINGS:
+            raise ConfigError(f"model.pooling={requested} is not a pooling; use one of auto, {', '.join(POOLINGS)}")
+        return requested, "config"
+    found = folder_pooling(model_path)
+    if found is not None:
+        return found, "model folder (sentence-transformers pooling config)"
+    return "cls", "default"
+
+
+class MaskedMeanPooler(nn.Module):
+    """Mean of the last hidden states over the tokens the attention mask keeps.
+
+    The mask is not an argument of a pooler's ``forward``; a forward pre-hook
+    on the whole model hands it over (:func:`apply_pooling`) and clears it after.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.mask: torch.Tensor | None = None
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        mask = self.mask
+        if mask is None or tuple(mask.shape) != tuple(hidden_states.shape[:2]):
+            return hidden_states.mean(dim=1)
+        weights = mask.to(hidden_states.dtype).unsqueeze(-1)
+        return (hidden_states * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+
+
+# The hooks are module-level functions that reach the pooler through the module
+# they run on (a plain attribute, not a closure), so copy.deepcopy(model), as
+# pruning does, gives a copy whose hooks feed the copy's own pooler.
+
+
+def _hand_over_mask(module, args, kwargs):
+    mask = kwargs.get("attention_mask")
+    if mask is None and len(args) > 1 and isinstance(args[1], torch.Tensor):
+        mask = args[1]
+    module._runner_mean_pooler.mask = mask
+
+
+def _clear_mask(module, _args, _kwargs, output):
+    module._runner_mean_pooler.mask = None
+    return output
+
+
+def _mean_into_classifier(module, args):
+    return (module._runner_mean_pooler(args[0]).unsqueeze(1), *args[1:])
+
+
+def encoder_of(model: nn.Module) -> nn.Module:
+    """The bare encoder (``model.bert``, ``model.roberta``) of a transformers head model."""
+    base = getattr(model, "base_model", None)
+    if base is None or base is model:
+        raise ConfigError(f"{type(model).__name__} has no base encoder; model.pooling needs a transformers *ForSequenceClassification model")
+    return base
+
+
+def classifier_of(model: nn.Module) -> nn.Module:
+    for name in CLASSIFIER_MODULES:
+        module = getattr(model, name, None)
+        if isinstance(module, nn.Module):
+            return module
+    raise ConfigError(f"{type(model).__name__} has no classifier/score head")
+
+
+def has_own_pooler(model: nn.Module) -> bool:
+    """True for BERT-style models whose classifier reads ``encoder.pooler``'s output."""
+    return isinstance(getattr(encoder_of(model), "pooler", None), nn.Module)
+
+
+def apply_pooling(model: nn.Module, pooling: str) -> nn.Module:
+    """Make ``model`` pool with ``pooling``; records it in ``model.config``. Idempotent."""
+    if pooling not in POOLINGS:
+        raise ConfigError(f"model.pooling={pooling} is not a pooling; use one of {', '.join(POOLINGS)}")
+    current = getattr(model, "_runner_pooling", None)
+    if current == pooling:
+        return model
+    if current is not None:
+        raise ConfigError(f"the model already pools with {current}; build a fresh model for pooling={pooling}")
+    model.config.update({CONFIG_KEY: pooling})
+    model._runner_pooling = pooling
+    if pooling == "cls":
+        return model
+    pooler = MaskedMeanPooler()
+    if has_own_pooler(model):  # BERT: the classifier reads encoder.pooler(hidden_states)
+        encoder_of(model).pooler = pooler
+    else:  # RoBERTa/ELECTRA: the classification head reads features[:, 0]; hand it the mean there
+        classifier = classifier_of(model)
+        classifier._runner_mean_pooler = pooler  # plain attribute: no parameters, no state_dict keys
+        classifier.register_forward_pre_hook(_mean_into_classifier)
+    model._runner_mean_pooler = pooler
+    model.register_forward_pre_hook(_hand_over_mask, with_kwargs=True)
+    model.register_forward_hook(_clear_mask, with_kwargs=True)
+    return model
+
+
+def saved_pooling(model: nn.Module) -> str:
+    """The pooling a saved model was trained with (models saved before it was recorded: ``cls``)."""
+    return str(getattr(model.config, CONFIG_KEY, None) or "cls")
+
+
+def head_modules(model: nn.Module, pooling: str, requested="auto") -> list[str]:
+    """Module names (relative suffixes) that train beside the adapters."""
+    if requested not in (None, "", "auto"):
+        names = [str(n) for n in requested]
+        unknown = [n for n in names if not any(m.endswith(n) for m, _ in model.named_modules())]
+        if unknown:
+            raise ConfigError(f"adapter.head_modules {unknown} name no module of the model; e.g. [classifier, pooler] or auto")
+        return names
+    names = [next(n for n in CLASSIFIER_MODULES if isinstance(getattr(model, n, None), nn.Module))]
+    if pooling == "cls" and has_own_pooler(model):
+        names.append("pooler")
+    return names
+
+
+def is_in_modules(param_name: str, modules) -> bool:
+    """``param_name`` lies inside one of the modules named by ``modules`` (name components)."""
+    parts = param_name.split(".")
+    for module in modules:
+        m = str(module).split(".")
+        if any(parts[i:i + len(m)] == m for i in range(len(parts) - len(m))):
+            return True
+    return False
+
+
+def head_parameter_count(model: nn.Module, modules) -> int:
+    """Trainable parameters inside the head modules (PEFT's trained copies included)."""
+    if not isinstance(modules, (list, tuple)):
+        return 0
+    return int(sum(p.numel() for n, p in model.named_parameters() if p.requires_grad and is_in_modules(n, modules)))
+
+
+def output_layer(model: nn.Module) -> nn.Linear:
+    """The classifier's last linear layer (BERT: ``classifier``; RoBERTa: ``classifier.out_proj``)."""
+    head = classifier_of(model)
+    linears = [m for m in head.modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise ConfigError(f"{type(model).__name__}'s head has no linear layer")
+    return linears[-1]
+
+
+@torch.no_grad()
+def start_regression_bias(model: nn.Module, label_mean: float) -> float:
+    """Start the regression output at the training-label mean; returns the value set."""
+    layer = output_layer(model)
+    if layer.bias is None or layer.out_features != 1:
+        raise ConfigError("a regression head needs one output with a bias")
+    layer.bias.fill_(float(label_mean))
+    return float(label_mean)

@@ -1,0 +1,177 @@
+#!/usr/bin/env python
+"""Do the default recipes learn? MRPC and RTE x {full fine-tuning, LoRA} x {mean, cls pooling} x seeds.
+
+Each (seed, recipe) is one ``runner.sweep`` dir under ``--out`` (tasks and
+poolings swept inside it), run seed by seed so that a partial benchmark
+already compares every setting; rerun the same command to continue (completed
+jobs are skipped, interrupted ones resumed). Then it prints, per task, recipe
+and pooling, the main metric (and MRPC's F1) as mean +- std over the seeds
+against the majority class, and LoRA's gap to full fine-tuning with the same
+pooling. The table goes to ``<out>/summary.md`` and ``summary.json``.
+Measurements not needed here (FLOPs, saved-for-backward bytes) are off so
+the runs are as fast as the runner allows.
+
+    python scripts/bench_learn.py                                  # the benchmark (make bench-learn)
+    python scripts/bench_learn.py --seeds 1 --max-steps 4 --max-train-samples 64 --out /tmp/bl   # smoke
+    python scripts/bench_learn.py --table-only                     # tabulate what has finished
+
+Recipes (``--recipes``; each a list of runner overrides, see RECIPES):
+``lora``: LoRA r8 on every linear layer of the encoder, lr 1e-3, 3 epochs
+(the recipe of ``make repro-safe``); ``full``: every weight, lr 5e-5, 3 epochs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # run as a script from anywhere
+
+from runner.results import read_completed
+
+RECIPES = {
+    "lora": ["method=adapter", "adapter=lora", "adapter.target_modules=[query,key,value,output.dense,intermediate.dense]",
+             "trainer.lr=1e-3"],
+    "lora-qv": ["method=adapter", "adapter=lora", "adapter.target_modules=[query,value]", "trainer.lr=1e-3"],
+    "full": ["method=full", "adapter=none", "trainer.lr=5e-5"],
+}
+TARGETS = {"rte": {"accuracy": 0.62}, "mrpc": {"accuracy": 0.82, "f1": 0.87}, "lora_gap_points": 1.5}
+DEFAULT_OUT = REPO / "outputs" / "bench_learn"
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--tasks", nargs="+", default=["mrpc", "rte"])
+    p.add_argument("--recipes", nargs="+", default=["lora", "full"], choices=list(RECIPES))
+    p.add_argument("--poolings", nargs="+", default=["mean", "cls"], choices=["mean", "cls"])
+    p.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--max-steps", type=int, default=None, help="stop after N optimizer steps (smoke tests)")
+    p.add_argument("--max-train-samples", type=int, default=None)
+    p.add_argument("--max-eval-samples", type=int, default=None)
+    p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra runner override for every run (repeatable)")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"benchmark folder (default {DEFAULT_OUT.relative_to(REPO)})")
+    p.add_argument("--table-only", action="store_true", help="run nothing; tabulate the completed runs under --out")
+    p.add_argument("--dry-run", action="store_true", help="print the sweep commands only")
+    return p.parse_args(argv)
+
+
+def sweep_overrides(args, recipe: str, seed: int) -> list[str]:
+    out = [f"seed={seed}", "task=" + ",".join(f"glue/{t}" for t in args.tasks), "model.pooling=" + ",".join(args.poolings),
+           *RECIPES[recipe], f"trainer.epochs={args.epochs}", "logger=none",
+           "trainer.count_flops=false", "trainer.measure_activations=false", "trainer.progress_bar=false"]
+    if args.max_steps:
+        out.append(f"trainer.max_steps={args.max_steps}")
+    if args.max_train_samples:
+        out.append(f"task.max_train_samples={args.max_train_samples}")
+    if args.max_eval_samples:
+        out.append(f"task.max_eval_samples={args.max_eval_samples}")
+    return out + list(args.override)
+
+
+def run_sweeps(args) -> int:
+    code = 0
+    for seed in args.seeds:
+        for recipe in args.recipes:
+            sweep_dir = args.out / f"{recipe}-s{seed}"
+            if (sweep_dir / "sweep.json").is_file():
+                cmd = [sys.executable, "-m", "runner.sweep", "--resume", str(sweep_dir)]
+            else:
+                cmd = [sys.executable, "-m", "runner.sweep", "--dir", str(sweep_dir), "--", *sweep_overrides(args, recipe, seed)]
+            print("+ " + " ".join(cmd), flush=True)
+            if args.dry_run:
+                continue
+            t0 = time.perf_counter()
+            rc = subprocess.call(cmd, cwd=REPO)
+            print(f"bench_learn: {sweep_dir.name} exit {rc} after {time.perf_counter() - t0:.0f} s", flush=True)
+            if rc < 0 or rc in (130, 143):  # stopped by a signal: stop the benchmark too
+                return rc
+            code = code or rc
+    return code
+
+
+def collect(out: Path) -> list[dict]:
+    rows = []
+    for path in sorted(out.glob("*-s*/*/results.json")):
+        results = read_completed(path.parent)
+        if results is None:
+            continue
+        recipe = path.parent.parent.name.rsplit("-s", 1)[0]
+        rows.append({
+            "task": results["task"], "recipe": recipe, "pooling": (results.get("head") or {}).get("pooling", "cls"),
+            "seed": results["seed"], "metrics": results["metrics"], "main_metric": results["main_metric"],
+            "trivial": (results.get("learning") or {}).get("trivial_metrics", {}),
+            "train_s": (results.get("time") or {}).get("train_s"), "run_dir": str(path.parent),
+        })
+    return rows
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def summarize(rows: list[dict]) -> list[dict]:
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["task"], r["recipe"], r["pooling"]), []).append(r)
+    table = []
+    for (task, recipe, pooling), runs in sorted(groups.items()):
+        names = ["accuracy", "f1"] if task == "mrpc" else [runs[0]["main_metric"]]
+        entry = {"task": task, "recipe": recipe, "pooling": pooling, "n": len(runs), "seeds": sorted(r["seed"] for r in runs),
+                 "train_s_mean": statistics.fmean(r["train_s"] for r in runs if r["train_s"] is not None)}
+        for name in names:
+            m, s = _mean_std([100 * r["metrics"][name] for r in runs])
+            entry[name] = {"mean": m, "std": s, "trivial": 100 * runs[0]["trivial"].get(name, float("nan"))}
+        table.append(entry)
+    for entry in table:  # LoRA's gap to full fine-tuning with the same pooling
+        if entry["recipe"].startswith("lora"):
+            full = next((e for e in table if e["task"] == entry["task"] and e["recipe"] == "full" and e["pooling"] == entry["pooling"]), None)
+            main = "accuracy" if "accuracy" in entry else next(k for k in entry if isinstance(entry[k], dict))
+            if full is not None:
+                entry["gap_to_full_points"] = entry[main]["mean"] - full[main]["mean"]
+    return table
+
+
+def markdown(table: list[dict]) -> str:
+    lines = ["| task | recipe | pooling | seeds | main metric (mean ± std) | majority / constant | MRPC F1 | LoRA − full | train s/run |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for e in table:
+        main = "accuracy" if "accuracy" in e else next(k for k in e if isinstance(e[k], dict))
+        f1 = f"{e['f1']['mean']:.2f} ± {e['f1']['std']:.2f} (trivial {e['f1']['trivial']:.2f})" if "f1" in e else "-"
+        gap = f"{e['gap_to_full_points']:+.2f}" if "gap_to_full_points" in e else "-"
+        lines.append(f"| {e['task']} | {e['recipe']} | {e['pooling']} | {e['n']} ({','.join(map(str, e['seeds']))}) | "
+                     f"{main} {e[main]['mean']:.2f} ± {e[main]['std']:.2f} | {e[main]['trivial']:.2f} | {f1} | {gap} | "
+                     f"{e['train_s_mean']:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    code = 0
+    t0 = time.perf_counter()
+    if not args.table_only:
+        code = run_sweeps(args)
+    if args.dry_run:
+        return 0
+    table = summarize(collect(args.out))
+    text = markdown(table)
+    targets = ("Targets: LoRA RTE accuracy >= 62, MRPC accuracy >= 82 and F1 >= 87, "
+               "LoRA within 1.5 points of full fine-tuning with the same pooling.\n")
+    print("\n" + text + targets)
+    if not args.table_only:
+        print(f"bench_learn: this invocation took {time.perf_counter() - t0:.0f} s")
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "summary.md").write_text(text + "\n" + targets)
+    (args.out / "summary.json").write_text(json.dumps(table, indent=2))
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
