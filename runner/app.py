@@ -48,12 +48,23 @@ def _is_multirun() -> bool:
 
 
 def _remove_empty_run_dir(output_dir: Path) -> None:
-    """A run stopped by bad input leaves no dir behind (only Hydra's own files were there)."""
+    """A run stopped by bad input leaves no dir behind (only Hydra's own files were there),
+    unless another run holds the dir (then it is that run's)."""
     if not output_dir.is_dir():
         return
-    leftovers = [p for p in output_dir.iterdir() if p.name != ".hydra" and p.suffix != ".log"]
-    if not leftovers:
-        shutil.rmtree(output_dir, ignore_errors=True)
+    from runner.errors import ConfigError
+    from runner.run_record import LOCK_FILE, DirLock
+
+    try:
+        lock = DirLock(output_dir).acquire()
+    except ConfigError:
+        return
+    try:
+        leftovers = [p for p in output_dir.iterdir() if p.name not in (".hydra", LOCK_FILE) and p.suffix != ".log"]
+        if not leftovers:
+            shutil.rmtree(output_dir, ignore_errors=True)
+    finally:
+        lock.release()
 
 
 def _fail(message: str, code: int, cfg: DictConfig, exc: BaseException | None = None, stop_sweep: bool = False) -> None:

@@ -41,16 +41,30 @@ def save(accelerator, output_dir: Path, meta: dict) -> Path:
     return target
 
 
+def complete_checkpoint(output_dir: Path) -> Path | None:
+    """The newest complete checkpoint folder: ``checkpoint/``, or, when a crash fell between
+    :func:`save`'s two renames, the new copy (``.checkpoint.tmp``, complete once its meta.json
+    is written) or else the previous one (``.checkpoint.old``)."""
+    output_dir = Path(output_dir)
+    for name in (CHECKPOINT, f".{CHECKPOINT}.tmp", f".{CHECKPOINT}.old"):
+        if (output_dir / name / "meta.json").is_file():
+            return output_dir / name
+    return None
+
+
 def load_meta(output_dir: Path) -> dict | None:
-    path = Path(output_dir) / CHECKPOINT / "meta.json"
-    if not path.is_file():
+    folder = complete_checkpoint(output_dir)
+    if folder is None:
         return None
-    with open(path) as f:
+    with open(folder / "meta.json") as f:
         return json.load(f)
 
 
 def load(accelerator, output_dir: Path) -> None:
-    accelerator.load_state(str(Path(output_dir) / CHECKPOINT))
+    folder = complete_checkpoint(output_dir)
+    if folder is None:
+        raise FileNotFoundError(f"{output_dir} holds no complete checkpoint")
+    accelerator.load_state(str(folder))
 
 
 def save_trained_model(model, tokenizer, target: Path, config: dict) -> None:

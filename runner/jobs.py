@@ -20,6 +20,7 @@ import os
 from pathlib import Path
 
 from runner.results import STATUS_FAILED, atomic_write_json
+from runner.run_record import RETIRED, traces
 
 
 def reset_accelerate_state() -> None:
@@ -124,7 +125,7 @@ def resolve_auto_resume(cfg) -> dict | None:
     if previous and previous.get("status") == STATUS_COMPLETED:
         return previous
     resume = checkpoint.load_meta(output_dir) is not None
-    if not resume and previous is not None and int(os.environ.get("RANK", "0")) == 0:
+    if not resume and traces(output_dir) and int(os.environ.get("RANK", "0")) == 0:
         _retire_attempt(output_dir)
     with open_dict(cfg):
         cfg.resume = resume
@@ -132,13 +133,13 @@ def resolve_auto_resume(cfg) -> dict | None:
 
 
 def _retire_attempt(output_dir: Path) -> Path:
-    root = output_dir / ".retired"
+    """Move every trace of an earlier attempt (runner.run_record.traces) to ``.retired/<n>/``."""
+    root = output_dir / RETIRED
     n = 1
     while (root / str(n)).exists():
         n += 1
     target = root / str(n)
     target.mkdir(parents=True)
-    for name in ("results.json", "steps.jsonl", "metrics.jsonl", "config.yaml", "model", "wandb"):
-        if (output_dir / name).exists():
-            (output_dir / name).rename(target / name)
+    for name in traces(output_dir):
+        (output_dir / name).rename(target / name)
     return target

@@ -506,6 +506,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     sweep_dir.mkdir(parents=True, exist_ok=True)
+    from runner.errors import ConfigError
+    from runner.run_record import DirLock
+
+    try:
+        _lock = DirLock(sweep_dir, "sweep").acquire()  # held until this process exits
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     manifest = json.loads((sweep_dir / MANIFEST).read_text()) if (sweep_dir / MANIFEST).is_file() else {
         "created": datetime.datetime.now().isoformat(timespec="seconds"), "argv": sys.argv[1:] if argv is None else argv,
         "made_by": "multirun.yaml (Hydra multirun)" if args.resume is not None else "runner.sweep"}

@@ -24,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
-from runner import checkpoint, curves, data as data_lib, measure, provenance
+from runner import checkpoint, curves, data as data_lib, measure, provenance, run_record
 from runner.adapters import parameter_counts, prepare_trainable, trained_head_modules
 from runner.errors import ConfigError
 from runner.heads import head_parameter_count, resolve_pooling, start_regression_bias
@@ -33,7 +33,7 @@ from runner.methods import LoopContext, build_method
 from runner.models import load_model_and_tokenizer, resolve_model_path
 from runner.results import (
     STATUS_COMPLETED, STATUS_FAILED, STATUS_INTERRUPTED, STATUS_RUNNING, atomic_write_json, atomic_write_text, flatten,
-    read_results,
+    read_run,
 )
 from runner.tasks import compute_metrics, predictions_from_logits
 from runner.tracking import Tracker, scrub
@@ -90,6 +90,8 @@ class Recipe:
         self.flop_meter = measure.FlopMeter(cfg.trainer.count_flops)
         self.eval_flop_meter = measure.FlopMeter(cfg.trainer.count_flops)
         self.stop_signal: int | None = None
+        self.lock = run_record.DirLock(self.output_dir)
+        self.resume_state: dict | None = None
 
     # ------------------------------------------------------------------ setup
 
@@ -97,11 +99,12 @@ class Recipe:
         cfg = self.cfg
         with self.timer.phase("setup"):
             set_seed(cfg.seed)
+            resolve_model_path(cfg.model.name_or_path)  # a missing local model fails before the data is read
+            self._resolve_pooling()  # before the resume check: config.yaml holds the resolved choice
+            self.lock.acquire()  # one run per dir at a time
             self.resume_state = self._check_output_dir()
             # data and model first: bad input stops here, before anything is logged or written
-            resolve_model_path(cfg.model.name_or_path)  # a missing local model fails before the data is read
             self.data = data_lib.load_task_splits(cfg.task)
-            self._resolve_pooling()
             model, self.tokenizer = load_model_and_tokenizer(cfg.model, cfg.task)
             self.head = self._start_head(model)
             if cfg.method.uses_adapters:  # what trains beside the adapters, named on the plain model
@@ -118,6 +121,8 @@ class Recipe:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             if self.is_main:
                 atomic_write_text(self.output_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(resolved_config(cfg))))
+            if self.resume_state is not None and self.is_main:  # one metrics record per step, whatever happened
+                run_record.trim_metrics(self.output_dir / "metrics.jsonl", self.resume_state["global_step"])
             run_id = (self.resume_state or {}).get("wandb_run_id")
             self.tracker = Tracker(cfg, self.output_dir, self.is_main, resolved_config(cfg), run_id=run_id)
             self.started = True
@@ -168,18 +173,17 @@ class Recipe:
         return head
 
     def _check_output_dir(self) -> dict | None:
-        """Never overwrite a finished run; resume only from a checkpoint."""
-        results = self.output_dir / "results.json"
+        """Never overwrite or mix into another run's record; resume only the same run from a checkpoint."""
+        previous = (read_run(self.output_dir) or {}).get("status")
         meta = checkpoint.load_meta(self.output_dir)
-        previous = read_results(results).get("status") if results.is_file() else None
         if self.cfg.resume:
             if previous == STATUS_COMPLETED:
                 raise ConfigError(f"{self.output_dir} holds a completed run; nothing to resume")
             if meta is None:
                 raise ConfigError(f"resume=true but {self.output_dir} holds no checkpoint; point hydra.run.dir at an interrupted run")
+            run_record.check_same_settings(self.output_dir, resolved_config(self.cfg))
             return meta
-        if previous is not None or meta is not None:
-            raise ConfigError(f"{self.output_dir} already holds a run; use resume=true to continue it, or another hydra.run.dir")
+        run_record.check_fresh(self.output_dir)
         return None
 
     def _restore(self, meta: dict) -> None:
@@ -543,20 +547,33 @@ def run(cfg: DictConfig, post_train=None) -> dict:
     finally:
         if recipe.tracker is not None:
             recipe.tracker.finish(exit_code)
+        recipe.lock.release()
         recipe.accelerator.end_training()
         reset_accelerate_state()  # sweep: the next job in this process gets a fresh Accelerator
 
 
 def write_partial_results(recipe: Recipe, status: str, exc: BaseException) -> None:
-    """Keep what was computed; say clearly that the run did not complete."""
-    has_checkpoint = checkpoint.load_meta(recipe.output_dir) is not None
+    """Keep what was computed; say clearly that the run did not complete.
+
+    A resumed attempt that fails before it gets past the previous record's step
+    keeps that record (the attempt is added to its ``attempts``): a failed
+    resume never wipes what the interrupted run had written."""
+    error = f"{type(exc).__name__}: {exc}"
+    previous = read_run(recipe.output_dir) or {}
+    if recipe.resume_state is not None and recipe.global_step <= int(previous.get("step") or 0):
+        if run_record.keep_previous_record(recipe.output_dir, status, error, recipe.global_step):
+            return
+    meta = checkpoint.load_meta(recipe.output_dir)
     write_step_history(recipe.output_dir / "steps.jsonl", recipe.history)
     atomic_write_json(recipe.output_dir / "results.json", {
         "status": status,
         "run_name": recipe.cfg.run_name,
-        "error": f"{type(exc).__name__}: {exc}",
+        "error": error,
         "step": recipe.global_step,
-        "checkpoint": str(recipe.output_dir / checkpoint.CHECKPOINT) if has_checkpoint else None,
+        # what resume=true continues from (steps after it are lost with this attempt)
+        "checkpoint": str(checkpoint.complete_checkpoint(recipe.output_dir)) if meta is not None else None,
+        "checkpoint_step": meta["global_step"] if meta is not None else None,
+        "attempts": previous.get("attempts", []) if recipe.resume_state is not None else [],
         "eval_history": recipe.evals,
         "task": recipe.cfg.task.name, "model": recipe.cfg.model.short_name, "method": recipe.cfg.method.name,
         "seed": recipe.cfg.seed,

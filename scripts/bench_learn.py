@@ -18,12 +18,18 @@ the runs are as fast as the runner allows.
 Recipes (``--recipes``; each a list of runner overrides, see RECIPES):
 ``lora``: LoRA r8 on every linear layer of the encoder, lr 1e-3, 3 epochs
 (the recipe of ``make repro-safe``); ``full``: every weight, lr 5e-5, 3 epochs.
+
+The offline regression task (``runner.synthetic``: MRPC pairs scored by word
+overlap, written to ``<out>/overlap-glue``) runs with ``experiment=demo`` as
+it stands (``--regression-seeds``; none to skip), its Pearson against the
+constant prediction's 0.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -51,6 +57,8 @@ def parse_args(argv=None):
     p.add_argument("--recipes", nargs="+", default=["lora", "full"], choices=list(RECIPES))
     p.add_argument("--poolings", nargs="+", default=["mean", "cls"], choices=["mean", "cls"])
     p.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
+    p.add_argument("--regression-seeds", nargs="*", type=int, default=[1, 2, 3],
+                   help="seeds of the demo recipe on the offline overlap regression task (none: skip it)")
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--max-steps", type=int, default=None, help="stop after N optimizer steps (smoke tests)")
     p.add_argument("--max-train-samples", type=int, default=None)
@@ -76,24 +84,51 @@ def sweep_overrides(args, recipe: str, seed: int) -> list[str]:
     return out + list(args.override)
 
 
+def regression_overrides(args, seed: int) -> list[str]:
+    """The demo recipe, unchanged, on the overlap regression task."""
+    out = [f"seed={seed}", "experiment=demo", "task=glue/stsb", f"task.data_dir={(args.out / 'overlap-glue').resolve()}",
+           "logger=none", "trainer.count_flops=false", "trainer.measure_activations=false", "trainer.progress_bar=false"]
+    if args.max_steps:
+        out.append(f"trainer.max_steps={args.max_steps}")
+    if args.max_train_samples:
+        out.append(f"task.max_train_samples={args.max_train_samples}")
+    if args.max_eval_samples:
+        out.append(f"task.max_eval_samples={args.max_eval_samples}")
+    return out + list(args.override)
+
+
+def planned_sweeps(args) -> list[tuple[Path, list[str]]]:
+    """(sweep dir, overrides), seed by seed: the regression task first (it is the shortest), then each recipe."""
+    out = []
+    for seed in sorted(set(args.seeds) | set(args.regression_seeds)):
+        if seed in args.regression_seeds:
+            out.append((args.out / f"demo-overlap-s{seed}", regression_overrides(args, seed)))
+        if seed in args.seeds:
+            out += [(args.out / f"{recipe}-s{seed}", sweep_overrides(args, recipe, seed)) for recipe in args.recipes]
+    return out
+
+
 def run_sweeps(args) -> int:
     code = 0
-    for seed in args.seeds:
-        for recipe in args.recipes:
-            sweep_dir = args.out / f"{recipe}-s{seed}"
-            if (sweep_dir / "sweep.json").is_file():
-                cmd = [sys.executable, "-m", "runner.sweep", "--resume", str(sweep_dir)]
-            else:
-                cmd = [sys.executable, "-m", "runner.sweep", "--dir", str(sweep_dir), "--", *sweep_overrides(args, recipe, seed)]
-            print("+ " + " ".join(cmd), flush=True)
-            if args.dry_run:
-                continue
-            t0 = time.perf_counter()
-            rc = subprocess.call(cmd, cwd=REPO)
-            print(f"bench_learn: {sweep_dir.name} exit {rc} after {time.perf_counter() - t0:.0f} s", flush=True)
-            if rc < 0 or rc in (130, 143):  # stopped by a signal: stop the benchmark too
-                return rc
-            code = code or rc
+    if args.regression_seeds and not args.dry_run:
+        from runner.synthetic import make_overlap_stsb
+
+        glue = Path(os.environ.get("GLUE_DIR") or REPO.parent / "shared" / "data" / "glue")
+        make_overlap_stsb(glue, args.out / "overlap-glue")  # deterministic: the same files every time
+    for sweep_dir, overrides in planned_sweeps(args):
+        if (sweep_dir / "sweep.json").is_file():
+            cmd = [sys.executable, "-m", "runner.sweep", "--resume", str(sweep_dir)]
+        else:
+            cmd = [sys.executable, "-m", "runner.sweep", "--dir", str(sweep_dir), "--", *overrides]
+        print("+ " + " ".join(cmd), flush=True)
+        if args.dry_run:
+            continue
+        t0 = time.perf_counter()
+        rc = subprocess.call(cmd, cwd=REPO)
+        print(f"bench_learn: {sweep_dir.name} exit {rc} after {time.perf_counter() - t0:.0f} s", flush=True)
+        if rc < 0 or rc in (130, 143):  # stopped by a signal: stop the benchmark too
+            return rc
+        code = code or rc
     return code
 
 
@@ -105,7 +140,7 @@ def collect(out: Path) -> list[dict]:
             continue
         recipe = path.parent.parent.name.rsplit("-s", 1)[0]
         rows.append({
-            "task": results["task"], "recipe": recipe, "pooling": (results.get("head") or {}).get("pooling", "cls"),
+            "task": "overlap (stsb)" if results["task"] == "stsb" else results["task"], "recipe": recipe, "pooling": (results.get("head") or {}).get("pooling", "cls"),
             "seed": results["seed"], "metrics": results["metrics"], "main_metric": results["main_metric"],
             "trivial": (results.get("learning") or {}).get("trivial_metrics", {}),
             "train_s": (results.get("time") or {}).get("train_s"), "run_dir": str(path.parent),

@@ -61,7 +61,9 @@ def test_bottleneck_adapters_train_only_adapters_and_head(tiny_overrides, tmp_pa
     results, out = train([*tiny_overrides, "adapter=bottleneck", "adapter.reduction_factor=4"], tmp_path)
     hidden, size = 32, 8
     per_adapter = 2 * hidden * size + size + hidden
-    head = hidden * 2 + 2
+    pooler = hidden * hidden + hidden  # the tiny BERT pools with cls (no sentence-transformers config): its pooler trains
+    head = hidden * 2 + 2 + pooler
+    assert results["head"]["trains"] == ["classifier", "pooler"]
     assert results["params"]["params_adapter"] == 2 * 2 * per_adapter  # 2 layers x (attention, ffn)
     assert results["params"]["params_trainable"] == results["params"]["params_adapter"] + head
     assert (out / "model" / "bottleneck_adapters.safetensors").is_file()

@@ -17,7 +17,8 @@ from runner import provenance
 from runner.errors import ConfigError, ModelError
 from runner.prune import settings as settings_lib
 from runner.prune.pipeline import PruneInputs, run_pruning
-from runner.results import STATUS_COMPLETED, STATUS_FAILED, atomic_write_json, atomic_write_text, read_results
+from runner import run_record
+from runner.results import STATUS_COMPLETED, STATUS_FAILED, atomic_write_json, atomic_write_text, read_run
 
 log = logging.getLogger(__name__)
 
@@ -143,11 +144,23 @@ def prune_saved_run(cfg: DictConfig) -> dict:
     src = Path(str(s.from_run)).expanduser().resolve()
     if not (src / "model").is_dir():
         raise ConfigError(f"prune.from_run={s.from_run}: no model/ folder there; give the output dir of a finished run")
+    src_results = read_run(src) or {}
+    src_status = src_results.get("status")
+    trained = src_status == STATUS_COMPLETED or (src_status == STATUS_FAILED and src_results.get("failed_stage") == "post_train")
+    if src_status is not None and not trained:
+        raise ConfigError(f"prune.from_run={s.from_run}: that run's results say {src_status} (step {src_results.get('step')}); "
+                          f"prune a run whose training completed")
     scfg = _source_config(src)
     task = _task_config(scfg, cfg)
     out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    src_results = read_results(src / "results.json") if (src / "results.json").is_file() else {}
+    if out.resolve() == src:
+        raise ConfigError(f"prune.from_run={s.from_run} is this job's own output dir; pruning writes to a new dir (leave hydra.run.dir alone)")
+    lock = run_record.DirLock(out).acquire()
+    try:
+        run_record.check_fresh(out)
+    except ConfigError:
+        lock.release()
+        raise
     run_name = f"prune-{s.criterion}-{src_results.get('run_name') or src.name}"
     job_cfg = resolved_config(cfg)
     atomic_write_text(out / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(job_cfg)))
@@ -173,7 +186,7 @@ def prune_saved_run(cfg: DictConfig) -> dict:
             "model": scfg.model.get("short_name"),
             "method": f"prune:{s.criterion}",
             "source_run": str(src),
-            "source": {k: src_results.get(k) for k in ("run_name", "method", "adapter", "seed", "metrics")},
+            "source": {k: src_results.get(k) for k in ("status", "failed_stage", "run_name", "method", "adapter", "seed", "metrics")},
             "metrics": section["primary"]["metrics"],
             "main_metric": task.main_metric,
             "pruning": section,
@@ -190,3 +203,4 @@ def prune_saved_run(cfg: DictConfig) -> dict:
         raise
     finally:
         tracker.finish(exit_code)
+        lock.release()

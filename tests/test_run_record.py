@@ -1,0 +1,156 @@
+"""A run dir's record survives failed attempts, is never shared, mixed or overwritten."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from prune_helpers import compose
+
+from runner.app import execute
+from runner.methods import TrainingMethod
+from runner.run_record import DirLock, changed_settings, traces, trim_metrics
+from runner.train import run
+
+
+@pytest.fixture
+def common(tiny_overrides):
+    """4 steps per epoch, 2 epochs, a checkpoint every 4 steps, every step logged."""
+    return [o for o in tiny_overrides if not o.startswith("trainer.epochs")] + [
+        "trainer.epochs=2", "trainer.checkpoint_every_steps=4", "trainer.log_every_steps=1", "trainer.lr=5e-3"]
+
+
+def _crash_at(monkeypatch, at: int):
+    def crash(self, ctx, step):
+        if step == at:
+            raise RuntimeError(f"simulated crash at step {at}")
+        return {}
+
+    monkeypatch.setattr(TrainingMethod, "on_step_end", crash)
+
+
+def _interrupted_run(common, out, monkeypatch, at=6):
+    _crash_at(monkeypatch, at)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run(compose(common, out))
+    monkeypatch.undo()
+    return json.loads((out / "results.json").read_text())
+
+
+def _exit_code(cfg, capsys) -> tuple[int, str]:
+    capsys.readouterr()  # what earlier runs printed
+    with pytest.raises(SystemExit) as exc:
+        execute(cfg)
+    return exc.value.code, capsys.readouterr().err
+
+
+def test_the_record_says_what_resume_continues_from_and_metrics_hold_each_step_once(common, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    partial = _interrupted_run(common, out, monkeypatch, at=6)
+    assert partial["status"] == "failed" and partial["step"] == 6 and partial["checkpoint_step"] == 4
+    resumed = run(compose([*common, "resume=true"], out))
+    assert resumed["status"] == "completed"
+    steps = [json.loads(line)["global_step"] for line in (out / "metrics.jsonl").read_text().splitlines()
+             if "train/loss" in line]
+    assert steps == list(range(1, 9))  # 5 and 6 were logged twice before
+
+
+def test_a_failed_resume_keeps_the_previous_record(common, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "run"
+    partial = _interrupted_run(common, out, monkeypatch, at=6)
+    steps_before = (out / "steps.jsonl").read_text()
+    weights = out / "checkpoint" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])  # a truncated checkpoint
+    with pytest.raises(Exception):
+        run(compose([*common, "resume=true"], out))
+    kept = json.loads((out / "results.json").read_text())
+    assert {k: kept[k] for k in ("status", "step", "checkpoint_step")} == {"status": "failed", "step": 6, "checkpoint_step": 4}
+    assert kept["eval_history"] == partial["eval_history"]
+    assert len(kept["attempts"]) == 1 and kept["attempts"][0]["status"] == "failed"
+    assert (out / "steps.jsonl").read_text() == steps_before
+
+
+def test_resume_refuses_other_settings(common, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "run"
+    _interrupted_run(common, out, monkeypatch)
+    code, err = _exit_code(compose([*common, "resume=true", "seed=7", "trainer.lr=1e-2"], out), capsys)
+    assert code == 2 and "other settings" in err and "seed (42 -> 7)" in err and "trainer.lr" in err
+    assert len(err.strip().splitlines()) == 1
+    assert json.loads((out / "results.json").read_text())["status"] == "failed"  # untouched
+
+
+def test_a_dir_with_any_trace_of_a_run_is_taken(common, tmp_path, capsys):
+    out = tmp_path / "killed"
+    out.mkdir()
+    (out / "metrics.jsonl").write_text('{"global_step": 1, "train/loss": 0.7}\n')  # kill -9 before any checkpoint
+    code, err = _exit_code(compose(common, out), capsys)
+    assert code == 2 and "already holds a run (metrics.jsonl)" in err
+    assert (out / "metrics.jsonl").read_text().count("\n") == 1  # nothing mixed in
+
+
+def test_a_locked_dir_is_refused_and_a_stale_lock_is_not(common, tmp_path, capsys):
+    out = tmp_path / "busy"
+    helper = subprocess.Popen([sys.executable, "-c", "import sys, time; sys.path.insert(0, '.');"
+                               "from runner.run_record import DirLock; DirLock(sys.argv[1]).acquire(); print('ok', flush=True);"
+                               "time.sleep(60)", str(out)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert helper.stdout.readline().strip() == "ok"
+        code, err = _exit_code(compose(common, out), capsys)
+        assert code == 2 and "in use by another run (pid" in err
+    finally:
+        helper.kill()
+        helper.wait()
+    assert (out / ".lock").is_file() and traces(out) == []  # the holder died: a stale lock file
+    res = run(compose(common, out))
+    assert res["status"] == "completed"
+
+
+def test_two_sweeps_in_one_dir(tmp_path):
+    from runner.sweep import main as sweep_main
+
+    with DirLock(tmp_path / "sweep", "sweep"):
+        assert sweep_main(["--dir", str(tmp_path / "sweep"), "--", "seed=1"]) == 2
+
+
+def test_resume_from_a_half_swapped_checkpoint(common, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    _interrupted_run(common, out, monkeypatch, at=6)
+    (out / "checkpoint").rename(out / ".checkpoint.old")  # kill -9 between save's two renames
+    resumed = run(compose([*common, "resume=true"], out))
+    assert resumed["status"] == "completed" and resumed["steps"]["total"] == 8
+
+
+def test_pruning_never_writes_into_a_finished_run(common, tmp_path, capsys):
+    src = tmp_path / "trained"
+    run(compose(common, src))
+    before = (src / "results.json").read_text()
+    prune = ["prune=his", "prune.latency=none", "prune.calib_samples=8", "prune.save_model=none"]
+    for target in (src, tmp_path / "other"):
+        if target != src:
+            run(compose(common, target))
+        code, err = _exit_code(compose([*common, *prune, f"prune.from_run={src}"], target), capsys)
+        assert code == 2, err
+    assert (src / "results.json").read_text() == before
+
+
+def test_pruning_refuses_a_source_whose_training_failed(common, tmp_path, monkeypatch, capsys):
+    src = tmp_path / "failed"
+    _interrupted_run(common, src, monkeypatch, at=6)
+    (src / "model").mkdir()  # even with a model folder
+    code, err = _exit_code(compose([*common, "prune=his", f"prune.from_run={src}"], tmp_path / "p"), capsys)
+    assert code == 2 and "results say failed" in err
+
+
+def test_helpers():
+    assert changed_settings({"a": 1, "t": {"lr": 1, "progress_bar": True}, "resume": False},
+                            {"a": 1, "t": {"lr": 2, "progress_bar": False}, "resume": True},
+                            allowed=("resume", "t.progress_bar")) == ["t.lr"]
+
+
+def test_trim_metrics(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("".join(json.dumps({"global_step": s}) + "\n" for s in (1, 2, 3, 4, 3)) + "not json\n")
+    assert trim_metrics(path, 2) == 4
+    assert [json.loads(x)["global_step"] for x in path.read_text().splitlines()] == [1, 2]
