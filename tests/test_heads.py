@@ -200,9 +200,15 @@ def test_every_pooling_trains_saves_and_prunes_from_the_saved_run(fast, tmp_path
     assert saved_pooling(model) == pooling
     assert _eval_loss(model, tokenizer, data_lib.load_task_splits(task)) == pytest.approx(trained["metrics"]["loss"], rel=1e-5)
     prune_dir = tmp_path / "prune"
-    pruned = _run([*fast, "prune=his", "prune.latency=none", "prune.calib_samples=8", "prune.ratios=[0.25]",
-                   "prune.save_model=none", f"prune.from_run={train_dir}"], prune_dir)
-    assert pruned["pruning"]["unpruned"]["metrics"]["accuracy"] == trained["metrics"]["accuracy"]
+    pruned = _run([*fast, "prune=hies", "prune.latency=none", "prune.calib_samples=8", "prune.ratio=0.25",
+                   f"prune.from_run={train_dir}"], prune_dir)  # HIS through the gate, entropy, physical removal
+    section = pruned["pruning"]
+    assert section["unpruned"]["metrics"]["accuracy"] == trained["metrics"]["accuracy"]
+    assert section["primary"]["heads_pruned"] == 2  # 25% of 2 layers x 4 heads
+    saved = next((prune_dir / "pruning").glob("model_hies_*"))
+    from runner.prune.persist import load_pruned
+
+    assert saved_pooling(load_pruned(saved)) == pooling
 
 
 @torch.no_grad()

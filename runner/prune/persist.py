@@ -37,6 +37,7 @@ def save_pruned(model, target: Path, tokenizer=None, extra: dict | None = None) 
     atomic_write_json(target / PRUNED_HEADS_FILE, {
         "format": 1,
         "pruned_heads": {str(k): v for k, v in sorted(pruned.items())},
+        "bottleneck_adapters": bottleneck_layout(model),
         "heads_per_layer": heads_kept(model),
         "num_heads_original": int(model.config.num_attention_heads),
         **(extra or {}),
@@ -44,13 +45,39 @@ def save_pruned(model, target: Path, tokenizer=None, extra: dict | None = None) 
     return target
 
 
-def read_pruned_heads(folder: Path) -> dict[int, list[int]]:
+def _meta(folder: Path) -> dict:
     path = Path(folder) / PRUNED_HEADS_FILE
     if not path.is_file():
         raise ModelError(f"{folder} has no {PRUNED_HEADS_FILE}; it is not a pruned model folder")
     with open(path) as f:
-        meta = json.load(f)
-    return {int(k): [int(h) for h in v] for k, v in meta["pruned_heads"].items()}
+        return json.load(f)
+
+
+def read_pruned_heads(folder: Path) -> dict[int, list[int]]:
+    return {int(k): [int(h) for h in v] for k, v in _meta(folder)["pruned_heads"].items()}
+
+
+def bottleneck_layout(model) -> dict:
+    """Module name -> (bottleneck size, activation) of every bottleneck adapter (they cannot be merged)."""
+    from runner.adapters import ACTIVATIONS, WithBottleneck
+
+    names = {cls: name for name, cls in ACTIVATIONS.items()}
+    return {name: [m.bottleneck.down.out_features, names[type(m.bottleneck.act)]]
+            for name, m in model.named_modules() if isinstance(m, WithBottleneck)}
+
+
+def attach_bottlenecks(model, layout: dict) -> None:
+    """Wrap the named projections in bottleneck adapters of the recorded shape (weights loaded after)."""
+    from runner.adapters import Bottleneck, WithBottleneck
+
+    for name, (size, activation) in layout.items():
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name)
+        base = getattr(parent, child)
+        adapter = Bottleneck(base.out_features, max(1, base.out_features // int(size)), activation, 0.0)
+        if adapter.down.out_features != int(size):
+            raise ModelError(f"bottleneck adapter {name}: size {size} does not divide {base.out_features}")
+        setattr(parent, child, WithBottleneck(base, adapter))
 
 
 def load_pruned(folder: Path, attn_implementation: str | None = None, dtype: torch.dtype | None = None):
@@ -63,6 +90,7 @@ def load_pruned(folder: Path, attn_implementation: str | None = None, dtype: tor
     model = apply_pooling(model, saved_pooling(model))  # mean pooling replaces BERT's pooler (no weights)
     if pruned:
         prune_heads(model, pruned)
+    attach_bottlenecks(model, _meta(folder).get("bottleneck_adapters") or {})
     state = load_file(str(folder / WEIGHTS_FILE))
     try:
         model.load_state_dict(state, strict=True)

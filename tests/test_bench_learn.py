@@ -1,0 +1,54 @@
+"""scripts/bench_learn.py: the plan of sweeps, the table from real results files."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_learn", REPO / "scripts" / "bench_learn.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_plan_runs_seed_by_seed_regression_first(bench, tmp_path):
+    args = bench.parse_args(["--out", str(tmp_path), "--seeds", "1", "2", "--regression-seeds", "1"])
+    plan = [(d.name, o) for d, o in bench.planned_sweeps(args)]
+    assert [name for name, _ in plan] == ["demo-overlap-s1", "lora-s1", "full-s1", "lora-s2", "full-s2"]
+    lora = dict(o.split("=", 1) for o in plan[1][1])
+    assert lora["model.pooling"] == "mean,cls" and lora["task"] == "glue/mrpc,glue/rte" and lora["method"] == "adapter"
+    assert lora["trainer.count_flops"] == "false"
+    demo = dict(o.split("=", 1) for o in plan[0][1])
+    assert demo["experiment"] == "demo" and demo["task"] == "glue/stsb" and demo["task.data_dir"].endswith("overlap-glue")
+
+
+def _results(task, seed, acc, f1, pooling, trivial):
+    return {"status": "completed", "task": task, "seed": seed, "main_metric": "accuracy",
+            "metrics": {"accuracy": acc, "f1": f1}, "head": {"pooling": pooling},
+            "learning": {"trivial_metrics": trivial}, "time": {"train_s": 100.0}}
+
+
+def test_table_means_over_seeds_and_lora_gap_to_full(bench, tmp_path):
+    trivial = {"accuracy": 0.684, "f1": 0.812}
+    runs = {("lora", 1): (0.80, 0.86), ("lora", 2): (0.82, 0.88), ("full", 1): (0.83, 0.88), ("full", 2): (0.85, 0.90)}
+    for (recipe, seed), (acc, f1) in runs.items():
+        d = tmp_path / f"{recipe}-s{seed}" / f"0_mrpc-minilm-x-s{seed}"
+        d.mkdir(parents=True)
+        (d / "results.json").write_text(json.dumps(_results("mrpc", seed, acc, f1, "mean", trivial)))
+    failed = tmp_path / "lora-s3" / "0_mrpc"
+    failed.mkdir(parents=True)
+    (failed / "results.json").write_text(json.dumps({"status": "failed"}))  # not counted
+    table = bench.summarize(bench.collect(tmp_path))
+    lora = next(e for e in table if e["recipe"] == "lora")
+    assert lora["n"] == 2 and lora["accuracy"]["mean"] == pytest.approx(81.0) and lora["accuracy"]["trivial"] == pytest.approx(68.4)
+    assert lora["gap_to_full_points"] == pytest.approx(-3.0)
+    text = bench.markdown(table)
+    assert "| mrpc | lora | mean | 2 (1,2) | accuracy 81.00 ± 1.41 | 68.40 |" in text
