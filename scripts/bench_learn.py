@@ -71,30 +71,28 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def sweep_overrides(args, recipe: str, seed: int) -> list[str]:
-    out = [f"seed={seed}", "task=" + ",".join(f"glue/{t}" for t in args.tasks), "model.pooling=" + ",".join(args.poolings),
-           *RECIPES[recipe], f"trainer.epochs={args.epochs}", "logger=none",
-           "trainer.count_flops=false", "trainer.measure_activations=false", "trainer.progress_bar=false"]
-    if args.max_steps:
-        out.append(f"trainer.max_steps={args.max_steps}")
-    if args.max_train_samples:
-        out.append(f"task.max_train_samples={args.max_train_samples}")
-    if args.max_eval_samples:
-        out.append(f"task.max_eval_samples={args.max_eval_samples}")
+FAST = ["logger=none", "trainer.count_flops=false", "trainer.measure_activations=false", "trainer.progress_bar=false"]
+
+
+def _common(args) -> list[str]:
+    """The measurement switches and the smoke-test caps every run of the benchmark shares."""
+    out = list(FAST)
+    for flag, key in ((args.max_steps, "trainer.max_steps"), (args.max_train_samples, "task.max_train_samples"),
+                      (args.max_eval_samples, "task.max_eval_samples")):
+        if flag:
+            out.append(f"{key}={flag}")
     return out + list(args.override)
+
+
+def sweep_overrides(args, recipe: str, seed: int) -> list[str]:
+    return [f"seed={seed}", "task=" + ",".join(f"glue/{t}" for t in args.tasks), "model.pooling=" + ",".join(args.poolings),
+            *RECIPES[recipe], f"trainer.epochs={args.epochs}", *_common(args)]
 
 
 def regression_overrides(args, seed: int) -> list[str]:
     """The demo recipe, unchanged, on the overlap regression task."""
-    out = [f"seed={seed}", "experiment=demo", "task=glue/stsb", f"task.data_dir={(args.out / 'overlap-glue').resolve()}",
-           "logger=none", "trainer.count_flops=false", "trainer.measure_activations=false", "trainer.progress_bar=false"]
-    if args.max_steps:
-        out.append(f"trainer.max_steps={args.max_steps}")
-    if args.max_train_samples:
-        out.append(f"task.max_train_samples={args.max_train_samples}")
-    if args.max_eval_samples:
-        out.append(f"task.max_eval_samples={args.max_eval_samples}")
-    return out + list(args.override)
+    return [f"seed={seed}", "experiment=demo", "task=glue/stsb", f"task.data_dir={(args.out / 'overlap-glue').resolve()}",
+            *_common(args)]
 
 
 def planned_sweeps(args) -> list[tuple[Path, list[str]]]:
