@@ -143,6 +143,13 @@ def cli() -> None:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
     main()
+    from runner.sweep import LAST_MULTIRUN
+
+    if LAST_MULTIRUN and LAST_MULTIRUN["completed"] < LAST_MULTIRUN["jobs"]:
+        print(f"error: {LAST_MULTIRUN['jobs'] - LAST_MULTIRUN['completed']} of {LAST_MULTIRUN['jobs']} jobs did not complete "
+              f"(see {LAST_MULTIRUN['dir']}/sweep_summary.md); continue with python -m runner.sweep --resume {LAST_MULTIRUN['dir']}",
+              file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -130,7 +130,30 @@ def read_table(path: Path, task: DictConfig) -> datasets.Dataset:
             f"{path} lacks column(s) {', '.join(missing)} (has {', '.join(ds.column_names)}); "
             f"task {task.name} needs {', '.join([*task.text_keys, 'label'])}"
         )
-    return ds.select_columns([*task.text_keys, "label"])
+    ds = ds.select_columns([*task.text_keys, "label"])
+    return _checked_labels(ds, path, task)
+
+
+def _checked_labels(ds: datasets.Dataset, path: Path, task: DictConfig) -> datasets.Dataset:
+    """Labels as the task's ids (names map to their index); anything else fails here, not at step 0."""
+    labels = ds["label"]
+    try:
+        ids = [label_to_id(str(v), task) for v in labels]
+    except ValueError:
+        bad = next(v for v in labels if not _label_ok(v, task))
+        valid = "numbers" if task.is_regression else f"0..{len(task.label_names) - 1} or {', '.join(task.label_names)}"
+        raise DataError(f"{path}: label {bad!r} is not a label of task {task.name} (valid: {valid})") from None
+    if ids != list(labels):
+        ds = ds.remove_columns("label").add_column("label", ids)
+    return ds
+
+
+def _label_ok(value, task: DictConfig) -> bool:
+    try:
+        label_to_id(str(value), task)
+        return True
+    except ValueError:
+        return False
 
 
 def read_split(path: Path, task: DictConfig) -> datasets.Dataset:
@@ -219,7 +242,16 @@ def tokenize(ds: datasets.Dataset, tokenizer, text_keys, max_length: int, cache_
     if cache_dir is not None:
         target = cache_dir / f"tok-{_fingerprint(ds, tokenizer, max_length)}"
         if (target / "dataset_info.json").is_file():
-            return datasets.load_from_disk(str(target))
+            try:
+                cached = datasets.load_from_disk(str(target))
+                if len(cached) != len(ds) or (len(ds) and not cached[len(ds) - 1]["input_ids"]):
+                    raise ValueError(f"{len(cached)} rows for {len(ds)} examples")
+                return cached
+            except Exception as exc:  # a truncated or damaged cache entry: rebuild it
+                log.warning("tokenisation cache %s is unreadable (%s: %s); rebuilding it", target, type(exc).__name__, exc)
+                import shutil
+
+                shutil.rmtree(target, ignore_errors=True)
     out = ds.map(encode, batched=True, remove_columns=list(text_keys), desc="tokenising", keep_in_memory=True)
     out = out.rename_column("label", "labels")
     if target is not None:

@@ -71,9 +71,17 @@ def load_model_and_tokenizer(mcfg: DictConfig, task: DictConfig):
         )
     kwargs = dict(revision=mcfg.revision, trust_remote_code=bool(mcfg.trust_remote_code))
     tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
-    model = AutoModelForSequenceClassification.from_pretrained(
-        path, config=config, attn_implementation=mcfg.attn_implementation,
-        dtype=getattr(torch, mcfg.dtype), **kwargs,
-    )
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(
+            path, config=config, attn_implementation=mcfg.attn_implementation,
+            dtype=getattr(torch, mcfg.dtype), **kwargs,
+        )
+    except Exception as exc:  # a truncated or corrupt weights file raises safetensors', torch's or OS errors
+        if isinstance(exc, ModelError):
+            raise
+        raise ModelError(
+            f"cannot read the weights of model {mcfg.name_or_path} ({path}): {type(exc).__name__}: "
+            f"{str(exc).splitlines()[0][:160] if str(exc) else ''}; the file is damaged or incomplete, reinstall or re-download it"
+        ) from exc
     pooling, _ = resolve_pooling(mcfg.get("pooling"), path)
     return apply_pooling(model, pooling), tokenizer

@@ -241,6 +241,11 @@ except ImportError:  # pragma: no cover
     Callback = object  # type: ignore[misc,assignment]
 
 
+# The last multirun's job counts in this process (python -m runner -m exits 1 unless every job completed,
+# as runner.sweep does).
+LAST_MULTIRUN: dict = {}
+
+
 class SweepSummary(Callback):
     """Hydra callback (conf/hydra/default.yaml): at the end of a multirun, write and print the job table."""
 
@@ -254,6 +259,7 @@ class SweepSummary(Callback):
             jobs = [Job(int(p.name.split("_")[0]), p.name, [], str(p)) for p in dirs]
         rows = summarize(sweep_dir, jobs)
         print(f"\nsweep {sweep_dir}:\n" + summary_markdown(rows), file=sys.stderr)
+        LAST_MULTIRUN.update(jobs=len(rows), completed=sum(r["state"] == COMPLETED for r in rows), dir=str(sweep_dir))
 
 
 # ------------------------------------------------------------------ launching

@@ -37,6 +37,7 @@ from runner.results import (
 )
 from runner.tasks import compute_metrics, predictions_from_logits
 from runner.tracking import Tracker, scrub
+from runner.validate import check_sequence_length
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +107,7 @@ class Recipe:
             # data and model first: bad input stops here, before anything is logged or written
             self.data = data_lib.load_task_splits(cfg.task)
             model, self.tokenizer = load_model_and_tokenizer(cfg.model, cfg.task)
+            check_sequence_length(int(cfg.trainer.max_seq_length), self.tokenizer, model.config, list(cfg.task.text_keys))
             self.head = self._start_head(model)
             if cfg.method.uses_adapters:  # what trains beside the adapters, named on the plain model
                 self.head["trains"] = trained_head_modules(model, cfg)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from omegaconf import DictConfig
@@ -37,8 +38,13 @@ def _sweep_values(value: str) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()]
 
 
+def _number(value) -> bool:
+    """A real, finite number (not a bool, not NaN or inf)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def _positive(value, name: str, integer: bool = False) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+    ok = _number(value) and value > 0
     if integer:
         ok = ok and float(value).is_integer()
     if not ok:
@@ -47,10 +53,25 @@ def _positive(value, name: str, integer: bool = False) -> None:
 
 
 def _fraction(value, name: str, closed_right: bool = True) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value and (value <= 1 if closed_right else value < 1)
+    ok = _number(value) and 0 <= value and (value <= 1 if closed_right else value < 1)
     if not ok:
         interval = "[0, 1]" if closed_right else "[0, 1)"
         raise ConfigError(f"{name} must be in {interval}, got {value!r}")
+
+
+def check_sequence_length(max_seq_length: int, tokenizer, model_config, text_keys) -> None:
+    """``trainer.max_seq_length`` within what the tokenizer needs and the model's positions allow."""
+    special = tokenizer.num_special_tokens_to_add(pair=len(text_keys) > 1)
+    low = special + len(text_keys)  # one token of each text
+    positions = int(getattr(model_config, "max_position_embeddings", 0) or 0)
+    if model_config.model_type in ("roberta", "xlm-roberta", "camembert"):
+        positions -= int(model_config.pad_token_id) + 1  # RoBERTa's positions start after the padding index
+    if max_seq_length < low:
+        raise ConfigError(f"trainer.max_seq_length={max_seq_length} leaves no room for the text: the tokenizer adds "
+                          f"{special} special tokens; use at least {low} (128 is usual)")
+    if positions > 0 and max_seq_length > positions:
+        raise ConfigError(f"trainer.max_seq_length={max_seq_length} exceeds the model's {positions} positions; "
+                          f"use trainer.max_seq_length={positions} or less")
 
 
 def validate_config(cfg: DictConfig) -> None:
@@ -66,10 +87,10 @@ def validate_config(cfg: DictConfig) -> None:
     else:
         _positive(t.epochs, "trainer.epochs", integer=True)
     _fraction(t.warmup_ratio, "trainer.warmup_ratio", closed_right=False)
-    if t.weight_decay < 0:
-        raise ConfigError(f"trainer.weight_decay must be >= 0, got {t.weight_decay}")
-    if t.max_grad_norm is not None and t.max_grad_norm < 0:
-        raise ConfigError(f"trainer.max_grad_norm must be >= 0 (0 or null: no clipping), got {t.max_grad_norm}")
+    if not _number(t.weight_decay) or t.weight_decay < 0:
+        raise ConfigError(f"trainer.weight_decay must be a finite number >= 0, got {t.weight_decay}")
+    if t.max_grad_norm is not None and (not _number(t.max_grad_norm) or t.max_grad_norm < 0):
+        raise ConfigError(f"trainer.max_grad_norm must be a finite number >= 0 (0 or null: no clipping), got {t.max_grad_norm}")
     if t.mixed_precision not in ("no", "fp16", "bf16"):
         raise ConfigError(f"trainer.mixed_precision must be one of no, fp16, bf16, got {t.mixed_precision!r}")
     if t.lr_schedule not in LR_SCHEDULES:

