@@ -89,6 +89,10 @@ def execute(cfg: DictConfig) -> float | None:
 
     _quiet_libraries()
     output_dir = Path(cfg.output_dir)
+    if int(os.environ.get("RANK", "0")) == 0:
+        from runner.tracking import scrub_hydra_files
+
+        scrub_hydra_files(output_dir)  # credentials given as overrides stay out of .hydra/
     try:
         validate_config(cfg)
         # --- head pruning (runner.prune, docs/hies.md): checked before training; a saved run skips training

@@ -37,6 +37,45 @@ def scrub(obj, secrets: list[str] | None = None):
     return obj
 
 
+# key=value pairs inside a string (an override, Hydra's comma-joined override_dirname)
+SECRET_OVERRIDE_RE = re.compile(r"([\w.+~/-]*(?:api[_-]?key|token|secret|password|passwd|credential)[\w.-]*)=([^,\s]+)", re.I)
+
+
+def scrub_override(item: str, secrets: list[str] | None = None) -> str:
+    """``+logger.api_key=abc`` -> ``+logger.api_key=***``, also inside comma-joined lists (and known secret values)."""
+    return scrub(SECRET_OVERRIDE_RE.sub(lambda m: f"{m.group(1)}=***", str(item)), secrets)
+
+
+def scrub_hydra_files(output_dir: Path) -> None:
+    """Hydra writes the overrides and the composed config to ``<run dir>/.hydra/`` before the
+    job starts; rewrite them without credential-looking values."""
+    import yaml
+
+    from runner.results import atomic_write_text
+
+    folder = Path(output_dir) / ".hydra"
+    if not folder.is_dir():
+        return
+    secrets = secret_values()
+    for path in folder.glob("*.yaml"):
+        try:
+            data = yaml.safe_load(path.read_text())
+        except (OSError, yaml.YAMLError):
+            continue
+
+        def clean(node):
+            if isinstance(node, dict):
+                return {k: "***" if SECRET_KEY_RE.search(str(k)) and v not in (None, "") and not isinstance(v, (dict, list))
+                        else clean(v) for k, v in node.items()}
+            if isinstance(node, list):
+                return [scrub_override(v, secrets) if isinstance(v, str) else clean(v) for v in node]
+            return scrub_override(node, secrets) if isinstance(node, str) else node
+
+        cleaned = clean(data)
+        if cleaned != data:
+            atomic_write_text(path, yaml.safe_dump(cleaned, sort_keys=False))
+
+
 def wandb_has_credentials() -> bool:
     if os.environ.get("WANDB_API_KEY"):
         return True
@@ -78,7 +117,8 @@ class Tracker:
                 project=cfg.logger.project, entity=cfg.logger.entity, group=cfg.logger.group,
                 name=cfg.run_name, tags=list(cfg.logger.tags), dir=str(output_dir), mode=mode,
                 config=scrub(resolved_config), id=run_id, resume="allow" if run_id else None,
-                settings=wandb.Settings(silent=True, console="off", x_disable_stats=True),
+                # x_disable_meta: W&B would store the command line, credentials given as overrides included
+                settings=wandb.Settings(silent=True, console="off", x_disable_stats=True, x_disable_meta=True),
             )
             self.run.define_metric("global_step")
             self.run.define_metric("*", step_metric="global_step")

@@ -157,3 +157,21 @@ def test_credentials_from_the_environment_appear_in_no_file(tiny_overrides, tmp_
         data = path.read_bytes()
         for name, value in secrets.items():
             assert value.encode() not in data, f"{name} leaked into {path.relative_to(out)}"
+
+
+def test_credentials_given_as_overrides_appear_in_no_file(tiny_overrides, tmp_path):
+    env = {**os.environ, "HOME": str(tmp_path), "WANDB_MODE": "offline"}
+    secrets = {"+logger.api_key": "sk-FakeOverrideKey0123456789", "+model.hub_password": "pw-FakeOverride-98765"}
+    run_dir = tmp_path / "run"
+    overrides = [o for o in tiny_overrides if o != "logger=none"] + ["logger=wandb", "trainer.max_steps=2"]
+    cmd, kw = _cli([*overrides, *(f"{k}={v}" for k, v in secrets.items()), f"hydra.run.dir={run_dir}"], tmp_path, env)
+    proc = subprocess.run(cmd, timeout=300, **kw)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    files = [p for p in run_dir.rglob("*") if p.is_file()]
+    assert any(p.parent.name == ".hydra" for p in files) and any(p.suffix == ".wandb" for p in files)
+    for path in files:
+        data = path.read_bytes()
+        for key, value in secrets.items():
+            assert value.encode() not in data, f"{key} leaked into {path.relative_to(run_dir)}"
+    assert "api_key: '***'" in (run_dir / ".hydra" / "config.yaml").read_text() or \
+        "api_key: '***'" in (run_dir / ".hydra" / "config.yaml").read_text().replace('"', "'")
