@@ -104,7 +104,13 @@ def execute(cfg: DictConfig) -> float | None:
         if done is not None:
             log.info("%s already completed; skipped (resume=auto)", output_dir)
             return done["metrics"].get(cfg.task.main_metric)
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(f"run dir: {output_dir}", file=sys.stderr, flush=True)
         results = run(cfg, post_train=prune_stage.after_training if prune is not None else None)
+        if int(os.environ.get("RANK", "0")) == 0:
+            from runner.summary import run_summary
+
+            print(run_summary(results, output_dir), file=sys.stderr, flush=True)
         if "pruning" in results:  # the job's final model is the pruned one
             return results["pruning"]["primary"]["main_metric"]
         # --- end head pruning

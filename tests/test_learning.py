@@ -117,3 +117,21 @@ def test_regression_head_starts_at_the_training_label_mean(tiny_model_dir, glue_
     # after one step at a negligible lr the predictions sit around the label mean, not around 0
     assert res["learning"]["trivial_prediction"] == pytest.approx(mean)
     assert res["metrics"]["loss"] < 2.5  # about the label variance (~1.7), not the mean square (~3.6)
+
+
+def test_a_finished_run_prints_where_it_went_and_what_it_reached(tiny_overrides, tmp_path, capsys, monkeypatch):
+    from prune_helpers import compose
+
+    from runner.app import execute
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    out = tmp_path / "run"
+    overrides = [o for o in tiny_overrides if o != "logger=none"] + ["logger=wandb"]
+    execute(compose(overrides, out))
+    err = capsys.readouterr().err
+    res = json.loads((out / "results.json").read_text())
+    assert f"run dir: {out}" in err
+    assert f"run {res['run_name']}: completed" in err
+    assert f"accuracy {res['metrics']['accuracy']:.4f} (constant prediction {res['learning']['trivial']:.4f}); f1" in err
+    assert f"results: {out / 'results.json'}" in err
+    assert "wandb sync " + str(out / "wandb") in err

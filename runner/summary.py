@@ -1,0 +1,42 @@
+"""What a finished run prints: one block a person reads at the end of ``python -m runner``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def _gib(n) -> str:
+    return f"{n / 2**30:.2f} GiB" if n else "-"
+
+
+def run_summary(results: dict, output_dir: Path) -> str:
+    """Status, main metric against the constant prediction, time, memory and FLOPs, where it all is."""
+    lines = [f"run {results.get('run_name')}: {results.get('status')}"]
+    main = results.get("main_metric")
+    metrics = results.get("metrics") or {}
+    learning = results.get("learning") or {}
+    if main in metrics and metrics[main] is not None:
+        others = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()
+                           if k not in (main, "loss", "num_examples") and isinstance(v, (int, float)) and "/" not in k)
+        trivial = learning.get("trivial")
+        vs = f" (constant prediction {trivial:.4f})" if trivial is not None else ""
+        lines.append(f"  {main} {metrics[main]:.4f}{vs}" + (f"; {others}" if others else ""))
+        if learning.get("warning"):
+            lines.append(f"  warning: {learning['warning']}")
+    time = results.get("time") or {}
+    memory = results.get("memory") or {}
+    flops = results.get("flops") or {}
+    if time:
+        total = flops.get("train_total")
+        counted = f"{total:.3g}" if total else "not counted (trainer.count_flops=false)"
+        lines.append(f"  train {time.get('train_s', 0):.0f} s, eval {time.get('eval_s', 0):.0f} s; "
+                     f"training memory (state + saved for backward, peak) {_gib(memory.get('state_plus_saved_peak_bytes'))}; "
+                     f"training FLOPs {counted}")
+    if "pruning" in results:
+        primary = results["pruning"].get("primary") or {}
+        lines.append(f"  pruned {primary.get('heads_pruned')} heads: {main} {primary.get('main_metric')}")
+    lines.append(f"  results: {Path(output_dir) / 'results.json'}  curve: {Path(output_dir) / 'learning_curve.png'}")
+    wandb = results.get("wandb") or {}
+    if wandb.get("dir") and "offline" in str(wandb.get("dir")):
+        lines.append(f"  W&B ran offline; upload with: wandb sync {Path(wandb['dir']).parent}")
+    return "\n".join(lines)
