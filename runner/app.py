@@ -104,8 +104,6 @@ def execute(cfg: DictConfig) -> float | None:
         if done is not None:
             log.info("%s already completed; skipped (resume=auto)", output_dir)
             return done["metrics"].get(cfg.task.main_metric)
-        if int(os.environ.get("RANK", "0")) == 0:
-            print(f"run dir: {output_dir}", file=sys.stderr, flush=True)
         results = run(cfg, post_train=prune_stage.after_training if prune is not None else None)
         if int(os.environ.get("RANK", "0")) == 0:
             from runner.summary import run_summary

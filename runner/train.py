@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -128,6 +129,8 @@ class Recipe:
             run_id = (self.resume_state or {}).get("wandb_run_id")
             self.tracker = Tracker(cfg, self.output_dir, self.is_main, resolved_config(cfg), run_id=run_id)
             self.started = True
+            if self.is_main:  # bad input has been ruled out by now: it gets its one error line alone
+                print(f"run dir: {self.output_dir}", file=sys.stderr, flush=True)
 
             optimizer = torch.optim.AdamW(trainable, lr=cfg.trainer.lr, weight_decay=cfg.trainer.weight_decay)
             prepared = self.accelerator.prepare(model, optimizer, self.train_loader, *self.eval_loaders.values())
