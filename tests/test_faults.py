@@ -159,6 +159,7 @@ def test_credentials_from_the_environment_appear_in_no_file(tiny_overrides, tmp_
             assert value.encode() not in data, f"{name} leaked into {path.relative_to(out)}"
 
 
+@pytest.mark.slow
 def test_credentials_given_as_overrides_appear_in_no_file(tiny_overrides, tmp_path):
     env = {**os.environ, "HOME": str(tmp_path), "WANDB_MODE": "offline"}
     secrets = {"+logger.api_key": "sk-FakeOverrideKey0123456789", "+model.hub_password": "pw-FakeOverride-98765"}

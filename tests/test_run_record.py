@@ -90,6 +90,7 @@ def test_a_dir_with_any_trace_of_a_run_is_taken(common, tmp_path, capsys):
     assert (out / "metrics.jsonl").read_text().count("\n") == 1  # nothing mixed in
 
 
+@pytest.mark.slow
 def test_a_locked_dir_is_refused_and_a_stale_lock_is_not(common, tmp_path, capsys):
     out = tmp_path / "busy"
     helper = subprocess.Popen([sys.executable, "-c", "import sys, time; sys.path.insert(0, '.');"
