@@ -53,15 +53,14 @@ def _remove_empty_run_dir(output_dir: Path) -> None:
     if not output_dir.is_dir():
         return
     from runner.errors import ConfigError
-    from runner.run_record import LOCK_FILE, DirLock
+    from runner.run_record import RETIRED, DirLock, traces
 
     try:
         lock = DirLock(output_dir).acquire()
     except ConfigError:
         return
     try:
-        leftovers = [p for p in output_dir.iterdir() if p.name not in (".hydra", LOCK_FILE) and p.suffix != ".log"]
-        if not leftovers:
+        if not traces(output_dir) and not (output_dir / RETIRED).exists():
             shutil.rmtree(output_dir, ignore_errors=True)
     finally:
         lock.release()

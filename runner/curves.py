@@ -37,14 +37,11 @@ def trivial_levels(metrics: list[str], train_labels, eval_labels, is_regression:
 
 def _trivial_levels(metrics, train_labels, eval_labels, is_regression):
     if is_regression:
-        constant = float(np.mean(np.asarray(train_labels, dtype=np.float64)))
-        preds = np.full(len(eval_labels), constant)
-        values = compute_metrics(metrics, preds, eval_labels.astype(np.float64))
-        return {"prediction": constant, "metrics": {k: 0.0 if not math.isfinite(v) else v for k, v in values.items()}}
-    majority = Counter(int(y) for y in train_labels).most_common(1)[0][0]
-    preds = np.full(len(eval_labels), majority)
-    values = compute_metrics(metrics, preds, eval_labels.astype(np.int64))
-    return {"prediction": majority, "metrics": {k: 0.0 if not math.isfinite(v) else v for k, v in values.items()}}
+        prediction, eval_labels = float(np.mean(np.asarray(train_labels, dtype=np.float64))), eval_labels.astype(np.float64)
+    else:
+        prediction, eval_labels = Counter(int(y) for y in train_labels).most_common(1)[0][0], eval_labels.astype(np.int64)
+    values = compute_metrics(metrics, np.full(len(eval_labels), prediction), eval_labels)
+    return {"prediction": prediction, "metrics": {k: 0.0 if not math.isfinite(v) else v for k, v in values.items()}}
 
 
 def learning_check(main_metric: str, final_metrics: dict, trivial: dict) -> dict:

@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -137,23 +138,16 @@ def read_table(path: Path, task: DictConfig) -> datasets.Dataset:
 def _checked_labels(ds: datasets.Dataset, path: Path, task: DictConfig) -> datasets.Dataset:
     """Labels as the task's ids (names map to their index); anything else fails here, not at step 0."""
     labels = ds["label"]
-    try:
-        ids = [label_to_id(str(v), task) for v in labels]
-    except ValueError:
-        bad = next(v for v in labels if not _label_ok(v, task))
-        valid = "numbers" if task.is_regression else f"0..{len(task.label_names) - 1} or {', '.join(task.label_names)}"
-        raise DataError(f"{path}: label {bad!r} is not a label of task {task.name} (valid: {valid})") from None
+    ids = []
+    for value in labels:
+        try:
+            ids.append(label_to_id(str(value), task))
+        except ValueError:
+            valid = "numbers" if task.is_regression else f"0..{len(task.label_names) - 1} or {', '.join(task.label_names)}"
+            raise DataError(f"{path}: label {value!r} is not a label of task {task.name} (valid: {valid})") from None
     if ids != list(labels):
         ds = ds.remove_columns("label").add_column("label", ids)
     return ds
-
-
-def _label_ok(value, task: DictConfig) -> bool:
-    try:
-        label_to_id(str(value), task)
-        return True
-    except ValueError:
-        return False
 
 
 def read_split(path: Path, task: DictConfig) -> datasets.Dataset:
@@ -249,8 +243,6 @@ def tokenize(ds: datasets.Dataset, tokenizer, text_keys, max_length: int, cache_
                 return cached
             except Exception as exc:  # a truncated or damaged cache entry: rebuild it
                 log.warning("tokenisation cache %s is unreadable (%s: %s); rebuilding it", target, type(exc).__name__, exc)
-                import shutil
-
                 shutil.rmtree(target, ignore_errors=True)
     out = ds.map(encode, batched=True, remove_columns=list(text_keys), desc="tokenising", keep_in_memory=True)
     out = out.rename_column("label", "labels")

@@ -196,8 +196,6 @@ def is_in_modules(param_name: str, modules) -> bool:
 
 def head_parameter_count(model: nn.Module, modules) -> int:
     """Trainable parameters inside the head modules (PEFT's trained copies included)."""
-    if not isinstance(modules, (list, tuple)):
-        return 0
     return int(sum(p.numel() for n, p in model.named_parameters() if p.requires_grad and is_in_modules(n, modules)))
 
 

@@ -77,8 +77,6 @@ def load_model_and_tokenizer(mcfg: DictConfig, task: DictConfig):
             dtype=getattr(torch, mcfg.dtype), **kwargs,
         )
     except Exception as exc:  # a truncated or corrupt weights file raises safetensors', torch's or OS errors
-        if isinstance(exc, ModelError):
-            raise
         raise ModelError(
             f"cannot read the weights of model {mcfg.name_or_path} ({path}): {type(exc).__name__}: "
             f"{str(exc).splitlines()[0][:160] if str(exc) else ''}; the file is damaged or incomplete, reinstall or re-download it"

@@ -26,7 +26,7 @@ import os
 from pathlib import Path
 
 from runner.errors import ConfigError
-from runner.results import atomic_write_json, read_run
+from runner.results import atomic_write_json
 
 LOCK_FILE = ".lock"
 RETIRED = ".retired"  # earlier attempts moved aside (runner.jobs.resolve_auto_resume)
@@ -130,23 +130,20 @@ def check_same_settings(directory: Path, now: dict) -> None:
         raise ConfigError(f"{path} cannot be read ({type(exc).__name__}); it is not the record of a run") from exc
     changed = changed_settings(saved, now)
     if changed:
-        shown = ", ".join(f"{k} ({_flat(saved).get(k, '<missing>')!r} -> {_flat(now).get(k, '<missing>')!r})" for k in changed[:4])
+        before, after = _flat(saved), _flat(now)
+        shown = ", ".join(f"{k} ({before.get(k, '<missing>')!r} -> {after.get(k, '<missing>')!r})" for k in changed[:4])
         raise ConfigError(
             f"resume=true with other settings than the interrupted run: {shown}{', ...' if len(changed) > 4 else ''}; "
             f"resume with the same overrides, or start a new run in another hydra.run.dir"
         )
 
 
-def keep_previous_record(directory: Path, status: str, error: str, step: int) -> bool:
-    """Add a failed attempt to the dir's existing record instead of replacing it; False if there is none."""
-    previous = read_run(directory)
-    if previous is None:
-        return False
+def keep_previous_record(directory: Path, previous: dict, status: str, error: str, step: int) -> None:
+    """Add a failed attempt to the dir's existing record (``previous``, as read) instead of replacing it."""
     attempts = list(previous.get("attempts") or [])
     attempts.append({"status": status, "error": error, "step": step,
                      "at": datetime.datetime.now().isoformat(timespec="seconds")})
     atomic_write_json(Path(directory) / "results.json", {**previous, "attempts": attempts})
-    return True
 
 
 def trim_metrics(path: Path, last_step: int) -> int:

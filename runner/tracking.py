@@ -24,26 +24,25 @@ def secret_values() -> list[str]:
     return [v for k, v in os.environ.items() if SECRET_ENV_RE.search(k) and v and len(v) >= 6]
 
 
-def scrub(obj, secrets: list[str] | None = None):
-    """Replace credential-looking keys' values and any known secret value with '***'."""
-    secrets = secret_values() if secrets is None else secrets
-    if isinstance(obj, dict):
-        return {k: "***" if SECRET_KEY_RE.search(str(k)) and v not in (None, "") else scrub(v, secrets) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [scrub(v, secrets) for v in obj]
-    if isinstance(obj, str):
-        for s in secrets:
-            obj = obj.replace(s, "***")
-    return obj
-
-
 # key=value pairs inside a string (an override, Hydra's comma-joined override_dirname)
 SECRET_OVERRIDE_RE = re.compile(r"([\w.+~/-]*(?:api[_-]?key|token|secret|password|passwd|credential)[\w.-]*)=([^,\s]+)", re.I)
 
 
-def scrub_override(item: str, secrets: list[str] | None = None) -> str:
-    """``+logger.api_key=abc`` -> ``+logger.api_key=***``, also inside comma-joined lists (and known secret values)."""
-    return scrub(SECRET_OVERRIDE_RE.sub(lambda m: f"{m.group(1)}=***", str(item)), secrets)
+def scrub(obj, secrets: list[str] | None = None, overrides: bool = False):
+    """Replace credential-looking keys' values and any known secret value with '***'; with
+    ``overrides``, also the values of credential-looking ``key=value`` pairs inside strings."""
+    secrets = secret_values() if secrets is None else secrets
+    if isinstance(obj, dict):
+        return {k: "***" if SECRET_KEY_RE.search(str(k)) and v not in (None, "") else scrub(v, secrets, overrides)
+                for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [scrub(v, secrets, overrides) for v in obj]
+    if isinstance(obj, str):
+        if overrides:
+            obj = SECRET_OVERRIDE_RE.sub(lambda m: f"{m.group(1)}=***", obj)
+        for s in secrets:
+            obj = obj.replace(s, "***")
+    return obj
 
 
 def scrub_hydra_files(output_dir: Path) -> None:
@@ -62,16 +61,7 @@ def scrub_hydra_files(output_dir: Path) -> None:
             data = yaml.safe_load(path.read_text())
         except (OSError, yaml.YAMLError):
             continue
-
-        def clean(node):
-            if isinstance(node, dict):
-                return {k: "***" if SECRET_KEY_RE.search(str(k)) and v not in (None, "") and not isinstance(v, (dict, list))
-                        else clean(v) for k, v in node.items()}
-            if isinstance(node, list):
-                return [scrub_override(v, secrets) if isinstance(v, str) else clean(v) for v in node]
-            return scrub_override(node, secrets) if isinstance(node, str) else node
-
-        cleaned = clean(data)
+        cleaned = scrub(data, secrets, overrides=True)
         if cleaned != data:
             atomic_write_text(path, yaml.safe_dump(cleaned, sort_keys=False))
 

@@ -101,8 +101,8 @@ class Recipe:
         cfg = self.cfg
         with self.timer.phase("setup"):
             set_seed(cfg.seed)
-            resolve_model_path(cfg.model.name_or_path)  # a missing local model fails before the data is read
-            self._resolve_pooling()  # before the resume check: config.yaml holds the resolved choice
+            model_path = resolve_model_path(cfg.model.name_or_path)  # a missing local model fails before the data is read
+            self._resolve_pooling(model_path)  # before the resume check: config.yaml holds the resolved choice
             self.lock.acquire()  # one run per dir at a time
             self.resume_state = self._check_output_dir()
             # data and model first: bad input stops here, before anything is logged or written
@@ -159,10 +159,10 @@ class Recipe:
             if self.resume_state is not None:
                 self._restore(self.resume_state)
 
-    def _resolve_pooling(self) -> None:
+    def _resolve_pooling(self, model_path: str) -> None:
         """``model.pooling=auto`` becomes the pooling used, so config.yaml and a later
         ``prune.from_run`` see the real choice."""
-        pooling, source = resolve_pooling(self.cfg.model.get("pooling"), resolve_model_path(self.cfg.model.name_or_path))
+        pooling, source = resolve_pooling(self.cfg.model.get("pooling"), model_path)
         with open_dict(self.cfg):
             self.cfg.model.pooling = pooling
         self.pooling_source = source
@@ -565,9 +565,9 @@ def write_partial_results(recipe: Recipe, status: str, exc: BaseException) -> No
     resume never wipes what the interrupted run had written."""
     error = f"{type(exc).__name__}: {exc}"
     previous = read_run(recipe.output_dir) or {}
-    if recipe.resume_state is not None and recipe.global_step <= int(previous.get("step") or 0):
-        if run_record.keep_previous_record(recipe.output_dir, status, error, recipe.global_step):
-            return
+    if previous and recipe.resume_state is not None and recipe.global_step <= int(previous.get("step") or 0):
+        run_record.keep_previous_record(recipe.output_dir, previous, status, error, recipe.global_step)
+        return
     meta = checkpoint.load_meta(recipe.output_dir)
     write_step_history(recipe.output_dir / "steps.jsonl", recipe.history)
     atomic_write_json(recipe.output_dir / "results.json", {

@@ -157,7 +157,8 @@ def summarize(rows: list[dict]) -> list[dict]:
     table = []
     for (task, recipe, pooling), runs in sorted(groups.items()):
         names = ["accuracy", "f1"] if task == "mrpc" else [runs[0]["main_metric"]]
-        entry = {"task": task, "recipe": recipe, "pooling": pooling, "n": len(runs), "seeds": sorted(r["seed"] for r in runs),
+        entry = {"task": task, "recipe": recipe, "pooling": pooling, "main": names[0], "n": len(runs),
+                 "seeds": sorted(r["seed"] for r in runs),
                  "train_s_mean": statistics.fmean(r["train_s"] for r in runs if r["train_s"] is not None)}
         for name in names:
             m, s = _mean_std([100 * r["metrics"][name] for r in runs])
@@ -166,9 +167,8 @@ def summarize(rows: list[dict]) -> list[dict]:
     for entry in table:  # LoRA's gap to full fine-tuning with the same pooling
         if entry["recipe"].startswith("lora"):
             full = next((e for e in table if e["task"] == entry["task"] and e["recipe"] == "full" and e["pooling"] == entry["pooling"]), None)
-            main = "accuracy" if "accuracy" in entry else next(k for k in entry if isinstance(entry[k], dict))
             if full is not None:
-                entry["gap_to_full_points"] = entry[main]["mean"] - full[main]["mean"]
+                entry["gap_to_full_points"] = entry[entry["main"]]["mean"] - full[entry["main"]]["mean"]
     return table
 
 
@@ -176,7 +176,7 @@ def markdown(table: list[dict]) -> str:
     lines = ["| task | recipe | pooling | seeds | main metric (mean ± std) | majority / constant | MRPC F1 | LoRA − full | train s/run |",
              "|---|---|---|---|---|---|---|---|---|"]
     for e in table:
-        main = "accuracy" if "accuracy" in e else next(k for k in e if isinstance(e[k], dict))
+        main = e["main"]
         f1 = f"{e['f1']['mean']:.2f} ± {e['f1']['std']:.2f} (trivial {e['f1']['trivial']:.2f})" if "f1" in e else "-"
         gap = f"{e['gap_to_full_points']:+.2f}" if "gap_to_full_points" in e else "-"
         lines.append(f"| {e['task']} | {e['recipe']} | {e['pooling']} | {e['n']} ({','.join(map(str, e['seeds']))}) | "

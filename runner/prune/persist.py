@@ -53,8 +53,12 @@ def _meta(folder: Path) -> dict:
         return json.load(f)
 
 
+def _heads(meta: dict) -> dict[int, list[int]]:
+    return {int(k): [int(h) for h in v] for k, v in meta["pruned_heads"].items()}
+
+
 def read_pruned_heads(folder: Path) -> dict[int, list[int]]:
-    return {int(k): [int(h) for h in v] for k, v in _meta(folder)["pruned_heads"].items()}
+    return _heads(_meta(folder))
 
 
 def bottleneck_layout(model) -> dict:
@@ -83,14 +87,15 @@ def attach_bottlenecks(model, layout: dict) -> None:
 def load_pruned(folder: Path, attn_implementation: str | None = None, dtype: torch.dtype | None = None):
     """Rebuild a pruned sequence-classification model from :func:`save_pruned`'s folder."""
     folder = Path(folder)
-    pruned = read_pruned_heads(folder)
+    meta = _meta(folder)
+    pruned = _heads(meta)
     config = AutoConfig.from_pretrained(str(folder))
     kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
     model = AutoModelForSequenceClassification.from_config(config, **kwargs)
     model = apply_pooling(model, saved_pooling(model))  # mean pooling replaces BERT's pooler (no weights)
     if pruned:
         prune_heads(model, pruned)
-    attach_bottlenecks(model, _meta(folder).get("bottleneck_adapters") or {})
+    attach_bottlenecks(model, meta.get("bottleneck_adapters") or {})
     state = load_file(str(folder / WEIGHTS_FILE))
     try:
         model.load_state_dict(state, strict=True)

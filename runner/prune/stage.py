@@ -135,11 +135,6 @@ def load_trained_model(model_dir: Path, scfg: DictConfig, task: DictConfig):
 
 def prune_saved_run(cfg: DictConfig) -> dict:
     """Prune a saved fine-tuned run; results go to this job's output dir with a reference to the source."""
-    from runner import data as data_lib
-    from runner.tracking import Tracker
-    from runner.results import flatten
-    from runner.train import resolved_config
-
     s = check(cfg)
     src = Path(str(s.from_run)).expanduser().resolve()
     if not (src / "model").is_dir():
@@ -155,12 +150,18 @@ def prune_saved_run(cfg: DictConfig) -> dict:
     out = Path(cfg.output_dir)
     if out.resolve() == src:
         raise ConfigError(f"prune.from_run={s.from_run} is this job's own output dir; pruning writes to a new dir (leave hydra.run.dir alone)")
-    lock = run_record.DirLock(out).acquire()
-    try:
+    with run_record.DirLock(out):
         run_record.check_fresh(out)
-    except ConfigError:
-        lock.release()
-        raise
+        return _prune_into(out, cfg, s, src, src_results, scfg, task)
+
+
+def _prune_into(out: Path, cfg: DictConfig, s, src: Path, src_results: dict, scfg: DictConfig, task: DictConfig) -> dict:
+    """The pruning job proper, in a dir this process holds."""
+    from runner import data as data_lib
+    from runner.results import flatten
+    from runner.tracking import Tracker
+    from runner.train import resolved_config
+
     run_name = f"prune-{s.criterion}-{src_results.get('run_name') or src.name}"
     job_cfg = resolved_config(cfg)
     atomic_write_text(out / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(job_cfg)))
@@ -203,4 +204,3 @@ def prune_saved_run(cfg: DictConfig) -> dict:
         raise
     finally:
         tracker.finish(exit_code)
-        lock.release()
