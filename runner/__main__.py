@@ -126,6 +126,30 @@ def _check_overrides_before_hydra() -> None:
     validate_config(cfg)
 
 
+def _check_output_root_writable() -> None:
+    """Hydra creates the run (or sweep) dir before the job starts and fails with a traceback where it
+    cannot: probe the place first, and fail in one line (exit 7) instead."""
+    import tempfile
+    from pathlib import Path
+
+    multirun = any(a in ("-m", "--multirun") for a in sys.argv[1:])
+    key = "hydra.sweep.dir=" if multirun else "hydra.run.dir="
+    target = next((a[len(key):] for a in sys.argv[1:] if a.startswith(key)), "outputs")
+    place = Path(target).expanduser().absolute()
+    while not place.exists() and place != place.parent:
+        place = place.parent
+    try:
+        if not place.is_dir():
+            raise NotADirectoryError(20, "not a directory", str(place))
+        fd, probe = tempfile.mkstemp(dir=place, prefix=".runner-write-probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        print(f"error: cannot write the run dir {target} ({place}: {exc.strerror or exc}); choose a writable "
+              f"{key[:-1]}=...", file=sys.stderr)
+        sys.exit(7)
+
+
 def _one_line(exc: Exception) -> str:
     lines = [line.strip() for line in str(exc).splitlines() if line.strip() and not line.strip().startswith(("full_key", "object_type"))]
     return "invalid override: " + "; ".join(lines[:3])
@@ -142,6 +166,8 @@ def cli() -> None:
             raise
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
+    if not any(a in ("--help", "-h", "--hydra-help", "--info") or a.startswith("--cfg") for a in sys.argv[1:]):
+        _check_output_root_writable()
     main()
     from runner.sweep import LAST_MULTIRUN
 

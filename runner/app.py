@@ -2,11 +2,13 @@
 
 Exit codes (documented in the README):
   2 config error, 3 data error, 4 model error, 5 loss diverged (NaN/inf),
-  6 out of memory, 130/143 interrupted by SIGINT/SIGTERM (resumable).
+  6 out of memory, 7 cannot write (disk full, read-only, no permission),
+  130/143 interrupted by SIGINT/SIGTERM (runner.stop_signals).
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import shutil
@@ -23,7 +25,10 @@ from runner.jobs import record_failure, resolve_auto_resume
 
 log = logging.getLogger("runner")
 
-EXIT_DIVERGED, EXIT_OOM = 5, 6
+EXIT_DIVERGED, EXIT_OOM, EXIT_STORAGE = 5, 6, 7
+EXIT_SIGINT = 130
+# errors writing run outputs, the cache or the checkpoint: not the runner's fault, not the user's input
+STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG}
 OOM_HINT = ("out of memory; lower trainer.batch_size (with trainer.grad_accum_steps to keep the effective batch), "
             "trainer.max_seq_length, or use trainer.mixed_precision=bf16")
 
@@ -67,15 +72,33 @@ def _remove_empty_run_dir(output_dir: Path) -> None:
 
 
 def _fail(message: str, code: int, cfg: DictConfig, exc: BaseException | None = None, stop_sweep: bool = False) -> None:
+    from runner.secrets import scrub_text
+
     if cfg.get("debug"):
         traceback.print_exc()
-    print(f"error: {message}", file=sys.stderr)
+    print(f"error: {scrub_text(message)}", file=sys.stderr)
     if not _is_multirun():
         sys.exit(code)
     # sweep: the job's dir keeps a failure record and the sweep goes on (a signal stops it)
-    record_failure(cfg, Path(cfg.output_dir), exc or RuntimeError(message), code)
+    try:
+        record_failure(cfg, Path(cfg.output_dir), exc or RuntimeError(message), code)
+    except OSError as write_error:  # a full disk: the sweep's own summary still lists the job
+        log.warning("could not write the failure record of %s: %s", cfg.output_dir, write_error)
     if stop_sweep:
         sys.exit(code)
+
+
+def _resume_hint(output_dir: Path) -> str:
+    """What a resume would continue from, as the record says."""
+    from runner import checkpoint
+
+    try:
+        meta = checkpoint.load_meta(output_dir)
+    except Exception:  # noqa: BLE001 (a damaged checkpoint: nothing to resume)
+        meta = None
+    if meta is None:
+        return "no checkpoint to resume from"
+    return f"resume=true continues from the checkpoint at step {meta['global_step']}"
 
 
 def execute(cfg: DictConfig) -> float | None:
@@ -86,7 +109,10 @@ def execute(cfg: DictConfig) -> float | None:
     from runner.train import RunInterrupted, TrainingDiverged, run
     from runner.validate import validate_config
 
+    from runner.secrets import install_log_filter
+
     _quiet_libraries()
+    install_log_filter()  # secrets stay out of the job's log file too
     output_dir = Path(cfg.output_dir)
     if int(os.environ.get("RANK", "0")) == 0:
         from runner.tracking import scrub_hydra_files
@@ -122,7 +148,20 @@ def execute(cfg: DictConfig) -> float | None:
         _fail(OOM_HINT, EXIT_OOM, cfg, exc)
     except RunInterrupted as exc:
         # sweep: Ctrl-C/SIGTERM stops the whole sweep, not just this job (resume: python -m runner.sweep --resume)
+        if exc.stage == "setup" and not _is_multirun():
+            _remove_empty_run_dir(output_dir)
         _fail(str(exc), 128 + int(exc.signum), cfg, exc, stop_sweep=True)
+    except KeyboardInterrupt as exc:  # a second signal: stopped at once
+        _fail(f"stopped at once by a second signal; {_resume_hint(output_dir)}", EXIT_SIGINT, cfg, exc, stop_sweep=True)
+    except OSError as exc:
+        if exc.errno not in STORAGE_ERRNOS:
+            if not _is_multirun():
+                raise
+            _fail(f"job {cfg.get('run_name')} crashed: {type(exc).__name__}: {exc}", 1, cfg, exc)
+            return None
+        where = exc.filename or output_dir
+        _fail(f"cannot write {where}: {exc.strerror or exc}; free space or choose a writable place "
+              f"(hydra.run.dir=..., data_cache_dir=...); {_resume_hint(output_dir)}", EXIT_STORAGE, cfg, exc)
     except Exception as exc:
         # sweep: any other crash fails this job only; a single run still raises (traceback, exit 1)
         if not _is_multirun():

@@ -248,11 +248,17 @@ def tokenize(ds: datasets.Dataset, tokenizer, text_keys, max_length: int, cache_
     out = out.rename_column("label", "labels")
     if target is not None:
         tmp = target.with_name(target.name + f".tmp{os.getpid()}")
-        out.save_to_disk(str(tmp))
+        try:
+            out.save_to_disk(str(tmp))
+        except OSError as exc:  # a read-only or full cache only costs the tokenisation next time
+            shutil.rmtree(tmp, ignore_errors=True)
+            log.warning("cannot write the tokenisation cache %s (%s); tokenised in memory this time "
+                        "(data_cache_dir=<a writable folder> keeps it)", cache_dir, exc.strerror or exc)
+            return out
         try:
             os.replace(tmp, target)
         except OSError:  # another process won the race; keep theirs
-            pass
+            shutil.rmtree(tmp, ignore_errors=True)
         out = datasets.load_from_disk(str(target)) if target.is_dir() else out
     return out
 
@@ -261,7 +267,12 @@ def build_dataloaders(cfg: DictConfig, data: TaskData, tokenizer, accelerator) -
     tcfg = cfg.trainer
     cache_dir = Path(cfg.data_cache_dir).expanduser() if cfg.get("data_cache_dir") else None
     if cache_dir is not None:
-        cache_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            cache_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # read-only or full: the cache only saves time
+            log.warning("cannot create the tokenisation cache %s (%s); tokenising in memory "
+                        "(data_cache_dir=<a writable folder> keeps it)", cache_dir, exc.strerror or exc)
+            cache_dir = None
     with accelerator.main_process_first():
         train = tokenize(data.train, tokenizer, cfg.task.text_keys, tcfg.max_seq_length, cache_dir)
         evals = {k: tokenize(v, tokenizer, cfg.task.text_keys, tcfg.max_seq_length, cache_dir) for k, v in data.evals.items()}

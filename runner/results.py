@@ -8,6 +8,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from runner.secrets import scrub_text
+
 STATUS_COMPLETED, STATUS_FAILED, STATUS_INTERRUPTED, STATUS_RUNNING = "completed", "failed", "interrupted", "running"
 
 
@@ -25,7 +27,9 @@ def _clean(obj):
 
 
 def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` (secrets masked: runner.secrets) so that a reader sees the old file or the new one, never half."""
     path = Path(path)
+    text = scrub_text(text)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:

@@ -53,8 +53,8 @@ SUMMARY = "sweep_summary"
 RETIRED = ".retired"
 
 # job states (see job_state)
-COMPLETED, FAILED, INTERRUPTED, RESUMABLE, INCOMPLETE, MISSING = (
-    "completed", "failed", "interrupted", "resumable", "incomplete", "missing")
+COMPLETED, FAILED, INTERRUPTED, RESUMABLE, INCOMPLETE, MISSING, DAMAGED = (
+    "completed", "failed", "interrupted", "resumable", "incomplete", "missing", "damaged")
 
 
 @dataclass
@@ -149,12 +149,28 @@ def load_plan(sweep_dir: Path) -> tuple[list[Job], dict]:
 # ------------------------------------------------------------------ job states
 
 
+def record_problem(job_dir: Path) -> str | None:
+    """Why a job's ``results.json`` exists but cannot be read (None when it is fine or absent)."""
+    path = Path(job_dir) / "results.json"
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return (f"{path} is unreadable ({type(exc).__name__}: {exc}); restore it, or move the job dir away "
+                "to rerun the job (its trained outputs are left untouched)")
+    return None if isinstance(data, dict) else f"{path} does not hold a record (a JSON object); restore it or move the job dir away"
+
+
 def job_state(job_dir: Path) -> str:
     """completed | failed | interrupted (with a checkpoint) | resumable (killed hard, checkpoint left)
-    | incomplete (a dir but nothing to resume from) | missing (never started)."""
+    | incomplete (a dir but nothing to resume from) | missing (never started) | damaged (an unreadable
+    results.json: never rerun over, it may hold a finished job's only record)."""
     job_dir = Path(job_dir)
     if not job_dir.is_dir():
         return MISSING
+    if record_problem(job_dir):
+        return DAMAGED
     results = read_run(job_dir) or {}
     status = results.get("status")
     has_checkpoint = (job_dir / "checkpoint" / "meta.json").is_file()
@@ -173,6 +189,9 @@ def jobs_to_run(jobs: list[Job], retry_failed: bool = False) -> list[tuple[Job, 
     for job in jobs:
         state = job_state(Path(job.dir))
         if state == COMPLETED:
+            continue
+        if state == DAMAGED:
+            print(f"sweep: {job.name}: skipped: {record_problem(Path(job.dir))}", file=sys.stderr)
             continue
         if state == FAILED and not retry_failed:
             print(f"sweep: {job.name}: failed before; skipped (--retry-failed reruns it)", file=sys.stderr)
@@ -209,7 +228,7 @@ def summarize(sweep_dir: Path, jobs: list[Job] | None = None) -> list[dict]:
         rows.append({
             "num": job.num, "name": job.name, "state": job_state(Path(job.dir)),
             "metric": metric_name, "value": (results.get("metrics") or {}).get(metric_name) if metric_name else None,
-            "error": results.get("error"), "dir": str(Path(job.dir).relative_to(sweep_dir)) if Path(job.dir).is_relative_to(sweep_dir) else job.dir,
+            "error": record_problem(Path(job.dir)) or results.get("error"), "dir": str(Path(job.dir).relative_to(sweep_dir)) if Path(job.dir).is_relative_to(sweep_dir) else job.dir,
             "overrides": job.overrides,
         })
     atomic_write_json(sweep_dir / f"{SUMMARY}.json", {"sweep_dir": str(sweep_dir), "jobs": rows,

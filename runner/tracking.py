@@ -10,39 +10,13 @@ import json
 import logging
 import netrc
 import os
-import re
+import socket
+import threading
 from pathlib import Path
 
+from runner.secrets import scrub, secret_values
+
 log = logging.getLogger(__name__)
-
-SECRET_KEY_RE = re.compile(r"(api[_-]?key|token|secret|password|passwd|credential)", re.I)
-SECRET_ENV_RE = re.compile(r"(WANDB_API_KEY|HF_TOKEN|HUGGING_FACE_HUB_TOKEN|_TOKEN$|_KEY$|SECRET|PASSWORD)", re.I)
-
-
-def secret_values() -> list[str]:
-    """Values of credential-looking environment variables (to keep them out of files)."""
-    return [v for k, v in os.environ.items() if SECRET_ENV_RE.search(k) and v and len(v) >= 6]
-
-
-# key=value pairs inside a string (an override, Hydra's comma-joined override_dirname)
-SECRET_OVERRIDE_RE = re.compile(r"([\w.+~/-]*(?:api[_-]?key|token|secret|password|passwd|credential)[\w.-]*)=([^,\s]+)", re.I)
-
-
-def scrub(obj, secrets: list[str] | None = None, overrides: bool = False):
-    """Replace credential-looking keys' values and any known secret value with '***'; with
-    ``overrides``, also the values of credential-looking ``key=value`` pairs inside strings."""
-    secrets = secret_values() if secrets is None else secrets
-    if isinstance(obj, dict):
-        return {k: "***" if SECRET_KEY_RE.search(str(k)) and v not in (None, "") else scrub(v, secrets, overrides)
-                for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [scrub(v, secrets, overrides) for v in obj]
-    if isinstance(obj, str):
-        if overrides:
-            obj = SECRET_OVERRIDE_RE.sub(lambda m: f"{m.group(1)}=***", obj)
-        for s in secrets:
-            obj = obj.replace(s, "***")
-    return obj
 
 
 def scrub_hydra_files(output_dir: Path) -> None:
@@ -88,6 +62,68 @@ def wandb_mode(requested: str) -> str:
     return requested
 
 
+WANDB_CONNECT_TIMEOUT_S = 3.0
+WANDB_INIT_TIMEOUT_S = 20.0  # W&B's own default waits 90 s for a server that does not answer
+
+
+def wandb_unreachable(timeout: float = WANDB_CONNECT_TIMEOUT_S) -> str | None:
+    """Why the W&B server cannot be reached within ``timeout`` seconds (name lookup included), or None."""
+    from urllib.parse import urlparse
+
+    url = urlparse(os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai")
+    host, port = url.hostname or "api.wandb.ai", url.port or (80 if url.scheme == "http" else 443)
+    outcome: list[str | None] = []
+
+    def connect() -> None:
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            outcome.append(None)
+        except OSError as exc:
+            outcome.append(f"{host}:{port}: {exc.strerror or exc}")
+
+    worker = threading.Thread(target=connect, daemon=True)
+    worker.start()
+    worker.join(timeout + 0.5)
+    return outcome[0] if outcome else f"{host}:{port}: no answer within {timeout:.0f} s"
+
+
+def _start_wandb(cfg, output_dir: Path, config: dict, run_id: str | None):
+    """``wandb.init`` that never hangs: with no server in reach, or a key the server refuses, it logs
+    offline with one warning; when the user forced online (``logger.mode=online`` or
+    ``WANDB_MODE=online``) it fails in one line instead."""
+    import wandb
+
+    from runner.errors import ConfigError
+
+    forced = os.environ.get("WANDB_MODE") == "online" or (cfg.logger.mode == "online" and "WANDB_MODE" not in os.environ)
+    mode = wandb_mode(cfg.logger.mode)
+
+    def init(mode: str):
+        return wandb.init(
+            project=cfg.logger.project, entity=cfg.logger.entity, group=cfg.logger.group,
+            name=cfg.run_name, tags=list(cfg.logger.tags), dir=str(output_dir), mode=mode,
+            config=config, id=run_id, resume="allow" if run_id else None,
+            # x_disable_meta: W&B would store the command line, credentials given as overrides included
+            settings=wandb.Settings(silent=True, console="off", x_disable_stats=True, x_disable_meta=True,
+                                    init_timeout=WANDB_INIT_TIMEOUT_S),
+        )
+
+    if mode != "online":
+        return init(mode)
+    problem = wandb_unreachable()
+    if problem is None:
+        try:
+            return init("online")
+        except Exception as exc:  # noqa: BLE001 (AuthenticationError, CommError, UsageError, timeouts)
+            first = (str(exc).strip().splitlines() or [""])[0]
+            problem = f"{type(exc).__name__}: {first}"
+    if forced:
+        raise ConfigError(f"W&B online logging cannot start ({problem}); check WANDB_API_KEY / WANDB_BASE_URL, "
+                          "or log offline with logger.mode=offline (wandb sync later)")
+    log.warning("W&B server not usable (%s); logging offline to %s (wandb sync it later)", problem, output_dir)
+    return init("offline")
+
+
 class Tracker:
     """Logs scalars to ``metrics.jsonl`` and (optionally) W&B; main process only."""
 
@@ -100,16 +136,7 @@ class Tracker:
             return
         self._file = open(self.path, "a")
         if cfg.logger.name == "wandb":
-            import wandb
-
-            mode = wandb_mode(cfg.logger.mode)
-            self.run = wandb.init(
-                project=cfg.logger.project, entity=cfg.logger.entity, group=cfg.logger.group,
-                name=cfg.run_name, tags=list(cfg.logger.tags), dir=str(output_dir), mode=mode,
-                config=scrub(resolved_config), id=run_id, resume="allow" if run_id else None,
-                # x_disable_meta: W&B would store the command line, credentials given as overrides included
-                settings=wandb.Settings(silent=True, console="off", x_disable_stats=True, x_disable_meta=True),
-            )
+            self.run = _start_wandb(cfg, output_dir, scrub(resolved_config), run_id)
             self.run.define_metric("global_step")
             self.run.define_metric("*", step_metric="global_step")
 
@@ -132,7 +159,7 @@ class Tracker:
 
     def summary(self, metrics: dict) -> None:
         if self.run is not None:
-            for k, v in metrics.items():
+            for k, v in scrub(metrics).items():  # an error message may quote an environment secret
                 self.run.summary[k] = v
 
     def log_image(self, key: str, path: Path, step: int) -> None:

@@ -7,13 +7,13 @@ Reading order: :func:`run` -> :class:`Recipe` (``setup``, ``train``,
 
 from __future__ import annotations
 
-import contextlib
+import datetime
 import json
 import logging
 import math
+import os
 import signal
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -36,19 +36,12 @@ from runner.results import (
     STATUS_COMPLETED, STATUS_FAILED, STATUS_INTERRUPTED, STATUS_RUNNING, atomic_write_json, atomic_write_text, flatten,
     read_run,
 )
+from runner.stop_signals import FINISH, POST_TRAIN, TRAIN, RunInterrupted, StopSignals
 from runner.tasks import compute_metrics, predictions_from_logits
 from runner.tracking import Tracker, scrub
 from runner.validate import check_sequence_length
 
 log = logging.getLogger(__name__)
-
-
-class RunInterrupted(RuntimeError):
-    """SIGINT/SIGTERM arrived; a checkpoint was saved at ``step``."""
-
-    def __init__(self, signum: int, step: int):
-        super().__init__(f"interrupted by {signal.Signals(signum).name} at step {step}; checkpoint saved, continue with resume=true")
-        self.signum, self.step = signum, step
 
 
 class TrainingDiverged(RuntimeError):
@@ -91,7 +84,7 @@ class Recipe:
         self.started = False  # True once the run dir holds something worth keeping
         self.flop_meter = measure.FlopMeter(cfg.trainer.count_flops)
         self.eval_flop_meter = measure.FlopMeter(cfg.trainer.count_flops)
-        self.stop_signal: int | None = None
+        self.signals = StopSignals()  # SIGINT/SIGTERM over the whole run (runner.stop_signals)
         self.lock = run_record.DirLock(self.output_dir)
         self.resume_state: dict | None = None
 
@@ -129,6 +122,12 @@ class Recipe:
             run_id = (self.resume_state or {}).get("wandb_run_id")
             self.tracker = Tracker(cfg, self.output_dir, self.is_main, resolved_config(cfg), run_id=run_id)
             self.started = True
+            if self.is_main and self.resume_state is None:  # a small record first: a run that dies leaves one
+                atomic_write_json(self.output_dir / "results.json", {
+                    "status": STATUS_RUNNING, "run_name": cfg.run_name, "task": cfg.task.name, "model": cfg.model.short_name,
+                    "method": cfg.method.name, "seed": cfg.seed, "pid": os.getpid(),
+                    "started_at": datetime.datetime.now().isoformat(timespec="seconds"),
+                })
             if self.is_main:  # bad input has been ruled out by now: it gets its one error line alone
                 print(f"run dir: {self.output_dir}", file=sys.stderr, flush=True)
 
@@ -229,7 +228,8 @@ class Recipe:
         # the trainable set changes only when a method acts (setup, restore, on_step_end)
         trainable, signature = self._trainable()
         t_step = time.perf_counter()
-        with self.timer.phase("train", self.device), self._stop_on_signals():
+        self.signals.enter(TRAIN)  # a signal now finishes the step, saves a checkpoint, stops
+        with self.timer.phase("train", self.device):
             for epoch in range(start_epoch, self.num_epochs):
                 self.epoch = epoch
                 for batch in self._batches(epoch):
@@ -299,34 +299,25 @@ class Recipe:
 
     def _check_step(self, loss: float) -> None:
         """Stop on a non-finite loss or a signal, on every process at the same step."""
-        flags = torch.tensor([0.0 if math.isfinite(loss) else 1.0, 1.0 if self.stop_signal else 0.0], device=self.device)
+        flags = torch.tensor([0.0 if math.isfinite(loss) else 1.0, 1.0 if self.signals.signum else 0.0], device=self.device)
         if self.accelerator.num_processes > 1:
             flags = self.accelerator.reduce(flags, "sum")
         if flags[0].item() > 0:
             raise TrainingDiverged(self.global_step, loss)
         if flags[1].item() > 0:
-            self.save_checkpoint()
-            raise RunInterrupted(self.stop_signal or signal.SIGTERM, self.global_step)
+            self._stop_with_checkpoint(TRAIN)
 
-    @contextlib.contextmanager
-    def _stop_on_signals(self):
-        """SIGINT/SIGTERM finish the current step, save a checkpoint, then stop."""
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
+    def stop_if_signalled(self) -> None:
+        """After each part of the final stage: a signal that arrived stops the run here (every process agrees)."""
+        flag = torch.tensor([1.0 if self.signals.signum else 0.0], device=self.device)
+        if self.accelerator.num_processes > 1:
+            flag = self.accelerator.reduce(flag, "sum")
+        if flag.item() > 0:
+            self._stop_with_checkpoint(FINISH)
 
-        def request_stop(signum, frame):
-            if self.stop_signal is not None:  # a second signal: stop now
-                raise KeyboardInterrupt
-            self.stop_signal = signum
-            log.warning("%s received: saving a checkpoint after this step", signal.Signals(signum).name)
-
-        previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            yield
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
+    def _stop_with_checkpoint(self, stage: str) -> None:
+        self.save_checkpoint()
+        raise RunInterrupted(self.signals.signum or signal.SIGTERM, self.global_step, checkpoint_step=self.global_step, stage=stage)
 
     # ------------------------------------------------------------------- eval
 
@@ -497,9 +488,11 @@ def write_step_history(path: Path, history: list[dict]) -> None:
 def run(cfg: DictConfig, post_train=None) -> dict:
     """Run one experiment end to end; returns the results dict.
 
-    results.json always tells the truth: ``completed`` only after everything
-    was measured and saved; ``failed`` or ``interrupted`` (with what was done
-    so far) otherwise. Bad input found before training writes nothing.
+    results.json always tells the truth: ``running`` from the start of a fresh
+    run, ``completed`` only after everything was measured and saved; ``failed``
+    or ``interrupted`` (with what was done so far, and the checkpoint a resume
+    continues from) otherwise. Bad input found before training writes nothing.
+    SIGINT/SIGTERM are handled over the whole run (:mod:`runner.stop_signals`).
     ``post_train(recipe, results) -> dict``, if given, runs after the model and
     results are saved (head pruning: :func:`runner.prune.stage.after_training`);
     the sections it returns are added to results.json.
@@ -509,15 +502,24 @@ def run(cfg: DictConfig, post_train=None) -> dict:
     except BaseException:
         reset_accelerate_state()  # sweep: a half-built Accelerator must not leak into the next job
         raise
+    with recipe.signals.installed(recipe.output_dir):
+        return _run(recipe, post_train)
+
+
+def _run(recipe: Recipe, post_train) -> dict:
+    cfg = recipe.cfg
     exit_code = 1
     trained: dict | None = None  # the completed training results, once written
     try:
         recipe.setup()
         recipe.train()
+        recipe.signals.enter(FINISH)  # from here a signal stops after the current part, with a checkpoint
         if not recipe.evals or recipe.evals[-1]["step"] != recipe.global_step:
             recipe.evaluate()
+        recipe.stop_if_signalled()
         with recipe.timer.phase("save"):
             model_dir = recipe.save_model()
+        recipe.stop_if_signalled()
         results = recipe.summarize()
         results["learning"] = recipe.check_learning(results["metrics"])
         if cfg.trainer.get("sharpness") and cfg.trainer.sharpness.enabled and recipe.is_main:
@@ -529,6 +531,7 @@ def run(cfg: DictConfig, post_train=None) -> dict:
         results["method_report"] = recipe.method.report(recipe.ctx)
         results["artifacts"] = {"model": str(model_dir), "steps": "steps.jsonl", "config": "config.yaml"}
         results["status"] = STATUS_COMPLETED
+        recipe.stop_if_signalled()
         if recipe.is_main:
             results["wandb"] = {"run_id": recipe.tracker.run_id, "dir": recipe.tracker.run_dir}
             write_step_history(recipe.output_dir / "steps.jsonl", recipe.history)
@@ -536,25 +539,56 @@ def run(cfg: DictConfig, post_train=None) -> dict:
             recipe.tracker.summary(flatten(results))
         trained = results
         if post_train is not None:  # e.g. head pruning (runner.prune)
+            recipe.signals.enter(POST_TRAIN)  # the training record is complete: a signal stops at once
             results.update(post_train(recipe, results))
             if recipe.is_main:
                 atomic_write_json(recipe.output_dir / "results.json", results)
         exit_code = 0
         return results
     except BaseException as exc:
+        recipe.signals.stage = FINISH  # a first signal now waits until the record is written
         status = STATUS_INTERRUPTED if isinstance(exc, (RunInterrupted, KeyboardInterrupt)) else STATUS_FAILED
-        if trained is not None and recipe.is_main:  # training finished; the stage after it failed: keep every number
-            atomic_write_json(recipe.output_dir / "results.json",
-                              {**trained, "status": status, "failed_stage": "post_train", "error": f"{type(exc).__name__}: {exc}"})
-        elif recipe.started and recipe.is_main:
-            write_partial_results(recipe, status, exc)
+        if recipe.is_main and (trained is not None or recipe.started):
+            write_failure_record(recipe, trained, status, exc)
         raise
     finally:
         if recipe.tracker is not None:
-            recipe.tracker.finish(exit_code)
+            try:
+                recipe.tracker.finish(exit_code)
+            except Exception as exc:  # noqa: BLE001 (a full disk must not hide the run's own error)
+                log.warning("closing the tracker failed: %s", exc)
         recipe.lock.release()
         recipe.accelerator.end_training()
         reset_accelerate_state()  # sweep: the next job in this process gets a fresh Accelerator
+
+
+def error_text(exc: BaseException) -> str:
+    if isinstance(exc, KeyboardInterrupt):
+        return "KeyboardInterrupt: stopped at once by a second signal (resume=true continues from checkpoint_step)"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def write_failure_record(recipe: Recipe, trained: dict | None, status: str, exc: BaseException) -> None:
+    """The record of a run that did not complete, written even on a full disk: the full record, else a
+    small one (status, error), else the previous record stays (a fresh run's ``running`` one)."""
+    error = error_text(exc)
+    try:
+        if trained is not None:  # training finished; the stage after it failed: keep every number
+            atomic_write_json(recipe.output_dir / "results.json",
+                              {**trained, "status": status, "failed_stage": "post_train", "error": error})
+        else:
+            write_partial_results(recipe, status, exc)
+        return
+    except OSError as write_error:
+        log.warning("writing the full failure record failed (%s); writing a small one", write_error)
+    try:
+        atomic_write_json(recipe.output_dir / "results.json", {
+            "status": status, "run_name": recipe.cfg.run_name, "error": error, "step": recipe.global_step,
+            "checkpoint_step": (checkpoint.load_meta(recipe.output_dir) or {}).get("global_step"),
+        })
+    except OSError as write_error:
+        log.warning("writing the failure record failed too (%s); %s keeps its previous record", write_error,
+                    recipe.output_dir / "results.json")
 
 
 def write_partial_results(recipe: Recipe, status: str, exc: BaseException) -> None:
@@ -563,7 +597,7 @@ def write_partial_results(recipe: Recipe, status: str, exc: BaseException) -> No
     A resumed attempt that fails before it gets past the previous record's step
     keeps that record (the attempt is added to its ``attempts``): a failed
     resume never wipes what the interrupted run had written."""
-    error = f"{type(exc).__name__}: {exc}"
+    error = error_text(exc)
     previous = read_run(recipe.output_dir) or {}
     if previous and recipe.resume_state is not None and recipe.global_step <= int(previous.get("step") or 0):
         run_record.keep_previous_record(recipe.output_dir, previous, status, error, recipe.global_step)
@@ -584,4 +618,4 @@ def write_partial_results(recipe: Recipe, status: str, exc: BaseException) -> No
         "seed": recipe.cfg.seed,
     })
     if recipe.tracker is not None:
-        recipe.tracker.summary({"status": status, "error": f"{type(exc).__name__}: {exc}"})
+        recipe.tracker.summary({"status": status, "error": error})

@@ -1,0 +1,77 @@
+"""Credentials stay out of every file the runner writes.
+
+Two kinds of secret are recognised: values of credential-looking environment
+variables (``WANDB_API_KEY``, ``HF_TOKEN``, ``*_TOKEN``, ``*_KEY``, ...), which
+are replaced wherever they appear in a string, for example inside an error
+message or a path built with ``${oc.env:MY_SECRET_TOKEN}``; and values under
+credential-looking keys (``api_key``, ``hub_password``, ...) of a config or of
+``key=value`` overrides. :func:`scrub_text` is applied by
+:func:`runner.results.atomic_write_text` (every record, summary and config the
+runner writes) and by the log filter :func:`install_log_filter`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+
+MASK = "***"
+SECRET_KEY_RE = re.compile(r"(api[_-]?key|token|secret|password|passwd|credential)", re.I)
+SECRET_ENV_RE = re.compile(r"(WANDB_API_KEY|HF_TOKEN|HUGGING_FACE_HUB_TOKEN|_TOKEN$|_KEY$|SECRET|PASSWORD|PASSWD|CREDENTIAL)", re.I)
+# key=value pairs inside a string (an override, Hydra's comma-joined override_dirname)
+SECRET_OVERRIDE_RE = re.compile(r"([\w.+~/-]*(?:api[_-]?key|token|secret|password|passwd|credential)[\w.-]*)=([^,\s]+)", re.I)
+MIN_SECRET_LENGTH = 6  # shorter values ("1", "true") would mask ordinary text
+
+
+def secret_values() -> list[str]:
+    """Values of credential-looking environment variables, longest first (a value inside another is masked whole)."""
+    values = {v for k, v in os.environ.items() if SECRET_ENV_RE.search(k) and v and len(v) >= MIN_SECRET_LENGTH}
+    return sorted(values, key=len, reverse=True)
+
+
+def scrub_text(text: str, secrets: list[str] | None = None) -> str:
+    """``text`` with every known secret value masked."""
+    for s in secret_values() if secrets is None else secrets:
+        if s in text:
+            text = text.replace(s, MASK)
+    return text
+
+
+def scrub(obj, secrets: list[str] | None = None, overrides: bool = False):
+    """Replace credential-looking keys' values and any known secret value with '***'; with
+    ``overrides``, also the values of credential-looking ``key=value`` pairs inside strings."""
+    secrets = secret_values() if secrets is None else secrets
+    if isinstance(obj, dict):
+        return {k: MASK if SECRET_KEY_RE.search(str(k)) and v not in (None, "") else scrub(v, secrets, overrides)
+                for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [scrub(v, secrets, overrides) for v in obj]
+    if isinstance(obj, str):
+        if overrides:
+            obj = SECRET_OVERRIDE_RE.sub(lambda m: f"{m.group(1)}={MASK}", obj)
+        return scrub_text(obj, secrets)
+    return obj
+
+
+class ScrubFilter(logging.Filter):
+    """Masks secrets in a log record's message and traceback before any handler writes it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        secrets = secret_values()
+        if not secrets:
+            return True
+        message = record.getMessage()
+        record.msg, record.args = scrub_text(message, secrets), None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = scrub_text(record.exc_text, secrets)
+        return True
+
+
+def install_log_filter() -> None:
+    """Every handler of the root logger (Hydra's job log file and console) masks secrets."""
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, ScrubFilter) for f in handler.filters):
+            handler.addFilter(ScrubFilter())
