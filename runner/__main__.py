@@ -122,8 +122,34 @@ def _check_overrides_before_hydra() -> None:
     try:
         cfg = compose_config(overrides)
     except (HydraException, OmegaConfBaseException, ValueError) as exc:
-        raise ConfigError(_one_line(exc)) from exc
+        raise ConfigError(_unknown_key_hint(str(exc), overrides) or _one_line(exc)) from exc
     validate_config(cfg)
+
+
+def _unknown_key_hint(message: str, overrides: list[str]) -> str | None:
+    """Hydra's "Could not override 'trainer.lrr'... To append use +trainer.lrr" leads the wrong way
+    for a misspelling: name the closest real key instead."""
+    import difflib
+    import re
+
+    from runner.config import compose_config
+
+    match = re.search(r"Could not override '([\w.]+)'", message)
+    if not match:
+        return None
+    key = match.group(1)
+    parent, _, leaf = key.rpartition(".")
+    try:
+        cfg = compose_config([o for o in overrides if not o.split("=", 1)[0].lstrip("~") == key])
+        node = OmegaConf.select(cfg, parent) if parent else cfg
+    except Exception:  # noqa: BLE001 (the other overrides may be what failed: keep Hydra's message)
+        return None
+    if node is None or not hasattr(node, "keys"):
+        return None
+    close = difflib.get_close_matches(leaf, [str(k) for k in node.keys()], n=1, cutoff=0.6)
+    where = f"{parent}." if parent else ""
+    hint = f"did you mean {where}{close[0]}?" if close else f"valid: {', '.join(str(k) for k in node.keys())}"
+    return f"{key} is not a setting; {hint}"
 
 
 def _check_output_root_writable() -> None:

@@ -163,9 +163,24 @@ def execute(cfg: DictConfig) -> float | None:
         _fail(f"cannot write {where}: {exc.strerror or exc}; free space or choose a writable place "
               f"(hydra.run.dir=..., data_cache_dir=...); {_resume_hint(output_dir)}", EXIT_STORAGE, cfg, exc)
     except Exception as exc:
-        # sweep: any other crash fails this job only; a single run still raises (traceback, exit 1)
-        if not _is_multirun():
+        # any other crash: one line naming the log that holds the traceback (debug=true: the traceback here too);
+        # in a sweep it fails this job only
+        if cfg.get("debug") and not _is_multirun():
             raise
-        log.exception("job %s crashed", cfg.get("run_name"))
-        _fail(f"job {cfg.get('run_name')} crashed: {type(exc).__name__}: {exc} (traceback in the job's log)", 1, cfg, exc)
+        logs = _log_traceback_to_files(exc, f"job {cfg.get('run_name')} crashed")
+        where = f"traceback in {logs[0]}" if logs else "debug=true prints the traceback"
+        _fail(f"job {cfg.get('run_name')} crashed: {type(exc).__name__}: {_first_line(exc)} ({where})", 1, cfg, exc)
     return None
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [""])[0]
+
+
+def _log_traceback_to_files(exc: BaseException, message: str) -> list[str]:
+    """Write the traceback to the log files only (Hydra's ``<run dir>/<job>.log``), not to the console."""
+    files = [h for h in logging.getLogger().handlers if isinstance(h, logging.FileHandler) and h.baseFilename != os.devnull]
+    record = log.makeRecord(log.name, logging.ERROR, __file__, 0, message, None, (type(exc), exc, exc.__traceback__))
+    for handler in files:
+        handler.handle(record)
+    return [h.baseFilename for h in files]

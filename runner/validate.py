@@ -11,7 +11,6 @@ from runner.errors import ConfigError
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 GROUPS = ("task", "model", "adapter", "method", "trainer", "logger", "experiment", "freeze", "prune")
-LR_SCHEDULES = ("linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial")
 
 
 def group_options(group: str) -> list[str]:
@@ -38,27 +37,6 @@ def _sweep_values(value: str) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()]
 
 
-def _number(value) -> bool:
-    """A real, finite number (not a bool, not NaN or inf)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _positive(value, name: str, integer: bool = False) -> None:
-    ok = _number(value) and value > 0
-    if integer:
-        ok = ok and float(value).is_integer()
-    if not ok:
-        kind = "a positive integer" if integer else "a positive number"
-        raise ConfigError(f"{name} must be {kind}, got {value!r}")
-
-
-def _fraction(value, name: str, closed_right: bool = True) -> None:
-    ok = _number(value) and 0 <= value and (value <= 1 if closed_right else value < 1)
-    if not ok:
-        interval = "[0, 1]" if closed_right else "[0, 1)"
-        raise ConfigError(f"{name} must be in {interval}, got {value!r}")
-
-
 def check_sequence_length(max_seq_length: int, tokenizer, model_config, text_keys) -> None:
     """``trainer.max_seq_length`` within what the tokenizer needs and the model's positions allow."""
     special = tokenizer.num_special_tokens_to_add(pair=len(text_keys) > 1)
@@ -75,60 +53,19 @@ def check_sequence_length(max_seq_length: int, tokenizer, model_config, text_key
 
 
 def validate_config(cfg: DictConfig) -> None:
-    """Values out of range, inconsistent choices; cheap and before any loading."""
-    t = cfg.trainer
-    _positive(t.batch_size, "trainer.batch_size", integer=True)
-    _positive(t.eval_batch_size, "trainer.eval_batch_size", integer=True)
-    _positive(t.lr, "trainer.lr")
-    _positive(t.grad_accum_steps, "trainer.grad_accum_steps", integer=True)
-    _positive(t.max_seq_length, "trainer.max_seq_length", integer=True)
-    if t.max_steps is not None:
-        _positive(t.max_steps, "trainer.max_steps", integer=True)
-    else:
-        _positive(t.epochs, "trainer.epochs", integer=True)
-    _fraction(t.warmup_ratio, "trainer.warmup_ratio", closed_right=False)
-    if not _number(t.weight_decay) or t.weight_decay < 0:
-        raise ConfigError(f"trainer.weight_decay must be a finite number >= 0, got {t.weight_decay}")
-    if t.max_grad_norm is not None and (not _number(t.max_grad_norm) or t.max_grad_norm < 0):
-        raise ConfigError(f"trainer.max_grad_norm must be a finite number >= 0 (0 or null: no clipping), got {t.max_grad_norm}")
-    if t.mixed_precision not in ("no", "fp16", "bf16"):
-        raise ConfigError(f"trainer.mixed_precision must be one of no, fp16, bf16, got {t.mixed_precision!r}")
-    if t.lr_schedule not in LR_SCHEDULES:
-        raise ConfigError(f"trainer.lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {t.lr_schedule!r}")
-    for name in ("eval_every_steps", "checkpoint_every_steps"):
-        if t[name] is not None:
-            _positive(t[name], f"trainer.{name}", integer=True)
-    _positive(t.log_every_steps, "trainer.log_every_steps", integer=True)
-    for name in ("max_train_samples", "max_eval_samples"):
-        if cfg.task[name] is not None:
-            _positive(cfg.task[name], f"task.{name}", integer=True)
-    holdout = cfg.task.get("holdout_samples")
-    if holdout not in (None, 0):
-        _positive(holdout, "task.holdout_samples (training examples kept out of fine-tuning)", integer=True)
-    if not isinstance(cfg.seed, int) or isinstance(cfg.seed, bool):
-        raise ConfigError(f"seed must be an integer, got {cfg.seed!r}")
+    """Every key's type and range (runner.schema), then the checks that involve several keys; cheap, before any loading."""
+    from runner.schema import check_config
 
+    check_config(cfg)
     if cfg.method.uses_adapters:
         a = cfg.adapter
         if a.name == "none":
             raise ConfigError(f"method={cfg.method.name} trains adapters but adapter=none; use adapter=lora or adapter=bottleneck")
         if not a.get("target_modules"):
             raise ConfigError("adapter.target_modules is empty; name the modules to adapt, e.g. [query, value]")
-        if a.name == "lora":
-            _positive(a.r, "adapter.r (LoRA rank)", integer=True)
-            _positive(a.alpha, "adapter.alpha")
-            _fraction(a.dropout, "adapter.dropout", closed_right=False)
-        if a.name == "bottleneck":
-            from runner.adapters import ACTIVATIONS
-
-            _positive(a.reduction_factor, "adapter.reduction_factor", integer=True)
-            if a.activation not in ACTIVATIONS:
-                raise ConfigError(f"adapter.activation must be one of {', '.join(ACTIVATIONS)}, got {a.activation!r}")
     from runner.methods import build_method
 
     build_method(cfg)  # each method checks its own knobs (SAFE: schedule, probe, policy)
     from runner.prune.stage import check as check_pruning
 
     check_pruning(cfg)  # ratio in [0, 1), alpha in [0, 1] or auto, criteria, from_run
-    if cfg.logger.name == "wandb" and cfg.logger.mode not in ("auto", "online", "offline", "disabled"):
-        raise ConfigError(f"logger.mode must be auto, online, offline or disabled, got {cfg.logger.mode!r}")

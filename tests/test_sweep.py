@@ -85,10 +85,28 @@ def test_bad_input_in_a_multirun_job_keeps_a_failure_record(tiny_overrides, tmp_
     assert record["status"] == "failed" and record["exit_code"] == 3 and "does not exist" in record["error"]
 
 
-def test_a_crash_in_a_single_run_still_raises(tiny_overrides, tmp_path, monkeypatch):
-    monkeypatch.setattr(train_mod, "prepare_trainable", lambda m, c: (_ for _ in ()).throw(RuntimeError("boom")))
+def test_a_crash_in_a_single_run_is_one_line_and_the_traceback_goes_to_the_log(tiny_overrides, tmp_path, monkeypatch, capsys):
+    import logging
+
+    monkeypatch.setattr(train_mod, "prepare_trainable", lambda m, c: (_ for _ in ()).throw(RuntimeError("boom\nsecond line")))
+    log_file = tmp_path / "job.log"
+    handler = logging.FileHandler(log_file)  # what Hydra's job logging installs
+    logging.getLogger().addHandler(handler)
+    try:
+        with pytest.raises(SystemExit) as exc:
+            app_mod.execute(compose_config(tiny_overrides, output_dir=tmp_path / "job"))
+    finally:
+        logging.getLogger().removeHandler(handler)
+        handler.close()
+    assert exc.value.code == 1
+    err = capsys.readouterr().err
+    assert [line for line in err.splitlines() if line.startswith("error:")] == [
+        f"error: job mrpc-tiny-adapter-s42 crashed: RuntimeError: boom (traceback in {log_file})"]
+    assert "Traceback" not in err
+    assert "Traceback (most recent call last)" in log_file.read_text() and "RuntimeError: boom" in log_file.read_text()
+    # debug=true: the traceback itself
     with pytest.raises(RuntimeError, match="boom"):
-        app_mod.execute(compose_config(tiny_overrides, output_dir=tmp_path / "job"))
+        app_mod.execute(compose_config([*tiny_overrides, "debug=true"], output_dir=tmp_path / "job2"))
 
 
 def test_resume_auto_skips_completed_resumes_checkpoints_and_retires_failed(tmp_path):

@@ -1,0 +1,366 @@
+"""Every config key, declared once: its type and its allowed range.
+
+Each config group has a dataclass here (the option chosen by ``name:`` picks
+it where options differ: ``adapter=lora`` vs ``adapter=bottleneck``).
+:func:`check_config` walks the composed config against them before any heavy
+work, so every key is checked, not only those somebody thought of:
+
+* **unknown keys** (``+trainer.lrr=1``) -> one line with the closest real key;
+* **types**: integers are integers (not ``2.0``, not ``true``), numbers are
+  finite (no ``inf``/``nan``), flags are ``true``/``false``, lists are lists;
+* **ranges and choices** from each field's metadata (``positive``,
+  ``fraction``, ``one of ...``).
+
+Checks that involve several keys or the model (``adapter=none`` with an
+adapter method, the sequence length against the model's positions, SAFE's
+schedule, the pruning ratios) stay with the code that knows them
+(``runner/validate.py``, ``SafeMethod``, ``runner/prune/settings.py``).
+This module imports nothing heavy: bad input fails before torch loads.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from runner.errors import ConfigError
+
+POSITIVE_INT, POSITIVE, NONNEG, NONNEG_INT, FRACTION, FRACTION_OPEN = (
+    "positive_int", "positive", "nonneg", "nonneg_int", "fraction", "fraction_open")
+RULES = {
+    POSITIVE_INT: ("a positive integer", lambda v: v > 0),
+    POSITIVE: ("a positive number", lambda v: v > 0),
+    NONNEG: ("a finite number >= 0", lambda v: v >= 0),
+    NONNEG_INT: ("0 or a positive integer", lambda v: v >= 0),
+    FRACTION: ("in [0, 1]", lambda v: 0 <= v <= 1),
+    FRACTION_OPEN: ("in [0, 1)", lambda v: 0 <= v < 1),
+}
+LR_SCHEDULES = ("linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial")
+
+
+def _setting(default=None, rule=None, label: str | None = None):
+    """A field with a range rule (a RULES key or a tuple of choices) and an optional label for messages."""
+    meta = {"rule": rule, "label": label}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+# ---------------------------------------------------------------- groups
+
+
+@dataclass
+class SharpnessSettings:
+    enabled: bool = False
+    batches: int = _setting(2, POSITIVE_INT)
+    batch_size: Optional[int] = _setting(None, POSITIVE_INT)
+    iters: int = _setting(20, POSITIVE_INT)
+    tol: float = _setting(1e-3, POSITIVE)
+
+
+@dataclass
+class TrainerSettings:
+    epochs: int = _setting(3, POSITIVE_INT)
+    max_steps: Optional[int] = _setting(None, POSITIVE_INT)
+    batch_size: int = _setting(32, POSITIVE_INT)
+    eval_batch_size: int = _setting(64, POSITIVE_INT)
+    grad_accum_steps: int = _setting(1, POSITIVE_INT)
+    lr: float = _setting(5e-4, POSITIVE)
+    weight_decay: float = _setting(0.01, NONNEG)
+    lr_schedule: str = _setting("linear", LR_SCHEDULES)
+    warmup_ratio: float = _setting(0.06, FRACTION_OPEN)
+    max_grad_norm: Optional[float] = _setting(1.0, NONNEG)  # 0 or null: no clipping
+    max_seq_length: int = _setting(128, POSITIVE_INT)
+    mixed_precision: str = _setting("no", ("no", "fp16", "bf16"))
+    eval_every_steps: Optional[int] = _setting(None, POSITIVE_INT)
+    checkpoint_every_steps: Optional[int] = _setting(None, POSITIVE_INT)
+    log_every_steps: int = _setting(10, POSITIVE_INT)
+    num_workers: int = _setting(0, NONNEG_INT)
+    cpu: bool = False
+    progress_bar: bool = True
+    count_flops: bool = True
+    measure_activations: bool = True
+    sharpness: SharpnessSettings = field(default_factory=SharpnessSettings)
+
+
+@dataclass
+class TaskSettings:
+    name: str = ""
+    hub_path: Optional[str] = None
+    hub_name: Optional[str] = None
+    data_dir: Optional[str] = None
+    glue_dir_name: Optional[str] = None
+    text_keys: list[str] = _setting([])
+    label_names: Optional[list[str]] = None
+    is_regression: bool = False
+    metrics: list[str] = _setting([])
+    main_metric: str = ""
+    train_split: str = "train"
+    eval_splits: dict[str, str] = _setting({})
+    tsv: Optional[dict[str, Any]] = None
+    max_train_samples: Optional[int] = _setting(None, POSITIVE_INT)
+    max_eval_samples: Optional[int] = _setting(None, POSITIVE_INT)
+    holdout_samples: int = _setting(0, NONNEG_INT, "task.holdout_samples (training examples kept out of fine-tuning)")
+    holdout_seed: int = 0
+
+
+@dataclass
+class ModelSettings:
+    name_or_path: str = ""
+    short_name: str = ""
+    revision: Optional[str] = None
+    trust_remote_code: bool = False
+    attn_implementation: str = _setting("sdpa", ("sdpa", "eager", "flash_attention_2"))
+    dtype: str = _setting("float32", ("float32", "bfloat16", "float16"))
+    pooling: str = _setting("auto", ("auto", "cls", "mean"))
+
+
+@dataclass
+class LoraSettings:
+    name: str = "lora"
+    r: int = _setting(8, POSITIVE_INT, "adapter.r (LoRA rank)")
+    alpha: float = _setting(16, POSITIVE)
+    dropout: float = _setting(0.1, FRACTION_OPEN)
+    target_modules: list[str] = _setting([])
+    merge_on_freeze: bool = True
+    head_modules: Any = "auto"  # auto, or a list of module names (runner.heads)
+
+
+@dataclass
+class BottleneckSettings:
+    name: str = "bottleneck"
+    reduction_factor: int = _setting(16, POSITIVE_INT)
+    activation: str = _setting("gelu", ("gelu", "relu", "tanh", "silu"))
+    target_modules: list[str] = _setting([])
+    init_scale: float = _setting(1e-3, POSITIVE)
+    head_modules: Any = "auto"
+
+
+@dataclass
+class NoAdapterSettings:
+    name: str = "none"
+
+
+@dataclass
+class MethodSettings:
+    name: str = _setting("adapter", ("adapter", "full", "safe"))
+    uses_adapters: bool = True
+
+
+@dataclass
+class FreezeSettings:
+    name: str = _setting("none", ("none", "safe", "random", "static"))
+
+
+@dataclass
+class SafeSettings:
+    """SAFE's knobs; their ranges and how they combine are checked by runner.safe.method.SafeMethod."""
+    t_w: float = 0.1
+    t_f: float = 0.4
+    threshold: float = 1.0
+    interval: int = 10
+    probe_size: int = 32
+    max_tokens: int = 1024
+    kernel: str = "linear"
+    representation: str = "adapted"
+    static_k: Optional[int] = None
+    seed: int = 0
+
+
+@dataclass
+class WandbSettings:
+    name: str = "wandb"
+    project: str = "runner"
+    entity: Optional[str] = None
+    group: Optional[str] = None
+    tags: list[str] = _setting([])
+    mode: str = _setting("auto", ("auto", "online", "offline", "disabled"))
+
+
+@dataclass
+class NoLoggerSettings:
+    name: str = "none"
+
+
+@dataclass
+class NoPruneSettings:
+    name: str = "none"
+    from_run: Optional[str] = None
+
+
+@dataclass
+class PruneSettings:
+    """Head pruning; ratios, alpha, criteria and modes are checked by runner.prune.settings.parse."""
+    name: str = "hies"
+    ratio: float = 0.3
+    ratios: Optional[list[float]] = None
+    compare: Optional[list[str]] = None
+    alpha: Any = 0.5  # a number in [0, 1] or "auto"
+    alpha_grid: list[float] = _setting([])
+    alpha_ratios: list[float] = _setting([])
+    alpha_holdout_samples: int = _setting(256)
+    calib_samples: int = _setting(32)
+    calib_batch_size: int = _setting(8)
+    normalize_layers: bool = True
+    min_heads_per_layer: int = 0
+    seed: int = 0
+    from_run: Optional[str] = None
+    recovery_finetune: bool = False
+    recovery_steps: int = _setting(100)
+    recovery_lr: float = _setting(2e-5, POSITIVE)
+    latency: str = "primary"
+    latency_repeats: int = _setting(7)
+    latency_ratios: Optional[list[float]] = None
+    latency_threads: Optional[int] = _setting(None)
+    latency_examples: int = _setting(64)
+    latency_batch_sizes: list[int] = _setting([])
+    flops_batch_size: int = _setting(32)
+    save_model: str = "primary"
+
+
+@dataclass
+class RunSettings:
+    """The top level of conf/train.yaml (the groups are checked by their own schemas)."""
+    seed: int = 42
+    resume: Any = _setting(False, (False, True, "auto"))
+    debug: bool = False
+    output_dir: str = ""
+    run_name: str = ""
+    data_cache_dir: Optional[str] = None
+
+
+GROUPS: dict[str, dict[str, type] | type] = {
+    "task": TaskSettings, "model": ModelSettings, "trainer": TrainerSettings, "method": MethodSettings,
+    "freeze": FreezeSettings, "safe": SafeSettings,
+    "adapter": {"lora": LoraSettings, "bottleneck": BottleneckSettings, "none": NoAdapterSettings},
+    "logger": {"wandb": WandbSettings, "none": NoLoggerSettings},
+    "prune": {"none": NoPruneSettings, "hies": PruneSettings, "his": PruneSettings, "entropy": PruneSettings,
+              "magnitude": PruneSettings, "random": PruneSettings},
+}
+OPTIONAL_GROUPS = ("safe",)  # present only with some options (freeze=safe|random|static)
+
+
+# ---------------------------------------------------------------- the walk
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Every key of the composed config against its declared type and range; one ConfigError line for the first problem."""
+    try:
+        data = OmegaConf.to_container(cfg, resolve=True)
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"the config cannot be resolved: {str(exc).splitlines()[0]}") from exc
+    root = {k: v for k, v in data.items() if k not in GROUPS}
+    _check_node(root, RunSettings, "")
+    for group, schema in GROUPS.items():
+        if group not in data:
+            if group in OPTIONAL_GROUPS:
+                continue
+            raise ConfigError(f"the config has no {group} group; compose it from conf/train.yaml")
+        node = data[group]
+        if not isinstance(node, dict):
+            raise ConfigError(f"{group} must be a group of settings, got {node!r}")
+        if isinstance(schema, dict):
+            name = node.get("name")
+            if name not in schema:
+                raise ConfigError(f"{group}.name must be one of {', '.join(schema)}, got {name!r}")
+            schema = schema[name]
+        _check_node(node, schema, group + ".")
+
+
+def _check_node(node: dict, schema: type, prefix: str) -> None:
+    fields = {f.name: f for f in dataclasses.fields(schema)}
+    hints = typing.get_type_hints(schema)
+    for key in node:
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), list(fields), n=1, cutoff=0.6)
+            hint = f"; did you mean {prefix}{close[0]}?" if close else f"; valid: {', '.join(fields)}"
+            raise ConfigError(f"{prefix}{key} is not a setting{hint}")
+    for name, f in fields.items():
+        if name not in node:
+            continue
+        key, value = prefix + name, node[name]
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{key} must be a group of settings, got {value!r}")
+            _check_node(value, tp, key + ".")
+            continue
+        label = f.metadata.get("label") or key
+        rule = f.metadata.get("rule")
+        if not _is_type(value, tp):
+            # a number with a range rule: say the range (trainer.lr=inf -> "must be a positive number")
+            number = isinstance(value, (int, float)) and not isinstance(value, bool) and _optional(tp)[1] in (int, float)
+            text = RULES[rule][0] if number and rule in RULES else _describe(tp)
+            raise ConfigError(f"{label} must be {text}, got {value!r}")
+        if rule is None or value is None:
+            continue
+        if isinstance(rule, tuple):
+            if value not in rule or isinstance(value, bool) != any(isinstance(r, bool) and r == value for r in rule):
+                raise ConfigError(f"{label} must be one of {', '.join(_show(r) for r in rule)}, got {value!r}")
+            continue
+        text, ok = RULES[rule]
+        if not ok(value):
+            raise ConfigError(f"{label} must be {text}, got {value!r}")
+
+
+def _show(choice) -> str:
+    return str(choice).lower() if isinstance(choice, bool) else str(choice)
+
+
+def _optional(tp) -> tuple[bool, Any]:
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return True, args[0]
+    return False, tp
+
+
+def _is_type(value, tp) -> bool:
+    if tp is Any:
+        return not isinstance(value, float) or math.isfinite(value)
+    nullable, tp = _optional(tp)
+    if value is None:
+        return nullable
+    origin = typing.get_origin(tp)
+    if tp is bool:
+        return isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if tp is str:
+        return isinstance(value, str)
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        return isinstance(value, list) and all(_is_type(v, item) for v in value)
+    if origin is dict or tp is dict:
+        args = typing.get_args(tp)
+        return isinstance(value, dict) and (not args or all(_is_type(v, args[1]) for v in value.values()))
+    return True
+
+
+def _describe(tp) -> str:
+    nullable, tp = _optional(tp)
+    origin = typing.get_origin(tp)
+    if tp is bool:
+        text = "true or false"
+    elif tp is int:
+        text = "an integer"
+    elif tp is float:
+        text = "a finite number"
+    elif tp is str:
+        text = "a string"
+    elif origin is list:
+        text = f"a list of {_describe(typing.get_args(tp)[0]).split(' ', 1)[-1]}s"
+    elif origin is dict or tp is dict:
+        text = "a mapping"
+    else:
+        text = str(tp)
+    return f"{text} (or null)" if nullable else text

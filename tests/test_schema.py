@@ -1,0 +1,59 @@
+"""Every config key has a declared type and range (runner/schema.py), checked before heavy work."""
+
+from __future__ import annotations
+
+import pytest
+
+from runner.config import compose_config
+from runner.errors import ConfigError
+from runner.schema import GROUPS, check_config
+from runner.validate import group_options, validate_config
+
+
+@pytest.mark.parametrize("group", ["task", "model", "adapter", "freeze", "method", "logger", "prune", "experiment"])
+def test_every_shipped_option_fits_the_schema(group):
+    for option in group_options(group):
+        overrides = [f"{group}={option}"]
+        if group == "freeze" and option != "none":
+            overrides.append("method=safe")
+        check_config(compose_config(overrides, output_dir="/tmp/unused"))
+
+
+def test_a_schema_for_every_group_of_the_composed_config():
+    cfg = compose_config(["method=safe", "prune=hies"], output_dir="/tmp/unused")
+    groups = {k for k, v in cfg.items() if hasattr(v, "keys")}
+    assert groups <= set(GROUPS), groups - set(GROUPS)
+
+
+CASES = [
+    (["+trainer.lrr=1e-3"], "trainer.lrr is not a setting; did you mean trainer.lr?"),
+    (["+task.max_train_sample=8"], "task.max_train_sample is not a setting; did you mean task.max_train_samples?"),
+    (["+adapter.rank=4"], "adapter.rank is not a setting; valid: name, r, alpha, dropout, target_modules, merge_on_freeze, head_modules"),
+    (["+sed=1"], "sed is not a setting; did you mean seed?"),
+    (["trainer.epochs=2.5"], "trainer.epochs must be a positive integer, got 2.5"),
+    (["trainer.batch_size=true"], "trainer.batch_size must be an integer, got True"),
+    (["trainer.cpu=1"], "trainer.cpu must be true or false, got 1"),
+    (["trainer.lr=inf"], "trainer.lr must be a positive number, got inf"),
+    (["trainer.weight_decay=-0.1"], "trainer.weight_decay must be a finite number >= 0, got -0.1"),
+    (["trainer.num_workers=-1"], "trainer.num_workers must be 0 or a positive integer, got -1"),
+    (["trainer.sharpness.iters=0"], "trainer.sharpness.iters must be a positive integer, got 0"),
+    (["trainer.sharpness.tol=nan"], "trainer.sharpness.tol must be a positive number, got nan"),
+    (["adapter.target_modules=query"], "adapter.target_modules must be a list of strings, got 'query'"),
+    (["adapter=bottleneck", "adapter.activation=swish"], "adapter.activation must be one of gelu, relu, tanh, silu, got 'swish'"),
+    (["adapter=bottleneck", "adapter.init_scale=0"], "adapter.init_scale must be a positive number, got 0"),
+    (["model.pooling=max"], "model.pooling must be one of auto, cls, mean, got 'max'"),
+    (["model.dtype=float8"], "model.dtype must be one of float32, bfloat16, float16, got 'float8'"),
+    (["task.metrics=accuracy"], "task.metrics must be a list of strings, got 'accuracy'"),
+    (["task.is_regression=maybe"], "task.is_regression must be true or false, got 'maybe'"),
+    (["resume=maybe"], "resume must be one of false, true, auto, got 'maybe'"),
+    (["method=safe", "safe.probe_size=abc"], "safe.probe_size must be an integer, got 'abc'"),
+    (["prune=hies", "prune.calib_samples=1.5"], "prune.calib_samples must be an integer, got 1.5"),
+    (["logger.tags=[1,2]"], "logger.tags must be a list of strings, got [1, 2]"),
+]
+
+
+@pytest.mark.parametrize("overrides,message", CASES, ids=[c[0][-1] for c in CASES])
+def test_a_bad_value_of_any_key_fails_in_one_line(overrides, message):
+    with pytest.raises(ConfigError) as exc:
+        validate_config(compose_config(overrides, output_dir="/tmp/unused"))
+    assert str(exc.value) == message
