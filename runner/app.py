@@ -3,6 +3,7 @@
 Exit codes (documented in the README):
   2 config error, 3 data error, 4 model error, 5 loss diverged (NaN/inf),
   6 out of memory, 7 cannot write (disk full, read-only, no permission),
+  8 a run's record or checkpoint is damaged,
   130/143 interrupted by SIGINT/SIGTERM (runner.stop_signals).
 """
 

@@ -16,6 +16,7 @@ import yaml
 from safetensors.torch import save_file
 
 from runner.adapters import is_adapter_param, is_head_param
+from runner.errors import RecordError
 from runner.results import atomic_write_json, atomic_write_text
 
 CHECKPOINT = "checkpoint"
@@ -56,15 +57,24 @@ def load_meta(output_dir: Path) -> dict | None:
     folder = complete_checkpoint(output_dir)
     if folder is None:
         return None
-    with open(folder / "meta.json") as f:
-        return json.load(f)
+    try:
+        with open(folder / "meta.json") as f:
+            return json.load(f)
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise RecordError(f"cannot read {folder / 'meta.json'} ({type(exc).__name__}: {exc}); the checkpoint is damaged: "
+                          "start over in a new dir (or restore the file)") from exc
 
 
 def load(accelerator, output_dir: Path) -> None:
     folder = complete_checkpoint(output_dir)
     if folder is None:
         raise FileNotFoundError(f"{output_dir} holds no complete checkpoint")
-    accelerator.load_state(str(folder))
+    try:
+        accelerator.load_state(str(folder))
+    except Exception as exc:  # noqa: BLE001 (SafetensorError, pickle and shape errors, truncated files)
+        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        raise RecordError(f"cannot read the checkpoint {folder} ({type(exc).__name__}: {first}); it is damaged or "
+                          "incomplete: start over in a new dir (or restore it)") from exc
 
 
 def save_trained_model(model, tokenizer, target: Path, config: dict) -> None:

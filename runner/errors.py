@@ -27,3 +27,9 @@ class ModelError(UserError):
     """The model cannot be found or is not supported by the requested method."""
 
     exit_code = 4
+
+
+class RecordError(UserError):
+    """A run's record or checkpoint (``results.json``, ``checkpoint/``) is damaged or unreadable."""
+
+    exit_code = 8

@@ -124,9 +124,9 @@ def resolve_auto_resume(cfg) -> dict | None:
     try:
         previous = read_results(results_path) if results_path.is_file() else None
     except (OSError, UnicodeDecodeError, ValueError) as exc:  # never rerun over what may be a finished job's only record
-        from runner.errors import ConfigError
+        from runner.errors import RecordError
 
-        raise ConfigError(f"{results_path} is unreadable ({type(exc).__name__}: {exc}); restore it, "
+        raise RecordError(f"{results_path} is unreadable ({type(exc).__name__}: {exc}); restore it, "
                           "or move the run dir away to rerun the job") from exc
     if previous and previous.get("status") == STATUS_COMPLETED:
         return previous

@@ -240,7 +240,7 @@ def test_resume_auto_on_a_damaged_record_fails_in_one_line(tiny_overrides, tmp_p
     out.mkdir()
     (out / "results.json").write_text("{")
     code, err = _exit(compose([*tiny_overrides, "resume=auto"], out), capsys)
-    assert code == 2 and _error_lines(err) == [
+    assert code == 8 and _error_lines(err) == [
         f"error: {out}/results.json is unreadable (JSONDecodeError: Expecting property name enclosed in double quotes: "
         "line 1 column 2 (char 1)); restore it, or move the run dir away to rerun the job"]
     assert (out / "results.json").read_text() == "{"

@@ -63,8 +63,11 @@ def test_a_failed_resume_keeps_the_previous_record(common, tmp_path, monkeypatch
     steps_before = (out / "steps.jsonl").read_text()
     weights = out / "checkpoint" / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:100])  # a truncated checkpoint
-    with pytest.raises(Exception):
-        run(compose([*common, "resume=true"], out))
+    code, err = _exit_code(compose([*common, "resume=true"], out), capsys)
+    assert code == 8 and "Traceback" not in err
+    assert [line for line in err.splitlines() if line.startswith("error:")] == [
+        f"error: cannot read the checkpoint {out / 'checkpoint'} (SafetensorError: Error while deserializing header: "
+        "invalid header length); it is damaged or incomplete: start over in a new dir (or restore it)"]
     kept = json.loads((out / "results.json").read_text())
     assert {k: kept[k] for k in ("status", "step", "checkpoint_step")} == {"status": "failed", "step": 6, "checkpoint_step": 4}
     assert kept["eval_history"] == partial["eval_history"]
