@@ -9,6 +9,7 @@ import sys
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from runner.config import register_resolvers as _register_resolvers
 from runner.errors import UserError
 
 log = logging.getLogger("runner")
@@ -81,20 +82,6 @@ def _launcher_stamp() -> str:
 
     started = psutil.Process(os.getppid()).create_time()
     return datetime.datetime.fromtimestamp(started).strftime("%Y-%m-%d_%H-%M-%S_%f")
-
-
-def _register_resolvers() -> None:
-    import datetime
-
-    def run_stamp() -> str:
-        return os.environ.get("RUNNER_RUN_STAMP") or datetime.datetime.now().strftime("%Y-%m-%d_%H-%M-%S_%f")
-
-    if not OmegaConf.has_resolver("run_stamp"):
-        OmegaConf.register_new_resolver("run_stamp", run_stamp, use_cache=True)
-    if not OmegaConf.has_resolver("sweep_group"):  # sweep: W&B group shared by a multirun's jobs
-        from runner.jobs import sweep_group
-
-        OmegaConf.register_new_resolver("sweep_group", sweep_group)
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")

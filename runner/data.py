@@ -8,6 +8,7 @@ dynamically.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import json
@@ -170,15 +171,44 @@ def load_local(task: DictConfig, task_dir: Path) -> TaskData:
 
 
 def load_hub(task: DictConfig) -> TaskData:
+    """The task from the Hub, or from the local Hub cache when the Hub is out of reach (checked in seconds:
+    ``datasets`` would retry for over a minute)."""
+    from runner.network import unreachable
+
+    offline = any(os.environ.get(k, "").lower() in ("1", "true", "yes") for k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+    problem = None if offline else unreachable(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
     try:
-        ds = datasets.load_dataset(task.hub_path, task.hub_name)
+        if problem is not None:  # the cache may still hold it
+            with _hub_offline():
+                ds = datasets.load_dataset(task.hub_path, task.hub_name)
+        else:
+            ds = datasets.load_dataset(task.hub_path, task.hub_name)
     except Exception as exc:  # connection errors come in many types
+        why = f"no local data and the Hub is out of reach ({problem})" if problem else type(exc).__name__
         raise DataError(
-            f"cannot load {task.hub_path}/{task.hub_name} from the Hugging Face Hub "
-            f"({type(exc).__name__}); " + HUB_HINT.format(dir=task.glue_dir_name)
+            f"cannot load {task.hub_path}/{task.hub_name} from the Hugging Face Hub ({why}); "
+            + HUB_HINT.format(dir=task.glue_dir_name)
         ) from exc
     evals = {split: ds[split] for split in task.eval_splits}
     return TaskData(train=ds[task.train_split], evals=evals, source=f"hub:{task.hub_path}/{task.hub_name}")
+
+
+@contextlib.contextmanager
+def _hub_offline():
+    """``datasets``/``huggingface_hub`` read their offline switches at import; flip them for one call."""
+    import huggingface_hub.constants as hub_constants
+    from datasets import config as ds_config
+
+    saved = (hub_constants.HF_HUB_OFFLINE, ds_config.HF_HUB_OFFLINE, getattr(ds_config, "HF_DATASETS_OFFLINE", None))
+    hub_constants.HF_HUB_OFFLINE = ds_config.HF_HUB_OFFLINE = True
+    if saved[2] is not None:
+        ds_config.HF_DATASETS_OFFLINE = True
+    try:
+        yield
+    finally:
+        hub_constants.HF_HUB_OFFLINE, ds_config.HF_HUB_OFFLINE = saved[0], saved[1]
+        if saved[2] is not None:
+            ds_config.HF_DATASETS_OFFLINE = saved[2]
 
 
 def cap(ds: datasets.Dataset, n: int | None) -> datasets.Dataset:

@@ -490,7 +490,7 @@ def completed_runs(sweep_dir: Path, method: str | None = None) -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from runner.__main__ import _register_resolvers
+    from runner.config import register_resolvers as _register_resolvers
 
     _register_resolvers()
     args = _parser().parse_args(argv)

@@ -10,8 +10,6 @@ import json
 import logging
 import netrc
 import os
-import socket
-import threading
 from pathlib import Path
 
 from runner.secrets import scrub, secret_values
@@ -62,29 +60,14 @@ def wandb_mode(requested: str) -> str:
     return requested
 
 
-WANDB_CONNECT_TIMEOUT_S = 3.0
 WANDB_INIT_TIMEOUT_S = 20.0  # W&B's own default waits 90 s for a server that does not answer
 
 
-def wandb_unreachable(timeout: float = WANDB_CONNECT_TIMEOUT_S) -> str | None:
-    """Why the W&B server cannot be reached within ``timeout`` seconds (name lookup included), or None."""
-    from urllib.parse import urlparse
+def wandb_unreachable() -> str | None:
+    """Why the W&B server cannot be reached within a few seconds, or None."""
+    from runner.network import unreachable
 
-    url = urlparse(os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai")
-    host, port = url.hostname or "api.wandb.ai", url.port or (80 if url.scheme == "http" else 443)
-    outcome: list[str | None] = []
-
-    def connect() -> None:
-        try:
-            socket.create_connection((host, port), timeout=timeout).close()
-            outcome.append(None)
-        except OSError as exc:
-            outcome.append(f"{host}:{port}: {exc.strerror or exc}")
-
-    worker = threading.Thread(target=connect, daemon=True)
-    worker.start()
-    worker.join(timeout + 0.5)
-    return outcome[0] if outcome else f"{host}:{port}: no answer within {timeout:.0f} s"
+    return unreachable(os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai")
 
 
 def _start_wandb(cfg, output_dir: Path, config: dict, run_id: str | None):

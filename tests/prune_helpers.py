@@ -61,7 +61,7 @@ def compose(overrides: list[str], output_dir: Path):
     from hydra import initialize_config_dir
     from omegaconf import open_dict
 
-    from runner.__main__ import _register_resolvers
+    from runner.config import register_resolvers as _register_resolvers
 
     _register_resolvers()
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from conftest import compose_config
 
+import runner.config as runner_config
 from runner.data import load_task_splits
 from runner.errors import DataError
 
@@ -189,9 +190,41 @@ def test_unreachable_hub_says_how_to_use_local_files(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # no cached copy
     monkeypatch.delenv("GLUE_DIR", raising=False)
+    monkeypatch.setattr(runner_config, "LOCAL_GLUE_DIRS", ())
     cfg = compose_config(["task=glue/rte"])
+    assert cfg.task.data_dir is None  # nothing local: the Hub
     with pytest.raises(DataError, match="GLUE_DIR=.*task.data_dir="):
         load_task_splits(cfg.task)
+
+
+def test_no_network_is_found_in_seconds_not_after_the_hubs_retries(monkeypatch, tmp_path):
+    import socket
+    import time
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    closed = s.getsockname()[1]
+    s.close()
+    for key in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "GLUE_DIR"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{closed}")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setattr(runner_config, "LOCAL_GLUE_DIRS", ())
+    t0 = time.perf_counter()
+    with pytest.raises(DataError, match=r"no local data and the Hub is out of reach \(127\.0\.0\.1:\d+: .*GLUE_DIR="):
+        load_task_splits(compose_config(["task=glue/rte"]).task)
+    assert time.perf_counter() - t0 < 30
+
+
+def test_the_data_dir_defaults_to_glue_dir_then_a_local_folder(monkeypatch, tmp_path):
+    repo = runner_config.REPO
+    assert runner_config.LOCAL_GLUE_DIRS == (repo.parent / "shared" / "data" / "glue", repo / "data" / "glue")
+    monkeypatch.setenv("GLUE_DIR", str(tmp_path / "from-env"))
+    assert compose_config(["task=glue/rte"]).task.data_dir == str(tmp_path / "from-env")
+    monkeypatch.delenv("GLUE_DIR")
+    (tmp_path / "second").mkdir()
+    monkeypatch.setattr(runner_config, "LOCAL_GLUE_DIRS", (tmp_path / "first", tmp_path / "second"))
+    assert compose_config(["task=glue/rte"]).task.data_dir == str(tmp_path / "second")
 
 
 def test_a_damaged_tokenisation_cache_entry_is_rebuilt(tmp_path, caplog):

@@ -57,3 +57,17 @@ def test_a_bad_value_of_any_key_fails_in_one_line(overrides, message):
     with pytest.raises(ConfigError) as exc:
         validate_config(compose_config(overrides, output_dir="/tmp/unused"))
     assert str(exc.value) == message
+
+
+@pytest.mark.parametrize("bad", ["trainer.batch_size=0", "trainer.lrr=1", "task=glue/foo", "method=ful", "+model.pooler=mean"])
+def test_bad_input_is_refused_before_torch_is_imported(bad, tmp_path):
+    import subprocess
+    import sys
+
+    probe = ("import sys, runner.__main__ as m\n"
+             f"sys.argv = ['runner', {bad!r}]\n"
+             "try:\n    m.cli()\nexcept SystemExit as e:\n    code = e.code\n"
+             "print(code, 'torch' in sys.modules, 'transformers' in sys.modules)\n")
+    proc = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.stdout.split() == ["2", "False", "False"], proc.stdout + proc.stderr[-1000:]
+    assert proc.stderr.startswith("error: ") and len(proc.stderr.strip().splitlines()) == 1
