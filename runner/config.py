@@ -24,8 +24,31 @@ def default_glue_dir() -> str | None:
     return str(found) if found is not None else None
 
 
+def run_label(default: str, from_run, criterion) -> str:
+    """``run_name``: ``<task>-<model>-<method>-s<seed>``; a job that prunes a saved run
+    (``prune.from_run``) is named after what it does: ``prune-<criterion>-<source run's name>``,
+    so its dir name says so from the start (Hydra names the dir before the job runs)."""
+    if from_run in (None, "", "None", "null"):
+        return default
+    import json
+
+    src = Path(str(from_run)).expanduser()
+    name = None
+    try:
+        name = json.loads((src / "results.json").read_text()).get("run_name")
+    except (OSError, ValueError, AttributeError):
+        pass
+    if not name:
+        try:
+            name = (OmegaConf.load(src / "config.yaml") or {}).get("run_name")
+        except Exception:  # noqa: BLE001 (no readable source: the pruning stage says why in one line)
+            name = None
+    return f"prune-{criterion}-{name or src.name}"
+
+
 def register_resolvers() -> None:
-    """The runner's interpolations: ``${run_stamp:}``, ``${sweep_group:<default>}``, ``${glue_dir:}``."""
+    """The runner's interpolations: ``${run_stamp:}``, ``${sweep_group:<default>}``, ``${glue_dir:}``,
+    ``${run_label:<default>,<prune.from_run>,<prune.name>}``."""
 
     def run_stamp() -> str:
         return os.environ.get("RUNNER_RUN_STAMP") or datetime.datetime.now().strftime("%Y-%m-%d_%H-%M-%S_%f")
@@ -36,6 +59,8 @@ def register_resolvers() -> None:
         from runner.jobs import sweep_group
 
         OmegaConf.register_new_resolver("sweep_group", sweep_group)
+    if not OmegaConf.has_resolver("run_label"):
+        OmegaConf.register_new_resolver("run_label", run_label)
     if not OmegaConf.has_resolver("glue_dir"):
         OmegaConf.register_new_resolver("glue_dir", default_glue_dir)
 

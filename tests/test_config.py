@@ -57,13 +57,6 @@ def test_public_overrides_reach_the_config(tmp_path):
     assert cfg.run_name == "mrpc-minilm-adapter-s7"
 
 
-def test_glue_dir_environment_variable_is_the_default_data_dir(monkeypatch, tmp_path):
-    monkeypatch.setenv("GLUE_DIR", str(tmp_path))
-    assert compose_config(["task=glue/rte"]).task.data_dir == str(tmp_path)
-    monkeypatch.delenv("GLUE_DIR")
-    assert compose_config(["task=glue/rte"]).task.data_dir is None
-
-
 def test_demo_experiment_pins_a_short_offline_setting():
     cfg = compose_config(["experiment=demo"])
     assert cfg.task.name == "mrpc" and cfg.model.short_name == "minilm" and cfg.method.name == "adapter"

@@ -8,6 +8,7 @@ import random
 import numpy as np
 import pytest
 import torch
+import yaml
 from omegaconf import OmegaConf
 from prune_helpers import GLUE_DIR, compose, tiny_model
 
@@ -194,8 +195,13 @@ def test_cli_prunes_after_training_and_on_a_saved_run(tiny_model_dir, tmp_path):
     prune_dir = tmp_path / "prune"
     cfg = compose([*_overrides(tiny_model_dir, tmp_path), "prune=his", *FAST_PRUNE, f"prune.from_run={train_dir}",
                    "prune.ratios=[0.25,0.5]", "prune.latency=none", "task=glue/rte"], prune_dir)
+    assert cfg.run_name == f"prune-his-{res['run_name']}"  # Hydra names the job's dir after it: prune-his-mrpc-...
     execute(cfg)
     res2 = json.loads((prune_dir / "results.json").read_text())
+    assert res2["run_name"] == cfg.run_name
+    saved = yaml.safe_load((prune_dir / "config.yaml").read_text())  # the config the job really ran
+    assert (saved["task"]["name"], saved["method"]["name"], saved["model"]["short_name"]) == ("mrpc", "adapter", "tiny")
+    assert saved["prune"]["name"] == "his" and saved["prune"]["ratios"] == [0.25, 0.5] and saved["run_name"] == cfg.run_name
     assert res2["status"] == "completed" and res2["source_run"] == str(train_dir.resolve())
     assert res2["task"] == "mrpc"  # the source run's task, whatever this job's default
     assert [r["ratio"] for r in res2["pruning"]["results"]] == [0.25, 0.3, 0.5]

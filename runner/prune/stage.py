@@ -19,6 +19,7 @@ from runner.prune import settings as settings_lib
 from runner.prune.pipeline import PruneInputs, run_pruning
 from runner import run_record
 from runner.results import STATUS_COMPLETED, STATUS_FAILED, atomic_write_json, atomic_write_text, read_run
+from runner.secrets import scrub
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +88,19 @@ def _task_config(scfg: DictConfig, cfg: DictConfig) -> DictConfig:
     with open_dict(task):
         task.data_dir = cfg.task.get("data_dir")
     return task
+
+
+def _job_config(cfg: DictConfig, scfg: DictConfig, task: DictConfig) -> dict:
+    """The config this pruning job really ran: the source run's task, model, adapter, method and
+    trainer (what the pruned model is), this job's pruning settings, seed and logger."""
+    from runner.train import resolved_config
+
+    job = resolved_config(cfg)
+    source = OmegaConf.to_container(scfg, resolve=False)
+    job.pop("safe", None)  # only a SAFE source has SAFE's knobs
+    job.update({key: source[key] for key in ("model", "adapter", "freeze", "safe", "method", "trainer") if key in source})
+    job["task"] = OmegaConf.to_container(task, resolve=True)
+    return scrub(job)
 
 
 def load_trained_model(model_dir: Path, scfg: DictConfig, task: DictConfig):
@@ -160,10 +174,9 @@ def _prune_into(out: Path, cfg: DictConfig, s, src: Path, src_results: dict, scf
     from runner import data as data_lib
     from runner.results import flatten
     from runner.tracking import Tracker
-    from runner.train import resolved_config
 
-    run_name = f"prune-{s.criterion}-{src_results.get('run_name') or src.name}"
-    job_cfg = resolved_config(cfg)
+    run_name = str(cfg.run_name)  # prune-<criterion>-<source run> (runner.config.run_label) unless the user named it
+    job_cfg = _job_config(cfg, scfg, task)
     atomic_write_text(out / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(job_cfg)))
     tcfg = OmegaConf.merge(cfg, {"run_name": run_name})
     tracker = Tracker(tcfg, out, True, job_cfg)
