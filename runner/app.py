@@ -34,16 +34,29 @@ OOM_HINT = ("out of memory; lower trainer.batch_size (with trainer.grad_accum_st
             "trainer.max_seq_length, or use trainer.mixed_precision=bf16")
 
 
-def _quiet_libraries() -> None:
+def _quiet_libraries(verbose: bool = False) -> None:
+    """Libraries say only what matters (errors), unless ``verbose=true``: no weight-loading bars,
+    no deprecation warnings aimed at library authors, no Accelerate INFO lines per checkpoint file."""
+    import warnings
+
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import datasets
     import transformers
     from huggingface_hub.utils import logging as hub_logging
 
+    if verbose:
+        transformers.logging.set_verbosity_info()
+        return
     transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
     datasets.logging.set_verbosity_error()
     datasets.disable_progress_bars()
     hub_logging.set_verbosity_error()
+    for name in ("accelerate", "torch.distributed", "wandb"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    for module in ("transformers", "peft", "accelerate", "torch", "datasets"):
+        warnings.filterwarnings("ignore", category=FutureWarning, module=module)
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=module)
 
 
 def _is_multirun() -> bool:
@@ -112,7 +125,7 @@ def execute(cfg: DictConfig) -> float | None:
 
     from runner.secrets import install_log_filter
 
-    _quiet_libraries()
+    _quiet_libraries(bool(cfg.get("verbose")))
     install_log_filter()  # secrets stay out of the job's log file too
     output_dir = Path(cfg.output_dir)
     if int(os.environ.get("RANK", "0")) == 0:

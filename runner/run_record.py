@@ -34,7 +34,7 @@ HYDRA_OWN = {".hydra", LOCK_FILE, RETIRED}
 # Settings that may differ between an interrupted attempt and its resume: how
 # it is run and shown, not what it computes.
 MAY_CHANGE_ON_RESUME = (
-    "resume", "debug", "output_dir", "data_cache_dir", "trainer.progress_bar", "logger.mode", "logger.group",
+    "resume", "debug", "verbose", "output_dir", "data_cache_dir", "trainer.progress_bar", "logger.mode", "logger.group",
     "logger.tags", "trainer.num_workers",
 )
 

@@ -232,6 +232,7 @@ class RunSettings:
     seed: int = 42
     resume: Any = _setting(False, (False, True, "auto"))
     debug: bool = False
+    verbose: bool = False
     output_dir: str = ""
     run_name: str = ""
     data_cache_dir: Optional[str] = None

@@ -135,3 +135,23 @@ def test_a_finished_run_prints_where_it_went_and_what_it_reached(tiny_overrides,
     assert f"accuracy {res['metrics']['accuracy']:.4f} (constant prediction {res['learning']['trivial']:.4f}); f1" in err
     assert f"results: {out / 'results.json'}" in err
     assert "wandb sync " + str(out / "wandb") in err
+
+
+@pytest.mark.slow
+def test_a_cli_run_is_quiet_unless_asked(tiny_overrides, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "HOME": str(tmp_path), "WANDB_MODE": "offline"}
+    cmd = [sys.executable, "-m", "runner", *tiny_overrides, "trainer.max_steps=2", "trainer.checkpoint_every_steps=1",
+           f"hydra.run.dir={tmp_path / 'run'}"]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for noise in ("Warning", "[accelerate", "Loading weights", "Saving current state"):
+        assert noise not in proc.stderr, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) <= 12, proc.stderr  # the pooling line, the run dir, the summary block
+    verbose = subprocess.run([*cmd[:-1], f"hydra.run.dir={tmp_path / 'loud'}", "verbose=true"], cwd=tmp_path, env=env,
+                             capture_output=True, text=True, timeout=300)
+    assert verbose.returncode == 0 and "[transformers] loading configuration file" in verbose.stderr
