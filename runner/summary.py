@@ -23,6 +23,9 @@ def run_summary(results: dict, output_dir: Path) -> str:
         lines.append(f"  {main} {metrics[main]:.4f}{vs}" + (f"; {others}" if others else ""))
         if learning.get("warning"):
             lines.append(f"  warning: {learning['warning']}")
+    schedule_warning = (results.get("method_report") or {}).get("schedule_warning")
+    if schedule_warning:
+        lines.append(f"  warning: {schedule_warning}")
     time = results.get("time") or {}
     memory = results.get("memory") or {}
     flops = results.get("flops") or {}

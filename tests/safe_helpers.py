@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -9,7 +10,7 @@ import torch
 from transformers import BertConfig, BertForSequenceClassification
 
 REPO = Path(__file__).resolve().parents[1]
-GLUE_DIR = Path("/work/shared/data/glue")
+GLUE_DIR = Path(os.environ.get("GLUE_DIR") or REPO.parent / "shared" / "data" / "glue")
 
 
 @pytest.fixture(autouse=True)
@@ -77,6 +78,9 @@ def compose_cfg(overrides: list[str], output_dir: Path, model_dir: Path):
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
+    from runner.config import register_resolvers
+
+    register_resolvers()
     GlobalHydra.instance().clear()
     base = [
         f"output_dir={output_dir}", f"model.name_or_path={model_dir}", "logger=none",

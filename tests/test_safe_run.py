@@ -3,6 +3,8 @@
 import json
 import math
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -52,6 +54,7 @@ def test_safe_freezes_on_schedule_and_reports(runs):
     assert results["status"] == "completed" and results["method"] == "safe"
     assert report["policy"] == "safe" and report["n_adapters"] == 4
     assert report["schedule_steps"] == {"total": 20, "t_w": 2, "t_f": 10}
+    assert report["schedule_warning"] is None  # 4 measurements can freeze: 4, 6, 8, 10
     # T_final = 1: every adapter but the most important one ends up frozen by t_f
     assert report["n_frozen"] == 3 and report["last_freeze_step"] <= 10
     measured = [step for step, _ in report["threshold"]]
@@ -145,3 +148,18 @@ def test_bottleneck_adapters_with_rbf_cka_on_layer_outputs(runs):
     assert report["n_adapters"] == 4 and report["n_frozen"] == 3 and report["merged_layers"] == []
     assert steps[-1]["trainable_params"] < steps[0]["trainable_params"]
     assert all(0.0 <= v[1] <= 1.0 for a in report["adapters"].values() for v in a["importance"])
+
+
+def test_a_run_too_short_for_the_schedule_is_warned_about(runs, caplog):
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="runner.safe.method"):
+        results, _, _ = runs("short", ["method=safe", *COMMON, "trainer.max_steps=6"])
+    warning = results["method_report"]["schedule_warning"]
+    assert warning.startswith("SAFE's schedule gets only 2 importance measurement(s) that can freeze (steps [2, 3] of 6; "
+                              "window 1-3, every 2 steps): too few")
+    assert warning in caplog.text
+
+    from runner.summary import run_summary
+
+    assert f"  warning: {warning}" in run_summary(results, Path("/tmp"))

@@ -38,6 +38,9 @@ MEASURING = ("safe", "random")
 TIMELINE_PNG = "safe_freeze_timeline.png"
 
 
+MIN_DECISIONS = 3  # fewer importance measurements in the freezing window: warn that the schedule is too short
+
+
 def rewrap_ddp(ctx: LoopContext) -> None:
     """Wrap the model in a fresh DDP so its reducer only covers parameters that still train."""
     from torch.nn.parallel import DistributedDataParallel as DDP
@@ -95,6 +98,7 @@ class SafeMethod(TrainingMethod):
         self.probe_seconds = 0.0
         self.reference_checksum: float | None = None
         self._pending: tuple[int, float] | None = None
+        self.schedule_warning: str | None = None
 
     # ----------------------------------------------------------------- setup
 
@@ -111,6 +115,7 @@ class SafeMethod(TrainingMethod):
         if self.scfg is not None:
             self.t_w_step = schedule.step_of(float(self.scfg.t_w), self.total_steps)
             self.t_f_step = schedule.step_of(float(self.scfg.t_f), self.total_steps)
+        self.schedule_warning = self._check_schedule_length()
         if self.policy in MEASURING and acc.is_main_process:
             targets = probe_targets(module, str(self.scfg.representation))
             batch = probe_batch(ctx.train_loader, int(self.scfg.probe_size), self.seed, acc.device)
@@ -146,6 +151,29 @@ class SafeMethod(TrainingMethod):
         return int(sum(p.numel() for g in self.freezer.groups.values() for p in g.values() if p.requires_grad))
 
     # ------------------------------------------------------------------ steps
+
+    def decision_steps(self) -> list[int]:
+        """The steps at which SAFE measures importance with a threshold above 0 (where it may freeze)."""
+        if self.policy not in MEASURING or self.scfg is None:
+            return []
+        interval = int(self.scfg.interval)
+        steps = [s for s in range(1, self.t_f_step + 1) if s % interval == 0 or s == self.t_f_step]
+        return [s for s in steps if schedule.threshold(s / max(1, self.total_steps), float(self.scfg.t_w),
+                                                      float(self.scfg.t_f), float(self.scfg.threshold)) > 0]
+
+    def _check_schedule_length(self) -> str | None:
+        """A run too short for the schedule: too few measurements for the freezing decisions to mean anything."""
+        if self.policy not in MEASURING or self.scfg is None:
+            return None
+        steps = self.decision_steps()
+        if len(steps) >= MIN_DECISIONS:
+            return None
+        warning = (f"SAFE's schedule gets only {len(steps)} importance measurement(s) that can freeze "
+                   f"(steps {steps or 'none'} of {self.total_steps}; window {self.t_w_step}-{self.t_f_step}, every "
+                   f"{int(self.scfg.interval)} steps): too few for its freezing decisions to mean anything; train longer "
+                   f"or lower safe.interval (at least {MIN_DECISIONS} measurements)")
+        log.warning(warning)
+        return warning
 
     def _is_measure_step(self, step: int) -> bool:
         if self.policy not in MEASURING or step > self.t_f_step or not self.freezer.active:
@@ -283,6 +311,7 @@ class SafeMethod(TrainingMethod):
             "overhead": {"probe_flops_total": self.probe_flops, "probe_seconds_total": self.probe_seconds,
                          "measurements": len(self.measurements) + (1 if self.probe is not None else 0)},
             "last_freeze_step": last_freeze,
+            "schedule_warning": self.schedule_warning,
         }
         if ctx.accelerator.is_main_process:
             try:
