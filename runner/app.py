@@ -57,6 +57,7 @@ def _quiet_libraries(verbose: bool = False) -> None:
     for module in ("transformers", "peft", "accelerate", "torch", "datasets"):
         warnings.filterwarnings("ignore", category=FutureWarning, module=module)
         warnings.filterwarnings("ignore", category=DeprecationWarning, module=module)
+    warnings.filterwarnings("ignore", message="All adapters are already merged")  # PEFT, when SAFE merged a layer
 
 
 def _is_multirun() -> bool:

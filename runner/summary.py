@@ -37,7 +37,9 @@ def run_summary(results: dict, output_dir: Path) -> str:
                      f"training FLOPs {counted}")
     if "pruning" in results:
         primary = results["pruning"].get("primary") or {}
-        lines.append(f"  pruned {primary.get('heads_pruned')} heads: {main} {primary.get('main_metric')}")
+        value = primary.get("main_metric")
+        shown = f"{value:.4f}" if isinstance(value, (int, float)) else "-"
+        lines.append(f"  pruned {primary.get('heads_pruned')} heads (ratio {primary.get('ratio')}): {main} {shown}")
     lines.append(f"  results: {Path(output_dir) / 'results.json'}  curve: {Path(output_dir) / 'learning_curve.png'}")
     wandb = results.get("wandb") or {}
     if wandb.get("dir") and "offline" in str(wandb.get("dir")):

@@ -69,3 +69,26 @@ def test_minilm_regression_learns_the_overlap_task(glue_dir, tmp_path):
     assert results["status"] == "completed" and results["head"]["pooling"] == "mean"
     assert results["learning"]["above_trivial"] is True
     assert results["metrics"]["pearson"] > 0.6, results["metrics"]
+
+
+def test_the_smoke_experiment_runs_the_whole_pipeline(glue_dir, tmp_path):
+    """``make smoke``: train with SAFE, prune with HIES, write every plot; on the real MiniLM and MRPC files."""
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "smoke"
+    env = {**os.environ, "GLUE_DIR": str(glue_dir), "HOME": str(tmp_path), "WANDB_MODE": "offline"}
+    proc = subprocess.run([sys.executable, "-m", "runner", "experiment=smoke", f"hydra.run.dir={out}",
+                           f"data_cache_dir={tmp_path / 'cache'}"], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads((out / "results.json").read_text())
+    assert res["status"] == "completed" and res["method"] == "safe" and res["data"]["train_examples"] == 256
+    report = res["method_report"]
+    assert report["n_frozen"] >= 1 and report["schedule_warning"] is None  # SAFE froze on a schedule that means something
+    assert [r["ratio"] for r in res["pruning"]["results"] if r["criterion"] == "hies"] == [0.1, 0.3, 0.5]
+    assert res["pruning"]["primary"]["ratio"] == 0.3
+    for name in ("learning_curve.png", "safe_freeze_timeline.png", "pruning/quality_vs_ratio.png", "pruning/head_scores.png"):
+        assert (out / name).is_file(), name
+    assert f"run {res['run_name']}: completed" in proc.stderr and "pruned " in proc.stderr
