@@ -2,7 +2,10 @@
 
 A checkpoint is ``<output_dir>/checkpoint/``: Accelerate's state (model,
 optimizer, scheduler, RNG) plus ``meta.json`` (step, history, method state,
-W&B run id). It is written to a temporary folder and renamed into place, so a
+W&B run id). An adapter run's checkpoint holds only the weights that trained
+(adapters, the head, and base layers a method changed, e.g. SAFE's merged
+layers); a resume rebuilds the rest from the base model (``meta.json``
+``weights``: ``trained`` or ``all``). It is written to a temporary folder and renamed into place, so a
 crash while saving leaves the previous checkpoint intact.
 """
 
@@ -10,6 +13,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import yaml
@@ -22,16 +26,26 @@ from runner.results import atomic_write_json, atomic_write_text
 CHECKPOINT = "checkpoint"
 
 
-def save(accelerator, output_dir: Path, meta: dict) -> Path:
+WEIGHTS_ALL, WEIGHTS_TRAINED = "all", "trained"
+
+
+def save(accelerator, output_dir: Path, meta: dict, keep: Callable[[str], bool] | None = None) -> Path:
+    """Write the checkpoint; with ``keep``, only the model weights it accepts (an adapter run: adapters,
+    head and any base layer a method changed), the rest is rebuilt from the base model on resume."""
     target = Path(output_dir) / CHECKPOINT
     tmp = Path(output_dir) / f".{CHECKPOINT}.tmp"
     accelerator.wait_for_everyone()
     if accelerator.is_main_process and tmp.exists():
         shutil.rmtree(tmp)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp), safe_serialization=True)
+    handle = accelerator.register_save_state_pre_hook(_only(keep)) if keep is not None else None
+    try:
+        accelerator.save_state(str(tmp), safe_serialization=True)
+    finally:
+        if handle is not None:
+            handle.remove()
     if accelerator.is_main_process:
-        atomic_write_json(tmp / "meta.json", meta)
+        atomic_write_json(tmp / "meta.json", {**meta, "weights": WEIGHTS_ALL if keep is None else WEIGHTS_TRAINED})
         old = Path(output_dir) / f".{CHECKPOINT}.old"
         if target.exists():
             target.rename(old)
@@ -65,16 +79,50 @@ def load_meta(output_dir: Path) -> dict | None:
                           "start over in a new dir (or restore the file)") from exc
 
 
-def load(accelerator, output_dir: Path) -> None:
+def load(accelerator, output_dir: Path, model=None) -> None:
+    """Restore the checkpoint into the prepared objects; ``model`` (unwrapped) checks a trained-weights checkpoint."""
     folder = complete_checkpoint(output_dir)
     if folder is None:
         raise FileNotFoundError(f"{output_dir} holds no complete checkpoint")
+    trained_only = (load_meta(output_dir) or {}).get("weights") == WEIGHTS_TRAINED
     try:
-        accelerator.load_state(str(folder))
+        if trained_only:  # the base model's weights came from model.name_or_path; these replace the rest
+            if model is not None:
+                _check_keys(model, folder)
+            accelerator.load_state(str(folder), strict=False)
+        else:
+            accelerator.load_state(str(folder))
+    except RecordError:
+        raise
     except Exception as exc:  # noqa: BLE001 (SafetensorError, pickle and shape errors, truncated files)
         first = (str(exc).strip().splitlines() or [""])[0][:300]
         raise RecordError(f"cannot read the checkpoint {folder} ({type(exc).__name__}: {first}); it is damaged or "
                           "incomplete: start over in a new dir (or restore it)") from exc
+
+
+def _only(keep: Callable[[str], bool]):
+    """An Accelerate save-state hook that drops the weights ``keep`` rejects."""
+
+    def hook(models, weights, output_dir) -> None:
+        for i, state in enumerate(weights):
+            weights[i] = {k: v for k, v in state.items() if keep(k)}
+
+    return hook
+
+
+def _check_keys(model, folder: Path) -> None:
+    """A trained-weights checkpoint loads without strictness: make sure each of its weights has a place in the model."""
+    from safetensors import safe_open
+
+    path = folder / "model.safetensors"
+    if not path.is_file():
+        return
+    with safe_open(str(path), framework="pt") as f:
+        saved = set(f.keys())
+    unknown = saved - set(model.state_dict())
+    if unknown:
+        raise RecordError(f"the checkpoint {folder} holds weights this model does not have ({', '.join(sorted(unknown)[:3])}, "
+                          f"...); it was made with another model or adapter: start over in a new dir")
 
 
 def save_trained_model(model, tokenizer, target: Path, config: dict) -> None:

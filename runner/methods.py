@@ -49,6 +49,11 @@ class TrainingMethod:
     def state_dict(self) -> dict:
         return {}
 
+    def changed_base_layers(self) -> set[int]:
+        """Encoder layers whose base (non-adapter) weights this method changed, e.g. by merging an adapter
+        into them; an adapter checkpoint saves those layers too."""
+        return set()
+
     def load_state_dict(self, state: dict) -> None:
         pass
 

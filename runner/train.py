@@ -26,7 +26,9 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from runner import checkpoint, curves, data as data_lib, measure, provenance, run_record
-from runner.adapters import parameter_counts, prepare_trainable, trained_head_modules
+from runner.adapters import (
+    is_adapter_param, is_head_param, layer_index, parameter_counts, prepare_trainable, trained_head_modules,
+)
 from runner.errors import ConfigError
 from runner.heads import head_parameter_count, resolve_pooling, start_regression_bias
 from runner.jobs import reset_accelerate_state
@@ -195,7 +197,7 @@ class Recipe:
         # optimizer, so that the saved optimizer state then fits the param groups.
         self.method.load_state_dict(meta.get("method_state", {}))
         self.model = self.ctx.model
-        checkpoint.load(self.accelerator, self.output_dir)
+        checkpoint.load(self.accelerator, self.output_dir, self.accelerator.unwrap_model(self.model))
         self.scheduler.load_state_dict(meta["scheduler_state"])
         self.global_step = meta["global_step"]
         self.history = meta.get("history", [])
@@ -375,7 +377,19 @@ class Recipe:
             "scheduler_state": self.scheduler.state_dict(),
             "method_state": self.method.state_dict(), "wandb_run_id": self.tracker.run_id if self.tracker else None,
         }
-        checkpoint.save(self.accelerator, self.output_dir, meta)
+        keep = self._trained_weights() if self.cfg.method.uses_adapters else None
+        checkpoint.save(self.accelerator, self.output_dir, meta, keep=keep)
+
+    def _trained_weights(self):
+        """What an adapter run's checkpoint keeps: adapters, the head, whatever trains, and base layers the method changed."""
+        model = self.accelerator.unwrap_model(self.model)
+        trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+        changed = self.method.changed_base_layers()
+
+        def keep(name: str) -> bool:
+            return is_adapter_param(name) or is_head_param(name) or name in trainable or layer_index(name) in changed
+
+        return keep
 
     def save_model(self) -> Path:
         """The trained adapter (or full model), its tokenizer and resolved config."""

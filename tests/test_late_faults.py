@@ -130,7 +130,7 @@ def _no_space(path):
 
 
 def test_a_full_disk_while_checkpointing_fails_in_one_line_with_a_record(common, tmp_path, monkeypatch, capsys):
-    def save(accelerator, output_dir, meta):
+    def save(accelerator, output_dir, meta, **kwargs):
         raise _no_space(Path(output_dir) / "checkpoint.tmp" / "model.safetensors")
 
     monkeypatch.setattr(checkpoint_mod, "save", save)

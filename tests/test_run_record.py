@@ -158,3 +158,40 @@ def test_trim_metrics(tmp_path):
     path.write_text("".join(json.dumps({"global_step": s}) + "\n" for s in (1, 2, 3, 4, 3)) + "not json\n")
     assert trim_metrics(path, 2) == 4
     assert [json.loads(x)["global_step"] for x in path.read_text().splitlines()] == [1, 2]
+
+
+def test_an_adapter_checkpoint_holds_only_what_trained_and_resumes_exactly(common, tmp_path, monkeypatch):
+    from safetensors import safe_open
+
+    from runner.adapters import is_adapter_param, is_head_param
+
+    reference = run(compose(common, tmp_path / "reference"))
+    out = tmp_path / "run"
+    _interrupted_run(common, out, monkeypatch, at=6)  # checkpoint at step 4
+    meta = json.loads((out / "checkpoint" / "meta.json").read_text())
+    assert meta["global_step"] == 4 and meta["weights"] == "trained"
+    with safe_open(str(out / "checkpoint" / "model.safetensors"), framework="pt") as f:
+        keys = list(f.keys())
+    # adapters, the classifier and (cls pooling, the tiny model's default) the pooler that trains beside them
+    trained = [k for k in keys if not (is_adapter_param(k) or is_head_param(k) or ".pooler." in k)]
+    assert keys and not trained, trained[:5]
+    assert not any("word_embeddings" in k or k.endswith("attention.self.query.base_layer.weight") for k in keys)
+    resumed = run(compose([*common, "resume=true"], out))
+    assert resumed["status"] == "completed"
+    assert resumed["metrics"] == pytest.approx(reference["metrics"], rel=1e-6)
+    ref_losses = [json.loads(line)["loss"] for line in (tmp_path / "reference" / "steps.jsonl").read_text().splitlines()]
+    losses = [json.loads(line)["loss"] for line in (out / "steps.jsonl").read_text().splitlines()]
+    assert losses == pytest.approx(ref_losses, rel=1e-6)
+
+
+def test_a_full_fine_tuning_checkpoint_holds_every_weight(common, tmp_path, monkeypatch):
+    from safetensors import safe_open
+
+    out = tmp_path / "run"
+    full = [*common, "method=full", "adapter=none"]
+    _crash_at(monkeypatch, 6)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run(compose(full, out))
+    assert json.loads((out / "checkpoint" / "meta.json").read_text())["weights"] == "all"
+    with safe_open(str(out / "checkpoint" / "model.safetensors"), framework="pt") as f:
+        assert any("word_embeddings" in k for k in f.keys())

@@ -254,6 +254,9 @@ class SafeMethod(TrainingMethod):
             "reference_checksum": self.reference_checksum,
         }
 
+    def changed_base_layers(self) -> set[int]:
+        return set(self.freezer.merged) if self.freezer is not None else set()
+
     def load_state_dict(self, state: dict) -> None:
         """Re-freeze what was frozen. Runs before the checkpoint's weights and optimizer state
         are loaded, so the optimizer's param groups match those saved (and merged LoRA base
