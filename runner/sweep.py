@@ -277,7 +277,8 @@ class SweepSummary(Callback):
                           key=lambda p: int(p.name.split("_")[0]))
             jobs = [Job(int(p.name.split("_")[0]), p.name, [], str(p)) for p in dirs]
         rows = summarize(sweep_dir, jobs)
-        print(f"\nsweep {sweep_dir}:\n" + summary_markdown(rows), file=sys.stderr)
+        print(f"\nsweep {sweep_dir}:\n" + summary_markdown(rows) + f"\nsummary: {sweep_dir / SUMMARY}.md (and .json)",
+              file=sys.stderr)
         LAST_MULTIRUN.update(jobs=len(rows), completed=sum(r["state"] == COMPLETED for r in rows), dir=str(sweep_dir))
 
 
@@ -554,7 +555,8 @@ def main(argv: list[str] | None = None) -> int:
                     parallel=opts["parallel"], devices=opts["devices"], grace_s=args.grace, group=group)
     code = runner.run(todo)
     rows = summarize(sweep_dir, jobs)
-    print(f"\nsweep {sweep_dir}:\n" + summary_markdown(rows), file=sys.stderr)
+    print(f"\nsweep {sweep_dir}:\n" + summary_markdown(rows) + f"\nsummary: {sweep_dir / SUMMARY}.md (and .json)",
+          file=sys.stderr)
     if code:
         print(f"sweep: stopped by a signal; continue with: python -m runner.sweep --resume {sweep_dir}", file=sys.stderr)
         return code

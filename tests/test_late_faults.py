@@ -230,6 +230,7 @@ def test_a_damaged_record_is_neither_rerun_nor_overwritten(tmp_path, capsys):
     assert sweep_main(["--resume", str(sweep)]) == 1  # not every job completed
     err = capsys.readouterr().err
     assert f"0_a: skipped: {damaged}/results.json is unreadable (JSONDecodeError" in err
+    assert f"summary: {sweep}/sweep_summary.md (and .json)" in err  # where the table went
     assert (damaged / "results.json").read_text() == '{"status": "compl'  # untouched
     rows = json.loads((sweep / "sweep_summary.json").read_text())["jobs"]
     assert rows[0]["state"] == DAMAGED and "restore it, or move the job dir away" in rows[0]["error"]
