@@ -18,14 +18,19 @@ FLOPs, time); the HIES paper's Tables 1 and 2 layout (metric and stability per t
 pruning ratio, one row per criterion); and the list of runs that did not complete.
 Only completed runs are averaged; every other run is listed, never dropped silently.
 
-The key names of sections written by other parts of the runner (``pruning``,
-``method_report``) are read in :func:`pruning_entries` and :func:`freeze_steps` only.
+Missing values print as ``-``. Pruning curves and Table 1 show the trivial level (the task
+metric of a constant prediction: the majority class, or the training mean for regression) and mark
+the cells where pruning collapsed the model to it.
+
+The key names of sections written by other parts of the runner (``pruning``, ``method_report``,
+``learning``) are read in :func:`pruning_entries`, :func:`freeze_steps` and :func:`trivial_level` only.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -33,7 +38,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from runner.results import flatten
+from runner.curves import MARGIN
+from runner.results import flatten, read_run
 
 GLUE_ORDER = ["cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "qnli", "rte", "wnli"]
 GROUP_KEYS = ["model", "task", "method", "adapter"]  # more with --by (e.g. prune.name, trainer.lr)
@@ -48,6 +54,7 @@ EFFICIENCY = {
     "time.train_s": "train time (s)",
 }
 SKIP_FLATTEN = {"eval_history"}
+MISSING = "-"  # what a table shows for a value that is not there
 
 
 # ----------------------------------------------------- other sections' key names
@@ -90,6 +97,23 @@ def freeze_steps(results: dict) -> tuple[dict[str, int | None], int] | None:
     steps = {name: (a.get("freeze_step") if isinstance(a, dict) else None) for name, a in adapters.items()}
     total = (results.get("steps") or {}).get("total") or (report.get("schedule_steps") or {}).get("total")
     return (steps, int(total)) if total else None
+
+
+def trivial_level(results: dict) -> dict | None:
+    """The main metric of a constant prediction on the eval split: ``{"trivial": value, "trivial_what": label}``.
+
+    Reads ``learning.trivial`` and ``learning.trivial_prediction`` (:mod:`runner.curves`; a float
+    prediction is the training mean of a regression task, else the majority class). A pruning job on a
+    saved run has no ``learning`` section: it is read from the ``results.json`` in ``source_run``.
+    None when unknown (runs older than the learning check, a source run that moved).
+    """
+    learning = results.get("learning")
+    if not isinstance(learning, dict) and results.get("source_run"):
+        learning = (read_run(Path(results["source_run"])) or {}).get("learning")
+    if not isinstance(learning, dict) or learning.get("trivial") is None:
+        return None
+    regression = isinstance(learning.get("trivial_prediction"), float)
+    return {"trivial": float(learning["trivial"]), "trivial_what": "constant prediction" if regression else "majority class"}
 
 
 # ------------------------------------------------------------------ collecting
@@ -323,8 +347,20 @@ def _ratio(stats: pd.DataFrame, i: int, col: str, baseline: str, keys: list[str]
     return float(value / base) if base and not pd.isna(base) and not pd.isna(value) else float("nan")
 
 
+def collapsed(metric, trivial) -> bool | None:
+    """Whether a metric is not above the trivial level (by :data:`runner.curves.MARGIN`, the learning
+    check's rule): the model predicts (almost) one class. None when either is unknown."""
+    if _missing(metric) or _missing(trivial):
+        return None
+    return bool(metric <= trivial + MARGIN)
+
+
 def summarize_pruning(raw: list[dict]) -> pd.DataFrame:
-    """Mean/std/n over seeds of metric and stability per (model, task, method, criterion, ratio); ratio 0 = unpruned."""
+    """Mean/std/min/max/n over seeds of metric and stability per (model, task, method, criterion, ratio).
+
+    Ratio 0 is the unpruned model (stability 1: it agrees with itself). ``trivial``: the mean trivial
+    level of the runs (NaN: unknown); ``collapsed_n``: how many of the runs are not above it.
+    """
     rows = []
     for item in raw:
         row, results = item["row"], item["results"]
@@ -332,22 +368,27 @@ def summarize_pruning(raw: list[dict]) -> pd.DataFrame:
             continue
         entries, reference = pruning_entries(results)
         base = {k: row[k] for k in ("model", "task", "method", "adapter", "seed")}
+        base.update(trivial_level(results) or {"trivial": None, "trivial_what": None})
         for e in entries:
             rows.append({**base, **e})
         if reference is not None and reference.get("metric") is not None:
             for crit in dict.fromkeys(e["criterion"] for e in entries):
-                rows.append({**base, "criterion": crit, "ratio": 0.0, "metric": reference["metric"], "stability": None,
+                rows.append({**base, "criterion": crit, "ratio": 0.0, "metric": reference["metric"], "stability": 1.0,
                              "flops_ratio": 1.0, "params_ratio": 1.0})
     if not rows:
         return pd.DataFrame()
     df = pd.DataFrame(rows)
     keys = ["model", "task", "method", "adapter", "criterion", "ratio"]
-    for col in ("metric", "stability", "flops_ratio", "params_ratio"):
+    for col in ("metric", "stability", "flops_ratio", "params_ratio", "trivial"):
         df[col] = pd.to_numeric(df[col], errors="coerce")
+    df["collapsed"] = [collapsed(m, t) is True for m, t in zip(df["metric"], df["trivial"])]
     grouped = df.groupby(keys, sort=False, dropna=False)
     stats = grouped[["metric", "stability", "flops_ratio", "params_ratio"]].agg(["mean", "std", "min", "max"])
     stats.columns = [f"{c}_{s}" for c, s in stats.columns]
     stats["n"] = grouped.size()
+    stats["trivial"] = grouped["trivial"].mean()
+    stats["trivial_what"] = grouped["trivial_what"].first()
+    stats["collapsed_n"] = grouped["collapsed"].sum().astype(int)
     return stats.reset_index().sort_values(["model", "task", "criterion", "ratio"], kind="stable").reset_index(drop=True)
 
 
@@ -356,7 +397,7 @@ def summarize_pruning(raw: list[dict]) -> pd.DataFrame:
 
 def _pm(mean, std, scale: float = 1.0, digits: int = 2) -> str:
     if mean is None or pd.isna(mean):
-        return "–"
+        return MISSING
     text = f"{mean * scale:.{digits}f}"
     if std is not None and not pd.isna(std):
         text += f" ± {std * scale:.{digits}f}"
@@ -381,7 +422,18 @@ def _kind(col: str) -> str:
 
 
 def _ratio_text(r) -> str:
-    return "" if r is None or pd.isna(r) else f"{r:.2f}×"
+    return MISSING if r is None or pd.isna(r) else f"{r:.2f}×"
+
+
+def _number(value, digits: int = 3) -> str:
+    """``digits`` significant digits in plain notation (``2140``, ``37.5``, ``0.00123``; never ``2.14e+03``)."""
+    if _missing(value) or not math.isfinite(value):
+        return MISSING
+    if value == 0:
+        return "0"
+    decimals = max(0, digits - 1 - math.floor(math.log10(abs(value))))
+    text = f"{value:.{decimals}f}"
+    return text.rstrip("0").rstrip(".") if "." in text else text
 
 
 def _missing(v) -> bool:
@@ -397,7 +449,7 @@ def markdown(df: pd.DataFrame) -> str:
     cols = list(df.columns)
     lines = ["| " + " | ".join(str(c) for c in cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
     for _, r in df.iterrows():
-        cells = ["" if _missing(v) else str(v) for v in r.tolist()]
+        cells = [MISSING if _missing(v) else str(v) for v in r.tolist()]
         lines.append("| " + " | ".join(c.replace("|", "\\|").replace("\n", " ") for c in cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -441,16 +493,16 @@ def main_table(stats: pd.DataFrame, model: str, baseline: str) -> pd.DataFrame:
         for t in tasks:
             gt = g[g["task"] == t]
             if gt.empty:
-                out[t.upper()] = "–"
+                out[t.upper()] = MISSING
                 continue
             r = gt.iloc[0]
             out[t.upper()] = _pm(r["metric_mean"], r["metric_std"], 100) + ("" if r["n"] > 1 else " (n=1)")
             means.append(r["metric_mean"])
         avg = float(np.mean(means)) * 100 if means else float("nan")
-        out["avg"] = f"{avg:.2f}" + ("" if len(means) == len(tasks) else "*") if means else "–"
+        out["avg"] = f"{avg:.2f}" + ("" if len(means) == len(tasks) else "*") if means else MISSING
         for c, name in eff:
             scale, unit = units[c]
-            out[f"{name} ({unit})"] = f"{g[f'{c}_mean'].mean() / scale:.3g}"
+            out[f"{name} ({unit})"] = _number(g[f"{c}_mean"].mean() / scale)
             ratio = g[f"{c}_ratio"].mean() if f"{c}_ratio" in g else float("nan")
             out[f"{name} ×{baseline}"] = _ratio_text(ratio)
         rows.append(out)
@@ -506,7 +558,8 @@ def efficiency_table(stats: pd.DataFrame, model: str, baseline: str) -> pd.DataF
 def pruning_table(pstats: pd.DataFrame, model: str, value: str) -> pd.DataFrame:
     """HIES Tables 1/2 layout: rows = criterion (and training method), columns = task @ ratio; mean ± std over seeds.
 
-    ``value`` is ``metric`` (x100; the 0% column is the unpruned model) or ``stability``.
+    ``value`` is ``metric`` (x100; the 0% column is the unpruned model) or ``stability``. The metric table
+    marks cells whose runs collapsed to the trivial level and ends with a row of that level.
     """
     p = pstats[pstats["model"] == model]
     if value == "stability":
@@ -522,9 +575,28 @@ def pruning_table(pstats: pd.DataFrame, model: str, value: str) -> pd.DataFrame:
         out = {"criterion": f"{crit} ({method})" if multi_method else crit}
         for t, ratio in columns:
             cell = g[(g["task"] == t) & (g["ratio"] == ratio)]
-            out[f"{t.upper()} {ratio:.0%}"] = "–" if cell.empty else _pm(cell.iloc[0][f"{value}_mean"], cell.iloc[0][f"{value}_std"], scale, digits)
+            out[f"{t.upper()} {ratio:.0%}"] = MISSING if cell.empty else _pruning_cell(cell.iloc[0], value, scale, digits)
         rows.append(out)
+    if value == "metric":
+        rows.append(_trivial_row(p, columns))
     return pd.DataFrame(rows)
+
+
+def _pruning_cell(r, value: str, scale: float, digits: int) -> str:
+    """Mean ± std; for the metric, ``(collapsed)`` when every run is at the trivial level (``(k/n collapsed)``: some)."""
+    text = _pm(r[f"{value}_mean"], r[f"{value}_std"], scale, digits)
+    if value != "metric" or not r["collapsed_n"]:
+        return text
+    return text + (" (collapsed)" if r["collapsed_n"] == r["n"] else f" ({r['collapsed_n']}/{r['n']} collapsed)")
+
+
+def _trivial_row(p: pd.DataFrame, columns: list[tuple]) -> dict:
+    """Table 1's last row: each task's trivial level x100 in every column of the task (``-``: unknown)."""
+    whats = list(dict.fromkeys(p["trivial_what"].dropna()))
+    out = {"criterion": " / ".join(whats) or "majority class / constant prediction"}
+    for t, ratio in columns:
+        out[f"{t.upper()} {ratio:.0%}"] = _pm(p[p["task"] == t]["trivial"].mean(), None, 100)
+    return out
 
 
 # ---------------------------------------------------------------------- plots
@@ -539,8 +611,27 @@ def _plt():
     return plt
 
 
+def _save(fig, path: Path) -> Path | None:
+    """Write a figure (None: nothing to draw) as PNG and close it."""
+    if fig is None:
+        return None
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    _plt().close(fig)
+    return path
+
+
 def plot_efficiency(stats: pd.DataFrame, model: str, baseline: str, path: Path) -> Path | None:
-    """Bars of memory, train FLOPs and train time per method, grouped by task; error bars: std over seeds."""
+    """:func:`efficiency_figure` as a PNG."""
+    return _save(efficiency_figure(stats, model, baseline), path)
+
+
+def efficiency_figure(stats: pd.DataFrame, model: str, baseline: str):
+    """Bars of memory, train FLOPs and train time per method, grouped by task; error bars: std over seeds.
+
+    A method without a value in a panel (e.g. ``prune:hies`` jobs, which train nothing) gets no bars
+    there, and no legend entry unless another panel has its bars.
+    """
     s = stats[stats["model"] == model].copy()
     if s.empty:
         return None
@@ -558,24 +649,26 @@ def plot_efficiency(stats: pd.DataFrame, model: str, baseline: str, path: Path) 
     if not panels:  # e.g. only pruning jobs on saved runs: nothing was trained here
         return None
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
-    width = 0.8 / max(1, len(labels))
     x = np.arange(len(tasks))
+    legend = {}
     for ax, (col, title) in zip(axes[0], panels):
         scale, unit = _unit(s[f"{col}_mean"], _kind(col))
+        series = []  # (colour index, label, means, stds) of the methods with a value here
         for i, label in enumerate(labels):
             g = s[s["label"] == label].set_index("task")
             means = [g[f"{col}_mean"].get(t, np.nan) / scale for t in tasks]
-            stds = [np.nan_to_num(g[f"{col}_std"].get(t, np.nan) / scale) for t in tasks]
-            ax.bar(x + (i - (len(labels) - 1) / 2) * width, means, width, yerr=stds, capsize=2, label=label)
+            if not np.isnan(means).all():
+                series.append((i, label, means, [np.nan_to_num(g[f"{col}_std"].get(t, np.nan) / scale) for t in tasks]))
+        width = 0.8 / len(series)
+        for j, (i, label, means, stds) in enumerate(series):
+            bars = ax.bar(x + (j - (len(series) - 1) / 2) * width, means, width, yerr=stds, capsize=2, color=f"C{i}")
+            legend.setdefault(label, bars)
         ax.set_xticks(x, [t.upper() for t in tasks])
         ax.set_title(f"{title} ({unit})", fontsize=10)
         ax.grid(axis="y", alpha=0.3)
-    axes[0][0].legend(fontsize=8)
+    axes[0][0].legend(list(legend.values()), list(legend), fontsize=8)
     fig.suptitle(f"{model}: cost per method (mean ± std over seeds)", fontsize=11)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return fig
 
 
 def plot_freeze_timelines(raw: list[dict], model: str, task: str, path: Path) -> Path | None:
@@ -607,14 +700,17 @@ def plot_freeze_timelines(raw: list[dict], model: str, task: str, path: Path) ->
     for ax in (ax_frac, ax_layer):
         ax.grid(alpha=0.3)
     fig.suptitle(f"{model} {task.upper()}: adapter freezing ({len(runs)} runs)", fontsize=11)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_pruning(pstats: pd.DataFrame, model: str, task: str, path: Path) -> Path | None:
-    """Metric and stability against the pruning ratio, one line per criterion; band: min–max over seeds."""
+    """:func:`pruning_figure` as a PNG."""
+    return _save(pruning_figure(pstats, model, task), path)
+
+
+def pruning_figure(pstats: pd.DataFrame, model: str, task: str):
+    """Metric and stability against the pruning ratio, one line per criterion, from the unpruned model at 0;
+    band: min–max over seeds. The trivial level is a dashed line (none when unknown)."""
     p = pstats[(pstats["model"] == model) & (pstats["task"] == task)]
     if p.empty:
         return None
@@ -629,6 +725,10 @@ def plot_pruning(pstats: pd.DataFrame, model: str, task: str, path: Path) -> Pat
                 continue
             ax.plot(h["ratio"], h[f"{value}_mean"], marker="o", ms=3, color=f"C{i}", label=f"{label} (n={int(h['n'].max())})")
             ax.fill_between(h["ratio"], h[f"{value}_min"], h[f"{value}_max"], color=f"C{i}", alpha=0.15)
+    trivial = p["trivial"].mean()
+    if not pd.isna(trivial):
+        axes[0].axhline(trivial, color="black", ls="--", lw=1,
+                        label=f"{' / '.join(dict.fromkeys(p['trivial_what'].dropna()))} ({trivial:.3f})")
     axes[0].set_ylabel("task metric")
     axes[1].set_ylabel("stability")
     for ax in axes:
@@ -636,10 +736,7 @@ def plot_pruning(pstats: pd.DataFrame, model: str, task: str, path: Path) -> Pat
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
     fig.suptitle(f"{model} {task.upper()}: head pruning (mean over seeds, band: min–max)", fontsize=11)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return fig
 
 
 # ------------------------------------------------------------------------ report

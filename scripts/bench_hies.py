@@ -7,7 +7,9 @@ criterion at every ratio without fine-tuning, time the 50%-pruned HIES model
 against the unpruned one at batch 1 and 32. Prints and writes
 ``<out>/bench_hies.md`` and ``<out>/bench_hies.json``: metric and stability
 (mean and std over seeds) per criterion and ratio; FLOPs, parameter and
-latency ratios at 50%; scoring time. Finished steps are skipped on a rerun.
+latency ratios at 50%; scoring time; the trivial level (majority class) of each
+task, with the cells where pruning collapsed a model to it marked. Finished steps
+are skipped on a rerun.
 
     python scripts/bench_hies.py                                   # the full benchmark
     python scripts/bench_hies.py --runs mrpc=outputs/runs/A,outputs/runs/B,outputs/runs/C --tasks mrpc
@@ -38,6 +40,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # run as a script from anywhere
 
+from runner.aggregate import collapsed, find_results, trivial_level
 from runner.results import read_completed
 
 CRITERIA = ["hies", "his", "entropy", "magnitude", "random", "none"]
@@ -82,10 +85,8 @@ def parse_runs(items: list[str]) -> dict[str, list[Path]]:
 
 def from_sweep(root: Path, tasks: list[str], criteria: list[str], ratios: list[float]) -> list[dict]:
     """Summaries of the completed pruning runs under ``root``, one per task, in ``tasks`` order."""
-    from runner.aggregate import find_results  # skips .retired/ attempts and .hydra/, as the report does
-
     by_task: dict[str, list[dict]] = {}
-    for path in find_results(root):
+    for path in find_results(root):  # skips .retired/ attempts and .hydra/, as the report does
         res = read_completed(path.parent)
         if res is not None and res.get("pruning") and res.get("task") in tasks:
             res["_dir"] = str(path.parent)
@@ -108,18 +109,22 @@ def _ms(values: list[float]) -> tuple[float, float]:
 
 def aggregate(task: str, results: list[dict], criteria: list[str], ratios: list[float]) -> dict:
     metric = results[0]["main_metric"]
+    trivial = [(trivial_level(res) or {}).get("trivial") for res in results]  # per seed; None: unknown
     table = {}
     for crit in criteria:
         for r in ratios:
-            rows = [next((x for x in res["pruning"]["results"] if x["criterion"] == crit and x["ratio"] == r), None)
-                    for res in results]
-            rows = [x for x in rows if x is not None]
+            rows = [(next((x for x in res["pruning"]["results"] if x["criterion"] == crit and x["ratio"] == r), None), t)
+                    for res, t in zip(results, trivial)]
+            rows = [(x, t) for x, t in rows if x is not None]
             if not rows:
                 continue
+            values = [x["main_metric"] for x, _ in rows]
             table[f"{crit}@{r}"] = {
                 "criterion": crit, "ratio": r, "seeds": len(rows),
-                "metric_mean": _ms([x["main_metric"] for x in rows])[0], "metric_std": _ms([x["main_metric"] for x in rows])[1],
-                "stability_mean": _ms([x["stability"] for x in rows])[0], "stability_std": _ms([x["stability"] for x in rows])[1],
+                "metric_mean": _ms(values)[0], "metric_std": _ms(values)[1],
+                "stability_mean": _ms([x["stability"] for x, _ in rows])[0],
+                "stability_std": _ms([x["stability"] for x, _ in rows])[1],
+                "collapsed_seeds": sum(collapsed(x["main_metric"], t) is True for x, t in rows),
             }
     unpruned = _ms([res["pruning"]["unpruned"]["main_metric"] for res in results])
     half = [next((x for x in res["pruning"]["results"] if x["criterion"] == "hies" and x["ratio"] == 0.5), None)
@@ -146,8 +151,10 @@ def aggregate(task: str, results: list[dict], criteria: list[str], ratios: list[
         if h and s:
             compare[str(r)] = {"hies": h["metric_mean"], "his": s["metric_mean"], "hies_minus_his": h["metric_mean"] - s["metric_mean"],
                                "hies_stability_minus_his": h["stability_mean"] - s["stability_mean"]}
+    known = [t for t in trivial if t is not None]
     return {
         "task": task, "metric": metric, "seeds": len(results), "unpruned_mean": unpruned[0], "unpruned_std": unpruned[1],
+        "trivial_mean": float(np.mean(known)) if known else None,
         "table": table, "efficiency_at_0.5": eff,
         "scoring": {"calib_examples": scoring[0]["calib_examples"], "time_s_median": float(np.median([x["time_s"] for x in scoring])),
                     "time_s_max": float(max(x["time_s"] for x in scoring)), "alpha": [x.get("alpha") for x in scoring]},
@@ -159,9 +166,13 @@ def aggregate(task: str, results: list[dict], criteria: list[str], ratios: list[
 def markdown(summaries: list[dict], criteria: list[str], ratios: list[float]) -> str:
     lines = ["# HIES benchmark", "",
              "Pruning without fine-tuning; mean over seeds (± std). Stability: fraction of eval examples whose predicted "
-             "label equals the unpruned model's.", ""]
+             "label equals the unpruned model's. Majority class: the metric of predicting the training majority class "
+             "for every example (a constant prediction for regression); `(collapsed)`: every seed is at it, "
+             "`(k/n collapsed)`: k of n seeds.", ""]
     for s in summaries:
-        lines += [f"## {s['task'].upper()} ({s['metric']}, {s['seeds']} seed(s); unpruned {s['unpruned_mean']:.4f} ± {s['unpruned_std']:.4f})", ""]
+        trivial = "-" if s.get("trivial_mean") is None else f"{s['trivial_mean']:.4f}"
+        lines += [f"## {s['task'].upper()} ({s['metric']}, {s['seeds']} seed(s); unpruned {s['unpruned_mean']:.4f} ± "
+                  f"{s['unpruned_std']:.4f}; majority class {trivial})", ""]
         head = "| criterion | " + " | ".join(f"{int(r * 100)}% {s['metric']}" for r in ratios) + " | " + \
                " | ".join(f"{int(r * 100)}% stability" for r in ratios) + " |"
         lines += [head, "|" + "---|" * (1 + 2 * len(ratios))]
@@ -169,7 +180,7 @@ def markdown(summaries: list[dict], criteria: list[str], ratios: list[float]) ->
             cells_m, cells_s = [], []
             for r in ratios:
                 row = s["table"].get(f"{crit}@{r}")
-                cells_m.append(f"{row['metric_mean']:.4f} ± {row['metric_std']:.3f}" if row else "")
+                cells_m.append(_metric_cell(row) if row else "")
                 cells_s.append(f"{row['stability_mean']:.3f}" if row else "")
             lines.append(f"| {crit} | " + " | ".join(cells_m) + " | " + " | ".join(cells_s) + " |")
         e = s["efficiency_at_0.5"]
@@ -191,6 +202,13 @@ def markdown(summaries: list[dict], criteria: list[str], ratios: list[float]) ->
         lines.append(f"HIES - HIS, averaged over tasks at 30% and 50%: {np.mean(both):+.4f} "
                      f"({'target met' if np.mean(both) >= 0 else 'target missed'}).")
     return "\n".join(lines) + "\n"
+
+
+def _metric_cell(row: dict) -> str:
+    """Mean ± std over seeds, and how many seeds pruning collapsed to the majority class."""
+    text = f"{row['metric_mean']:.4f} ± {row['metric_std']:.3f}"
+    k, n = row.get("collapsed_seeds", 0), row["seeds"]
+    return text + ("" if not k else " (collapsed)" if k == n else f" ({k}/{n} collapsed)")
 
 
 # ---------------------------------------------------------------------------

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import pandas as pd
 import pytest
 
-from runner.aggregate import build_report, collect, freeze_steps, main, pruning_entries
+from runner.aggregate import (build_report, collect, efficiency_figure, freeze_steps, main, pruning_entries, pruning_figure,
+                              trivial_level)
 
 MiB = 2**20
 
@@ -43,6 +46,23 @@ def hies_section(unpruned, values):
     return {"pruning": {"criterion": "hies", "ratio": 0.5, "unpruned": {"main_metric": unpruned},
                         "results": [{"criterion": c, "ratio": r, "main_metric": m, "stability": s, "flops_ratio": 1 - r,
                                      "params_ratio": 1 - r / 2, "metrics": {"accuracy": m}} for (c, r), (m, s) in values.items()]}}
+
+
+def learning_section(trivial, prediction=1):
+    """What runner.curves writes: the main metric of predicting ``prediction`` for every eval example."""
+    return {"learning": {"main_metric": "accuracy", "trivial": trivial, "trivial_prediction": prediction, "above_trivial": True}}
+
+
+def write_prune_job(root: Path, name: str, source: Path, *, task, seed, unpruned, values, model="m") -> Path:
+    """A pruning job on a saved run (prune.from_run): no training measurements, the source run's path."""
+    run = root / name
+    (run / ".hydra").mkdir(parents=True)
+    results = {"status": "completed", "task": task, "model": model, "method": "prune:hies", "main_metric": "accuracy",
+               "metrics": {"accuracy": unpruned}, "source_run": str(source),
+               "source": {"method": "adapter", "adapter": "lora", "seed": seed}, **hies_section(unpruned, values)}
+    (run / "results.json").write_text(json.dumps(results))
+    (run / "config.yaml").write_text("prune:\n  name: hies\nseed: 42\n")
+    return run
 
 
 def safe_section(freeze):
@@ -86,6 +106,9 @@ def test_pruning_and_freeze_keys_are_read_in_one_place():
     assert pruning_entries({}) == ([], None)
     assert freeze_steps({**safe_section([20, None]), "steps": {"total": 80}}) == ({"layer0": 20, "layer1": None}, 80)
     assert freeze_steps({"method_report": {}}) is None
+    assert trivial_level(learning_section(0.6838)) == {"trivial": 0.6838, "trivial_what": "majority class"}
+    assert trivial_level(learning_section(0.0, prediction=2.7)) == {"trivial": 0.0, "trivial_what": "constant prediction"}
+    assert trivial_level({"source_run": "/nowhere"}) is None and trivial_level({}) is None  # old or moved runs: unknown
 
 
 def test_synthetic_results_give_the_expected_tables(synthetic, tmp_path):
@@ -125,10 +148,19 @@ def test_synthetic_results_give_the_expected_tables(synthetic, tmp_path):
     assert t1.loc["hies", "MRPC 0%"] == "82.00 ± 2.00"  # the unpruned model
     assert t1.loc["hies", "MRPC 50%"] == "72.00 ± 2.00"
     assert t1.loc["random", "MRPC 50%"] == "52.00 ± 1.00"
-    assert t1.loc["random", "MRPC 10%"] == "–"
+    assert t1.loc["random", "MRPC 10%"] == "-"
+    assert (t1.loc["majority class / constant prediction"] == "-").all()  # these runs predate the learning check
     t2 = report["tables"]["pruning_stability/m"].set_index("criterion")
     assert t2.loc["hies", "MRPC 50%"] == "0.900 ± 0.000" and t2.loc["random", "MRPC 50%"] == "0.800 ± 0.100"
     assert "MRPC 0%" not in t2.columns
+    p = report["pruning"]
+    assert (p.loc[p["ratio"] == 0, "stability_mean"] == 1.0).all()  # the unpruned model agrees with itself
+    fig = pruning_figure(p, "m", "mrpc")
+    metric_ax, stability_ax = fig.axes
+    for line in stability_ax.get_lines():  # every criterion's stability curve starts at the unpruned model
+        assert (line.get_xdata()[0], line.get_ydata()[0]) == (0.0, 1.0)
+    assert not any(line.get_linestyle() == "--" for line in metric_ax.get_lines())  # trivial level unknown: no line
+    plt.close(fig)
 
     problems = report["problems"]
     assert sorted(problems["status"]) == ["failed", "interrupted", "no results"]
@@ -242,3 +274,63 @@ def test_real_runs_aggregate_to_their_own_numbers(tiny_overrides, tmp_path):
     assert stats.loc["full", "flops.train_total_ratio"] == pytest.approx(flops[2] / ((flops[0] + flops[1]) / 2))
     assert stats.loc["full", "flops.train_total_ratio"] > 1  # full fine-tuning computes weight gradients too
     assert (tmp_path / "report" / "efficiency_tiny.png").stat().st_size > 0
+
+
+def test_pruning_jobs_beside_trained_runs_print_dashes_and_plain_numbers(tmp_path):
+    """Pruning jobs have no memory, FLOPs or time: `-` in the tables, no empty legend entry; times never 2.14e+03."""
+    root = tmp_path / "mixed"
+    for seed, train_s in ((1, 2140.3), (2, 2139.7)):
+        src = write_run(root, f"{seed}_mrpc-adapter-s{seed}", task="mrpc", method="adapter", seed=seed, acc=0.8,
+                        mem_mib=1010, flops=2e12, train_s=train_s)
+        write_prune_job(root, f"{seed + 2}_prune-s{seed}", src, task="mrpc", seed=seed, unpruned=0.8,
+                        values={("hies", 0.5): (0.7, 0.9)})
+    report = build_report([root], tmp_path / "report")
+    main_t = report["tables"]["main/m"].set_index("method")
+    assert list(main_t.index) == ["adapter", "prune:hies"]
+    assert main_t.loc["adapter", "train time (s)"] == "2140" and main_t.loc["adapter", "peak memory (MiB)"] == "1010"
+    assert main_t.loc["adapter", "train time ×adapter"] == "1.00×"
+    prune_row = main_t.loc["prune:hies"].drop("MRPC")
+    assert (prune_row.drop("avg") == "-").all() and main_t.loc["prune:hies", "MRPC"] == "80.00 ± 0.00"
+    eff = report["tables"]["efficiency/m"].set_index("method")
+    assert eff.loc["adapter", "train time (s)"] == "2140.0 ± 0.4 [1.00×]" and eff.loc["prune:hies", "train time (s)"] == "-"
+    cells = [str(v) for name in ("main/m", "efficiency/m") for v in report["tables"][name].to_numpy().ravel()]
+    assert not [c for c in cells if "e+" in c or "e-0" in c or "nan" in c]
+    assert not re.search(r"\bnan\b", report["markdown"])
+
+    fig = efficiency_figure(report["stats"], "m", "adapter")
+    assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == ["adapter"]  # no empty prune:hies entry
+    assert all(len(ax.patches) == 1 for ax in fig.axes)  # one task, one method with bars
+    plt.close(fig)
+    assert (tmp_path / "report" / "efficiency_m.png").is_file()
+
+
+def test_the_trivial_level_is_drawn_and_collapsed_cells_are_marked(tmp_path):
+    """MRPC's majority class is 68.38: a pruned model there collapsed, whatever its drop from the unpruned one."""
+    root = tmp_path / "collapse"
+    level = 0.6838
+    for seed, (hies, random) in ((1, (0.70, level)), (2, (level, 0.60))):
+        src = write_run(root, f"{seed}_mrpc-adapter-s{seed}", task="mrpc", method="adapter", seed=seed, acc=0.8 + seed / 100,
+                        mem_mib=10, flops=1e9, train_s=1, extra=learning_section(level))
+        # a pruning job on the saved run: the trivial level comes from its source run's results.json
+        write_prune_job(root, f"{seed + 2}_prune-s{seed}", src, task="mrpc", seed=seed, unpruned=0.8 + seed / 100,
+                        values={("hies", 0.5): (hies, 0.8), ("random", 0.5): (random, 0.7)})
+    # a run pruned right after training: learning and pruning in one results.json
+    write_run(root, "5_mrpc-full-s1", task="mrpc", method="full", seed=1, acc=0.85, mem_mib=10, flops=1e9, train_s=1,
+              extra={**learning_section(level), **hies_section(0.85, {("hies", 0.5): (0.75, 0.9)})})
+    report = build_report([root], tmp_path / "report")
+    t1 = report["tables"]["pruning_metric/m"].set_index("criterion")
+    assert t1.loc["majority class", "MRPC 0%"] == "68.38" and t1.loc["majority class", "MRPC 50%"] == "68.38"
+    assert t1.loc["random (prune:hies)", "MRPC 50%"] == "64.19 ± 5.93 (collapsed)"
+    assert t1.loc["hies (prune:hies)", "MRPC 50%"] == "69.19 ± 1.15 (1/2 collapsed)"
+    assert t1.loc["hies (full)", "MRPC 50%"] == "75.00" and t1.loc["hies (prune:hies)", "MRPC 0%"] == "81.50 ± 0.71"
+    assert "(collapsed)" in report["markdown"]
+    p = report["pruning"]
+    assert p["trivial"].tolist() == pytest.approx([level] * len(p))
+    assert (tmp_path / "report" / "pruning.csv").read_text().splitlines()[0].endswith("trivial,trivial_what,collapsed_n")
+
+    fig = pruning_figure(p, "m", "mrpc")
+    metric_ax = fig.axes[0]
+    dashed = [line for line in metric_ax.get_lines() if line.get_linestyle() == "--"]
+    assert len(dashed) == 1 and list(dashed[0].get_ydata()) == pytest.approx([level, level])
+    assert "majority class (0.684)" in [t.get_text() for t in metric_ax.get_legend().get_texts()]
+    plt.close(fig)

@@ -69,3 +69,35 @@ def test_tables_from_a_sweep_dir(tmp_path):
     assert "HIES - HIS, averaged over tasks at 30% and 50%: +0.2000 (target met)" in (sweep / "bench_hies" / "bench_hies.md").read_text()
     with pytest.raises(SystemExit, match="no completed pruning runs"):
         bench.main(["--from-sweep", str(sweep), "--tasks", "sst2"])
+
+
+def test_cells_at_the_majority_class_are_marked_collapsed():
+    """MRPC-like: majority class 0.55; a pruned model at or just above it collapsed, whatever its drop."""
+    bench = _bench()
+    learned = [{**_result(shift), "learning": {"trivial": 0.55, "trivial_prediction": 1}} for shift in (0.0, 0.02)]
+    s = bench.aggregate("mrpc", learned, ["hies", "his"], [0.3, 0.5])
+    assert s["trivial_mean"] == pytest.approx(0.55)
+    assert s["table"]["hies@0.5"]["collapsed_seeds"] == 1 and s["table"]["hies@0.3"]["collapsed_seeds"] == 0
+    md = bench.markdown([s], ["hies", "his"], [0.3, 0.5])
+    assert "unpruned 0.8100 ± 0.0141; majority class 0.5500)" in md
+    assert "| hies | 0.6600 ± 0.014 | 0.5600 ± 0.014 (1/2 collapsed) |" in md
+    assert "| his | 0.5100 ± 0.014 (collapsed) | 0.3100 ± 0.014 (collapsed) |" in md
+    unknown = bench.aggregate("mrpc", [_result(0.0)], ["hies"], [0.5])  # source run "x" is not there: level unknown
+    assert unknown["trivial_mean"] is None and "majority class -)" in bench.markdown([unknown], ["hies"], [0.5])
+
+
+def test_quality_curve_draws_the_trivial_level():
+    import matplotlib.pyplot as plt
+
+    from runner.prune.plots import quality_figure
+
+    records = _result(0.0)["pruning"]["results"]
+    fig = quality_figure(records, 0.8, "accuracy", trivial=0.55)
+    metric_ax, stability_ax = fig.axes
+    trivial = [line for line in metric_ax.get_lines() if line.get_label() == "majority class (0.550)"]
+    assert len(trivial) == 1 and trivial[0].get_linestyle() == "--" and list(trivial[0].get_ydata()) == [0.55, 0.55]
+    assert all((line.get_xdata()[0], line.get_ydata()[0]) == (0.0, 1.0) for line in stability_ax.get_lines())
+    plt.close(fig)
+    fig = quality_figure(records, 0.8, "accuracy")  # level unknown: no line
+    assert not [line for line in fig.axes[0].get_lines() if "majority" in line.get_label()]
+    plt.close(fig)

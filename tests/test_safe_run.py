@@ -62,12 +62,19 @@ def test_safe_freezes_on_schedule_and_reports(runs):
     assert all(d["froze"] == d["below"] for d in report["decisions"])
     for step, t in report["threshold"]:
         assert t == pytest.approx(schedule.threshold(step / 20, 0.1, 0.5, 1.0))
+    # importance entries are named: relative = importance / the top importance among the adapters measured at that step
+    entries = [(layer, e) for layer, a in report["adapters"].items() for e in a["importance"]]
+    assert entries and all(set(e) == {"step", "importance", "relative"} for _, e in entries)
+    for step in {e["step"] for _, e in entries}:
+        at_step = [e for _, e in entries if e["step"] == step]
+        top = max(e["importance"] for e in at_step)
+        assert all(e["relative"] == pytest.approx(e["importance"] / top) for e in at_step)
     for layer, a in report["adapters"].items():
         k = int(layer.removeprefix("layer"))
         if a["freeze_step"] is None:
             continue
         # frozen at a measurement where its importance / max was below the threshold
-        at = dict((s, n) for s, _, n in a["importance"])[a["freeze_step"]]
+        at = {e["step"]: e["relative"] for e in a["importance"]}[a["freeze_step"]]
         assert at < schedule.threshold(a["freeze_step"] / 20, 0.1, 0.5, 1.0)
         assert k in report["merged_layers"]
     # per-step records: fraction frozen never decreases; trainable params drop with it
@@ -147,7 +154,7 @@ def test_bottleneck_adapters_with_rbf_cka_on_layer_outputs(runs):
     report = results["method_report"]
     assert report["n_adapters"] == 4 and report["n_frozen"] == 3 and report["merged_layers"] == []
     assert steps[-1]["trainable_params"] < steps[0]["trainable_params"]
-    assert all(0.0 <= v[1] <= 1.0 for a in report["adapters"].values() for v in a["importance"])
+    assert all(0.0 <= e["importance"] <= 1.0 for a in report["adapters"].values() for e in a["importance"])
 
 
 def test_a_run_too_short_for_the_schedule_is_warned_about(runs, caplog):

@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader
 from transformers import DataCollatorWithPadding
 
 from runner import measure
+from runner.curves import trivial_levels
 from runner.data import tokenize
 from runner.errors import ConfigError
 from runner.prune import plots
@@ -470,8 +471,11 @@ def run_pruning(inputs: PruneInputs, s: PruneSettings) -> dict:
     })
     heat = plots.heatmaps({**maps, **extra_maps}, out_dir / "head_scores.png", pruned=primary_masks,
                           alpha=scoring.get("alpha"), title=f"{task.name}: head scores (x = pruned at ratio {s.ratio})")
+    trivial = trivial_levels([task.main_metric], inputs.data.train["label"], labels, task.is_regression)
     curve = plots.quality_curves(records, base_metrics[task.main_metric], task.main_metric, out_dir / "quality_vs_ratio.png",
-                                 title=f"{task.name}: pruning without fine-tuning")
+                                 title=f"{task.name}: pruning without fine-tuning",
+                                 trivial=trivial["metrics"][task.main_metric],
+                                 trivial_label="constant prediction" if task.is_regression else "majority class")
     artifacts = {"dir": str(out_dir), "scores": str(out_dir / "scores.json"), "heatmaps": str(heat), "curve": str(curve),
                  "model": str(saved_model) if saved_model else None}
     if "alpha_auto" in scoring:

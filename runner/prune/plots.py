@@ -58,8 +58,16 @@ def heatmaps(maps: dict[str, np.ndarray], path: Path, pruned: dict[str, np.ndarr
     return _save(fig, path, title)
 
 
-def quality_curves(records: list[dict], baseline: float, metric: str, path: Path, title: str = "") -> Path:
-    """Task metric and stability against the fraction of heads pruned, one line per criterion."""
+def quality_curves(records: list[dict], baseline: float, metric: str, path: Path, title: str = "",
+                   trivial: float | None = None, trivial_label: str = "majority class") -> Path:
+    """:func:`quality_figure` as a PNG."""
+    return _save(quality_figure(records, baseline, metric, trivial, trivial_label), path, title)
+
+
+def quality_figure(records: list[dict], baseline: float, metric: str, trivial: float | None = None,
+                   trivial_label: str = "majority class"):
+    """Task metric and stability against the fraction of heads pruned, one line per criterion; the
+    trivial level (a constant prediction's metric), when given, as a dashed black line."""
     fig, (ax_m, ax_s) = plt.subplots(1, 2, figsize=(10, 4))
     criteria = list(dict.fromkeys(r["criterion"] for r in records))
     for crit in criteria:
@@ -69,6 +77,8 @@ def quality_curves(records: list[dict], baseline: float, metric: str, path: Path
         ax_m.plot(x, [baseline] + [_nan(r["main_metric"]) for r in rs], **style)
         ax_s.plot(x, [1.0] + [_nan(r["stability"]) for r in rs], **style)
     ax_m.axhline(baseline, color="grey", linewidth=0.8, linestyle=":")
+    if trivial is not None:
+        ax_m.axhline(trivial, color="black", linewidth=1, linestyle="--", label=f"{trivial_label} ({trivial:.3f})")
     ax_m.set_xlabel("fraction of heads pruned")
     ax_m.set_ylabel(metric)
     ax_m.set_title(f"{metric} (unpruned {baseline:.3f})", fontsize=10)
@@ -78,7 +88,7 @@ def quality_curves(records: list[dict], baseline: float, metric: str, path: Path
     for ax in (ax_m, ax_s):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    return _save(fig, path, title)
+    return fig
 
 
 def alpha_curve(table: list[dict], chosen: float, path: Path) -> Path:

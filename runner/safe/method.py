@@ -301,7 +301,8 @@ class SafeMethod(TrainingMethod):
             "adapters": {
                 f"layer{k}": {
                     "freeze_step": freeze_steps[k],
-                    "importance": [[m["step"], m["importance"].get(k), m["normalised"].get(k)]
+                    # relative: importance / the largest importance among the adapters active at that step
+                    "importance": [{"step": m["step"], "importance": m["importance"][k], "relative": m["normalised"][k]}
                                    for m in self.measurements if k in m["importance"]],
                 } for k in layers
             },
