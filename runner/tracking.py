@@ -82,9 +82,10 @@ def _start_wandb(cfg, output_dir: Path, config: dict, run_id: str | None):
     mode = wandb_mode(cfg.logger.mode)
 
     def init(mode: str):
+        clean = scrub  # every string W&B stores, not only the config: a secret typed into the group is masked
         return wandb.init(
-            project=cfg.logger.project, entity=cfg.logger.entity, group=cfg.logger.group,
-            name=cfg.run_name, tags=list(cfg.logger.tags), dir=str(output_dir), mode=mode,
+            project=clean(cfg.logger.project), entity=clean(cfg.logger.entity), group=clean(cfg.logger.group),
+            name=clean(cfg.run_name), tags=clean(list(cfg.logger.tags)), dir=str(output_dir), mode=mode,
             config=config, id=run_id, resume="allow" if run_id else None,
             # x_disable_meta: W&B would store the command line, credentials given as overrides included
             settings=wandb.Settings(silent=True, console="off", x_disable_stats=True, x_disable_meta=True,
