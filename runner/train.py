@@ -8,6 +8,7 @@ Reading order: :func:`run` -> :class:`Recipe` (``setup``, ``train``,
 from __future__ import annotations
 
 import datetime
+import gc
 import json
 import logging
 import math
@@ -295,6 +296,20 @@ class Recipe:
                     self.save_checkpoint()
         bar.close()
 
+    def release_model(self, synchronize: bool) -> None:
+        """Drop the (DDP-wrapped) model and optimizer while the process group still lives, every rank at
+        the same point (``synchronize``, after a completed run): a DDP reducer destroyed after the group
+        was torn down waits forever for a peer that has exited."""
+        if synchronize and self.accelerator.num_processes > 1:
+            self.accelerator.wait_for_everyone()
+        for name in ("model", "optimizer", "ctx", "method", "train_loader", "eval_loaders", "scheduler"):
+            if hasattr(self, name):
+                setattr(self, name, None)
+        self.accelerator.free_memory()
+        gc.collect()
+        if synchronize and self.accelerator.num_processes > 1:
+            self.accelerator.wait_for_everyone()
+
     def _trainable(self) -> tuple[list, int]:
         """The parameters that train now, and the signature the FLOP cache keys on."""
         return [p for p in self.model.parameters() if p.requires_grad], measure.trainable_signature(self.model)
@@ -572,6 +587,7 @@ def _run(recipe: Recipe, post_train) -> dict:
             except Exception as exc:  # noqa: BLE001 (a full disk must not hide the run's own error)
                 log.warning("closing the tracker failed: %s", exc)
         recipe.lock.release()
+        recipe.release_model(synchronize=exit_code == 0)
         recipe.accelerator.end_training()
         reset_accelerate_state()  # sweep: the next job in this process gets a fresh Accelerator
 
