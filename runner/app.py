@@ -21,7 +21,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from runner.errors import UserError
+from runner.errors import UserError, first_line
 from runner.jobs import record_failure, resolve_auto_resume
 
 log = logging.getLogger("runner")
@@ -170,26 +170,24 @@ def execute(cfg: DictConfig) -> float | None:
         _fail(f"stopped at once by a second signal; {_resume_hint(output_dir)}", EXIT_SIGINT, cfg, exc, stop_sweep=True)
     except OSError as exc:
         if exc.errno not in STORAGE_ERRNOS:
-            if not _is_multirun():
-                raise
-            _fail(f"job {cfg.get('run_name')} crashed: {type(exc).__name__}: {exc}", 1, cfg, exc)
+            _crashed(exc, cfg)
             return None
         where = exc.filename or output_dir
         _fail(f"cannot write {where}: {exc.strerror or exc}; free space or choose a writable place "
               f"(hydra.run.dir=..., data_cache_dir=...); {_resume_hint(output_dir)}", EXIT_STORAGE, cfg, exc)
     except Exception as exc:
-        # any other crash: one line naming the log that holds the traceback (debug=true: the traceback here too);
-        # in a sweep it fails this job only
-        if cfg.get("debug") and not _is_multirun():
-            raise
-        logs = _log_traceback_to_files(exc, f"job {cfg.get('run_name')} crashed")
-        where = f"traceback in {logs[0]}" if logs else "debug=true prints the traceback"
-        _fail(f"job {cfg.get('run_name')} crashed: {type(exc).__name__}: {_first_line(exc)} ({where})", 1, cfg, exc)
+        _crashed(exc, cfg)
     return None
 
 
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [""])[0]
+def _crashed(exc: Exception, cfg: DictConfig) -> None:
+    """Any other crash: one line naming the log that holds the traceback (debug=true: the traceback here
+    too); in a sweep it fails this job only."""
+    if cfg.get("debug") and not _is_multirun():
+        raise exc
+    logs = _log_traceback_to_files(exc, f"job {cfg.get('run_name')} crashed")
+    where = f"traceback in {logs[0]}" if logs else "debug=true prints the traceback"
+    _fail(f"job {cfg.get('run_name')} crashed: {type(exc).__name__}: {first_line(exc)} ({where})", 1, cfg, exc)
 
 
 def _log_traceback_to_files(exc: BaseException, message: str) -> list[str]:

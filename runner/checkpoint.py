@@ -20,7 +20,7 @@ import yaml
 from safetensors.torch import save_file
 
 from runner.adapters import is_adapter_param, is_head_param
-from runner.errors import RecordError
+from runner.errors import RecordError, first_line
 from runner.results import atomic_write_json, atomic_write_text
 
 CHECKPOINT = "checkpoint"
@@ -95,7 +95,7 @@ def load(accelerator, output_dir: Path, model=None) -> None:
     except RecordError:
         raise
     except Exception as exc:  # noqa: BLE001 (SafetensorError, pickle and shape errors, truncated files)
-        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        first = first_line(exc)[:300]
         raise RecordError(f"cannot read the checkpoint {folder} ({type(exc).__name__}: {first}); it is damaged or "
                           "incomplete: start over in a new dir (or restore it)") from exc
 

@@ -178,10 +178,7 @@ def load_hub(task: DictConfig) -> TaskData:
     offline = any(os.environ.get(k, "").lower() in ("1", "true", "yes") for k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
     problem = None if offline else unreachable(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
     try:
-        if problem is not None:  # the cache may still hold it
-            with _hub_offline():
-                ds = datasets.load_dataset(task.hub_path, task.hub_name)
-        else:
+        with _hub_offline() if problem is not None else contextlib.nullcontext():  # the cache may still hold it
             ds = datasets.load_dataset(task.hub_path, task.hub_name)
     except Exception as exc:  # connection errors come in many types
         why = f"no local data and the Hub is out of reach ({problem})" if problem else type(exc).__name__

@@ -1,6 +1,11 @@
 """User-facing errors: one clear line, a distinct exit code, no traceback."""
 
 
+def first_line(exc: BaseException) -> str:
+    """An exception's message, first line only (for one-line errors)."""
+    return (str(exc).strip().splitlines() or [""])[0]
+
+
 class UserError(Exception):
     """Bad input from the user (config, files, environment).
 

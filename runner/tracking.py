@@ -76,7 +76,7 @@ def _start_wandb(cfg, output_dir: Path, config: dict, run_id: str | None):
     ``WANDB_MODE=online``) it fails in one line instead."""
     import wandb
 
-    from runner.errors import ConfigError
+    from runner.errors import ConfigError, first_line
 
     forced = os.environ.get("WANDB_MODE") == "online" or (cfg.logger.mode == "online" and "WANDB_MODE" not in os.environ)
     mode = wandb_mode(cfg.logger.mode)
@@ -99,8 +99,7 @@ def _start_wandb(cfg, output_dir: Path, config: dict, run_id: str | None):
         try:
             return init("online")
         except Exception as exc:  # noqa: BLE001 (AuthenticationError, CommError, UsageError, timeouts)
-            first = (str(exc).strip().splitlines() or [""])[0]
-            problem = f"{type(exc).__name__}: {first}"
+            problem = f"{type(exc).__name__}: {first_line(exc)}"
     if forced:
         raise ConfigError(f"W&B online logging cannot start ({problem}); check WANDB_API_KEY / WANDB_BASE_URL, "
                           "or log offline with logger.mode=offline (wandb sync later)")
