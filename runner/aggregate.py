@@ -39,7 +39,8 @@ import numpy as np
 import pandas as pd
 
 from runner.curves import MARGIN
-from runner.results import flatten, read_run
+from runner import runs
+from runner.results import flatten
 
 GLUE_ORDER = ["cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "qnli", "rte", "wnli"]
 GROUP_KEYS = ["model", "task", "method", "adapter"]  # more with --by (e.g. prune.name, trainer.lr)
@@ -109,7 +110,7 @@ def trivial_level(results: dict) -> dict | None:
     """
     learning = results.get("learning")
     if not isinstance(learning, dict) and results.get("source_run"):
-        learning = (read_run(Path(results["source_run"])) or {}).get("learning")
+        learning = (runs.read(Path(results["source_run"])) or {}).get("learning")
     if not isinstance(learning, dict) or learning.get("trivial") is None:
         return None
     regression = isinstance(learning.get("trivial_prediction"), float)

@@ -73,7 +73,7 @@ def _remove_empty_run_dir(output_dir: Path) -> None:
     if not output_dir.is_dir():
         return
     from runner.errors import ConfigError
-    from runner.run_record import RETIRED, DirLock, traces
+    from runner.runs import RETIRED, DirLock, traces
 
     try:
         lock = DirLock(output_dir).acquire()

@@ -9,18 +9,17 @@ process. Three things would otherwise cross from one job into the next:
   :func:`reset_accelerate_state` clears them when a run ends.
 * W&B: each run is finished in ``runner.train.run``'s ``finally``.
 * A failed job must not stop or hide itself: :func:`record_failure` leaves a
-  ``results.json`` with ``status: failed`` in the job's dir when the run did
+  failure record (``runner.runs``) in the job's dir when the run did
   not write one itself (it failed before training started).
 """
 
 from __future__ import annotations
 
-import datetime
 import os
 from pathlib import Path
 
-from runner.results import STATUS_FAILED, atomic_write_json
-from runner.run_record import RETIRED, traces
+from runner import runs
+from runner.results import STATUS_COMPLETED, STATUS_FAILED
 
 
 def reset_accelerate_state() -> None:
@@ -63,42 +62,20 @@ def sweep_group(default: str) -> str:
     return Path(sweep_dir).name if sweep_dir else default
 
 
-def _field(cfg, path: str):
-    try:
-        node = cfg
-        for key in path.split("."):
-            node = node[key]
-        return node
-    except Exception:  # noqa: BLE001 (the config itself may be what failed)
-        return None
-
-
 def record_failure(cfg, output_dir: Path, exc: BaseException, exit_code: int, stage: str = "before_training") -> Path | None:
-    """Leave ``results.json`` (status failed) in the job's dir unless the run wrote one.
+    """Leave a failure record in the job's dir unless the run wrote one (:func:`runner.runs.write_failure`).
 
     ``runner.train.run`` writes failed/interrupted results itself once training
     has started; this covers the failures before that (bad data, bad model,
     invalid values), which a single run reports on stderr and leaves no dir for.
     """
     output_dir = Path(output_dir)
-    path = output_dir / "results.json"
-    if path.exists():
-        return None
-    if int(os.environ.get("RANK", "0")) != 0:
+    if (output_dir / runs.RESULTS).exists() or int(os.environ.get("RANK", "0")) != 0:
         return None
     job = hydra_job()
-    atomic_write_json(path, {
-        "status": STATUS_FAILED,
-        "stage": stage,
-        "error": f"{type(exc).__name__}: {exc}",
-        "exit_code": exit_code,
-        "run_name": _field(cfg, "run_name"),
-        "task": _field(cfg, "task.name"), "model": _field(cfg, "model.short_name"),
-        "method": _field(cfg, "method.name"), "seed": _field(cfg, "seed"),
-        "job": {"num": job.get("num"), "overrides": job.get("overrides")},
-        "finished_at": datetime.datetime.now().isoformat(timespec="seconds"),
-    })
-    return path
+    return runs.write_failure(output_dir, STATUS_FAILED, f"{type(exc).__name__}: {exc}", stage=stage,
+                              who=runs.identity(cfg), exit_code=exit_code,
+                              job={"num": job.get("num"), "overrides": job.get("overrides")})
 
 
 def resolve_auto_resume(cfg) -> dict | None:
@@ -115,37 +92,20 @@ def resolve_auto_resume(cfg) -> dict | None:
     from omegaconf import open_dict
 
     from runner import checkpoint
-    from runner.results import STATUS_COMPLETED, read_results
+    from runner.errors import RecordError
 
     if str(cfg.get("resume")).lower() != "auto":
         return None
     output_dir = Path(cfg.output_dir)
-    results_path = output_dir / "results.json"
-    try:
-        previous = read_results(results_path) if results_path.is_file() else None
-    except (OSError, UnicodeDecodeError, ValueError) as exc:  # never rerun over what may be a finished job's only record
-        from runner.errors import RecordError
-
-        raise RecordError(f"{results_path} is unreadable ({type(exc).__name__}: {exc}); restore it, "
-                          "or move the run dir away to rerun the job") from exc
+    problem = runs.record_problem(output_dir)
+    if problem:  # never rerun over what may be a finished job's only record
+        raise RecordError(problem)
+    previous = runs.read(output_dir)
     if previous and previous.get("status") == STATUS_COMPLETED:
         return previous
     resume = checkpoint.load_meta(output_dir) is not None
-    if not resume and traces(output_dir) and int(os.environ.get("RANK", "0")) == 0:
-        _retire_attempt(output_dir)
+    if not resume and runs.traces(output_dir) and int(os.environ.get("RANK", "0")) == 0:
+        runs.retire_traces(output_dir)
     with open_dict(cfg):
         cfg.resume = resume
     return None
-
-
-def _retire_attempt(output_dir: Path) -> Path:
-    """Move every trace of an earlier attempt (runner.run_record.traces) to ``.retired/<n>/``."""
-    root = output_dir / RETIRED
-    n = 1
-    while (root / str(n)).exists():
-        n += 1
-    target = root / str(n)
-    target.mkdir(parents=True)
-    for name in traces(output_dir):
-        (output_dir / name).rename(target / name)
-    return target

@@ -56,28 +56,6 @@ class _suppress:
         return True
 
 
-def read_results(path: Path) -> dict:
-    with open(path) as f:
-        return json.load(f)
-
-
-def read_run(run_dir: Path) -> dict | None:
-    """A run dir's ``results.json``, or None when it is missing or unreadable (a run that died early)."""
-    path = Path(run_dir) / "results.json"
-    if not path.is_file():
-        return None
-    try:
-        return read_results(path)
-    except (OSError, json.JSONDecodeError):
-        return None
-
-
-def read_completed(run_dir: Path) -> dict | None:
-    """A run dir's results if its status is completed, else None (failed, interrupted, running, missing)."""
-    results = read_run(run_dir)
-    return results if results is not None and results.get("status") == STATUS_COMPLETED else None
-
-
 def flatten(d: dict, sep: str = "/", skip: tuple = (), prefix: str = "") -> dict:
     """Nested results as flat keys (``memory/param_bytes``); lists and top-level ``skip`` keys are left out."""
     out = {}

@@ -39,22 +39,12 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from runner.results import (
-    STATUS_COMPLETED,
-    STATUS_FAILED,
-    STATUS_INTERRUPTED,
-    atomic_write_json,
-    atomic_write_text,
-    read_run,
-)
+from runner import runs
+from runner.results import STATUS_COMPLETED, STATUS_FAILED, atomic_write_json, atomic_write_text
+from runner.runs import COMPLETED, DAMAGED, FAILED, INTERRUPTED, MISSING, RESUMABLE
 
 MANIFEST = "sweep.json"
 SUMMARY = "sweep_summary"
-RETIRED = ".retired"
-
-# job states (see job_state)
-COMPLETED, FAILED, INTERRUPTED, RESUMABLE, INCOMPLETE, MISSING, DAMAGED = (
-    "completed", "failed", "interrupted", "resumable", "incomplete", "missing", "damaged")
 
 
 @dataclass
@@ -149,68 +139,21 @@ def load_plan(sweep_dir: Path) -> tuple[list[Job], dict]:
 # ------------------------------------------------------------------ job states
 
 
-def record_problem(job_dir: Path) -> str | None:
-    """Why a job's ``results.json`` exists but cannot be read (None when it is fine or absent)."""
-    path = Path(job_dir) / "results.json"
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        return (f"{path} is unreadable ({type(exc).__name__}: {exc}); restore it, or move the job dir away "
-                "to rerun the job (its trained outputs are left untouched)")
-    return None if isinstance(data, dict) else f"{path} does not hold a record (a JSON object); restore it or move the job dir away"
-
-
-def job_state(job_dir: Path) -> str:
-    """completed | failed | interrupted (with a checkpoint) | resumable (killed hard, checkpoint left)
-    | incomplete (a dir but nothing to resume from) | missing (never started) | damaged (an unreadable
-    results.json: never rerun over, it may hold a finished job's only record)."""
-    job_dir = Path(job_dir)
-    if not job_dir.is_dir():
-        return MISSING
-    if record_problem(job_dir):
-        return DAMAGED
-    results = read_run(job_dir) or {}
-    status = results.get("status")
-    has_checkpoint = (job_dir / "checkpoint" / "meta.json").is_file()
-    if status == STATUS_COMPLETED:
-        return COMPLETED
-    if status == STATUS_FAILED:
-        return FAILED
-    if status == STATUS_INTERRUPTED:
-        return INTERRUPTED if has_checkpoint else INCOMPLETE
-    return RESUMABLE if has_checkpoint else INCOMPLETE
-
-
 def jobs_to_run(jobs: list[Job], retry_failed: bool = False) -> list[tuple[Job, bool]]:
     """(job, resume?) for every job that still has to run: completed ones are skipped, failed ones too unless retried."""
     todo = []
     for job in jobs:
-        state = job_state(Path(job.dir))
+        state = runs.state(Path(job.dir))
         if state == COMPLETED:
             continue
         if state == DAMAGED:
-            print(f"sweep: {job.name}: skipped: {record_problem(Path(job.dir))}", file=sys.stderr)
+            print(f"sweep: {job.name}: skipped: {runs.record_problem(Path(job.dir))}", file=sys.stderr)
             continue
         if state == FAILED and not retry_failed:
             print(f"sweep: {job.name}: failed before; skipped (--retry-failed reruns it)", file=sys.stderr)
             continue
         todo.append((job, state in (INTERRUPTED, RESUMABLE)))
     return todo
-
-
-def retire(job_dir: Path) -> Path:
-    """Move a job's dir under ``<sweep>/.retired/`` (kept, never deleted; aggregation skips it)."""
-    job_dir = Path(job_dir)
-    root = job_dir.parent / RETIRED
-    root.mkdir(exist_ok=True)
-    n = 1
-    while (root / f"{job_dir.name}.{n}").exists():
-        n += 1
-    target = root / f"{job_dir.name}.{n}"
-    job_dir.rename(target)
-    return target
 
 
 # ------------------------------------------------------------------ summaries
@@ -223,12 +166,12 @@ def summarize(sweep_dir: Path, jobs: list[Job] | None = None) -> list[dict]:
         jobs, _ = load_plan(sweep_dir)
     rows = []
     for job in jobs:
-        results = read_run(Path(job.dir)) or {}
+        results = runs.read(Path(job.dir)) or {}
         metric_name = results.get("main_metric")
         rows.append({
-            "num": job.num, "name": job.name, "state": job_state(Path(job.dir)),
+            "num": job.num, "name": job.name, "state": runs.state(Path(job.dir)),
             "metric": metric_name, "value": (results.get("metrics") or {}).get(metric_name) if metric_name else None,
-            "error": record_problem(Path(job.dir)) or results.get("error"), "dir": str(Path(job.dir).relative_to(sweep_dir)) if Path(job.dir).is_relative_to(sweep_dir) else job.dir,
+            "error": runs.record_problem(Path(job.dir)) or results.get("error"), "dir": str(Path(job.dir).relative_to(sweep_dir)) if Path(job.dir).is_relative_to(sweep_dir) else job.dir,
             "overrides": job.overrides,
         })
     atomic_write_json(sweep_dir / f"{SUMMARY}.json", {"sweep_dir": str(sweep_dir), "jobs": rows,
@@ -342,15 +285,13 @@ def _last_error_line(log_path: Path) -> str | None:
 def record_launch_failure(job: Job, returncode: int, log_path: Path) -> None:
     """A job that exited without results.json (bad input, a crash at start, killed) gets a failure record."""
     job_dir = Path(job.dir)
-    if read_run(job_dir) is not None:
+    if runs.read(job_dir) is not None:
         return
     job_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(job_dir / "results.json", {
-        "status": STATUS_FAILED, "stage": "before_training" if returncode != 0 else "no_results",
-        "error": _last_error_line(log_path) or f"exit code {returncode}", "exit_code": returncode,
-        "run_name": job.name.split("_", 1)[1], "job": {"num": job.num, "overrides": job.overrides},
-        "log": str(log_path), "finished_at": datetime.datetime.now().isoformat(timespec="seconds"),
-    })
+    runs.write_failure(job_dir, STATUS_FAILED, _last_error_line(log_path) or f"exit code {returncode}",
+                       stage="before_training" if returncode != 0 else "no_results",
+                       who={"run_name": job.name.split("_", 1)[1]}, exit_code=returncode,
+                       job={"num": job.num, "overrides": job.overrides}, log=str(log_path))
 
 
 class Runner:
@@ -433,10 +374,10 @@ class Runner:
 
     def _finished(self, job: Job, returncode: int, seconds: float) -> None:
         log_path = self.sweep_dir / "logs" / f"{job.name}.log"
-        if returncode != 0 or read_run(Path(job.dir)) is None:
+        if returncode != 0 or runs.read(Path(job.dir)) is None:
             record_launch_failure(job, returncode, log_path)
-        state = job_state(Path(job.dir))
-        results = read_run(Path(job.dir)) or {}
+        state = runs.state(Path(job.dir))
+        results = runs.read(Path(job.dir)) or {}
         metric = results.get("main_metric")
         value = (results.get("metrics") or {}).get(metric) if metric else None
         detail = f"{metric}={value:.4f}" if isinstance(value, (int, float)) else (results.get("error") or "")[:200]
@@ -484,7 +425,7 @@ def completed_runs(sweep_dir: Path, method: str | None = None) -> list[Path]:
     jobs, _ = load_plan(sweep_dir)
     out = []
     for job in jobs:
-        results = read_run(Path(job.dir)) or {}
+        results = runs.read(Path(job.dir)) or {}
         if results.get("status") == STATUS_COMPLETED and (method is None or results.get("method") == method):
             out.append(Path(job.dir))
     return out
@@ -533,7 +474,7 @@ def main(argv: list[str] | None = None) -> int:
 
     sweep_dir.mkdir(parents=True, exist_ok=True)
     from runner.errors import ConfigError
-    from runner.run_record import DirLock
+    from runner.runs import DirLock
 
     try:
         _lock = DirLock(sweep_dir, "sweep").acquire()  # held until this process exits
@@ -546,9 +487,9 @@ def main(argv: list[str] | None = None) -> int:
     manifest.update(options=opts, jobs=[asdict(j) for j in jobs])
     atomic_write_json(sweep_dir / MANIFEST, manifest)  # a Hydra multirun dir gets one too: later resumes read it
     for job, resume in todo:
-        state = job_state(Path(job.dir))
+        state = runs.state(Path(job.dir))
         if not resume and state != MISSING:  # failed (retried) or incomplete: keep the old dir aside, start fresh
-            print(f"sweep: {job.name}: {state}; old dir kept as {retire(Path(job.dir))}", file=sys.stderr)
+            print(f"sweep: {job.name}: {state}; old dir kept as {runs.retire_dir(Path(job.dir))}", file=sys.stderr)
     print(f"sweep: {len(jobs)} jobs in {sweep_dir}, {len(todo)} to run "
           f"({sum(r for _, r in todo)} resumed); {opts['procs']} process(es) per job, {opts['parallel']} at a time", file=sys.stderr)
     runner = Runner(sweep_dir, procs=opts["procs"], cpu=opts["cpu"], launcher=opts["launcher"], launch_args=opts["launch_args"],

@@ -7,12 +7,10 @@ Reading order: :func:`run` -> :class:`Recipe` (``setup``, ``train``,
 
 from __future__ import annotations
 
-import datetime
 import gc
 import json
 import logging
 import math
-import os
 import signal
 import sys
 import time
@@ -26,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
-from runner import checkpoint, curves, data as data_lib, measure, provenance, run_record
+from runner import checkpoint, curves, data as data_lib, measure, provenance, runs
 from runner.adapters import (
     is_adapter_param, is_head_param, layer_index, parameter_counts, prepare_trainable, trained_head_modules,
 )
@@ -37,7 +35,6 @@ from runner.methods import LoopContext, build_method
 from runner.models import load_model_and_tokenizer, resolve_model_path
 from runner.results import (
     STATUS_COMPLETED, STATUS_FAILED, STATUS_INTERRUPTED, STATUS_RUNNING, atomic_write_json, atomic_write_text, flatten,
-    read_run,
 )
 from runner.stop_signals import FINISH, POST_TRAIN, TRAIN, RunInterrupted, StopSignals
 from runner.tasks import compute_metrics, predictions_from_logits
@@ -88,7 +85,7 @@ class Recipe:
         self.flop_meter = measure.FlopMeter(cfg.trainer.count_flops)
         self.eval_flop_meter = measure.FlopMeter(cfg.trainer.count_flops)
         self.signals = StopSignals()  # SIGINT/SIGTERM over the whole run (runner.stop_signals)
-        self.lock = run_record.DirLock(self.output_dir)
+        self.lock = runs.DirLock(self.output_dir)
         self.resume_state: dict | None = None
 
     # ------------------------------------------------------------------ setup
@@ -121,16 +118,12 @@ class Recipe:
             if self.is_main:
                 atomic_write_text(self.output_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(resolved_config(cfg))))
             if self.resume_state is not None and self.is_main:  # one metrics record per step, whatever happened
-                run_record.trim_metrics(self.output_dir / "metrics.jsonl", self.resume_state["global_step"])
+                runs.trim_metrics(self.output_dir / "metrics.jsonl", self.resume_state["global_step"])
             run_id = (self.resume_state or {}).get("wandb_run_id")
             self.tracker = Tracker(cfg, self.output_dir, self.is_main, resolved_config(cfg), run_id=run_id)
             self.started = True
             if self.is_main and self.resume_state is None:  # a small record first: a run that dies leaves one
-                atomic_write_json(self.output_dir / "results.json", {
-                    "status": STATUS_RUNNING, "run_name": cfg.run_name, "task": cfg.task.name, "model": cfg.model.short_name,
-                    "method": cfg.method.name, "seed": cfg.seed, "pid": os.getpid(),
-                    "started_at": datetime.datetime.now().isoformat(timespec="seconds"),
-                })
+                runs.write_running(self.output_dir, cfg)
             if self.is_main:  # bad input has been ruled out by now: it gets its one error line alone
                 print(f"run dir: {self.output_dir}", file=sys.stderr, flush=True)
 
@@ -181,16 +174,16 @@ class Recipe:
 
     def _check_output_dir(self) -> dict | None:
         """Never overwrite or mix into another run's record; resume only the same run from a checkpoint."""
-        previous = (read_run(self.output_dir) or {}).get("status")
+        previous = (runs.read(self.output_dir) or {}).get("status")
         meta = checkpoint.load_meta(self.output_dir)
         if self.cfg.resume:
             if previous == STATUS_COMPLETED:
                 raise ConfigError(f"{self.output_dir} holds a completed run; nothing to resume")
             if meta is None:
                 raise ConfigError(f"resume=true but {self.output_dir} holds no checkpoint; point hydra.run.dir at an interrupted run")
-            run_record.check_same_settings(self.output_dir, resolved_config(self.cfg))
+            runs.check_same_settings(self.output_dir, resolved_config(self.cfg))
             return meta
-        run_record.check_fresh(self.output_dir)
+        runs.check_fresh(self.output_dir)
         return None
 
     def _restore(self, meta: dict) -> None:
@@ -575,10 +568,10 @@ def _run(recipe: Recipe, post_train) -> dict:
         exit_code = 0
         return results
     except BaseException as exc:
-        recipe.signals.stage = FINISH  # a first signal now waits until the record is written
+        stage, recipe.signals.stage = recipe.signals.stage, FINISH  # a first signal now waits until the record is written
         status = STATUS_INTERRUPTED if isinstance(exc, (RunInterrupted, KeyboardInterrupt)) else STATUS_FAILED
         if recipe.is_main and (trained is not None or recipe.started):
-            write_failure_record(recipe, trained, status, exc)
+            write_failure_record(recipe, trained, status, exc, stage)
         raise
     finally:
         if recipe.tracker is not None:
@@ -598,54 +591,37 @@ def error_text(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def write_failure_record(recipe: Recipe, trained: dict | None, status: str, exc: BaseException) -> None:
-    """The record of a run that did not complete, written even on a full disk: the full record, else a
-    small one (status, error), else the previous record stays (a fresh run's ``running`` one)."""
+def write_failure_record(recipe: Recipe, trained: dict | None, status: str, exc: BaseException, stage: str) -> None:
+    """The record of a run that did not complete (:func:`runner.runs.write_failure`), written even on a
+    full disk: the full record, else a small one, else the previous record stays (a fresh run's
+    ``running`` one). A resumed attempt that fails before it gets past the previous record's step
+    keeps that record (the attempt is added to its ``attempts``): a failed resume never wipes what
+    the interrupted run had written."""
     error = error_text(exc)
+    out = recipe.output_dir
+    meta = checkpoint.load_meta(out) if trained is None else None
+    where = {"step": recipe.global_step, "checkpoint_step": meta["global_step"] if meta is not None else None}
     try:
         if trained is not None:  # training finished; the stage after it failed: keep every number
-            atomic_write_json(recipe.output_dir / "results.json",
-                              {**trained, "status": status, "failed_stage": "post_train", "error": error})
-        else:
-            write_partial_results(recipe, status, exc)
+            atomic_write_json(out / runs.RESULTS, {**trained, "status": status, "stage": POST_TRAIN, "error": error})
+            return
+        previous = runs.read(out) or {}
+        if previous and recipe.resume_state is not None and recipe.global_step <= int(previous.get("step") or 0):
+            runs.keep_previous_record(out, previous, status, error, recipe.global_step)
+            return
+        write_step_history(out / "steps.jsonl", recipe.history)
+        runs.write_failure(out, status, error, stage=stage, who=runs.identity(recipe.cfg), **where,
+                           # what resume=true continues from (steps after it are lost with this attempt)
+                           checkpoint=str(checkpoint.complete_checkpoint(out)) if meta is not None else None,
+                           attempts=previous.get("attempts", []) if recipe.resume_state is not None else [],
+                           eval_history=recipe.evals)
+        if recipe.tracker is not None:
+            recipe.tracker.summary({"status": status, "error": error})
         return
     except OSError as write_error:
         log.warning("writing the full failure record failed (%s); writing a small one", write_error)
     try:
-        atomic_write_json(recipe.output_dir / "results.json", {
-            "status": status, "run_name": recipe.cfg.run_name, "error": error, "step": recipe.global_step,
-            "checkpoint_step": (checkpoint.load_meta(recipe.output_dir) or {}).get("global_step"),
-        })
+        runs.write_failure(out, status, error, stage=stage, who={"run_name": recipe.cfg.run_name}, **where)
     except OSError as write_error:
         log.warning("writing the failure record failed too (%s); %s keeps its previous record", write_error,
-                    recipe.output_dir / "results.json")
-
-
-def write_partial_results(recipe: Recipe, status: str, exc: BaseException) -> None:
-    """Keep what was computed; say clearly that the run did not complete.
-
-    A resumed attempt that fails before it gets past the previous record's step
-    keeps that record (the attempt is added to its ``attempts``): a failed
-    resume never wipes what the interrupted run had written."""
-    error = error_text(exc)
-    previous = read_run(recipe.output_dir) or {}
-    if previous and recipe.resume_state is not None and recipe.global_step <= int(previous.get("step") or 0):
-        run_record.keep_previous_record(recipe.output_dir, previous, status, error, recipe.global_step)
-        return
-    meta = checkpoint.load_meta(recipe.output_dir)
-    write_step_history(recipe.output_dir / "steps.jsonl", recipe.history)
-    atomic_write_json(recipe.output_dir / "results.json", {
-        "status": status,
-        "run_name": recipe.cfg.run_name,
-        "error": error,
-        "step": recipe.global_step,
-        # what resume=true continues from (steps after it are lost with this attempt)
-        "checkpoint": str(checkpoint.complete_checkpoint(recipe.output_dir)) if meta is not None else None,
-        "checkpoint_step": meta["global_step"] if meta is not None else None,
-        "attempts": previous.get("attempts", []) if recipe.resume_state is not None else [],
-        "eval_history": recipe.evals,
-        "task": recipe.cfg.task.name, "model": recipe.cfg.model.short_name, "method": recipe.cfg.method.name,
-        "seed": recipe.cfg.seed,
-    })
-    if recipe.tracker is not None:
-        recipe.tracker.summary({"status": status, "error": error})
+                    out / runs.RESULTS)

@@ -41,7 +41,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # run as a script from anywhere
 
 from runner.aggregate import collapsed, find_results, trivial_level
-from runner.results import read_completed
+from runner.runs import read_completed
 
 CRITERIA = ["hies", "his", "entropy", "magnitude", "random", "none"]
 RATIOS = [0.1, 0.3, 0.5, 0.7]

@@ -39,7 +39,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run as a script from anywhere
 
-from runner.results import read_completed
+from runner.runs import read_completed
 
 RECIPES = {
     "lora": ["method=adapter", "adapter=lora", "adapter.target_modules=[query,key,value,output.dense,intermediate.dense]",

@@ -22,10 +22,12 @@ from prune_helpers import compose
 import runner.app as app_mod
 import runner.checkpoint as checkpoint_mod
 import runner.data as data_mod
+import runner.results as results_mod
 import runner.train as train_mod
 from runner.app import execute
 from runner.errors import ConfigError
-from runner.sweep import DAMAGED, Job, jobs_to_run, job_state, summarize
+from runner.runs import DAMAGED, state as job_state
+from runner.sweep import Job, jobs_to_run, summarize
 from runner.sweep import main as sweep_main
 from runner.tracking import Tracker
 
@@ -145,14 +147,14 @@ def test_a_full_disk_while_checkpointing_fails_in_one_line_with_a_record(common,
 
 
 def test_a_full_disk_at_results_json_keeps_the_small_record_written_first(common, tmp_path, monkeypatch, capsys, caplog):
-    original = train_mod.atomic_write_json
+    original = results_mod.atomic_write_text
 
-    def write(path, data):
-        if Path(path).name == "results.json" and data.get("status") != "running":
+    def write(path, text):  # every JSON record goes through here, whoever writes it
+        if Path(path).name == "results.json" and '"status": "running"' not in text:
             raise _no_space(path)
-        return original(path, data)
+        return original(path, text)
 
-    monkeypatch.setattr(train_mod, "atomic_write_json", write)
+    monkeypatch.setattr(results_mod, "atomic_write_text", write)
     out = tmp_path / "run"
     with caplog.at_level(logging.WARNING, logger="runner.train"):
         code, err = _exit(compose(common, out), capsys)
@@ -233,7 +235,7 @@ def test_a_damaged_record_is_neither_rerun_nor_overwritten(tmp_path, capsys):
     assert f"summary: {sweep}/sweep_summary.md (and .json)" in err  # where the table went
     assert (damaged / "results.json").read_text() == '{"status": "compl'  # untouched
     rows = json.loads((sweep / "sweep_summary.json").read_text())["jobs"]
-    assert rows[0]["state"] == DAMAGED and "restore it, or move the job dir away" in rows[0]["error"]
+    assert rows[0]["state"] == DAMAGED and "restore it, or move the run dir away" in rows[0]["error"]
 
 
 def test_resume_auto_on_a_damaged_record_fails_in_one_line(tiny_overrides, tmp_path, capsys):
@@ -243,7 +245,7 @@ def test_resume_auto_on_a_damaged_record_fails_in_one_line(tiny_overrides, tmp_p
     code, err = _exit(compose([*tiny_overrides, "resume=auto"], out), capsys)
     assert code == 8 and _error_lines(err) == [
         f"error: {out}/results.json is unreadable (JSONDecodeError: Expecting property name enclosed in double quotes: "
-        "line 1 column 2 (char 1)); restore it, or move the run dir away to rerun the job"]
+        "line 1 column 2 (char 1)); restore it, or move the run dir away to rerun it (its trained outputs are left untouched)"]
     assert (out / "results.json").read_text() == "{"
 
 

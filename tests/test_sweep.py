@@ -13,10 +13,10 @@ import runner.app as app_mod
 import runner.train as train_mod
 from runner.config import compose_config
 from runner.jobs import resolve_auto_resume
-from runner.sweep import (
-    COMPLETED, FAILED, INCOMPLETE, INTERRUPTED, MISSING, RESUMABLE, Job, build_command, expand, job_state, jobs_to_run, load_plan,
-    completed_runs, main as sweep_main, plan, retire, summarize,
+from runner.runs import (
+    COMPLETED, FAILED, INCOMPLETE, INTERRUPTED, MISSING, RESUMABLE, retire_dir as retire, state as job_state,
 )
+from runner.sweep import Job, build_command, completed_runs, expand, jobs_to_run, load_plan, main as sweep_main, plan, summarize
 
 
 def test_jobs_in_one_process_each_get_a_fresh_accelerator(tiny_overrides, tmp_path):
@@ -73,7 +73,7 @@ def test_a_crash_during_training_keeps_the_runs_own_failed_results(tiny_override
     assert app_mod.execute(compose_config(tiny_overrides, output_dir=out)) is None
     record = json.loads((out / "results.json").read_text())
     assert record["status"] == "failed" and record["error"] == "ValueError: metric exploded"
-    assert record["step"] == 4 and "stage" not in record  # written by the run itself, with what it had done
+    assert record["step"] == 4 and record["stage"] == "finish"  # written by the run itself: where it stopped, what it had done
     monkeypatch.setattr(train_mod.Recipe, "evaluate", original)
 
 

@@ -17,8 +17,8 @@ from runner import provenance
 from runner.errors import ConfigError, ModelError
 from runner.prune import settings as settings_lib
 from runner.prune.pipeline import PruneInputs, run_pruning
-from runner import run_record
-from runner.results import STATUS_COMPLETED, STATUS_FAILED, atomic_write_json, atomic_write_text, read_run
+from runner import runs
+from runner.results import STATUS_COMPLETED, STATUS_FAILED, atomic_write_json, atomic_write_text
 from runner.secrets import scrub
 
 log = logging.getLogger(__name__)
@@ -153,9 +153,9 @@ def prune_saved_run(cfg: DictConfig) -> dict:
     src = Path(str(s.from_run)).expanduser().resolve()
     if not (src / "model").is_dir():
         raise ConfigError(f"prune.from_run={s.from_run}: no model/ folder there; give the output dir of a finished run")
-    src_results = read_run(src) or {}
+    src_results = runs.read(src) or {}
     src_status = src_results.get("status")
-    trained = src_status == STATUS_COMPLETED or (src_status == STATUS_FAILED and src_results.get("failed_stage") == "post_train")
+    trained = src_status == STATUS_COMPLETED or (src_status == STATUS_FAILED and "post_train" in (src_results.get("stage"), src_results.get("failed_stage")))
     if src_status is not None and not trained:
         raise ConfigError(f"prune.from_run={s.from_run}: that run's results say {src_status} (step {src_results.get('step')}); "
                           f"prune a run whose training completed")
@@ -164,8 +164,8 @@ def prune_saved_run(cfg: DictConfig) -> dict:
     out = Path(cfg.output_dir)
     if out.resolve() == src:
         raise ConfigError(f"prune.from_run={s.from_run} is this job's own output dir; pruning writes to a new dir (leave hydra.run.dir alone)")
-    with run_record.DirLock(out):
-        run_record.check_fresh(out)
+    with runs.DirLock(out):
+        runs.check_fresh(out)
         return _prune_into(out, cfg, s, src, src_results, scfg, task)
 
 
@@ -200,7 +200,7 @@ def _prune_into(out: Path, cfg: DictConfig, s, src: Path, src_results: dict, scf
             "model": scfg.model.get("short_name"),
             "method": f"prune:{s.criterion}",
             "source_run": str(src),
-            "source": {k: src_results.get(k) for k in ("status", "failed_stage", "run_name", "method", "adapter", "seed", "metrics")},
+            "source": {k: src_results.get(k) for k in ("status", "stage", "run_name", "method", "adapter", "seed", "metrics")},
             "metrics": section["primary"]["metrics"],
             "main_metric": task.main_metric,
             "pruning": section,
@@ -212,8 +212,9 @@ def _prune_into(out: Path, cfg: DictConfig, s, src: Path, src_results: dict, scf
         exit_code = 0
         return results
     except BaseException as exc:
-        atomic_write_json(out / "results.json", {"status": STATUS_FAILED, "run_name": run_name, "source_run": str(src),
-                                                 "error": f"{type(exc).__name__}: {exc}"})
+        runs.write_failure(out, STATUS_FAILED, f"{type(exc).__name__}: {exc}", stage="pruning",
+                           who={"run_name": run_name, "task": task.name, "model": scfg.model.get("short_name"),
+                                "method": f"prune:{s.criterion}", "seed": int(cfg.seed)}, source_run=str(src))
         raise
     finally:
         tracker.finish(exit_code)

@@ -11,7 +11,7 @@ from prune_helpers import compose
 
 from runner.app import execute
 from runner.methods import TrainingMethod
-from runner.run_record import DirLock, changed_settings, traces, trim_metrics
+from runner.runs import DirLock, changed_settings, traces, trim_metrics
 from runner.train import run
 
 
@@ -97,7 +97,7 @@ def test_a_dir_with_any_trace_of_a_run_is_taken(common, tmp_path, capsys):
 def test_a_locked_dir_is_refused_and_a_stale_lock_is_not(common, tmp_path, capsys):
     out = tmp_path / "busy"
     helper = subprocess.Popen([sys.executable, "-c", "import sys, time; sys.path.insert(0, '.');"
-                               "from runner.run_record import DirLock; DirLock(sys.argv[1]).acquire(); print('ok', flush=True);"
+                               "from runner.runs import DirLock; DirLock(sys.argv[1]).acquire(); print('ok', flush=True);"
                                "time.sleep(60)", str(out)], stdout=subprocess.PIPE, text=True)
     try:
         assert helper.stdout.readline().strip() == "ok"

@@ -1,0 +1,316 @@
+"""A run dir's state, in one place: who holds it, what it holds, what its record says, and what
+survives a failed attempt. Training, pruning, a job in a sweep and the sweep itself read and write
+run dirs only through this module.
+
+* lock: :class:`DirLock`; what counts as a trace of a run: :func:`traces`;
+* reading: :func:`read` (any record), :func:`read_completed`, :func:`record_problem`
+  (a record that exists but cannot be read), :func:`state` (what a rerun must do);
+* writing: :func:`write_running`, :func:`write_failure` (the one shape of a record of a run that
+  did not complete), :func:`keep_previous_record`, :func:`trim_metrics`;
+* retiring what an earlier attempt left: :func:`retire_traces` (inside the dir),
+  :func:`retire_dir` (the whole dir, beside the others of a sweep).
+
+Guarantees (README, "When things go wrong"):
+
+* **One run per dir at a time.** :class:`DirLock` takes an exclusive
+  ``fcntl`` lock on ``<dir>/.lock`` (the same for a sweep dir). The kernel
+  drops it when the process dies, so a stale lock file never blocks; a second
+  comer gets one line and exit 2.
+* **A dir that holds any trace of a run is taken.** Not only a finished
+  ``results.json``: metrics, steps, a checkpoint (or a half-swapped one), a
+  saved model, W&B files. Only Hydra's own files (``.hydra/``, ``*.log``)
+  and the lock do not count. A new run there needs ``resume=true`` or
+  another dir.
+* **Resume continues the same run.** The saved ``config.yaml`` and the new
+  config must agree on every key but those meant to change between attempts
+  (:data:`MAY_CHANGE_ON_RESUME`); otherwise one line names the keys.
+* **A failed attempt never destroys the previous record**:
+  :func:`keep_previous_record` adds the attempt to it instead.
+"""
+
+from __future__ import annotations
+
+import datetime
+import fcntl
+import json
+import os
+from pathlib import Path
+
+from runner.errors import ConfigError
+from runner.results import (
+    STATUS_COMPLETED, STATUS_FAILED, STATUS_INTERRUPTED, STATUS_RUNNING, atomic_write_json, atomic_write_text,
+)
+
+RESULTS = "results.json"
+LOCK_FILE = ".lock"
+RETIRED = ".retired"  # earlier attempts moved aside (retire_traces, retire_dir)
+HYDRA_OWN = {".hydra", LOCK_FILE, RETIRED}
+# Settings that may differ between an interrupted attempt and its resume: how
+# it is run and shown, not what it computes.
+MAY_CHANGE_ON_RESUME = (
+    "resume", "debug", "verbose", "output_dir", "data_cache_dir", "trainer.progress_bar", "logger.mode", "logger.group",
+    "logger.tags", "trainer.num_workers",
+)
+
+
+class DirLock:
+    """An exclusive, process-lifetime lock on a run or sweep dir (no-op on ranks other than 0)."""
+
+    def __init__(self, directory: Path, what: str = "run"):
+        self.directory = Path(directory)
+        self.what = what
+        self._fd: int | None = None
+
+    def acquire(self) -> DirLock:
+        if int(os.environ.get("RANK", "0")) != 0 or self._fd is not None:
+            return self
+        self.directory.mkdir(parents=True, exist_ok=True)
+        path = self.directory / LOCK_FILE
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.read(fd, 64).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise ConfigError(
+                f"{self.directory} is in use by another {self.what} (pid {holder}); wait for it to finish "
+                f"or choose another {'hydra.run.dir' if self.what == 'run' else '--dir'}"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> DirLock:
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def traces(directory: Path) -> list[str]:
+    """What in ``directory`` shows that a run used it (sorted names; Hydra's own files excluded)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    return sorted(p.name for p in directory.iterdir() if p.name not in HYDRA_OWN and p.suffix != ".log")
+
+
+def check_fresh(directory: Path) -> None:
+    """A new (not resumed) run may only start in a dir without traces of another run."""
+    found = traces(directory)
+    if found:
+        shown = ", ".join(found[:4]) + (", ..." if len(found) > 4 else "")
+        raise ConfigError(
+            f"{directory} already holds a run ({shown}); use resume=true to continue it, or another hydra.run.dir"
+        )
+
+
+def _flat(node, prefix: str = "") -> dict:
+    if isinstance(node, dict):
+        out = {}
+        for k, v in node.items():
+            out.update(_flat(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: node}
+
+
+def changed_settings(saved: dict, now: dict, allowed=MAY_CHANGE_ON_RESUME) -> list[str]:
+    """Dotted keys whose values differ between two resolved configs (allowed keys and their children skipped)."""
+    a, b = _flat(saved), _flat(now)
+
+    def skip(key: str) -> bool:
+        return any(key == k or key.startswith(k + ".") for k in allowed)
+
+    return sorted(k for k in set(a) | set(b) if not skip(k) and a.get(k, "<missing>") != b.get(k, "<missing>"))
+
+
+def check_same_settings(directory: Path, now: dict) -> None:
+    """Resume only with the settings the interrupted attempt ran with."""
+    import yaml
+
+    path = Path(directory) / "config.yaml"
+    if not path.is_file():
+        return
+    try:
+        saved = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path} cannot be read ({type(exc).__name__}); it is not the record of a run") from exc
+    changed = changed_settings(saved, now)
+    if changed:
+        before, after = _flat(saved), _flat(now)
+        shown = ", ".join(f"{k} ({before.get(k, '<missing>')!r} -> {after.get(k, '<missing>')!r})" for k in changed[:4])
+        raise ConfigError(
+            f"resume=true with other settings than the interrupted run: {shown}{', ...' if len(changed) > 4 else ''}; "
+            f"resume with the same overrides, or start a new run in another hydra.run.dir"
+        )
+
+
+def keep_previous_record(directory: Path, previous: dict, status: str, error: str, step: int) -> None:
+    """Add a failed attempt to the dir's existing record (``previous``, as read) instead of replacing it."""
+    attempts = list(previous.get("attempts") or [])
+    attempts.append({"status": status, "error": error, "step": step,
+                     "at": _now()})
+    atomic_write_json(Path(directory) / RESULTS, {**previous, "attempts": attempts})
+
+
+def trim_metrics(path: Path, last_step: int) -> int:
+    """Drop the ``metrics.jsonl`` records after ``last_step`` (logged after the checkpoint a resume
+    continues from); returns how many were dropped. Unreadable lines are dropped too."""
+    path = Path(path)
+    if not path.is_file():
+        return 0
+    kept, dropped = [], 0
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            dropped += 1
+            continue
+        if int(record.get("global_step", 0)) <= last_step:
+            kept.append(line)
+        else:
+            dropped += 1
+    if dropped:
+        atomic_write_text(path, "".join(line + "\n" for line in kept))
+    return dropped
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def read(run_dir: Path) -> dict | None:
+    """A run dir's record (``results.json``), or None when it is missing or unreadable (a run that died early)."""
+    path = Path(run_dir) / RESULTS
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def read_completed(run_dir: Path) -> dict | None:
+    """A run dir's record if its status is completed, else None (failed, interrupted, running, missing)."""
+    results = read(run_dir)
+    return results if results is not None and results.get("status") == STATUS_COMPLETED else None
+
+
+def record_problem(run_dir: Path) -> str | None:
+    """Why a dir's ``results.json`` exists but cannot be read (None when it is fine or absent): such a
+    record is never rerun over, it may be a finished run's only one."""
+    path = Path(run_dir) / RESULTS
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        return (f"{path} is unreadable ({type(exc).__name__}: {exc}); restore it, or move the run dir away "
+                "to rerun it (its trained outputs are left untouched)")
+    return None if isinstance(data, dict) else f"{path} does not hold a record (a JSON object); restore it or move the run dir away"
+
+
+# what a rerun of a dir must do (state)
+COMPLETED, FAILED, INTERRUPTED, RESUMABLE, INCOMPLETE, MISSING, DAMAGED = (
+    "completed", "failed", "interrupted", "resumable", "incomplete", "missing", "damaged")
+
+
+def has_checkpoint(run_dir: Path) -> bool:
+    return (Path(run_dir) / "checkpoint" / "meta.json").is_file()
+
+
+def state(run_dir: Path) -> str:
+    """completed | failed | interrupted (with a checkpoint) | resumable (killed hard, checkpoint left)
+    | incomplete (a dir but nothing to resume from) | missing (never started) | damaged (an unreadable
+    record: never rerun over)."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return MISSING
+    if record_problem(run_dir):
+        return DAMAGED
+    status = (read(run_dir) or {}).get("status")
+    if status == STATUS_COMPLETED:
+        return COMPLETED
+    if status == STATUS_FAILED:
+        return FAILED
+    if status == STATUS_INTERRUPTED:
+        return INTERRUPTED if has_checkpoint(run_dir) else INCOMPLETE
+    return RESUMABLE if has_checkpoint(run_dir) else INCOMPLETE
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def _now() -> str:
+    return datetime.datetime.now().isoformat(timespec="seconds")
+
+
+def identity(cfg) -> dict:
+    """Which run a record is of (run_name, task, model, method, seed), read leniently from a config
+    that may itself be what failed."""
+
+    def field(path: str):
+        try:
+            node = cfg
+            for key in path.split("."):
+                node = node[key]
+            return node
+        except Exception:  # noqa: BLE001
+            return None
+
+    return {"run_name": field("run_name"), "task": field("task.name"), "model": field("model.short_name"),
+            "method": field("method.name"), "seed": field("seed")}
+
+
+def write_running(directory: Path, cfg) -> None:
+    """A fresh run's first record: a run that dies leaves one."""
+    atomic_write_json(Path(directory) / RESULTS, {"status": STATUS_RUNNING, **identity(cfg), "pid": os.getpid(),
+                                                  "started_at": _now()})
+
+
+def write_failure(directory: Path, status: str, error: str, *, stage: str, who: dict, **fields) -> Path:
+    """The record of a run that did not complete, in one shape whoever writes it (training, pruning,
+    the job wrapper, the sweep): ``status`` (failed | interrupted), ``stage`` (where it stopped:
+    before_training, train, finish, post_train, pruning, no_results), ``error`` (one line), who the
+    run is (:func:`identity`), ``finished_at``, and what the writer knows besides (``step``,
+    ``checkpoint_step``, ``exit_code``, ...)."""
+    path = Path(directory) / RESULTS
+    atomic_write_json(path, {"status": status, "stage": stage, "error": error, **who, **fields, "finished_at": _now()})
+    return path
+
+
+# --------------------------------------------------------------------------- retiring
+
+
+def retire_traces(directory: Path) -> Path:
+    """Move every trace of an earlier attempt (:func:`traces`) to ``<dir>/.retired/<n>/``: kept, never deleted."""
+    directory = Path(directory)
+    root = directory / RETIRED
+    n = 1
+    while (root / str(n)).exists():
+        n += 1
+    target = root / str(n)
+    target.mkdir(parents=True)
+    for name in traces(directory):
+        (directory / name).rename(target / name)
+    return target
+
+
+def retire_dir(run_dir: Path) -> Path:
+    """Move a whole run dir to ``<parent>/.retired/<name>.<n>`` (a sweep's job; aggregation skips it)."""
+    run_dir = Path(run_dir)
+    root = run_dir.parent / RETIRED
+    root.mkdir(exist_ok=True)
+    n = 1
+    while (root / f"{run_dir.name}.{n}").exists():
+        n += 1
+    target = root / f"{run_dir.name}.{n}"
+    run_dir.rename(target)
+    return target
