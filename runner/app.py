@@ -134,17 +134,16 @@ def execute(cfg: DictConfig) -> float | None:
 
         scrub_hydra_files(output_dir)  # credentials given as overrides stay out of .hydra/
     try:
-        validate_config(cfg)
-        # --- head pruning (runner.prune, docs/hies.md): checked before training; a saved run skips training
-        prune = prune_stage.check(cfg)
+        prune = validate_config(cfg)  # the one validation; returns the pruning settings (None: no pruning)
+        # --- head pruning (runner.prune, docs/hies.md): a saved run skips training
         if prune is not None and prune.from_run:
-            results = prune_stage.prune_saved_run(cfg)
+            results = prune_stage.prune_saved_run(cfg, prune)
             return results["metrics"].get(results["main_metric"])
         done = resolve_auto_resume(cfg)  # sweep: resume=auto skips a completed job, continues an interrupted one
         if done is not None:
             log.info("%s already completed; skipped (resume=auto)", output_dir)
             return done["metrics"].get(cfg.task.main_metric)
-        results = run(cfg, post_train=prune_stage.after_training if prune is not None else None)
+        results = run(cfg, post_train=prune_stage.after_training(prune) if prune is not None else None)
         if int(os.environ.get("RANK", "0")) == 0:
             from runner.summary import run_summary
 

@@ -65,6 +65,13 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("glue_dir", default_glue_dir)
 
 
+def resolved_config(cfg: DictConfig) -> dict:
+    """The config as it runs: interpolations resolved, secrets masked (config.yaml, W&B, a saved model)."""
+    from runner.secrets import scrub
+
+    return scrub(OmegaConf.to_container(cfg, resolve=True))
+
+
 def compose_config(overrides: list[str] | None = None, output_dir: Path | str | None = None) -> DictConfig:
     """The config ``python -m runner <overrides>`` would run, with ``output_dir`` set."""
     register_resolvers()

@@ -2,7 +2,9 @@
 
 The loop in :mod:`runner.train` calls these hooks; ``full`` and ``adapter``
 need none of them. SAFE (``runner.safe``) freezes adapters in
-``on_step_end``. A method is chosen by ``method.name``.
+``on_step_end``. A method is the class named by ``method._target_``
+(``conf/method/*.yaml``); a new method is a subclass and a yaml file, no
+if-chain to extend.
 """
 
 from __future__ import annotations
@@ -35,6 +37,16 @@ class TrainingMethod:
     def __init__(self, cfg):
         self.cfg = cfg
 
+    @classmethod
+    def check_config(cls, cfg) -> None:
+        """The method's checks across keys, before any heavy work (ranges: runner.schema).
+        Only ``method=safe`` freezes adapters."""
+        freeze = cfg.freeze.name if cfg.get("freeze") is not None else "none"
+        if freeze != "none":
+            from runner.errors import ConfigError
+
+            raise ConfigError(f"freeze={freeze} needs method=safe (method={cfg.method.name} freezes nothing)")
+
     def ddp_kwargs(self) -> dict:
         """Keyword arguments for DDP (e.g. find_unused_parameters)."""
         return {}
@@ -62,19 +74,21 @@ class TrainingMethod:
         return {}
 
 
-def build_method(cfg) -> TrainingMethod:
-    name = cfg.method.name
-    freeze = cfg.freeze.name if cfg.get("freeze") is not None else "none"
-    if freeze != "none" and name != "safe":  # SAFE: freezing only happens inside method=safe
-        from runner.errors import ConfigError
+def method_class(cfg) -> type[TrainingMethod]:
+    """The class ``method._target_`` names (Hydra resolves the dotted path)."""
+    from hydra.utils import get_class
 
-        raise ConfigError(f"freeze={freeze} needs method=safe (method={name} freezes nothing)")
-    if name in ("full", "adapter"):
-        return TrainingMethod(cfg)
-    if name == "safe":
-        from runner.safe import SafeMethod  # noqa: PLC0415 (optional dependency chain)
-
-        return SafeMethod(cfg)
     from runner.errors import ConfigError
 
-    raise ConfigError(f"unknown method {name}; valid: full, adapter, safe")
+    target = str(cfg.method.get("_target_") or "runner.methods.TrainingMethod")
+    try:
+        cls = get_class(target)
+    except Exception as exc:  # noqa: BLE001 (Hydra wraps the import error)
+        raise ConfigError(f"method._target_={target} cannot be imported; name a runner.methods.TrainingMethod subclass") from exc
+    if not (isinstance(cls, type) and issubclass(cls, TrainingMethod)):
+        raise ConfigError(f"method._target_={target} is not a runner.methods.TrainingMethod subclass")
+    return cls
+
+
+def build_method(cfg) -> TrainingMethod:
+    return method_class(cfg)(cfg)

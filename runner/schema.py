@@ -11,11 +11,13 @@ work, so every key is checked, not only those somebody thought of:
 * **ranges and choices** from each field's metadata (``positive``,
   ``fraction``, ``one of ...``).
 
-Checks that involve several keys or the model (``adapter=none`` with an
-adapter method, the sequence length against the model's positions, SAFE's
-schedule, the pruning ratios) stay with the code that knows them
-(``runner/validate.py``, ``SafeMethod``, ``runner/prune/settings.py``).
-This module imports nothing heavy: bad input fails before torch loads.
+A rule on a list field applies to every element (``prune.ratios``). Every
+range lives here and nowhere else; only checks that involve several keys or the
+model stay with the code that knows them (``adapter=none`` with an adapter
+method and the sequence length: ``runner/validate.py``; SAFE's t_w < t_f and
+``static_k``: ``SafeMethod.check_config``; ``prune.alpha=auto`` with its grid:
+``runner/prune/settings.py``). This module imports nothing heavy: bad input
+fails before torch loads.
 """
 
 from __future__ import annotations
@@ -42,7 +44,11 @@ RULES = {
     NONNEG_INT: ("0 or a positive integer", lambda v: v >= 0),
     FRACTION: ("in [0, 1]", lambda v: 0 <= v <= 1),
     FRACTION_OPEN: ("in [0, 1)", lambda v: 0 <= v < 1),
+    "alpha": ("a number in [0, 1] or auto",
+              lambda v: v == "auto" or (isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1)),
 }
+CRITERIA = ("hies", "his", "entropy", "random", "magnitude")  # head-pruning criteria (runner.prune.scores)
+REPRESENTATIONS = ("adapted", "layer")  # what SAFE's probe compares (runner.safe.importance)
 LR_SCHEDULES = ("linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial")
 
 
@@ -151,6 +157,7 @@ class NoAdapterSettings:
 
 @dataclass
 class MethodSettings:
+    _target_: str = "runner.methods.TrainingMethod"  # the runner.methods.TrainingMethod subclass that runs it
     name: str = _setting("adapter", ("adapter", "full", "safe"))
     uses_adapters: bool = True
 
@@ -162,16 +169,16 @@ class FreezeSettings:
 
 @dataclass
 class SafeSettings:
-    """SAFE's knobs; their ranges and how they combine are checked by runner.safe.method.SafeMethod."""
-    t_w: float = 0.1
-    t_f: float = 0.4
-    threshold: float = 1.0
-    interval: int = 10
-    probe_size: int = 32
-    max_tokens: int = 1024
-    kernel: str = "linear"
-    representation: str = "adapted"
-    static_k: Optional[int] = None
+    """SAFE's knobs (how they combine: runner.safe.method.SafeMethod.check_config)."""
+    t_w: float = _setting(0.1, FRACTION, "safe.t_w (warm-up end, a fraction of training)")
+    t_f: float = _setting(0.4, FRACTION, "safe.t_f (freezing end, a fraction of training)")
+    threshold: float = _setting(1.0, FRACTION, "safe.threshold (T_final)")
+    interval: int = _setting(10, POSITIVE_INT, "safe.interval (steps between importance measurements)")
+    probe_size: int = _setting(32, POSITIVE_INT, "safe.probe_size (examples in the probe batch)")
+    max_tokens: Optional[int] = _setting(1024, POSITIVE_INT)
+    kernel: str = _setting("linear", ("linear", "rbf"))
+    representation: str = _setting("adapted", REPRESENTATIONS)
+    static_k: Optional[int] = _setting(None, NONNEG_INT)
     seed: int = 0
 
 
@@ -198,32 +205,32 @@ class NoPruneSettings:
 
 @dataclass
 class PruneSettings:
-    """Head pruning; ratios, alpha, criteria and modes are checked by runner.prune.settings.parse."""
-    name: str = "hies"
-    ratio: float = 0.3
-    ratios: Optional[list[float]] = None
-    compare: Optional[list[str]] = None
-    alpha: Any = 0.5  # a number in [0, 1] or "auto"
-    alpha_grid: list[float] = _setting([])
-    alpha_ratios: list[float] = _setting([])
-    alpha_holdout_samples: int = _setting(256)
-    calib_samples: int = _setting(32)
-    calib_batch_size: int = _setting(8)
+    """Head pruning (converted to runner.prune.settings.PruneSettings, with the checks across keys)."""
+    name: str = _setting("hies", CRITERIA)
+    ratio: float = _setting(0.3, FRACTION_OPEN, "prune.ratio (the fraction of heads removed)")
+    ratios: Optional[list[float]] = _setting(None, FRACTION_OPEN)
+    compare: Optional[list[str]] = _setting(None, (*CRITERIA, "none"))  # none: the unpruned model as a row
+    alpha: Any = _setting(0.5, "alpha", "prune.alpha (weight of HIS against entropy)")
+    alpha_grid: list[float] = _setting([], FRACTION)
+    alpha_ratios: list[float] = _setting([], FRACTION_OPEN)
+    alpha_holdout_samples: int = _setting(256, POSITIVE_INT)
+    calib_samples: int = _setting(32, POSITIVE_INT)
+    calib_batch_size: int = _setting(8, POSITIVE_INT)
     normalize_layers: bool = True
-    min_heads_per_layer: int = 0
+    min_heads_per_layer: int = _setting(0, NONNEG_INT)
     seed: int = 0
     from_run: Optional[str] = None
     recovery_finetune: bool = False
-    recovery_steps: int = _setting(100)
+    recovery_steps: int = _setting(100, POSITIVE_INT)
     recovery_lr: float = _setting(2e-5, POSITIVE)
-    latency: str = "primary"
-    latency_repeats: int = _setting(7)
-    latency_ratios: Optional[list[float]] = None
-    latency_threads: Optional[int] = _setting(None)
-    latency_examples: int = _setting(64)
-    latency_batch_sizes: list[int] = _setting([])
-    flops_batch_size: int = _setting(32)
-    save_model: str = "primary"
+    latency: str = _setting("primary", ("primary", "all", "none"))
+    latency_repeats: int = _setting(7, POSITIVE_INT)
+    latency_ratios: Optional[list[float]] = _setting(None, FRACTION_OPEN)
+    latency_threads: Optional[int] = _setting(None, POSITIVE_INT)
+    latency_examples: int = _setting(64, POSITIVE_INT)
+    latency_batch_sizes: list[int] = _setting([], POSITIVE_INT)
+    flops_batch_size: int = _setting(32, POSITIVE_INT)
+    save_model: str = _setting("primary", ("primary", "none"))
 
 
 @dataclass
@@ -268,12 +275,18 @@ def check_config(cfg: DictConfig) -> None:
         node = data[group]
         if not isinstance(node, dict):
             raise ConfigError(f"{group} must be a group of settings, got {node!r}")
-        if isinstance(schema, dict):
-            name = node.get("name")
-            if name not in schema:
-                raise ConfigError(f"{group}.name must be one of {', '.join(schema)}, got {name!r}")
-            schema = schema[name]
-        _check_node(node, schema, group + ".")
+        check_group(group, node)
+
+
+def check_group(group: str, node: dict) -> None:
+    """One group's settings (a plain dict, e.g. ``cfg.prune`` as a container) against its schema."""
+    schema = GROUPS[group]
+    if isinstance(schema, dict):
+        name = node.get("name")
+        if name not in schema:
+            raise ConfigError(f"{group}.name must be one of {', '.join(schema)}, got {name!r}")
+        schema = schema[name]
+    _check_node(node, schema, group + ".")
 
 
 def _check_node(node: dict, schema: type, prefix: str) -> None:
@@ -303,13 +316,21 @@ def _check_node(node: dict, schema: type, prefix: str) -> None:
             raise ConfigError(f"{label} must be {text}, got {value!r}")
         if rule is None or value is None:
             continue
-        if isinstance(rule, tuple):
-            if value not in rule or isinstance(value, bool) != any(isinstance(r, bool) and r == value for r in rule):
-                raise ConfigError(f"{label} must be one of {', '.join(_show(r) for r in rule)}, got {value!r}")
-            continue
-        text, ok = RULES[rule]
-        if not ok(value):
-            raise ConfigError(f"{label} must be {text}, got {value!r}")
+        if isinstance(value, list):  # the rule holds for every element
+            for item in value:
+                _check_rule(item, rule, f"every {label} value")
+        else:
+            _check_rule(value, rule, label)
+
+
+def _check_rule(value, rule, label: str) -> None:
+    if isinstance(rule, tuple):
+        if value not in rule or isinstance(value, bool) != any(isinstance(r, bool) and r == value for r in rule):
+            raise ConfigError(f"{label} must be one of {', '.join(_show(r) for r in rule)}, got {value!r}")
+        return
+    text, ok = RULES[rule]
+    if not ok(value):
+        raise ConfigError(f"{label} must be {text}, got {value!r}")
 
 
 def _show(choice) -> str:

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from runner import checkpoint, curves, data as data_lib, measure, provenance, runs
+from runner.config import resolved_config
 from runner.adapters import (
     is_adapter_param, is_head_param, layer_index, parameter_counts, prepare_trainable, trained_head_modules,
 )
@@ -38,7 +39,7 @@ from runner.results import (
 )
 from runner.stop_signals import FINISH, POST_TRAIN, TRAIN, RunInterrupted, StopSignals
 from runner.tasks import compute_metrics, predictions_from_logits
-from runner.tracking import Tracker, scrub
+from runner.tracking import Tracker
 from runner.validate import check_sequence_length
 
 log = logging.getLogger(__name__)
@@ -50,10 +51,6 @@ class TrainingDiverged(RuntimeError):
     def __init__(self, step: int, loss: float):
         super().__init__(f"loss is {loss} at step {step}; lower trainer.lr or enable gradient clipping (trainer.max_grad_norm)")
         self.step = step
-
-
-def resolved_config(cfg: DictConfig) -> dict:
-    return scrub(OmegaConf.to_container(cfg, resolve=True))
 
 
 class Recipe:

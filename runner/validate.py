@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 from omegaconf import DictConfig
 
+from runner.config import CONF_DIR
 from runner.errors import ConfigError
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 GROUPS = ("task", "model", "adapter", "method", "trainer", "logger", "experiment", "freeze", "prune")
 
 
@@ -51,20 +50,22 @@ def check_sequence_length(max_seq_length: int, tokenizer, model_config, text_key
                           f"use trainer.max_seq_length={positions} or less")
 
 
-def validate_config(cfg: DictConfig) -> None:
-    """Every key's type and range (runner.schema), then the checks that involve several keys; cheap, before any loading."""
+def validate_config(cfg: DictConfig):
+    """The one validation of a job, cheap and before any loading: every key's type and range
+    (:mod:`runner.schema`), then the checks that involve several keys (adapters, the method's
+    own, pruning's). Returns the job's pruning settings (None: it does not prune), which the
+    job then uses as they are: nothing validates the config again."""
     from runner.schema import check_config
 
-    check_config(cfg)
+    check_config(cfg)  # first: a bad value fails before anything heavy is imported
+    from runner.methods import method_class
+    from runner.prune.settings import from_config
+
     if cfg.method.uses_adapters:
         a = cfg.adapter
         if a.name == "none":
             raise ConfigError(f"method={cfg.method.name} trains adapters but adapter=none; use adapter=lora or adapter=bottleneck")
         if not a.get("target_modules"):
             raise ConfigError("adapter.target_modules is empty; name the modules to adapt, e.g. [query, value]")
-    from runner.methods import build_method
-
-    build_method(cfg)  # each method checks its own knobs (SAFE: schedule, probe, policy)
-    from runner.prune.stage import check as check_pruning
-
-    check_pruning(cfg)  # ratio in [0, 1), alpha in [0, 1] or auto, criteria, from_run
+    method_class(cfg).check_config(cfg)  # SAFE: t_w < t_f, the policy's knobs
+    return from_config(cfg)  # prune.alpha=auto with its grid, from_run with a criterion

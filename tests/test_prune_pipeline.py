@@ -227,8 +227,8 @@ def test_alpha_auto_on_a_saved_run_uses_its_held_out_examples(tiny_model_dir, tm
 def test_cli_refuses_bad_prune_settings_before_training(tiny_model_dir, tmp_path, capsys):
     from runner.app import execute
 
-    for override, message in (("prune.ratio=1.0", r"prune.ratio must lie in [0, 1)"),
-                              ("prune.alpha=2", "prune.alpha must lie in [0, 1]")):
+    for override, message in (("prune.ratio=1.0", "prune.ratio (the fraction of heads removed) must be in [0, 1), got 1.0"),
+                              ("prune.alpha=2", "prune.alpha (weight of HIS against entropy) must be a number in [0, 1] or auto, got 2")):
         out = tmp_path / override
         cfg = compose([*_overrides(tiny_model_dir, tmp_path), "prune=hies", *FAST_PRUNE, override], out)
         with pytest.raises(SystemExit) as exc:

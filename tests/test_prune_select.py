@@ -58,17 +58,17 @@ def test_settings_parse_and_defaults():
 
 
 @pytest.mark.parametrize("override, message", [
-    ({"ratio": 1.0}, r"prune.ratio must lie in \[0, 1\)"),
-    ({"ratio": -0.2}, r"prune.ratio must lie in \[0, 1\)"),
-    ({"ratios": [0.1, 1.2]}, r"prune.ratios value must lie in \[0, 1\)"),
-    ({"alpha": 1.5}, r"prune.alpha must lie in \[0, 1\]"),
-    ({"alpha": -0.1}, r"prune.alpha must lie in \[0, 1\]"),
-    ({"alpha": "often"}, r"prune.alpha must be a number in \[0, 1\] or 'auto'"),
-    ({"alpha_grid": [0.5, 2.0]}, r"alpha_grid value must lie in \[0, 1\]"),
-    ({"name": "lottery"}, "unknown prune criterion prune.name=lottery"),
-    ({"compare": ["his", "oracle"]}, "unknown criterion 'oracle' in prune.compare"),
-    ({"calib_samples": 0}, "prune.calib_samples must be an integer >= 1"),
-    ({"min_heads_per_layer": -1}, "prune.min_heads_per_layer must be >= 0"),
+    ({"ratio": 1.0}, r"prune.ratio \(the fraction of heads removed\) must be in \[0, 1\), got 1.0"),
+    ({"ratio": -0.2}, r"prune.ratio \(the fraction of heads removed\) must be in \[0, 1\), got -0.2"),
+    ({"ratios": [0.1, 1.2]}, r"every prune.ratios value must be in \[0, 1\), got 1.2"),
+    ({"alpha": 1.5}, r"prune.alpha \(weight of HIS against entropy\) must be a number in \[0, 1\] or auto, got 1.5"),
+    ({"alpha": -0.1}, r"prune.alpha .* must be a number in \[0, 1\] or auto, got -0.1"),
+    ({"alpha": "often"}, r"prune.alpha .* must be a number in \[0, 1\] or auto, got 'often'"),
+    ({"alpha_grid": [0.5, 2.0]}, r"every prune.alpha_grid value must be in \[0, 1\], got 2.0"),
+    ({"name": "lottery"}, "prune.name must be one of none, hies, his, entropy, magnitude, random, got 'lottery'"),
+    ({"compare": ["his", "oracle"]}, "every prune.compare value must be one of hies, his, entropy, random, magnitude, none, got 'oracle'"),
+    ({"calib_samples": 0}, "prune.calib_samples must be a positive integer, got 0"),
+    ({"min_heads_per_layer": -1}, "prune.min_heads_per_layer must be 0 or a positive integer, got -1"),
     ({"latency": "sometimes"}, "prune.latency must be one of"),
 ])
 def test_bad_settings_stop_with_a_clear_message(override, message):

@@ -137,11 +137,11 @@ def test_freeze_none_is_plain_adapter_tuning(runs):
 
 def test_freeze_without_method_safe_is_a_config_error(tmp_path, model_dir):
     from runner.errors import ConfigError
-    from runner.methods import build_method
+    from runner.validate import validate_config
 
     cfg = compose_cfg(["method=adapter", "freeze=safe"], tmp_path, model_dir)
     with pytest.raises(ConfigError, match="needs method=safe"):
-        build_method(cfg)
+        validate_config(cfg)
     cfg = compose_cfg(["method=safe", "freeze=static"], tmp_path, model_dir)
     with pytest.raises(ConfigError, match="static_k"):
         run_cfg(cfg)

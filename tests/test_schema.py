@@ -46,8 +46,8 @@ CASES = [
     (["task.metrics=accuracy"], "task.metrics must be a list of strings, got 'accuracy'"),
     (["task.is_regression=maybe"], "task.is_regression must be true or false, got 'maybe'"),
     (["resume=maybe"], "resume must be one of false, true, auto, got 'maybe'"),
-    (["method=safe", "safe.probe_size=abc"], "safe.probe_size must be an integer, got 'abc'"),
-    (["prune=hies", "prune.calib_samples=1.5"], "prune.calib_samples must be an integer, got 1.5"),
+    (["method=safe", "safe.probe_size=abc"], "safe.probe_size (examples in the probe batch) must be an integer, got 'abc'"),
+    (["prune=hies", "prune.calib_samples=1.5"], "prune.calib_samples must be a positive integer, got 1.5"),
     (["logger.tags=[1,2]"], "logger.tags must be a list of strings, got [1, 2]"),
 ]
 

@@ -8,13 +8,6 @@
 * :mod:`.pipeline`: score once, evaluate every criterion and ratio.
 * :mod:`.stage`: how a job runs it (after training, or on a saved run).
 
-See docs/hies.md for the formulas and our choices.
+See docs/hies.md for the formulas and our choices. The package imports
+nothing itself, so that validating ``cfg.prune`` (``.settings``) does not load torch.
 """
-
-from runner.prune.gate import HeadGate, supports_head_gating
-from runner.prune.physical import prune_heads
-from runner.prune.scores import attention_entropy, hies_scores, minmax
-from runner.prune.select import select_heads_to_prune
-
-__all__ = ["HeadGate", "supports_head_gating", "prune_heads", "attention_entropy", "hies_scores", "minmax",
-           "select_heads_to_prune"]

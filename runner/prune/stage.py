@@ -1,8 +1,9 @@
 """How a job prunes: right after training, or on a saved run (``prune.from_run``).
 
-``runner.app.execute`` calls :func:`check` before anything runs,
-:func:`after_training` as the training recipe's post-train stage, and
-:func:`prune_saved_run` instead of training when ``prune.from_run`` is set.
+``runner.app.execute`` validates the job once (``runner.validate``, which
+returns the pruning settings), then runs :func:`after_training` as the
+training recipe's post-train stage, or :func:`prune_saved_run` instead of
+training when ``prune.from_run`` is set.
 """
 
 from __future__ import annotations
@@ -24,38 +25,29 @@ from runner.secrets import scrub
 log = logging.getLogger(__name__)
 
 
-def check(cfg: DictConfig) -> settings_lib.PruneSettings | None:
-    """Validate ``cfg.prune`` up front (before any training); None when pruning is off."""
-    pcfg = cfg.get("prune")
-    if pcfg is None:
-        return None
-    if str(pcfg.get("name", "none")) == "none":
-        if pcfg.get("from_run") not in (None, ""):
-            raise ConfigError("prune.from_run needs a criterion: add prune=hies (or his, entropy, random, magnitude)")
-        return None
-    return settings_lib.parse(pcfg)
-
-
 # ---------------------------------------------------------------------------
 # After training
 # ---------------------------------------------------------------------------
 
 
-def after_training(recipe, results: dict) -> dict:
-    """Post-train stage for :func:`runner.train.run`: prune the in-memory model; returns ``{"pruning": ...}``."""
-    s = check(recipe.cfg)
-    if s is None or not recipe.is_main:
-        return {}
-    cfg = recipe.cfg
-    model = recipe.accelerator.unwrap_model(recipe.model)
-    inputs = PruneInputs(
-        model=model, tokenizer=recipe.tokenizer, task=cfg.task, data=recipe.data,
-        max_seq_length=int(cfg.trainer.max_seq_length), eval_batch_size=int(cfg.trainer.eval_batch_size),
-        train_batch_size=int(cfg.trainer.batch_size), output_dir=Path(cfg.output_dir), device=recipe.device,
-        tracker=recipe.tracker, step=recipe.global_step, data_cache_dir=_cache_dir(cfg),
-    )
-    section = run_pruning(inputs, s)
-    return {"pruning": section}
+def after_training(settings: settings_lib.PruneSettings):
+    """The post-train stage for :func:`runner.train.run`: prune the in-memory model with ``settings``
+    (validated once, by runner.validate); it adds ``{"pruning": ...}`` to the run's results."""
+
+    def stage(recipe, results: dict) -> dict:
+        if not recipe.is_main:
+            return {}
+        cfg = recipe.cfg
+        inputs = PruneInputs(
+            model=recipe.accelerator.unwrap_model(recipe.model), tokenizer=recipe.tokenizer, task=cfg.task,
+            data=recipe.data, max_seq_length=int(cfg.trainer.max_seq_length),
+            eval_batch_size=int(cfg.trainer.eval_batch_size), train_batch_size=int(cfg.trainer.batch_size),
+            output_dir=Path(cfg.output_dir), device=recipe.device, tracker=recipe.tracker, step=recipe.global_step,
+            data_cache_dir=_cache_dir(cfg),
+        )
+        return {"pruning": run_pruning(inputs, settings)}
+
+    return stage
 
 
 def _cache_dir(cfg) -> Path | None:
@@ -93,7 +85,7 @@ def _task_config(scfg: DictConfig, cfg: DictConfig) -> DictConfig:
 def _job_config(cfg: DictConfig, scfg: DictConfig, task: DictConfig) -> dict:
     """The config this pruning job really ran: the source run's task, model, adapter, method and
     trainer (what the pruned model is), this job's pruning settings, seed and logger."""
-    from runner.train import resolved_config
+    from runner.config import resolved_config
 
     job = resolved_config(cfg)
     source = OmegaConf.to_container(scfg, resolve=False)
@@ -147,9 +139,8 @@ def load_trained_model(model_dir: Path, scfg: DictConfig, task: DictConfig):
     return model.eval(), tokenizer
 
 
-def prune_saved_run(cfg: DictConfig) -> dict:
-    """Prune a saved fine-tuned run; results go to this job's output dir with a reference to the source."""
-    s = check(cfg)
+def prune_saved_run(cfg: DictConfig, s: settings_lib.PruneSettings) -> dict:
+    """Prune a saved fine-tuned run (``s.from_run``); results go to this job's output dir with a reference to the source."""
     src = Path(str(s.from_run)).expanduser().resolve()
     if not (src / "model").is_dir():
         raise ConfigError(f"prune.from_run={s.from_run}: no model/ folder there; give the output dir of a finished run")

@@ -27,8 +27,8 @@ from torch import nn
 from runner import measure
 from runner.adapters import adapter_parameters, layer_index
 from runner.safe.cka import LinearCKAReference, cka, token_matrix
+from runner.schema import REPRESENTATIONS  # declared with the other settings
 
-REPRESENTATIONS = ("adapted", "layer")
 _ADAPTER_SPLIT = re.compile(r"\.(lora_[A-Za-z_]+|bottleneck)\.")
 _LAYER_MODULE = re.compile(r"\.layer\.(\d+)$")
 

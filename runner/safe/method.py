@@ -29,11 +29,10 @@ from runner.errors import ConfigError
 from runner.methods import LoopContext, TrainingMethod
 from runner.safe import schedule
 from runner.safe.freezer import AdapterFreezer, optimizer_state_bytes
-from runner.safe.importance import REPRESENTATIONS, RepresentationProbe, probe_batch, probe_targets
+from runner.safe.importance import RepresentationProbe, probe_batch, probe_targets
 
 log = logging.getLogger(__name__)
 
-POLICIES = ("none", "safe", "static", "random")
 MEASURING = ("safe", "random")
 TIMELINE_PNG = "safe_freeze_timeline.png"
 
@@ -64,30 +63,29 @@ def rewrap_ddp(ctx: LoopContext) -> None:
 class SafeMethod(TrainingMethod):
     name = "safe"
 
+    @classmethod
+    def check_config(cls, cfg) -> None:
+        """What the schema cannot see: the policy needs SAFE's knobs, t_w < t_f, adapters to freeze
+        (each knob's own range: runner.schema.SafeSettings)."""
+        policy = str(cfg.freeze.name) if cfg.get("freeze") is not None else "none"
+        if not cfg.method.uses_adapters:
+            raise ConfigError("method=safe freezes adapters; it needs method.uses_adapters=true")
+        scfg = cfg.get("safe")
+        if policy != "none" and scfg is None:
+            raise ConfigError(f"freeze={policy} needs the `safe:` config node (conf/freeze/safe.yaml)")
+        if scfg is not None:
+            try:
+                schedule.validate(float(scfg.t_w), float(scfg.t_f), float(scfg.threshold))
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from exc
+        if policy == "static" and scfg.get("static_k") is None:
+            raise ConfigError("freeze=static needs safe.static_k (the number of lowest adapters to freeze; "
+                              "the benchmark passes SAFE's final frozen count)")
+
     def __init__(self, cfg):
         super().__init__(cfg)
         self.policy = str(cfg.freeze.name) if cfg.get("freeze") is not None else "none"
-        if self.policy not in POLICIES:
-            raise ConfigError(f"freeze={self.policy} is not a SAFE policy; valid: {', '.join(POLICIES)}")
-        if not cfg.method.uses_adapters:
-            raise ConfigError("method=safe freezes adapters; it needs method.uses_adapters=true")
         self.scfg = cfg.get("safe")
-        if self.policy != "none" and self.scfg is None:
-            raise ConfigError(f"freeze={self.policy} needs the `safe:` config node (conf/freeze/safe.yaml)")
-        if self.scfg is not None:
-            try:
-                schedule.validate(float(self.scfg.t_w), float(self.scfg.t_f), float(self.scfg.threshold))
-            except ValueError as exc:
-                raise ConfigError(str(exc)) from exc
-            if self.policy in MEASURING:
-                if int(self.scfg.interval) < 1:
-                    raise ConfigError(f"safe.interval must be >= 1 step, got {self.scfg.interval}")
-                if int(self.scfg.probe_size) < 1:
-                    raise ConfigError(f"safe.probe_size must be >= 1 example, got {self.scfg.probe_size}")
-                if self.scfg.representation not in REPRESENTATIONS:
-                    raise ConfigError(f"safe.representation={self.scfg.representation}; valid: {', '.join(REPRESENTATIONS)}")
-                if self.scfg.kernel not in ("linear", "rbf"):
-                    raise ConfigError(f"safe.kernel={self.scfg.kernel}; valid: linear, rbf")
         self.seed = int(self.scfg.get("seed", cfg.seed) if self.scfg is not None else cfg.seed)
         self.ctx: LoopContext | None = None
         self.freezer: AdapterFreezer | None = None
@@ -396,4 +394,4 @@ def _plain(node):
     return OmegaConf.to_container(node, resolve=True)
 
 
-__all__ = ["SafeMethod", "rewrap_ddp", "POLICIES"]
+__all__ = ["SafeMethod", "rewrap_ddp"]
