@@ -5,8 +5,11 @@
 * ``FlopMeter``: PyTorch's FLOP counter on the real batch, cached per batch
   shape and trainable set (FLOPs depend on nothing else). We register formulas
   for the CPU flash-attention kernels that the counter misses in torch 2.x.
-* ``memory_snapshot``: CUDA peaks, process max RSS, parameter/gradient/
-  optimizer-state bytes, each under its own name.
+* ``StepMeter``: the two above plus tokens, loss and time of one optimizer
+  step, so the training loop shows the step, not the bookkeeping.
+* ``model_state_bytes``, ``cuda_peaks``, ``max_rss_bytes``: parameter,
+  gradient and optimizer-state bytes, CUDA peaks and the process's max RSS,
+  each under its own name.
 """
 
 from __future__ import annotations
@@ -160,6 +163,74 @@ class SavedTensorMeter:
             self._hooks = None
         self._seen = set()
         return False
+
+
+# ---------------------------------------------------------------------------
+# One optimizer step's bookkeeping
+# ---------------------------------------------------------------------------
+
+
+class StepMeter:
+    """Everything the runner measures about one optimizer step, out of the loop's way: FLOPs
+    (:class:`FlopMeter`), bytes saved for backward (:class:`SavedTensorMeter`), real and padded
+    tokens, the mean loss over its micro-batches and its wall time. Use::
+
+        with meter.counting(batch, signature):   # forward + backward of one micro-batch
+            with meter.saving():                 # the forward only
+                loss = model(**batch).loss
+            backward(loss)
+        meter.add(batch, loss)
+        ...
+        record = meter.end_step()                # once per optimizer step; starts the next one
+    """
+
+    def __init__(self, model: nn.Module, count_flops: bool, measure_activations: bool, device: torch.device):
+        self.flop_meter = FlopMeter(count_flops)
+        self.saved_meter = SavedTensorMeter(model, enabled=measure_activations)
+        self.count_flops, self.measure_activations, self.device = count_flops, measure_activations, device
+        self._reset()
+
+    def _reset(self) -> None:
+        self.flops, self.saved, self.tokens, self.loss_sum, self.micro, self.padded_length = 0, 0, 0, 0.0, 0, 0
+        self.started = time.perf_counter()
+
+    @contextlib.contextmanager
+    def counting(self, batch: dict, signature: Hashable):
+        with self.flop_meter.context((batch_key(batch), signature)) as fl:
+            yield
+        self.flops += fl.flops or 0
+
+    @contextlib.contextmanager
+    def saving(self):
+        with self.saved_meter:
+            yield
+        self.saved = max(self.saved, self.saved_meter.bytes)
+
+    def add(self, batch: dict, loss: torch.Tensor) -> None:
+        """One micro-batch done."""
+        mask = batch.get("attention_mask")
+        self.tokens += int(mask.sum()) if mask is not None else batch["input_ids"].numel()
+        self.padded_length = max(self.padded_length, batch["input_ids"].shape[-1])
+        self.loss_sum += loss.detach().float().item()
+        self.micro += 1
+
+    @property
+    def mean_loss(self) -> float:
+        return self.loss_sum / max(1, self.micro)
+
+    def end_step(self) -> dict:
+        """This step's measurements (``step_time_s`` up to now, after the device has finished); resets for the next."""
+        sync(self.device)
+        record = {
+            "loss": self.mean_loss, "step_time_s": time.perf_counter() - self.started,
+            "flops": self.flops if self.count_flops else None,
+            "saved_bytes": self.saved if self.measure_activations else None,
+            "tokens": self.tokens, "padded_length": self.padded_length,
+        }
+        if self.device.type == "cuda":
+            record["cuda_allocated_bytes"] = int(torch.cuda.memory_allocated(self.device))
+        self._reset()
+        return record
 
 
 # ---------------------------------------------------------------------------

@@ -16,17 +16,26 @@ from typing import Any
 
 @dataclass
 class LoopContext:
-    """What a method can see and change during training."""
+    """What a method can see during training. The loop owns it: a method never assigns to it, it
+    returns what changed (a new model wrapper) from its hooks."""
 
     cfg: Any
     accelerator: Any
-    model: Any  # as prepared by Accelerate (may be DDP-wrapped)
+    model: Any  # the model the loop trains now, as prepared by Accelerate (may be DDP-wrapped)
     optimizer: Any
     train_loader: Any
     total_steps: int
     tracker: Any
     output_dir: Path
     extra: dict = field(default_factory=dict)
+
+
+@dataclass
+class StepUpdate:
+    """What a method's ``on_step_end`` hands back to the loop."""
+
+    metrics: dict = field(default_factory=dict)  # logged with the step's record
+    model: Any = None  # a new wrapper the loop trains from now on (SAFE re-wraps DDP after freezing); None: unchanged
 
 
 class TrainingMethod:
@@ -51,12 +60,14 @@ class TrainingMethod:
         """Keyword arguments for DDP (e.g. find_unused_parameters)."""
         return {}
 
-    def setup(self, ctx: LoopContext) -> None:
-        """Called once after ``accelerator.prepare`` and before the first step."""
+    def setup(self, ctx: LoopContext) -> Any:
+        """Called once after ``accelerator.prepare`` and before the first step; returns a new model
+        wrapper for the loop, or None."""
+        return None
 
-    def on_step_end(self, ctx: LoopContext, step: int) -> dict:
-        """Called after each optimizer step (``step`` counts from 1); returns metrics to log."""
-        return {}
+    def on_step_end(self, ctx: LoopContext, step: int) -> StepUpdate:
+        """Called after each optimizer step (``step`` counts from 1)."""
+        return StepUpdate()
 
     def state_dict(self) -> dict:
         return {}
@@ -66,8 +77,10 @@ class TrainingMethod:
         into them; an adapter checkpoint saves those layers too."""
         return set()
 
-    def load_state_dict(self, state: dict) -> None:
-        pass
+    def load_state_dict(self, state: dict) -> Any:
+        """Restore :meth:`state_dict` on resume, before the checkpoint's weights are loaded; returns
+        a new model wrapper for the loop, or None."""
+        return None
 
     def report(self, ctx: LoopContext) -> dict:
         """A section for results.json at the end of training."""

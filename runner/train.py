@@ -79,7 +79,6 @@ class Recipe:
         self.results: dict = {"status": STATUS_RUNNING}
         self.tracker: Tracker | None = None
         self.started = False  # True once the run dir holds something worth keeping
-        self.flop_meter = measure.FlopMeter(cfg.trainer.count_flops)
         self.eval_flop_meter = measure.FlopMeter(cfg.trainer.count_flops)
         self.signals = StopSignals()  # SIGINT/SIGTERM over the whole run (runner.stop_signals)
         self.lock = runs.DirLock(self.output_dir)
@@ -95,61 +94,72 @@ class Recipe:
             self._resolve_pooling(model_path)  # before the resume check: config.yaml holds the resolved choice
             self.lock.acquire()  # one run per dir at a time
             self.resume_state = self._check_output_dir()
-            # data and model first: bad input stops here, before anything is logged or written
-            self.data = data_lib.load_task_splits(cfg.task)
-            model, self.tokenizer = load_model_and_tokenizer(cfg.model, cfg.task)
-            check_sequence_length(int(cfg.trainer.max_seq_length), self.tokenizer, model.config, list(cfg.task.text_keys))
-            self.head = self._start_head(model)
-            if cfg.method.uses_adapters:  # what trains beside the adapters, named on the plain model
-                self.head["trains"] = trained_head_modules(model, cfg)
-            model = prepare_trainable(model, cfg)
-            self.param_counts = parameter_counts(model)
-            if cfg.method.uses_adapters:
-                self.head["params_trainable"] = head_parameter_count(model, self.head["trains"])
-            self.train_loader, self.eval_loaders = data_lib.build_dataloaders(cfg, self.data, self.tokenizer, self.accelerator)
-            trainable = [p for p in model.parameters() if p.requires_grad]
-            if not trainable:
-                raise ConfigError("no trainable parameters; check method and adapter settings")
-
-            self.output_dir.mkdir(parents=True, exist_ok=True)
-            if self.is_main:
-                atomic_write_text(self.output_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(resolved_config(cfg))))
-            if self.resume_state is not None and self.is_main:  # one metrics record per step, whatever happened
-                runs.trim_metrics(self.output_dir / "metrics.jsonl", self.resume_state["global_step"])
-            run_id = (self.resume_state or {}).get("wandb_run_id")
-            self.tracker = Tracker(cfg, self.output_dir, self.is_main, resolved_config(cfg), run_id=run_id)
-            self.started = True
-            if self.is_main and self.resume_state is None:  # a small record first: a run that dies leaves one
-                runs.write_running(self.output_dir, cfg)
-            if self.is_main:  # bad input has been ruled out by now: it gets its one error line alone
-                print(f"run dir: {self.output_dir}", file=sys.stderr, flush=True)
-
-            optimizer = torch.optim.AdamW(trainable, lr=cfg.trainer.lr, weight_decay=cfg.trainer.weight_decay)
-            prepared = self.accelerator.prepare(model, optimizer, self.train_loader, *self.eval_loaders.values())
-            self.model, self.optimizer, self.train_loader = prepared[:3]
-            self.eval_loaders = dict(zip(self.eval_loaders, prepared[3:]))
-
-            self.steps_per_epoch = math.ceil(len(self.train_loader) / cfg.trainer.grad_accum_steps)
-            if cfg.trainer.max_steps:
-                self.total_steps = int(cfg.trainer.max_steps)
-                self.num_epochs = math.ceil(self.total_steps / self.steps_per_epoch)
-            else:
-                self.num_epochs = int(cfg.trainer.epochs)
-                self.total_steps = self.num_epochs * self.steps_per_epoch
-            self.scheduler = get_scheduler(
-                cfg.trainer.lr_schedule, self.optimizer,
-                num_warmup_steps=int(cfg.trainer.warmup_ratio * self.total_steps),
-                num_training_steps=self.total_steps,
-            )
-            self.ctx = LoopContext(
-                cfg=cfg, accelerator=self.accelerator, model=self.model, optimizer=self.optimizer,
-                train_loader=self.train_loader, total_steps=self.total_steps, tracker=self.tracker,
-                output_dir=self.output_dir,
-            )
-            self.method.setup(self.ctx)
-            self.model = self.ctx.model  # a method may re-wrap the model in setup (SAFE: freeze=static)
+            model = self._load_model_and_data()  # bad input stops here, before anything is logged or written
+            self._start_record()
+            self._prepare(model)
+            self._adopt(self.method.setup(self.ctx))  # SAFE with freeze=static freezes (and may re-wrap) here
             if self.resume_state is not None:
                 self._restore(self.resume_state)
+
+    def _load_model_and_data(self):
+        """Data, model, tokenizer, the head and what trains, and the data loaders; returns the model."""
+        cfg = self.cfg
+        self.data = data_lib.load_task_splits(cfg.task)
+        model, self.tokenizer = load_model_and_tokenizer(cfg.model, cfg.task)
+        check_sequence_length(int(cfg.trainer.max_seq_length), self.tokenizer, model.config, list(cfg.task.text_keys))
+        self.head = self._start_head(model)
+        if cfg.method.uses_adapters:  # what trains beside the adapters, named on the plain model
+            self.head["trains"] = trained_head_modules(model, cfg)
+        model = prepare_trainable(model, cfg)
+        self.param_counts = parameter_counts(model)
+        if cfg.method.uses_adapters:
+            self.head["params_trainable"] = head_parameter_count(model, self.head["trains"])
+        self.train_loader, self.eval_loaders = data_lib.build_dataloaders(cfg, self.data, self.tokenizer, self.accelerator)
+        if not any(p.requires_grad for p in model.parameters()):
+            raise ConfigError("no trainable parameters; check method and adapter settings")
+        return model
+
+    def _start_record(self) -> None:
+        """The run dir gets its config, the tracker and (fresh run) a ``running`` record."""
+        cfg = self.cfg
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        if self.is_main:
+            atomic_write_text(self.output_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(resolved_config(cfg))))
+        if self.resume_state is not None and self.is_main:  # one metrics record per step, whatever happened
+            runs.trim_metrics(self.output_dir / "metrics.jsonl", self.resume_state["global_step"])
+        run_id = (self.resume_state or {}).get("wandb_run_id")
+        self.tracker = Tracker(cfg, self.output_dir, self.is_main, resolved_config(cfg), run_id=run_id)
+        self.started = True
+        if self.is_main and self.resume_state is None:  # a small record first: a run that dies leaves one
+            runs.write_running(self.output_dir, cfg)
+        if self.is_main:  # bad input has been ruled out by now: it gets its one error line alone
+            print(f"run dir: {self.output_dir}", file=sys.stderr, flush=True)
+
+    def _prepare(self, model) -> None:
+        """Optimizer, Accelerate's wrappers, the step counts and the LR schedule, the method's context."""
+        cfg = self.cfg
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(trainable, lr=cfg.trainer.lr, weight_decay=cfg.trainer.weight_decay)
+        prepared = self.accelerator.prepare(model, optimizer, self.train_loader, *self.eval_loaders.values())
+        self.model, self.optimizer, self.train_loader = prepared[:3]
+        self.eval_loaders = dict(zip(self.eval_loaders, prepared[3:]))
+        self.steps_per_epoch = math.ceil(len(self.train_loader) / cfg.trainer.grad_accum_steps)
+        if cfg.trainer.max_steps:
+            self.total_steps = int(cfg.trainer.max_steps)
+            self.num_epochs = math.ceil(self.total_steps / self.steps_per_epoch)
+        else:
+            self.num_epochs = int(cfg.trainer.epochs)
+            self.total_steps = self.num_epochs * self.steps_per_epoch
+        self.scheduler = get_scheduler(
+            cfg.trainer.lr_schedule, self.optimizer,
+            num_warmup_steps=int(cfg.trainer.warmup_ratio * self.total_steps),
+            num_training_steps=self.total_steps,
+        )
+        self.ctx = LoopContext(
+            cfg=cfg, accelerator=self.accelerator, model=self.model, optimizer=self.optimizer,
+            train_loader=self.train_loader, total_steps=self.total_steps, tracker=self.tracker,
+            output_dir=self.output_dir,
+        )
 
     def _resolve_pooling(self, model_path: str) -> None:
         """``model.pooling=auto`` becomes the pooling used, so config.yaml and a later
@@ -186,8 +196,7 @@ class Recipe:
     def _restore(self, meta: dict) -> None:
         # The method's state first: SAFE re-freezes adapters, which removes them from the
         # optimizer, so that the saved optimizer state then fits the param groups.
-        self.method.load_state_dict(meta.get("method_state", {}))
-        self.model = self.ctx.model
+        self._adopt(self.method.load_state_dict(meta.get("method_state", {})))
         checkpoint.load(self.accelerator, self.output_dir, self.accelerator.unwrap_model(self.model))
         self.scheduler.load_state_dict(meta["scheduler_state"])
         self.global_step = meta["global_step"]
@@ -207,84 +216,79 @@ class Recipe:
         return self.train_loader
 
     def train(self) -> None:
-        cfg, acc = self.cfg, self.accelerator
-        tcfg = cfg.trainer
-        meter = measure.SavedTensorMeter(acc.unwrap_model(self.model), enabled=tcfg.measure_activations)
+        """The loop: forward, backward, step, then per optimizer step its record, the method's hook,
+        the checks, evaluation and checkpoints as configured."""
+        acc, tcfg = self.accelerator, self.cfg.trainer
+        self.step_meter = measure.StepMeter(acc.unwrap_model(self.model), tcfg.count_flops, tcfg.measure_activations, self.device)
         bar = tqdm(total=self.total_steps, initial=self.global_step, desc="train", disable=not (self.is_main and tcfg.progress_bar),
                    dynamic_ncols=True)
-        eval_every = tcfg.eval_every_steps
-        ckpt_every = tcfg.checkpoint_every_steps
         measure.reset_cuda_peaks(self.device)
         self.model.train()
-        start_epoch = self.global_step // self.steps_per_epoch
-        step_flops, step_saved, step_tokens, step_loss, micro, padded_length = 0, 0, 0, 0.0, 0, 0
         # the trainable set changes only when a method acts (setup, restore, on_step_end)
-        trainable, signature = self._trainable()
-        t_step = time.perf_counter()
+        self.trainable, self.signature = self._trainable()
         self.signals.enter(TRAIN)  # a signal now finishes the step, saves a checkpoint, stops
         with self.timer.phase("train", self.device):
-            for epoch in range(start_epoch, self.num_epochs):
+            for epoch in range(self.global_step // self.steps_per_epoch, self.num_epochs):
                 self.epoch = epoch
                 for batch in self._batches(epoch):
-                    # dropout depends on (seed, step, process) only, so a resumed run replays it exactly
-                    torch.manual_seed(hash((cfg.seed, self.global_step, micro, acc.process_index)) % 2**63)
-                    with acc.accumulate(self.model):
-                        key = (measure.batch_key(batch), signature)
-                        with self.flop_meter.context(key) as fl:
-                            with meter:
-                                loss = self.model(**batch).loss
-                            acc.backward(loss)
-                        if acc.sync_gradients and tcfg.max_grad_norm:
-                            acc.clip_grad_norm_(trainable, tcfg.max_grad_norm)
-                        self.optimizer.step()
-                        self.scheduler.step()
-                        self.optimizer.zero_grad(set_to_none=True)
-                    step_flops += fl.flops or 0
-                    step_saved = max(step_saved, meter.bytes)
-                    step_tokens += int(batch["attention_mask"].sum()) if "attention_mask" in batch else batch["input_ids"].numel()
-                    padded_length = max(padded_length, batch["input_ids"].shape[-1])
-                    step_loss += loss.detach().float().item()
-                    micro += 1
-                    if not acc.sync_gradients:
-                        continue
-                    self.global_step += 1
-                    mean_loss = step_loss / micro
-                    measure.sync(self.device)
-                    now = time.perf_counter()
-                    record = {
-                        "step": self.global_step, "epoch": epoch, "loss": mean_loss,
-                        "lr": self.scheduler.get_last_lr()[0], "step_time_s": now - t_step,
-                        "flops": step_flops if tcfg.count_flops else None,
-                        "saved_bytes": step_saved if tcfg.measure_activations else None,
-                        "tokens": step_tokens, "padded_length": padded_length,
-                        "trainable_params": sum(p.numel() for p in trainable),
-                    }
-                    if self.device.type == "cuda":
-                        record["cuda_allocated_bytes"] = int(torch.cuda.memory_allocated(self.device))
-                    record.update(self.method.on_step_end(self.ctx, self.global_step))
-                    self.model = self.ctx.model  # a method may re-wrap the model (e.g. DDP after freezing)
-                    trainable, signature = self._trainable()
-                    self.history.append(record)
-                    if self.global_step % tcfg.log_every_steps == 0 or self.global_step == 1:
-                        self.tracker.log({f"train/{k}": v for k, v in record.items() if k != "step" and _is_number(v)}, self.global_step)
-                    self._check_step(mean_loss)  # NaN/inf or a signal: stop here, on every process
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{mean_loss:.4f}")
-                    if eval_every and self.global_step % eval_every == 0 and self.global_step < self.total_steps:
-                        self.evaluate()
-                    if ckpt_every and self.global_step % ckpt_every == 0 and self.global_step < self.total_steps:
-                        self.save_checkpoint()
-                    step_flops, step_saved, step_tokens, step_loss, micro, padded_length = 0, 0, 0, 0.0, 0, 0
-                    t_step = time.perf_counter()
+                    if not self._micro_step(batch):
+                        continue  # accumulating gradients
+                    self._end_step(bar)
                     if self.global_step >= self.total_steps:
                         break
                 if self.global_step >= self.total_steps:
                     break
-                if not eval_every:
+                if not tcfg.eval_every_steps:
                     self.evaluate()
-                if not ckpt_every:
+                if not tcfg.checkpoint_every_steps:
                     self.save_checkpoint()
         bar.close()
+
+    def _micro_step(self, batch: dict) -> bool:
+        """Forward and backward of one micro-batch, the optimizer step when gradients sync; True then."""
+        acc, meter, tcfg = self.accelerator, self.step_meter, self.cfg.trainer
+        # dropout depends on (seed, step, process) only, so a resumed run replays it exactly
+        torch.manual_seed(hash((self.cfg.seed, self.global_step, meter.micro, acc.process_index)) % 2**63)
+        with acc.accumulate(self.model):
+            with meter.counting(batch, self.signature):
+                with meter.saving():
+                    loss = self.model(**batch).loss
+                acc.backward(loss)
+            if acc.sync_gradients and tcfg.max_grad_norm:
+                acc.clip_grad_norm_(self.trainable, tcfg.max_grad_norm)
+            self.optimizer.step()
+            self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        meter.add(batch, loss)
+        return acc.sync_gradients
+
+    def _end_step(self, bar) -> None:
+        """After an optimizer step: its record, the method's hook, logging, the checks, eval and checkpoint."""
+        tcfg = self.cfg.trainer
+        self.global_step += 1
+        record = {"step": self.global_step, "epoch": self.epoch, **self.step_meter.end_step(),
+                  "lr": self.scheduler.get_last_lr()[0], "trainable_params": sum(p.numel() for p in self.trainable)}
+        update = self.method.on_step_end(self.ctx, self.global_step)
+        record.update(update.metrics)
+        self._adopt(update.model)
+        self.trainable, self.signature = self._trainable()
+        self.history.append(record)
+        if self.global_step % tcfg.log_every_steps == 0 or self.global_step == 1:
+            self.tracker.log({f"train/{k}": v for k, v in record.items() if k != "step" and _is_number(v)}, self.global_step)
+        self._check_step(record["loss"])  # NaN/inf or a signal: stop here, on every process
+        bar.update(1)
+        bar.set_postfix(loss=f"{record['loss']:.4f}")
+        between = self.global_step < self.total_steps
+        if tcfg.eval_every_steps and self.global_step % tcfg.eval_every_steps == 0 and between:
+            self.evaluate()
+        if tcfg.checkpoint_every_steps and self.global_step % tcfg.checkpoint_every_steps == 0 and between:
+            self.save_checkpoint()
+        self.step_meter.started = time.perf_counter()  # eval and checkpoints are not the next step's time
+
+    def _adopt(self, model) -> None:
+        """Train ``model`` from now on when a method handed back a new wrapper (SAFE after freezing under DDP)."""
+        if model is not None:
+            self.model = self.ctx.model = model
 
     def release_model(self, synchronize: bool) -> None:
         """Drop the (DDP-wrapped) model and optimizer while the process group still lives, every rank at
@@ -409,21 +413,37 @@ class Recipe:
     # ---------------------------------------------------------------- results
 
     def summarize(self) -> dict:
+        """The completed run's results: who it is, final metrics, and its memory, FLOPs and time sections."""
         cfg = self.cfg
+        final_eval = self.evals[-1] if self.evals else {}
+        return {
+            "run_name": cfg.run_name,
+            "task": cfg.task.name,
+            "model": cfg.model.short_name,
+            "method": cfg.method.name,
+            "adapter": cfg.adapter.name if cfg.method.uses_adapters else None,
+            "seed": cfg.seed,
+            "metrics": {k: v for k, v in final_eval.items() if k not in ("step", "epoch", "flops")},
+            "main_metric": cfg.task.main_metric,
+            "eval_history": self.evals,
+            "memory": self._memory_section(),
+            "flops": self._flops_section(),
+            "time": self._time_section(),
+            "params": self.param_counts,
+            "head": self.head,
+            "steps": {"total": self.global_step, "per_epoch": self.steps_per_epoch, "epochs": self.num_epochs},
+            "data": {"source": self.data.source, "train_examples": len(self.data.train),
+                     "holdout_examples": len(self.data.holdout) if self.data.holdout is not None else 0,
+                     "eval_examples": {k: len(v) for k, v in self.data.evals.items()}},
+            "provenance": provenance.collect(self.device, cfg.seed, self.accelerator.num_processes),
+        }
+
+    def _memory_section(self) -> dict:
         steps = self.history
-        model = self.accelerator.unwrap_model(self.model)
-        state = measure.model_state_bytes(model, self.optimizer)
+        state = measure.model_state_bytes(self.accelerator.unwrap_model(self.model), self.optimizer)
         state["grad_bytes"] = state["trainable_param_bytes"]  # one gradient per trainable weight at each optimizer step
         saved = [s["saved_bytes"] for s in steps if s.get("saved_bytes") is not None]
         saved_peak = self._max_across_processes(max(saved, default=0))
-        # method_flops: compute a method spends outside the training forward/backward (SAFE's probe)
-        step_flops = [s["flops"] + (s.get("method_flops") or 0) for s in steps if s.get("flops") is not None]
-        train_flops = self._sum_across_processes(sum(step_flops))
-        tokens = self._sum_across_processes(sum(s["tokens"] for s in steps))
-        train_s = self.timer.seconds.get("train", 0.0) - self.timer.seconds.get("eval", 0.0)
-        step_times = [s["step_time_s"] for s in steps]
-        n_examples = len(self.data.train)
-        final_eval = self.evals[-1] if self.evals else {}
         memory = {
             "saved_for_backward_peak_bytes": int(saved_peak),
             "saved_for_backward_mean_bytes": float(np.mean(saved)) if saved else None,
@@ -435,45 +455,38 @@ class Recipe:
         if self.device.type == "cuda":
             alloc = [s["cuda_allocated_bytes"] for s in steps if "cuda_allocated_bytes" in s]
             memory["cuda_allocated_mean_bytes"] = float(np.mean(alloc)) if alloc else None
+        return memory
+
+    def _flops_section(self) -> dict:
+        steps = self.history
+        # method_flops: compute a method spends outside the training forward/backward (SAFE's probe)
+        step_flops = [s["flops"] + (s.get("method_flops") or 0) for s in steps if s.get("flops") is not None]
+        train_flops = self._sum_across_processes(sum(step_flops))
         eval_passes = [e["flops"] for e in self.evals]
         return {
-            "run_name": cfg.run_name,
-            "task": cfg.task.name,
-            "model": cfg.model.short_name,
-            "method": cfg.method.name,
-            "adapter": cfg.adapter.name if cfg.method.uses_adapters else None,
-            "seed": cfg.seed,
-            "metrics": {k: v for k, v in final_eval.items() if k not in ("step", "epoch", "flops")},
-            "main_metric": cfg.task.main_metric,
-            "eval_history": self.evals,
-            "memory": memory,
-            "flops": {
-                "train_total": train_flops,
-                "train_per_step_mean": train_flops / max(1, len(steps)),
-                "eval_per_pass": eval_passes[-1] if eval_passes else None,
-                "eval_total": float(sum(eval_passes)),
-                "counted_train_shapes": self.flop_meter.counted_steps,
-                "method": "torch.utils.flop_counter on real batches (forward+backward), cached per batch shape and "
-                          "trainable set; CPU flash-attention formulas registered; summed over processes",
-            },
-            "time": {
-                "setup_s": self.timer.seconds.get("setup", 0.0),
-                "train_s": train_s,
-                "eval_s": self.timer.seconds.get("eval", 0.0),
-                "step_mean_s": float(np.mean(step_times)) if step_times else None,
-                "step_median_s": float(np.median(step_times)) if step_times else None,
-                "train_samples_per_s": n_examples * self.num_epochs / train_s if train_s > 0 and not cfg.trainer.max_steps else None,
-                "train_tokens_per_s": tokens / train_s if train_s > 0 else None,
-            },
-            "params": self.param_counts,
-            "head": self.head,
-            "steps": {"total": self.global_step, "per_epoch": self.steps_per_epoch, "epochs": self.num_epochs},
-            "data": {"source": self.data.source, "train_examples": n_examples,
-                     "holdout_examples": len(self.data.holdout) if self.data.holdout is not None else 0,
-                     "eval_examples": {k: len(v) for k, v in self.data.evals.items()}},
-            "provenance": provenance.collect(self.device, cfg.seed, self.accelerator.num_processes),
+            "train_total": train_flops,
+            "train_per_step_mean": train_flops / max(1, len(steps)),
+            "eval_per_pass": eval_passes[-1] if eval_passes else None,
+            "eval_total": float(sum(eval_passes)),
+            "counted_train_shapes": self.step_meter.flop_meter.counted_steps,
+            "method": "torch.utils.flop_counter on real batches (forward+backward), cached per batch shape and "
+                      "trainable set; CPU flash-attention formulas registered; summed over processes",
         }
 
+    def _time_section(self) -> dict:
+        tokens = self._sum_across_processes(sum(s["tokens"] for s in self.history))
+        train_s = self.timer.seconds.get("train", 0.0) - self.timer.seconds.get("eval", 0.0)
+        step_times = [s["step_time_s"] for s in self.history]
+        n_examples = len(self.data.train)
+        return {
+            "setup_s": self.timer.seconds.get("setup", 0.0),
+            "train_s": train_s,
+            "eval_s": self.timer.seconds.get("eval", 0.0),
+            "step_mean_s": float(np.mean(step_times)) if step_times else None,
+            "step_median_s": float(np.median(step_times)) if step_times else None,
+            "train_samples_per_s": n_examples * self.num_epochs / train_s if train_s > 0 and not self.cfg.trainer.max_steps else None,
+            "train_tokens_per_s": tokens / train_s if train_s > 0 else None,
+        }
 
     def check_learning(self, final_metrics: dict) -> dict:
         """The final main metric against a constant prediction, and learning_curve.png (main process)."""

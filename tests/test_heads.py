@@ -231,7 +231,7 @@ def test_safe_with_mean_pooling_freezes_and_reports(fast, tmp_path):
 def test_resume_rebuilds_the_mean_pooled_model(fast, tmp_path, monkeypatch):
     from prune_helpers import compose
 
-    from runner.methods import TrainingMethod
+    from runner.methods import StepUpdate, TrainingMethod
     from runner.train import run
 
     common = [o for o in fast if not o.startswith("trainer.max_steps")]
@@ -241,7 +241,7 @@ def test_resume_rebuilds_the_mean_pooled_model(fast, tmp_path, monkeypatch):
     def crash(self, ctx, step):
         if step == 5:
             raise RuntimeError("simulated crash at step 5")
-        return {}
+        return StepUpdate()
 
     out = tmp_path / "resumed"
     monkeypatch.setattr(TrainingMethod, "on_step_end", crash)

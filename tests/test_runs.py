@@ -10,7 +10,7 @@ import pytest
 from prune_helpers import compose
 
 from runner.app import execute
-from runner.methods import TrainingMethod
+from runner.methods import StepUpdate, TrainingMethod
 from runner.runs import DirLock, changed_settings, traces, trim_metrics
 from runner.train import run
 
@@ -26,7 +26,7 @@ def _crash_at(monkeypatch, at: int):
     def crash(self, ctx, step):
         if step == at:
             raise RuntimeError(f"simulated crash at step {at}")
-        return {}
+        return StepUpdate()
 
     monkeypatch.setattr(TrainingMethod, "on_step_end", crash)
 

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from runner.errors import ConfigError
-from runner.methods import LoopContext, TrainingMethod
+from runner.methods import LoopContext, StepUpdate, TrainingMethod
 from runner.safe import schedule
 from runner.safe.freezer import AdapterFreezer, optimizer_state_bytes
 from runner.safe.importance import RepresentationProbe, probe_batch, probe_targets
@@ -40,14 +40,14 @@ TIMELINE_PNG = "safe_freeze_timeline.png"
 MIN_DECISIONS = 3  # fewer importance measurements in the freezing window: warn that the schedule is too short
 
 
-def rewrap_ddp(ctx: LoopContext) -> None:
-    """Wrap the model in a fresh DDP so its reducer only covers parameters that still train."""
+def rewrap_ddp(acc, old):
+    """A fresh DDP around ``old``'s module, so its reducer only covers parameters that still train
+    (``old`` itself when it is not DDP-wrapped). Accelerate has no public call to swap a model it
+    prepared, so its list of prepared models is pointed at the new wrapper (it saves and loads those)."""
     from torch.nn.parallel import DistributedDataParallel as DDP
 
-    old = ctx.model
     if not isinstance(old, DDP):
-        return
-    acc = ctx.accelerator
+        return old
     handler = getattr(acc, "ddp_handler", None)
     kwargs = handler.to_kwargs() if handler is not None else {}
     if old.device_ids:
@@ -57,7 +57,7 @@ def rewrap_ddp(ctx: LoopContext) -> None:
         handler.register_comm_hook(new)
     # Accelerate saves and loads the models it prepared: point it at the new wrapper.
     acc._models = [new if m is old else m for m in acc._models]
-    ctx.model = new
+    return new
 
 
 class SafeMethod(TrainingMethod):
@@ -100,7 +100,8 @@ class SafeMethod(TrainingMethod):
 
     # ----------------------------------------------------------------- setup
 
-    def setup(self, ctx: LoopContext) -> None:
+    def setup(self, ctx: LoopContext):
+        """Freezer, schedule, the probe's reference (main process); freeze=static freezes here."""
         self.ctx = ctx
         acc = ctx.accelerator
         module = acc.unwrap_model(ctx.model)
@@ -135,15 +136,18 @@ class SafeMethod(TrainingMethod):
             if k is None or not 0 <= int(k) <= n:
                 raise ConfigError(f"freeze=static needs safe.static_k in 0..{n} (the number of lowest adapters to freeze; "
                                   f"the benchmark passes SAFE's final frozen count)")
-            self._freeze(ctx, self.freezer.layers[:int(k)], step=0)
+            return self._freeze(ctx, self.freezer.layers[:int(k)], step=0)[1]
+        return None
 
-    def _freeze(self, ctx: LoopContext, layers, step: int) -> list[int]:
+    def _freeze(self, ctx: LoopContext, layers, step: int) -> tuple[list[int], object]:
+        """Freeze ``layers``; returns those frozen now and the model wrapper to train from now on (None: unchanged)."""
         done = self.freezer.freeze(layers, step)
-        if done:
-            rewrap_ddp(ctx)
-            self.events.append({"step": int(step), "layers": done,
-                                "trainable_adapter_params": self._trainable_adapter_params()})
-        return done
+        if not done:
+            return done, None
+        self.events.append({"step": int(step), "layers": done,
+                            "trainable_adapter_params": self._trainable_adapter_params()})
+        new = rewrap_ddp(ctx.accelerator, ctx.model)
+        return done, (new if new is not ctx.model else None)
 
     def _trainable_adapter_params(self) -> int:
         return int(sum(p.numel() for g in self.freezer.groups.values() for p in g.values() if p.requires_grad))
@@ -201,8 +205,9 @@ class SafeMethod(TrainingMethod):
                 "below": below,
                 "flops": self.probe.last_flops, "seconds": time.perf_counter() - start}
 
-    def on_step_end(self, ctx: LoopContext, step: int) -> dict:
+    def on_step_end(self, ctx: LoopContext, step: int) -> StepUpdate:
         out: dict = {}
+        model = None
         if self._pending is not None:  # the reference capture in setup (main process)
             out["method_flops"], out["method_time_s"] = self._pending
             self._pending = None
@@ -213,7 +218,7 @@ class SafeMethod(TrainingMethod):
                 from accelerate.utils import broadcast_object_list
 
                 decision = broadcast_object_list([decision], from_process=0)[0]
-            froze = self._freeze(ctx, decision["freeze"], step)
+            froze, model = self._freeze(ctx, decision["freeze"], step)
             self.measurements.append({
                 "step": step, "threshold": decision["threshold"], "importance": decision["importance"],
                 "normalised": decision["normalised"], "below": decision["below"], "froze": froze,
@@ -232,12 +237,12 @@ class SafeMethod(TrainingMethod):
                 # Compute spent outside the training forward/backward; added to the run's training FLOPs.
                 out["method_flops"] = out.get("method_flops", 0) + decision["flops"]
                 out["method_time_s"] = out.get("method_time_s", 0.0) + decision["seconds"]
-        grad_bytes = sum(p.numel() * p.element_size() for p in ctx.model.parameters() if p.requires_grad)
+        grad_bytes = sum(p.numel() * p.element_size() for p in (model or ctx.model).parameters() if p.requires_grad)
         out["safe/frac_frozen"] = self.freezer.frac_frozen()
         out["safe/n_frozen"] = len(self.freezer.frozen)
         out["safe/grad_bytes"] = int(grad_bytes)
         out["safe/optimizer_state_bytes"] = optimizer_state_bytes(ctx.optimizer)
-        return out
+        return StepUpdate(metrics=out, model=model)
 
     # ------------------------------------------------------------- checkpoint
 
@@ -255,19 +260,18 @@ class SafeMethod(TrainingMethod):
     def changed_base_layers(self) -> set[int]:
         return set(self.freezer.merged) if self.freezer is not None else set()
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict):
         """Re-freeze what was frozen. Runs before the checkpoint's weights and optimizer state
         are loaded, so the optimizer's param groups match those saved (and merged LoRA base
-        weights are then overwritten by the saved, merged ones)."""
+        weights are then overwritten by the saved, merged ones). Returns the re-wrapped model, if any."""
         if not state:
-            return
+            return None
         if state.get("policy", self.policy) != self.policy:
             raise ConfigError(f"the checkpoint was trained with freeze={state['policy']}, not freeze={self.policy}")
         frozen = {int(k): int(v) for k, v in state.get("frozen", {}).items()}
         for step in sorted(set(frozen.values())):
             self.freezer.freeze([k for k, s in frozen.items() if s == step], step)
-        if frozen:
-            rewrap_ddp(self.ctx)
+        model = rewrap_ddp(self.ctx.accelerator, self.ctx.model) if frozen else None
         self.measurements = [_from_json(m) for m in state.get("measurements", [])]
         self.events = list(state.get("events", []))
         self.probe_flops = state.get("probe_flops", 0)
@@ -276,6 +280,7 @@ class SafeMethod(TrainingMethod):
         if saved is not None and self.reference_checksum is not None and not math.isclose(saved, self.reference_checksum, rel_tol=1e-4):
             log.warning("SAFE: the probe's reference representations differ from the original run's "
                         "(checksum %.6g vs %.6g); importances after resuming are not comparable", self.reference_checksum, saved)
+        return model if model is not self.ctx.model else None
 
     # ----------------------------------------------------------------- report
 
