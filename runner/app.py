@@ -120,11 +120,8 @@ def execute(cfg: DictConfig) -> float | None:
     """Run the configured job; returns the main metric (for sweepers)."""
     import torch
 
-    from runner.prune import stage as prune_stage
-    from runner.train import RunInterrupted, TrainingDiverged, run
-    from runner.validate import validate_config
-
     from runner.secrets import install_log_filter
+    from runner.train import RunInterrupted, TrainingDiverged
 
     _quiet_libraries(bool(cfg.get("verbose")))
     install_log_filter()  # secrets stay out of the job's log file too
@@ -134,24 +131,7 @@ def execute(cfg: DictConfig) -> float | None:
 
         scrub_hydra_files(output_dir)  # credentials given as overrides stay out of .hydra/
     try:
-        prune = validate_config(cfg)  # the one validation; returns the pruning settings (None: no pruning)
-        # --- head pruning (runner.prune, docs/hies.md): a saved run skips training
-        if prune is not None and prune.from_run:
-            results = prune_stage.prune_saved_run(cfg, prune)
-            return results["metrics"].get(results["main_metric"])
-        done = resolve_auto_resume(cfg)  # sweep: resume=auto skips a completed job, continues an interrupted one
-        if done is not None:
-            log.info("%s already completed; skipped (resume=auto)", output_dir)
-            return done["metrics"].get(cfg.task.main_metric)
-        results = run(cfg, post_train=prune_stage.after_training(prune) if prune is not None else None)
-        if int(os.environ.get("RANK", "0")) == 0:
-            from runner.summary import run_summary
-
-            print(run_summary(results, output_dir), file=sys.stderr, flush=True)
-        if "pruning" in results:  # the job's final model is the pruned one
-            return results["pruning"]["primary"]["main_metric"]
-        # --- end head pruning
-        return results["metrics"].get(cfg.task.main_metric)
+        return _run_job(cfg, output_dir)
     except UserError as exc:
         if not _is_multirun():
             _remove_empty_run_dir(output_dir)
@@ -177,6 +157,32 @@ def execute(cfg: DictConfig) -> float | None:
     except Exception as exc:
         _crashed(exc, cfg)
     return None
+
+
+def _run_job(cfg: DictConfig, output_dir: Path) -> float | None:
+    """Validate once, then prune a saved run, skip a completed one (resume=auto), or train (and prune)."""
+    from runner.prune import stage as prune_stage
+    from runner.train import run
+    from runner.validate import validate_config
+
+    prune = validate_config(cfg)  # the one validation; returns the pruning settings (None: no pruning)
+    # --- head pruning (runner.prune, docs/hies.md): a saved run skips training
+    if prune is not None and prune.from_run:
+        results = prune_stage.prune_saved_run(cfg, prune)
+        return results["metrics"].get(results["main_metric"])
+    done = resolve_auto_resume(cfg)  # sweep: resume=auto skips a completed job, continues an interrupted one
+    if done is not None:
+        log.info("%s already completed; skipped (resume=auto)", output_dir)
+        return done["metrics"].get(cfg.task.main_metric)
+    results = run(cfg, post_train=prune_stage.after_training(prune) if prune is not None else None)
+    if int(os.environ.get("RANK", "0")) == 0:
+        from runner.summary import run_summary
+
+        print(run_summary(results, output_dir), file=sys.stderr, flush=True)
+    if "pruning" in results:  # the job's final model is the pruned one
+        return results["pruning"]["primary"]["main_metric"]
+    # --- end head pruning
+    return results["metrics"].get(cfg.task.main_metric)
 
 
 def _crashed(exc: Exception, cfg: DictConfig) -> None:

@@ -431,17 +431,9 @@ def completed_runs(sweep_dir: Path, method: str | None = None) -> list[Path]:
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    from runner.config import register_resolvers as _register_resolvers
-
-    _register_resolvers()
-    args = _parser().parse_args(argv)
-    if args.completed is not None:
-        runs = completed_runs(args.completed, args.method)
-        if not runs:
-            raise SystemExit(f"error: no completed{' ' + args.method if args.method else ''} runs in {args.completed}")
-        print(",".join(str(r.resolve()) for r in runs))
-        return 0
+def _plan_and_options(args) -> tuple[Path, list[Job], dict]:
+    """The sweep dir, its jobs (a new grid, or those of the dir being resumed) and the launch options
+    (given now, else as stored with the sweep)."""
     if args.resume is not None:
         sweep_dir = args.resume
         jobs, stored = load_plan(sweep_dir)
@@ -462,6 +454,21 @@ def main(argv: list[str] | None = None) -> int:
         "parallel": args.parallel if args.parallel is not None else stored.get("parallel", 1),
         "devices": args.devices.split(",") if args.devices else stored.get("devices"),
     }
+    return Path(sweep_dir), jobs, opts
+
+
+def main(argv: list[str] | None = None) -> int:
+    from runner.config import register_resolvers as _register_resolvers
+
+    _register_resolvers()
+    args = _parser().parse_args(argv)
+    if args.completed is not None:
+        runs = completed_runs(args.completed, args.method)
+        if not runs:
+            raise SystemExit(f"error: no completed{' ' + args.method if args.method else ''} runs in {args.completed}")
+        print(",".join(str(r.resolve()) for r in runs))
+        return 0
+    sweep_dir, jobs, opts = _plan_and_options(args)
     sweep_dir = Path(sweep_dir)
     group = sweep_dir.name if jobs and _uses_wandb(jobs[0].overrides) else None
 

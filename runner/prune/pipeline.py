@@ -1,9 +1,10 @@
 """Score once, then prune and measure every (criterion, ratio).
 
-Reading order: :func:`run_pruning` -> data (:class:`PruneData`) -> unpruned
-reference -> :func:`score_heads` (calibration pass, alpha) -> for each
-criterion and ratio: select, remove heads physically, evaluate, count FLOPs,
-time -> plots, files, W&B. Returns the ``pruning`` section of results.json.
+Reading order: :func:`run_pruning` -> data (:class:`PruneData`) -> the
+unpruned :class:`Reference` -> :func:`score_heads` (calibration pass, alpha)
+-> for each criterion and ratio, :class:`MaskEvaluator` (select, remove heads
+physically, evaluate, count FLOPs, time) -> :func:`write_artifacts` (files,
+plots) -> W&B. Returns the ``pruning`` section of results.json.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-import json
 import logging
 import time
 from dataclasses import dataclass
@@ -370,118 +370,136 @@ def score_heads(model: nn.Module, data: PruneData, s: PruneSettings, task, devic
 # ---------------------------------------------------------------------------
 
 
+@dataclass
+class Reference:
+    """The unpruned model's numbers every pruned model is compared with."""
+
+    preds: np.ndarray
+    labels: np.ndarray
+    metrics: dict
+    flops_batch: dict
+    flops: int
+    params: int
+    latency_batches: dict  # batch size -> fixed batches
+
+
+def measure_reference(model: nn.Module, data: PruneData, s: PruneSettings, task, device) -> Reference:
+    logits, labels = predict(model, data.evaluation(), device)
+    preds = predictions_from_logits(logits, task.is_regression)
+    flops_batch = data.fixed_batches(s.flops_batch_size, s.flops_batch_size)[0]
+    return Reference(
+        preds=preds, labels=labels, metrics=compute_metrics(task.metrics, preds, labels), flops_batch=flops_batch,
+        flops=forward_flops(model, flops_batch, device), params=count_parameters(model),
+        latency_batches={bs: data.fixed_batches(bs, s.latency_examples) for bs in s.latency_batch_sizes},
+    )
+
+
+class MaskEvaluator:
+    """Prunes a copy of the model by one mask and measures it (quality, stability, FLOPs, latency);
+    a mask already measured is reused (criteria that agree at a ratio cost one evaluation)."""
+
+    def __init__(self, model: nn.Module, ref: Reference, data: PruneData, s: PruneSettings, inputs: PruneInputs, scoring: dict):
+        self.model, self.ref, self.data, self.s, self.inputs, self.scoring = model, ref, data, s, inputs, scoring
+        self.geo = geometry(model)
+        self.eval_loader = data.evaluation()
+        self.by_mask: dict[bytes, dict] = {}
+        self.flops_by_layout: dict[tuple, int] = {}
+        self.saved_model: Path | None = None
+
+    def mask(self, maps: dict, crit: str, ratio: float) -> torch.Tensor:
+        if crit == "none":
+            return torch.zeros(self.geo.num_layers, self.geo.num_heads, dtype=torch.bool)
+        return select_heads_to_prune(maps[crit], ratio, self.s.min_heads_per_layer)
+
+    def evaluate(self, crit: str, ratio: float, pruned_mask: torch.Tensor) -> dict:
+        s = self.s
+        timed = (s.latency == "all" or (s.latency == "primary" and crit == s.criterion)) and (
+            s.latency_ratios is None or ratio in s.latency_ratios)
+        save = s.save_model == "primary" and crit == s.criterion and ratio == s.ratio and crit != "none"
+        key = pruned_mask.numpy().tobytes()
+        cached = self.by_mask.get(key)
+        if cached is not None and not save and (not timed or cached.get("latency")) and not s.recovery_finetune:
+            return {**copy.deepcopy(cached), "criterion": crit, "ratio": ratio,
+                    "latency": copy.deepcopy(cached["latency"]) if timed else None}
+        pruned = prune_heads(copy.deepcopy(self.model), pruned_mask) if bool(pruned_mask.any()) else copy.deepcopy(self.model)
+        record = self._measure(pruned, crit, ratio, pruned_mask)
+        if timed:
+            with torch_threads(s.latency_threads):
+                record["latency"] = {
+                    f"bs{bs}": {**compare_latency(self.model, pruned, batches, s.latency_repeats, self.inputs.device),
+                                "threads": torch.get_num_threads()}
+                    for bs, batches in self.ref.latency_batches.items()
+                }
+        if save:
+            from runner.prune.persist import save_pruned
+
+            self.saved_model = save_pruned(pruned, Path(self.inputs.output_dir) / "pruning" / f"model_{crit}_r{ratio}",
+                                           self.inputs.tokenizer, extra={
+                "criterion": crit, "ratio": ratio, "alpha": self.scoring.get("alpha"), "source_run": self.inputs.source_run,
+                "attn_implementation": self.model.config._attn_implementation,
+            })
+        self.by_mask[key] = record
+        return record
+
+    def _measure(self, pruned: nn.Module, crit: str, ratio: float, pruned_mask: torch.Tensor) -> dict:
+        s, ref, task, device, geo = self.s, self.ref, self.inputs.task, self.inputs.device, self.geo
+        recovery = None
+        if s.recovery_finetune and bool(pruned_mask.any()):
+            recovery = recover(pruned, self.data, s.recovery_steps, s.recovery_lr, s.seed, device)
+        logits, _ = predict(pruned, self.eval_loader, device)
+        preds = predictions_from_logits(logits, task.is_regression)
+        metrics = compute_metrics(task.metrics, preds, ref.labels)
+        layout = tuple(heads_kept(pruned))
+        if layout not in self.flops_by_layout:
+            self.flops_by_layout[layout] = forward_flops(pruned, ref.flops_batch, device)
+        flops = self.flops_by_layout[layout]
+        params = count_parameters(pruned)
+        n_pruned = int(pruned_mask.sum())
+        return {
+            "criterion": crit, "ratio": ratio,
+            "heads_pruned": n_pruned, "heads_kept": geo.total_heads - n_pruned,
+            "heads_kept_ratio": (geo.total_heads - n_pruned) / geo.total_heads,
+            "heads_per_layer": list(layout), "pruned_heads": {str(k): v for k, v in mask_to_dict(pruned_mask).items()},
+            "metrics": metrics, "main_metric": metrics[task.main_metric],
+            "stability": stability(preds, ref.preds, task.is_regression),
+            "params": params, "params_ratio": params / ref.params,
+            "flops": flops, "flops_ratio": flops / ref.flops,
+            "latency": None, "recovery": recovery,
+        }
+
+
 def run_pruning(inputs: PruneInputs, s: PruneSettings) -> dict:
+    """Score once, then for every (criterion, ratio): prune, measure; then files, plots, W&B.
+    Returns the ``pruning`` section of results.json."""
     t_start = time.perf_counter()
-    task = inputs.task
-    device = inputs.device
+    task, device = inputs.task, inputs.device
     out_dir = Path(inputs.output_dir) / "pruning"
     out_dir.mkdir(parents=True, exist_ok=True)
     model = unwrap_peft(inputs.model).to(device).eval()
-    geo = geometry(model)  # refuses unsupported architectures with a clear message
+    geometry(model)  # refuses unsupported architectures with a clear message
     for p in model.parameters():
         p.requires_grad_(False)
     data = PruneData(inputs, s)
-    eval_loader = data.evaluation()
-
-    # the unpruned reference
-    base_logits, labels = predict(model, eval_loader, device)
-    base_preds = predictions_from_logits(base_logits, task.is_regression)
-    base_metrics = compute_metrics(task.metrics, base_preds, labels)
-    flops_batch = data.fixed_batches(s.flops_batch_size, s.flops_batch_size)[0]
-    base_flops = forward_flops(model, flops_batch, device)
-    base_params = count_parameters(model)
-    latency_batches = {bs: data.fixed_batches(bs, s.latency_examples) for bs in s.latency_batch_sizes}
-    log.info("pruning: unpruned %s=%.4f; scoring %s", task.main_metric, base_metrics[task.main_metric], ", ".join(s.compare))
-
+    ref = measure_reference(model, data, s, task, device)
+    log.info("pruning: unpruned %s=%.4f; scoring %s", task.main_metric, ref.metrics[task.main_metric], ", ".join(s.compare))
     maps, extra_maps, scoring = score_heads(model, data, s, task, device)
 
-    records: list[dict] = []
-    by_mask: dict[bytes, dict] = {}
-    flops_by_layout: dict[tuple, int] = {}
-    saved_model = None
-    primary_masks = {}
+    evaluator = MaskEvaluator(model, ref, data, s, inputs, scoring)
+    records, primary_masks = [], {}
     for crit in s.compare:
         for ratio in s.ratios:
-            if crit == "none":
-                pruned_mask = torch.zeros(geo.num_layers, geo.num_heads, dtype=torch.bool)
-            else:
-                pruned_mask = select_heads_to_prune(maps[crit], ratio, s.min_heads_per_layer)
+            pruned_mask = evaluator.mask(maps, crit, ratio)
             if ratio == s.ratio:
                 primary_masks[crit] = pruned_mask.numpy()
-            timed = (s.latency == "all" or (s.latency == "primary" and crit == s.criterion)) and (
-                s.latency_ratios is None or ratio in s.latency_ratios)
-            save = s.save_model == "primary" and crit == s.criterion and ratio == s.ratio and crit != "none"
-            key = pruned_mask.numpy().tobytes()
-            cached = by_mask.get(key)
-            if cached is not None and not save and (not timed or cached.get("latency")) and not s.recovery_finetune:
-                records.append({**copy.deepcopy(cached), "criterion": crit, "ratio": ratio,
-                                "latency": copy.deepcopy(cached["latency"]) if timed else None})
-                continue
-            pruned_model = prune_heads(copy.deepcopy(model), pruned_mask) if bool(pruned_mask.any()) else copy.deepcopy(model)
-            recovery = None
-            if s.recovery_finetune and bool(pruned_mask.any()):
-                recovery = recover(pruned_model, data, s.recovery_steps, s.recovery_lr, s.seed, device)
-            logits, _ = predict(pruned_model, eval_loader, device)
-            preds = predictions_from_logits(logits, task.is_regression)
-            metrics = compute_metrics(task.metrics, preds, labels)
-            layout = tuple(heads_kept(pruned_model))
-            if layout not in flops_by_layout:
-                flops_by_layout[layout] = forward_flops(pruned_model, flops_batch, device)
-            flops = flops_by_layout[layout]
-            params = count_parameters(pruned_model)
-            n_pruned = int(pruned_mask.sum())
-            record = {
-                "criterion": crit, "ratio": ratio,
-                "heads_pruned": n_pruned, "heads_kept": geo.total_heads - n_pruned,
-                "heads_kept_ratio": (geo.total_heads - n_pruned) / geo.total_heads,
-                "heads_per_layer": list(layout), "pruned_heads": {str(k): v for k, v in mask_to_dict(pruned_mask).items()},
-                "metrics": metrics, "main_metric": metrics[task.main_metric],
-                "stability": stability(preds, base_preds, task.is_regression),
-                "params": params, "params_ratio": params / base_params,
-                "flops": flops, "flops_ratio": flops / base_flops,
-                "latency": None, "recovery": recovery,
-            }
-            if timed:
-                with torch_threads(s.latency_threads):
-                    record["latency"] = {
-                        f"bs{bs}": {**compare_latency(model, pruned_model, batches, s.latency_repeats, device),
-                                    "threads": torch.get_num_threads()}
-                        for bs, batches in latency_batches.items()
-                    }
-            if save:
-                from runner.prune.persist import save_pruned
-
-                saved_model = save_pruned(pruned_model, out_dir / f"model_{crit}_r{ratio}", inputs.tokenizer, extra={
-                    "criterion": crit, "ratio": ratio, "alpha": scoring.get("alpha"), "source_run": inputs.source_run,
-                    "attn_implementation": model.config._attn_implementation,
-                })
-            by_mask[key] = record
+            record = evaluator.evaluate(crit, ratio, pruned_mask)
             records.append(record)
+            last = f"bs{s.latency_batch_sizes[-1]}"
             log.info("pruning: %-9s ratio %.2f  %s=%.4f  stability=%.4f  flops x%.3f%s", crit, ratio,
                      task.main_metric, record["main_metric"], record["stability"], record["flops_ratio"],
-                     "  latency(bs%s) x%.3f" % (s.latency_batch_sizes[-1], record["latency"][f"bs{s.latency_batch_sizes[-1]}"]["ratio"])
-                     if record["latency"] else "")
-            del pruned_model
+                     f"  latency({last}) x{record['latency'][last]['ratio']:.3f}" if record["latency"] else "")
 
-    # files and plots
-    score_maps = {**{k: v.tolist() for k, v in maps.items()}, **{k: v.tolist() for k, v in extra_maps.items()}}
-    atomic_write_json(out_dir / "scores.json", {
-        "layers": geo.num_layers, "heads": geo.num_heads, "alpha": scoring.get("alpha"),
-        "higher_is_kept": True, "maps": score_maps,
-    })
-    heat = plots.heatmaps({**maps, **extra_maps}, out_dir / "head_scores.png", pruned=primary_masks,
-                          alpha=scoring.get("alpha"), title=f"{task.name}: head scores (x = pruned at ratio {s.ratio})")
-    trivial = trivial_levels([task.main_metric], inputs.data.train["label"], labels, task.is_regression)
-    curve = plots.quality_curves(records, base_metrics[task.main_metric], task.main_metric, out_dir / "quality_vs_ratio.png",
-                                 title=f"{task.name}: pruning without fine-tuning",
-                                 trivial=trivial["metrics"][task.main_metric],
-                                 trivial_label="constant prediction" if task.is_regression else "majority class")
-    artifacts = {"dir": str(out_dir), "scores": str(out_dir / "scores.json"), "heatmaps": str(heat), "curve": str(curve),
-                 "model": str(saved_model) if saved_model else None}
-    if "alpha_auto" in scoring:
-        artifacts["alpha_curve"] = str(plots.alpha_curve(scoring["alpha_auto"]["table"], scoring["alpha"], out_dir / "alpha_auto.png"))
-
-    primary = next(r for r in records if r["criterion"] == s.criterion and r["ratio"] == s.ratio)
+    artifacts = write_artifacts(out_dir, inputs, s, evaluator.geo, maps, extra_maps, scoring, primary_masks, records, ref)
+    artifacts["model"] = str(evaluator.saved_model) if evaluator.saved_model else None
     section = {
         "criterion": s.criterion,
         "ratio": s.ratio,
@@ -490,16 +508,16 @@ def run_pruning(inputs: PruneInputs, s: PruneSettings) -> dict:
         "alpha": scoring.get("alpha"),
         "source_run": inputs.source_run,
         "eval_split": data.eval_split,
-        "eval_examples": int(len(labels)),
+        "eval_examples": int(len(ref.labels)),
         "stability_definition": STABILITY_DEFINITION,
-        "model": {**dataclasses.asdict(geo), "total_heads": geo.total_heads,
+        "model": {**dataclasses.asdict(evaluator.geo), "total_heads": evaluator.geo.total_heads,
                   "attn_implementation": model.config._attn_implementation},
         "unpruned": {
-            "metrics": base_metrics, "main_metric": base_metrics[task.main_metric], "params": base_params,
-            "flops": base_flops, "flops_batch_shape": list(flops_batch["input_ids"].shape),
+            "metrics": ref.metrics, "main_metric": ref.metrics[task.main_metric], "params": ref.params,
+            "flops": ref.flops, "flops_batch_shape": list(ref.flops_batch["input_ids"].shape),
         },
         "scoring": scoring,
-        "primary": primary,
+        "primary": next(r for r in records if r["criterion"] == s.criterion and r["ratio"] == s.ratio),
         "results": records,
         "settings": dataclasses.asdict(s),
         "artifacts": artifacts,
@@ -507,6 +525,28 @@ def run_pruning(inputs: PruneInputs, s: PruneSettings) -> dict:
     }
     _log_to_tracker(inputs, section, task.main_metric)
     return section
+
+
+def write_artifacts(out_dir: Path, inputs: PruneInputs, s: PruneSettings, geo, maps: dict, extra_maps: dict, scoring: dict,
+                    primary_masks: dict, records: list[dict], ref: Reference) -> dict:
+    """scores.json, the head-score heatmaps, the quality curve (and alpha's, when chosen); returns their paths."""
+    task = inputs.task
+    score_maps = {**{k: v.tolist() for k, v in maps.items()}, **{k: v.tolist() for k, v in extra_maps.items()}}
+    atomic_write_json(out_dir / "scores.json", {
+        "layers": geo.num_layers, "heads": geo.num_heads, "alpha": scoring.get("alpha"),
+        "higher_is_kept": True, "maps": score_maps,
+    })
+    heat = plots.heatmaps({**maps, **extra_maps}, out_dir / "head_scores.png", pruned=primary_masks,
+                          alpha=scoring.get("alpha"), title=f"{task.name}: head scores (x = pruned at ratio {s.ratio})")
+    trivial = trivial_levels([task.main_metric], inputs.data.train["label"], ref.labels, task.is_regression)
+    curve = plots.quality_curves(records, ref.metrics[task.main_metric], task.main_metric, out_dir / "quality_vs_ratio.png",
+                                 title=f"{task.name}: pruning without fine-tuning",
+                                 trivial=trivial["metrics"][task.main_metric],
+                                 trivial_label="constant prediction" if task.is_regression else "majority class")
+    artifacts = {"dir": str(out_dir), "scores": str(out_dir / "scores.json"), "heatmaps": str(heat), "curve": str(curve)}
+    if "alpha_auto" in scoring:
+        artifacts["alpha_curve"] = str(plots.alpha_curve(scoring["alpha_auto"]["table"], scoring["alpha"], out_dir / "alpha_auto.png"))
+    return artifacts
 
 
 def _log_to_tracker(inputs: PruneInputs, section: dict, metric: str) -> None:
@@ -531,7 +571,3 @@ def _log_to_tracker(inputs: PruneInputs, section: dict, metric: str) -> None:
         if path:
             tracker.log_image(f"prune/{key}", Path(path), inputs.step)
     tracker.summary({"prune/primary/" + k: v for k, v in section["primary"].items() if isinstance(v, (int, float))})
-
-
-def dumps(section: dict) -> str:
-    return json.dumps(section, indent=2, default=float)
