@@ -245,20 +245,28 @@ def max_rss_bytes() -> int:
 
 
 def tensor_bytes(tensors) -> int:
+    """Bytes of the given tensors (non-tensors skipped): the one place the runner counts them."""
     return int(sum(t.numel() * t.element_size() for t in tensors if torch.is_tensor(t)))
+
+
+def optimizer_state_tensors(state: dict) -> list[torch.Tensor]:
+    """The tensors of one parameter's optimizer state (AdamW's moments; scalar step counters excluded)."""
+    return [v for v in state.values() if torch.is_tensor(v) and v.dim() > 0]
+
+
+def optimizer_state_bytes(optimizer) -> int:
+    """Bytes of an optimizer's state (Accelerate's wrapper unwrapped)."""
+    opt = getattr(optimizer, "optimizer", optimizer)
+    return tensor_bytes(t for s in opt.state.values() for t in optimizer_state_tensors(s))
 
 
 def model_state_bytes(model: nn.Module, optimizer: torch.optim.Optimizer | None) -> dict[str, int]:
     params = list(model.parameters())
-    optim_tensors = []
-    if optimizer is not None:
-        for state in optimizer.state.values():
-            optim_tensors += [v for v in state.values() if torch.is_tensor(v) and v.dim() > 0]
     return {
         "param_bytes": tensor_bytes(params),
         "trainable_param_bytes": tensor_bytes(p for p in params if p.requires_grad),
         "grad_bytes": tensor_bytes(p.grad for p in params if p.grad is not None),
-        "optimizer_state_bytes": tensor_bytes(optim_tensors),
+        "optimizer_state_bytes": optimizer_state_bytes(optimizer) if optimizer is not None else 0,
     }
 
 

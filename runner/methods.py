@@ -27,7 +27,6 @@ class LoopContext:
     total_steps: int
     tracker: Any
     output_dir: Path
-    extra: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -82,8 +81,8 @@ class TrainingMethod:
         a new model wrapper for the loop, or None."""
         return None
 
-    def report(self, ctx: LoopContext) -> dict:
-        """A section for results.json at the end of training."""
+    def report(self, ctx: LoopContext, history: list[dict]) -> dict:
+        """A section for results.json at the end of training (``history``: one record per optimizer step)."""
         return {}
 
 

@@ -12,8 +12,11 @@ from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTok
 from runner.errors import ModelError
 from runner.heads import apply_pooling, resolve_pooling
 
-# Encoders whose layers we know how to adapt, gate and prune.
+# Encoders whose layers we know how to adapt, gate and prune (layers look like BERT's:
+# layer.attention.self.{query,key,value} and layer.attention.output.dense); the one list.
 SUPPORTED_MODEL_TYPES = ("bert", "roberta", "xlm-roberta", "camembert", "electra")
+# Of those, the ones whose positions start after the padding index (RoBERTa's embeddings)
+OFFSET_POSITION_MODEL_TYPES = ("roberta", "xlm-roberta", "camembert")
 
 
 def resolve_model_path(name_or_path: str) -> str:

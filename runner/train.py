@@ -559,8 +559,7 @@ def _run(recipe: Recipe, post_train) -> dict:
 
             with recipe.timer.phase("sharpness"):
                 results["sharpness"] = sharpness_of_run(recipe.accelerator, recipe.model, recipe.train_loader, cfg)
-        recipe.ctx.extra["history"] = recipe.history
-        results["method_report"] = recipe.method.report(recipe.ctx)
+        results["method_report"] = recipe.method.report(recipe.ctx, recipe.history)
         results["artifacts"] = {"model": str(model_dir), "steps": "steps.jsonl", "config": "config.yaml"}
         results["status"] = STATUS_COMPLETED
         recipe.stop_if_signalled()

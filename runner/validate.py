@@ -40,7 +40,9 @@ def check_sequence_length(max_seq_length: int, tokenizer, model_config, text_key
     special = tokenizer.num_special_tokens_to_add(pair=len(text_keys) > 1)
     low = special + len(text_keys)  # one token of each text
     positions = int(getattr(model_config, "max_position_embeddings", 0) or 0)
-    if model_config.model_type in ("roberta", "xlm-roberta", "camembert"):
+    from runner.models import OFFSET_POSITION_MODEL_TYPES
+
+    if model_config.model_type in OFFSET_POSITION_MODEL_TYPES:
         positions -= int(model_config.pad_token_id) + 1  # RoBERTa's positions start after the padding index
     if max_seq_length < low:
         raise ConfigError(f"trainer.max_seq_length={max_seq_length} leaves no room for the text: the tokenizer adds "

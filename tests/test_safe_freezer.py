@@ -7,7 +7,12 @@ from safe_helpers import single_thread, tiny_batch, tiny_lora_model  # noqa: F40
 
 from runner import measure
 from runner.adapters import adapter_groups
-from runner.safe.freezer import AdapterFreezer, optimizer_params, optimizer_state_bytes
+from runner.measure import optimizer_state_bytes
+from runner.safe.freezer import AdapterFreezer, inner_optimizer
+
+
+def optimizer_params(optimizer) -> list:
+    return [p for g in inner_optimizer(optimizer).param_groups for p in g["params"]]
 
 
 def _train_steps(model, optimizer, batch, n=3):

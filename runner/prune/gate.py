@@ -16,9 +16,7 @@ from torch import nn
 
 from runner.errors import ModelError
 
-# Encoder families whose layers look like BERT's: layer.attention.self.{query,
-# key,value} and layer.attention.output.dense.
-GATEABLE_MODEL_TYPES = ("bert", "roberta", "xlm-roberta", "camembert", "electra")
+from runner.models import SUPPORTED_MODEL_TYPES as GATEABLE_MODEL_TYPES  # their layers look like BERT's
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -103,7 +103,6 @@ class CalibrationScores:
     tokens: int
     batches: int
     seconds: float
-    extra: dict = field(default_factory=dict)
 
 
 def layer_normalize(scores: torch.Tensor, eps: float = 1e-20) -> torch.Tensor:

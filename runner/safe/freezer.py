@@ -20,10 +20,10 @@ from __future__ import annotations
 
 import logging
 
-import torch
 from torch import nn
 
 from runner.adapters import adapter_groups, layer_index
+from runner.measure import optimizer_state_tensors, tensor_bytes
 
 log = logging.getLogger(__name__)
 
@@ -43,18 +43,8 @@ def remove_from_optimizer(optimizer, params) -> int:
     for p in params:
         state = opt.state.pop(p, None)
         if state:
-            freed += sum(v.numel() * v.element_size() for v in state.values() if torch.is_tensor(v) and v.dim() > 0)
+            freed += tensor_bytes(optimizer_state_tensors(state))
     return freed
-
-
-def optimizer_params(optimizer) -> list[nn.Parameter]:
-    return [p for g in inner_optimizer(optimizer).param_groups for p in g["params"]]
-
-
-def optimizer_state_bytes(optimizer) -> int:
-    opt = inner_optimizer(optimizer)
-    return int(sum(v.numel() * v.element_size() for s in opt.state.values() for v in s.values()
-                   if torch.is_tensor(v) and v.dim() > 0))
 
 
 def lora_modules(model: nn.Module) -> dict[int, list[tuple[str, nn.Module]]]:

@@ -28,7 +28,8 @@ import numpy as np
 from runner.errors import ConfigError
 from runner.methods import LoopContext, StepUpdate, TrainingMethod
 from runner.safe import schedule
-from runner.safe.freezer import AdapterFreezer, optimizer_state_bytes
+from runner.measure import optimizer_state_bytes, tensor_bytes
+from runner.safe.freezer import AdapterFreezer
 from runner.safe.importance import RepresentationProbe, probe_batch, probe_targets
 
 log = logging.getLogger(__name__)
@@ -237,7 +238,7 @@ class SafeMethod(TrainingMethod):
                 # Compute spent outside the training forward/backward; added to the run's training FLOPs.
                 out["method_flops"] = out.get("method_flops", 0) + decision["flops"]
                 out["method_time_s"] = out.get("method_time_s", 0.0) + decision["seconds"]
-        grad_bytes = sum(p.numel() * p.element_size() for p in (model or ctx.model).parameters() if p.requires_grad)
+        grad_bytes = tensor_bytes(p for p in (model or ctx.model).parameters() if p.requires_grad)
         out["safe/frac_frozen"] = self.freezer.frac_frozen()
         out["safe/n_frozen"] = len(self.freezer.frozen)
         out["safe/grad_bytes"] = int(grad_bytes)
@@ -284,11 +285,10 @@ class SafeMethod(TrainingMethod):
 
     # ----------------------------------------------------------------- report
 
-    def report(self, ctx: LoopContext) -> dict:
+    def report(self, ctx: LoopContext, history: list[dict]) -> dict:
         acc = ctx.accelerator
         log.info("SAFE rank %d/%d: frozen %s; trainable checksum %.12e", acc.process_index, acc.num_processes,
                  sorted(self.freezer.frozen.items()), _checksum(ctx.model))
-        history = ctx.extra.get("history", [])
         layers = self.freezer.layers
         freeze_steps = {k: self.freezer.frozen.get(k) for k in layers}
         last_freeze = max((e["step"] for e in self.events), default=None)

@@ -14,7 +14,6 @@ phase, where it saves the most.
 
 from __future__ import annotations
 
-WARMUP, FREEZING, DONE = "warmup", "freezing", "done"
 
 
 def validate(t_w: float, t_f: float, final: float) -> None:
@@ -32,14 +31,6 @@ def threshold(progress: float, t_w: float, t_f: float, final: float) -> float:
         return float(final)
     x = (progress - t_w) / (t_f - t_w)
     return float(final) * (1.0 - (1.0 - x) ** 3)
-
-
-def phase(progress: float, t_w: float, t_f: float) -> str:
-    if progress < t_w:
-        return WARMUP
-    if progress <= t_f:
-        return FREEZING
-    return DONE
 
 
 def step_of(fraction: float, total_steps: int) -> int:
