@@ -150,20 +150,26 @@ def trained_head_modules(model: nn.Module, cfg: DictConfig) -> list[str]:
     return head_modules(model, saved_pooling(model), cfg.adapter.get("head_modules", "auto"))
 
 
+def add_bottlenecks_to_train(model: nn.Module, acfg: DictConfig, head: list[str]) -> nn.Module:
+    """Bottleneck adapters; they and the ``head`` modules train, nothing else."""
+    from runner.heads import is_in_modules
+
+    model = add_bottleneck_adapters(model, acfg)
+    for name, p in model.named_parameters():
+        p.requires_grad_(is_adapter_param(name) or is_in_modules(name, head))
+    return model
+
+
 def prepare_trainable(model: nn.Module, cfg: DictConfig) -> nn.Module:
-    """Add adapters if the method uses them and set ``requires_grad`` accordingly."""
+    """Add adapters if the method uses them and set ``requires_grad`` accordingly. The adapter is the
+    function ``adapter._target_`` names (``conf/adapter/*.yaml``): ``(model, adapter cfg, head modules) -> model``."""
     if not cfg.method.uses_adapters:
         for p in model.parameters():
             p.requires_grad_(True)
         return model
-    if cfg.adapter.name == "lora":
-        return add_lora(model, cfg.adapter, trained_head_modules(model, cfg))
-    if cfg.adapter.name == "bottleneck":
-        from runner.heads import is_in_modules
+    target = cfg.adapter.get("_target_")
+    if not target:
+        raise ConfigError(f"method {cfg.method.name} trains adapters, but adapter={cfg.adapter.name}; use adapter=lora or adapter=bottleneck")
+    from hydra.utils import get_method
 
-        head = trained_head_modules(model, cfg)
-        model = add_bottleneck_adapters(model, cfg.adapter)
-        for name, p in model.named_parameters():
-            p.requires_grad_(is_adapter_param(name) or is_in_modules(name, head))
-        return model
-    raise ConfigError(f"method {cfg.method.name} trains adapters, but adapter={cfg.adapter.name}; use adapter=lora or adapter=bottleneck")
+    return get_method(str(target))(model, cfg.adapter, trained_head_modules(model, cfg))

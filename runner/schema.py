@@ -131,6 +131,7 @@ class ModelSettings:
 
 @dataclass
 class LoraSettings:
+    _target_: str = "runner.adapters.add_lora"
     name: str = "lora"
     r: int = _setting(8, POSITIVE_INT, "adapter.r (LoRA rank)")
     alpha: float = _setting(16, POSITIVE)
@@ -142,6 +143,7 @@ class LoraSettings:
 
 @dataclass
 class BottleneckSettings:
+    _target_: str = "runner.adapters.add_bottlenecks_to_train"
     name: str = "bottleneck"
     reduction_factor: int = _setting(16, POSITIVE_INT)
     activation: str = _setting("gelu", ("gelu", "relu", "tanh", "silu"))
@@ -152,6 +154,7 @@ class BottleneckSettings:
 
 @dataclass
 class NoAdapterSettings:
+    _target_: Optional[str] = None
     name: str = "none"
 
 
@@ -184,6 +187,7 @@ class SafeSettings:
 
 @dataclass
 class WandbSettings:
+    _target_: str = "runner.tracking.start_wandb"
     name: str = "wandb"
     project: str = "runner"
     entity: Optional[str] = None
@@ -194,6 +198,7 @@ class WandbSettings:
 
 @dataclass
 class NoLoggerSettings:
+    _target_: Optional[str] = None
     name: str = "none"
 
 

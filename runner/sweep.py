@@ -60,12 +60,24 @@ class Job:
 
 
 def expand(overrides: list[str]) -> list[list[str]]:
-    """Every combination of the comma lists, in Hydra's BasicSweeper order (job numbers match ``-m``)."""
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-    from hydra.core.override_parser.overrides_parser import OverridesParser
+    """Every combination of the comma lists, in the order Hydra's basic sweeper numbers them (job
+    ``i`` here is job ``i`` of ``python -m runner -m``): one list per key, a later override of a key
+    replacing an earlier one, their product in key order. Only Hydra's public override parser is used."""
+    import itertools
 
-    parsed = OverridesParser.create().parse_overrides(list(overrides))
-    return BasicSweeper.split_arguments(parsed, None)[0]
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    per_key: dict[str, list[str]] = {}
+    for override in OverridesParser.create().parse_overrides(list(overrides)):
+        key = override.get_key_element()
+        if override.is_sweep_override():
+            if not override.is_discrete_sweep():
+                raise HydraException(f"a grid sweep takes comma lists, choice() or range(); not {override.input_line}")
+            per_key[key] = [f"{key}={v}" for v in override.sweep_string_iterator()]
+        else:
+            per_key[key] = [f"{key}={override.get_value_element_as_str()}"]
+    return [list(combo) for combo in itertools.product(*per_key.values())]
 
 
 def _is_hydra_override(item: str) -> bool:

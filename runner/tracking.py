@@ -107,6 +107,14 @@ def _start_wandb(cfg, output_dir: Path, config: dict, run_id: str | None):
     return init("offline")
 
 
+def start_wandb(cfg, output_dir: Path, config: dict, run_id: str | None = None):
+    """``logger=wandb``: a W&B run (offline by itself without a key or server), stepped by ``global_step``."""
+    run = _start_wandb(cfg, output_dir, config, run_id)
+    run.define_metric("global_step")
+    run.define_metric("*", step_metric="global_step")
+    return run
+
+
 class Tracker:
     """Logs scalars to ``metrics.jsonl`` and (optionally) W&B; main process only."""
 
@@ -118,10 +126,11 @@ class Tracker:
         if not is_main:
             return
         self._file = open(self.path, "a")
-        if cfg.logger.name == "wandb":
-            self.run = _start_wandb(cfg, output_dir, scrub(resolved_config), run_id)
-            self.run.define_metric("global_step")
-            self.run.define_metric("*", step_metric="global_step")
+        target = cfg.logger.get("_target_")  # the logger (conf/logger/*.yaml); none: metrics.jsonl only
+        if target:
+            from hydra.utils import get_method
+
+            self.run = get_method(str(target))(cfg, output_dir, scrub(resolved_config), run_id)
 
     @property
     def run_id(self) -> str | None:

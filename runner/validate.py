@@ -8,7 +8,7 @@ from omegaconf import DictConfig
 from runner.config import CONF_DIR
 from runner.errors import ConfigError
 
-GROUPS = ("task", "model", "adapter", "method", "trainer", "logger", "experiment", "freeze", "prune")
+GROUPS = ("task", "model", "adapter", "method", "trainer", "logger", "experiment", "freeze", "prune", "safe")
 
 
 def group_options(group: str) -> list[str]:

@@ -253,7 +253,7 @@ def test_resume_auto_on_a_damaged_record_fails_in_one_line(tiny_overrides, tmp_p
 
 
 def _wandb_cfg(mode: str):
-    return OmegaConf.create({"run_name": "r", "logger": {"name": "wandb", "mode": mode, "project": "p", "entity": None,
+    return OmegaConf.create({"run_name": "r", "logger": {"_target_": "runner.tracking.start_wandb", "name": "wandb", "mode": mode, "project": "p", "entity": None,
                                                          "group": "g", "tags": []}})
 
 

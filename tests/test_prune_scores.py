@@ -149,3 +149,10 @@ def test_magnitude_and_random_scores():
     assert mag[2, 1].item() == pytest.approx(manual, rel=1e-5)
     assert torch.equal(random_scores((3, 4), 7), random_scores((3, 4), 7))
     assert not torch.equal(random_scores((3, 4), 7), random_scores((3, 4), 8))
+
+
+def test_every_criterion_has_one_scorer_and_the_settings_know_them_all():
+    from runner.prune.scores import CRITERIA, SCORERS
+    from runner.schema import CRITERIA as SETTINGS_CRITERIA
+
+    assert set(SCORERS) == set(CRITERIA) == {*SETTINGS_CRITERIA, "none"}

@@ -28,7 +28,7 @@ def test_a_schema_for_every_group_of_the_composed_config():
 CASES = [
     (["+trainer.lrr=1e-3"], "trainer.lrr is not a setting; did you mean trainer.lr?"),
     (["+task.max_train_sample=8"], "task.max_train_sample is not a setting; did you mean task.max_train_samples?"),
-    (["+adapter.rank=4"], "adapter.rank is not a setting; valid: name, r, alpha, dropout, target_modules, merge_on_freeze, head_modules"),
+    (["+adapter.rank=4"], "adapter.rank is not a setting; valid: _target_, name, r, alpha, dropout, target_modules, merge_on_freeze, head_modules"),
     (["+sed=1"], "sed is not a setting; did you mean seed?"),
     (["trainer.epochs=2.5"], "trainer.epochs must be a positive integer, got 2.5"),
     (["trainer.batch_size=true"], "trainer.batch_size must be an integer, got True"),

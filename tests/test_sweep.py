@@ -157,6 +157,19 @@ def test_the_grid_is_hydras_and_names_are_the_runners(tmp_path):
     assert plan(tmp_path, ["task=glue/nope"])[0].name == "0_job"  # the job itself reports the bad override
 
 
+@pytest.mark.parametrize("overrides", [
+    ["task=glue/mrpc,glue/rte", "seed=1,2", "trainer.lr=1e-3"],
+    ["seed=range(1,4)", "trainer.lr=choice(1e-4,1e-3)", "+trainer.x=1", "seed=5,6"],  # a later seed= replaces the first
+    ["prune=hies", "prune.ratios=[0.1,0.3]", "model.pooling=mean,cls", "~logger"],
+])
+def test_the_grid_matches_hydras_own_basic_sweeper(overrides):
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper  # the reference, in the test only
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    assert expand(overrides) == BasicSweeper.split_arguments(parsed, None)[0]
+
+
 def test_each_job_gets_its_own_launcher_command(tmp_path):
     job = Job(3, "3_mrpc-minilm-adapter-s1", ["task=glue/mrpc", "seed=1"], str(tmp_path / "3_mrpc-minilm-adapter-s1"))
     one = build_command(job, group="sw")

@@ -19,9 +19,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from runner.schema import CRITERIA as PRUNING_CRITERIA
 from runner.prune.gate import HeadGate, encoder_layers, geometry, _output_projection
 
-CRITERIA = ("hies", "his", "entropy", "random", "magnitude", "none")
+CRITERIA = (*PRUNING_CRITERIA, "none")  # the names are declared with the settings (runner.schema)
 
 
 # ---------------------------------------------------------------------------
@@ -214,19 +215,21 @@ def hies_scores(his: torch.Tensor, entropy: torch.Tensor, alpha: float) -> torch
     return alpha * minmax(his) + (1.0 - alpha) * (1.0 - minmax(entropy))
 
 
+# criterion -> its (layers x heads) score map from what was measured; low scores are pruned first.
+# Arguments: calib (CalibrationScores), magnitude ([L, H]), shape, alpha, seed. A new criterion is one entry.
+SCORERS = {
+    "hies": lambda calib, magnitude, shape, alpha, seed: hies_scores(calib.his, calib.entropy, alpha),
+    "his": lambda calib, magnitude, shape, alpha, seed: calib.his.clone(),
+    "entropy": lambda calib, magnitude, shape, alpha, seed: 1.0 - calib.entropy,  # low entropy kept
+    "magnitude": lambda calib, magnitude, shape, alpha, seed: magnitude.clone(),
+    "random": lambda calib, magnitude, shape, alpha, seed: random_scores(shape, seed),
+    "none": lambda calib, magnitude, shape, alpha, seed: torch.ones(shape),  # the unpruned model as a row
+}
+
+
 def criterion_scores(criterion: str, *, calib: CalibrationScores | None, magnitude: torch.Tensor | None,
                      shape: tuple[int, int], alpha: float | None, seed: int) -> torch.Tensor:
-    """The (layers x heads) score map of one criterion; low scores are pruned first."""
-    if criterion == "hies":
-        return hies_scores(calib.his, calib.entropy, alpha)
-    if criterion == "his":
-        return calib.his.clone()
-    if criterion == "entropy":
-        return 1.0 - calib.entropy
-    if criterion == "magnitude":
-        return magnitude.clone()
-    if criterion == "random":
-        return random_scores(shape, seed)
-    if criterion == "none":
-        return torch.ones(shape)
-    raise ValueError(f"unknown criterion {criterion!r}; valid: {', '.join(CRITERIA)}")
+    """The (layers x heads) score map of one criterion (:data:`SCORERS`); low scores are pruned first."""
+    if criterion not in SCORERS:
+        raise ValueError(f"unknown criterion {criterion!r}; valid: {', '.join(CRITERIA)}")
+    return SCORERS[criterion](calib, magnitude, shape, alpha, seed)
