@@ -2,19 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
-from runner.config import compose_config  # noqa: F401 (re-exported for the tests)
-
-REPO = Path(__file__).resolve().parent.parent
-CONF = REPO / "conf"
-SHARED_GLUE = Path(os.environ.get("GLUE_DIR") or REPO.parent / "shared" / "data" / "glue")
-
-os.environ.setdefault("WANDB_SILENT", "true")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+from helpers import GLUE_DIR as SHARED_GLUE
 
 
 @pytest.fixture(scope="session")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import CONF, compose_config
+from helpers import CONF_DIR as CONF, compose_config
 
 
 def options(group: str) -> list[str]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import compose_config
+from helpers import compose_config
 
 import runner.config as runner_config
 from runner.data import load_task_splits

@@ -20,7 +20,7 @@ def evaluate_saved_model(model_dir, glue_dir, n_eval):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from runner.data import read_glue_tsv
-    from conftest import compose_config
+    from helpers import compose_config
 
     task = compose_config(["task=glue/mrpc"]).task
     dev = read_glue_tsv(glue_dir / "MRPC" / "dev.tsv", task).select(range(n_eval))

@@ -147,7 +147,7 @@ def test_head_modules_and_regression_start():
 
 
 def _run(overrides, out):
-    from prune_helpers import compose
+    from helpers import compose
 
     from runner.app import execute
 
@@ -229,7 +229,7 @@ def test_safe_with_mean_pooling_freezes_and_reports(fast, tmp_path):
 
 
 def test_resume_rebuilds_the_mean_pooled_model(fast, tmp_path, monkeypatch):
-    from prune_helpers import compose
+    from helpers import compose
 
     from runner.methods import StepUpdate, TrainingMethod
     from runner.train import run

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
-from prune_helpers import compose
+from helpers import compose
 
 import runner.app as app_mod
 import runner.checkpoint as checkpoint_mod

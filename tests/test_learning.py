@@ -34,7 +34,7 @@ def test_learning_check_warns_at_or_below_the_trivial_level():
 
 
 def test_a_run_that_did_not_learn_says_so_and_draws_its_curve(tiny_overrides, tmp_path, caplog):
-    from prune_helpers import compose
+    from helpers import compose
 
     from runner.train import run
 
@@ -51,7 +51,7 @@ def test_a_run_that_did_not_learn_says_so_and_draws_its_curve(tiny_overrides, tm
 
 
 def test_learning_curve_goes_to_wandb_offline(tiny_overrides, tmp_path, monkeypatch):
-    from prune_helpers import compose
+    from helpers import compose
 
     from runner.train import run
 
@@ -97,7 +97,7 @@ def test_overlap_task_is_deterministic_in_the_glue_layout(glue_dir, tmp_path):
 
 
 def test_regression_head_starts_at_the_training_label_mean(tiny_model_dir, glue_dir, tmp_path):
-    from prune_helpers import compose
+    from helpers import compose
 
     from runner.train import run
 
@@ -120,7 +120,7 @@ def test_regression_head_starts_at_the_training_label_mean(tiny_model_dir, glue_
 
 
 def test_a_finished_run_prints_where_it_went_and_what_it_reached(tiny_overrides, tmp_path, capsys, monkeypatch):
-    from prune_helpers import compose
+    from helpers import compose
 
     from runner.app import execute
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib.util
 
 import pytest
-from prune_helpers import REPO
+from helpers import REPO
 
 
 def _bench():

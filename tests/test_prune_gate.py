@@ -6,7 +6,7 @@ import copy
 
 import pytest
 import torch
-from prune_helpers import ARCHS, tiny_batch, tiny_model
+from helpers import ARCHS, tiny_batch, tiny_model
 
 from runner.errors import ModelError
 from runner.prune.gate import HeadGate, encoder_layers, supports_head_gating, unwrap_peft

@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from prune_helpers import ARCHS, tiny_batch, tiny_model
+from helpers import ARCHS, tiny_batch, tiny_model
 
 from runner.errors import ModelError
 from runner.prune.persist import PRUNED_HEADS_FILE, load_pruned, save_pruned

@@ -10,7 +10,7 @@ import pytest
 import torch
 import yaml
 from omegaconf import OmegaConf
-from prune_helpers import GLUE_DIR, compose, tiny_model
+from helpers import GLUE_DIR, compose, tiny_model
 
 from runner.prune.persist import load_pruned
 from runner.prune.pipeline import PruneInputs, predict, run_pruning, stability

@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from prune_helpers import ARCHS, tiny_batch, tiny_model
+from helpers import ARCHS, tiny_batch, tiny_model
 
 from runner.prune.gate import HeadGate
 from runner.prune.scores import (

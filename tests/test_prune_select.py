@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from omegaconf import OmegaConf
-from prune_helpers import REPO
+from helpers import REPO
 
 from runner.errors import ConfigError
 from runner.prune.select import dict_to_mask, mask_to_dict, num_heads_to_prune, select_heads_to_prune

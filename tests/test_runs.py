@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from prune_helpers import compose
+from helpers import compose
 
 from runner.app import execute
 from runner.methods import StepUpdate, TrainingMethod
@@ -195,3 +195,38 @@ def test_a_full_fine_tuning_checkpoint_holds_every_weight(common, tmp_path, monk
     assert json.loads((out / "checkpoint" / "meta.json").read_text())["weights"] == "all"
     with safe_open(str(out / "checkpoint" / "model.safetensors"), framework="pt") as f:
         assert any("word_embeddings" in k for k in f.keys())
+
+
+def test_a_sigterm_mid_epoch_resumes_on_the_next_batch_with_the_uninterrupted_losses(common, tmp_path, monkeypatch):
+    """A real SIGTERM at step 2 of 4 in the first epoch: the checkpoint is mid-epoch, so the resume must
+    skip the two batches already trained on (skip_first_batches) and replay dropout exactly."""
+    import os
+    import signal
+
+    from runner.stop_signals import RunInterrupted
+
+    reference = run(compose(common, tmp_path / "reference"))
+    ref_losses = [s["loss"] for s in _steps(tmp_path / "reference")]
+
+    original = TrainingMethod.on_step_end
+
+    def terminate_at_2(self, ctx, step):
+        if step == 2:
+            os.kill(os.getpid(), signal.SIGTERM)  # handled by the run: finish the step, checkpoint, stop
+        return original(self, ctx, step)
+
+    out = tmp_path / "run"
+    monkeypatch.setattr(TrainingMethod, "on_step_end", terminate_at_2)
+    with pytest.raises(RunInterrupted):
+        run(compose(common, out))
+    monkeypatch.undo()
+    record = json.loads((out / "results.json").read_text())
+    assert record["status"] == "interrupted" and record["checkpoint_step"] == 2  # mid-epoch: 4 steps per epoch
+    resumed = run(compose([*common, "resume=true"], out))
+    assert resumed["status"] == "completed" and resumed["steps"]["total"] == 8
+    assert [s["loss"] for s in _steps(out)] == pytest.approx(ref_losses, rel=1e-6)
+    assert resumed["metrics"] == pytest.approx(reference["metrics"], rel=1e-6)
+
+
+def _steps(run_dir):
+    return [json.loads(line) for line in (run_dir / "steps.jsonl").read_text().splitlines()]

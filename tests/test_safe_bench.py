@@ -7,7 +7,7 @@ import json
 
 import pytest
 import yaml
-from prune_helpers import REPO
+from helpers import REPO
 
 
 def _bench():

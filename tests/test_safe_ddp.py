@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from safe_helpers import GLUE_DIR, REPO, save_tiny_model_dir
+from helpers import GLUE_DIR, REPO, save_tiny_model_dir
 
 LINE = re.compile(r"SAFE rank (\d)/2: frozen (\[.*?\]); trainable checksum (\S+)")
 

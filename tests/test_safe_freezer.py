@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from safe_helpers import single_thread, tiny_batch, tiny_lora_model  # noqa: F401 (autouse fixture)
+from helpers import single_thread, lora_batch, tiny_lora_model  # noqa: F401 (autouse fixture)
 
 from runner import measure
 from runner.adapters import adapter_groups
@@ -31,7 +31,7 @@ def _snapshot(params):
 def test_frozen_adapter_does_not_change_and_its_optimizer_state_is_gone(merge):
     model = tiny_lora_model(dropout=0.1)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
-    batch = tiny_batch()
+    batch = lora_batch()
     _train_steps(model, opt, batch)  # optimizer state exists for every adapter
     groups = adapter_groups(model)
     state_before = optimizer_state_bytes(opt)
@@ -64,7 +64,7 @@ def test_frozen_adapter_does_not_change_and_its_optimizer_state_is_gone(merge):
 def test_merge_keeps_the_function_and_removes_lora_from_the_forward():
     model = tiny_lora_model()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
-    batch = tiny_batch()
+    batch = lora_batch()
     model.eval()
     with torch.no_grad():
         before = model(**batch).logits
@@ -88,11 +88,11 @@ def test_saved_adapter_of_a_partly_merged_model_reproduces_it(tmp_path):
     from peft import PeftModel
     from transformers import BertForSequenceClassification
 
-    from safe_helpers import tiny_config
+    from helpers import tiny_config
 
     model = tiny_lora_model(seed=1)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
-    batch = tiny_batch()
+    batch = lora_batch()
     _train_steps(model, opt, batch, n=2)
     freezer = AdapterFreezer(model, opt, merge=True)
     freezer.freeze([0], step=2)
@@ -131,7 +131,7 @@ def _flops(model, batch):
 
 @pytest.mark.parametrize("merge", [True, False])
 def test_freezing_lowest_layers_drops_saved_bytes_to_those_of_a_never_trainable_model(merge):
-    batch = tiny_batch(batch=8, seq=32)
+    batch = lora_batch(batch=8, seq=32)
     model = tiny_lora_model(dropout=0.1)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     all_trainable, flops_all = _saved_bytes(model, batch), _flops(model, batch)

@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from safe_helpers import compose_cfg, read_steps, run_cfg, save_tiny_model_dir, single_thread  # noqa: F401
+from helpers import compose_cfg, read_steps, run_cfg, save_tiny_model_dir, single_thread  # noqa: F401
 
 from safetensors.torch import load_file
 

@@ -5,10 +5,11 @@ import math
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
-from safe_helpers import compose_cfg, read_steps, run_cfg, save_tiny_model_dir, single_thread  # noqa: F401
+from helpers import compose_cfg, read_steps, run_cfg, save_tiny_model_dir, single_thread  # noqa: F401
 
 from runner.safe import schedule
 
@@ -170,3 +171,40 @@ def test_a_run_too_short_for_the_schedule_is_warned_about(runs, caplog):
     from runner.summary import run_summary
 
     assert f"  warning: {warning}" in run_summary(results, Path("/tmp"))
+
+
+class _FakeProbe:
+    last_flops = 0
+
+    def importance(self, active):
+        return {k: (1.0 if k == 3 else 0.01 * (k + 1)) for k in active}  # layer 0 lowest, layer 3 most important
+
+
+class _FakeFreezer:
+    def __init__(self, active):
+        self.active = list(active)
+
+
+def _decider(policy: str, seed: int = 0):
+    from omegaconf import OmegaConf
+
+    from runner.safe.method import SafeMethod
+
+    m = SafeMethod.__new__(SafeMethod)  # the real decision code, without a model to train
+    m.policy, m.seed, m.total_steps = policy, seed, 100
+    m.scfg = OmegaConf.create({"t_w": 0.0, "t_f": 0.01, "threshold": 0.02})  # below: layer 0 only (0.01 < 0.02)
+    m.freezer, m.probe = _FakeFreezer(range(4)), _FakeProbe()
+    return m
+
+
+def test_random_picks_uniformly_among_the_active_adapters_not_safes_choice():
+    safe, rand = _decider("safe"), _decider("random", seed=7)
+    steps = range(10, 90)
+    assert all(safe._decide(s)["freeze"] == [0] for s in steps)  # SAFE: the one adapter below the threshold
+    picks = [rand._decide(s)["freeze"] for s in steps]
+    assert all(len(p) == 1 for p in picks)  # as many as SAFE would freeze...
+    counts = np.bincount([p[0] for p in picks], minlength=4)
+    # ...chosen uniformly among all 4 active ones (80 draws: each ~20; SAFE's choice would give [80, 0, 0, 0])
+    assert counts.min() >= 8 and counts[0] <= 35, counts
+    assert [rand._decide(s)["freeze"] for s in steps] == picks  # seeded by (seed, step): a resume decides the same
+    assert [_decider("random", seed=8)._decide(s)["freeze"] for s in steps] != picks

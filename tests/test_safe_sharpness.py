@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch.func import functional_call
 
-from safe_helpers import single_thread, tiny_batch, tiny_lora_model  # noqa: F401
+from helpers import single_thread, lora_batch, tiny_lora_model  # noqa: F401
 
 from runner.safe.freezer import AdapterFreezer
 from runner.sharpness import hessian_top_eigenvalue, measure_sharpness
@@ -23,7 +23,7 @@ def test_power_iteration_on_a_known_quadratic():
 
 def test_sharpness_of_a_tiny_lora_model_matches_the_exact_hessian():
     model = tiny_lora_model(layers=1, r=1, seed=3)
-    batch = tiny_batch(batch=6, seq=10)
+    batch = lora_batch(batch=6, seq=10)
     result = measure_sharpness(model, [batch], uses_adapters=True, iters=300, tol=1e-9)
     named = {n: p for n, p in model.named_parameters() if p.requires_grad}
     assert result["num_params"] == sum(p.numel() for p in named.values())
@@ -46,7 +46,7 @@ def test_sharpness_of_a_tiny_lora_model_matches_the_exact_hessian():
 
 
 def test_merged_adapters_are_measured_unmerged_and_left_as_found():
-    batch = tiny_batch(batch=6, seq=12)
+    batch = lora_batch(batch=6, seq=12)
     plain = tiny_lora_model(seed=5)
     merged = tiny_lora_model(seed=5)
     opt = torch.optim.AdamW([p for p in merged.parameters() if p.requires_grad], lr=1e-3)

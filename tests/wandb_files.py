@@ -44,10 +44,24 @@ def _payloads(data: bytes):
             yield b"".join(chunks)
 
 
-def read_run(path: Path) -> dict:
-    """``{"config": {...}, "history": [rows], "summary": {...}}`` of an offline run."""
-    data = Path(path).read_bytes()
-    out = {"config": {}, "history": [], "summary": {}}
+def read_run(path: Path, wait_s: float = 60.0) -> dict:
+    """``{"config": {...}, "history": [rows], "summary": {...}}`` of an offline run, read once the run's
+    exit record is in the file: W&B's service may still be writing the last records (the final
+    summary) after ``run.finish()`` returned, which made a test that read at once fail now and then."""
+    import time
+
+    deadline = time.monotonic() + wait_s
+    while True:
+        out = _read(Path(path).read_bytes())
+        if out["exited"]:
+            return out
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{path} has no exit record after {wait_s:.0f} s: the W&B run did not finish")
+        time.sleep(0.1)
+
+
+def _read(data: bytes) -> dict:
+    out = {"config": {}, "history": [], "summary": {}, "exited": False}
     for payload in _payloads(data):
         rec = pb.Record()
         rec.ParseFromString(payload)
@@ -63,6 +77,8 @@ def read_run(path: Path) -> dict:
         elif kind == "run":
             for i in rec.run.config.update:
                 out["config"][i.key or "/".join(i.nested_key)] = json.loads(i.value_json)
+        elif kind == "exit":
+            out["exited"] = True
     return out
 
 

@@ -1,4 +1,6 @@
-"""Shared helpers for the SAFE tests: tiny random BERTs, LoRA, the real Hydra config."""
+"""The one helpers module of the tests: the repo and GLUE paths (``GLUE_DIR`` honoured, as the
+runner does), the real Hydra composition, tiny random encoders and batches, the SAFE tests' run
+helpers. Fixtures live in conftest.py; nothing here downloads anything."""
 
 from __future__ import annotations
 
@@ -7,10 +9,64 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import BertConfig, BertForSequenceClassification
+from transformers import BertConfig, BertForSequenceClassification, RobertaConfig, RobertaForSequenceClassification
 
-REPO = Path(__file__).resolve().parents[1]
-GLUE_DIR = Path(os.environ.get("GLUE_DIR") or REPO.parent / "shared" / "data" / "glue")
+from runner.config import CONF_DIR, LOCAL_GLUE_DIRS, REPO, compose_config, default_glue_dir  # noqa: F401 (for the tests)
+
+GLUE_DIR = Path(default_glue_dir() or LOCAL_GLUE_DIRS[0])  # $GLUE_DIR, else ../shared/data/glue, as the runner looks
+
+os.environ.setdefault("WANDB_SILENT", "true")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+ARCHS = ("bert", "roberta")
+
+
+def compose(overrides: list[str], output_dir: Path):
+    """The config ``python -m runner <overrides>`` would run, with output_dir set."""
+    return compose_config(overrides, output_dir=output_dir)
+
+
+# ---------------------------------------------------------------- tiny encoders (head pruning)
+
+def tiny_model(arch: str = "bert", layers: int = 3, heads: int = 4, head_size: int = 8, labels: int = 2,
+               attn: str = "sdpa", seed: int = 0, vocab: int = 120, dtype=torch.float32):
+    """A random sequence classifier in eval mode, dropout 0."""
+    kwargs = dict(
+        vocab_size=vocab, hidden_size=heads * head_size, num_hidden_layers=layers, num_attention_heads=heads,
+        intermediate_size=4 * heads * head_size, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+        max_position_embeddings=80, num_labels=labels,
+    )
+    torch.manual_seed(seed)
+    if arch == "bert":
+        model = BertForSequenceClassification(BertConfig(**kwargs, attn_implementation=attn))
+    elif arch == "roberta":
+        model = RobertaForSequenceClassification(RobertaConfig(**kwargs, pad_token_id=1, attn_implementation=attn))
+    else:
+        raise ValueError(arch)
+    # Random init gives nearly uniform attention; sharpen queries/keys so heads differ.
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(("query.weight", "key.weight")):
+                p.mul_(6.0)
+            if "classifier" in name and name.endswith("weight"):
+                p.mul_(30.0)  # a loss that reacts to the heads: gradients well above rounding noise
+    return model.to(dtype).eval()
+
+
+def tiny_batch(batch: int = 3, length: int = 9, vocab: int = 120, seed: int = 1, pad_from: dict | None = None,
+               labels: int = 2):
+    """input_ids, attention_mask (example i padded from position pad_from[i]) and labels."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(5, vocab, (batch, length), generator=g)
+    mask = torch.ones(batch, length, dtype=torch.long)
+    for i, start in (pad_from or {}).items():
+        mask[i, start:] = 0
+        ids[i, start:] = 1  # RoBERTa's pad id; BERT does not care
+    y = torch.randint(0, labels, (batch,), generator=g)
+    return {"input_ids": ids, "attention_mask": mask, "labels": y}
+
+
+# ---------------------------------------------------------------- tiny LoRA models and SAFE runs
 
 
 @pytest.fixture(autouse=True)
@@ -51,7 +107,7 @@ def tiny_lora_model(seed: int = 0, layers: int = 4, r: int = 4, dropout: float =
     return model
 
 
-def tiny_batch(batch: int = 8, seq: int = 24, vocab: int = 100, seed: int = 0, pad_last: int = 5) -> dict:
+def lora_batch(batch: int = 8, seq: int = 24, vocab: int = 100, seed: int = 0, pad_last: int = 5) -> dict:
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(1, vocab, (batch, seq), generator=g)
     mask = torch.ones(batch, seq, dtype=torch.long)
@@ -88,7 +144,7 @@ def compose_cfg(overrides: list[str], output_dir: Path, model_dir: Path):
         "trainer.progress_bar=false", "trainer.max_seq_length=64", "trainer.batch_size=16",
         "trainer.eval_batch_size=64", "task.max_eval_samples=64",
     ]
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return compose(config_name="train", overrides=base + list(overrides))
 
 
