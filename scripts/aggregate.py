@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Result tables and plots from results.json files; see runner/aggregate.py.
+"""Result tables and plots from results.json files; see runner/aggregate/ (collect, stats, tables, plots, report).
 
     python scripts/aggregate.py [outputs/ | <sweep dir> ...] [--baseline adapter] [--by trainer.lr] [--out DIR]
 """

@@ -1,0 +1,104 @@
+"""``build_report`` (every file of a report) and the command line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from runner.aggregate.collect import collect
+from runner.aggregate.plots import plot_efficiency, plot_freeze_timelines, plot_pruning
+from runner.aggregate.stats import _order, summarize_pruning, summarize_runs, task_order
+from runner.aggregate.tables import (
+    efficiency_table,
+    main_table,
+    markdown,
+    mixed_groups_note,
+    pruning_table,
+)
+
+# ------------------------------------------------------------------------ report
+
+
+def build_report(paths: list[Path], out: Path, baseline: str = "adapter", by: list[str] | None = None,
+                 plots: bool = True) -> dict:
+    """Collect, write the CSVs, markdown and PNGs; returns what was written and the tables."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    runs, problems, raw = collect(paths, by)
+    stats = summarize_runs(runs, baseline, by)
+    pstats = summarize_pruning(raw)
+    runs.drop(columns=[c for c in runs.columns if c.startswith("_")]).to_csv(out / "runs.csv", index=False)
+    stats.to_csv(out / "summary.csv", index=False)
+    problems.to_csv(out / "problems.csv", index=False)
+    if not pstats.empty:
+        pstats.to_csv(out / "pruning.csv", index=False)
+
+    n_done = int((runs["status"] == "completed").sum()) if not runs.empty else 0
+    sections = [f"# Results\n\nFrom {', '.join(str(p) for p in paths)}: {len(runs)} results.json, {n_done} completed; "
+                f"{len(problems)} listed under *Not completed* (never averaged). Metric: the task's main metric x100, "
+                f"mean ± std over seeds (sample std). Ratios (×) are to method `{baseline}` on the same model and task.\n"]
+    note = mixed_groups_note(stats)
+    if note:
+        sections.append(note)
+    tables: dict[str, pd.DataFrame] = {}
+    figures: list[Path] = []
+    models = _order(stats["model"]) if not stats.empty else []
+    for model in models:
+        t = main_table(stats, model, baseline)
+        tables[f"main/{model}"] = t
+        sections.append(f"## {model}: main table (SAFE layout)\n\n" + markdown(t))
+        e = efficiency_table(stats, model, baseline)
+        tables[f"efficiency/{model}"] = e
+        sections.append(f"## {model}: cost per task and method\n\nMemory in bytes as measured (saved for backward: "
+                        "activations autograd keeps; state + saved: that plus weights, gradients and optimizer state); "
+                        "[ratio to the baseline].\n\n" + markdown(e))
+        if plots:
+            fig = plot_efficiency(stats, model, baseline, out / f"efficiency_{model}.png")
+            figures += [fig] if fig else []
+            for task in task_order(stats[stats["model"] == model]["task"]):
+                fig = plot_freeze_timelines(raw, model, task, out / f"freeze_timeline_{model}_{task}.png")
+                figures += [fig] if fig else []
+    if not pstats.empty:
+        for model in _order(pstats["model"]):
+            for value, title in (("metric", "Table 1 layout: task metric after pruning (x100; 0% = unpruned)"),
+                                 ("stability", "Table 2 layout: stability after pruning")):
+                t = pruning_table(pstats, model, value)
+                tables[f"pruning_{value}/{model}"] = t
+                sections.append(f"## {model}: {title}\n\n" + markdown(t))
+            if plots:
+                for task in task_order(pstats[pstats["model"] == model]["task"]):
+                    fig = plot_pruning(pstats, model, task, out / f"pruning_{model}_{task}.png")
+                    figures += [fig] if fig else []
+    sections.append("## Not completed\n\n" + markdown(problems))
+    if figures:
+        sections.append("## Figures\n\n" + "".join(f"![{f.stem}]({f.name})\n" for f in figures))
+    text = "\n".join(sections)
+    (out / "report.md").write_text(text)
+    return {"runs": runs, "stats": stats, "pruning": pstats, "problems": problems, "tables": tables,
+            "figures": figures, "markdown": text, "out": out}
+
+
+def main(argv: list[str] | None = None) -> int:
+    import runner.aggregate
+
+    p = argparse.ArgumentParser(prog="scripts/aggregate.py", description=runner.aggregate.__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("paths", nargs="*", type=Path, default=[Path("outputs")], help="sweep dirs, run dirs or outputs/ (default)")
+    p.add_argument("--out", type=Path, default=None, help="where to write (default <first path>/report)")
+    p.add_argument("--baseline", default="adapter", help="method the ratios are taken to (default adapter)")
+    p.add_argument("--by", action="append", default=[], metavar="KEY",
+                   help="also group by this config key (e.g. trainer.lr), or by `sweep` (the folder holding each run); repeatable")
+    p.add_argument("--no-plots", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="do not print the tables")
+    args = p.parse_args(argv)
+    out = args.out or (args.paths[0] if args.paths[0].is_dir() else args.paths[0].parent) / "report"
+    report = build_report(args.paths, out, args.baseline, args.by, plots=not args.no_plots)
+    if not args.quiet:
+        print(report["markdown"])
+    print(f"aggregate: {len(report['runs'])} runs, {len(report['problems'])} not completed; wrote {out}/report.md, "
+          f"runs.csv, summary.csv, problems.csv" + (", pruning.csv" if not report["pruning"].empty else "")
+          + (f" and {len(report['figures'])} PNGs" if report["figures"] else ""), file=sys.stderr)
+    return 0
