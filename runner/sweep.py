@@ -475,10 +475,10 @@ def main(argv: list[str] | None = None) -> int:
     _register_resolvers()
     args = _parser().parse_args(argv)
     if args.completed is not None:
-        runs = completed_runs(args.completed, args.method)
-        if not runs:
+        done_runs = completed_runs(args.completed, args.method)
+        if not done_runs:
             raise SystemExit(f"error: no completed{' ' + args.method if args.method else ''} runs in {args.completed}")
-        print(",".join(str(r.resolve()) for r in runs))
+        print(",".join(str(r.resolve()) for r in done_runs))
         return 0
     sweep_dir, jobs, opts = _plan_and_options(args)
     sweep_dir = Path(sweep_dir)

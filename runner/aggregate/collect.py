@@ -209,16 +209,16 @@ def collect(paths: list[Path], by: list[str] | None = None) -> tuple[pd.DataFram
             rows.append(row)
             raw.append({"row": row, "results": results, "dir": run_dir})
         problems.extend(_jobs_without_results(root))
-    runs = pd.DataFrame(rows)
-    if runs.empty:
-        runs = pd.DataFrame(columns=["path", "status", *GROUP_KEYS, "seed", "metric"])
-    not_completed = runs[runs["status"] != "completed"]
+    table = pd.DataFrame(rows)
+    if table.empty:
+        table = pd.DataFrame(columns=["path", "status", *GROUP_KEYS, "seed", "metric"])
+    not_completed = table[table["status"] != "completed"]
     listed = [{k: r.get(k) for k in ("path", "status", "task", "model", "method", "seed", "step", "error")}
               for r in not_completed.to_dict("records")]
     problems_df = pd.DataFrame(listed + problems,
                                columns=["path", "status", "task", "model", "method", "seed", "step", "error"])
     problems_df["step"] = pd.to_numeric(problems_df["step"], errors="coerce").astype("Int64")
-    return runs, problems_df, raw
+    return table, problems_df, raw
 
 
 def _jobs_without_results(root: Path) -> list[dict]:
