@@ -469,6 +469,24 @@ def _plan_and_options(args) -> tuple[Path, list[Job], dict]:
     return Path(sweep_dir), jobs, opts
 
 
+def run_or_resume(sweep_dir: Path, overrides: list[str], options: list[str] = (), dry_run: bool = False) -> int:
+    """Run a sweep into ``sweep_dir``, or continue it when the dir already holds one (completed jobs
+    skipped, interrupted ones resumed): the building block of the benchmark scripts, which rerun
+    the same command to continue. Runs ``python -m runner.sweep`` in a fresh process (nothing of
+    one sweep leaks into the next); returns its exit code (0 with ``dry_run``, after printing it)."""
+    sweep_dir = Path(sweep_dir)
+    if (sweep_dir / MANIFEST).is_file():
+        cmd = [sys.executable, "-m", "runner.sweep", "--resume", str(sweep_dir)]
+    else:
+        cmd = [sys.executable, "-m", "runner.sweep", *options, "--dir", str(sweep_dir), "--", *overrides]
+    print("+ " + shlex.join(cmd), flush=True)
+    if dry_run:
+        return 0
+    repo = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(repo), os.environ.get("PYTHONPATH", "")) if p)}
+    return subprocess.call(cmd, cwd=repo, env=env)
+
+
 def main(argv: list[str] | None = None) -> int:
     from runner.config import register_resolvers as _register_resolvers
 

@@ -8,8 +8,7 @@ against the unpruned one at batch 1 and 32. Prints and writes
 ``<out>/bench_hies.md`` and ``<out>/bench_hies.json``: metric and stability
 (mean and std over seeds) per criterion and ratio; FLOPs, parameter and
 latency ratios at 50%; scoring time; the trivial level (majority class) of each
-task, with the cells where pruning collapsed a model to it marked. Finished steps
-are skipped on a rerun.
+task, with the cells where pruning collapsed a model to it marked.
 
     python scripts/bench_hies.py                                   # the full benchmark
     python scripts/bench_hies.py --runs mrpc=outputs/runs/A,outputs/runs/B,outputs/runs/C --tasks mrpc
@@ -17,8 +16,9 @@ are skipped on a rerun.
     python scripts/bench_hies.py --dry-run                         # print the commands only
     python scripts/bench_hies.py --from-sweep outputs/repro-hies/minilm   # the tables for what `make repro-hies` ran
 
-Everything runs through ``python -m runner`` in subprocesses (the real entry
-point). Fine-tuning uses ``--recipe`` (default: full fine-tuning at lr 1e-4,
+Everything runs as two ``runner.sweep`` dirs under ``--out`` (``train/``,
+``prune/``; each job its own process); rerunning the command continues them.
+Fine-tuning uses ``--recipe`` (default: full fine-tuning at lr 1e-4,
 the runner's 3 epochs) plus ``--train`` overrides, e.g. ``--recipe
 "method=safe"``; pruning takes ``--prune`` overrides (e.g.
 ``prune.latency_threads=1`` on a busy machine). To choose alpha on examples
@@ -29,8 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -42,6 +40,7 @@ sys.path.insert(0, str(REPO))  # run as a script from anywhere
 
 from runner.aggregate import collapsed, find_results, trivial_level
 from runner.runs import read_completed
+from runner.sweep import completed_runs, run_or_resume
 
 CRITERIA = ["hies", "his", "entropy", "magnitude", "random", "none"]
 RATIOS = [0.1, 0.3, 0.5, 0.7]
@@ -50,27 +49,6 @@ DEFAULT_RECIPE = "method=full trainer.lr=1e-4"
 
 def _list(values) -> str:
     return "[" + ",".join(str(v) for v in values) + "]"
-
-
-def run_cli(overrides: list[str], run_dir: Path, dry: bool, log_path: Path) -> None:
-    cmd = [sys.executable, "-m", "runner", *overrides, f"hydra.run.dir={run_dir}"]
-    print("$ " + " ".join(cmd), flush=True)
-    if dry:
-        return
-    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    env.setdefault("GLUE_DIR", str(REPO.parent / "shared" / "data" / "glue"))
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
-    with open(log_path, "w") as log:
-        proc = subprocess.run(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-    print(f"  ({time.perf_counter() - start:.0f} s, log {log_path})", flush=True)
-    if proc.returncode != 0:
-        tail = log_path.read_text().splitlines()[-15:]
-        raise SystemExit(f"command failed with exit code {proc.returncode}:\n" + "\n".join(tail))
-
-
-def completed(run_dir: Path) -> bool:
-    return read_completed(run_dir) is not None
 
 
 def parse_runs(items: list[str]) -> dict[str, list[Path]]:
@@ -236,47 +214,20 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
 
     criteria = list(dict.fromkeys(["hies", *args.criteria]))
-    summaries = []
     t0 = time.perf_counter()
-    if args.from_sweep is not None:
-        if not args.from_sweep.is_dir():
-            raise SystemExit(f"--from-sweep {args.from_sweep}: no such folder")
-        summaries = from_sweep(args.from_sweep, args.tasks, criteria, args.ratios)
-        if not summaries:
-            raise SystemExit(f"--from-sweep {args.from_sweep}: no completed pruning runs for {args.tasks}")
+    if args.from_sweep is not None and not args.from_sweep.is_dir():
+        raise SystemExit(f"--from-sweep {args.from_sweep}: no such folder")
     out = (args.out or (args.from_sweep / "bench_hies" if args.from_sweep else REPO / "outputs" / "bench_hies")).resolve()
-    given = parse_runs(args.runs)
-    for task in [] if args.from_sweep else args.tasks:
-        runs = given.get(task)
-        if runs is None:
-            runs = []
-            for seed in args.seeds:
-                run_dir = out / "runs" / f"{task}-s{seed}"
-                if completed(run_dir):
-                    print(f"= fine-tuned {task} seed {seed}: {run_dir}")
-                else:
-                    run_cli([f"task=glue/{task}", f"seed={seed}", "logger=none", "trainer.progress_bar=false",
-                             *args.recipe.split(), *args.train],
-                            run_dir, args.dry_run, out / "logs" / f"train-{task}-s{seed}.log")
-                runs.append(run_dir)
-        results = []
-        for i, run_dir in enumerate(runs):
-            prune_dir = out / "prune" / f"{task}-{i}-{run_dir.name}"
-            if not completed(prune_dir):
-                run_cli([
-                    "prune=hies", f"prune.from_run={run_dir}", f"prune.ratios={_list(args.ratios)}",
-                    f"prune.ratio={0.5 if 0.5 in args.ratios else args.ratios[0]}",
-                    f"prune.compare={_list(criteria)}", "prune.latency=primary", "prune.latency_ratios=[0.5]",
-                    "prune.save_model=none", "logger=none", *args.prune,
-                ], prune_dir, args.dry_run, out / "logs" / f"prune-{task}-{i}.log")
-            if not args.dry_run:
-                res = json.loads((prune_dir / "results.json").read_text())
-                res["_dir"] = str(prune_dir)
-                results.append(res)
-        if results:
-            summaries.append(aggregate(task, results, criteria, args.ratios))
-    if args.dry_run:
-        return
+    if args.from_sweep is None:
+        code = run_sweeps(args, out, criteria)
+        if args.dry_run:
+            return
+        if code:
+            raise SystemExit(f"bench_hies: not every job completed (exit {code}); see the sweep_summary.md files under {out}; "
+                             "rerun the command to continue")
+    summaries = from_sweep(args.from_sweep or out / "prune", args.tasks, criteria, args.ratios)
+    if not summaries:
+        raise SystemExit(f"{args.from_sweep or out}: no completed pruning runs for {args.tasks}")
     md = markdown(summaries, criteria, args.ratios)
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench_hies.md").write_text(md)
@@ -284,6 +235,29 @@ def main(argv: list[str] | None = None) -> None:
                                                      "args": {k: str(v) for k, v in vars(args).items()}}, indent=2))
     print(md)
     print(f"wrote {out / 'bench_hies.md'} and {out / 'bench_hies.json'} ({time.perf_counter() - t0:.0f} s)")
+
+
+def run_sweeps(args, out: Path, criteria: list[str]) -> int:
+    """Fine-tune tasks x seeds in one sweep (unless --runs gives the runs), then prune every completed
+    fine-tuning run in a second sweep (prune.from_run). Rerunning continues both."""
+    given = parse_runs(args.runs)
+    sources = [str(d) for task in args.tasks for d in given.get(task, [])]
+    todo = [t for t in args.tasks if t not in given]
+    if todo:
+        rc = run_or_resume(out / "train", [
+            "task=" + ",".join(f"glue/{t}" for t in todo), "seed=" + ",".join(map(str, args.seeds)), "logger=none",
+            "trainer.progress_bar=false", *args.recipe.split(), *args.train], dry_run=args.dry_run)
+        if rc:
+            return rc
+        if args.dry_run:
+            sources.append("<the completed runs of that sweep>")
+        else:
+            sources += [str(d.resolve()) for d in completed_runs(out / "train")]
+    return run_or_resume(out / "prune", [
+        "prune=hies", "prune.from_run=" + ",".join(sources), f"prune.ratios={_list(args.ratios)}",
+        f"prune.ratio={0.5 if 0.5 in args.ratios else args.ratios[0]}", f"prune.compare={_list(criteria)}",
+        "prune.latency=primary", "prune.latency_ratios=[0.5]", "prune.save_model=none", "logger=none", *args.prune,
+    ], dry_run=args.dry_run)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -40,6 +39,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run as a script from anywhere
 
 from runner.runs import read_completed
+from runner.sweep import run_or_resume
 
 RECIPES = {
     "lora": ["method=adapter", "adapter=lora", "adapter.target_modules=[query,key,value,output.dense,intermediate.dense]",
@@ -114,15 +114,10 @@ def run_sweeps(args) -> int:
         glue = Path(os.environ.get("GLUE_DIR") or REPO.parent / "shared" / "data" / "glue")
         make_overlap_stsb(glue, args.out / "overlap-glue")  # deterministic: the same files every time
     for sweep_dir, overrides in planned_sweeps(args):
-        if (sweep_dir / "sweep.json").is_file():
-            cmd = [sys.executable, "-m", "runner.sweep", "--resume", str(sweep_dir)]
-        else:
-            cmd = [sys.executable, "-m", "runner.sweep", "--dir", str(sweep_dir), "--", *overrides]
-        print("+ " + " ".join(cmd), flush=True)
+        t0 = time.perf_counter()
+        rc = run_or_resume(sweep_dir, overrides, dry_run=args.dry_run)
         if args.dry_run:
             continue
-        t0 = time.perf_counter()
-        rc = subprocess.call(cmd, cwd=REPO)
         print(f"bench_learn: {sweep_dir.name} exit {rc} after {time.perf_counter() - t0:.0f} s", flush=True)
         if rc < 0 or rc in (130, 143):  # stopped by a signal: stop the benchmark too
             return rc

@@ -1,14 +1,15 @@
 #!/usr/bin/env python
 """SAFE vs plain adapter tuning on MiniLM: accuracy, memory, FLOPs, time, sharpness.
 
-Runs ``python -m runner`` once per (task, method, seed), sequentially, each in
-its own process and output dir, then prints per task: the main metric
+Runs one ``runner.sweep`` per method (tasks x seeds, every job its own
+process; ``static`` one per task and seed, as its k comes from SAFE's run),
+then prints per task: the main metric
 (mean +- std over seeds, in points) and SAFE/baseline ratios of the mean
 saved-for-backward bytes per step, peak saved bytes, total training FLOPs
 (SAFE's probe included) and training wall time, plus the sharpness
 (top Hessian eigenvalue). The table goes to ``<out>/summary.md`` and
-``<out>/summary.json``. Finished runs (``results.json`` with status completed)
-are reused, so an interrupted benchmark continues where it stopped. The
+``<out>/summary.json``. Rerunning the same command continues every sweep
+(completed jobs skipped, interrupted ones resumed from their checkpoint). The
 defaults are ``make repro-safe``'s recipe (LoRA r8 on every encoder linear
 layer, lr 1e-3, 3 epochs, full training sets), so ``--from-sweep`` on that
 target's output gives the same table without training again.
@@ -27,9 +28,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -38,6 +37,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run as a script from anywhere
 
 from runner.runs import read_completed
+from runner.sweep import completed_runs, run_or_resume
 
 TARGETS = {"mean_memory": 0.55, "flops": 0.70, "wall_time": 0.85, "metric_drop_points": 0.5}
 METHODS = {
@@ -67,7 +67,7 @@ def parse_args(argv=None):
     p.add_argument("--sharpness-batches", type=int, default=1, help="0 turns the sharpness measurement off")
     p.add_argument("--sharpness-iters", type=int, default=10)
     p.add_argument("--logger", default="none", help="runner logger (none or wandb)")
-    p.add_argument("--out", type=Path, default=None, help="output folder (default outputs/bench_safe/<stamp>)")
+    p.add_argument("--out", type=Path, default=None, help="output folder (default outputs/bench_safe; rerun to continue)")
     p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
                    help="extra runner override for every run (repeatable), e.g. --override safe.threshold=0.9")
     p.add_argument("--safe-override", action="append", default=[], metavar="KEY=VALUE",
@@ -79,30 +79,27 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def run_dir(out: Path, task: str, method: str, seed: int) -> Path:
-    return out / "runs" / f"{task}-{method}-s{seed}"
-
-
-def overrides_for(args, task: str, method: str, seed: int, static_k: int | None) -> list[str]:
-    o = [f"task=glue/{task}", *METHODS[method], f"seed={seed}", f"logger={args.logger}",
-         f"trainer.epochs={args.epochs}", f"trainer.lr={args.lr}", f"trainer.batch_size={args.batch_size}",
-         f"trainer.max_seq_length={args.max_seq_length}", "trainer.progress_bar=false",
-         f"adapter.target_modules={args.targets}"]
-    if args.max_train_samples:
-        o.append(f"task.max_train_samples={args.max_train_samples}")
-    if args.max_eval_samples:
-        o.append(f"task.max_eval_samples={args.max_eval_samples}")
-    if args.max_steps:
-        o.append(f"trainer.max_steps={args.max_steps}")
+def common_overrides(args) -> list[str]:
+    """What every run of the benchmark shares (the recipe, the caps, the measurements)."""
+    o = [f"logger={args.logger}", f"trainer.epochs={args.epochs}", f"trainer.lr={args.lr}",
+         f"trainer.batch_size={args.batch_size}", f"trainer.max_seq_length={args.max_seq_length}",
+         "trainer.progress_bar=false", f"adapter.target_modules={args.targets}"]
+    for flag, key in ((args.max_train_samples, "task.max_train_samples"), (args.max_eval_samples, "task.max_eval_samples"),
+                      (args.max_steps, "trainer.max_steps")):
+        if flag:
+            o.append(f"{key}={flag}")
     if args.sharpness_batches > 0:
         o += ["trainer.sharpness.enabled=true", f"trainer.sharpness.batches={args.sharpness_batches}",
               f"trainer.sharpness.iters={args.sharpness_iters}"]
-    if method == "static":
-        o.append(f"safe.static_k={static_k}")
-    o += args.override
-    if method != "adapter":
-        o += args.safe_override
-    return o
+    return o + list(args.override)
+
+
+def method_overrides(args, method: str) -> list[str]:
+    return [*METHODS[method], *(args.safe_override if method != "adapter" else [])]
+
+
+def grid(values, fmt=str) -> str:
+    return ",".join(fmt(v) for v in values)
 
 
 def load_results(path: Path) -> dict | None:
@@ -134,37 +131,36 @@ def settings(runs: list[dict]) -> str:
     return "; ".join(seen) or "unknown settings"
 
 
-def run_one(args, task, method, seed, static_k=None) -> dict:
-    target = run_dir(args.out, task, method, seed)
-    done = load_results(target)
-    if done is not None:
-        print(f"[reuse] {target.name}", flush=True)
-        return done
-    cmd = [sys.executable, "-m", "runner", *overrides_for(args, task, method, seed, static_k),
-           f"output_dir={target}", f"hydra.run.dir={target}"]
-    print("[run]", " ".join(cmd[1:]), flush=True)
-    if args.dry_run:
-        return {}
-    target.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
-    start = time.perf_counter()
-    with open(target / "bench.log", "w") as logf:
-        proc = subprocess.run(cmd, cwd=REPO, env=env, stdout=logf, stderr=subprocess.STDOUT)
-    if proc.returncode != 0:
-        raise SystemExit(f"{target.name} failed (exit {proc.returncode}); see {target / 'bench.log'}")
-    results = load_results(target)
-    results["bench_job_seconds"] = time.perf_counter() - start
-    print(f"[done] {target.name}: {results['main_metric']}={results['metrics'][results['main_metric']]:.4f} "
-          f"train {results['time']['train_s']:.0f}s", flush=True)
-    return results
+def run_sweeps(args) -> int:
+    """adapter, safe and random: one sweep each over tasks x seeds; static: one per (task, seed), its k
+    being SAFE's final frozen count there. Returns the first non-zero exit code (a signal stops at once)."""
+    code = 0
+    tasks, seeds = grid(args.tasks, lambda t: f"glue/{t}"), grid(args.seeds)
+    for method in [m for m in ("adapter", "safe", "random") if m in args.methods]:
+        rc = run_or_resume(args.out / method, [f"task={tasks}", f"seed={seeds}", *method_overrides(args, method),
+                                               *common_overrides(args)], dry_run=args.dry_run)
+        if rc in (130, 143) or rc < 0:
+            return rc
+        code = code or rc
+    if "static" in args.methods:
+        for safe_dir in completed_runs(args.out / "safe", "safe") if (args.out / "safe" / "sweep.json").is_file() else []:
+            r = read_completed(safe_dir)
+            rc = run_or_resume(args.out / f"static-{r['task']}-s{r['seed']}", [
+                f"task=glue/{r['task']}", f"seed={r['seed']}", *method_overrides(args, "static"),
+                f"safe.static_k={r['method_report']['n_frozen']}", *common_overrides(args)], dry_run=args.dry_run)
+            if rc in (130, 143) or rc < 0:
+                return rc
+            code = code or rc
+    return code
 
 
-def from_sweep(args) -> dict[str, dict[str, list[dict]]]:
-    """Completed runs under a sweep dir, by task and method (SAFE-family runs by their freeze policy)."""
+def from_sweep(args, root: Path) -> dict[str, dict[str, list[dict]]]:
+    """Completed runs under ``root`` (this benchmark's sweeps, or make repro-safe's), by task and method
+    (SAFE-family runs by their freeze policy)."""
     from runner.aggregate import find_results  # skips .retired/ attempts and .hydra/, as the report does
 
     by_task: dict[str, dict[str, list[dict]]] = {t: {m: [] for m in args.methods} for t in args.tasks}
-    for path in find_results(args.from_sweep):
+    for path in find_results(root):
         r = load_results(path.parent)
         if r is None or r.get("task") not in by_task or int(r.get("seed", -1)) not in args.seeds:
             continue
@@ -297,32 +293,29 @@ def main(argv=None) -> int:
     if args.from_sweep and not args.from_sweep.is_dir():
         raise SystemExit(f"--from-sweep {args.from_sweep}: no such folder")
     default_out = (args.from_sweep / "bench_safe" if args.from_sweep
-                   else REPO / "outputs" / "bench_safe" / datetime.datetime.now().strftime("%Y-%m-%d_%H-%M-%S"))
+                   else REPO / "outputs" / "bench_safe")  # fixed: rerunning the command continues it
     args.out = args.out or default_out
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "args.json").write_text(json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}, indent=2))
-    order = [m for m in ("adapter", "safe", "static", "random") if m in args.methods]
-    by_task: dict[str, dict[str, list[dict]]] = from_sweep(args) if args.from_sweep else {}
     start = time.perf_counter()
-    for task in [] if args.from_sweep else args.tasks:
-        by_task[task] = {m: [] for m in order}
-        for seed in args.seeds:
-            safe_frozen = None
-            for method in order:
-                r = run_one(args, task, method, seed, static_k=safe_frozen)
-                if method == "safe" and r:
-                    safe_frozen = r["method_report"]["n_frozen"]
-                if r:
-                    by_task[task][method].append(r)
-    if args.dry_run:
-        return 0
+    code = 0
+    if not args.from_sweep:
+        code = run_sweeps(args)
+        if args.dry_run:
+            return 0
+        if code in (130, 143) or code < 0:
+            return code
+    by_task = from_sweep(args, args.from_sweep or args.out)
     summary = summarize(by_task)
     text = markdown(summary, by_task)
     (args.out / "summary.md").write_text(text + "\n")
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2))
     print(text)
     print(f"\n{args.out / 'summary.md'} ({(time.perf_counter() - start) / 60:.1f} min)")
-    return 0
+    if code:
+        print(f"bench_safe: not every job completed (exit {code}); each sweep's sweep_summary.md under {args.out} "
+              "says which and why; rerun the command to continue", file=sys.stderr)
+    return code
 
 
 if __name__ == "__main__":

@@ -256,3 +256,14 @@ def test_no_sweep_inside_a_distributed_launch(sweep_arg, tmp_path):
     assert proc.returncode == 2
     assert "one sweep per rank" in proc.stderr and "python -m runner.sweep --procs N" in proc.stderr
     assert not (tmp_path / "outputs").exists()
+
+
+def test_run_or_resume_starts_a_sweep_then_continues_it(tmp_path, capsys):
+    from runner.sweep import run_or_resume
+
+    assert run_or_resume(tmp_path / "s", ["seed=1,2"], dry_run=True) == 0
+    assert f"-m runner.sweep --dir {tmp_path / 's'} -- seed=1,2" in capsys.readouterr().out
+    (tmp_path / "s").mkdir()
+    (tmp_path / "s" / "sweep.json").write_text("{}")
+    assert run_or_resume(tmp_path / "s", ["seed=1,2"], dry_run=True) == 0
+    assert capsys.readouterr().out.strip().endswith(f"-m runner.sweep --resume {tmp_path / 's'}")
