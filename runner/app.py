@@ -166,7 +166,7 @@ def _run_job(cfg: DictConfig, output_dir: Path) -> float | None:
     from runner.validate import validate_config
 
     prune = validate_config(cfg)  # the one validation; returns the pruning settings (None: no pruning)
-    # --- head pruning (runner.prune, docs/hies.md): a saved run skips training
+    # head pruning (runner.prune, docs/hies.md): a saved run skips training
     if prune is not None and prune.from_run:
         results = prune_stage.prune_saved_run(cfg, prune)
         return results["metrics"].get(results["main_metric"])
@@ -181,7 +181,6 @@ def _run_job(cfg: DictConfig, output_dir: Path) -> float | None:
         print(run_summary(results, output_dir), file=sys.stderr, flush=True)
     if "pruning" in results:  # the job's final model is the pruned one
         return results["pruning"]["primary"]["main_metric"]
-    # --- end head pruning
     return results["metrics"].get(cfg.task.main_metric)
 
 

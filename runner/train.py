@@ -14,7 +14,9 @@ import math
 import signal
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -51,6 +53,20 @@ class TrainingDiverged(RuntimeError):
     def __init__(self, step: int, loss: float):
         super().__init__(f"loss is {loss} at step {step}; lower trainer.lr or enable gradient clipping (trainer.max_grad_norm)")
         self.step = step
+
+
+@dataclass
+class TrainedRun:
+    """What a stage after training (head pruning) gets of a completed run: not the recipe."""
+
+    cfg: DictConfig
+    model: Any  # unwrapped (no DDP); PEFT-wrapped under adapters
+    tokenizer: Any
+    data: Any  # runner.data.TaskData
+    device: torch.device
+    tracker: Any
+    step: int
+    is_main: bool
 
 
 class Recipe:
@@ -525,7 +541,7 @@ def run(cfg: DictConfig, post_train=None) -> dict:
     or ``interrupted`` (with what was done so far, and the checkpoint a resume
     continues from) otherwise. Bad input found before training writes nothing.
     SIGINT/SIGTERM are handled over the whole run (:mod:`runner.stop_signals`).
-    ``post_train(recipe, results) -> dict``, if given, runs after the model and
+    ``post_train(trained: TrainedRun) -> dict``, if given, runs after the model and
     results are saved (head pruning: :func:`runner.prune.stage.after_training`);
     the sections it returns are added to results.json.
     """
@@ -571,7 +587,9 @@ def _run(recipe: Recipe, post_train) -> dict:
         trained = results
         if post_train is not None:  # e.g. head pruning (runner.prune)
             recipe.signals.enter(POST_TRAIN)  # the training record is complete: a signal stops at once
-            results.update(post_train(recipe, results))
+            results.update(post_train(TrainedRun(
+                cfg=cfg, model=recipe.accelerator.unwrap_model(recipe.model), tokenizer=recipe.tokenizer, data=recipe.data,
+                device=recipe.device, tracker=recipe.tracker, step=recipe.global_step, is_main=recipe.is_main)))
             if recipe.is_main:
                 atomic_write_json(recipe.output_dir / "results.json", results)
         exit_code = 0

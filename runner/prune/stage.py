@@ -31,19 +31,19 @@ log = logging.getLogger(__name__)
 
 
 def after_training(settings: settings_lib.PruneSettings):
-    """The post-train stage for :func:`runner.train.run`: prune the in-memory model with ``settings``
-    (validated once, by runner.validate); it adds ``{"pruning": ...}`` to the run's results."""
+    """The post-train stage for :func:`runner.train.run`: prune the in-memory model of the completed
+    run (a ``runner.train.TrainedRun``, not the recipe) with ``settings`` (validated once, by
+    runner.validate); it adds ``{"pruning": ...}`` to the run's results."""
 
-    def stage(recipe, results: dict) -> dict:
-        if not recipe.is_main:
+    def stage(trained) -> dict:
+        if not trained.is_main:
             return {}
-        cfg = recipe.cfg
+        cfg = trained.cfg
         inputs = PruneInputs(
-            model=recipe.accelerator.unwrap_model(recipe.model), tokenizer=recipe.tokenizer, task=cfg.task,
-            data=recipe.data, max_seq_length=int(cfg.trainer.max_seq_length),
-            eval_batch_size=int(cfg.trainer.eval_batch_size), train_batch_size=int(cfg.trainer.batch_size),
-            output_dir=Path(cfg.output_dir), device=recipe.device, tracker=recipe.tracker, step=recipe.global_step,
-            data_cache_dir=_cache_dir(cfg),
+            model=trained.model, tokenizer=trained.tokenizer, task=cfg.task, data=trained.data,
+            max_seq_length=int(cfg.trainer.max_seq_length), eval_batch_size=int(cfg.trainer.eval_batch_size),
+            train_batch_size=int(cfg.trainer.batch_size), output_dir=Path(cfg.output_dir), device=trained.device,
+            tracker=trained.tracker, step=trained.step, data_cache_dir=_cache_dir(cfg),
         )
         return {"pruning": run_pruning(inputs, settings)}
 
