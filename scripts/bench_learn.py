@@ -14,10 +14,15 @@ the runs are as fast as the runner allows.
     python scripts/bench_learn.py                                  # the benchmark (make bench-learn)
     python scripts/bench_learn.py --seeds 1 --max-steps 4 --max-train-samples 64 --out /tmp/bl   # smoke
     python scripts/bench_learn.py --table-only                     # tabulate what has finished
+    python scripts/bench_learn.py --tasks rte --recipes full lora --poolings mean --seeds 1 --regression-seeds \
+        --lrs 2e-5 5e-5 1e-4 --epochs 3 10 --out outputs/bench_learn_rte_grid   # a grid: RTE's ceiling
 
 Recipes (``--recipes``; each a list of runner overrides, see RECIPES):
 ``lora``: LoRA r8 on every linear layer of the encoder, lr 1e-3, 3 epochs
 (the recipe of ``make repro-safe``); ``full``: every weight, lr 5e-5, 3 epochs.
+``--lrs`` replaces the recipe's learning rate by a list and ``--epochs`` takes a
+list: both are swept inside each sweep, and the table has one row per
+(task, recipe, pooling, lr, epochs), read from each run's own config.yaml.
 
 The offline regression task (``runner.synthetic``: MRPC pairs scored by word
 overlap, written to ``<out>/overlap-glue``) runs with ``experiment=demo`` as
@@ -59,7 +64,9 @@ def parse_args(argv=None):
     p.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
     p.add_argument("--regression-seeds", nargs="*", type=int, default=[1, 2, 3],
                    help="seeds of the demo recipe on the offline overlap regression task (none: skip it)")
-    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--epochs", type=int, nargs="+", default=[3], help="training epochs (several: a grid)")
+    p.add_argument("--lrs", type=float, nargs="+", default=None,
+                   help="learning rates replacing each recipe's own (several: a grid; default: the recipe's)")
     p.add_argument("--max-steps", type=int, default=None, help="stop after N optimizer steps (smoke tests)")
     p.add_argument("--max-train-samples", type=int, default=None)
     p.add_argument("--max-eval-samples", type=int, default=None)
@@ -85,8 +92,11 @@ def _common(args) -> list[str]:
 
 
 def sweep_overrides(args, recipe: str, seed: int) -> list[str]:
+    overrides = [o for o in RECIPES[recipe] if not (args.lrs and o.startswith("trainer.lr="))]
+    if args.lrs:
+        overrides.append("trainer.lr=" + ",".join(f"{lr:g}" for lr in args.lrs))
     return [f"seed={seed}", "task=" + ",".join(f"glue/{t}" for t in args.tasks), "model.pooling=" + ",".join(args.poolings),
-            *RECIPES[recipe], f"trainer.epochs={args.epochs}", *_common(args)]
+            *overrides, "trainer.epochs=" + ",".join(str(e) for e in args.epochs), *_common(args)]
 
 
 def regression_overrides(args, seed: int) -> list[str]:
@@ -132,7 +142,9 @@ def collect(out: Path) -> list[dict]:
         if results is None:
             continue
         recipe = path.parent.parent.name.rsplit("-s", 1)[0]
+        trainer = _trainer_settings(path.parent)
         rows.append({
+            "lr": trainer.get("lr"), "epochs": trainer.get("epochs"),
             "task": "overlap (stsb)" if results["task"] == "stsb" else results["task"], "recipe": recipe, "pooling": (results.get("head") or {}).get("pooling", "cls"),
             "seed": results["seed"], "metrics": results["metrics"], "main_metric": results["main_metric"],
             "trivial": (results.get("learning") or {}).get("trivial_metrics", {}),
@@ -141,40 +153,62 @@ def collect(out: Path) -> list[dict]:
     return rows
 
 
+def _trainer_settings(run_dir: Path) -> dict:
+    """The learning rate and epochs a run trained with, from its own config.yaml."""
+    import yaml
+
+    try:
+        trainer = (yaml.safe_load((run_dir / "config.yaml").read_text()) or {}).get("trainer") or {}
+        return {"lr": float(trainer["lr"]), "epochs": int(trainer["epochs"])}
+    except (OSError, yaml.YAMLError, KeyError, TypeError, ValueError):  # PyYAML reads 2e-05 as a string
+        return {}
+
+
 def _mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
+def _key(r) -> tuple:
+    return (r["task"], r["recipe"], r["pooling"], r.get("lr") or 0.0, r.get("epochs") or 0)
+
+
 def summarize(rows: list[dict]) -> list[dict]:
+    """Mean and std over seeds per (task, recipe, pooling, lr, epochs); LoRA's gap to the best full
+    fine-tuning row with the same task, pooling and epochs."""
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
-        groups.setdefault((r["task"], r["recipe"], r["pooling"]), []).append(r)
+        groups.setdefault(_key(r), []).append(r)
     table = []
-    for (task, recipe, pooling), runs in sorted(groups.items()):
+    for (task, recipe, pooling, lr, epochs), runs in sorted(groups.items()):
         names = ["accuracy", "f1"] if task == "mrpc" else [runs[0]["main_metric"]]
-        entry = {"task": task, "recipe": recipe, "pooling": pooling, "main": names[0], "n": len(runs),
-                 "seeds": sorted(r["seed"] for r in runs),
+        entry = {"task": task, "recipe": recipe, "pooling": pooling, "lr": lr, "epochs": epochs, "main": names[0],
+                 "n": len(runs), "seeds": sorted(r["seed"] for r in runs),
                  "train_s_mean": statistics.fmean(r["train_s"] for r in runs if r["train_s"] is not None)}
         for name in names:
             m, s = _mean_std([100 * r["metrics"][name] for r in runs])
             entry[name] = {"mean": m, "std": s, "trivial": 100 * runs[0]["trivial"].get(name, float("nan"))}
         table.append(entry)
-    for entry in table:  # LoRA's gap to full fine-tuning with the same pooling
+    for entry in table:
         if entry["recipe"].startswith("lora"):
-            full = next((e for e in table if e["task"] == entry["task"] and e["recipe"] == "full" and e["pooling"] == entry["pooling"]), None)
-            if full is not None:
-                entry["gap_to_full_points"] = entry[entry["main"]]["mean"] - full[entry["main"]]["mean"]
+            fulls = [e for e in table if e["recipe"] == "full" and
+                     (e["task"], e["pooling"], e["epochs"]) == (entry["task"], entry["pooling"], entry["epochs"])]
+            if fulls:
+                best = max(e[entry["main"]]["mean"] for e in fulls)
+                entry["gap_to_full_points"] = entry[entry["main"]]["mean"] - best
     return table
 
 
 def markdown(table: list[dict]) -> str:
-    lines = ["| task | recipe | pooling | seeds | main metric (mean ± std) | majority / constant | MRPC F1 | LoRA − full | train s/run |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| task | recipe | pooling | lr | epochs | seeds | main metric (mean ± std) | majority / constant | MRPC F1 | "
+             "LoRA − full | train s/run |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for e in table:
         main = e["main"]
         f1 = f"{e['f1']['mean']:.2f} ± {e['f1']['std']:.2f} (trivial {e['f1']['trivial']:.2f})" if "f1" in e else "-"
         gap = f"{e['gap_to_full_points']:+.2f}" if "gap_to_full_points" in e else "-"
-        lines.append(f"| {e['task']} | {e['recipe']} | {e['pooling']} | {e['n']} ({','.join(map(str, e['seeds']))}) | "
+        lr, epochs = (f"{e['lr']:g}" if e["lr"] else "-"), (e["epochs"] or "-")  # "-": the run has no config.yaml
+        lines.append(f"| {e['task']} | {e['recipe']} | {e['pooling']} | {lr} | {epochs} | "
+                     f"{e['n']} ({','.join(map(str, e['seeds']))}) | "
                      f"{main} {e[main]['mean']:.2f} ± {e[main]['std']:.2f} | {e[main]['trivial']:.2f} | {f1} | {gap} | "
                      f"{e['train_s_mean']:.0f} |")
     return "\n".join(lines) + "\n"

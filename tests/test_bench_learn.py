@@ -51,4 +51,22 @@ def test_table_means_over_seeds_and_lora_gap_to_full(bench, tmp_path):
     assert lora["n"] == 2 and lora["accuracy"]["mean"] == pytest.approx(81.0) and lora["accuracy"]["trivial"] == pytest.approx(68.4)
     assert lora["gap_to_full_points"] == pytest.approx(-3.0)
     text = bench.markdown(table)
-    assert "| mrpc | lora | mean | 2 (1,2) | accuracy 81.00 ± 1.41 | 68.40 |" in text
+    assert "| mrpc | lora | mean | - | - | 2 (1,2) | accuracy 81.00 ± 1.41 | 68.40 |" in text
+
+
+def test_a_grid_of_learning_rates_and_epochs_is_swept_and_tabulated_per_setting(bench, tmp_path):
+    args = bench.parse_args(["--out", str(tmp_path), "--tasks", "rte", "--recipes", "full", "--poolings", "mean",
+                             "--seeds", "1", "--regression-seeds", "--lrs", "2e-5", "1e-4", "--epochs", "3", "10"])
+    ((sweep_dir, overrides),) = bench.planned_sweeps(args)
+    o = dict(x.split("=", 1) for x in overrides)
+    assert sweep_dir.name == "full-s1" and o["trainer.lr"] == "2e-05,0.0001" and o["trainer.epochs"] == "3,10"
+    trivial = {"accuracy": 0.527}
+    for i, (lr, epochs, acc) in enumerate([(2e-5, 3, 0.55), (1e-4, 3, 0.58), (2e-5, 10, 0.57), (1e-4, 10, 0.60)]):
+        d = sweep_dir / f"{i}_rte-minilm-full-s1"
+        d.mkdir(parents=True)
+        (d / "results.json").write_text(json.dumps(_results("rte", 1, acc, None, "mean", trivial)))
+        (d / "config.yaml").write_text(f"trainer:\n  lr: {lr}\n  epochs: {epochs}\n")
+    table = bench.summarize(bench.collect(tmp_path))
+    assert [(e["lr"], e["epochs"], round(e["accuracy"]["mean"], 2)) for e in table] == [
+        (2e-5, 3, 55.0), (2e-5, 10, 57.0), (1e-4, 3, 58.0), (1e-4, 10, 60.0)]
+    assert "| rte | full | mean | 0.0001 | 10 | 1 (1) | accuracy 60.00 ± 0.00 | 52.70 |" in bench.markdown(table)
