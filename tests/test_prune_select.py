@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from omegaconf import OmegaConf
-from helpers import REPO
+from helpers import CONF_DIR
 
 from runner.errors import ConfigError
 from runner.prune.select import dict_to_mask, mask_to_dict, num_heads_to_prune, select_heads_to_prune
@@ -43,7 +43,7 @@ def test_number_of_heads_and_bad_ratios():
 
 
 def _prune_cfg(**kw):
-    base = OmegaConf.load(REPO / "conf" / "prune" / "hies.yaml")
+    base = OmegaConf.load(CONF_DIR / "prune" / "hies.yaml")
     base.seed = 0
     return OmegaConf.merge(base, kw)
 
