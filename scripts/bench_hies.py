@@ -38,7 +38,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # run as a script from anywhere
 
-from runner.aggregate import collapsed, find_results, trivial_level
+from runner.aggregate import find_results, summarize_pruning, trivial_level
 from runner.runs import read_completed
 from runner.sweep import completed_runs, run_or_resume
 
@@ -85,25 +85,27 @@ def _ms(values: list[float]) -> tuple[float, float]:
     return float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else 0.0
 
 
+def _std(value, n) -> float:
+    return 0.0 if n < 2 or value != value else float(value)  # one seed: 0, as before (pandas gives NaN)
+
+
 def aggregate(task: str, results: list[dict], criteria: list[str], ratios: list[float]) -> dict:
     metric = results[0]["main_metric"]
     trivial = [(trivial_level(res) or {}).get("trivial") for res in results]  # per seed; None: unknown
+    # metric and stability per (criterion, ratio) over seeds: the report's own statistics (runner.aggregate)
+    raw = [{"row": {"status": "completed", "model": res.get("model"), "task": task, "method": res.get("method"),
+                    "adapter": "-", "seed": i}, "results": res} for i, res in enumerate(results)]
+    stats = summarize_pruning(raw)
     table = {}
-    for crit in criteria:
-        for r in ratios:
-            rows = [(next((x for x in res["pruning"]["results"] if x["criterion"] == crit and x["ratio"] == r), None), t)
-                    for res, t in zip(results, trivial)]
-            rows = [(x, t) for x, t in rows if x is not None]
-            if not rows:
-                continue
-            values = [x["main_metric"] for x, _ in rows]
-            table[f"{crit}@{r}"] = {
-                "criterion": crit, "ratio": r, "seeds": len(rows),
-                "metric_mean": _ms(values)[0], "metric_std": _ms(values)[1],
-                "stability_mean": _ms([x["stability"] for x, _ in rows])[0],
-                "stability_std": _ms([x["stability"] for x, _ in rows])[1],
-                "collapsed_seeds": sum(collapsed(x["main_metric"], t) is True for x, t in rows),
-            }
+    for r in stats.to_dict("records") if not stats.empty else []:
+        if r["criterion"] not in criteria or r["ratio"] not in ratios:
+            continue
+        table[f"{r['criterion']}@{r['ratio']}"] = {
+            "criterion": r["criterion"], "ratio": r["ratio"], "seeds": int(r["n"]),
+            "metric_mean": float(r["metric_mean"]), "metric_std": _std(r["metric_std"], r["n"]),
+            "stability_mean": float(r["stability_mean"]), "stability_std": _std(r["stability_std"], r["n"]),
+            "collapsed_seeds": int(r["collapsed_n"]),
+        }
     unpruned = _ms([res["pruning"]["unpruned"]["main_metric"] for res in results])
     half = [next((x for x in res["pruning"]["results"] if x["criterion"] == "hies" and x["ratio"] == 0.5), None)
             for res in results]
