@@ -69,25 +69,82 @@ def count_flops(fn, *args, **kwargs) -> tuple[object, int]:
 
 
 class FlopMeter:
-    """FLOPs per step, counted on the real batch the first time a key is seen.
+    """FLOPs per step, counted on the real batch under ``FlopCounterMode`` the first time a key is seen.
 
-    ``key`` must capture everything FLOPs depend on: input shapes and which
-    parameters are trainable (``trainable_signature``).
+    ``key`` must capture everything FLOPs depend on: input shapes and which parameters are
+    trainable (``trainable_signature``). With variable-length batches (dynamic padding) a run
+    sees dozens of padded lengths, and counting each costs a slow step. :meth:`context_for`
+    therefore counts only the first lengths of each (shape pattern, trainable set): an encoder's
+    FLOPs per example are exactly quadratic in the sequence length L (linear layers ~L,
+    attention scores ~L^2, the head a constant), so three counted lengths give every other
+    length, and a fourth count checks that before any length is predicted (a mismatch turns
+    prediction off for the run, with a warning).
     """
 
-    def __init__(self, enabled: bool = True):
-        self.enabled = enabled
+    def __init__(self, enabled: bool = True, by_length: bool = True):
+        self.enabled, self.by_length = enabled, by_length
         self.cache: dict[Hashable, int] = {}
         self.counted_steps = 0
+        self.predicted_steps = 0
+        self._per_example: dict[Hashable, dict[int, float]] = {}  # group -> {length: FLOPs per example}
+        self._checked: set[Hashable] = set()
 
     def context(self, key: Hashable):
         """A context manager for one step; read ``.flops`` after it exits."""
         return _FlopStep(self, key)
 
+    def context_for(self, batch: dict, signature: Hashable):
+        """:meth:`context` for a model batch, predicting FLOPs from counted lengths when it can."""
+        key = (batch_key(batch), signature)
+        ids = batch.get("input_ids")
+        if not (self.enabled and self.by_length) or key in self.cache or ids is None or ids.dim() != 2:
+            return _FlopStep(self, key)
+        n, length = (int(d) for d in ids.shape)
+        group = (_shape_pattern(batch, n, length), signature)
+        known = self._per_example.get(group, {})
+        if group in self._checked and length not in known:
+            self.cache[key] = round(n * _quadratic(known, length))
+            self.predicted_steps += 1
+            return _FlopStep(self, key)
+        return _FlopStep(self, key, on_count=lambda flops: self._learn(group, n, length, flops))
+
+    def _learn(self, group: Hashable, n: int, length: int, flops: int) -> None:
+        known = self._per_example.setdefault(group, {})
+        per_example = flops / n
+        if len(known) < 3:
+            known.setdefault(length, per_example)
+        elif group not in self._checked and length not in known:
+            predicted = _quadratic(known, length)
+            if abs(predicted - per_example) <= 1e-9 * max(abs(per_example), 1.0):
+                self._checked.add(group)
+            else:
+                self.by_length = False
+                import logging
+
+                logging.getLogger(__name__).warning(
+                    "FLOPs per example are not quadratic in the sequence length here (%d counted vs %.0f predicted "
+                    "at length %d); counting every batch shape instead", per_example, predicted, length)
+
+
+def _shape_pattern(batch: dict, n: int, length: int) -> tuple:
+    """The batch's tensor shapes with the batch size and sequence length abstracted away."""
+    def dim(d: int, i: int) -> object:
+        return "N" if i == 0 and d == n else ("L" if i == 1 and d == length else d)
+
+    return tuple(sorted((k, tuple(dim(int(d), i) for i, d in enumerate(v.shape)))
+                        for k, v in batch.items() if torch.is_tensor(v)))
+
+
+def _quadratic(points: dict[int, float], x: int) -> float:
+    """The quadratic through three (length, value) points, at ``x`` (Lagrange form)."""
+    (x0, y0), (x1, y1), (x2, y2) = list(points.items())[:3]
+    return (y0 * (x - x1) * (x - x2) / ((x0 - x1) * (x0 - x2)) + y1 * (x - x0) * (x - x2) / ((x1 - x0) * (x1 - x2))
+            + y2 * (x - x0) * (x - x1) / ((x2 - x0) * (x2 - x1)))
+
 
 class _FlopStep:
-    def __init__(self, meter: FlopMeter, key: Hashable):
-        self.meter, self.key, self.flops, self._mode = meter, key, None, None
+    def __init__(self, meter: FlopMeter, key: Hashable, on_count=None):
+        self.meter, self.key, self.flops, self._mode, self._on_count = meter, key, None, None, on_count
 
     def __enter__(self):
         if self.meter.enabled and self.key not in self.meter.cache:
@@ -100,8 +157,11 @@ class _FlopStep:
         if self._mode is not None:
             self._mode.__exit__(*exc)
             if exc[0] is None:
-                self.meter.cache[self.key] = int(self._mode.get_total_flops())
+                flops = int(self._mode.get_total_flops())
+                self.meter.cache[self.key] = flops
                 self.meter.counted_steps += 1
+                if self._on_count is not None:
+                    self._on_count(flops)
         self.flops = self.meter.cache.get(self.key) if self.meter.enabled else None
         return False
 
@@ -196,7 +256,7 @@ class StepMeter:
 
     @contextlib.contextmanager
     def counting(self, batch: dict, signature: Hashable):
-        with self.flop_meter.context((batch_key(batch), signature)) as fl:
+        with self.flop_meter.context_for(batch, signature) as fl:
             yield
         self.flops += fl.flops or 0
 

@@ -485,8 +485,11 @@ class Recipe:
             "eval_per_pass": eval_passes[-1] if eval_passes else None,
             "eval_total": float(sum(eval_passes)),
             "counted_train_shapes": self.step_meter.flop_meter.counted_steps,
+            "predicted_train_shapes": self.step_meter.flop_meter.predicted_steps,
             "method": "torch.utils.flop_counter on real batches (forward+backward), cached per batch shape and "
-                      "trainable set; CPU flash-attention formulas registered; summed over processes",
+                      "trainable set; other sequence lengths predicted exactly from three counted ones (FLOPs per "
+                      "example are quadratic in length; a fourth count checks it); CPU flash-attention formulas "
+                      "registered; summed over processes",
         }
 
     def _time_section(self) -> dict:

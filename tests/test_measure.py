@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 from transformers import BertConfig, BertForSequenceClassification
@@ -83,3 +84,52 @@ def test_saved_tensor_meter_ignores_frozen_prefix():
     with SavedTensorMeter(net) as meter:
         net(torch.randn(5, 8)).sum().backward()
     assert meter.bytes == 5 * 16 * 4  # nothing below the first trainable layer is kept
+
+
+def _fwd_bwd(model, batch):
+    model.zero_grad(set_to_none=True)
+    model(**batch).loss.backward()
+
+
+@pytest.mark.parametrize("attn, lora", [("sdpa", False), ("sdpa", True), ("eager", True)])
+def test_flops_of_unseen_lengths_are_predicted_exactly_from_three_counted(attn, lora):
+    """Variable-length training: FlopCounterMode runs on the first four lengths only (three to fit, one to
+    check); every later length is predicted, and equals what the counter itself gives on that batch."""
+    model = tiny_bert(attn).train()
+    if lora:
+        from peft import LoraConfig, TaskType, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(task_type=TaskType.SEQ_CLS, r=4, target_modules=["query", "value"]))
+    meter, signature = FlopMeter(), trainable_signature(model)
+    g = torch.Generator().manual_seed(0)
+    shapes = [(4, 12), (4, 20), (4, 7), (4, 33), (4, 15), (3, 40), (4, 9), (2, 27)]
+    for n, length in shapes:
+        batch = {"input_ids": torch.randint(1, 50, (n, length), generator=g),
+                 "attention_mask": torch.ones(n, length, dtype=torch.long), "labels": torch.randint(0, 2, (n,), generator=g)}
+        with meter.context_for(batch, signature) as step:
+            _fwd_bwd(model, batch)
+        _, exact = count_flops(_fwd_bwd, model, batch)
+        assert step.flops == exact, (n, length)
+    assert meter.counted_steps == 4 and meter.predicted_steps == 4
+
+
+def test_a_model_whose_flops_are_not_quadratic_in_length_is_counted_at_every_length():
+    class Odd(nn.Module):  # FLOPs ~ L^3: the check at the fourth length catches it
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.ones(1))
+
+        def forward(self, input_ids):
+            x = input_ids.float()
+            n, length = x.shape
+            pairs = (x.unsqueeze(2) @ x.unsqueeze(1)).reshape(n, 1, length * length)  # 2 L^2 FLOPs
+            return (self.w * (pairs @ torch.ones(n, length * length, length))).sum()  # 2 L^3 FLOPs
+
+    model, meter = Odd(), FlopMeter()
+    for length in (3, 5, 8, 11, 13):
+        ids = torch.ones(2, length, dtype=torch.long)
+        with meter.context_for({"input_ids": ids}, 0) as step:
+            model(ids)
+        _, exact = count_flops(model, ids)
+        assert step.flops == exact
+    assert meter.predicted_steps == 0 and not meter.by_length
