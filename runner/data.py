@@ -21,6 +21,7 @@ from pathlib import Path
 import datasets
 import numpy as np
 from omegaconf import DictConfig
+import torch
 from torch.utils.data import DataLoader
 from transformers import DataCollatorWithPadding
 
@@ -290,6 +291,37 @@ def tokenize(ds: datasets.Dataset, tokenizer, text_keys, max_length: int, cache_
     return out
 
 
+class LengthGroupedSampler(torch.utils.data.Sampler):
+    """``trainer.group_by_length``: HF Trainer's grouping. Shuffle (seeded by seed and epoch, so a resumed
+    run sees the same batches), cut into mega-batches of ``50 x batch_size``, sort each by length, longest
+    first: a batch holds examples of similar length, so dynamic padding adds fewer pad tokens, while the
+    order of mega-batches stays random. The loop calls :meth:`set_epoch` before each epoch."""
+
+    def __init__(self, lengths: list[int], batch_size: int, seed: int, mega_batches: int = 50):
+        self.lengths, self.size, self.seed, self.epoch = list(lengths), batch_size * mega_batches, int(seed), 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 100003 + self.epoch)
+        order = torch.randperm(len(self.lengths), generator=g).tolist()
+        for start in range(0, len(order), self.size):
+            yield from sorted(order[start:start + self.size], key=lambda i: -self.lengths[i])
+
+
+def pad_multiple(tcfg, device_type: str) -> int | None:
+    """``trainer.pad_to_multiple_of``: auto pads to a multiple of 8 on a GPU (tensor cores, fewer distinct
+    shapes), not on a CPU; a number; or null (pad to the longest example only)."""
+    value = tcfg.get("pad_to_multiple_of", "auto")
+    if value == "auto":
+        return 8 if device_type == "cuda" else None
+    return int(value) if value else None
+
+
 def build_dataloaders(cfg: DictConfig, data: TaskData, tokenizer, accelerator) -> tuple[DataLoader, dict[str, DataLoader]]:
     tcfg = cfg.trainer
     cache_dir = Path(cfg.data_cache_dir).expanduser() if cfg.get("data_cache_dir") else None
@@ -303,11 +335,13 @@ def build_dataloaders(cfg: DictConfig, data: TaskData, tokenizer, accelerator) -
     with accelerator.main_process_first():
         train = tokenize(data.train, tokenizer, cfg.task.text_keys, tcfg.max_seq_length, cache_dir)
         evals = {k: tokenize(v, tokenizer, cfg.task.text_keys, tcfg.max_seq_length, cache_dir) for k, v in data.evals.items()}
-    pad_to = 8 if tcfg.mixed_precision in ("fp16", "bf16") else None
-    collator = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=pad_to)
+    collator = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=pad_multiple(tcfg, accelerator.device.type))
+    sampler = None
+    if tcfg.get("group_by_length"):
+        sampler = LengthGroupedSampler([len(ids) for ids in train["input_ids"]], int(tcfg.batch_size), int(cfg.seed))
     train_loader = DataLoader(
-        train.with_format("torch"), batch_size=tcfg.batch_size, shuffle=True, collate_fn=collator,
-        num_workers=tcfg.num_workers, drop_last=False,
+        train.with_format("torch"), batch_size=tcfg.batch_size, shuffle=sampler is None, sampler=sampler,
+        collate_fn=collator, num_workers=tcfg.num_workers, drop_last=False,
     )
     eval_loaders = {
         k: DataLoader(v.with_format("torch"), batch_size=tcfg.eval_batch_size, shuffle=False, collate_fn=collator,

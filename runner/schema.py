@@ -44,6 +44,8 @@ RULES = {
     NONNEG_INT: ("0 or a positive integer", lambda v: v >= 0),
     FRACTION: ("in [0, 1]", lambda v: 0 <= v <= 1),
     FRACTION_OPEN: ("in [0, 1)", lambda v: 0 <= v < 1),
+    "pad_multiple": ("auto, null or a positive integer",
+                     lambda v: v == "auto" or (isinstance(v, int) and not isinstance(v, bool) and v > 0)),
     "alpha": ("a number in [0, 1] or auto",
               lambda v: v == "auto" or (isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1)),
 }
@@ -84,6 +86,8 @@ class TrainerSettings:
     lr_schedule: str = _setting("linear", LR_SCHEDULES)
     warmup_ratio: float = _setting(0.06, FRACTION_OPEN)
     max_grad_norm: Optional[float] = _setting(1.0, NONNEG)  # 0 or null: no clipping
+    group_by_length: bool = False
+    pad_to_multiple_of: Any = _setting("auto", "pad_multiple")
     max_seq_length: int = _setting(128, POSITIVE_INT)
     mixed_precision: str = _setting("no", ("no", "fp16", "bf16"))
     eval_every_steps: Optional[int] = _setting(None, POSITIVE_INT)

@@ -131,6 +131,7 @@ class Recipe:
         if cfg.method.uses_adapters:
             self.head["params_trainable"] = head_parameter_count(model, self.head["trains"])
         self.train_loader, self.eval_loaders = data_lib.build_dataloaders(cfg, self.data, self.tokenizer, self.accelerator)
+        self.length_sampler = self.train_loader.sampler if isinstance(self.train_loader.sampler, data_lib.LengthGroupedSampler) else None
         if not any(p.requires_grad for p in model.parameters()):
             raise ConfigError("no trainable parameters; check method and adapter settings")
         return model
@@ -226,6 +227,8 @@ class Recipe:
         """This epoch's batches, skipping those already trained on when resuming."""
         if hasattr(self.train_loader, "set_epoch"):
             self.train_loader.set_epoch(epoch)
+        if self.length_sampler is not None:  # trainer.group_by_length: the order depends on (seed, epoch) only
+            self.length_sampler.set_epoch(epoch)
         done = self.global_step * self.cfg.trainer.grad_accum_steps - epoch * len(self.train_loader)
         if done > 0:
             return self.accelerator.skip_first_batches(self.train_loader, done)

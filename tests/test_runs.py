@@ -197,16 +197,22 @@ def test_a_full_fine_tuning_checkpoint_holds_every_weight(common, tmp_path, monk
         assert any("word_embeddings" in k for k in f.keys())
 
 
-def test_a_sigterm_mid_epoch_resumes_on_the_next_batch_with_the_uninterrupted_losses(common, tmp_path, monkeypatch):
+@pytest.mark.parametrize("grouped", [False, True], ids=["shuffled", "group_by_length"])
+def test_a_sigterm_mid_epoch_resumes_on_the_next_batch_with_the_uninterrupted_losses(common, tmp_path, monkeypatch, grouped):
     """A real SIGTERM at step 2 of 4 in the first epoch: the checkpoint is mid-epoch, so the resume must
-    skip the two batches already trained on (skip_first_batches) and replay dropout exactly."""
+    skip the two batches already trained on (skip_first_batches) and replay dropout exactly; with
+    trainer.group_by_length too (its order depends on seed and epoch only)."""
     import os
     import signal
 
     from runner.stop_signals import RunInterrupted
 
+    common = [*common, f"trainer.group_by_length={str(grouped).lower()}"]
+
     reference = run(compose(common, tmp_path / "reference"))
     ref_losses = [s["loss"] for s in _steps(tmp_path / "reference")]
+    tokens = [s["tokens"] for s in _steps(tmp_path / "reference")][:4]  # epoch 0: one mega-batch of 64 examples
+    assert (tokens == sorted(tokens, reverse=True)) == grouped  # grouped: longest examples first
 
     original = TrainingMethod.on_step_end
 
