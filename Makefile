@@ -5,7 +5,7 @@ GLUE_DIR ?= $(abspath ../shared/data/glue)
 export GLUE_DIR
 PYTEST_ARGS ?=
 
-.PHONY: help install run smoke test test-fast bench-step bench-learn bench-safe bench-hies clean sweep sweep-resume report repro-safe repro-hies
+.PHONY: help install run smoke test test-fast bench-step bench-runner bench-learn bench-safe bench-hies clean sweep sweep-resume report repro-safe repro-hies
 
 help: ## List targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-14s %s\n", $$1, $$2}'
@@ -29,6 +29,9 @@ test-fast: install ## Run the tests not marked slow
 
 bench-step: install ## Our adapter training step vs a plain PyTorch+PEFT loop (prints the ratio)
 	$(PYTHON) scripts/bench_step.py
+
+bench-runner: install ## One MRPC epoch of LoRA r8: the runner (every measurement on) vs a plain PyTorch+PEFT loop vs HF Trainer
+	$(PYTHON) scripts/bench_runner.py
 
 bench-learn: install ## Do the recipes learn? MRPC, RTE x {full, LoRA} x {mean, cls pooling} x 3 seeds vs the majority class (rerun to continue)
 	$(PYTHON) scripts/bench_learn.py

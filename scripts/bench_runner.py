@@ -1,0 +1,196 @@
+#!/usr/bin/env python
+"""The whole runner against what a user would write instead: one epoch of MRPC with LoRA r8.
+
+Three ways to fine-tune the same model on the same data with the same recipe
+(LoRA r8 on query/value, AdamW lr 5e-4, weight decay 0.01, linear decay with
+6% warm-up, batch 32, max 128 tokens, gradient clipping at 1.0, dynamic
+padding, the same seed), then evaluate on the dev set:
+
+* ``runner``: ``runner.train.run`` with every measurement on (FLOPs,
+  saved-for-backward bytes, per-step records, checkpoint, learning curve);
+* ``plain``: a hand-written PyTorch + PEFT loop that does nothing else;
+* ``trainer``: Hugging Face ``transformers.Trainer`` with the PEFT model.
+
+Repeats are interleaved (runner, plain, trainer, runner, ...) so machine noise
+hits all three; it prints, per tool, the median wall time (model load to dev
+metric), training samples per second and dev accuracy, and the ratios to the
+plain loop and to the Trainer (targets: runner <= 1.05x plain, <= 1.0x
+Trainer). ``--max-steps`` shortens every run the same way (a smoke test).
+
+    python scripts/bench_runner.py                         # make bench-runner
+    python scripts/bench_runner.py --repeats 1 --max-steps 8 --max-eval 64   # smoke
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # run as a script from anywhere
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+LR, WEIGHT_DECAY, WARMUP, BATCH, MAX_LEN, CLIP, R = 5e-4, 0.01, 0.06, 32, 128, 1.0, 8
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--repeats", type=int, default=2, help="interleaved repeats of each tool")
+    p.add_argument("--max-steps", type=int, default=None, help="stop every run after N optimizer steps")
+    p.add_argument("--max-eval", type=int, default=None, help="cap on dev examples")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--tools", nargs="+", default=["runner", "plain", "trainer"], choices=["runner", "plain", "trainer"])
+    p.add_argument("--json", type=Path, default=None, help="also write the measurements here")
+    return p.parse_args(argv)
+
+
+def runner_overrides(args) -> list[str]:
+    o = ["task=glue/mrpc", "method=adapter", "adapter=lora", "adapter.r=8", "adapter.target_modules=[query,value]",
+         f"trainer.lr={LR}", f"trainer.weight_decay={WEIGHT_DECAY}", f"trainer.warmup_ratio={WARMUP}", f"trainer.batch_size={BATCH}",
+         f"trainer.max_seq_length={MAX_LEN}", f"trainer.max_grad_norm={CLIP}", "trainer.epochs=1", "trainer.progress_bar=false",
+         "logger=none", f"seed={args.seed}", "model.pooling=cls", "adapter.head_modules=[classifier]"]
+    if args.max_steps:
+        o.append(f"trainer.max_steps={args.max_steps}")
+    if args.max_eval:
+        o.append(f"task.max_eval_samples={args.max_eval}")
+    return o
+
+
+def run_runner(args, workdir: Path) -> dict:
+    from runner.config import compose_config
+    from runner.train import run
+
+    out = workdir / f"runner-{time.monotonic_ns()}"
+    t0 = time.perf_counter()
+    results = run(compose_config(runner_overrides(args), output_dir=out))
+    wall = time.perf_counter() - t0
+    steps = results["steps"]["total"]
+    return {"wall_s": wall, "samples_per_s": steps * BATCH / results["time"]["train_s"], "accuracy": results["metrics"]["accuracy"]}
+
+
+def _prepared(args):
+    """Model (PEFT LoRA r8 on query/value, classifier trained), tokenised train and dev sets, collator:
+    what the plain loop and the Trainer share, built as a user would with the same libraries."""
+    from peft import LoraConfig, TaskType, get_peft_model
+    from transformers import DataCollatorWithPadding
+
+    from runner import data as data_lib
+    from runner.config import compose_config
+    from runner.models import load_model_and_tokenizer
+
+    cfg = compose_config(runner_overrides(args))
+    torch.manual_seed(args.seed)
+    model, tokenizer = load_model_and_tokenizer(cfg.model, cfg.task)
+    model = get_peft_model(model, LoraConfig(task_type=TaskType.SEQ_CLS, r=R, lora_alpha=2 * R, lora_dropout=0.1,
+                                             target_modules=["query", "value"]))
+    splits = data_lib.load_task_splits(cfg.task)
+    train = data_lib.tokenize(splits.train, tokenizer, cfg.task.text_keys, MAX_LEN, None)
+    dev = next(iter(splits.evals.values()))
+    if args.max_eval:
+        dev = dev.select(range(min(args.max_eval, len(dev))))
+    dev = data_lib.tokenize(dev, tokenizer, cfg.task.text_keys, MAX_LEN, None)
+    return model, tokenizer, train, dev, DataCollatorWithPadding(tokenizer)
+
+
+def run_plain(args, workdir: Path) -> dict:
+    from torch.utils.data import DataLoader
+    from transformers import get_scheduler
+
+    t0 = time.perf_counter()
+    model, _, train, dev, collator = _prepared(args)
+    loader = DataLoader(train.with_format("torch"), batch_size=BATCH, shuffle=True, collate_fn=collator,
+                        generator=torch.Generator().manual_seed(args.seed))
+    total = min(len(loader), args.max_steps or len(loader))
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=LR, weight_decay=WEIGHT_DECAY)
+    sched = get_scheduler("linear", opt, num_warmup_steps=int(WARMUP * total), num_training_steps=total)
+    model.train()
+    t_train = time.perf_counter()
+    for step, batch in enumerate(loader):
+        if step >= total:
+            break
+        model(**batch).loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, CLIP)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+    train_s = time.perf_counter() - t_train
+    model.eval()
+    preds, labels = [], []
+    with torch.no_grad():
+        for batch in DataLoader(dev.with_format("torch"), batch_size=64, collate_fn=collator):
+            preds.append(model(**{k: v for k, v in batch.items() if k != "labels"}).logits.argmax(-1))
+            labels.append(batch["labels"])
+    accuracy = float((torch.cat(preds) == torch.cat(labels)).float().mean())
+    return {"wall_s": time.perf_counter() - t0, "samples_per_s": total * BATCH / train_s, "accuracy": accuracy}
+
+
+def run_trainer(args, workdir: Path) -> dict:
+    from transformers import Trainer, TrainingArguments
+
+    t0 = time.perf_counter()
+    model, _, train, dev, collator = _prepared(args)
+    targs = TrainingArguments(
+        output_dir=str(workdir / f"trainer-{time.monotonic_ns()}"), per_device_train_batch_size=BATCH,
+        per_device_eval_batch_size=64, learning_rate=LR, weight_decay=WEIGHT_DECAY, warmup_steps=WARMUP,  # a float: a ratio
+        lr_scheduler_type="linear", max_grad_norm=CLIP, num_train_epochs=1, max_steps=args.max_steps or -1,
+        save_strategy="no", eval_strategy="no", logging_strategy="no", report_to=[], seed=args.seed,
+        dataloader_num_workers=0, disable_tqdm=True, use_cpu=not torch.cuda.is_available(),
+    )
+
+    def accuracy(pred) -> dict:
+        return {"accuracy": float((np.argmax(pred.predictions, -1) == pred.label_ids).mean())}
+
+    trainer = Trainer(model=model, args=targs, train_dataset=train, eval_dataset=dev, data_collator=collator,
+                      compute_metrics=accuracy)
+    out = trainer.train()
+    metrics = trainer.evaluate()
+    return {"wall_s": time.perf_counter() - t0, "samples_per_s": out.metrics["train_samples_per_second"],
+            "accuracy": metrics["eval_accuracy"]}
+
+
+TOOLS = {"runner": run_runner, "plain": run_plain, "trainer": run_trainer}
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    from runner.app import _quiet_libraries
+    from runner.config import default_glue_dir
+
+    os.environ.setdefault("GLUE_DIR", default_glue_dir() or "")
+    _quiet_libraries()
+    measured: dict[str, list[dict]] = {t: [] for t in args.tools}
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(args.repeats):
+            for tool in args.tools:
+                m = TOOLS[tool](args, Path(tmp))
+                measured[tool].append(m)
+                print(f"repeat {i} {tool:8s}: wall {m['wall_s']:.1f} s, {m['samples_per_s']:.1f} samples/s, "
+                      f"accuracy {m['accuracy']:.4f}", flush=True)
+    median = {t: {k: statistics.median(m[k] for m in ms) for k in ("wall_s", "samples_per_s", "accuracy")}
+              for t, ms in measured.items()}
+    print(f"\nMRPC, MiniLM + LoRA r8 (query/value), batch {BATCH}, {'1 epoch' if not args.max_steps else f'{args.max_steps} steps'}, "
+          f"{args.repeats} interleaved repeats, torch threads {torch.get_num_threads()}, {time.perf_counter() - t0:.0f} s in all\n")
+    print("| tool | wall s (median) | train samples/s | dev accuracy | wall / plain | wall / Trainer |")
+    print("|---|---|---|---|---|---|")
+    for t, m in median.items():
+        vs_plain = m["wall_s"] / median["plain"]["wall_s"] if "plain" in median else float("nan")
+        vs_trainer = m["wall_s"] / median["trainer"]["wall_s"] if "trainer" in median else float("nan")
+        print(f"| {t} | {m['wall_s']:.1f} | {m['samples_per_s']:.1f} | {m['accuracy']:.4f} | {vs_plain:.3f} | {vs_trainer:.3f} |")
+    print("\nTargets: runner <= 1.05x plain and <= 1.0x Trainer in wall time, at equal accuracy.")
+    if args.json:
+        args.json.write_text(json.dumps({"runs": measured, "median": median, "args": vars(args) | {"json": str(args.json)}}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
