@@ -2,9 +2,13 @@
 """The whole runner against what a user would write instead: one epoch of MRPC with LoRA r8.
 
 Three ways to fine-tune the same model on the same data with the same recipe
-(LoRA r8 on query/value, AdamW lr 5e-4, weight decay 0.01, linear decay with
-6% warm-up, batch 32, max 128 tokens, gradient clipping at 1.0, dynamic
-padding, the same seed), then evaluate on the dev set:
+(LoRA r8 on every linear layer of the encoder, mean pooling, AdamW lr 1e-3,
+weight decay 0.01, linear decay with 6% warm-up, batch 32, max 128 tokens,
+gradient clipping at 1.0, dynamic padding, the same seed), then evaluate on
+the dev set. The recipe is one that learns in one epoch (MRPC ~73 against a
+majority class of 68.4): with LoRA on query/value at lr 5e-4 all three tools
+stayed at the majority class, and a comparison of models that did not learn
+says nothing about "equal accuracy".
 
 * ``runner``: ``runner.train.run`` with every measurement on (FLOPs,
   saved-for-backward bytes, per-step records, checkpoint, learning curve);
@@ -38,7 +42,8 @@ sys.path.insert(0, str(REPO))  # run as a script from anywhere
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-LR, WEIGHT_DECAY, WARMUP, BATCH, MAX_LEN, CLIP, R = 5e-4, 0.01, 0.06, 32, 128, 1.0, 8
+LR, WEIGHT_DECAY, WARMUP, BATCH, MAX_LEN, CLIP, R = 1e-3, 0.01, 0.06, 32, 128, 1.0, 8
+TARGETS = ["query", "key", "value", "output.dense", "intermediate.dense"]
 
 
 def parse_args(argv=None):
@@ -53,10 +58,10 @@ def parse_args(argv=None):
 
 
 def runner_overrides(args) -> list[str]:
-    o = ["task=glue/mrpc", "method=adapter", "adapter=lora", "adapter.r=8", "adapter.target_modules=[query,value]",
+    o = ["task=glue/mrpc", "method=adapter", "adapter=lora", "adapter.r=8", f"adapter.target_modules=[{','.join(TARGETS)}]",
          f"trainer.lr={LR}", f"trainer.weight_decay={WEIGHT_DECAY}", f"trainer.warmup_ratio={WARMUP}", f"trainer.batch_size={BATCH}",
          f"trainer.max_seq_length={MAX_LEN}", f"trainer.max_grad_norm={CLIP}", "trainer.epochs=1", "trainer.progress_bar=false",
-         "logger=none", f"seed={args.seed}", "model.pooling=cls", "adapter.head_modules=[classifier]"]
+         "logger=none", f"seed={args.seed}", "model.pooling=mean", "adapter.head_modules=[classifier]"]
     if args.max_steps:
         o.append(f"trainer.max_steps={args.max_steps}")
     if args.max_eval:
@@ -90,7 +95,7 @@ def _prepared(args):
     torch.manual_seed(args.seed)
     model, tokenizer = load_model_and_tokenizer(cfg.model, cfg.task)
     model = get_peft_model(model, LoraConfig(task_type=TaskType.SEQ_CLS, r=R, lora_alpha=2 * R, lora_dropout=0.1,
-                                             target_modules=["query", "value"]))
+                                             target_modules=TARGETS))
     splits = data_lib.load_task_splits(cfg.task)
     train = data_lib.tokenize(splits.train, tokenizer, cfg.task.text_keys, MAX_LEN, None)
     dev = next(iter(splits.evals.values()))
@@ -178,7 +183,7 @@ def main(argv=None) -> int:
                       f"accuracy {m['accuracy']:.4f}", flush=True)
     median = {t: {k: statistics.median(m[k] for m in ms) for k in ("wall_s", "samples_per_s", "accuracy")}
               for t, ms in measured.items()}
-    print(f"\nMRPC, MiniLM + LoRA r8 (query/value), batch {BATCH}, {'1 epoch' if not args.max_steps else f'{args.max_steps} steps'}, "
+    print(f"\nMRPC, MiniLM (mean pooling) + LoRA r8 (every linear layer), lr {LR:g}, batch {BATCH}, {'1 epoch' if not args.max_steps else f'{args.max_steps} steps'}, "
           f"{args.repeats} interleaved repeats, torch threads {torch.get_num_threads()}, {time.perf_counter() - t0:.0f} s in all\n")
     print("| tool | wall s (median) | train samples/s | dev accuracy | wall / plain | wall / Trainer |")
     print("|---|---|---|---|---|---|")
