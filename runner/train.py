@@ -239,7 +239,7 @@ class Recipe:
         the checks, evaluation and checkpoints as configured."""
         acc, tcfg = self.accelerator, self.cfg.trainer
         self.step_meter = measure.StepMeter(acc.unwrap_model(self.model), tcfg.count_flops, tcfg.measure_activations, self.device)
-        bar = tqdm(total=self.total_steps, initial=self.global_step, desc="train", disable=not (self.is_main and tcfg.progress_bar),
+        bar = tqdm(total=self.total_steps, initial=self.global_step, desc="train", disable=not self._show_bars(),
                    dynamic_ncols=True)
         measure.reset_cuda_peaks(self.device)
         self.model.train()
@@ -304,6 +304,11 @@ class Recipe:
             self.save_checkpoint()
         self.step_meter.started = time.perf_counter()  # eval and checkpoints are not the next step's time
 
+    def _show_bars(self) -> bool:
+        """Progress bars on the main process, when asked for (``trainer.progress_bar``) and stderr is a
+        terminal: a log file or a cluster job's output gets the step records, not bar redraws."""
+        return bool(self.is_main and self.cfg.trainer.progress_bar and sys.stderr.isatty())
+
     def _adopt(self, model) -> None:
         """Train ``model`` from now on when a method handed back a new wrapper (SAFE after freezing under DDP)."""
         if model is not None:
@@ -360,8 +365,7 @@ class Recipe:
         with self.timer.phase("eval", self.device):
             for i, (split, loader) in enumerate(self.eval_loaders.items()):
                 logits_all, labels_all, losses = [], [], []
-                for batch in tqdm(loader, desc=f"eval {split}", leave=False,
-                                  disable=not (self.is_main and self.cfg.trainer.progress_bar)):
+                for batch in tqdm(loader, desc=f"eval {split}", leave=False, disable=not self._show_bars()):
                     with self.eval_flop_meter.context(measure.batch_key(batch)) as fl:
                         out = self.model(**batch)
                     flops += fl.flops or 0
