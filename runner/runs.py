@@ -185,16 +185,24 @@ def trim_metrics(path: Path, last_step: int) -> int:
 # --------------------------------------------------------------------------- reading
 
 
-def read(run_dir: Path) -> dict | None:
-    """A run dir's record (``results.json``), or None when it is missing or unreadable (a run that died early)."""
+def _parse(run_dir: Path) -> tuple[dict | None, str | None]:
+    """A dir's record and why it cannot be read: (record, None), (None, problem), or (None, None) when absent."""
     path = Path(run_dir) / RESULTS
     if not path.is_file():
-        return None
+        return None, None
     try:
         data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        return None, (f"{path} is unreadable ({type(exc).__name__}: {exc}); restore it, or move the run dir away "
+                      "to rerun it (its trained outputs are left untouched)")
+    if not isinstance(data, dict):
+        return None, f"{path} does not hold a record (a JSON object); restore it or move the run dir away"
+    return data, None
+
+
+def read(run_dir: Path) -> dict | None:
+    """A run dir's record (``results.json``), or None when it is missing or unreadable (a run that died early)."""
+    return _parse(run_dir)[0]
 
 
 def read_completed(run_dir: Path) -> dict | None:
@@ -206,15 +214,7 @@ def read_completed(run_dir: Path) -> dict | None:
 def record_problem(run_dir: Path) -> str | None:
     """Why a dir's ``results.json`` exists but cannot be read (None when it is fine or absent): such a
     record is never rerun over, it may be a finished run's only one."""
-    path = Path(run_dir) / RESULTS
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        return (f"{path} is unreadable ({type(exc).__name__}: {exc}); restore it, or move the run dir away "
-                "to rerun it (its trained outputs are left untouched)")
-    return None if isinstance(data, dict) else f"{path} does not hold a record (a JSON object); restore it or move the run dir away"
+    return _parse(run_dir)[1]
 
 
 # what a rerun of a dir must do (state)
@@ -233,9 +233,10 @@ def state(run_dir: Path) -> str:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         return MISSING
-    if record_problem(run_dir):
+    record, problem = _parse(run_dir)  # read once
+    if problem:
         return DAMAGED
-    status = (read(run_dir) or {}).get("status")
+    status = (record or {}).get("status")
     if status == STATUS_COMPLETED:
         return COMPLETED
     if status == STATUS_FAILED:
@@ -289,14 +290,18 @@ def write_failure(directory: Path, status: str, error: str, *, stage: str, who: 
 # --------------------------------------------------------------------------- retiring
 
 
+def _first_free(name) -> Path:
+    """``name(n)`` for the smallest n >= 1 that does not exist yet."""
+    n = 1
+    while name(n).exists():
+        n += 1
+    return name(n)
+
+
 def retire_traces(directory: Path) -> Path:
     """Move every trace of an earlier attempt (:func:`traces`) to ``<dir>/.retired/<n>/``: kept, never deleted."""
     directory = Path(directory)
-    root = directory / RETIRED
-    n = 1
-    while (root / str(n)).exists():
-        n += 1
-    target = root / str(n)
+    target = _first_free(lambda n: directory / RETIRED / str(n))
     target.mkdir(parents=True)
     for name in traces(directory):
         (directory / name).rename(target / name)
@@ -308,9 +313,6 @@ def retire_dir(run_dir: Path) -> Path:
     run_dir = Path(run_dir)
     root = run_dir.parent / RETIRED
     root.mkdir(exist_ok=True)
-    n = 1
-    while (root / f"{run_dir.name}.{n}").exists():
-        n += 1
-    target = root / f"{run_dir.name}.{n}"
+    target = _first_free(lambda n: root / f"{run_dir.name}.{n}")
     run_dir.rename(target)
     return target
