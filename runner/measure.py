@@ -102,7 +102,7 @@ class FlopMeter:
         n, length = (int(d) for d in ids.shape)
         group = (_shape_pattern(batch, n, length), signature)
         known = self._per_example.get(group, {})
-        if group in self._checked and length not in known:
+        if group in self._checked:
             self.cache[key] = round(n * _quadratic(known, length))
             self.predicted_steps += 1
             return _FlopStep(self, key)
@@ -314,9 +314,14 @@ def optimizer_state_tensors(state: dict) -> list[torch.Tensor]:
     return [v for v in state.values() if torch.is_tensor(v) and v.dim() > 0]
 
 
+def inner_optimizer(optimizer):
+    """The torch optimizer inside Accelerate's ``AcceleratedOptimizer`` (or itself)."""
+    return getattr(optimizer, "optimizer", optimizer)
+
+
 def optimizer_state_bytes(optimizer) -> int:
     """Bytes of an optimizer's state (Accelerate's wrapper unwrapped)."""
-    opt = getattr(optimizer, "optimizer", optimizer)
+    opt = inner_optimizer(optimizer)
     return tensor_bytes(t for s in opt.state.values() for t in optimizer_state_tensors(s))
 
 

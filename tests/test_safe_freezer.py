@@ -7,8 +7,8 @@ from helpers import single_thread, lora_batch, tiny_lora_model  # noqa: F401 (au
 
 from runner import measure
 from runner.adapters import adapter_groups
-from runner.measure import optimizer_state_bytes
-from runner.safe.freezer import AdapterFreezer, inner_optimizer
+from runner.measure import inner_optimizer, optimizer_state_bytes
+from runner.safe.freezer import AdapterFreezer
 
 
 def optimizer_params(optimizer) -> list:

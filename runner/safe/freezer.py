@@ -23,14 +23,9 @@ import logging
 from torch import nn
 
 from runner.adapters import adapter_groups, layer_index
-from runner.measure import optimizer_state_tensors, tensor_bytes
+from runner.measure import inner_optimizer, optimizer_state_tensors, tensor_bytes
 
 log = logging.getLogger(__name__)
-
-
-def inner_optimizer(optimizer):
-    """The torch optimizer inside Accelerate's ``AcceleratedOptimizer`` (or itself)."""
-    return getattr(optimizer, "optimizer", optimizer)
 
 
 def remove_from_optimizer(optimizer, params) -> int:

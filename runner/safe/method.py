@@ -43,12 +43,12 @@ MIN_DECISIONS = 3  # fewer importance measurements in the freezing window: warn 
 
 def rewrap_ddp(acc, old):
     """A fresh DDP around ``old``'s module, so its reducer only covers parameters that still train
-    (``old`` itself when it is not DDP-wrapped). Accelerate has no public call to swap a model it
+    (None when ``old`` is not DDP-wrapped: nothing to re-wrap). Accelerate has no public call to swap a model it
     prepared, so its list of prepared models is pointed at the new wrapper (it saves and loads those)."""
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     if not isinstance(old, DDP):
-        return old
+        return None
     handler = getattr(acc, "ddp_handler", None)
     kwargs = handler.to_kwargs() if handler is not None else {}
     if old.device_ids:
@@ -147,8 +147,7 @@ class SafeMethod(TrainingMethod):
             return done, None
         self.events.append({"step": int(step), "layers": done,
                             "trainable_adapter_params": self._trainable_adapter_params()})
-        new = rewrap_ddp(ctx.accelerator, ctx.model)
-        return done, (new if new is not ctx.model else None)
+        return done, rewrap_ddp(ctx.accelerator, ctx.model)
 
     def _trainable_adapter_params(self) -> int:
         return int(sum(p.numel() for g in self.freezer.groups.values() for p in g.values() if p.requires_grad))
@@ -281,7 +280,7 @@ class SafeMethod(TrainingMethod):
         if saved is not None and self.reference_checksum is not None and not math.isclose(saved, self.reference_checksum, rel_tol=1e-4):
             log.warning("SAFE: the probe's reference representations differ from the original run's "
                         "(checksum %.6g vs %.6g); importances after resuming are not comparable", self.reference_checksum, saved)
-        return model if model is not self.ctx.model else None
+        return model
 
     # ----------------------------------------------------------------- report
 
