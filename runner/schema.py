@@ -237,7 +237,7 @@ class PruneSettings:
     latency_ratios: Optional[list[float]] = _setting(None, FRACTION_OPEN)
     latency_threads: Optional[int] = _setting(None, POSITIVE_INT)
     latency_examples: int = _setting(64, POSITIVE_INT)
-    latency_batch_sizes: list[int] = _setting([], POSITIVE_INT)
+    latency_batch_sizes: list[int] = _setting([1, 32], POSITIVE_INT)
     flops_batch_size: int = _setting(32, POSITIVE_INT)
     save_model: str = _setting("primary", ("primary", "none"))
 
@@ -285,6 +285,11 @@ def check_config(cfg: DictConfig) -> None:
         if not isinstance(node, dict):
             raise ConfigError(f"{group} must be a group of settings, got {node!r}")
         check_group(group, node)
+
+
+def list_fields(schema: type) -> list[str]:
+    """The fields of a settings dataclass that hold lists (a bare value there means a one-element list)."""
+    return [name for name, tp in typing.get_type_hints(schema).items() if typing.get_origin(_optional(tp)[1]) is list]
 
 
 def check_group(group: str, node: dict) -> None:

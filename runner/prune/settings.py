@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from runner.errors import ConfigError
 
@@ -46,14 +46,6 @@ class PruneSettings:
         return any(c in ("hies", "his", "entropy") for c in self.compare)
 
 
-def _values(value) -> list:
-    if value is None:
-        return []
-    if isinstance(value, (ListConfig, list, tuple)):
-        return list(OmegaConf.to_container(value) if isinstance(value, ListConfig) else value)
-    return [value]
-
-
 def parse(pcfg) -> PruneSettings:
     """``cfg.prune`` into plain values: every key's type and range by :mod:`runner.schema` (the one
     place ranges live), then the checks across keys."""
@@ -61,7 +53,7 @@ def parse(pcfg) -> PruneSettings:
 
     defaults = OmegaConf.structured(schema.PruneSettings)
     node = OmegaConf.to_container(pcfg, resolve=True) if isinstance(pcfg, DictConfig) else dict(pcfg)
-    for key in ("ratios", "compare", "latency_ratios", "alpha_grid", "alpha_ratios", "latency_batch_sizes"):
+    for key in schema.list_fields(schema.PruneSettings):
         if key in node and node[key] is not None and not isinstance(node[key], list):
             node[key] = [node[key]]  # prune.ratios=0.5 means [0.5]
     node.setdefault("name", "hies")
@@ -75,8 +67,8 @@ def parse(pcfg) -> PruneSettings:
     ratio = float(p["ratio"])
     return PruneSettings(
         criterion=p["name"],
-        compare=tuple(dict.fromkeys([p["name"], *_values(p["compare"])])),
-        ratios=tuple(sorted({float(r) for r in _values(p["ratios"])} | {ratio})),
+        compare=tuple(dict.fromkeys([p["name"], *(p["compare"] or [])])),
+        ratios=tuple(sorted({float(r) for r in p["ratios"] or []} | {ratio})),
         ratio=ratio,
         alpha=alpha,
         alpha_grid=tuple(float(a) for a in p["alpha_grid"]),
@@ -96,7 +88,7 @@ def parse(pcfg) -> PruneSettings:
         latency_ratios=None if p["latency_ratios"] is None else tuple(float(r) for r in p["latency_ratios"]),
         latency_threads=p["latency_threads"],
         latency_examples=p["latency_examples"],
-        latency_batch_sizes=tuple(p["latency_batch_sizes"]) or (1, 32),
+        latency_batch_sizes=tuple(p["latency_batch_sizes"]),
         flops_batch_size=p["flops_batch_size"],
         save_model=p["save_model"],
     )
