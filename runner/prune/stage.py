@@ -39,15 +39,18 @@ def after_training(settings: settings_lib.PruneSettings):
         if not trained.is_main:
             return {}
         cfg = trained.cfg
-        inputs = PruneInputs(
-            model=trained.model, tokenizer=trained.tokenizer, task=cfg.task, data=trained.data,
-            max_seq_length=int(cfg.trainer.max_seq_length), eval_batch_size=int(cfg.trainer.eval_batch_size),
-            train_batch_size=int(cfg.trainer.batch_size), output_dir=Path(cfg.output_dir), device=trained.device,
-            tracker=trained.tracker, step=trained.step, data_cache_dir=_cache_dir(cfg),
-        )
+        inputs = _prune_inputs(cfg, cfg.trainer, model=trained.model, tokenizer=trained.tokenizer, task=cfg.task,
+                               data=trained.data, output_dir=Path(cfg.output_dir), device=trained.device,
+                               tracker=trained.tracker, step=trained.step)
         return {"pruning": run_pruning(inputs, settings)}
 
     return stage
+
+
+def _prune_inputs(cfg: DictConfig, trainer: DictConfig, **fields) -> PruneInputs:
+    """PruneInputs with the sequence length and batch sizes the model was trained with and this job's cache."""
+    return PruneInputs(max_seq_length=int(trainer.max_seq_length), eval_batch_size=int(trainer.eval_batch_size),
+                       train_batch_size=int(trainer.batch_size), data_cache_dir=_cache_dir(cfg), **fields)
 
 
 def _cache_dir(cfg) -> Path | None:
@@ -176,13 +179,8 @@ def _prune_into(out: Path, cfg: DictConfig, s, src: Path, src_results: dict, scf
     try:
         model, tokenizer = load_trained_model(src / "model", scfg, task)
         data = data_lib.load_task_splits(task)
-        trainer = scfg.get("trainer", cfg.trainer)
-        inputs = PruneInputs(
-            model=model, tokenizer=tokenizer, task=task, data=data,
-            max_seq_length=int(trainer.max_seq_length), eval_batch_size=int(trainer.eval_batch_size),
-            train_batch_size=int(trainer.batch_size), output_dir=out, device=device, tracker=tracker, step=0,
-            data_cache_dir=_cache_dir(cfg), source_run=str(src),
-        )
+        inputs = _prune_inputs(cfg, scfg.get("trainer", cfg.trainer), model=model, tokenizer=tokenizer, task=task,
+                               data=data, output_dir=out, device=device, tracker=tracker, step=0, source_run=str(src))
         section = run_pruning(inputs, s)
         results = {
             "status": STATUS_COMPLETED,
