@@ -20,8 +20,8 @@ from pathlib import Path
 
 import datasets
 import numpy as np
-from omegaconf import DictConfig
 import torch
+from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 from transformers import DataCollatorWithPadding
 

@@ -636,12 +636,13 @@ def write_failure_record(recipe: Recipe, trained: dict | None, status: str, exc:
     the interrupted run had written."""
     error = error_text(exc)
     out = recipe.output_dir
-    meta = checkpoint.load_meta(out) if trained is None else None
-    where = {"step": recipe.global_step, "checkpoint_step": meta["global_step"] if meta is not None else None}
+    where = {"step": recipe.global_step, "checkpoint_step": None}
     try:
         if trained is not None:  # training finished; the stage after it failed: keep every number
             atomic_write_json(out / runs.RESULTS, {**trained, "status": status, "stage": POST_TRAIN, "error": error})
             return
+        meta = checkpoint.load_meta(out)  # inside: a disk that fails here still gets the small record
+        where["checkpoint_step"] = meta["global_step"] if meta is not None else None
         previous = runs.read(out) or {}
         if previous and recipe.resume_state is not None and recipe.global_step <= int(previous.get("step") or 0):
             runs.keep_previous_record(out, previous, status, error, recipe.global_step)
