@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import resource
+import statistics
 import sys
 import time
 from collections.abc import Hashable
@@ -68,6 +69,44 @@ def count_flops(fn, *args, **kwargs) -> tuple[object, int]:
     return result, int(counter.get_total_flops())
 
 
+class LengthFit:
+    """Values that are exactly quadratic in the sequence length L within a group (a batch's shape
+    pattern and the trainable set): learned from the first three lengths of a group, checked on a
+    fourth before anything is predicted. A check that fails turns prediction off for good (with a
+    warning naming ``what``), so the caller measures every batch from then on."""
+
+    def __init__(self, what: str):
+        self.what, self.enabled = what, True
+        self._points: dict[Hashable, dict[int, float]] = {}  # group -> {length: value}
+        self._checked: set[Hashable] = set()
+
+    def predict(self, group: Hashable, length: int) -> float | None:
+        """The value at ``length``, or None while the group is still being learned (measure it)."""
+        if not self.enabled or group not in self._checked:
+            return None
+        return _quadratic(self._points[group], length)
+
+    def learn(self, group: Hashable, length: int, value: float) -> None:
+        known = self._points.setdefault(group, {})
+        if len(known) < 3:
+            known.setdefault(length, value)
+        elif group not in self._checked and length not in known:
+            if self.check(group, length, value, _quadratic(known, length)):
+                self._checked.add(group)
+
+    def check(self, group: Hashable, length: int, value: float, predicted: float) -> bool:
+        """Whether a measured ``value`` matches the prediction; turns prediction off when it does not."""
+        if abs(predicted - value) <= 1e-9 * max(abs(value), 1.0):
+            return True
+        self.enabled = False
+        import logging
+
+        logging.getLogger(__name__).warning(
+            "%s are not quadratic in the sequence length here (%.0f measured vs %.0f predicted at length %d); "
+            "measuring every batch shape instead", self.what, value, predicted, length)
+        return False
+
+
 class FlopMeter:
     """FLOPs per step, counted on the real batch under ``FlopCounterMode`` the first time a key is seen.
 
@@ -82,12 +121,16 @@ class FlopMeter:
     """
 
     def __init__(self, enabled: bool = True, by_length: bool = True):
-        self.enabled, self.by_length = enabled, by_length
+        self.enabled = enabled
+        self.fit = LengthFit("FLOPs per example")
+        self.fit.enabled = by_length
         self.cache: dict[Hashable, int] = {}
         self.counted_steps = 0
         self.predicted_steps = 0
-        self._per_example: dict[Hashable, dict[int, float]] = {}  # group -> {length: FLOPs per example}
-        self._checked: set[Hashable] = set()
+
+    @property
+    def by_length(self) -> bool:
+        return self.fit.enabled
 
     def context(self, key: Hashable):
         """A context manager for one step; read ``.flops`` after it exits."""
@@ -101,33 +144,16 @@ class FlopMeter:
             return _FlopStep(self, key)
         n, length = (int(d) for d in ids.shape)
         group = (_shape_pattern(batch, n, length), signature)
-        known = self._per_example.get(group, {})
-        if group in self._checked:
-            self.cache[key] = round(n * _quadratic(known, length))
+        per_example = self.fit.predict(group, length)
+        if per_example is not None:
+            self.cache[key] = round(n * per_example)
             self.predicted_steps += 1
             return _FlopStep(self, key)
-        return _FlopStep(self, key, on_count=lambda flops: self._learn(group, n, length, flops))
-
-    def _learn(self, group: Hashable, n: int, length: int, flops: int) -> None:
-        known = self._per_example.setdefault(group, {})
-        per_example = flops / n
-        if len(known) < 3:
-            known.setdefault(length, per_example)
-        elif group not in self._checked and length not in known:
-            predicted = _quadratic(known, length)
-            if abs(predicted - per_example) <= 1e-9 * max(abs(per_example), 1.0):
-                self._checked.add(group)
-            else:
-                self.by_length = False
-                import logging
-
-                logging.getLogger(__name__).warning(
-                    "FLOPs per example are not quadratic in the sequence length here (%d counted vs %.0f predicted "
-                    "at length %d); counting every batch shape instead", per_example, predicted, length)
+        return _FlopStep(self, key, on_count=lambda flops: self.fit.learn(group, length, flops / n))
 
 
-def _shape_pattern(batch: dict, n: int, length: int) -> tuple:
-    """The batch's tensor shapes with the batch size and sequence length abstracted away."""
+def _shape_pattern(batch: dict, n: int | None, length: int) -> tuple:
+    """The batch's tensor shapes with the sequence length (and the batch size ``n``, unless None) abstracted away."""
     def dim(d: int, i: int) -> object:
         return "N" if i == 0 and d == n else ("L" if i == 1 and d == length else d)
 
@@ -145,6 +171,7 @@ def _quadratic(points: dict[int, float], x: int) -> float:
 class _FlopStep:
     def __init__(self, meter: FlopMeter, key: Hashable, on_count=None):
         self.meter, self.key, self.flops, self._mode, self._on_count = meter, key, None, None, on_count
+        self.counted = False
 
     def __enter__(self):
         if self.meter.enabled and self.key not in self.meter.cache:
@@ -160,6 +187,7 @@ class _FlopStep:
                 flops = int(self._mode.get_total_flops())
                 self.meter.cache[self.key] = flops
                 self.meter.counted_steps += 1
+                self.counted = True
                 if self._on_count is not None:
                     self._on_count(flops)
         self.flops = self.meter.cache.get(self.key) if self.meter.enabled else None
@@ -235,23 +263,39 @@ class StepMeter:
     (:class:`FlopMeter`), bytes saved for backward (:class:`SavedTensorMeter`), real and padded
     tokens, the mean loss over its micro-batches and its wall time. Use::
 
-        with meter.counting(batch, signature):   # forward + backward of one micro-batch
-            with meter.saving():                 # the forward only
+        with meter.counting(batch, signature):          # forward + backward of one micro-batch
+            with meter.saving(batch, signature):        # the forward only
                 loss = model(**batch).loss
             backward(loss)
         meter.add(batch, loss)
         ...
         record = meter.end_step()                # once per optimizer step; starts the next one
+
+    Saved-for-backward bytes depend only on the batch's shape and the trainable set, and are
+    exactly quadratic in the padded length for a given batch size (:class:`LengthFit`). They are
+    measured with saved-tensor hooks on the first lengths of each (shape, trainable set), so
+    after every change of the trainable set too, and on every ``check_every``-th micro-batch
+    after that, which must match the prediction (else every batch is measured from then on);
+    the other micro-batches get the exact prediction without hooks. ``check_every=1`` measures
+    every micro-batch. Each step record says whether it was measured (``measured``: FLOPs
+    counted or hooks on), which :func:`measurement_overhead_s` uses.
     """
 
-    def __init__(self, model: nn.Module, count_flops: bool, measure_activations: bool, device: torch.device):
+    def __init__(self, model: nn.Module, count_flops: bool, measure_activations: bool, device: torch.device,
+                 check_every: int = 100):
         self.flop_meter = FlopMeter(count_flops)
         self.saved_meter = SavedTensorMeter(model, enabled=measure_activations)
+        self.saved_fit = LengthFit("saved-for-backward bytes")
+        self.saved_fit.enabled = check_every > 1
         self.count_flops, self.measure_activations, self.device = count_flops, measure_activations, device
+        self.check_every = check_every
+        self.saved_measured = self.saved_predicted = 0
+        self._micro_seen = 0
         self._reset()
 
     def _reset(self) -> None:
         self.flops, self.saved, self.tokens, self.loss_sum, self.micro, self.padded_length = 0, 0, 0, 0.0, 0, 0
+        self.padded_tokens, self.measured = 0, False
         self.started = time.perf_counter()
 
     @contextlib.contextmanager
@@ -259,18 +303,42 @@ class StepMeter:
         with self.flop_meter.context_for(batch, signature) as fl:
             yield
         self.flops += fl.flops or 0
+        self.measured |= fl.counted
 
     @contextlib.contextmanager
-    def saving(self):
+    def saving(self, batch: dict | None = None, signature: Hashable = None):
+        """Around the forward: the bytes it saves for backward, measured or predicted (see the class)."""
+        if not self.measure_activations:
+            yield
+            return
+        self._micro_seen += 1
+        ids = batch.get("input_ids") if batch is not None else None
+        group = length = predicted = None
+        if ids is not None and ids.dim() == 2:
+            length = int(ids.shape[1])
+            group = (_shape_pattern(batch, None, length), signature)
+            predicted = self.saved_fit.predict(group, length)
+        if predicted is not None and self._micro_seen % self.check_every:
+            yield
+            self.saved = max(self.saved, round(predicted))
+            self.saved_predicted += 1
+            return
         with self.saved_meter:
             yield
-        self.saved = max(self.saved, self.saved_meter.bytes)
+        measured = self.saved_meter.bytes
+        self.saved, self.measured = max(self.saved, measured), True
+        self.saved_measured += 1
+        if predicted is not None:
+            self.saved_fit.check(group, length, measured, predicted)
+        elif group is not None:
+            self.saved_fit.learn(group, length, measured)
 
     def add(self, batch: dict, loss: torch.Tensor) -> None:
         """One micro-batch done."""
         mask = batch.get("attention_mask")
         self.tokens += int(mask.sum()) if mask is not None else batch["input_ids"].numel()
         self.padded_length = max(self.padded_length, batch["input_ids"].shape[-1])
+        self.padded_tokens += batch["input_ids"].numel()
         self.loss_sum += loss.detach().float().item()
         self.micro += 1
 
@@ -285,12 +353,26 @@ class StepMeter:
             "loss": self.mean_loss, "step_time_s": time.perf_counter() - self.started,
             "flops": self.flops if self.count_flops else None,
             "saved_bytes": self.saved if self.measure_activations else None,
-            "tokens": self.tokens, "padded_length": self.padded_length,
+            "tokens": self.tokens, "padded_length": self.padded_length, "padded_tokens": self.padded_tokens,
+            "measured": self.measured,
         }
         if self.device.type == "cuda":
             record["cuda_allocated_bytes"] = int(torch.cuda.memory_allocated(self.device))
         self._reset()
         return record
+
+
+def measurement_overhead_s(steps: list[dict]) -> float | None:
+    """An estimate of the wall time measuring cost: for each step that was measured (FLOPs counted
+    or saved-tensor hooks on), its time minus what an unmeasured step takes per padded token (the
+    median over unmeasured steps) times its padded tokens. None when no step went unmeasured."""
+    rates = [s["step_time_s"] / s["padded_tokens"] for s in steps
+             if not s.get("measured") and s.get("padded_tokens")]
+    if not rates:
+        return None
+    rate = statistics.median(rates)
+    return float(sum(max(0.0, s["step_time_s"] - rate * s["padded_tokens"]) for s in steps
+                     if s.get("measured") and s.get("padded_tokens")))
 
 
 # ---------------------------------------------------------------------------

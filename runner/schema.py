@@ -98,6 +98,7 @@ class TrainerSettings:
     progress_bar: bool = True
     count_flops: bool = True
     measure_activations: bool = True
+    activations_check_every: int = _setting(100, POSITIVE_INT)
     sharpness: SharpnessSettings = field(default_factory=SharpnessSettings)
 
 

@@ -238,7 +238,8 @@ class Recipe:
         """The loop: forward, backward, step, then per optimizer step its record, the method's hook,
         the checks, evaluation and checkpoints as configured."""
         acc, tcfg = self.accelerator, self.cfg.trainer
-        self.step_meter = measure.StepMeter(acc.unwrap_model(self.model), tcfg.count_flops, tcfg.measure_activations, self.device)
+        self.step_meter = measure.StepMeter(acc.unwrap_model(self.model), tcfg.count_flops, tcfg.measure_activations,
+                                            self.device, check_every=tcfg.activations_check_every)
         bar = tqdm(total=self.total_steps, initial=self.global_step, desc="train", disable=not self._show_bars(),
                    dynamic_ncols=True)
         measure.reset_cuda_peaks(self.device)
@@ -270,7 +271,7 @@ class Recipe:
         torch.manual_seed(hash((self.cfg.seed, self.global_step, meter.micro, acc.process_index)) % 2**63)
         with acc.accumulate(self.model):
             with meter.counting(batch, self.signature):
-                with meter.saving():
+                with meter.saving(batch, self.signature):
                     loss = self.model(**batch).loss
                 acc.backward(loss)
             if acc.sync_gradients and tcfg.max_grad_norm:
@@ -470,6 +471,13 @@ class Recipe:
         memory = {
             "saved_for_backward_peak_bytes": int(saved_peak),
             "saved_for_backward_mean_bytes": float(np.mean(saved)) if saved else None,
+            "saved_for_backward_measured_micro_batches": self.step_meter.saved_measured,
+            "saved_for_backward_predicted_micro_batches": self.step_meter.saved_predicted,
+            "saved_for_backward_method": (
+                "saved-tensor hooks (unique storages, parameters excluded) on the first lengths of each batch shape "
+                "and trainable set and on every trainer.activations_check_every-th micro-batch; the others predicted "
+                "exactly (quadratic in the padded length), checked by every hooked one"
+                if self.cfg.trainer.measure_activations else None),
             **state,
             "state_plus_saved_peak_bytes": int(saved_peak + state["param_bytes"] + state["grad_bytes"] + state["optimizer_state_bytes"]),
             "process_max_rss_bytes": measure.max_rss_bytes(),
@@ -512,6 +520,9 @@ class Recipe:
             "step_median_s": float(np.median(step_times)) if step_times else None,
             "train_samples_per_s": n_examples * self.num_epochs / train_s if train_s > 0 and not self.cfg.trainer.max_steps else None,
             "train_tokens_per_s": tokens / train_s if train_s > 0 else None,
+            # what FLOP counting and saved-tensor hooks cost (an estimate; see measure.measurement_overhead_s)
+            "measure_overhead_s": measure.measurement_overhead_s(self.history),
+            "measured_steps": sum(1 for s in self.history if s.get("measured")),
         }
 
     def check_learning(self, final_metrics: dict) -> dict:

@@ -7,7 +7,8 @@ import torch
 from torch import nn
 from transformers import BertConfig, BertForSequenceClassification
 
-from runner.measure import FlopMeter, SavedTensorMeter, batch_key, count_flops, trainable_signature
+from runner.measure import (FlopMeter, SavedTensorMeter, StepMeter, batch_key, count_flops, measurement_overhead_s,
+                            trainable_signature)
 
 
 def tiny_bert(attn: str, **kw) -> BertForSequenceClassification:
@@ -133,3 +134,61 @@ def test_a_model_whose_flops_are_not_quadratic_in_length_is_counted_at_every_len
         _, exact = count_flops(model, ids)
         assert step.flops == exact
     assert meter.predicted_steps == 0 and not meter.by_length
+
+
+def _saved_by_step(model, shapes, check_every):
+    """Saved-for-backward bytes per micro-batch through StepMeter, with hooks sampled every ``check_every``."""
+    meter, signature = StepMeter(model, False, True, torch.device("cpu"), check_every=check_every), trainable_signature(model)
+    g = torch.Generator().manual_seed(0)
+    out = []
+    for n, length in shapes:
+        batch = {"input_ids": torch.randint(1, 50, (n, length), generator=g),
+                 "attention_mask": torch.ones(n, length, dtype=torch.long), "labels": torch.randint(0, 2, (n,), generator=g)}
+        batch["attention_mask"][0, length // 2:] = 0
+        with meter.counting(batch, signature):
+            with meter.saving(batch, signature):
+                loss = model(**batch).loss
+            loss.backward()
+        meter.add(batch, loss)
+        out.append(meter.end_step())
+    return out, meter
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_saved_bytes_are_measured_on_a_sample_and_predicted_exactly_between(attn):
+    """Hooks run on the first lengths of each (batch size, trainable set) and on every 5th micro-batch; every
+    other step's bytes equal what the hooks measure on that step (check_every=1 hooks every step)."""
+    model = tiny_bert(attn).train()
+    shapes = [(4, 12), (4, 20), (4, 7), (4, 33), (4, 15), (4, 40), (4, 9), (2, 27), (4, 18), (4, 25), (4, 11), (4, 30)]
+    sampled, meter = _saved_by_step(model, shapes, check_every=5)
+    every, every_meter = _saved_by_step(model, shapes, check_every=1)
+    assert [s["saved_bytes"] for s in sampled] == [s["saved_bytes"] for s in every]
+    assert every_meter.saved_predicted == 0 and every_meter.saved_measured == len(shapes)
+    # hooked: 4 lengths at n=4 (three to fit, one to check), micro-batches 5 and 10 (checks), the lone n=2 batch
+    assert [s["measured"] for s in sampled] == [True] * 5 + [False] * 2 + [True, False, True, False, False]
+    assert meter.saved_measured == 7 and meter.saved_predicted == 5 and meter.saved_fit.enabled
+
+
+def test_saved_bytes_that_a_check_contradicts_are_measured_on_every_step_from_then_on(caplog):
+    meter = StepMeter(nn.Linear(1, 1), False, True, torch.device("cpu"), check_every=3)
+    group = ((("input_ids", (4, "L")),), 0)
+    for length in (5, 6, 7, 8):  # a fit that passes its own check: 10 bytes per position
+        meter.saved_fit.learn(group, length, 10.0 * length)
+    batch = {"input_ids": torch.ones(4, 9, dtype=torch.long)}
+    with caplog.at_level("WARNING"):
+        for _ in range(4):  # no forward inside: 0 bytes saved, not the 90 predicted
+            with meter.saving(batch, 0):
+                pass
+    # micro-batches 1, 2 predicted; 3 checked and contradicted; 4 measured since
+    assert not meter.saved_fit.enabled and "saved-for-backward bytes are not quadratic" in caplog.text
+    assert meter.saved_predicted == 2 and meter.saved_measured == 2 and meter.saved == 90
+
+
+def test_measurement_overhead_is_the_measured_steps_time_beyond_the_unmeasured_rate():
+    steps = [{"step_time_s": 3.0, "padded_tokens": 100, "measured": True},   # unmeasured: 1 s per 100 tokens; 2 s beyond
+             {"step_time_s": 1.0, "padded_tokens": 100, "measured": False},
+             {"step_time_s": 2.0, "padded_tokens": 200, "measured": False},
+             {"step_time_s": 4.5, "padded_tokens": 300, "measured": True},   # 1.5 s beyond
+             {"step_time_s": 0.5, "padded_tokens": 100, "measured": True}]   # faster than the rate: 0
+    assert measurement_overhead_s(steps) == pytest.approx(3.5)
+    assert measurement_overhead_s([{"step_time_s": 1.0, "padded_tokens": 10, "measured": True}]) is None

@@ -6,7 +6,7 @@ import json
 
 import pytest
 import yaml
-from helpers import compose_config
+from helpers import compose_config, read_steps
 from wandb_files import find_run_file, read_run
 
 from runner.train import run
@@ -42,6 +42,29 @@ def test_adapter_run_writes_every_measurement(tiny_overrides, tmp_path):
     assert (out / "model" / "adapter_model.safetensors").is_file()
     saved_cfg = yaml.safe_load((out / "config.yaml").read_text())
     assert saved_cfg["trainer"]["batch_size"] == 16 and saved_cfg["output_dir"] == str(out)
+
+
+def test_sampled_activation_measurement_reports_the_same_bytes_as_hooks_on_every_step(tiny_overrides, tmp_path):
+    """The default measures saved-for-backward bytes on a sample of MRPC's variable-length steps and predicts
+    the rest; every step's bytes equal a run with hooks on every step, and results say how each was got."""
+    common = [*tiny_overrides, "task.max_train_samples=160", "trainer.batch_size=8", "trainer.activations_check_every=7",
+              "trainer.max_seq_length=128"]
+    sampled, out_s = train(common, tmp_path, "sampled")
+    every, out_e = train([*common, "trainer.activations_check_every=1"], tmp_path, "every")
+    steps_s, steps_e = read_steps(out_s), read_steps(out_e)
+    assert [s["saved_bytes"] for s in steps_s] == [s["saved_bytes"] for s in steps_e]
+    assert len({s["padded_length"] for s in steps_s}) > 4  # variable lengths: some were predicted
+    mem_s, mem_e = sampled["memory"], every["memory"]
+    assert mem_s["saved_for_backward_peak_bytes"] == mem_e["saved_for_backward_peak_bytes"] > 0
+    assert mem_e["saved_for_backward_predicted_micro_batches"] == 0
+    assert mem_e["saved_for_backward_measured_micro_batches"] == 20
+    assert 0 < mem_s["saved_for_backward_predicted_micro_batches"] < 20
+    assert (mem_s["saved_for_backward_measured_micro_batches"] + mem_s["saved_for_backward_predicted_micro_batches"]
+            == 20)
+    assert "hooks" in mem_s["saved_for_backward_method"]
+    t = sampled["time"]
+    assert 0 < t["measured_steps"] < 20 and t["measure_overhead_s"] >= 0
+    assert t["measured_steps"] == sum(s["measured"] for s in steps_s)
 
 
 def test_full_fine_tuning_trains_every_weight_and_learns(tiny_overrides, tmp_path):
