@@ -136,6 +136,16 @@ class FlopMeter:
         """A context manager for one step; read ``.flops`` after it exits."""
         return _FlopStep(self, key)
 
+    def will_count(self, batch: dict, signature: Hashable) -> bool:
+        """Whether :meth:`context_for` would run the counter on this batch (nothing cached or predictable)."""
+        if not self.enabled or (batch_key(batch), signature) in self.cache:
+            return False
+        ids = batch.get("input_ids")
+        if not self.by_length or ids is None or ids.dim() != 2:
+            return True
+        n, length = (int(d) for d in ids.shape)
+        return self.fit.predict((_shape_pattern(batch, n, length), signature), length) is None
+
     def context_for(self, batch: dict, signature: Hashable):
         """:meth:`context` for a model batch, predicting FLOPs from counted lengths when it can."""
         key = (batch_key(batch), signature)
@@ -273,9 +283,10 @@ class StepMeter:
 
     Saved-for-backward bytes depend only on the batch's shape and the trainable set, and are
     exactly quadratic in the padded length for a given batch size (:class:`LengthFit`). They are
-    measured with saved-tensor hooks on the first lengths of each (shape, trainable set), so
-    after every change of the trainable set too, and on every ``check_every``-th micro-batch
-    after that, which must match the prediction (else every batch is measured from then on);
+    measured with saved-tensor hooks on the first batch of each shape and trainable set (so after
+    every change of the trainable set too) until three lengths of each (shape pattern, trainable
+    set) give every other length, and on every ``check_every``-th micro-batch, which must match
+    the prediction (else every batch is measured from then on);
     the other micro-batches get the exact prediction without hooks. ``check_every=1`` measures
     every micro-batch. Each step record says whether it was measured (``measured``: FLOPs
     counted or hooks on), which :func:`measurement_overhead_s` uses.
@@ -291,6 +302,7 @@ class StepMeter:
         self.check_every = check_every
         self.saved_measured = self.saved_predicted = 0
         self._micro_seen = 0
+        self._saved_cache: dict[Hashable, int] = {}  # (batch shape, trainable set) -> bytes measured
         self._reset()
 
     def _reset(self) -> None:
@@ -312,12 +324,7 @@ class StepMeter:
             yield
             return
         self._micro_seen += 1
-        ids = batch.get("input_ids") if batch is not None else None
-        group = length = predicted = None
-        if ids is not None and ids.dim() == 2:
-            length = int(ids.shape[1])
-            group = (_shape_pattern(batch, None, length), signature)
-            predicted = self.saved_fit.predict(group, length)
+        group, length, predicted = self._saved_prediction(batch, signature)
         if predicted is not None and self._micro_seen % self.check_every:
             yield
             self.saved = max(self.saved, round(predicted))
@@ -332,6 +339,28 @@ class StepMeter:
             self.saved_fit.check(group, length, measured, predicted)
         elif group is not None:
             self.saved_fit.learn(group, length, measured)
+            self._saved_cache[(batch_key(batch), signature)] = measured
+
+    def _saved_prediction(self, batch: dict | None, signature: Hashable) -> tuple:
+        """(group, padded length, predicted bytes or None) of a batch."""
+        ids = batch.get("input_ids") if batch is not None else None
+        if ids is None or ids.dim() != 2:
+            return None, None, None
+        length = int(ids.shape[1])
+        group = (_shape_pattern(batch, None, length), signature)
+        if not self.saved_fit.enabled:
+            return group, length, None
+        known = self._saved_cache.get((batch_key(batch), signature))  # this very shape was measured before
+        return group, length, known if known is not None else self.saved_fit.predict(group, length)
+
+    def will_measure(self, batch: dict, signature: Hashable) -> bool:
+        """Whether the next micro-batch, ``batch``, will be measured (FLOPs counted or saved-tensor hooks on):
+        the loop runs those on the eager module when the model is compiled (``trainer.compile``)."""
+        if self.flop_meter.will_count(batch, signature):
+            return True
+        if not self.measure_activations:
+            return False
+        return self._saved_prediction(batch, signature)[2] is None or (self._micro_seen + 1) % self.check_every == 0
 
     def add(self, batch: dict, loss: torch.Tensor) -> None:
         """One micro-batch done."""

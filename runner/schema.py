@@ -46,6 +46,7 @@ RULES = {
     FRACTION_OPEN: ("in [0, 1)", lambda v: 0 <= v < 1),
     "pad_multiple": ("auto, null or a positive integer",
                      lambda v: v == "auto" or (isinstance(v, int) and not isinstance(v, bool) and v > 0)),
+    "auto_bool": ("auto, true or false", lambda v: v == "auto" or isinstance(v, bool)),
     "alpha": ("a number in [0, 1] or auto",
               lambda v: v == "auto" or (isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1)),
 }
@@ -90,6 +91,8 @@ class TrainerSettings:
     pad_to_multiple_of: Any = _setting("auto", "pad_multiple")
     max_seq_length: int = _setting(128, POSITIVE_INT)
     mixed_precision: str = _setting("no", ("no", "fp16", "bf16"))
+    tf32: Any = _setting("auto", "auto_bool")
+    compile: bool = False
     eval_every_steps: Optional[int] = _setting(None, POSITIVE_INT)
     checkpoint_every_steps: Optional[int] = _setting(None, POSITIVE_INT)
     log_every_steps: int = _setting(10, POSITIVE_INT)

@@ -69,6 +69,16 @@ class TrainedRun:
     is_main: bool
 
 
+def use_tf32(setting, device: torch.device) -> bool:
+    """``trainer.tf32``: TF32 matmuls and convolutions on CUDA (auto: on a GPU); returns whether they are on."""
+    on = device.type == "cuda" if setting == "auto" else bool(setting)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = on
+        torch.backends.cudnn.allow_tf32 = on
+        return on
+    return False
+
+
 class Recipe:
     """One fine-tuning run. Methods plug in through :class:`runner.methods.TrainingMethod`."""
 
@@ -87,6 +97,8 @@ class Recipe:
             dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
         )
         self.device = self.accelerator.device
+        self.tf32 = use_tf32(cfg.trainer.get("tf32", "auto"), self.device)
+        self.compiled = None  # trainer.compile: the compiled training module (see _compile)
         self.is_main = self.accelerator.is_main_process
         self.history: list[dict] = []  # one record per optimizer step
         self.evals: list[dict] = []
@@ -159,6 +171,7 @@ class Recipe:
         optimizer = torch.optim.AdamW(trainable, lr=cfg.trainer.lr, weight_decay=cfg.trainer.weight_decay)
         prepared = self.accelerator.prepare(model, optimizer, self.train_loader, *self.eval_loaders.values())
         self.model, self.optimizer, self.train_loader = prepared[:3]
+        self._compile()
         self.eval_loaders = dict(zip(self.eval_loaders, prepared[3:]))
         self.steps_per_epoch = math.ceil(len(self.train_loader) / cfg.trainer.grad_accum_steps)
         if cfg.trainer.max_steps:
@@ -272,7 +285,7 @@ class Recipe:
         with acc.accumulate(self.model):
             with meter.counting(batch, self.signature):
                 with meter.saving(batch, self.signature):
-                    loss = self.model(**batch).loss
+                    loss = self._forward_module(batch)(**batch).loss
                 acc.backward(loss)
             if acc.sync_gradients and tcfg.max_grad_norm:
                 acc.clip_grad_norm_(self.trainable, tcfg.max_grad_norm)
@@ -281,6 +294,13 @@ class Recipe:
             self.optimizer.zero_grad(set_to_none=True)
         meter.add(batch, loss)
         return acc.sync_gradients
+
+    def _forward_module(self, batch: dict):
+        """The compiled module (``trainer.compile``), or the eager one on steps that measure: the FLOP
+        counter and saved-tensor hooks see each op only in eager mode."""
+        if self.compiled is None or self.step_meter.will_measure(batch, self.signature):
+            return self.model
+        return self.compiled
 
     def _end_step(self, bar) -> None:
         """After an optimizer step: its record, the method's hook, logging, the checks, eval and checkpoint."""
@@ -314,6 +334,13 @@ class Recipe:
         """Train ``model`` from now on when a method handed back a new wrapper (SAFE after freezing under DDP)."""
         if model is not None:
             self.model = self.ctx.model = model
+            self._compile()
+
+    def _compile(self) -> None:
+        """``trainer.compile``: ``torch.compile`` the (wrapped) training module, with dynamic shapes so
+        variable-length batches do not recompile per length; rebuilt whenever the wrapper changes."""
+        if self.cfg.trainer.get("compile"):
+            self.compiled = torch.compile(self.model, dynamic=True)
 
     def release_model(self, synchronize: bool) -> None:
         """Drop the (DDP-wrapped) model and optimizer while the process group still lives, every rank at
@@ -460,6 +487,8 @@ class Recipe:
                      "holdout_examples": len(self.data.holdout) if self.data.holdout is not None else 0,
                      "eval_examples": {k: len(v) for k, v in self.data.evals.items()}},
             "provenance": provenance.collect(self.device, cfg.seed, self.accelerator.num_processes),
+            "compute": {"device": self.device.type, "mixed_precision": cfg.trainer.mixed_precision,
+                        "tf32": self.tf32, "compile": bool(cfg.trainer.get("compile"))},
         }
 
     def _memory_section(self) -> dict:

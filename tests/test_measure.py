@@ -169,6 +169,14 @@ def test_saved_bytes_are_measured_on_a_sample_and_predicted_exactly_between(attn
     assert meter.saved_measured == 7 and meter.saved_predicted == 5 and meter.saved_fit.enabled
 
 
+def test_saved_bytes_of_a_shape_seen_before_are_not_measured_again():
+    """Fixed-length batches (RTE at 128 tokens, or pad_to_multiple_of): the first is measured, the rest reuse it."""
+    model = tiny_bert("sdpa").train()
+    steps, meter = _saved_by_step(model, [(4, 16)] * 5, check_every=4)
+    assert [s["measured"] for s in steps] == [True, False, False, True, False]  # the 4th is a check
+    assert len({s["saved_bytes"] for s in steps}) == 1 and meter.saved_fit.enabled
+
+
 def test_saved_bytes_that_a_check_contradicts_are_measured_on_every_step_from_then_on(caplog):
     meter = StepMeter(nn.Linear(1, 1), False, True, torch.device("cpu"), check_every=3)
     group = ((("input_ids", (4, "L")),), 0)

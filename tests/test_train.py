@@ -6,7 +6,7 @@ import json
 
 import pytest
 import yaml
-from helpers import compose_config, read_steps
+from helpers import compose_config, read_steps, save_tiny_model_dir
 from wandb_files import find_run_file, read_run
 
 from runner.train import run
@@ -65,6 +65,25 @@ def test_sampled_activation_measurement_reports_the_same_bytes_as_hooks_on_every
     t = sampled["time"]
     assert 0 < t["measured_steps"] < 20 and t["measure_overhead_s"] >= 0
     assert t["measured_steps"] == sum(s["measured"] for s in steps_s)
+
+
+@pytest.mark.slow
+def test_compiled_training_matches_eager_and_measures_on_the_eager_module(tiny_overrides, tmp_path):
+    """trainer.compile=true (inductor on CPU here; about a minute to compile): the same losses as eager
+    training; the measured first step runs eager, the rest compiled, and results say so."""
+    # one shape: one compile; no dropout (compiled code draws its masks from another generator)
+    model = save_tiny_model_dir(tmp_path / "no-dropout", layers=2)
+    common = [*tiny_overrides, f"model.name_or_path={model}", "trainer.max_steps=3", "trainer.pad_to_multiple_of=32",
+              "adapter.dropout=0"]
+    eager, out_e = train(common, tmp_path, "eager")
+    compiled, out_c = train([*common, "trainer.compile=true"], tmp_path, "compiled")
+    steps_e, steps_c = read_steps(out_e), read_steps(out_c)
+    assert [s["padded_length"] for s in steps_c] == [64, 64, 64]
+    assert [s["measured"] for s in steps_c] == [True, False, False]
+    assert [s["loss"] for s in steps_c] == pytest.approx([s["loss"] for s in steps_e], rel=1e-4)
+    assert compiled["metrics"]["loss"] == pytest.approx(eager["metrics"]["loss"], rel=1e-4)
+    assert compiled["compute"] == {"device": "cpu", "mixed_precision": "no", "tf32": False, "compile": True}
+    assert eager["compute"]["compile"] is False
 
 
 def test_full_fine_tuning_trains_every_weight_and_learns(tiny_overrides, tmp_path):
