@@ -54,6 +54,10 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--tools", nargs="+", default=["runner", "plain", "trainer"], choices=["runner", "plain", "trainer"])
     p.add_argument("--json", type=Path, default=None, help="also write the measurements here")
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                   help="bf16: autocast in every tool (the runner's trainer.mixed_precision=bf16, the Trainer's bf16)")
+    p.add_argument("--model", default=None, help="a model folder instead of the packaged MiniLM (model.name_or_path)")
+    p.add_argument("--compile", action="store_true", help="torch.compile in every tool (trainer.compile, torch_compile)")
     return p.parse_args(argv)
 
 
@@ -64,6 +68,12 @@ def runner_overrides(args) -> list[str]:
          "logger=none", f"seed={args.seed}", "model.pooling=mean", "adapter.head_modules=[classifier]"]
     if args.max_steps:
         o.append(f"trainer.max_steps={args.max_steps}")
+    if args.precision == "bf16":
+        o.append("trainer.mixed_precision=bf16")
+    if args.compile:
+        o.append("trainer.compile=true")
+    if args.model:
+        o.append(f"model.name_or_path={args.model}")
     if args.max_eval:
         o.append(f"task.max_eval_samples={args.max_eval}")
     return o
@@ -78,7 +88,17 @@ def run_runner(args, workdir: Path) -> dict:
     results = run(compose_config(runner_overrides(args), output_dir=out))
     wall = time.perf_counter() - t0
     steps = results["steps"]["total"]
-    return {"wall_s": wall, "samples_per_s": steps * BATCH / results["time"]["train_s"], "accuracy": results["metrics"]["accuracy"]}
+    return {"wall_s": wall, "samples_per_s": steps * BATCH / results["time"]["train_s"], "accuracy": results["metrics"]["accuracy"],
+            "cuda_peak_bytes": results["memory"].get("cuda_peak_allocated_bytes")}
+
+
+def _cuda_peak() -> int | None:
+    return int(torch.cuda.max_memory_allocated()) if torch.cuda.is_available() else None
+
+
+def _autocast(args):
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.autocast(device, dtype=torch.bfloat16, enabled=args.precision == "bf16")
 
 
 def _prepared(args):
@@ -110,7 +130,13 @@ def run_plain(args, workdir: Path) -> dict:
     from transformers import get_scheduler
 
     t0 = time.perf_counter()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True  # as the runner's tf32=auto
+        torch.cuda.reset_peak_memory_stats()
     model, _, train, dev, collator = _prepared(args)
+    model.to(device)
+    forward = torch.compile(model, dynamic=True) if args.compile else model
     loader = DataLoader(train.with_format("torch"), batch_size=BATCH, shuffle=True, collate_fn=collator,
                         generator=torch.Generator().manual_seed(args.seed))
     total = min(len(loader), args.max_steps or len(loader))
@@ -122,7 +148,10 @@ def run_plain(args, workdir: Path) -> dict:
     for step, batch in enumerate(loader):
         if step >= total:
             break
-        model(**batch).loss.backward()
+        batch = {k: v.to(device) for k, v in batch.items()}
+        with _autocast(args):
+            loss = forward(**batch).loss
+        loss.backward()
         torch.nn.utils.clip_grad_norm_(params, CLIP)
         opt.step()
         sched.step()
@@ -132,16 +161,21 @@ def run_plain(args, workdir: Path) -> dict:
     preds, labels = [], []
     with torch.no_grad():
         for batch in DataLoader(dev.with_format("torch"), batch_size=64, collate_fn=collator):
-            preds.append(model(**{k: v for k, v in batch.items() if k != "labels"}).logits.argmax(-1))
+            with _autocast(args):
+                logits = model(**{k: v.to(device) for k, v in batch.items() if k != "labels"}).logits
+            preds.append(logits.argmax(-1).cpu())
             labels.append(batch["labels"])
     accuracy = float((torch.cat(preds) == torch.cat(labels)).float().mean())
-    return {"wall_s": time.perf_counter() - t0, "samples_per_s": total * BATCH / train_s, "accuracy": accuracy}
+    return {"wall_s": time.perf_counter() - t0, "samples_per_s": total * BATCH / train_s, "accuracy": accuracy,
+            "cuda_peak_bytes": _cuda_peak()}
 
 
 def run_trainer(args, workdir: Path) -> dict:
     from transformers import Trainer, TrainingArguments
 
     t0 = time.perf_counter()
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
     model, _, train, dev, collator = _prepared(args)
     targs = TrainingArguments(
         output_dir=str(workdir / f"trainer-{time.monotonic_ns()}"), per_device_train_batch_size=BATCH,
@@ -149,6 +183,7 @@ def run_trainer(args, workdir: Path) -> dict:
         lr_scheduler_type="linear", max_grad_norm=CLIP, num_train_epochs=1, max_steps=args.max_steps or -1,
         save_strategy="no", eval_strategy="no", logging_strategy="no", report_to=[], seed=args.seed,
         dataloader_num_workers=0, disable_tqdm=True, use_cpu=not torch.cuda.is_available(),
+        bf16=args.precision == "bf16", tf32=True if torch.cuda.is_available() else None, torch_compile=args.compile,
     )
 
     def accuracy(pred) -> dict:
@@ -159,7 +194,7 @@ def run_trainer(args, workdir: Path) -> dict:
     out = trainer.train()
     metrics = trainer.evaluate()
     return {"wall_s": time.perf_counter() - t0, "samples_per_s": out.metrics["train_samples_per_second"],
-            "accuracy": metrics["eval_accuracy"]}
+            "accuracy": metrics["eval_accuracy"], "cuda_peak_bytes": _cuda_peak()}
 
 
 TOOLS = {"runner": run_runner, "plain": run_plain, "trainer": run_trainer}
@@ -182,15 +217,19 @@ def main(argv=None) -> int:
                 print(f"repeat {i} {tool:8s}: wall {m['wall_s']:.1f} s, {m['samples_per_s']:.1f} samples/s, "
                       f"accuracy {m['accuracy']:.4f}", flush=True)
     median = {t: {k: statistics.median(m[k] for m in ms) for k in ("wall_s", "samples_per_s", "accuracy")}
+              | {"cuda_peak_bytes": max((m["cuda_peak_bytes"] or 0) for m in ms) or None}
               for t, ms in measured.items()}
     print(f"\nMRPC, MiniLM (mean pooling) + LoRA r8 (every linear layer), lr {LR:g}, batch {BATCH}, {'1 epoch' if not args.max_steps else f'{args.max_steps} steps'}, "
           f"{args.repeats} interleaved repeats, torch threads {torch.get_num_threads()}, {time.perf_counter() - t0:.0f} s in all\n")
-    print("| tool | wall s (median) | train samples/s | dev accuracy | wall / plain | wall / Trainer |")
-    print("|---|---|---|---|---|---|")
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU, torch threads {torch.get_num_threads()}"
+    print(f"device: {device}; precision {args.precision}{', torch.compile' if args.compile else ''}\n")
+    print("| tool | wall s (median) | train samples/s | dev accuracy | wall / plain | wall / Trainer | CUDA peak MiB |")
+    print("|---|---|---|---|---|---|---|")
     for t, m in median.items():
         vs_plain = m["wall_s"] / median["plain"]["wall_s"] if "plain" in median else float("nan")
         vs_trainer = m["wall_s"] / median["trainer"]["wall_s"] if "trainer" in median else float("nan")
-        print(f"| {t} | {m['wall_s']:.1f} | {m['samples_per_s']:.1f} | {m['accuracy']:.4f} | {vs_plain:.3f} | {vs_trainer:.3f} |")
+        peak = f"{m['cuda_peak_bytes'] / 2**20:.0f}" if m["cuda_peak_bytes"] else "-"
+        print(f"| {t} | {m['wall_s']:.1f} | {m['samples_per_s']:.1f} | {m['accuracy']:.4f} | {vs_plain:.3f} | {vs_trainer:.3f} | {peak} |")
     print("\nTargets: runner <= 1.05x plain and <= 1.0x Trainer in wall time, at equal accuracy.")
     if args.json:
         args.json.write_text(json.dumps({"runs": measured, "median": median, "args": vars(args) | {"json": str(args.json)}}, indent=2))
