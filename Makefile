@@ -5,7 +5,7 @@ GLUE_DIR ?= $(abspath ../shared/data/glue)
 export GLUE_DIR
 PYTEST_ARGS ?=
 
-.PHONY: help install run smoke test test-fast bench-step bench-runner bench-learn bench-safe bench-hies clean sweep sweep-resume report repro-safe repro-hies
+.PHONY: help install run smoke test test-fast bench-step bench-runner gpu-prepare bench-learn bench-safe bench-hies clean sweep sweep-resume report repro-safe repro-hies
 
 help: ## List targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-14s %s\n", $$1, $$2}'
@@ -27,11 +27,14 @@ test: install ## Run the whole test suite (340 tests; about 11 minutes measured 
 test-fast: install ## Run the tests not marked slow
 	$(PYTHON) -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
-bench-step: install ## Our adapter training step vs a plain PyTorch+PEFT loop (prints the ratio)
+bench-step: install ## Our adapter training step (measuring on, off) vs a plain PyTorch+PEFT loop: ratios and what measuring costs
 	$(PYTHON) scripts/bench_step.py
 
 bench-runner: install ## One MRPC epoch of LoRA r8: the runner (every measurement on) vs a plain PyTorch+PEFT loop vs HF Trainer
 	$(PYTHON) scripts/bench_runner.py
+
+gpu-prepare: ## Fill .gpu/ (wheels, MiniLM, MRPC) for scripts/gpu_check.sh on a lent GPU machine (docs/measurement.md)
+	bash scripts/gpu_prepare.sh
 
 bench-learn: install ## Do the recipes learn? MRPC, RTE x {full, LoRA} x {mean, cls pooling} x 3 seeds vs the majority class (rerun to continue)
 	$(PYTHON) scripts/bench_learn.py
