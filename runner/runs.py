@@ -122,10 +122,15 @@ def _flat(node, prefix: str = "") -> dict:
 
 
 def changed_settings(saved: dict, now: dict, allowed=MAY_CHANGE_ON_RESUME) -> list[str]:
-    """Dotted keys whose values differ between two resolved configs (allowed keys and their children skipped)."""
+    """Dotted keys whose values differ between two resolved configs (allowed keys and their children skipped).
+    A setting the saved run predates (added to the runner since) is no change while it keeps its default."""
+    from runner.schema import default_of
+
     a, b = _flat(saved), _flat(now)
 
     def skip(key: str) -> bool:
+        if key not in a and key in b and b[key] == default_of(key):
+            return True
         return any(key == k or key.startswith(k + ".") for k in allowed)
 
     return sorted(k for k in set(a) | set(b) if not skip(k) and a.get(k, "<missing>") != b.get(k, "<missing>"))

@@ -291,6 +291,32 @@ def check_config(cfg: DictConfig) -> None:
         check_group(group, node)
 
 
+_NO_DEFAULT = object()
+
+
+def default_of(dotted: str):
+    """The schema's default for a dotted key of a group with one schema (``trainer.tf32`` -> "auto"); a
+    private sentinel (never equal to a config value) for keys with no single default."""
+    group, _, rest = dotted.partition(".")
+    schema = GROUPS.get(group)
+    if not isinstance(schema, type) or not rest:
+        return _NO_DEFAULT
+    for name in rest.split("."):
+        found = {f.name: f for f in dataclasses.fields(schema)}.get(name)
+        if found is None:
+            return _NO_DEFAULT
+        tp = typing.get_type_hints(schema)[name]
+        if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+            schema = tp
+            continue
+        if found.default is not dataclasses.MISSING:
+            return found.default
+        if found.default_factory is not dataclasses.MISSING:
+            return found.default_factory()
+        return _NO_DEFAULT
+    return _NO_DEFAULT
+
+
 def list_fields(schema: type) -> list[str]:
     """The fields of a settings dataclass that hold lists (a bare value there means a one-element list)."""
     return [name for name, tp in typing.get_type_hints(schema).items() if typing.get_origin(_optional(tp)[1]) is list]

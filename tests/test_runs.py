@@ -153,6 +153,18 @@ def test_helpers():
                             allowed=("resume", "t.progress_bar")) == ["t.lr"]
 
 
+def test_a_run_saved_before_a_setting_existed_resumes_while_the_setting_keeps_its_default():
+    """Upgrading the runner adds settings (trainer.tf32, trainer.compile, ...); a run saved before them resumes when
+    they are at their defaults, and is refused when one was set otherwise."""
+    saved = {"trainer": {"lr": 1e-3, "sharpness": {"enabled": False}}, "adapter": {"r": 8}}
+    now = {"trainer": {"lr": 1e-3, "tf32": "auto", "compile": False, "activations_check_every": 100,
+                       "sharpness": {"enabled": False, "iters": 20}}, "adapter": {"r": 8}}
+    assert changed_settings(saved, now) == []
+    now["trainer"]["compile"] = True
+    now["adapter"]["new_knob"] = 1  # a group with several schemas: no single default, still a change
+    assert changed_settings(saved, now) == ["adapter.new_knob", "trainer.compile"]
+
+
 def test_trim_metrics(tmp_path):
     path = tmp_path / "metrics.jsonl"
     path.write_text("".join(json.dumps({"global_step": s}) + "\n" for s in (1, 2, 3, 4, 3)) + "not json\n")
