@@ -466,19 +466,31 @@ def sync(device: torch.device) -> None:
 
 
 class PhaseTimer:
-    """Wall time per named phase (setup, train, eval, ...), accumulated."""
+    """Wall time per named phase (setup, train, eval, ...), accumulated; a phase entered inside another
+    is also kept as nested time, so the outer one can be reported without it (``without``)."""
 
     def __init__(self):
         self.seconds: dict[str, float] = {}
+        self.nested: dict[tuple[str, str], float] = {}  # (outer, inner) -> seconds of inner spent inside outer
+        self._open: list[str] = []
 
     @contextlib.contextmanager
     def phase(self, name: str, device: torch.device | None = None):
         if device is not None:
             sync(device)
         start = time.perf_counter()
+        self._open.append(name)
         try:
             yield
         finally:
             if device is not None:
                 sync(device)
-            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+            self._open.pop()
+            elapsed = time.perf_counter() - start
+            self.seconds[name] = self.seconds.get(name, 0.0) + elapsed
+            for outer in set(self._open) - {name}:
+                self.nested[(outer, name)] = self.nested.get((outer, name), 0.0) + elapsed
+
+    def without(self, outer: str, *inner: str) -> float:
+        """Seconds of ``outer`` less the time its ``inner`` phases took inside it (not the ones outside it)."""
+        return self.seconds.get(outer, 0.0) - sum(self.nested.get((outer, i), 0.0) for i in inner)

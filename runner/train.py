@@ -538,7 +538,8 @@ class Recipe:
 
     def _time_section(self) -> dict:
         tokens = self._sum_across_processes(sum(s["tokens"] for s in self.history))
-        train_s = self.timer.seconds.get("train", 0.0) - self.timer.seconds.get("eval", 0.0)
+        # evaluation between epochs runs inside the train phase; the final one after it
+        train_s = self.timer.without("train", "eval")
         step_times = [s["step_time_s"] for s in self.history]
         n_examples = len(self.data.train)
         return {

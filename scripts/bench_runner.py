@@ -15,8 +15,9 @@ says nothing about "equal accuracy".
 * ``plain``: a hand-written PyTorch + PEFT loop that does nothing else;
 * ``trainer``: Hugging Face ``transformers.Trainer`` with the PEFT model.
 
-Repeats are interleaved (runner, plain, trainer, runner, ...) so machine noise
-hits all three; it prints, per tool, the median wall time (model load to dev
+Repeats are interleaved, the order rotating by one tool per repeat (runner,
+plain, trainer; plain, trainer, runner; ...) so machine noise and the place in
+the order hit all three alike; it prints, per tool, the median wall time (model load to dev
 metric), training samples per second and dev accuracy, and the ratios to the
 plain loop and to the Trainer (targets: runner <= 1.05x plain, <= 1.0x
 Trainer). ``--max-steps`` shortens every run the same way (a smoke test).
@@ -48,7 +49,7 @@ TARGETS = ["query", "key", "value", "output.dense", "intermediate.dense"]
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--repeats", type=int, default=2, help="interleaved repeats of each tool")
+    p.add_argument("--repeats", type=int, default=3, help="interleaved repeats of each tool (the order rotates)")
     p.add_argument("--max-steps", type=int, default=None, help="stop every run after N optimizer steps")
     p.add_argument("--max-eval", type=int, default=None, help="cap on dev examples")
     p.add_argument("--seed", type=int, default=1)
@@ -211,7 +212,7 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(args.repeats):
-            for tool in args.tools:
+            for tool in args.tools[i % len(args.tools):] + args.tools[:i % len(args.tools)]:
                 m = TOOLS[tool](args, Path(tmp))
                 measured[tool].append(m)
                 print(f"repeat {i} {tool:8s}: wall {m['wall_s']:.1f} s, {m['samples_per_s']:.1f} samples/s, "

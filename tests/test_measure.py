@@ -200,3 +200,21 @@ def test_measurement_overhead_is_the_measured_steps_time_beyond_the_unmeasured_r
              {"step_time_s": 0.5, "padded_tokens": 100, "measured": True}]   # faster than the rate: 0
     assert measurement_overhead_s(steps) == pytest.approx(3.5)
     assert measurement_overhead_s([{"step_time_s": 1.0, "padded_tokens": 10, "measured": True}]) is None
+
+
+def test_phase_timer_subtracts_only_the_time_an_inner_phase_spent_inside_the_outer_one():
+    import time
+
+    from runner.measure import PhaseTimer
+
+    timer = PhaseTimer()
+    with timer.phase("train"):
+        time.sleep(0.05)
+        with timer.phase("eval"):
+            time.sleep(0.03)
+    with timer.phase("eval"):  # the final evaluation, after training
+        time.sleep(0.04)
+    assert timer.seconds["eval"] == pytest.approx(0.07, abs=0.02)
+    assert timer.nested[("train", "eval")] == pytest.approx(0.03, abs=0.01)
+    assert timer.without("train", "eval") == pytest.approx(0.05, abs=0.01)
+    assert timer.without("train", "eval") > timer.seconds["train"] - timer.seconds["eval"]

@@ -35,6 +35,8 @@ def test_adapter_run_writes_every_measurement(tiny_overrides, tmp_path):
     assert flops["train_total"] == sum(s["flops"] for s in steps) > 0
     assert flops["eval_per_pass"] > 0
     assert time["train_s"] > 0 and time["step_mean_s"] > 0 and time["train_tokens_per_s"] > 0
+    # the final evaluation runs after the train phase: train time still holds every step
+    assert time["train_s"] >= sum(s["step_time_s"] for s in steps)
     assert 0 < params["params_trainable"] < params["params_total"]
     assert params["params_adapter"] == 2 * 2 * 8 * (32 + 32)  # 2 layers x (query, value) x r(A+B)
     prov = on_disk["provenance"]
