@@ -334,3 +334,47 @@ def test_the_trivial_level_is_drawn_and_collapsed_cells_are_marked(tmp_path):
     assert len(dashed) == 1 and list(dashed[0].get_ydata()) == pytest.approx([level, level])
     assert "majority class (0.684)" in [t.get_text() for t in metric_ax.get_legend().get_texts()]
     plt.close(fig)
+
+
+def test_safe_frontier_marks_the_pareto_front_and_picks_the_largest_saving_that_holds_the_metric(tmp_path):
+    """A grid over safe.threshold: the rule picks the lowest FLOPs ratio whose mean metric is within 0.5
+    points of LoRA's, the table and the figure come with the report, and ratios reach the baseline
+    although it has no SAFE settings."""
+    root = tmp_path / "grid"
+    grid = {None: ((0.80, 0.81, 0.82), 1.0, 100), 1.0: ((0.74, 0.75, 0.76), 0.5, 40), 0.9: ((0.79, 0.80, 0.81), 0.8, 70),
+            0.7: ((0.806, 0.807, 0.808), 0.7, 60), 0.5: ((0.811, 0.812, 0.813), 0.85, 80)}
+    for threshold, (accs, flops, mem) in grid.items():
+        for seed, acc in zip((1, 2, 3), accs):
+            method = "adapter" if threshold is None else "safe"
+            run = write_run(root, f"{method}-{threshold}-s{seed}", task="mrpc", method=method, seed=seed, acc=acc,
+                            mem_mib=mem, flops=flops * 1e12, train_s=10)
+            if threshold is not None:
+                with (run / "config.yaml").open("a") as f:
+                    f.write(f"safe:\n  threshold: {threshold}\n")
+    report = build_report([root], tmp_path / "report", by=["safe.threshold"])
+    s = report["stats"].set_index(["method", "cfg.safe.threshold"])
+    assert s.loc[("safe", "0.7"), "flops.train_total_ratio"] == pytest.approx(0.7)  # the baseline's "-" matches
+
+    from runner.aggregate import frontier_points
+
+    p = frontier_points(report["stats"], "m", "mrpc").set_index("setting")
+    assert p.attrs["baseline_metric"] == pytest.approx(81.0)
+    assert p["metric"].to_dict() == pytest.approx({"safe safe.threshold=1.0": 75.0, "safe safe.threshold=0.9": 80.0,
+                                                   "safe safe.threshold=0.7": 80.7, "safe safe.threshold=0.5": 81.2})
+    assert p["holds_metric"].to_dict() == {"safe safe.threshold=1.0": False, "safe safe.threshold=0.9": False,
+                                           "safe safe.threshold=0.7": True, "safe safe.threshold=0.5": True}
+    assert p["pareto"].to_dict() == {"safe safe.threshold=1.0": True, "safe safe.threshold=0.9": False,
+                                     "safe safe.threshold=0.7": True, "safe safe.threshold=0.5": True}
+    assert p.index[p["chosen"]].tolist() == ["safe safe.threshold=0.7"]
+    assert p.loc["safe safe.threshold=0.7", "memory_ratio"] == pytest.approx(0.6)
+
+    table = report["tables"]["frontier/m"]
+    assert table.loc[table["chosen"] != "", "setting"].tolist() == ["safe safe.threshold=0.7"]
+    assert "SAFE's frontier" in report["markdown"] and "<- rule" in report["markdown"]
+    png = tmp_path / "report" / "frontier_m_mrpc.png"
+    assert png in report["figures"] and plt.imread(png).shape[0] > 100
+
+
+def test_no_frontier_without_a_grid(synthetic, tmp_path):
+    report = build_report([synthetic], tmp_path / "report", baseline="adapter")
+    assert "frontier/m" not in report["tables"] and not any("frontier" in f.name for f in report["figures"])

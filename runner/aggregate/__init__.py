@@ -14,7 +14,9 @@ Writes into ``--out`` (default ``<path>/report``):
 
 Tables: the SAFE paper's main-table layout (methods x tasks, average, memory, FLOPs and
 time with ratios to the baseline); a per-task efficiency table (every memory measure,
-FLOPs, time); the HIES paper's Tables 1 and 2 layout (metric and stability per task and
+FLOPs, time); with a grid of SAFE settings (``--by safe.threshold --by safe.t_w ...``),
+SAFE's frontier (metric against FLOPs ratio per setting, the Pareto front and the default
+rule's pick; :mod:`runner.aggregate.frontier`, also drawn per task); the HIES paper's Tables 1 and 2 layout (metric and stability per task and
 pruning ratio, one row per criterion); and the list of runs that did not complete.
 Only completed runs are averaged; every other run is listed, never dropped silently.
 
@@ -42,6 +44,14 @@ from runner.aggregate.collect import (  # noqa: F401
     run_row,
     settings_of,
     trivial_level,
+)
+from runner.aggregate.frontier import (  # noqa: F401
+    TOLERANCE,
+    choose,
+    frontier_figure,
+    frontier_points,
+    frontier_table,
+    plot_frontier,
 )
 from runner.aggregate.plots import (  # noqa: F401
     efficiency_figure,

@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from runner.aggregate.collect import collect
+from runner.aggregate.frontier import TOLERANCE, frontier_points, frontier_table, plot_frontier
 from runner.aggregate.plots import plot_efficiency, plot_freeze_timelines, plot_pruning
 from runner.aggregate.stats import _order, summarize_pruning, summarize_runs, task_order
 from runner.aggregate.tables import (
@@ -55,7 +56,11 @@ def build_report(paths: list[Path], out: Path, baseline: str = "adapter", by: li
         sections.append(f"## {model}: cost per task and method\n\nMemory in bytes as measured (saved for backward: "
                         "activations autograd keeps; state + saved: that plus weights, gradients and optimizer state); "
                         "[ratio to the baseline].\n\n" + markdown(e))
+        sections += _frontier_sections(stats, model, baseline, tables)
         if plots:
+            for task in task_order(stats[stats["model"] == model]["task"]):
+                fig = plot_frontier(stats, model, task, out / f"frontier_{model}_{task}.png", baseline)
+                figures += [fig] if fig else []
             fig = plot_efficiency(stats, model, baseline, out / f"efficiency_{model}.png")
             figures += [fig] if fig else []
             for task in task_order(stats[stats["model"] == model]["task"]):
@@ -79,6 +84,19 @@ def build_report(paths: list[Path], out: Path, baseline: str = "adapter", by: li
     (out / "report.md").write_text(text)
     return {"runs": runs, "stats": stats, "pruning": pstats, "problems": problems, "tables": tables,
             "figures": figures, "markdown": text, "out": out}
+
+
+def _frontier_sections(stats: pd.DataFrame, model: str, baseline: str, tables: dict) -> list[str]:
+    """SAFE's frontier table, when some task has at least two settings besides the baseline (a grid)."""
+    tasks = task_order(stats[stats["model"] == model]["task"])
+    if not any(len(frontier_points(stats, model, t, baseline)) >= 2 for t in tasks):
+        return []
+    t = frontier_table(stats, model, baseline)
+    tables[f"frontier/{model}"] = t
+    return [f"## {model}: accuracy against savings (SAFE's frontier)\n\nOne row per setting (mean over its seeds, n); "
+            f"FLOPs and memory (mean saved for backward) as ratios to `{baseline}`; *front*: on the Pareto front of "
+            f"metric against FLOPs ratio; *chosen*: the rule's pick, the lowest FLOPs ratio among the settings whose "
+            f"mean metric is at least {baseline}'s - {TOLERANCE} (docs/safe.md).\n\n" + markdown(t)]
 
 
 def main(argv: list[str] | None = None) -> int:

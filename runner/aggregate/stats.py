@@ -62,7 +62,10 @@ def _baseline_row(stats: pd.DataFrame, i: int, baseline: str, keys: list[str]) -
     same = [k for k in keys if k not in ("method", "adapter")]
     mask = np.ones(len(stats), dtype=bool)
     for k in same:
-        mask &= (stats[k] == row[k]).to_numpy()
+        equal = (stats[k] == row[k]).to_numpy()
+        if k.startswith("cfg."):  # a setting the baseline does not have (a SAFE knob): "-" matches any value
+            equal = equal | (stats[k] == "-").to_numpy()
+        mask &= equal
     mask &= (stats["method"] == baseline).to_numpy()
     exact = mask & (stats["adapter"] == row["adapter"]).to_numpy()
     for candidate in (exact, mask):
