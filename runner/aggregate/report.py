@@ -58,14 +58,7 @@ def build_report(paths: list[Path], out: Path, baseline: str = "adapter", by: li
                         "[ratio to the baseline].\n\n" + markdown(e))
         sections += _frontier_sections(stats, model, baseline, tables)
         if plots:
-            for task in task_order(stats[stats["model"] == model]["task"]):
-                fig = plot_frontier(stats, model, task, out / f"frontier_{model}_{task}.png", baseline)
-                figures += [fig] if fig else []
-            fig = plot_efficiency(stats, model, baseline, out / f"efficiency_{model}.png")
-            figures += [fig] if fig else []
-            for task in task_order(stats[stats["model"] == model]["task"]):
-                fig = plot_freeze_timelines(raw, model, task, out / f"freeze_timeline_{model}_{task}.png")
-                figures += [fig] if fig else []
+            figures += _training_figures(stats, raw, model, baseline, out)
     if not pstats.empty:
         for model in _order(pstats["model"]):
             for value, title in (("metric", "Table 1 layout: task metric after pruning (x100; 0% = unpruned)"),
@@ -84,6 +77,15 @@ def build_report(paths: list[Path], out: Path, baseline: str = "adapter", by: li
     (out / "report.md").write_text(text)
     return {"runs": runs, "stats": stats, "pruning": pstats, "problems": problems, "tables": tables,
             "figures": figures, "markdown": text, "out": out}
+
+
+def _training_figures(stats: pd.DataFrame, raw: list[dict], model: str, baseline: str, out: Path) -> list[Path]:
+    """One model's efficiency bars, then per task SAFE's frontier (a grid only) and freezing timeline."""
+    figures = [plot_efficiency(stats, model, baseline, out / f"efficiency_{model}.png")]
+    for task in task_order(stats[stats["model"] == model]["task"]):
+        figures.append(plot_frontier(stats, model, task, out / f"frontier_{model}_{task}.png", baseline))
+        figures.append(plot_freeze_timelines(raw, model, task, out / f"freeze_timeline_{model}_{task}.png"))
+    return [f for f in figures if f]
 
 
 def _frontier_sections(stats: pd.DataFrame, model: str, baseline: str, tables: dict) -> list[str]:
