@@ -313,6 +313,28 @@ class LengthGroupedSampler(torch.utils.data.Sampler):
             yield from sorted(order[start:start + self.size], key=lambda i: -self.lengths[i])
 
 
+def split_batch(batch: dict, splits: int, multiple: int | None = None) -> list[tuple[dict, float]]:
+    """A collated batch as ``splits`` chunks of (nearly) equal size along the examples, each with its
+    share of the examples (the weights add up to 1), and each cut to its own longest sequence (rounded
+    up to ``multiple``, as the collator pads) when the padding is on the right (the columns past it are
+    padding in every row of the chunk). One split: the batch itself, weight 1."""
+    n = len(batch["input_ids"])
+    if splits <= 1 or n <= 1:
+        return [(batch, 1.0)]
+    length = batch["input_ids"].shape[1]
+    parts = []
+    for index in torch.arange(n).tensor_split(min(splits, n)):
+        chunk = {k: v[index] if torch.is_tensor(v) and v.dim() and len(v) == n else v for k, v in batch.items()}
+        mask = chunk.get("attention_mask")
+        if mask is not None and mask.dim() == 2:
+            used = int(mask.bool().any(0).nonzero().max()) + 1 if mask.any() else length
+            used = min(length, -(-used // multiple) * multiple) if multiple else used
+            chunk = {k: v[:, :used] if torch.is_tensor(v) and v.dim() >= 2 and v.shape[1] == length else v
+                     for k, v in chunk.items()}
+        parts.append((chunk, len(index) / n))
+    return parts
+
+
 def pad_multiple(tcfg, device_type: str) -> int | None:
     """``trainer.pad_to_multiple_of``: auto pads to a multiple of 8 on a GPU (tensor cores, fewer distinct
     shapes), not on a CPU; a number; or null (pad to the longest example only)."""

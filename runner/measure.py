@@ -307,6 +307,7 @@ class StepMeter:
 
     def _reset(self) -> None:
         self.flops, self.saved, self.tokens, self.loss_sum, self.micro, self.padded_length = 0, 0, 0, 0.0, 0, 0
+        self.loss_weight = 0.0
         self.padded_tokens, self.measured = 0, False
         self.started = time.perf_counter()
 
@@ -362,18 +363,21 @@ class StepMeter:
             return False
         return self._saved_prediction(batch, signature)[2] is None or (self._micro_seen + 1) % self.check_every == 0
 
-    def add(self, batch: dict, loss: torch.Tensor) -> None:
-        """One micro-batch done."""
+    def add(self, batch: dict, loss: torch.Tensor, weight: float = 1.0) -> None:
+        """One micro-batch done, or a chunk of one (``weight``: its share of the micro-batch's examples;
+        the chunks of a micro-batch add up to 1, so the step's loss is the mean over micro-batches as
+        without splitting)."""
         mask = batch.get("attention_mask")
         self.tokens += int(mask.sum()) if mask is not None else batch["input_ids"].numel()
         self.padded_length = max(self.padded_length, batch["input_ids"].shape[-1])
         self.padded_tokens += batch["input_ids"].numel()
-        self.loss_sum += loss.detach().float().item()
-        self.micro += 1
+        self.loss_sum += weight * loss.detach().float().item()
+        self.loss_weight += weight
+        self.micro += 1  # micro-batches and chunks seen in this step
 
     @property
     def mean_loss(self) -> float:
-        return self.loss_sum / max(1, self.micro)
+        return self.loss_sum / self.loss_weight if self.loss_weight else 0.0
 
     def end_step(self) -> dict:
         """This step's measurements (``step_time_s`` up to now, after the device has finished); resets for the next."""

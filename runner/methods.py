@@ -68,6 +68,12 @@ class TrainingMethod:
         """Called after each optimizer step (``step`` counts from 1)."""
         return StepUpdate()
 
+    def micro_batch_splits(self, step: int) -> int:
+        """Into how many equal chunks the loop splits each micro-batch before optimizer step ``step + 1``
+        (forward and backward per chunk, gradients summed: the same update with less activation
+        memory at once; SAFE's ``budget_mode``). 1: no split."""
+        return 1
+
     def state_dict(self) -> dict:
         return {}
 

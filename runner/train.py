@@ -7,6 +7,7 @@ Reading order: :func:`run` -> :class:`Recipe` (``setup``, ``train``,
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import logging
@@ -144,6 +145,7 @@ class Recipe:
             self.head["params_trainable"] = head_parameter_count(model, self.head["trains"])
         self.train_loader, self.eval_loaders = data_lib.build_dataloaders(cfg, self.data, self.tokenizer, self.accelerator)
         self.length_sampler = self.train_loader.sampler if isinstance(self.train_loader.sampler, data_lib.LengthGroupedSampler) else None
+        self.pad_multiple = data_lib.pad_multiple(cfg.trainer, self.accelerator.device.type)  # chunks keep it
         if not any(p.requires_grad for p in model.parameters()):
             raise ConfigError("no trainable parameters; check method and adapter settings")
         return model
@@ -282,17 +284,21 @@ class Recipe:
         acc, meter, tcfg = self.accelerator, self.step_meter, self.cfg.trainer
         # dropout depends on (seed, step, process) only, so a resumed run replays it exactly
         torch.manual_seed(hash((self.cfg.seed, self.global_step, meter.micro, acc.process_index)) % 2**63)
+        chunks = data_lib.split_batch(batch, self.method.micro_batch_splits(self.global_step), self.pad_multiple)
         with acc.accumulate(self.model):
-            with meter.counting(batch, self.signature):
-                with meter.saving(batch, self.signature):
-                    loss = self._forward_module(batch)(**batch).loss
-                acc.backward(loss)
+            for i, (chunk, weight) in enumerate(chunks):
+                # gradients of all but the last chunk stay local (DDP syncs once, after the last)
+                with acc.no_sync(self.model) if i < len(chunks) - 1 else contextlib.nullcontext():
+                    with meter.counting(chunk, self.signature):
+                        with meter.saving(chunk, self.signature):
+                            loss = self._forward_module(chunk)(**chunk).loss
+                        acc.backward(loss * weight)
+                meter.add(chunk, loss, weight)
             if acc.sync_gradients and tcfg.max_grad_norm:
                 acc.clip_grad_norm_(self.trainable, tcfg.max_grad_norm)
             self.optimizer.step()
             self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
-        meter.add(batch, loss)
         return acc.sync_gradients
 
     def _forward_module(self, batch: dict):

@@ -275,3 +275,24 @@ def test_length_grouping_is_a_seeded_permutation_with_a_quarter_fewer_pad_tokens
     grouped_pad, shuffled_pad = padded(first) - real, padded(shuffled) - real
     assert padded(first) <= 0.8 * padded(shuffled), (padded(first), padded(shuffled))
     assert grouped_pad < 0.2 * shuffled_pad  # the pad tokens themselves: most of them gone
+
+
+def test_a_batch_splits_into_weighted_chunks_cut_to_their_own_length():
+    import torch
+
+    from runner.data import split_batch
+
+    lengths = [5, 2, 3, 7, 1]
+    mask = torch.tensor([[1] * n + [0] * (7 - n) for n in lengths])
+    batch = {"input_ids": mask * 9, "attention_mask": mask, "token_type_ids": torch.zeros_like(mask),
+             "labels": torch.arange(5)}
+    chunks = split_batch(batch, 2)
+    assert [w for _, w in chunks] == [3 / 5, 2 / 5]
+    assert [c["input_ids"].shape for c, _ in chunks] == [(3, 5), (2, 7)]  # each chunk's longest example
+    assert [c["labels"].tolist() for c, _ in chunks] == [[0, 1, 2], [3, 4]]
+    assert torch.equal(torch.cat([c["attention_mask"].sum(1) for c, _ in chunks]), mask.sum(1))
+    assert split_batch(batch, 2, multiple=4)[0][0]["input_ids"].shape == (3, 7)  # 5 rounded up to 8, capped at 7
+    assert split_batch(batch, 1) == [(batch, 1.0)]
+    assert len(split_batch(batch, 9)) == 5  # never an empty chunk
+    left = {"input_ids": mask.flip(1), "attention_mask": mask.flip(1)}  # left padding: nothing to cut
+    assert all(c["input_ids"].shape[1] == 7 for c, _ in split_batch(left, 2))
