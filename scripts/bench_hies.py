@@ -22,7 +22,9 @@ Fine-tuning uses ``--recipe`` (default: full fine-tuning at lr 1e-4,
 the runner's 3 epochs) plus ``--train`` overrides, e.g. ``--recipe
 "method=safe"``; pruning takes ``--prune`` overrides (e.g.
 ``prune.latency_threads=1`` on a busy machine). To choose alpha on examples
-the model never saw: ``--train task.holdout_samples=256 --prune prune.alpha=auto``.
+the model never saw: ``--train task.holdout_samples=256 --prune prune.alpha=auto``; the paper's protocol
+(choose alpha on one dev half, report every criterion on the other): ``--prune prune.alpha=auto
+prune.alpha_split=dev_half``. MRPC's tables show F1 (the paper's metric) beside accuracy.
 """
 
 from __future__ import annotations
@@ -106,7 +108,10 @@ def aggregate(task: str, results: list[dict], criteria: list[str], ratios: list[
             "stability_mean": float(r["stability_mean"]), "stability_std": _std(r["stability_std"], r["n"]),
             "collapsed_seeds": int(r["collapsed_n"]),
         }
+        if r.get("f1_mean") == r.get("f1_mean") and r.get("f1_mean") is not None:  # the paper's MRPC metric
+            table[f"{r['criterion']}@{r['ratio']}"].update(f1_mean=float(r["f1_mean"]), f1_std=_std(r["f1_std"], r["n"]))
     unpruned = _ms([res["pruning"]["unpruned"]["main_metric"] for res in results])
+    unpruned_f1 = _ms([(res["pruning"]["unpruned"].get("metrics") or {}).get("f1") for res in results])
     half = [next((x for x in res["pruning"]["results"] if x["criterion"] == "hies" and x["ratio"] == 0.5), None)
             for res in results]
     half = [x for x in half if x is not None]
@@ -134,6 +139,7 @@ def aggregate(task: str, results: list[dict], criteria: list[str], ratios: list[
     known = [t for t in trivial if t is not None]
     return {
         "task": task, "metric": metric, "seeds": len(results), "unpruned_mean": unpruned[0], "unpruned_std": unpruned[1],
+        "unpruned_f1_mean": unpruned_f1[0], "unpruned_f1_std": unpruned_f1[1], "alpha_split": alpha_split(results),
         "trivial_mean": float(np.mean(known)) if known else None,
         "table": table, "efficiency_at_0.5": eff,
         "scoring": {"calib_examples": scoring[0]["calib_examples"], "time_s_median": float(np.median([x["time_s"] for x in scoring])),
@@ -143,26 +149,43 @@ def aggregate(task: str, results: list[dict], criteria: list[str], ratios: list[
     }
 
 
+def alpha_split(results: list[dict]) -> str:
+    """Which eval examples the seeds were reported on (``pruning.alpha_split``; older runs: the whole eval split)."""
+    texts = []
+    for res in results:
+        sp = res["pruning"].get("alpha_split") or {"protocol": "train_holdout"}
+        n = sp.get("eval_examples", res["pruning"].get("eval_examples", "?"))
+        if sp["protocol"] == "dev_half":
+            texts.append(f"dev_half: alpha chosen on {sp['choose_examples']}, reported on {sp['report_examples']} of "
+                         f"{n} {sp.get('eval_split', 'eval')} examples (seed {sp.get('seed')})")
+        else:
+            texts.append(f"train_holdout: reported on all {n} {sp.get('eval_split', 'eval')} examples")
+    return "; ".join(dict.fromkeys(texts))
+
+
 def markdown(summaries: list[dict], criteria: list[str], ratios: list[float]) -> str:
     lines = ["# HIES benchmark", "",
-             "Pruning without fine-tuning; mean over seeds (± std). Stability: fraction of eval examples whose predicted "
-             "label equals the unpruned model's. Majority class: the metric of predicting the training majority class "
-             "for every example (a constant prediction for regression); `(collapsed)`: every seed is at it, "
-             "`(k/n collapsed)`: k of n seeds.", ""]
+             "Pruning without fine-tuning; mean over seeds (± std). Stability: fraction of the reported eval examples "
+             "whose predicted label equals the unpruned model's (1 - k/n when k of n differ). F1 (the paper's MRPC "
+             "metric) beside the main metric where the task has it. Majority class: the metric of predicting the "
+             "training majority class for every example (a constant prediction for regression); `(collapsed)`: every "
+             "seed is at it, `(k/n collapsed)`: k of n seeds.", ""]
     for s in summaries:
         trivial = "-" if s.get("trivial_mean") is None else f"{s['trivial_mean']:.4f}"
+        f1 = any("f1_mean" in row for row in s["table"].values())
         lines += [f"## {s['task'].upper()} ({s['metric']}, {s['seeds']} seed(s); unpruned {s['unpruned_mean']:.4f} ± "
-                  f"{s['unpruned_std']:.4f}; majority class {trivial})", ""]
-        head = "| criterion | " + " | ".join(f"{int(r * 100)}% {s['metric']}" for r in ratios) + " | " + \
-               " | ".join(f"{int(r * 100)}% stability" for r in ratios) + " |"
-        lines += [head, "|" + "---|" * (1 + 2 * len(ratios))]
+                  f"{s['unpruned_std']:.4f}" + (f", F1 {s['unpruned_f1_mean']:.4f} ± {s['unpruned_f1_std']:.4f}"
+                                                if np.isfinite(s.get("unpruned_f1_mean") or np.nan) else "")
+                  + f"; majority class {trivial})", ""]
+        if s.get("alpha_split"):
+            lines += [f"Eval examples: {s['alpha_split']}.", ""]
+        groups = [(s["metric"], _metric_cell), *([("F1", _f1_cell)] if f1 else []),
+                  ("stability", lambda row: f"{row['stability_mean']:.3f}")]
+        head = "| criterion | " + " | ".join(f"{int(r * 100)}% {name}" for name, _ in groups for r in ratios) + " |"
+        lines += [head, "|" + "---|" * (1 + len(groups) * len(ratios))]
         for crit in criteria:
-            cells_m, cells_s = [], []
-            for r in ratios:
-                row = s["table"].get(f"{crit}@{r}")
-                cells_m.append(_metric_cell(row) if row else "")
-                cells_s.append(f"{row['stability_mean']:.3f}" if row else "")
-            lines.append(f"| {crit} | " + " | ".join(cells_m) + " | " + " | ".join(cells_s) + " |")
+            rows = [s["table"].get(f"{crit}@{r}") for r in ratios]
+            lines.append(f"| {crit} | " + " | ".join(cell(row) if row else "" for _, cell in groups for row in rows) + " |")
         e = s["efficiency_at_0.5"]
         if e:
             lines += ["", f"50% of heads pruned ({e['heads_kept']} kept): params x{e['params_ratio']:.3f}, forward FLOPs "
@@ -182,6 +205,10 @@ def markdown(summaries: list[dict], criteria: list[str], ratios: list[float]) ->
         lines.append(f"HIES - HIS, averaged over tasks at 30% and 50%: {np.mean(both):+.4f} "
                      f"({'target met' if np.mean(both) >= 0 else 'target missed'}).")
     return "\n".join(lines) + "\n"
+
+
+def _f1_cell(row: dict) -> str:
+    return f"{row['f1_mean']:.4f} ± {row['f1_std']:.3f}" if "f1_mean" in row else ""
 
 
 def _metric_cell(row: dict) -> str:

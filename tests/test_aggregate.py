@@ -100,8 +100,14 @@ def synthetic(tmp_path) -> Path:
 
 def test_pruning_and_freeze_keys_are_read_in_one_place():
     entries, ref = pruning_entries(hies_section(0.8, {("hies", 0.5): (0.7, 0.9)}))
-    assert entries == [{"criterion": "hies", "ratio": 0.5, "metric": 0.7, "stability": 0.9, "flops_ratio": 0.5, "params_ratio": 0.75}]
-    assert ref == {"metric": 0.8}
+    assert entries == [{"criterion": "hies", "ratio": 0.5, "metric": 0.7, "stability": 0.9, "flops_ratio": 0.5, "params_ratio": 0.75,
+                        "f1": None}]  # the paper's MRPC metric, None where the task has no F1
+    assert ref == {"metric": 0.8, "f1": None}
+    mrpc = hies_section(0.8, {("hies", 0.5): (0.7, 0.9)})
+    mrpc["pruning"]["results"][0]["metrics"]["f1"] = 0.75
+    mrpc["pruning"]["unpruned"]["metrics"] = {"accuracy": 0.8, "f1": 0.85}
+    entries, ref = pruning_entries(mrpc)
+    assert entries[0]["f1"] == 0.75 and ref == {"metric": 0.8, "f1": 0.85}
     assert pruning_entries({"pruning": [{"criterion": "his", "ratio": 0.2, "metric": 0.6, "stability": 0.8}]})[0][0]["metric"] == 0.6
     assert pruning_entries({}) == ([], None)
     assert freeze_steps({**safe_section([20, None]), "steps": {"total": 80}}) == ({"layer0": 20, "layer1": None}, 80)
@@ -249,6 +255,35 @@ def test_a_sweep_of_pruning_jobs_on_saved_runs_gets_its_tables_and_plots(tmp_pat
     assert his["metric_mean"].item() == pytest.approx(0.76) and his["n"].item() == 2
     assert (root / "report" / "pruning_m_mrpc.png").is_file() and (root / "report" / "pruning_m_rte.png").is_file()
     assert not (root / "report" / "efficiency_m.png").exists()  # nothing was trained: no cost bars
+
+
+def test_pruning_tables_show_mrpc_f1_beside_accuracy(tmp_path):
+    """The HIES paper reports MRPC as F1: its own table (x100, 0% = unpruned), only for the tasks that have F1."""
+    root = tmp_path / "hies"
+    for i, (task, seed, f1) in enumerate((("mrpc", 1, 0.84), ("mrpc", 2, 0.86), ("rte", 1, None))):
+        run = write_prune_job(root, f"{i}_prune-{task}-s{seed}", tmp_path / "src", task=task, seed=seed, unpruned=0.8,
+                              values={("hies", 0.5): (0.7, 0.9), ("his", 0.5): (0.65, 0.8)})
+        if f1 is not None:
+            res = json.loads((run / "results.json").read_text())
+            res["pruning"]["unpruned"]["metrics"] = {"accuracy": 0.8, "f1": f1 + 0.04}
+            for r in res["pruning"]["results"]:
+                r["metrics"]["f1"] = f1 - (0.1 if r["criterion"] == "his" else 0.0)
+            (run / "results.json").write_text(json.dumps(res))
+    report = build_report([root], root / "report", plots=False)
+    p = report["pruning"].set_index(["task", "criterion", "ratio"])
+    assert p.loc[("mrpc", "hies", 0.5), "f1_mean"] == pytest.approx(0.85) and p.loc[("mrpc", "hies", 0.0), "f1_mean"] == pytest.approx(0.89)
+    assert pd.isna(p.loc[("rte", "hies", 0.5), "f1_mean"])  # RTE has no F1
+    f1 = report["tables"]["pruning_f1/m"].set_index("criterion")
+    assert list(f1.columns) == ["MRPC 0%", "MRPC 50%"]  # RTE left out
+    assert f1.loc["hies", "MRPC 50%"] == "85.00 ± 1.41" and f1.loc["his", "MRPC 50%"] == "75.00 ± 1.41"
+    assert f1.loc["hies", "MRPC 0%"] == "89.00 ± 1.41"
+    t1 = report["tables"]["pruning_metric/m"].set_index("criterion")
+    assert t1.loc["hies", "MRPC 50%"] == "70.00 ± 0.00" and t1.loc["hies", "RTE 50%"] == "70.00"
+    md = (root / "report" / "report.md").read_text()
+    assert "Table 1 layout, F1 (the paper's metric for MRPC" in md
+    # no task with F1: no F1 table
+    rte = build_report([root / "2_prune-rte-s1"], tmp_path / "rte-report", plots=False)
+    assert "pruning_f1/m" not in rte["tables"] and "F1" not in (tmp_path / "rte-report" / "report.md").read_text()
 
 
 def test_real_runs_aggregate_to_their_own_numbers(tiny_overrides, tmp_path):

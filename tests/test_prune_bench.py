@@ -45,6 +45,31 @@ def test_aggregate_and_markdown():
     assert "target met" in md and "x0.820" in md
 
 
+def test_mrpc_f1_beside_accuracy_and_the_alpha_protocol():
+    """The paper reports MRPC as F1: its columns sit beside accuracy's; the heading says which examples were reported."""
+    bench = _bench()
+    results = []
+    for shift in (0.0, 0.02):
+        res = _result(shift)
+        res["pruning"]["unpruned"]["metrics"] = {"accuracy": 0.8 + shift, "f1": 0.86 + shift}
+        for r in res["pruning"]["results"]:
+            r["metrics"] = {"accuracy": r["main_metric"], "f1": r["main_metric"] + 0.05}
+        res["pruning"]["alpha_split"] = {"protocol": "dev_half", "eval_split": "validation", "eval_examples": 408,
+                                         "choose_examples": 204, "report_examples": 204, "seed": 1}
+        results.append(res)
+    s = bench.aggregate("mrpc", results, ["hies", "his"], [0.3, 0.5])
+    assert s["table"]["hies@0.5"]["f1_mean"] == pytest.approx(0.8 - 0.25 + 0.01 + 0.05)
+    assert s["unpruned_f1_mean"] == pytest.approx(0.87)
+    md = bench.markdown([s], ["hies", "his"], [0.3, 0.5])
+    assert "| criterion | 30% accuracy | 50% accuracy | 30% F1 | 50% F1 | 30% stability | 50% stability |" in md
+    assert "| hies | 0.6600 ± 0.014 | 0.5600 ± 0.014 | 0.7100 ± 0.014 | 0.6100 ± 0.014 | 0.985 | 0.975 |" in md
+    assert "unpruned 0.8100 ± 0.0141, F1 0.8700 ± 0.0141" in md
+    assert "Eval examples: dev_half: alpha chosen on 204, reported on 204 of 408 validation examples (seed 1)." in md
+    # a task without F1 (RTE) keeps the plain layout
+    plain = bench.markdown([bench.aggregate("rte", [_result(0.0)], ["hies"], [0.5])], ["hies"], [0.5])
+    assert "| criterion | 50% accuracy | 50% stability |" in plain and "F1" not in plain.split("\n## ")[1]
+
+
 def test_tables_from_a_sweep_dir(tmp_path):
     import json
 

@@ -12,6 +12,7 @@ import yaml
 from omegaconf import OmegaConf
 from helpers import GLUE_DIR, compose, tiny_model
 
+from runner.errors import ConfigError
 from runner.prune.persist import load_pruned
 from runner.prune.pipeline import PruneInputs, predict, run_pruning, stability
 from runner.prune.settings import parse
@@ -49,7 +50,7 @@ def test_run_pruning_reports_every_criterion_and_ratio(tokenizer, tmp_path):
     model = tiny_model(vocab=tokenizer.vocab_size)
     s = parse(OmegaConf.create({
         "name": "hies", "ratio": 0.5, "ratios": [0.25, 0.5], "compare": ["his", "entropy", "random", "magnitude", "none"],
-        "alpha": "auto", "alpha_grid": [0.0, 0.5, 1.0], "alpha_ratios": [0.25, 0.5], "alpha_holdout_samples": 24,
+        "alpha": "auto", "alpha_grid": [0.0, 0.5, 0.9], "alpha_ratios": [0.25, 0.5], "alpha_holdout_samples": 24,
         "calib_samples": 16, "calib_batch_size": 4, "seed": 3, "latency_repeats": 1, "latency_examples": 4,
         "latency_batch_sizes": [1, 2], "flops_batch_size": 8,
     }))
@@ -78,9 +79,17 @@ def test_run_pruning_reports_every_criterion_and_ratio(tokenizer, tmp_path):
     assert at["random", 0.5]["flops_ratio"] < at["random", 0.25]["flops_ratio"]
 
     sc = out["scoring"]
-    assert sc["calib_examples"] == 16 and sc["time_s"] > 0 and sc["alpha"] in (0.0, 0.5, 1.0)
+    assert sc["calib_examples"] == 16 and sc["time_s"] > 0 and sc["alpha"] in (0.0, 0.5, 0.9)
     assert len(sc["alpha_auto"]["table"]) == 3 and sc["alpha_auto"]["holdout_examples"] == 24
+    # train_holdout (the default): alpha chosen on training examples, everything reported on the whole eval split
+    assert sc["alpha_auto"]["holdout_source"] == "training" and sc["alpha_auto"]["alpha_split"] == "train_holdout"
+    assert out["alpha_split"] == {"protocol": "train_holdout", "eval_split": "validation", "eval_examples": 24,
+                                  "report_examples": 24, "choose_examples": 0}
+    assert out["eval_examples"] == 24 and set(out["unpruned"]["metrics"]) == {"accuracy", "f1"}
     assert out["alpha"] == sc["alpha"]
+    agree = sc["his_agreement"]  # per-example HIS (the default) against the per-batch ranking of the same pass
+    assert sc["his_per"] == "example" and agree["other"] == "batch" and -1 <= agree["spearman"] <= 1
+    assert agree["lowest"] == 6 and 0 <= agree["shared_lowest"] <= 6
 
     # score maps for every criterion, plots, and the saved primary model
     maps = json.loads((tmp_path / "pruning" / "scores.json").read_text())["maps"]
@@ -138,8 +147,88 @@ def test_alpha_holdout_uses_the_examples_fine_tuning_never_saw(tokenizer, tmp_pa
     assert PruneData(inputs, s).holdout_source == "training"
 
 
+def _labels(batches) -> list[int]:
+    return [int(v) for b in batches for v in b["labels"]]
+
+
+def test_dev_half_chooses_alpha_on_one_half_and_reports_on_the_other(tokenizer, tmp_path):
+    """prune.alpha_split=dev_half (the paper's Table 5): 33 eval examples -> 16 to choose alpha on, 17 reported."""
+    from runner.prune.pipeline import PruneData, dev_halves
+    from runner.tasks import compute_metrics
+
+    task, data = _synthetic_task(n_eval=33)
+    model = tiny_model(vocab=tokenizer.vocab_size)
+    s = parse(OmegaConf.create({
+        "name": "hies", "ratio": 0.5, "compare": ["his", "none"], "alpha": "auto", "alpha_grid": [0.0, 0.5],
+        "alpha_ratios": [0.5], "alpha_split": "dev_half", "alpha_holdout_samples": 8, "calib_samples": 16,
+        "calib_batch_size": 8, "seed": 5, "latency": "none", "flops_batch_size": 4,
+    }))
+    inputs = PruneInputs(model=model, tokenizer=tokenizer, task=task, data=data, max_seq_length=32, eval_batch_size=8,
+                         train_batch_size=8, output_dir=tmp_path, device=torch.device("cpu"))
+    out = run_pruning(inputs, s)
+    sp = out["alpha_split"]
+    choose, report = sp["choose_indices"], sp["report_indices"]
+    assert (sp["protocol"], sp["eval_examples"], sp["choose_examples"], sp["report_examples"]) == ("dev_half", 33, 16, 17)
+    assert len(choose) + len(report) == 33 and not set(choose) & set(report) and sorted(choose + report) == list(range(33))
+    assert (choose, report) == dev_halves(33, 5) and sp["seed"] == 5 and sp["alpha_chosen_here"]
+    assert out["eval_examples"] == 17
+
+    # the halves are those examples; calibration still comes from the training split
+    d = PruneData(inputs, s)
+    assert d.holdout_source == "dev_half" and d.holdout_indices == choose  # the whole choosing half, not 8
+    assert _labels(d.holdout()) == [data.evals["validation"][i]["label"] for i in choose]
+    assert _labels(d.evaluation()) == [data.evals["validation"][i]["label"] for i in report]
+    assert len(d.calib_indices) == 16 and max(d.calib_indices) < len(data.train)
+
+    # alpha was chosen on the choosing half: its unpruned metric there is the unpruned model's on those 16
+    cpu = torch.device("cpu")
+    auto = out["scoring"]["alpha_auto"]
+    assert auto["holdout_source"] == "dev_half" and auto["holdout_examples"] == 16 and auto["alpha_split"] == "dev_half"
+    logits, labels = predict(model, d.holdout(), cpu)
+    assert auto["holdout_unpruned_metric"] == pytest.approx(float(np.mean(logits.argmax(-1) == labels)))
+
+    # the unpruned reference, every criterion's metrics and stability: the reporting half only
+    base_logits, labels = predict(model, d.evaluation(), cpu)
+    base_preds = base_logits.argmax(-1)
+    assert out["unpruned"]["metrics"] == pytest.approx(compute_metrics(["accuracy", "f1"], base_preds, labels))
+    saved = load_pruned(out["artifacts"]["model"])
+    preds = predict(saved, d.evaluation(), cpu)[0].argmax(-1)
+    assert out["primary"]["metrics"] == pytest.approx(compute_metrics(["accuracy", "f1"], preds, labels))
+    assert out["primary"]["stability"] == pytest.approx(1 - np.sum(preds != base_preds) / 17)
+    none = next(r for r in out["results"] if r["criterion"] == "none")
+    assert none["stability"] == 1.0 and none["metrics"] == out["unpruned"]["metrics"]
+
+
+def test_dev_half_with_a_fixed_alpha_reports_on_the_same_half(tokenizer, tmp_path):
+    from runner.prune.pipeline import PruneData, dev_halves
+
+    task, data = _synthetic_task(n_eval=33)
+    cfg = {"name": "hies", "alpha": 0.3, "alpha_split": "dev_half", "calib_samples": 16, "seed": 5}
+    inputs = PruneInputs(model=None, tokenizer=tokenizer, task=task, data=data, max_seq_length=32, eval_batch_size=8,
+                         train_batch_size=8, output_dir=tmp_path, device=torch.device("cpu"))
+    d = PruneData(inputs, parse(OmegaConf.create(cfg)))
+    assert d.holdout_source is None and d.holdout_indices == []  # nothing to choose
+    assert d.split["report_indices"] == dev_halves(33, 5)[1] and len(d.eval) == 17 and not d.split["alpha_chosen_here"]
+    # the paper's sizes: MRPC dev 408 -> 204 / 204, RTE 277 -> 138 / 139
+    assert [len(h) for h in dev_halves(408, 0)] == [204, 204] and [len(h) for h in dev_halves(277, 0)] == [138, 139]
+    assert dev_halves(277, 1) != dev_halves(277, 2) and dev_halves(277, 1) == dev_halves(277, 1)
+    # too few examples to choose alpha on half of them: one line
+    small = _synthetic_task(n_eval=30)[1]
+    inputs.data = small
+    with pytest.raises(ConfigError, match=r"^prune.alpha_split=dev_half needs at least 32 validation examples to halve "
+                                          r"\(16 to choose alpha on\); got 30$"):
+        PruneData(inputs, parse(OmegaConf.create({**cfg, "alpha": "auto", "alpha_grid": [0.5], "alpha_ratios": [0.5]})))
+
+
 def test_stability_definition():
+    """Stability = the fraction of reported examples whose predicted label equals the unpruned model's: 1 - k/n
+    when k of n differ (docs/hies.md); regression: Pearson's r of the two models' outputs."""
     assert stability(np.array([0, 1, 1, 0]), np.array([0, 1, 0, 0]), False) == 0.75
+    reference = np.array([0, 1, 2, 1, 0, 0, 1, 2, 2, 1])
+    pruned = reference.copy()
+    pruned[[1, 4, 8]] = [0, 2, 1]  # k = 3 of n = 10 predictions differ, whatever the labels are
+    assert stability(pruned, reference, False) == pytest.approx(1 - 3 / 10)
+    assert stability(reference, reference, False) == 1.0 and stability(1 - reference[:4] % 2, reference[:4] % 2, False) == 0.0
     x = np.array([0.1, 0.5, 0.9, 2.0])
     assert stability(2 * x + 1, x, True) == pytest.approx(1.0)
     assert np.isnan(stability(np.ones(4), x, True))
@@ -218,23 +307,47 @@ def test_alpha_auto_on_a_saved_run_uses_its_held_out_examples(tiny_model_dir, tm
     assert res["data"]["holdout_examples"] == 24
     prune_dir = tmp_path / "prune"
     execute(compose([*_overrides(tiny_model_dir, tmp_path), "prune=hies", *FAST_PRUNE, f"prune.from_run={train_dir}",
-                     "prune.alpha=auto", "prune.alpha_grid=[0.0,1.0]", "prune.alpha_ratios=[0.5]", "prune.latency=none",
+                     "prune.alpha=auto", "prune.alpha_grid=[0.0,0.9]", "prune.alpha_ratios=[0.5]", "prune.latency=none",
                      "prune.save_model=none"], prune_dir))
     auto = json.loads((prune_dir / "results.json").read_text())["pruning"]["scoring"]["alpha_auto"]
     assert auto["holdout_source"] == "reserved" and auto["holdout_examples"] == 24
 
 
+def test_dev_half_on_the_real_mrpc_dev_set(tiny_model_dir, tmp_path):
+    """The paper's protocol through the command line: MRPC's 408 dev examples -> choose alpha on 204, report on 204."""
+    from runner.app import execute
+
+    out = tmp_path / "job"
+    overrides = [o for o in _overrides(tiny_model_dir, tmp_path) if not o.startswith("task.max_eval_samples")]
+    execute(compose([*overrides, "prune=hies", *FAST_PRUNE, "prune.alpha=auto", "prune.alpha_split=dev_half",
+                     "prune.alpha_grid=[0.0,0.5]", "prune.alpha_ratios=[0.5]", "prune.compare=[his]",
+                     "prune.latency=none", "prune.save_model=none"], out))
+    p = json.loads((out / "results.json").read_text())["pruning"]
+    sp = p["alpha_split"]
+    assert (sp["protocol"], sp["eval_split"], sp["eval_examples"], sp["choose_examples"], sp["report_examples"]) == (
+        "dev_half", "validation", 408, 204, 204)
+    assert sorted(sp["choose_indices"] + sp["report_indices"]) == list(range(408)) and p["eval_examples"] == 204
+    assert p["scoring"]["alpha_auto"]["holdout_examples"] == 204 and p["scoring"]["alpha"] in (0.0, 0.5)
+    assert p["settings"]["alpha_split"] == "dev_half" and p["scoring"]["calib_examples"] == 8  # from training data
+    assert {"accuracy", "f1"} <= set(p["unpruned"]["metrics"]) and all("f1" in r["metrics"] for r in p["results"])
+
+
 def test_cli_refuses_bad_prune_settings_before_training(tiny_model_dir, tmp_path, capsys):
     from runner.app import execute
 
+    his = "; alpha = 1 is plain HIS, a criterion of its own: use prune.name=his or add his to prune.compare"
     for override, message in (("prune.ratio=1.0", "prune.ratio (the fraction of heads removed) must be in [0, 1), got 1.0"),
-                              ("prune.alpha=2", "prune.alpha (weight of HIS against entropy) must be a number in [0, 1] or auto, got 2")):
+                              ("prune.alpha=2", "prune.alpha (weight of HIS against entropy) must be a number in [0, 1) or auto, got 2"),
+                              ("prune.alpha=1", "prune.alpha (weight of HIS against entropy) must be a number in [0, 1) or auto, "
+                                                "got 1" + his),
+                              ("prune.alpha_grid=[0.0,0.5,1.0]", "every prune.alpha_grid value must be in [0, 1), got 1.0" + his)):
         out = tmp_path / override
         cfg = compose([*_overrides(tiny_model_dir, tmp_path), "prune=hies", *FAST_PRUNE, override], out)
         with pytest.raises(SystemExit) as exc:
             execute(cfg)
         assert exc.value.code == 2
-        assert message in capsys.readouterr().err
+        err = capsys.readouterr().err
+        assert any(line.endswith(message) for line in err.splitlines()), err  # the whole message, on one line
         assert not (out / "results.json").exists()  # nothing trained
     cfg = compose([*_overrides(tiny_model_dir, tmp_path), f"prune.from_run={tmp_path}"], tmp_path / "x")
     with pytest.raises(SystemExit):

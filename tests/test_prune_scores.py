@@ -13,6 +13,7 @@ from runner.prune.scores import (
     attention_entropy,
     calibration_scores,
     hies_scores,
+    ranking_agreement,
     layer_normalize,
     magnitude_scores,
     minmax,
@@ -34,7 +35,7 @@ def _loss_at(model, batch, mask) -> float:
 def test_his_equals_finite_differences(arch):
     model = tiny_model(arch, dtype=torch.float64)
     batch = tiny_batch(batch=4, pad_from={1: 6, 3: 4})
-    scores = calibration_scores(model, [batch], normalize_layers=False)
+    scores = calibration_scores(model, [batch], normalize_layers=False, his_per="batch")  # |d(mean loss)/dm|
     tokens = int(batch["attention_mask"].sum())
     assert scores.tokens == tokens and scores.examples == 4 and scores.batches == 1
     eps = 1e-5
@@ -64,6 +65,106 @@ def test_his_accumulates_absolute_gradients_per_batch_and_normalises_layers():
     torch.testing.assert_close(both.his, layer_normalize(both.his_raw))
     # the model is left as it was: weights frozen flags, attention kernel, training mode
     assert model.config._attn_implementation == "sdpa" and not model.training
+
+
+def _examples(batch) -> list[dict]:
+    """Each example of a padded batch alone, cut to its own length (what the collator gives at batch size 1)."""
+    out = []
+    for i, n in enumerate(batch["attention_mask"].sum(-1).tolist()):
+        out.append({k: (v[i:i + 1, :n] if k != "labels" else v[i:i + 1]) for k, v in batch.items()})
+    return out
+
+
+def _his_by_hand(model, batches, per_example: bool) -> torch.Tensor:
+    """Sum of |dL/dm| through a plain [L, H] gate, one backward per batch (per_example: per example, alone), / tokens."""
+    parts = [e for b in batches for e in _examples(b)] if per_example else batches
+    total = torch.zeros(3, 4, dtype=torch.float64)
+    with HeadGate(model, requires_grad=True) as gate:
+        for b in parts:
+            gate.mask.grad = None
+            model(**b).loss.backward()
+            total += gate.mask.grad.abs().double()
+    return total / sum(int(b["attention_mask"].sum()) for b in batches)
+
+
+def _labelled(batch, problem: str, seed: int = 5) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    if problem == "regression":
+        return batch | {"labels": torch.randn(len(batch["labels"]), generator=g, dtype=torch.float64)}
+    if problem == "multi_label_classification":
+        return batch | {"labels": torch.randint(0, 2, (len(batch["labels"]), 3), generator=g).double()}
+    return batch
+
+
+@pytest.mark.parametrize("problem", ["single_label_classification", "regression", "multi_label_classification"])
+def test_per_example_his_equals_one_backward_per_example_by_hand(problem):
+    """HIS = sum over examples of |dL(x)/dm| (each example's own loss, alone, unpadded) / tokens."""
+    labels = {"regression": 1, "multi_label_classification": 3}.get(problem, 2)
+    model = tiny_model(dtype=torch.float64, labels=labels)
+    model.config.problem_type = problem
+    batch = _labelled(tiny_batch(batch=3, pad_from={0: 5, 2: 7}), problem)
+    scores = calibration_scores(model, [batch], normalize_layers=False, his_per="example")
+    torch.testing.assert_close(scores.his_raw.double(), _his_by_hand(model, [batch], per_example=True),
+                               rtol=1e-6, atol=1e-12)
+    # and the other variant of the same pass is the per-batch one
+    torch.testing.assert_close(scores.his_other.double(), _his_by_hand(model, [batch], per_example=False),
+                               rtol=1e-6, atol=1e-12)
+    assert scores.his_per == "example"
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_per_example_his_in_batches_of_four_equals_per_batch_his_at_batch_size_one(arch):
+    model = tiny_model(arch)
+    batches = [tiny_batch(batch=4, seed=6, pad_from={1: 6, 3: 4}), tiny_batch(batch=4, seed=7, pad_from={0: 3})]
+    singles = [e for b in batches for e in _examples(b)]
+    four = calibration_scores(model, batches, normalize_layers=False)  # his_per="example" is the default
+    one = calibration_scores(model, singles, normalize_layers=False, his_per="batch")
+    assert four.tokens == one.tokens and four.examples == one.examples == 8 and four.batches == 2
+    torch.testing.assert_close(four.his_raw, one.his_raw, rtol=1e-5, atol=1e-6)
+    # at batch size 1 the two variants are the same numbers
+    torch.testing.assert_close(one.his_other, one.his, rtol=1e-5, atol=1e-7)
+    # the per-batch variant differs (|.| after the mean over the batch): not the same ranking for free
+    assert float((four.his_other - four.his).abs().max()) > 1e-4
+
+
+def test_per_batch_his_is_michel_et_al_s_per_batch_gradient():
+    """his_per="batch": |d(mean batch loss)/dm| through a plain [L, H] gate, summed over batches (the code before)."""
+    model = tiny_model(dtype=torch.float64)
+    batches = [tiny_batch(batch=4, seed=8, pad_from={2: 5}), tiny_batch(batch=3, seed=9)]
+    scores = calibration_scores(model, batches, normalize_layers=False, his_per="batch")
+    # the same float64 sums, up to rounding; his_raw is stored in float32: at most one ulp apart
+    torch.testing.assert_close(scores.his_raw, _his_by_hand(model, batches, per_example=False).float(),
+                               rtol=2.4e-7, atol=0)
+    normalised = calibration_scores(model, batches, his_per="batch")
+    torch.testing.assert_close(normalised.his, layer_normalize(scores.his_raw))
+    torch.testing.assert_close(normalised.his_other, layer_normalize(calibration_scores(model, batches, False).his_raw))
+    with pytest.raises(ValueError, match="his_per must be one of example, batch"):
+        calibration_scores(model, batches, his_per="token")
+
+
+def test_per_example_gate_gates_each_example_by_its_own_row():
+    model = tiny_model()
+    batch = tiny_batch(batch=2, pad_from={1: 6})
+    rows = torch.tensor([[[1.0, 0.0, 1.0, 1.0]] * 3, [[0.0, 1.0, 0.5, 1.0]] * 3])
+    with torch.no_grad(), HeadGate(model) as gate:
+        gate.per_example(2).copy_(rows)
+        both = model(**batch).logits
+    for b, e in enumerate(_examples(batch)):
+        with torch.no_grad(), HeadGate(model) as gate:
+            gate.set(rows[b])
+            torch.testing.assert_close(both[b], model(**e).logits[0], rtol=1e-5, atol=1e-5)
+
+
+def test_ranking_agreement():
+    a = torch.arange(12.0).view(3, 4)
+    same = ranking_agreement(a, a * 2 + 1, 0.25)
+    assert same == {"spearman": pytest.approx(1.0), "lowest": 3, "shared_lowest": 3}
+    flipped = ranking_agreement(a, -a, 0.5)
+    assert flipped == {"spearman": pytest.approx(-1.0), "lowest": 6, "shared_lowest": 0}
+    swapped = a.clone().view(-1)
+    swapped[[0, 11]] = swapped[[11, 0]]  # the lowest head becomes the highest
+    out = ranking_agreement(a, swapped.view(3, 4), 0.25)
+    assert out["shared_lowest"] == 2 and -1 < out["spearman"] < 1
 
 
 # ---------------------------------------------------------------------------
@@ -130,12 +231,13 @@ def test_hies_combination():
     his = torch.tensor([[1.0, 3.0], [2.0, 5.0]])
     ae = torch.tensor([[0.2, 0.4], [0.9, 0.1]])
     torch.testing.assert_close(minmax(his), torch.tensor([[0.0, 0.5], [0.25, 1.0]]))
-    torch.testing.assert_close(hies_scores(his, ae, 1.0), minmax(his))
+    torch.testing.assert_close(hies_scores(his, ae, 0.999), 0.999 * minmax(his) + 0.001 * (1 - minmax(ae)))
     torch.testing.assert_close(hies_scores(his, ae, 0.0), 1 - minmax(ae))
     torch.testing.assert_close(hies_scores(his, ae, 0.3), 0.3 * minmax(his) + 0.7 * (1 - minmax(ae)))
     assert torch.equal(minmax(torch.full((2, 2), 3.0)), torch.zeros(2, 2))
-    with pytest.raises(ValueError, match=r"alpha must lie in \[0, 1\]"):
-        hies_scores(his, ae, 1.5)
+    for bad in (1.5, -0.1, 1.0):  # alpha in [0, 1) as in the paper; alpha = 1 is HIS alone (the his criterion)
+        with pytest.raises(ValueError, match=r"alpha must lie in \[0, 1\) \(alpha = 1 is HIS alone"):
+            hies_scores(his, ae, bad)
 
 
 def test_magnitude_and_random_scores():

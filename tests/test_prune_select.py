@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from omegaconf import OmegaConf
@@ -55,16 +57,28 @@ def test_settings_parse_and_defaults():
     assert s.compare == ("hies", "his", "random")  # primary first, no duplicates
     assert s.alpha == 0.5 and not s.alpha_auto and s.calib_samples == 32 and s.normalize_layers
     assert parse(_prune_cfg(alpha="auto")).alpha_auto
+    # alpha in [0, 1) as in the paper: the default grid is 0.0 ... 0.9 (alpha = 1 is HIS, a criterion of its own)
+    assert s.alpha_grid == (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9) and 1.0 not in s.alpha_grid
+    assert s.alpha_split == "train_holdout"  # today's protocol by default
+    assert parse(_prune_cfg(alpha_split="dev_half", alpha=0.3)).alpha_split == "dev_half"
+
+
+ALPHA_IS_HIS = "; alpha = 1 is plain HIS, a criterion of its own: use prune.name=his or add his to prune.compare"
 
 
 @pytest.mark.parametrize("override, message", [
     ({"ratio": 1.0}, r"prune.ratio \(the fraction of heads removed\) must be in \[0, 1\), got 1.0"),
     ({"ratio": -0.2}, r"prune.ratio \(the fraction of heads removed\) must be in \[0, 1\), got -0.2"),
     ({"ratios": [0.1, 1.2]}, r"every prune.ratios value must be in \[0, 1\), got 1.2"),
-    ({"alpha": 1.5}, r"prune.alpha \(weight of HIS against entropy\) must be a number in \[0, 1\] or auto, got 1.5"),
-    ({"alpha": -0.1}, r"prune.alpha .* must be a number in \[0, 1\] or auto, got -0.1"),
-    ({"alpha": "often"}, r"prune.alpha .* must be a number in \[0, 1\] or auto, got 'often'"),
-    ({"alpha_grid": [0.5, 2.0]}, r"every prune.alpha_grid value must be in \[0, 1\], got 2.0"),
+    ({"alpha": 1.5}, r"prune.alpha \(weight of HIS against entropy\) must be a number in \[0, 1\) or auto, got 1.5$"),
+    ({"alpha": -0.1}, r"prune.alpha .* must be a number in \[0, 1\) or auto, got -0.1$"),
+    ({"alpha": "often"}, r"prune.alpha .* must be a number in \[0, 1\) or auto, got 'often'$"),
+    ({"alpha": 1.0}, r"^prune.alpha \(weight of HIS against entropy\) must be a number in \[0, 1\) or auto, got 1.0"
+                     + re.escape(ALPHA_IS_HIS) + "$"),
+    ({"alpha": 1}, r"must be a number in \[0, 1\) or auto, got 1" + re.escape(ALPHA_IS_HIS) + "$"),
+    ({"alpha_grid": [0.5, 2.0]}, r"every prune.alpha_grid value must be in \[0, 1\), got 2.0$"),
+    ({"alpha_grid": [0.0, 0.9, 1.0]}, r"^every prune.alpha_grid value must be in \[0, 1\), got 1.0" + re.escape(ALPHA_IS_HIS) + "$"),
+    ({"alpha_split": "test_set"}, "prune.alpha_split must be one of train_holdout, dev_half, got 'test_set'"),
     ({"name": "lottery"}, "prune.name must be one of none, hies, his, entropy, magnitude, random, got 'lottery'"),
     ({"compare": ["his", "oracle"]}, "every prune.compare value must be one of hies, his, entropy, random, magnitude, none, got 'oracle'"),
     ({"calib_samples": 0}, "prune.calib_samples must be a positive integer, got 0"),
@@ -72,5 +86,6 @@ def test_settings_parse_and_defaults():
     ({"latency": "sometimes"}, "prune.latency must be one of"),
 ])
 def test_bad_settings_stop_with_a_clear_message(override, message):
-    with pytest.raises(ConfigError, match=message):
+    with pytest.raises(ConfigError, match=message) as exc:
         parse(_prune_cfg(**override))
+    assert "\n" not in str(exc.value)  # one line

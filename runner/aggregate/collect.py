@@ -26,6 +26,8 @@ EFFICIENCY = {
 }
 SKIP_FLATTEN = {"eval_history"}
 MISSING = "-"  # what a table shows for a value that is not there
+# pruning metrics carried beside the main one where a task has them: the HIES paper reports MRPC as F1
+PAPER_METRICS = ("f1",)
 
 
 # ----------------------------------------------------- other sections' key names
@@ -35,8 +37,9 @@ def pruning_entries(results: dict) -> tuple[list[dict], dict | None]:
     """Head-pruning results (HIES, ``runner.prune``): one entry per (criterion, ratio), and the unpruned reference.
 
     Reads ``pruning.results[*].{criterion, ratio, main_metric, stability, flops_ratio, params_ratio}``
-    and ``pruning.unpruned.main_metric``; also accepts a bare list of entries and ``metric``
-    instead of ``main_metric``.
+    and ``pruning.unpruned.main_metric``, and each :data:`PAPER_METRICS` (``f1``) from ``metrics``
+    (None where the task has none); also accepts a bare list of entries and ``metric`` instead of
+    ``main_metric``.
     """
     section = results.get("pruning")
     if not section:
@@ -49,10 +52,15 @@ def pruning_entries(results: dict) -> tuple[list[dict], dict | None]:
             metric = metric.get(results.get("main_metric"))
         out.append({"criterion": e.get("criterion"), "ratio": e.get("ratio"), "metric": metric,
                     "stability": e.get("stability"), "flops_ratio": e.get("flops_ratio"),
-                    "params_ratio": e.get("params_ratio")})
+                    "params_ratio": e.get("params_ratio"), **_paper_metrics(e)})
     unpruned = section.get("unpruned") if isinstance(section, dict) else None
-    reference = {"metric": unpruned.get("main_metric")} if isinstance(unpruned, dict) else None
+    reference = {"metric": unpruned.get("main_metric"), **_paper_metrics(unpruned)} if isinstance(unpruned, dict) else None
     return out, reference
+
+
+def _paper_metrics(entry: dict) -> dict:
+    metrics = entry.get("metrics") if isinstance(entry.get("metrics"), dict) else {}
+    return {name: metrics.get(name) for name in PAPER_METRICS}
 
 
 def freeze_steps(results: dict) -> tuple[dict[str, int | None], int] | None:

@@ -62,8 +62,11 @@ def build_report(paths: list[Path], out: Path, baseline: str = "adapter", by: li
     if not pstats.empty:
         for model in _order(pstats["model"]):
             for value, title in (("metric", "Table 1 layout: task metric after pruning (x100; 0% = unpruned)"),
+                                 ("f1", "Table 1 layout, F1 (the paper's metric for MRPC; x100; 0% = unpruned)"),
                                  ("stability", "Table 2 layout: stability after pruning")):
                 t = pruning_table(pstats, model, value)
+                if t.empty and value == "f1":
+                    continue  # no task with F1
                 tables[f"pruning_{value}/{model}"] = t
                 sections.append(f"## {model}: {title}\n\n" + markdown(t))
             if plots:

@@ -9,6 +9,7 @@ from runner.aggregate.collect import (
     EFFICIENCY,
     GLUE_ORDER,
     GROUP_KEYS,
+    PAPER_METRICS,
     differing_settings,
     pruning_entries,
     trivial_level,
@@ -101,7 +102,8 @@ def collapsed(metric, trivial) -> bool | None:
 
 
 def summarize_pruning(raw: list[dict]) -> pd.DataFrame:
-    """Mean/std/min/max/n over seeds of metric and stability per (model, task, method, criterion, ratio).
+    """Mean/std/min/max/n over seeds of metric, stability, FLOPs and parameter ratios and the paper's metrics
+    beside the main one (``f1_*``: MRPC's F1; NaN for tasks without it) per (model, task, method, criterion, ratio).
 
     Ratio 0 is the unpruned model (stability 1: it agrees with itself). ``trivial``: the mean trivial
     level of the runs (NaN: unknown); ``collapsed_n``: how many of the runs are not above it.
@@ -119,16 +121,17 @@ def summarize_pruning(raw: list[dict]) -> pd.DataFrame:
         if reference is not None and reference.get("metric") is not None:
             for crit in dict.fromkeys(e["criterion"] for e in entries):
                 rows.append({**base, "criterion": crit, "ratio": 0.0, "metric": reference["metric"], "stability": 1.0,
-                             "flops_ratio": 1.0, "params_ratio": 1.0})
+                             "flops_ratio": 1.0, "params_ratio": 1.0, **{m: reference.get(m) for m in PAPER_METRICS}})
     if not rows:
         return pd.DataFrame()
     df = pd.DataFrame(rows)
     keys = ["model", "task", "method", "adapter", "criterion", "ratio"]
-    for col in ("metric", "stability", "flops_ratio", "params_ratio", "trivial"):
-        df[col] = pd.to_numeric(df[col], errors="coerce")
+    values = ["metric", "stability", "flops_ratio", "params_ratio", *PAPER_METRICS]
+    for col in (*values, "trivial"):
+        df[col] = pd.to_numeric(df[col], errors="coerce") if col in df else float("nan")
     df["collapsed"] = [collapsed(m, t) is True for m, t in zip(df["metric"], df["trivial"])]
     grouped = df.groupby(keys, sort=False, dropna=False)
-    stats = grouped[["metric", "stability", "flops_ratio", "params_ratio"]].agg(["mean", "std", "min", "max"])
+    stats = grouped[values].agg(["mean", "std", "min", "max"])
     stats.columns = [f"{c}_{s}" for c, s in stats.columns]
     stats["n"] = grouped.size()
     stats["trivial"] = grouped["trivial"].mean()

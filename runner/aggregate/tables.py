@@ -169,17 +169,20 @@ def efficiency_table(stats: pd.DataFrame, model: str, baseline: str) -> pd.DataF
 def pruning_table(pstats: pd.DataFrame, model: str, value: str) -> pd.DataFrame:
     """HIES Tables 1/2 layout: rows = criterion (and training method), columns = task @ ratio; mean ± std over seeds.
 
-    ``value`` is ``metric`` (x100; the 0% column is the unpruned model) or ``stability``. The metric table
-    marks cells whose runs collapsed to the trivial level and ends with a row of that level.
+    ``value`` is ``metric`` (x100; the 0% column is the unpruned model), ``stability``, or one of
+    ``runner.aggregate.collect.PAPER_METRICS`` (``f1``: x100, only the tasks that have it, e.g. MRPC).
+    The metric table marks cells whose runs collapsed to the trivial level and ends with a row of that level.
     """
     p = pstats[pstats["model"] == model]
     if value == "stability":
         p = p[p["ratio"] > 0]
+    elif value != "metric":
+        p = p[p[f"{value}_mean"].notna()] if f"{value}_mean" in p else p.iloc[0:0]
     if p.empty:
         return pd.DataFrame()
     multi_method = p["method"].nunique() > 1
-    scale = 100 if value == "metric" else 1
-    digits = 2 if value == "metric" else 3
+    scale = 1 if value == "stability" else 100
+    digits = 3 if value == "stability" else 2
     columns = [(t, r) for t in task_order(p["task"]) for r in sorted(p[p["task"] == t]["ratio"].unique())]
     rows = []
     for (method, crit), g in p.groupby(["method", "criterion"], sort=False):

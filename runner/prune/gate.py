@@ -115,6 +115,11 @@ class HeadGate:
     contribution. With ``requires_grad=True``, ``gate.mask.grad`` after a
     backward pass is dL/dm (the head importance signal). Only for models that
     have not been physically pruned.
+
+    :meth:`per_example` switches to a ``[B, layers, heads]`` gate for one
+    batch: example ``b``'s heads are multiplied by row ``b``, so in eval mode
+    (examples independent) the gradient of the sum of per-example losses
+    w.r.t. row ``b`` is example ``b``'s own dL/dm.
     """
 
     def __init__(self, model: nn.Module, requires_grad: bool = False):
@@ -129,11 +134,22 @@ class HeadGate:
                                requires_grad=requires_grad)
         self._handles: list = []
 
+    def per_example(self, batch_size: int) -> torch.Tensor:
+        """A fresh ``[batch_size, layers, heads]`` gate of ones (requires_grad as constructed); returns it."""
+        old = self.mask
+        self.mask = torch.ones(batch_size, *old.shape[-2:], device=old.device, dtype=old.dtype,
+                               requires_grad=old.requires_grad)
+        return self.mask
+
     def _hook(self, index: int):
         def pre_hook(module, args):
             x = args[0]
             shape = x.shape
-            gated = x.view(*shape[:-1], self.geo.num_heads, self.geo.head_size) * self.mask[index].view(-1, 1).to(x.dtype)
+            if self.mask.dim() == 3:  # per example: [B, L, H] -> [B, 1, ..., H, 1] against [B, T, H, d]
+                m = self.mask[:, index].view(shape[0], *([1] * (len(shape) - 2)), self.geo.num_heads, 1)
+            else:
+                m = self.mask[index].view(-1, 1)
+            gated = x.view(*shape[:-1], self.geo.num_heads, self.geo.head_size) * m.to(x.dtype)
             return (gated.view(shape), *args[1:])
 
         return pre_hook

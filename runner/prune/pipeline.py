@@ -31,7 +31,8 @@ from runner.errors import ConfigError
 from runner.prune import plots
 from runner.prune.gate import HeadGate, geometry, unwrap_peft
 from runner.prune.physical import count_parameters, heads_kept, prune_heads
-from runner.prune.scores import CalibrationScores, calibration_scores, criterion_scores, hies_scores, magnitude_scores
+from runner.prune.scores import (CalibrationScores, calibration_scores, criterion_scores, hies_scores, magnitude_scores,
+                                  ranking_agreement)
 from runner.prune.select import mask_to_dict, select_heads_to_prune
 from runner.prune.settings import PruneSettings
 from runner.results import atomic_write_json
@@ -40,8 +41,10 @@ from runner.tasks import compute_metrics, predictions_from_logits
 log = logging.getLogger(__name__)
 
 STABILITY_DEFINITION = (
-    "agreement of the pruned model's predictions with the unpruned model's on the eval split: classification, the "
-    "fraction of examples with the same predicted label; regression, the Pearson correlation of the two models' outputs"
+    "agreement of the pruned model's predictions with the unpruned model's on the reported eval examples (the whole "
+    "eval split, or with prune.alpha_split=dev_half its reporting half): classification, the fraction of examples with "
+    "the same predicted label, 1 - k/n when k of the n predictions differ; regression, the Pearson correlation of the "
+    "two models' outputs"
 )
 
 
@@ -72,15 +75,30 @@ class PruneInputs:
 MIN_HOLDOUT = 16  # fewer examples cannot rank alphas
 
 
+def dev_halves(n: int, seed: int) -> tuple[list[int], list[int]]:
+    """``prune.alpha_split=dev_half``: the eval split's ``n`` examples halved by a permutation seeded with
+    ``seed`` (``numpy.random.default_rng(seed).permutation(n)``): its first ``n // 2`` are the half alpha is
+    chosen on, the other ``n - n // 2`` the half every result is reported on; each in dataset order."""
+    order = np.random.default_rng(seed).permutation(n)
+    return sorted(int(i) for i in order[: n // 2]), sorted(int(i) for i in order[n // 2:])
+
+
 class PruneData:
     """Tokenised eval split, calibration and held-out slices of the training split.
 
     The calibration examples are drawn from the training split with
-    ``prune.seed``. The alpha hold-out (``prune.alpha=auto``) is drawn from
-    the examples fine-tuning held out (``task.holdout_samples``) when the run
-    has them, else from the rest of the training split, disjoint from the
-    calibration examples but seen in fine-tuning (``holdout_source`` says
-    which). The eval split is used only to report results.
+    ``prune.seed`` (under both alpha protocols). ``prune.alpha_split``:
+
+    * ``train_holdout``: the alpha hold-out (``prune.alpha=auto``) is drawn from
+      the examples fine-tuning held out (``task.holdout_samples``) when the run
+      has them, else from the rest of the training split, disjoint from the
+      calibration examples but seen in fine-tuning (``holdout_source`` says
+      which). The whole eval split is used only to report results.
+    * ``dev_half``: the eval split is halved (:func:`dev_halves`); alpha is chosen
+      on one half (``holdout_source`` ``dev_half``), ``self.eval`` is the other
+      half and everything is reported on it.
+
+    ``split`` describes which examples were reported on (results.json's ``pruning.alpha_split``).
     """
 
     def __init__(self, inputs: PruneInputs, s: PruneSettings):
@@ -88,7 +106,7 @@ class PruneData:
         self.collator = DataCollatorWithPadding(inputs.tokenizer)
         self.eval_split, eval_raw = next(iter(inputs.data.evals.items()))
         cache = inputs.data_cache_dir
-        self.eval = tokenize(eval_raw, inputs.tokenizer, task.text_keys, inputs.max_seq_length, cache)
+        full_eval = tokenize(eval_raw, inputs.tokenizer, task.text_keys, inputs.max_seq_length, cache)
         train = tokenize(inputs.data.train, inputs.tokenizer, task.text_keys, inputs.max_seq_length, cache)
         self.train = train
         n_train = len(train)
@@ -97,28 +115,53 @@ class PruneData:
             raise ConfigError(f"prune.calib_samples={s.calib_samples} exceeds the {n_train} training examples")
         order = np.random.default_rng(s.seed).permutation(n_train)
         self.calib_indices = sorted(int(i) for i in order[: s.calib_samples])
-        reserved = getattr(inputs.data, "holdout", None)
+        self.eval, choose = self._split_eval(full_eval, s, choosing)
         if not choosing:
             self.holdout_source, self.holdout_pool, pick = None, train, []
-        elif reserved is not None and len(reserved) >= MIN_HOLDOUT:
-            self.holdout_source = "reserved"  # task.holdout_samples: never trained on
-            self.holdout_pool = tokenize(reserved, inputs.tokenizer, task.text_keys, inputs.max_seq_length, cache)
-            pick = np.random.default_rng(s.seed).permutation(len(reserved))[: s.alpha_holdout_samples]
+        elif s.alpha_split == "dev_half":
+            self.holdout_source, self.holdout_pool, pick = "dev_half", full_eval, choose  # the choosing half
         else:
-            self.holdout_source = "training"  # seen in fine-tuning
-            self.holdout_pool = train
-            pick = order[s.calib_samples: s.calib_samples + s.alpha_holdout_samples]
-            if len(pick) < MIN_HOLDOUT:
-                raise ConfigError(
-                    f"prune.alpha=auto needs held-out training examples beyond the {s.calib_samples} calibration ones; "
-                    f"only {len(pick)} left of {n_train}"
-                )
-            log.warning("prune.alpha=auto: the fine-tuned model saw these %d hold-out examples in training "
-                        "(fine-tune with task.holdout_samples=%d to keep them unseen)", len(pick), s.alpha_holdout_samples)
+            self.holdout_source, self.holdout_pool, pick = self._training_holdout(inputs, s, train, order)
         self.holdout_indices = sorted(int(i) for i in pick)
         self.eval_batch_size = inputs.eval_batch_size
         self.train_batch_size = inputs.train_batch_size
         self._eval = self._holdout = None
+
+    def _split_eval(self, full_eval, s: PruneSettings, choosing: bool):
+        """(the reported eval examples, the dev half alpha is chosen on or []); sets ``self.split``."""
+        n = len(full_eval)
+        self.split = {"protocol": s.alpha_split, "eval_split": self.eval_split, "eval_examples": n}
+        if s.alpha_split == "train_holdout":
+            self.split.update(report_examples=n, choose_examples=0)
+            return full_eval, []
+        need = 2 * MIN_HOLDOUT if choosing else 2
+        if n < need:
+            raise ConfigError(f"prune.alpha_split=dev_half needs at least {need} {self.eval_split} examples to halve"
+                              f"{f' ({MIN_HOLDOUT} to choose alpha on)' if choosing else ''}; got {n}")
+        choose, report = dev_halves(n, s.seed)
+        if not choosing:
+            log.info("prune.alpha_split=dev_half with no alpha to choose (a fixed alpha, or no hies): reporting on %d "
+                     "of the %d %s examples (the half an alpha=auto run reports on); the other half is unused",
+                     len(report), n, self.eval_split)
+        self.split.update(seed=s.seed, choose_examples=len(choose), report_examples=len(report), alpha_chosen_here=choosing,
+                          choose_indices=choose, report_indices=report)
+        return full_eval.select(report), choose
+
+    def _training_holdout(self, inputs: PruneInputs, s: PruneSettings, train, order):
+        """``train_holdout``: (source, pool, indices) of the alpha hold-out among the training examples."""
+        reserved = getattr(inputs.data, "holdout", None)
+        if reserved is not None and len(reserved) >= MIN_HOLDOUT:  # task.holdout_samples: never trained on
+            pool = tokenize(reserved, inputs.tokenizer, inputs.task.text_keys, inputs.max_seq_length, inputs.data_cache_dir)
+            return "reserved", pool, np.random.default_rng(s.seed).permutation(len(reserved))[: s.alpha_holdout_samples]
+        pick = order[s.calib_samples: s.calib_samples + s.alpha_holdout_samples]  # seen in fine-tuning
+        if len(pick) < MIN_HOLDOUT:
+            raise ConfigError(
+                f"prune.alpha=auto needs held-out training examples beyond the {s.calib_samples} calibration ones; "
+                f"only {len(pick)} left of {len(train)}"
+            )
+        log.warning("prune.alpha=auto: the fine-tuned model saw these %d hold-out examples in training "
+                    "(fine-tune with task.holdout_samples=%d to keep them unseen)", len(pick), s.alpha_holdout_samples)
+        return "training", train, pick
 
     def loader(self, ds, batch_size: int, shuffle: bool = False, seed: int = 0) -> DataLoader:
         g = torch.Generator().manual_seed(seed)
@@ -285,7 +328,8 @@ def _auc(ratios: list[float], values: list[float]) -> float:
 
 
 def choose_alpha(model: nn.Module, calib: CalibrationScores, data: PruneData, s: PruneSettings, task, device) -> dict:
-    """Pick alpha by the area under the quality-vs-ratio curve on held-out training examples.
+    """Pick alpha by the area under the quality-vs-ratio curve on held-out examples: training examples
+    (``prune.alpha_split=train_holdout``) or the choosing half of the eval split (``dev_half``).
 
     For every alpha in ``prune.alpha_grid`` the heads are ranked by HIES and
     gated off (gate 0, which equals physical removal) at each of
@@ -325,7 +369,7 @@ def choose_alpha(model: nn.Module, calib: CalibrationScores, data: PruneData, s:
                                      -abs(t["alpha"] - 0.5)))
     return {
         "alpha": best["alpha"], "table": table, "ratios": list(s.alpha_ratios), "holdout_examples": len(data.holdout_indices),
-        "holdout_source": data.holdout_source,
+        "holdout_source": data.holdout_source, "alpha_split": s.alpha_split,
         "holdout_unpruned_metric": base_metric, "metric": task.main_metric, "evaluations": len(cache),
         "time_s": time.perf_counter() - start,
     }
@@ -340,13 +384,19 @@ def score_heads(model: nn.Module, data: PruneData, s: PruneSettings, task, devic
     extra: dict = {}
     if s.needs_calibration:
         calib = calibration_scores(model, data.calibration(s.calib_batch_size), normalize_layers=s.normalize_layers,
-                                   device=device)
+                                   device=device, his_per=s.his_per)
         report.update({
             "calib_examples": calib.examples, "calib_tokens": calib.tokens, "calib_batches": calib.batches,
             "calib_batch_size": s.calib_batch_size, "time_s": calib.seconds, "attn_implementation": "eager",
             "normalize_layers": s.normalize_layers, "what": "one pass: forward (eager attention, gate at 1) and "
                                                             "backward to the gate, HIS and AE together",
         })
+        # his_agreement: the HIS ranking against the other his_per variant from the same pass (both layer-
+        # normalised if asked): Spearman's rho over all heads, and how many of the `lowest` heads each would
+        # prune first at prune.ratio (global ranking) they share.
+        report["his_per"] = calib.his_per
+        report["his_agreement"] = {"other": "batch" if calib.his_per == "example" else "example", "ratio": s.ratio,
+                                   **ranking_agreement(calib.his, calib.his_other, s.ratio)}
         extra = {"his_raw": calib.his_raw, "attention_entropy": calib.entropy}
     magnitude = None
     if "magnitude" in s.compare:
@@ -481,7 +531,8 @@ def run_pruning(inputs: PruneInputs, s: PruneSettings) -> dict:
         p.requires_grad_(False)
     data = PruneData(inputs, s)
     ref = measure_reference(model, data, s, task, device)
-    log.info("pruning: unpruned %s=%.4f; scoring %s", task.main_metric, ref.metrics[task.main_metric], ", ".join(s.compare))
+    log.info("pruning: unpruned %s=%.4f on %d %s examples (alpha_split=%s); scoring %s", task.main_metric,
+             ref.metrics[task.main_metric], len(ref.labels), data.eval_split, s.alpha_split, ", ".join(s.compare))
     maps, extra_maps, scoring = score_heads(model, data, s, task, device)
 
     evaluator = MaskEvaluator(model, ref, data, s, inputs, scoring)
@@ -508,7 +559,8 @@ def run_pruning(inputs: PruneInputs, s: PruneSettings) -> dict:
         "alpha": scoring.get("alpha"),
         "source_run": inputs.source_run,
         "eval_split": data.eval_split,
-        "eval_examples": int(len(ref.labels)),
+        "eval_examples": int(len(ref.labels)),  # the examples reported on (dev_half: the reporting half)
+        "alpha_split": data.split,
         "stability_definition": STABILITY_DEFINITION,
         "model": {**dataclasses.asdict(evaluator.geo), "total_heads": evaluator.geo.total_heads,
                   "attn_implementation": model.config._attn_implementation},

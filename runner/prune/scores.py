@@ -1,6 +1,7 @@
 """Per-head scores (layers x heads); higher means more worth keeping.
 
-* ``his``: Michel et al.'s head importance, E_x |dL/dm_h| through the gate.
+* ``his``: head importance, E_x |dL(x)/dm_h| through the gate (per example,
+  as HIES defines it; ``his_per="batch"``: per batch, as Michel et al.'s code).
 * ``entropy``: 1 - AE_h, AE the normalised attention entropy of the head.
 * ``hies``: alpha * minmax(HIS) + (1 - alpha) * (1 - minmax(AE)).
 * ``magnitude``: L2 norm of the head's weights; ``random``: seeded uniform.
@@ -17,10 +18,12 @@ import time
 from dataclasses import dataclass
 
 import torch
+from scipy.stats import spearmanr
 from torch import nn
 
 from runner.schema import CRITERIA as PRUNING_CRITERIA
 from runner.prune.gate import HeadGate, encoder_layers, geometry, _output_projection
+from runner.prune.select import select_heads_to_prune
 
 CRITERIA = (*PRUNING_CRITERIA, "none")  # the names are declared with the settings (runner.schema)
 
@@ -95,15 +98,20 @@ def frozen_weights(model: nn.Module):
             p.requires_grad_(flag)
 
 
+HIS_PER = ("example", "batch")  # prune.his_per: where |dL/dm| is taken
+
+
 @dataclass
 class CalibrationScores:
-    his: torch.Tensor  # [L, H], token-averaged |dL/dm| (layer-normalised if asked)
+    his: torch.Tensor  # [L, H], token-averaged |dL/dm| per `his_per` (layer-normalised if asked)
     his_raw: torch.Tensor  # [L, H], before layer normalisation
     entropy: torch.Tensor  # [L, H], AE in [0, 1]
     examples: int
     tokens: int
     batches: int
     seconds: float
+    his_per: str = "example"
+    his_other: torch.Tensor | None = None  # [L, H], the other `his_per` variant, same pass, normalised like `his`
 
 
 def layer_normalize(scores: torch.Tensor, eps: float = 1e-20) -> torch.Tensor:
@@ -111,19 +119,41 @@ def layer_normalize(scores: torch.Tensor, eps: float = 1e-20) -> torch.Tensor:
     return scores / (scores.norm(p=2, dim=-1, keepdim=True) + eps)
 
 
-def calibration_scores(model: nn.Module, batches, normalize_layers: bool = True, device=None) -> CalibrationScores:
+def gate_gradients(model: nn.Module, gate: HeadGate, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """One batch's ``(sum_b |dL(x_b)/dm|, |dL_batch/dm|)``, both [L, H] float64 on the CPU.
+
+    The gate is made per example (row ``b`` gates example ``b``) for this
+    batch's size. The model's loss is a mean over examples (single-label
+    cross-entropy, MSE; multi-label BCE is a mean over B * C elements, so
+    B * loss is still the sum over examples of each example's mean), so the
+    gradient of B * loss w.r.t. row ``b`` is example ``b``'s own dL(x_b)/dm
+    (eval mode: examples do not interact; padding positions feed no real
+    token). The mean of the rows is the gradient of the batch's mean loss.
+    """
+    n = int(batch["input_ids"].shape[0])
+    mask = gate.per_example(n)
+    (model(**batch).loss * n).backward()
+    g = mask.grad.detach().double().cpu()  # [B, L, H]
+    return g.abs().sum(0), g.mean(0).abs()
+
+
+def calibration_scores(model: nn.Module, batches, normalize_layers: bool = True, device=None,
+                       his_per: str = "example") -> CalibrationScores:
     """HIS and AE from calibration batches (dicts with input_ids, attention_mask, labels).
 
-    For each batch: gate gradient reset, forward with the gate at 1 and eager
-    attention, backward of the batch's mean loss; ``|dL/dm|`` is added up over
-    batches and divided by the number of non-padding tokens seen (as in
-    Michel et al.'s and transformers' bertology code). AE is summed per
-    example and divided by the number of examples.
+    Per batch, one forward (gate at 1, eager attention) and one backward
+    (:func:`gate_gradients`) give both HIS variants: ``example`` adds
+    ``|dL(x)/dm|`` of every example (the paper's; no cancellation across
+    examples), ``batch`` adds ``|dL_batch/dm|`` of the batch's mean loss. Each
+    sum is divided by the non-padding tokens seen (as Michel et al.'s code);
+    ``his`` is the ``his_per`` one, ``his_other`` the other. AE: per example, averaged.
     """
+    if his_per not in HIS_PER:
+        raise ValueError(f"his_per must be one of {', '.join(HIS_PER)}, got {his_per!r}")
     layers = encoder_layers(model)
     geo = geometry(model)
     device = device or next(model.parameters()).device
-    his = torch.zeros(geo.num_layers, geo.num_heads, dtype=torch.float64)
+    his = {k: torch.zeros(geo.num_layers, geo.num_heads, dtype=torch.float64) for k in HIS_PER}
     ae_sum = torch.zeros(geo.num_layers, geo.num_heads, dtype=torch.float64)
     examples = tokens = n_batches = 0
     current_mask: list[torch.Tensor] = []
@@ -146,17 +176,13 @@ def calibration_scores(model: nn.Module, batches, normalize_layers: bool = True,
             for batch in batches:
                 batch = {k: v.to(device) for k, v in batch.items() if torch.is_tensor(v)}
                 mask = batch.get("attention_mask")
-                if mask is None:
-                    mask = torch.ones_like(batch["input_ids"])
-                current_mask[:] = [mask]
+                current_mask[:] = [torch.ones_like(batch["input_ids"]) if mask is None else mask]
                 captured.clear()
-                gate.mask.grad = None  # reset after each batch
-                out = model(**batch)
-                out.loss.backward()
-                his += gate.mask.grad.detach().abs().double().cpu()
+                for key, grad in zip(HIS_PER, gate_gradients(model, gate, batch)):  # (example, batch)
+                    his[key] += grad
                 ae_sum += torch.stack([captured[i] for i in range(geo.num_layers)])
-                examples += int(mask.shape[0])
-                tokens += int(mask.sum())
+                examples += int(current_mask[0].shape[0])
+                tokens += int(current_mask[0].sum())
                 n_batches += 1
     finally:
         for h in handles:
@@ -164,12 +190,23 @@ def calibration_scores(model: nn.Module, batches, normalize_layers: bool = True,
         model.train(was_training)
     if examples == 0:
         raise ValueError("no calibration examples")
-    his_raw = (his / tokens).float()
-    his_final = layer_normalize(his_raw) if normalize_layers else his_raw
+    raw = {k: (v / tokens).float() for k, v in his.items()}
+    final = {k: layer_normalize(v) if normalize_layers else v for k, v in raw.items()}
+    other = next(k for k in HIS_PER if k != his_per)
     return CalibrationScores(
-        his=his_final, his_raw=his_raw, entropy=(ae_sum / examples).float(), examples=examples, tokens=tokens,
-        batches=n_batches, seconds=time.perf_counter() - start,
+        his=final[his_per], his_raw=raw[his_per], entropy=(ae_sum / examples).float(), examples=examples, tokens=tokens,
+        batches=n_batches, seconds=time.perf_counter() - start, his_per=his_per, his_other=final[other],
     )
+
+
+def ranking_agreement(primary: torch.Tensor, other: torch.Tensor, ratio: float) -> dict:
+    """How two [L, H] score maps rank heads: Spearman's rho over all heads, and how many
+    of the ``lowest`` = round(ratio * heads) heads each would prune (global ranking, no
+    per-layer floor) they share."""
+    a, b = primary.detach().double().flatten().numpy(), other.detach().double().flatten().numpy()
+    low_a, low_b = select_heads_to_prune(primary, ratio), select_heads_to_prune(other, ratio)
+    return {"spearman": float(spearmanr(a, b).statistic), "lowest": int(low_a.sum()),
+            "shared_lowest": int((low_a & low_b).sum())}
 
 
 # ---------------------------------------------------------------------------
@@ -209,9 +246,10 @@ def minmax(x: torch.Tensor) -> torch.Tensor:
 
 
 def hies_scores(his: torch.Tensor, entropy: torch.Tensor, alpha: float) -> torch.Tensor:
-    """HIES = alpha * minmax(HIS) + (1 - alpha) * (1 - minmax(AE))."""
-    if not 0.0 <= float(alpha) <= 1.0:
-        raise ValueError(f"alpha must lie in [0, 1], got {alpha}")
+    """HIES = alpha * minmax(HIS) + (1 - alpha) * (1 - minmax(AE)), alpha in [0, 1) as in the paper
+    (alpha = 1 would be HIS alone: the ``his`` criterion)."""
+    if not 0.0 <= float(alpha) < 1.0:
+        raise ValueError(f"alpha must lie in [0, 1) (alpha = 1 is HIS alone, the his criterion), got {alpha}")
     return alpha * minmax(his) + (1.0 - alpha) * (1.0 - minmax(entropy))
 
 

@@ -19,8 +19,10 @@ class PruneSettings:
     alpha_grid: tuple[float, ...]
     alpha_ratios: tuple[float, ...]
     alpha_holdout_samples: int
+    alpha_split: str  # "train_holdout": choose on training examples, report on all dev; "dev_half": the paper's
     calib_samples: int
     calib_batch_size: int
+    his_per: str  # "example": |dL(x)/dm| per example (the paper); "batch": |dL(batch)/dm|
     normalize_layers: bool
     min_heads_per_layer: int
     seed: int
@@ -74,8 +76,10 @@ def parse(pcfg) -> PruneSettings:
         alpha_grid=tuple(float(a) for a in p["alpha_grid"]),
         alpha_ratios=tuple(sorted({float(r) for r in p["alpha_ratios"]})),
         alpha_holdout_samples=p["alpha_holdout_samples"],
+        alpha_split=p["alpha_split"],
         calib_samples=p["calib_samples"],
         calib_batch_size=p["calib_batch_size"],
+        his_per=p["his_per"],
         normalize_layers=p["normalize_layers"],
         min_heads_per_layer=p["min_heads_per_layer"],
         seed=p["seed"],
