@@ -5,7 +5,7 @@ GLUE_DIR ?= $(abspath ../shared/data/glue)
 export GLUE_DIR
 PYTEST_ARGS ?=
 
-.PHONY: help install run smoke test test-fast bench-step bench-runner gpu-prepare bench-learn bench-safe bench-hies clean sweep sweep-resume report repro-safe repro-hies
+.PHONY: help install run smoke test test-fast bench-step bench-runner gpu-prepare bench-learn bench-safe safe-frontier bench-hies clean sweep sweep-resume report repro-safe repro-hies
 
 help: ## List targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-14s %s\n", $$1, $$2}'
@@ -41,6 +41,21 @@ bench-learn: install ## Do the recipes learn? MRPC, RTE x {full, LoRA} x {mean, 
 
 bench-safe: install ## SAFE vs adapter on MRPC and RTE, 3 seeds: metric and SAFE/baseline memory, FLOPs, time ratios
 	$(PYTHON) scripts/bench_safe.py
+
+# SAFE's accuracy-savings frontier (docs/safe.md): LoRA, then SAFE and its random-order baseline at
+# every (T_final, t_w, t_f, importance) of the grid, MRPC and RTE x SEEDS; then the report with one
+# frontier plot per task and the default rule's pick. ~100 SAFE runs per importance at 3 seeds: hours
+# on a GPU, days on 2 CPU cores (rerun to continue; shrink the grid or SEEDS to sample it first).
+SF_THRESHOLDS ?= 0.5,0.7,0.9,1.0
+SF_TW ?= 0.1,0.3
+SF_TF ?= 0.5,0.8
+SF_IMPORTANCE ?= drift,own
+SF_DIR ?= outputs/safe_frontier
+safe-frontier: install ## SAFE's frontier: a grid of T_final x t_w x t_f x importance against LoRA, 3 seeds, then the frontier report
+	$(PYTHON) scripts/bench_safe.py --methods adapter safe random --seeds $(SEEDS) --out $(SF_DIR) \
+	  --safe-override safe.threshold=$(SF_THRESHOLDS) --safe-override safe.t_w=$(SF_TW) \
+	  --safe-override safe.t_f=$(SF_TF) --safe-override safe.importance=$(SF_IMPORTANCE) $(if $(EXTRA),--override $(EXTRA))
+	$(PYTHON) scripts/aggregate.py $(SF_DIR) --by safe.threshold --by safe.t_w --by safe.t_f --by safe.importance --quiet
 
 bench-hies: install ## Fine-tune, then every pruning criterion at 10-70%: metric, stability, FLOPs and latency ratios
 	$(PYTHON) scripts/bench_hies.py
@@ -111,6 +126,10 @@ endif
 # retraining: run repro-safe first). HIES_FROM= (empty) fine-tunes TASKS x SEEDS
 # with HIES_RECIPE instead, e.g. the paper's full fine-tuning:
 #   make repro-hies HIES_FROM= HIES_RECIPE="method=full adapter=none trainer.lr=1e-4"
+# alpha stays fixed at 0.5 on the whole dev set (prune.alpha_split=train_holdout); the paper's
+# protocol (alpha chosen on one dev half, every criterion reported on the other; docs/hies.md),
+# into its own dir since its numbers are on half the dev set:
+#   make repro-hies EXTRA="prune.alpha=auto prune.alpha_split=dev_half" REPRO_HIES_DIR=outputs/repro-hies-dev-half/minilm
 HIES_FROM ?= $(REPRO_SAFE_DIR)
 HIES_RECIPE ?= method=full adapter=none trainer.lr=1e-4 trainer.epochs=3
 HIES_RATIOS ?= [0.1,0.3,0.5,0.7]

@@ -47,11 +47,25 @@ RULES = {
     "pad_multiple": ("auto, null or a positive integer",
                      lambda v: v == "auto" or (isinstance(v, int) and not isinstance(v, bool) and v > 0)),
     "auto_bool": ("auto, true or false", lambda v: v == "auto" or isinstance(v, bool)),
-    "alpha": ("a number in [0, 1] or auto",
-              lambda v: v == "auto" or (isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1)),
+    # HIES's alpha (the paper: [0, 1)); alpha = 1 would be HIS alone, a criterion of its own (prune.name=his)
+    "alpha": ("a number in [0, 1) or auto",
+              lambda v: v == "auto" or (isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < 1)),
+    "alpha_value": ("in [0, 1)", lambda v: 0 <= v < 1),
 }
+
+
+def _alpha_one_hint(value) -> str:
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value == 1:
+        return "; alpha = 1 is plain HIS, a criterion of its own: use prune.name=his or add his to prune.compare"
+    return ""
+
+
+RULE_HINTS = {"alpha": _alpha_one_hint, "alpha_value": _alpha_one_hint}  # rule -> more words for one bad value
+
 CRITERIA = ("hies", "his", "entropy", "random", "magnitude")  # head-pruning criteria (runner.prune.scores)
 REPRESENTATIONS = ("adapted", "layer")  # what SAFE's probe compares (runner.safe.importance)
+IMPORTANCES = ("drift", "own")  # SAFE's score: 1 - CKA(now, step 0) or 1 - CKA(with adapter, without) (runner.safe.importance)
+SCHEDULE_UNITS = ("fraction", "epoch")  # what safe.t_w / safe.t_f count (runner.safe.schedule)
 LR_SCHEDULES = ("linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial")
 
 
@@ -181,14 +195,17 @@ class FreezeSettings:
 @dataclass
 class SafeSettings:
     """SAFE's knobs (how they combine: runner.safe.method.SafeMethod.check_config)."""
-    t_w: float = _setting(0.1, FRACTION, "safe.t_w (warm-up end, a fraction of training)")
-    t_f: float = _setting(0.4, FRACTION, "safe.t_f (freezing end, a fraction of training)")
+    # t_w, t_f: fractions of training (<= 1) or epochs (<= the run's), by schedule_unit: checked in check_config / setup
+    t_w: float = _setting(0.1, NONNEG, "safe.t_w (warm-up end, in safe.schedule_unit)")
+    t_f: float = _setting(0.4, NONNEG, "safe.t_f (freezing end, in safe.schedule_unit)")
+    schedule_unit: str = _setting("fraction", SCHEDULE_UNITS)
     threshold: float = _setting(1.0, FRACTION, "safe.threshold (T_final)")
     interval: int = _setting(10, POSITIVE_INT, "safe.interval (steps between importance measurements)")
     probe_size: int = _setting(32, POSITIVE_INT, "safe.probe_size (examples in the probe batch)")
     max_tokens: Optional[int] = _setting(1024, POSITIVE_INT)
     kernel: str = _setting("linear", ("linear", "rbf"))
     representation: str = _setting("adapted", REPRESENTATIONS)
+    importance: str = _setting("drift", IMPORTANCES)
     static_k: Optional[int] = _setting(None, NONNEG_INT)
     seed: int = 0
 
@@ -224,11 +241,13 @@ class PruneSettings:
     ratios: Optional[list[float]] = _setting(None, FRACTION_OPEN)
     compare: Optional[list[str]] = _setting(None, (*CRITERIA, "none"))  # none: the unpruned model as a row
     alpha: Any = _setting(0.5, "alpha", "prune.alpha (weight of HIS against entropy)")
-    alpha_grid: list[float] = _setting([], FRACTION)
+    alpha_grid: list[float] = _setting([], "alpha_value")
     alpha_ratios: list[float] = _setting([], FRACTION_OPEN)
     alpha_holdout_samples: int = _setting(256, POSITIVE_INT)
+    alpha_split: str = _setting("train_holdout", ("train_holdout", "dev_half"))  # docs/hies.md
     calib_samples: int = _setting(32, POSITIVE_INT)
     calib_batch_size: int = _setting(8, POSITIVE_INT)
+    his_per: str = _setting("example", ("example", "batch"))  # |dL/dm| per example (the paper) or per batch
     normalize_layers: bool = True
     min_heads_per_layer: int = _setting(0, NONNEG_INT)
     seed: int = 0
@@ -374,7 +393,8 @@ def _check_rule(value, rule, label: str) -> None:
         return
     text, ok = RULES[rule]
     if not ok(value):
-        raise ConfigError(f"{label} must be {text}, got {value!r}")
+        hint = RULE_HINTS[rule](value) if rule in RULE_HINTS else ""
+        raise ConfigError(f"{label} must be {text}, got {value!r}{hint}")
 
 
 def _show(choice) -> str:

@@ -190,7 +190,7 @@ class Recipe:
         self.ctx = LoopContext(
             cfg=cfg, accelerator=self.accelerator, model=self.model, optimizer=self.optimizer,
             train_loader=self.train_loader, total_steps=self.total_steps, tracker=self.tracker,
-            output_dir=self.output_dir,
+            output_dir=self.output_dir, steps_per_epoch=self.steps_per_epoch,
         )
 
     def _resolve_pooling(self, model_path: str) -> None:

@@ -88,6 +88,8 @@ CASES = [
     ("resume-without-checkpoint", ["resume=true", "hydra.run.dir={empty_run}"], {}, CONFIG, r"resume=true but .* holds no checkpoint"),
     ("never-overwrite", ["hydra.run.dir={done_run}"], {}, CONFIG, r"already holds a run|holds a completed run"),
     ("safe-schedule-order", ["method=safe", "safe.t_w=0.5", "safe.t_f=0.2"], {}, CONFIG, r"need 0 <= safe.t_w < safe.t_f <= 1"),
+    ("safe-epoch-window", ["method=safe", "safe.schedule_unit=epoch", "safe.t_w=0.5", "safe.t_f=5"], {}, CONFIG,
+     r"safe.schedule_unit=epoch needs 0 <= safe.t_w < safe.t_f <= 3 \(the run's epochs\), got t_w=0.5, t_f=5 epochs$"),
     ("safe-threshold", ["method=safe", "safe.threshold=1.5"], {}, CONFIG, r"safe.threshold \(T_final\) must be in \[0, 1\], got 1.5"),
     ("freeze-without-safe", ["freeze=static"], {}, CONFIG, r"freeze=static needs method=safe"),
     ("safe-interval", ["method=safe", "safe.interval=0"], {}, CONFIG, r"safe.interval \(steps between importance measurements\) must be a positive integer, got 0"),

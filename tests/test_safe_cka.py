@@ -88,3 +88,21 @@ def test_cached_reference_gives_the_same_linear_cka():
     ref = LinearCKAReference(x)
     for y in (x, 3 * x + 1, x + 0.3 * torch.randn(200, 12, generator=g), torch.randn(200, 5, generator=g)):
         assert ref(y) == pytest.approx(linear_cka(x, y), rel=1e-12)
+
+
+def test_rbf_bandwidth_uses_off_diagonal_distances_only():
+    """Rounding residue on the diagonal (a token's distance to itself) must not enter the median."""
+    from runner.safe.cka import _bandwidth2, _rbf_gram
+
+    # three tokens with squared distances 1, 4, 9 between them and 1e-7 residue on the diagonal
+    d2 = torch.tensor([[1e-7, 1.0, 4.0], [1.0, 1e-7, 9.0], [4.0, 9.0, 1e-7]], dtype=torch.float64)
+    assert float(d2[d2 > 0].median()) == 1.0  # the old filter: the residue shifts the median from 4 to 1
+    assert float(_bandwidth2(d2, 1.0)) == 4.0  # off-diagonal 1, 1, 4, 4, 9, 9: median 4
+    assert float(_bandwidth2(d2, 0.8)) == pytest.approx(0.64 * 4.0)
+    # the whole Gram matrix against an explicit reference: exact distances, median over i != j
+    x = torch.randn(7, 3, generator=torch.Generator().manual_seed(7), dtype=torch.float64) + 1e4  # large norms
+    exact = (x[:, None, :] - x[None, :, :]).pow(2).sum(-1)
+    off = exact[~torch.eye(7, dtype=torch.bool)]
+    reference = torch.exp(-exact / (2 * 0.64 * off.median()))
+    assert torch.allclose(_rbf_gram(x, 0.8), reference, rtol=1e-6, atol=1e-9)
+    assert torch.equal(torch.diagonal(_rbf_gram(x, 0.8)), torch.ones(7, dtype=torch.float64))

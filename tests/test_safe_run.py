@@ -173,6 +173,60 @@ def test_a_run_too_short_for_the_schedule_is_warned_about(runs, caplog):
     assert f"  warning: {warning}" in run_summary(results, Path("/tmp"))
 
 
+def test_fraction_units_report_the_window_in_steps_epochs_and_fractions(runs):
+    results, _, _ = safe_run(runs)
+    report = results["method_report"]
+    assert report["schedule"] == {
+        "unit": "fraction", "given": {"t_w": 0.1, "t_f": 0.5}, "total_steps": 20, "steps_per_epoch": 10,
+        "total_epochs": 2.0, "steps": {"t_w": 2, "t_f": 10}, "epochs": pytest.approx({"t_w": 0.2, "t_f": 1.0}),
+        "fractions": {"t_w": 0.1, "t_f": 0.5}}
+    assert report["importance"]["kind"] == "drift" and report["config"]["importance"] == "drift"
+
+
+def test_own_importance_in_epoch_units_with_gradient_accumulation(runs):
+    """safe.importance=own trains and freezes on the schedule; t_w / t_f in epochs of optimizer steps:
+    10 batches per epoch with grad_accum_steps=2 are 5 steps, 10 in all; t_w 0.2 epochs = step 1, t_f 1 epoch = step 5."""
+    results, steps, _ = runs("own-epochs", [
+        "method=safe", *[o for o in COMMON if not o.startswith(("safe.t_", "safe.interval"))], "trainer.grad_accum_steps=2",
+        "safe.importance=own", "safe.schedule_unit=epoch", "safe.t_w=0.2", "safe.t_f=1", "safe.interval=1",
+        "safe.threshold=1.0"])
+    report = results["method_report"]
+    assert results["status"] == "completed" and results["steps"]["per_epoch"] == 5
+    assert report["importance"] == {"kind": "own", "representation": "adapted", "kernel": "linear",
+                                    "score": "1 - mean CKA(representation with the layer's adapters, without them), same step and input"}
+    assert report["schedule_steps"] == {"total": 10, "t_w": 1, "t_f": 5}
+    assert report["schedule"]["unit"] == "epoch" and report["schedule"]["steps_per_epoch"] == 5
+    assert report["schedule"]["epochs"] == pytest.approx({"t_w": 0.2, "t_f": 1.0})
+    assert report["schedule"]["fractions"] == pytest.approx({"t_w": 0.1, "t_f": 0.5})
+    assert report["schedule_warning"] is None  # decisions at steps 2, 3, 4, 5
+    assert [step for step, _ in report["threshold"]] == [1, 2, 3, 4, 5][: len(report["threshold"])]
+    for step, t in report["threshold"]:
+        assert t == pytest.approx(schedule.threshold(step / 10, 0.1, 0.5, 1.0))
+    assert report["n_frozen"] == 3 and report["last_freeze_step"] <= 5
+    assert all(d["froze"] == d["below"] for d in report["decisions"])
+    for a in report["adapters"].values():
+        assert all(0.0 <= e["importance"] <= 1.0 for e in a["importance"])
+        if a["freeze_step"] is not None:
+            at = {e["step"]: e["relative"] for e in a["importance"]}[a["freeze_step"]]
+            assert at < schedule.threshold(a["freeze_step"] / 10, 0.1, 0.5, 1.0)
+    assert steps[-1]["safe/frac_frozen"] == pytest.approx(0.75) and len(steps) == 10
+
+
+def test_epoch_windows_that_do_not_fit_the_run_fail_in_one_line(tmp_path, model_dir):
+    from runner.errors import ConfigError
+    from runner.validate import validate_config
+
+    window = ["method=safe", *COMMON, "safe.schedule_unit=epoch", "safe.t_w=0.5", "safe.t_f=3"]
+    with pytest.raises(ConfigError) as exc:  # trainer.epochs=2: known before anything loads
+        validate_config(compose_cfg(window, tmp_path / "early", model_dir))
+    assert str(exc.value) == "safe.schedule_unit=epoch needs 0 <= safe.t_w < safe.t_f <= 2 (the run's epochs), got t_w=0.5, t_f=3 epochs"
+    # trainer.max_steps=6: the run's epochs (6 steps of 10 per epoch) are known once the data is loaded
+    with pytest.raises(ConfigError) as exc:
+        run_cfg(compose_cfg([*window, "safe.t_f=1", "trainer.max_steps=6"], tmp_path / "late", model_dir))
+    assert str(exc.value) == ("safe.schedule_unit=epoch needs 0 <= safe.t_w < safe.t_f <= 0.6 (the run's epochs: "
+                              "6 optimizer steps, 10 per epoch), got t_w=0.5, t_f=1 epochs")
+
+
 class _FakeProbe:
     last_flops = 0
 

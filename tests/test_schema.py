@@ -47,6 +47,9 @@ CASES = [
     (["task.is_regression=maybe"], "task.is_regression must be true or false, got 'maybe'"),
     (["resume=maybe"], "resume must be one of false, true, auto, got 'maybe'"),
     (["method=safe", "safe.probe_size=abc"], "safe.probe_size (examples in the probe batch) must be an integer, got 'abc'"),
+    (["method=safe", "safe.importance=mine"], "safe.importance must be one of drift, own, got 'mine'"),
+    (["method=safe", "safe.schedule_unit=steps"], "safe.schedule_unit must be one of fraction, epoch, got 'steps'"),
+    (["method=safe", "safe.t_w=-0.1"], "safe.t_w (warm-up end, in safe.schedule_unit) must be a finite number >= 0, got -0.1"),
     (["prune=hies", "prune.calib_samples=1.5"], "prune.calib_samples must be a positive integer, got 1.5"),
     (["logger.tags=[1,2]"], "logger.tags must be a list of strings, got [1, 2]"),
 ]

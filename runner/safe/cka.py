@@ -1,7 +1,8 @@
 """Centered Kernel Alignment (Kornblith et al., 2019) between two representations.
 
 SAFE scores an adapter by how far its layer's representation moved from the
-start of training: ``importance = 1 - CKA(now, start)``. Representations here
+start of training, ``importance = 1 - CKA(now, start)`` (``safe.importance=drift``),
+or by its own effect, ``1 - CKA(with the adapter, without it)`` (``own``). Representations here
 are token matrices ``[n_tokens, features]``; :func:`token_matrix` turns a
 ``[batch, seq, features]`` activation into one with padding tokens removed.
 
@@ -9,7 +10,7 @@ are token matrices ``[n_tokens, features]``; :func:`token_matrix` turns a
   ``X`` and ``Y``. Invariant to orthogonal transforms and isotropic scaling;
   computed in feature space (cheap when features << tokens), in float64.
 * RBF CKA: HSIC of Gaussian-kernel Gram matrices, the bandwidth a fraction of
-  the median pairwise distance (so it is scale invariant too). Costs
+  the median squared distance between different tokens (so it is scale invariant too). Costs
   ``O(n_tokens^2)``: cap the tokens (``safe.max_tokens``).
 """
 
@@ -79,11 +80,21 @@ def _rbf_gram(x: torch.Tensor, sigma_frac: float) -> torch.Tensor:
     x = x.to(torch.float64)
     sq = x.pow(2).sum(1)
     d2 = (sq[:, None] + sq[None, :] - 2 * x @ x.T).clamp_min(0)
-    positive = d2[d2 > 0]
-    if positive.numel() == 0:
-        return torch.ones_like(d2)
-    sigma2 = (sigma_frac ** 2) * positive.median()  # median heuristic on squared distances
-    return torch.exp(-d2 / (2 * sigma2))
+    d2.fill_diagonal_(0.0)  # a token's distance to itself, without the rounding residue of the form above
+    return torch.exp(-d2 / (2 * _bandwidth2(d2, sigma_frac)))
+
+
+def _bandwidth2(d2: torch.Tensor, sigma_frac: float) -> torch.Tensor:
+    """``sigma^2 = sigma_frac^2 x`` the median squared distance between *different* tokens (i != j). The
+    diagonal is dropped by index, not by value (``> 0`` let rounding residue such as 1e-7 there into the
+    median); exact duplicates among different tokens count as the zeros they are."""
+    n = d2.shape[0]
+    off = d2[~torch.eye(n, dtype=torch.bool, device=d2.device)]
+    median = off.median() if off.numel() else d2.new_zeros(())
+    if median <= 0:  # most pairs identical (or one token): fall back to the positive distances, else 1
+        positive = off[off > 0]
+        median = positive.median() if positive.numel() else d2.new_ones(())
+    return (sigma_frac ** 2) * median  # median heuristic on squared distances
 
 
 def _hsic(k: torch.Tensor, l: torch.Tensor) -> torch.Tensor:

@@ -3,9 +3,11 @@
 ``method=safe`` trains adapters like ``method=adapter`` and, after every
 optimizer step, may freeze some of them (``freeze=`` chooses the policy):
 
-* ``safe``   - measure importance (1 - CKA to the start) every ``safe.interval``
-  steps until ``t_f``; from ``t_w`` on, freeze every active adapter whose
-  importance / max importance is below the cubic threshold T(t).
+* ``safe``   - measure importance (``safe.importance``: ``drift``, 1 - CKA to the
+  start; ``own``, 1 - CKA between the outputs with and without the adapter)
+  every ``safe.interval`` steps until ``t_f``; from ``t_w`` on, freeze every
+  active adapter whose importance / max importance is below the cubic
+  threshold T(t). ``t_w`` / ``t_f``: fractions or epochs (``safe.schedule_unit``).
 * ``random`` - the same measurements and the same number of adapters frozen at
   each decision as ``safe`` would freeze, but chosen at random.
 * ``static`` - freeze the lowest ``safe.static_k`` adapters before step 1.
@@ -38,6 +40,10 @@ MEASURING = ("safe", "random")
 TIMELINE_PNG = "safe_freeze_timeline.png"
 
 
+IMPORTANCE_SCORES = {  # safe.importance -> what the report's importances are (runner.safe.importance)
+    "drift": "1 - mean CKA(representation now, at step 0)",
+    "own": "1 - mean CKA(representation with the layer's adapters, without them), same step and input",
+}
 MIN_DECISIONS = 3  # fewer importance measurements in the freezing window: warn that the schedule is too short
 
 
@@ -63,6 +69,7 @@ def rewrap_ddp(acc, old):
 
 class SafeMethod(TrainingMethod):
     name = "safe"
+    window: dict | None = None  # t_w / t_f in steps, epochs and fractions (setup: runner.safe.schedule.window)
 
     @classmethod
     def check_config(cls, cfg) -> None:
@@ -75,8 +82,10 @@ class SafeMethod(TrainingMethod):
         if policy != "none" and scfg is None:
             raise ConfigError(f"freeze={policy} needs the `safe:` config node (conf/freeze/safe.yaml)")
         if scfg is not None:
-            try:
-                schedule.validate(float(scfg.t_w), float(scfg.t_f), float(scfg.threshold))
+            try:  # epochs: the run's are known here unless max_steps sets them (then checked again in setup)
+                epochs = None if cfg.trainer.get("max_steps") else float(cfg.trainer.epochs)
+                schedule.validate(float(scfg.t_w), float(scfg.t_f), float(scfg.threshold),
+                                  str(scfg.get("schedule_unit", "fraction")), epochs)
             except ValueError as exc:
                 raise ConfigError(str(exc)) from exc
         if policy == "static" and scfg.get("static_k") is None:
@@ -98,6 +107,7 @@ class SafeMethod(TrainingMethod):
         self.reference_checksum: float | None = None
         self._pending: tuple[int, float] | None = None
         self.schedule_warning: str | None = None
+        self.importance_kind = str(self.scfg.get("importance", "drift")) if self.scfg is not None else None
 
     # ----------------------------------------------------------------- setup
 
@@ -113,17 +123,12 @@ class SafeMethod(TrainingMethod):
                               "use adapter=lora or adapter=bottleneck")
         self.total_steps = int(ctx.total_steps)
         if self.scfg is not None:
-            self.t_w_step = schedule.step_of(float(self.scfg.t_w), self.total_steps)
-            self.t_f_step = schedule.step_of(float(self.scfg.t_f), self.total_steps)
+            self.window = self._window(ctx)
+            self.t_w_step, self.t_f_step = self.window["steps"]["t_w"], self.window["steps"]["t_f"]
         self.schedule_warning = self._check_schedule_length()
         if self.policy in MEASURING and acc.is_main_process:
-            targets = probe_targets(module, str(self.scfg.representation))
             batch = probe_batch(ctx.train_loader, int(self.scfg.probe_size), self.seed, acc.device)
-            self.probe = RepresentationProbe(
-                module, batch, {k: v for k, v in targets.items() if k in self.freezer.groups},
-                kernel=str(self.scfg.kernel), max_tokens=self.scfg.get("max_tokens"), seed=self.seed,
-                count_flops=bool(self.cfg.trainer.get("count_flops", True)),
-            )
+            self.probe = self._make_probe(module, batch)
             self.probe.set_reference()  # step 0: every adapter is still (close to) the identity
             self.probe_flops += self.probe.last_flops
             self.probe_seconds += self.probe.last_seconds
@@ -139,6 +144,31 @@ class SafeMethod(TrainingMethod):
                                   f"the benchmark passes SAFE's final frozen count)")
             return self._freeze(ctx, self.freezer.layers[:int(k)], step=0)[1]
         return None
+
+    def _window(self, ctx: LoopContext) -> dict:
+        """t_w and t_f in this run's steps, epochs and fractions (runner.safe.schedule.window)."""
+        per_epoch = ctx.steps_per_epoch
+        if per_epoch is None:  # a loop that does not say: the optimizer steps of one pass over the loader
+            per_epoch = math.ceil(len(ctx.train_loader) / int(self.cfg.trainer.get("grad_accum_steps", 1)))
+        try:
+            return schedule.window(float(self.scfg.t_w), float(self.scfg.t_f), str(self.scfg.get("schedule_unit", "fraction")),
+                                   self.total_steps, per_epoch)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from exc
+
+    def _make_probe(self, module, batch) -> RepresentationProbe:
+        """The probe on the layers that have an adapter group, scoring with ``safe.importance``."""
+        targets = probe_targets(module, str(self.scfg.representation))
+        targets = {k: v for k, v in targets.items() if k in self.freezer.groups}
+        try:
+            return RepresentationProbe(
+                module, batch, targets, kernel=str(self.scfg.kernel), max_tokens=self.scfg.get("max_tokens"),
+                seed=self.seed, count_flops=bool(self.cfg.trainer.get("count_flops", True)),
+                importance=self.importance_kind,
+                adapted=probe_targets(module, "adapted") if self.importance_kind == "own" else None,
+            )
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from exc
 
     def _freeze(self, ctx: LoopContext, layers, step: int) -> tuple[list[int], object]:
         """Freeze ``layers``; returns those frozen now and the model wrapper to train from now on (None: unchanged)."""
@@ -159,9 +189,15 @@ class SafeMethod(TrainingMethod):
         if self.policy not in MEASURING or self.scfg is None:
             return []
         interval = int(self.scfg.interval)
+        t_w, t_f = self._fractions()
         steps = [s for s in range(1, self.t_f_step + 1) if s % interval == 0 or s == self.t_f_step]
-        return [s for s in steps if schedule.threshold(s / max(1, self.total_steps), float(self.scfg.t_w),
-                                                      float(self.scfg.t_f), float(self.scfg.threshold)) > 0]
+        return [s for s in steps if schedule.threshold(s / max(1, self.total_steps), t_w, t_f, float(self.scfg.threshold)) > 0]
+
+    def _fractions(self) -> tuple[float, float]:
+        """t_w and t_f as fractions of training, what the threshold schedule runs on (epochs converted in setup)."""
+        if self.window is not None:
+            return self.window["fractions"]["t_w"], self.window["fractions"]["t_f"]
+        return float(self.scfg.t_w), float(self.scfg.t_f)
 
     def _check_schedule_length(self) -> str | None:
         """A run too short for the schedule: too few measurements for the freezing decisions to mean anything."""
@@ -186,7 +222,7 @@ class SafeMethod(TrainingMethod):
         """Measure importance of the active adapters and choose which to freeze (main process)."""
         start = time.perf_counter()
         progress = step / max(1, self.total_steps)
-        t = schedule.threshold(progress, float(self.scfg.t_w), float(self.scfg.t_f), float(self.scfg.threshold))
+        t = schedule.threshold(progress, *self._fractions(), float(self.scfg.threshold))
         active = self.freezer.active
         importance = self.probe.importance(active)
         finite = [v for v in importance.values() if not math.isnan(v)]
@@ -300,6 +336,11 @@ class SafeMethod(TrainingMethod):
             "merged_layers": sorted(self.freezer.merged),
             "schedule_steps": ({"total": self.total_steps, "t_w": self.t_w_step, "t_f": self.t_f_step}
                                if self.scfg is not None else {"total": self.total_steps}),
+            # t_w / t_f as given (safe.schedule_unit) and in steps, epochs and fractions of this run
+            "schedule": self.window,
+            "importance": (None if self.scfg is None else {
+                "kind": self.importance_kind, "representation": str(self.scfg.representation),
+                "kernel": str(self.scfg.kernel), "score": IMPORTANCE_SCORES[self.importance_kind]}),
             "adapters": {
                 f"layer{k}": {
                     "freeze_step": freeze_steps[k],
