@@ -206,6 +206,8 @@ class SafeSettings:
     kernel: str = _setting("linear", ("linear", "rbf"))
     representation: str = _setting("adapted", REPRESENTATIONS)
     importance: str = _setting("drift", IMPORTANCES)
+    budget_mode: bool = False
+    budget_splits: int = _setting(2, POSITIVE_INT, "safe.budget_splits (chunks per micro-batch until t_f)")
     static_k: Optional[int] = _setting(None, NONNEG_INT)
     seed: int = 0
 

@@ -145,6 +145,15 @@ class SafeMethod(TrainingMethod):
             return self._freeze(ctx, self.freezer.layers[:int(k)], step=0)[1]
         return None
 
+    def micro_batch_splits(self, step: int) -> int:
+        """``safe.budget_mode`` (ours, beyond the paper): while the schedule can still freeze (optimizer
+        steps up to t_f), every micro-batch runs as ``safe.budget_splits`` chunks, so the warm-up, when
+        every adapter trains, keeps ~1/k of the activations at once; after t_f, full micro-batches again
+        (the frozen adapters no longer need theirs). The same updates either way (runner.train)."""
+        if self.scfg is None or not self.scfg.get("budget_mode") or self.policy == "static":
+            return 1
+        return int(self.scfg.get("budget_splits", 2)) if step < self.t_f_step else 1
+
     def _window(self, ctx: LoopContext) -> dict:
         """t_w and t_f in this run's steps, epochs and fractions (runner.safe.schedule.window)."""
         per_epoch = ctx.steps_per_epoch
@@ -355,6 +364,9 @@ class SafeMethod(TrainingMethod):
                           for m in self.measurements],
             "events": self.events,
             "memory": _memory_phases(history, self.events),
+            # safe.budget_mode: micro-batches split into `splits` chunks for optimizer steps 1..until_step
+            "budget_mode": ({"splits": self.micro_batch_splits(0), "until_step": self.t_f_step}
+                            if self.micro_batch_splits(0) > 1 else None),
             "overhead": {"probe_flops_total": self.probe_flops, "probe_seconds_total": self.probe_seconds,
                          "measurements": len(self.measurements) + (1 if self.probe is not None else 0)},
             "last_freeze_step": last_freeze,
