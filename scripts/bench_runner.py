@@ -15,7 +15,9 @@ says nothing about "equal accuracy".
 * ``plain``: a hand-written PyTorch + PEFT loop that does nothing else;
 * ``trainer``: Hugging Face ``transformers.Trainer`` with the PEFT model.
 
-Repeats are interleaved, the order rotating by one tool per repeat (runner,
+Each tool's padded training tokens are counted (the work it did: the three
+draw their batches from different generators, so the padding differs a
+little). Repeats are interleaved, the order rotating by one tool per repeat (runner,
 plain, trainer; plain, trainer, runner; ...) so machine noise and the place in
 the order hit all three alike; it prints, per tool, the median wall time (model load to dev
 metric), training samples per second and dev accuracy, and the ratios to the
@@ -89,8 +91,9 @@ def run_runner(args, workdir: Path) -> dict:
     results = run(compose_config(runner_overrides(args), output_dir=out))
     wall = time.perf_counter() - t0
     steps = results["steps"]["total"]
+    padded = sum(json.loads(line)["padded_tokens"] for line in (out / "steps.jsonl").read_text().splitlines())
     return {"wall_s": wall, "samples_per_s": steps * BATCH / results["time"]["train_s"], "accuracy": results["metrics"]["accuracy"],
-            "cuda_peak_bytes": results["memory"].get("cuda_peak_allocated_bytes")}
+            "cuda_peak_bytes": results["memory"].get("cuda_peak_allocated_bytes"), "train_padded_tokens": padded}
 
 
 def _cuda_peak() -> int | None:
@@ -126,6 +129,18 @@ def _prepared(args):
     return model, tokenizer, train, dev, DataCollatorWithPadding(tokenizer)
 
 
+class CountingCollator:
+    """The collator, counting the padded tokens of every batch it builds (the work a tool did)."""
+
+    def __init__(self, collator):
+        self.collator, self.padded_tokens = collator, 0
+
+    def __call__(self, features):
+        batch = self.collator(features)
+        self.padded_tokens += int(batch["input_ids"].numel())
+        return batch
+
+
 def run_plain(args, workdir: Path) -> dict:
     from torch.utils.data import DataLoader
     from transformers import get_scheduler
@@ -146,9 +161,11 @@ def run_plain(args, workdir: Path) -> dict:
     sched = get_scheduler("linear", opt, num_warmup_steps=int(WARMUP * total), num_training_steps=total)
     model.train()
     t_train = time.perf_counter()
+    padded = 0
     for step, batch in enumerate(loader):
         if step >= total:
             break
+        padded += int(batch["input_ids"].numel())
         batch = {k: v.to(device) for k, v in batch.items()}
         with _autocast(args):
             loss = forward(**batch).loss
@@ -168,7 +185,7 @@ def run_plain(args, workdir: Path) -> dict:
             labels.append(batch["labels"])
     accuracy = float((torch.cat(preds) == torch.cat(labels)).float().mean())
     return {"wall_s": time.perf_counter() - t0, "samples_per_s": total * BATCH / train_s, "accuracy": accuracy,
-            "cuda_peak_bytes": _cuda_peak()}
+            "cuda_peak_bytes": _cuda_peak(), "train_padded_tokens": padded}
 
 
 def run_trainer(args, workdir: Path) -> dict:
@@ -190,12 +207,16 @@ def run_trainer(args, workdir: Path) -> dict:
     def accuracy(pred) -> dict:
         return {"accuracy": float((np.argmax(pred.predictions, -1) == pred.label_ids).mean())}
 
-    trainer = Trainer(model=model, args=targs, train_dataset=train, eval_dataset=dev, data_collator=collator,
+    counting = CountingCollator(collator)
+    trainer = Trainer(model=model, args=targs, train_dataset=train, eval_dataset=dev, data_collator=counting,
                       compute_metrics=accuracy)
     out = trainer.train()
+    # before evaluate() pads the dev set with the same collator; with --max-steps it may include a batch
+    # the Trainer fetched ahead but did not train on (a whole epoch has none)
+    padded = counting.padded_tokens
     metrics = trainer.evaluate()
     return {"wall_s": time.perf_counter() - t0, "samples_per_s": out.metrics["train_samples_per_second"],
-            "accuracy": metrics["eval_accuracy"], "cuda_peak_bytes": _cuda_peak()}
+            "accuracy": metrics["eval_accuracy"], "cuda_peak_bytes": _cuda_peak(), "train_padded_tokens": padded}
 
 
 TOOLS = {"runner": run_runner, "plain": run_plain, "trainer": run_trainer}
@@ -216,21 +237,22 @@ def main(argv=None) -> int:
                 m = TOOLS[tool](args, Path(tmp))
                 measured[tool].append(m)
                 print(f"repeat {i} {tool:8s}: wall {m['wall_s']:.1f} s, {m['samples_per_s']:.1f} samples/s, "
-                      f"accuracy {m['accuracy']:.4f}", flush=True)
-    median = {t: {k: statistics.median(m[k] for m in ms) for k in ("wall_s", "samples_per_s", "accuracy")}
+                      f"accuracy {m['accuracy']:.4f}, {m['train_padded_tokens']:,} padded train tokens", flush=True)
+    median = {t: {k: statistics.median(m[k] for m in ms) for k in ("wall_s", "samples_per_s", "accuracy", "train_padded_tokens")}
               | {"cuda_peak_bytes": max((m["cuda_peak_bytes"] or 0) for m in ms) or None}
               for t, ms in measured.items()}
     print(f"\nMRPC, MiniLM (mean pooling) + LoRA r8 (every linear layer), lr {LR:g}, batch {BATCH}, {'1 epoch' if not args.max_steps else f'{args.max_steps} steps'}, "
           f"{args.repeats} interleaved repeats, torch threads {torch.get_num_threads()}, {time.perf_counter() - t0:.0f} s in all\n")
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU, torch threads {torch.get_num_threads()}"
     print(f"device: {device}; precision {args.precision}{', torch.compile' if args.compile else ''}\n")
-    print("| tool | wall s (median) | train samples/s | dev accuracy | wall / plain | wall / Trainer | CUDA peak MiB |")
-    print("|---|---|---|---|---|---|---|")
+    print("| tool | wall s (median) | train samples/s | dev accuracy | padded train tokens | wall / plain | wall / Trainer | CUDA peak MiB |")
+    print("|---|---|---|---|---|---|---|---|")
     for t, m in median.items():
         vs_plain = m["wall_s"] / median["plain"]["wall_s"] if "plain" in median else float("nan")
         vs_trainer = m["wall_s"] / median["trainer"]["wall_s"] if "trainer" in median else float("nan")
         peak = f"{m['cuda_peak_bytes'] / 2**20:.0f}" if m["cuda_peak_bytes"] else "-"
-        print(f"| {t} | {m['wall_s']:.1f} | {m['samples_per_s']:.1f} | {m['accuracy']:.4f} | {vs_plain:.3f} | {vs_trainer:.3f} | {peak} |")
+        print(f"| {t} | {m['wall_s']:.1f} | {m['samples_per_s']:.1f} | {m['accuracy']:.4f} | {m['train_padded_tokens']:,.0f} | "
+              f"{vs_plain:.3f} | {vs_trainer:.3f} | {peak} |")
     print("\nTargets: runner <= 1.05x plain and <= 1.0x Trainer in wall time, at equal accuracy.")
     if args.json:
         args.json.write_text(json.dumps({"runs": measured, "median": median, "args": vars(args) | {"json": str(args.json)}}, indent=2))
