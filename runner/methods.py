@@ -27,7 +27,7 @@ class LoopContext:
     total_steps: int
     tracker: Any
     output_dir: Path
-    steps_per_epoch: int | None = None  # optimizer steps per epoch (gradient accumulation counted); None: not told
+    steps_per_epoch: int  # optimizer steps per epoch (gradient accumulation counted)
 
 
 @dataclass

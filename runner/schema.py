@@ -50,8 +50,8 @@ RULES = {
     # HIES's alpha (the paper: [0, 1)); alpha = 1 would be HIS alone, a criterion of its own (prune.name=his)
     "alpha": ("a number in [0, 1) or auto",
               lambda v: v == "auto" or (isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < 1)),
-    "alpha_value": ("in [0, 1)", lambda v: 0 <= v < 1),
 }
+RULES["alpha_value"] = RULES[FRACTION_OPEN]  # alpha_grid's elements: [0, 1), with alpha's hint below
 
 
 def _alpha_one_hint(value) -> str:
@@ -65,6 +65,7 @@ RULE_HINTS = {"alpha": _alpha_one_hint, "alpha_value": _alpha_one_hint}  # rule 
 CRITERIA = ("hies", "his", "entropy", "random", "magnitude")  # head-pruning criteria (runner.prune.scores)
 REPRESENTATIONS = ("adapted", "layer")  # what SAFE's probe compares (runner.safe.importance)
 IMPORTANCES = ("drift", "own")  # SAFE's score: 1 - CKA(now, step 0) or 1 - CKA(with adapter, without) (runner.safe.importance)
+HIS_PER = ("example", "batch")  # where HIS takes |dL/dm| (runner.prune.scores)
 SCHEDULE_UNITS = ("fraction", "epoch")  # what safe.t_w / safe.t_f count (runner.safe.schedule)
 LR_SCHEDULES = ("linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial")
 
@@ -249,7 +250,7 @@ class PruneSettings:
     alpha_split: str = _setting("train_holdout", ("train_holdout", "dev_half"))  # docs/hies.md
     calib_samples: int = _setting(32, POSITIVE_INT)
     calib_batch_size: int = _setting(8, POSITIVE_INT)
-    his_per: str = _setting("example", ("example", "batch"))  # |dL/dm| per example (the paper) or per batch
+    his_per: str = _setting("example", HIS_PER)  # |dL/dm| per example (the paper) or per batch
     normalize_layers: bool = True
     min_heads_per_layer: int = _setting(0, NONNEG_INT)
     seed: int = 0

@@ -48,6 +48,7 @@ from runner.aggregate.collect import (  # noqa: F401
 from runner.aggregate.frontier import (  # noqa: F401
     TOLERANCE,
     choose,
+    frontier_by_task,
     frontier_figure,
     frontier_points,
     frontier_table,

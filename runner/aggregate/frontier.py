@@ -86,13 +86,17 @@ def choose(points: pd.DataFrame):
     return order.index[0]
 
 
-def frontier_table(stats: pd.DataFrame, model: str, baseline: str = "adapter") -> pd.DataFrame:
-    """Every task's points as one table (metric x100 mean ± std, ratios, n, front and choice marks)."""
+def frontier_by_task(stats: pd.DataFrame, model: str, baseline: str = "adapter") -> dict[str, pd.DataFrame]:
+    """:func:`frontier_points` of every task of ``model`` that has any, in task order."""
+    points = {task: frontier_points(stats, model, task, baseline) for task in task_order(stats[stats["model"] == model]["task"])}
+    return {task: p for task, p in points.items() if not p.empty}
+
+
+def frontier_table(points_by_task: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """Every task's points (:func:`frontier_by_task`) as one table (metric x100 mean ± std, ratios, n,
+    front and choice marks)."""
     parts = []
-    for task in task_order(stats[stats["model"] == model]["task"]):
-        p = frontier_points(stats, model, task, baseline)
-        if p.empty:
-            continue
+    for task, p in points_by_task.items():
         parts.append(pd.DataFrame({
             "task": task.upper(), "setting": p["setting"], "n": p["n"],
             "metric": [f"{m:.2f} ± {s:.2f}" for m, s in zip(p["metric"], p["metric_std"])],
@@ -137,11 +141,11 @@ def frontier_figure(points: pd.DataFrame, model: str, task: str, baseline: str =
     return fig
 
 
-def plot_frontier(stats: pd.DataFrame, model: str, task: str, path: Path, baseline: str = "adapter") -> Path | None:
-    """:func:`frontier_figure` as a PNG, when the task has at least two points besides the baseline."""
+def plot_frontier(points: pd.DataFrame, model: str, task: str, path: Path, baseline: str = "adapter") -> Path | None:
+    """:func:`frontier_figure` of one task's :func:`frontier_points` as a PNG, when it has at least two
+    points besides the baseline."""
     from runner.aggregate.plots import _save
 
-    points = frontier_points(stats, model, task, baseline)
     if len(points) < 2:
         return None
     return _save(frontier_figure(points, model, task, baseline), path)

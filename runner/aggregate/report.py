@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from runner.aggregate.collect import collect
-from runner.aggregate.frontier import TOLERANCE, frontier_points, frontier_table, plot_frontier
+from runner.aggregate.frontier import TOLERANCE, frontier_by_task, frontier_table, plot_frontier
 from runner.aggregate.plots import plot_efficiency, plot_freeze_timelines, plot_pruning
 from runner.aggregate.stats import _order, summarize_pruning, summarize_runs, task_order
 from runner.aggregate.tables import (
@@ -56,9 +56,10 @@ def build_report(paths: list[Path], out: Path, baseline: str = "adapter", by: li
         sections.append(f"## {model}: cost per task and method\n\nMemory in bytes as measured (saved for backward: "
                         "activations autograd keeps; state + saved: that plus weights, gradients and optimizer state); "
                         "[ratio to the baseline].\n\n" + markdown(e))
-        sections += _frontier_sections(stats, model, baseline, tables)
+        frontiers = frontier_by_task(stats, model, baseline)
+        sections += _frontier_sections(frontiers, model, baseline, tables)
         if plots:
-            figures += _training_figures(stats, raw, model, baseline, out)
+            figures += _training_figures(stats, raw, frontiers, model, baseline, out)
     if not pstats.empty:
         for model in _order(pstats["model"]):
             for value, title in (("metric", "Table 1 layout: task metric after pruning (x100; 0% = unpruned)"),
@@ -82,21 +83,22 @@ def build_report(paths: list[Path], out: Path, baseline: str = "adapter", by: li
             "figures": figures, "markdown": text, "out": out}
 
 
-def _training_figures(stats: pd.DataFrame, raw: list[dict], model: str, baseline: str, out: Path) -> list[Path]:
+def _training_figures(stats: pd.DataFrame, raw: list[dict], frontiers: dict, model: str, baseline: str,
+                      out: Path) -> list[Path]:
     """One model's efficiency bars, then per task SAFE's frontier (a grid only) and freezing timeline."""
     figures = [plot_efficiency(stats, model, baseline, out / f"efficiency_{model}.png")]
     for task in task_order(stats[stats["model"] == model]["task"]):
-        figures.append(plot_frontier(stats, model, task, out / f"frontier_{model}_{task}.png", baseline))
+        if task in frontiers:
+            figures.append(plot_frontier(frontiers[task], model, task, out / f"frontier_{model}_{task}.png", baseline))
         figures.append(plot_freeze_timelines(raw, model, task, out / f"freeze_timeline_{model}_{task}.png"))
     return [f for f in figures if f]
 
 
-def _frontier_sections(stats: pd.DataFrame, model: str, baseline: str, tables: dict) -> list[str]:
+def _frontier_sections(frontiers: dict, model: str, baseline: str, tables: dict) -> list[str]:
     """SAFE's frontier table, when some task has at least two settings besides the baseline (a grid)."""
-    tasks = task_order(stats[stats["model"] == model]["task"])
-    if not any(len(frontier_points(stats, model, t, baseline)) >= 2 for t in tasks):
+    if not any(len(p) >= 2 for p in frontiers.values()):
         return []
-    t = frontier_table(stats, model, baseline)
+    t = frontier_table(frontiers)
     tables[f"frontier/{model}"] = t
     return [f"## {model}: accuracy against savings (SAFE's frontier)\n\nOne row per setting (mean over its seeds, n); "
             f"FLOPs and memory (mean saved for backward) as ratios to `{baseline}`; *front*: on the Pareto front of "

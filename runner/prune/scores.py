@@ -21,7 +21,7 @@ import torch
 from scipy.stats import spearmanr
 from torch import nn
 
-from runner.schema import CRITERIA as PRUNING_CRITERIA
+from runner.schema import CRITERIA as PRUNING_CRITERIA, HIS_PER  # prune.his_per: where |dL/dm| is taken
 from runner.prune.gate import HeadGate, encoder_layers, geometry, _output_projection
 from runner.prune.select import select_heads_to_prune
 
@@ -96,9 +96,6 @@ def frozen_weights(model: nn.Module):
     finally:
         for p, flag in flags:
             p.requires_grad_(flag)
-
-
-HIS_PER = ("example", "batch")  # prune.his_per: where |dL/dm| is taken
 
 
 @dataclass

@@ -69,7 +69,6 @@ def rewrap_ddp(acc, old):
 
 class SafeMethod(TrainingMethod):
     name = "safe"
-    window: dict | None = None  # t_w / t_f in steps, epochs and fractions (setup: runner.safe.schedule.window)
 
     @classmethod
     def check_config(cls, cfg) -> None:
@@ -107,6 +106,7 @@ class SafeMethod(TrainingMethod):
         self.reference_checksum: float | None = None
         self._pending: tuple[int, float] | None = None
         self.schedule_warning: str | None = None
+        self.window: dict | None = None  # t_w / t_f in steps, epochs and fractions (setup: runner.safe.schedule.window)
         self.importance_kind = str(self.scfg.get("importance", "drift")) if self.scfg is not None else None
 
     # ----------------------------------------------------------------- setup
@@ -156,12 +156,9 @@ class SafeMethod(TrainingMethod):
 
     def _window(self, ctx: LoopContext) -> dict:
         """t_w and t_f in this run's steps, epochs and fractions (runner.safe.schedule.window)."""
-        per_epoch = ctx.steps_per_epoch
-        if per_epoch is None:  # a loop that does not say: the optimizer steps of one pass over the loader
-            per_epoch = math.ceil(len(ctx.train_loader) / int(self.cfg.trainer.get("grad_accum_steps", 1)))
         try:
             return schedule.window(float(self.scfg.t_w), float(self.scfg.t_f), str(self.scfg.get("schedule_unit", "fraction")),
-                                   self.total_steps, per_epoch)
+                                   self.total_steps, ctx.steps_per_epoch)
         except ValueError as exc:
             raise ConfigError(str(exc)) from exc
 
@@ -204,9 +201,7 @@ class SafeMethod(TrainingMethod):
 
     def _fractions(self) -> tuple[float, float]:
         """t_w and t_f as fractions of training, what the threshold schedule runs on (epochs converted in setup)."""
-        if self.window is not None:
-            return self.window["fractions"]["t_w"], self.window["fractions"]["t_f"]
-        return float(self.scfg.t_w), float(self.scfg.t_f)
+        return self.window["fractions"]["t_w"], self.window["fractions"]["t_f"]
 
     def _check_schedule_length(self) -> str | None:
         """A run too short for the schedule: too few measurements for the freezing decisions to mean anything."""
@@ -336,6 +331,7 @@ class SafeMethod(TrainingMethod):
         layers = self.freezer.layers
         freeze_steps = {k: self.freezer.frozen.get(k) for k in layers}
         last_freeze = max((e["step"] for e in self.events), default=None)
+        splits = self.micro_batch_splits(0)
         report = {
             "policy": self.policy,
             "config": _plain(self.scfg) if self.scfg is not None else None,
@@ -365,8 +361,7 @@ class SafeMethod(TrainingMethod):
             "events": self.events,
             "memory": _memory_phases(history, self.events),
             # safe.budget_mode: micro-batches split into `splits` chunks for optimizer steps 1..until_step
-            "budget_mode": ({"splits": self.micro_batch_splits(0), "until_step": self.t_f_step}
-                            if self.micro_batch_splits(0) > 1 else None),
+            "budget_mode": {"splits": splits, "until_step": self.t_f_step} if splits > 1 else None,
             "overhead": {"probe_flops_total": self.probe_flops, "probe_seconds_total": self.probe_seconds,
                          "measurements": len(self.measurements) + (1 if self.probe is not None else 0)},
             "last_freeze_step": last_freeze,
