@@ -469,6 +469,16 @@ def _plan_and_options(args) -> tuple[Path, list[Job], dict]:
     return Path(sweep_dir), jobs, opts
 
 
+def _other_jobs(sweep_dir: Path, overrides: list[str]) -> str:
+    """How the jobs ``overrides`` plan differ from those stored in ``sweep_dir`` ('' when they are the same set)."""
+    stored = {tuple(j.overrides) for j in load_plan(sweep_dir)[0]}
+    if not stored:  # a manifest without jobs (written by hand): nothing to compare with
+        return ""
+    asked = {tuple(j.overrides) for j in plan(sweep_dir, overrides)}
+    missing, extra = len(asked - stored), len(stored - asked)
+    return "" if not (missing or extra) else f"{missing} asked job(s) not in it, {extra} of its jobs not asked"
+
+
 def run_or_resume(sweep_dir: Path, overrides: list[str], options: list[str] = (), dry_run: bool = False) -> int:
     """Run a sweep into ``sweep_dir``, or continue it when the dir already holds one (completed jobs
     skipped, interrupted ones resumed): the building block of the benchmark scripts, which rerun
@@ -476,6 +486,11 @@ def run_or_resume(sweep_dir: Path, overrides: list[str], options: list[str] = ()
     one sweep leaks into the next); returns its exit code (0 with ``dry_run``, after printing it)."""
     sweep_dir = Path(sweep_dir)
     if (sweep_dir / MANIFEST).is_file():
+        other = _other_jobs(sweep_dir, overrides)
+        if other:
+            print(f"error: {sweep_dir} holds a sweep of other jobs ({other}); continuing it would not run what was "
+                  "asked: give another output dir, or remove that one", file=sys.stderr, flush=True)
+            return 2
         cmd = [sys.executable, "-m", "runner.sweep", "--resume", str(sweep_dir)]
     else:
         cmd = [sys.executable, "-m", "runner.sweep", *options, "--dir", str(sweep_dir), "--", *overrides]

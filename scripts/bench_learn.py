@@ -112,8 +112,15 @@ def planned_sweeps(args) -> list[tuple[Path, list[str]]]:
         if seed in args.regression_seeds:
             out.append((args.out / f"demo-overlap-s{seed}", regression_overrides(args, seed)))
         if seed in args.seeds:
-            out += [(args.out / f"{recipe}-s{seed}", sweep_overrides(args, recipe, seed)) for recipe in args.recipes]
+            out += [(args.out / f"{recipe}-s{seed}{_pooling_suffix(args)}", sweep_overrides(args, recipe, seed))
+                    for recipe in args.recipes]
     return out
+
+
+def _pooling_suffix(args) -> str:
+    """'' for the benchmark's poolings (both, one sweep), else '-<pooling>': a run of one pooling gets its own
+    sweep dir (``run_or_resume`` refuses a dir planned with other jobs)."""
+    return "" if set(args.poolings) == {"mean", "cls"} else "-" + "-".join(args.poolings)
 
 
 def run_sweeps(args) -> int:
@@ -141,7 +148,7 @@ def collect(out: Path) -> list[dict]:
         results = read_completed(path.parent)
         if results is None:
             continue
-        recipe = path.parent.parent.name.rsplit("-s", 1)[0]
+        recipe = path.parent.parent.name.rsplit("-s", 1)[0]  # <recipe>-s<seed>[-<pooling>]
         trainer = _trainer_settings(path.parent)
         rows.append({
             "lr": trainer.get("lr"), "epochs": trainer.get("epochs"),

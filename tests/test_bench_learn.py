@@ -28,6 +28,9 @@ def test_plan_runs_seed_by_seed_regression_first(bench, tmp_path):
     assert lora["trainer.count_flops"] == "false"
     demo = dict(o.split("=", 1) for o in plan[0][1])
     assert demo["experiment"] == "demo" and demo["task"] == "glue/stsb" and demo["task.data_dir"].endswith("overlap-glue")
+    # one pooling: its own dir (continuing the both-poolings sweep would be refused, and run nothing new)
+    one = bench.parse_args(["--out", str(tmp_path), "--seeds", "2", "--regression-seeds", "--recipes", "lora", "--poolings", "mean"])
+    assert [d.name for d, _ in bench.planned_sweeps(one)] == ["lora-s2-mean"]
 
 
 def _results(task, seed, acc, f1, pooling, trivial):
@@ -59,7 +62,7 @@ def test_a_grid_of_learning_rates_and_epochs_is_swept_and_tabulated_per_setting(
                              "--seeds", "1", "--regression-seeds", "--lrs", "2e-5", "1e-4", "--epochs", "3", "10"])
     ((sweep_dir, overrides),) = bench.planned_sweeps(args)
     o = dict(x.split("=", 1) for x in overrides)
-    assert sweep_dir.name == "full-s1" and o["trainer.lr"] == "2e-05,0.0001" and o["trainer.epochs"] == "3,10"
+    assert sweep_dir.name == "full-s1-mean" and o["trainer.lr"] == "2e-05,0.0001" and o["trainer.epochs"] == "3,10"
     trivial = {"accuracy": 0.527}
     for i, (lr, epochs, acc) in enumerate([(2e-5, 3, 0.55), (1e-4, 3, 0.58), (2e-5, 10, 0.57), (1e-4, 10, 0.60)]):
         d = sweep_dir / f"{i}_rte-minilm-full-s1"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 import sys
@@ -264,6 +265,20 @@ def test_run_or_resume_starts_a_sweep_then_continues_it(tmp_path, capsys):
     assert run_or_resume(tmp_path / "s", ["seed=1,2"], dry_run=True) == 0
     assert f"-m runner.sweep --dir {tmp_path / 's'} -- seed=1,2" in capsys.readouterr().out
     (tmp_path / "s").mkdir()
-    (tmp_path / "s" / "sweep.json").write_text("{}")
-    assert run_or_resume(tmp_path / "s", ["seed=1,2"], dry_run=True) == 0
+    jobs = [dataclasses.asdict(j) for j in plan(tmp_path / "s", ["seed=1,2"])]
+    (tmp_path / "s" / "sweep.json").write_text(json.dumps({"jobs": jobs, "options": {}}))
+    assert run_or_resume(tmp_path / "s", ["seed=2,1"], dry_run=True) == 0  # the same jobs, in any order
     assert capsys.readouterr().out.strip().endswith(f"-m runner.sweep --resume {tmp_path / 's'}")
+
+
+def test_run_or_resume_refuses_a_dir_that_holds_other_jobs(tmp_path, capsys):
+    """A benchmark rerun with other settings into the same dir must not 'continue' the old sweep and run nothing."""
+    from runner.sweep import run_or_resume
+
+    (tmp_path / "s").mkdir()
+    jobs = [dataclasses.asdict(j) for j in plan(tmp_path / "s", ["seed=1", "model.pooling=cls"])]
+    (tmp_path / "s" / "sweep.json").write_text(json.dumps({"jobs": jobs, "options": {}}))
+    assert run_or_resume(tmp_path / "s", ["seed=1", "model.pooling=mean"], dry_run=True) == 2
+    captured = capsys.readouterr()
+    assert "holds a sweep of other jobs (1 asked job(s) not in it, 1 of its jobs not asked)" in captured.err
+    assert "--resume" not in captured.out
