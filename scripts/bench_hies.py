@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -61,6 +62,15 @@ def parse_runs(items: list[str]) -> dict[str, list[Path]]:
             raise SystemExit(f"--runs takes task=dir1,dir2,...; got {item!r}")
         runs[task] = [Path(d).expanduser().resolve() for d in dirs.split(",") if d]
     return runs
+
+
+def _latency_words(e: dict) -> str:
+    """The latency part of the 50% line; runs with ``prune.latency=none`` timed nothing (no NaNs in the table)."""
+    bs1, bs32 = e.get("latency_ratio_bs1"), e.get("latency_ratio_bs32")
+    if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in (bs1, bs32)):
+        return "latency not timed (prune.latency=none)"
+    return (f"latency x{bs1:.3f} at batch 1 and x{bs32:.3f} at batch 32 (median of interleaved pairs, median over "
+            f"seeds; latency - FLOPs at batch 32: {e.get('latency_minus_flops_bs32', float('nan')):+.3f})")
 
 
 def from_sweep(root: Path, tasks: list[str], criteria: list[str], ratios: list[float]) -> list[dict]:
@@ -189,9 +199,7 @@ def markdown(summaries: list[dict], criteria: list[str], ratios: list[float]) ->
         e = s["efficiency_at_0.5"]
         if e:
             lines += ["", f"50% of heads pruned ({e['heads_kept']} kept): params x{e['params_ratio']:.3f}, forward FLOPs "
-                          f"x{e['flops_ratio']:.3f}, latency x{e.get('latency_ratio_bs1', float('nan')):.3f} at batch 1 and "
-                          f"x{e.get('latency_ratio_bs32', float('nan')):.3f} at batch 32 (median of interleaved pairs, "
-                          f"median over seeds; latency - FLOPs at batch 32: {e.get('latency_minus_flops_bs32', float('nan')):+.3f})."]
+                          f"x{e['flops_ratio']:.3f}, {_latency_words(e)}."]
         sc = s["scoring"]
         lines += ["", f"Scoring: {sc['calib_examples']} calibration examples, {sc['time_s_median']:.2f} s median "
                       f"({sc['time_s_max']:.2f} s max); alpha {sc['alpha']}."]

@@ -42,7 +42,11 @@ def test_aggregate_and_markdown():
     assert s["hies_vs_his"]["0.3"]["hies_minus_his"] == pytest.approx(0.15)
     md = bench.markdown([s], ["hies", "his", "none"], [0.3, 0.5])
     assert "| hies | 0.6600 ± 0.014 | 0.5600 ± 0.014 |" in md
-    assert "target met" in md and "x0.820" in md
+    assert "target met" in md and "x0.820" in md and "latency x0.850 at batch 1" in md
+    untimed = [_result(0.0)]
+    untimed[0]["pruning"]["results"] = [dict(r, latency=None) for r in untimed[0]["pruning"]["results"]]
+    md = bench.markdown([bench.aggregate("mrpc", untimed, ["hies", "his"], [0.5])], ["hies", "his"], [0.5])
+    assert "latency not timed (prune.latency=none)" in md and "nan" not in md
 
 
 def test_mrpc_f1_beside_accuracy_and_the_alpha_protocol():
