@@ -35,8 +35,10 @@ def save(accelerator, output_dir: Path, meta: dict, keep: Callable[[str], bool] 
     target = Path(output_dir) / CHECKPOINT
     tmp = Path(output_dir) / f".{CHECKPOINT}.tmp"
     accelerator.wait_for_everyone()
-    if accelerator.is_main_process and tmp.exists():
-        shutil.rmtree(tmp)
+    if accelerator.is_main_process:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)  # before any rank writes its RNG state into it
     accelerator.wait_for_everyone()
     handle = accelerator.register_save_state_pre_hook(_only(keep)) if keep is not None else None
     try:
@@ -44,6 +46,9 @@ def save(accelerator, output_dir: Path, meta: dict, keep: Callable[[str], bool] 
     finally:
         if handle is not None:
             handle.remove()
+    # Every rank writes its own RNG state into tmp: none may still be writing when rank 0 renames it
+    # (under load, rank 1 once found '.checkpoint.tmp' gone: "Parent directory ... does not exist").
+    accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         atomic_write_json(tmp / "meta.json", {**meta, "weights": WEIGHTS_ALL if keep is None else WEIGHTS_TRAINED})
         old = Path(output_dir) / f".{CHECKPOINT}.old"
