@@ -472,8 +472,6 @@ def _plan_and_options(args) -> tuple[Path, list[Job], dict]:
 def _other_jobs(sweep_dir: Path, overrides: list[str]) -> str:
     """How the jobs ``overrides`` plan differ from those stored in ``sweep_dir`` ('' when they are the same set)."""
     stored = {tuple(j.overrides) for j in load_plan(sweep_dir)[0]}
-    if not stored:  # a manifest without jobs (written by hand): nothing to compare with
-        return ""
     asked = {tuple(j.overrides) for j in plan(sweep_dir, overrides)}
     missing, extra = len(asked - stored), len(stored - asked)
     return "" if not (missing or extra) else f"{missing} asked job(s) not in it, {extra} of its jobs not asked"
