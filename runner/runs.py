@@ -112,11 +112,12 @@ def check_fresh(directory: Path) -> None:
         )
 
 
-def _flat(node, prefix: str = "") -> dict:
+def flat_settings(node, prefix: str = "") -> dict:
+    """A nested config as ``{"dotted.key": value}`` (lists stay values)."""
     if isinstance(node, dict):
         out = {}
         for k, v in node.items():
-            out.update(_flat(v, f"{prefix}{k}."))
+            out.update(flat_settings(v, f"{prefix}{k}."))
         return out
     return {prefix[:-1]: node}
 
@@ -126,7 +127,7 @@ def changed_settings(saved: dict, now: dict, allowed=MAY_CHANGE_ON_RESUME) -> li
     A setting the saved run predates (added to the runner since) is no change while it keeps its default."""
     from runner.schema import default_of
 
-    a, b = _flat(saved), _flat(now)
+    a, b = flat_settings(saved), flat_settings(now)
 
     def skip(key: str) -> bool:
         if key not in a and key in b and b[key] == default_of(key):
@@ -149,7 +150,7 @@ def check_same_settings(directory: Path, now: dict) -> None:
         raise ConfigError(f"{path} cannot be read ({type(exc).__name__}); it is not the record of a run") from exc
     changed = changed_settings(saved, now)
     if changed:
-        before, after = _flat(saved), _flat(now)
+        before, after = flat_settings(saved), flat_settings(now)
         shown = ", ".join(f"{k} ({before.get(k, '<missing>')!r} -> {after.get(k, '<missing>')!r})" for k in changed[:4])
         raise ConfigError(
             f"resume=true with other settings than the interrupted run: {shown}{', ...' if len(changed) > 4 else ''}; "

@@ -21,7 +21,11 @@ group: the sweep dir's name.
 ``--resume DIR`` skips completed jobs, resumes interrupted ones from their last
 checkpoint (``resume=true``), reruns jobs that left nothing usable (their old
 dir is kept under ``DIR/.retired/``), runs jobs never started, and lists failed
-jobs (rerun with ``--retry-failed``).
+jobs (rerun with ``--retry-failed``). The manifest keeps each job's config as its
+overrides composed when the sweep was planned (unresolved); a resume composes
+them again and refuses (exit 2) when a job that already ran would now get other
+settings (a changed config group or default: its results would no longer be
+what the overrides say), unless ``--allow-changed-settings``.
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ from runner.results import STATUS_COMPLETED, STATUS_FAILED, atomic_write_json, a
 from runner.runs import COMPLETED, DAMAGED, FAILED, INTERRUPTED, MISSING, RESUMABLE
 
 MANIFEST = "sweep.json"
+SETTINGS = "settings"  # manifest key: {job name: its config as composed when the sweep was planned}
 SUMMARY = "sweep_summary"
 
 
@@ -166,6 +171,45 @@ def jobs_to_run(jobs: list[Job], retry_failed: bool = False) -> list[tuple[Job, 
             continue
         todo.append((job, state in (INTERRUPTED, RESUMABLE)))
     return todo
+
+
+def composed_settings(overrides: list[str]) -> dict | None:
+    """The config ``overrides`` compose to now, interpolations unresolved (so the environment does not
+    enter it); None when they do not compose (that job then fails on its own, with its own record)."""
+    from omegaconf import OmegaConf
+
+    from runner.config import compose_config
+
+    try:
+        return OmegaConf.to_container(compose_config([o for o in overrides if not _is_hydra_override(o)]), resolve=False)
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def job_settings(jobs: list[Job], stored: dict) -> tuple[dict, list[str]]:
+    """Each job's settings to keep in the manifest (as stored for a job that already ran, as composed
+    now for one that has not), and a line per job that ran but whose overrides compose to other
+    settings now (the config groups or defaults changed since)."""
+    kept, stale = {}, []
+    for job in jobs:
+        now, before = composed_settings(job.overrides), stored.get(job.name)
+        if before is None or runs.state(Path(job.dir)) == MISSING:
+            kept[job.name] = now
+            continue
+        kept[job.name] = before
+        changed = runs.changed_settings(before, now) if now is not None else []
+        if changed:
+            flat_before, flat_now = runs.flat_settings(before), runs.flat_settings(now)
+            shown = ", ".join(f"{k} {flat_before.get(k, '<missing>')!r} -> {flat_now.get(k, '<missing>')!r}" for k in changed[:3])
+            stale.append(f"{job.name} ({shown}{', ...' if len(changed) > 3 else ''})")
+    return kept, stale
+
+
+def _stale_error(sweep_dir: Path, stale: list[str]) -> str:
+    return (f"error: {sweep_dir}: {len(stale)} job(s) that already ran would now run with other settings "
+            f"(configs or defaults changed since the sweep was planned): {stale[0]}{'; ...' if len(stale) > 1 else ''}; "
+            f"remove those job dirs to rerun them as the overrides compose now, or pass --allow-changed-settings "
+            f"to keep their results as they are")
 
 
 # ------------------------------------------------------------------ summaries
@@ -423,6 +467,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", type=Path, default=None, metavar="SWEEP_DIR",
                    help="continue a sweep dir: skip completed, resume interrupted, run the rest")
     p.add_argument("--retry-failed", action="store_true", help="with --resume: rerun failed jobs too")
+    p.add_argument("--allow-changed-settings", action="store_true",
+                   help="with --resume: continue although jobs that already ran would now compose to other settings")
     p.add_argument("--grace", type=float, default=300.0, help="seconds a signalled job gets to checkpoint before SIGKILL")
     p.add_argument("--dry-run", action="store_true", help="print the jobs and their commands, run nothing")
     p.add_argument("--completed", type=Path, default=None, metavar="SWEEP_DIR",
@@ -515,6 +561,11 @@ def main(argv: list[str] | None = None) -> int:
     sweep_dir = Path(sweep_dir)
     group = sweep_dir.name if jobs and _uses_wandb(jobs[0].overrides) else None
 
+    stored = json.loads((sweep_dir / MANIFEST).read_text()) if (sweep_dir / MANIFEST).is_file() else {}
+    settings, stale = job_settings(jobs, stored.get(SETTINGS) or {})
+    if stale and not args.allow_changed_settings:
+        print(_stale_error(sweep_dir, stale), file=sys.stderr)
+        return 2
     todo = jobs_to_run(jobs, args.retry_failed)
 
     if args.dry_run:
@@ -531,10 +582,10 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    manifest = json.loads((sweep_dir / MANIFEST).read_text()) if (sweep_dir / MANIFEST).is_file() else {
+    manifest = stored or {
         "created": datetime.datetime.now().isoformat(timespec="seconds"), "argv": sys.argv[1:] if argv is None else argv,
         "made_by": "multirun.yaml (Hydra multirun)" if args.resume is not None else "runner.sweep"}
-    manifest.update(options=opts, jobs=[asdict(j) for j in jobs])
+    manifest.update(options=opts, jobs=[asdict(j) for j in jobs], **{SETTINGS: settings})
     atomic_write_json(sweep_dir / MANIFEST, manifest)  # a Hydra multirun dir gets one too: later resumes read it
     for job, resume in todo:
         state = runs.state(Path(job.dir))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
+import shutil
 import sys
 
 import pytest
@@ -17,7 +18,9 @@ from runner.jobs import resolve_auto_resume
 from runner.runs import (
     COMPLETED, FAILED, INCOMPLETE, INTERRUPTED, MISSING, RESUMABLE, retire_dir as retire, state as job_state,
 )
-from runner.sweep import Job, build_command, completed_runs, expand, jobs_to_run, load_plan, main as sweep_main, plan, summarize
+from runner.sweep import (
+    Job, build_command, completed_runs, expand, job_settings, jobs_to_run, load_plan, main as sweep_main, plan, summarize,
+)
 
 
 def test_jobs_in_one_process_each_get_a_fresh_accelerator(tiny_overrides, tmp_path):
@@ -282,3 +285,36 @@ def test_run_or_resume_refuses_a_dir_that_holds_other_jobs(tmp_path, capsys):
     captured = capsys.readouterr()
     assert "holds a sweep of other jobs (1 asked job(s) not in it, 1 of its jobs not asked)" in captured.err
     assert "--resume" not in captured.out
+
+
+def test_a_resume_refuses_jobs_that_ran_with_settings_their_overrides_no_longer_compose_to(tmp_path, capsys):
+    """A recipe (experiment=demo, a group default) changed after a benchmark ran it: continuing the sweep
+    must not count the old runs as the new recipe's."""
+    sweep = tmp_path / "s"
+    jobs = plan(sweep, ["experiment=demo", "seed=1,2"])
+    settings, stale = job_settings(jobs, {})
+    assert stale == [] and settings[jobs[0].name]["model"]["pooling"] == "cls"
+    assert settings[jobs[1].name]["seed"] == 2 and settings[jobs[0].name]["task"]["data_dir"] == "${glue_dir:}"  # unresolved
+    before = json.loads(json.dumps(settings))
+    for cfg in before.values():  # what demo composed to when the sweep was planned
+        cfg["model"]["pooling"], cfg["trainer"]["lr"] = "mean", 5e-4
+    sweep.mkdir()
+    (sweep / "sweep.json").write_text(json.dumps({"jobs": [dataclasses.asdict(j) for j in jobs], "options": {},
+                                                  "settings": before}))
+    Path(jobs[0].dir).mkdir()
+    (Path(jobs[0].dir) / "results.json").write_text(json.dumps({"status": "completed", "metrics": {"accuracy": 0.8}}))
+
+    assert sweep_main(["--resume", str(sweep), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert "1 job(s) that already ran would now run with other settings" in err
+    assert f"{jobs[0].name} (model.pooling 'mean' -> 'cls', trainer.lr 0.0005 -> 0.001)" in err  # job 1 never ran
+    assert "--allow-changed-settings" in err and err.count("\n") == 1
+
+    assert sweep_main(["--resume", str(sweep), "--dry-run", "--allow-changed-settings"]) == 0
+    out = capsys.readouterr().out
+    assert "seed=2" in out and "seed=1" not in out  # the completed job is kept as it is
+
+    shutil.rmtree(jobs[0].dir)  # removed: it reruns as the overrides compose now
+    assert sweep_main(["--resume", str(sweep), "--dry-run"]) == 0
+    assert "seed=1" in capsys.readouterr().out
+    assert job_settings(jobs, before)[0][jobs[0].name]["model"]["pooling"] == "cls"  # what the manifest will then keep

@@ -148,3 +148,7 @@ def test_an_interrupted_sweep_resumes_to_the_uninterrupted_metrics(tiny_override
     again = subprocess.run([sys.executable, "-m", "runner.sweep", "--resume", str(sweep)], cwd=tmp_path, env=env,
                            capture_output=True, text=True, timeout=120)
     assert again.returncode == 0 and "0 to run" in again.stderr  # completed jobs are skipped
+    # the manifest holds what each job's overrides composed to, and resuming real runs finds no change
+    settings = json.loads((sweep / "sweep.json").read_text())["settings"]
+    assert settings["0_mrpc-tiny-adapter-s1"]["trainer"]["checkpoint_every_steps"] == 2
+    assert [settings[n]["seed"] for n in ("0_mrpc-tiny-adapter-s1", "1_mrpc-tiny-adapter-s2")] == [1, 2]
