@@ -112,12 +112,12 @@ def check_fresh(directory: Path) -> None:
         )
 
 
-def flat_settings(node, prefix: str = "") -> dict:
+def _flat(node, prefix: str = "") -> dict:
     """A nested config as ``{"dotted.key": value}`` (lists stay values)."""
     if isinstance(node, dict):
         out = {}
         for k, v in node.items():
-            out.update(flat_settings(v, f"{prefix}{k}."))
+            out.update(_flat(v, f"{prefix}{k}."))
         return out
     return {prefix[:-1]: node}
 
@@ -127,7 +127,7 @@ def changed_settings(saved: dict, now: dict, allowed=MAY_CHANGE_ON_RESUME) -> li
     A setting the saved run predates (added to the runner since) is no change while it keeps its default."""
     from runner.schema import default_of
 
-    a, b = flat_settings(saved), flat_settings(now)
+    a, b = _flat(saved), _flat(now)
 
     def skip(key: str) -> bool:
         if key not in a and key in b and b[key] == default_of(key):
@@ -135,6 +135,13 @@ def changed_settings(saved: dict, now: dict, allowed=MAY_CHANGE_ON_RESUME) -> li
         return any(key == k or key.startswith(k + ".") for k in allowed)
 
     return sorted(k for k in set(a) | set(b) if not skip(k) and a.get(k, "<missing>") != b.get(k, "<missing>"))
+
+
+def describe_changes(saved: dict, now: dict, changed: list[str], most: int) -> str:
+    """The first ``most`` of ``changed`` (dotted keys) as ``key (old -> new)``, then ``...`` if there are more."""
+    before, after = _flat(saved), _flat(now)
+    shown = ", ".join(f"{k} ({before.get(k, '<missing>')!r} -> {after.get(k, '<missing>')!r})" for k in changed[:most])
+    return shown + (", ..." if len(changed) > most else "")
 
 
 def check_same_settings(directory: Path, now: dict) -> None:
@@ -150,10 +157,8 @@ def check_same_settings(directory: Path, now: dict) -> None:
         raise ConfigError(f"{path} cannot be read ({type(exc).__name__}); it is not the record of a run") from exc
     changed = changed_settings(saved, now)
     if changed:
-        before, after = flat_settings(saved), flat_settings(now)
-        shown = ", ".join(f"{k} ({before.get(k, '<missing>')!r} -> {after.get(k, '<missing>')!r})" for k in changed[:4])
         raise ConfigError(
-            f"resume=true with other settings than the interrupted run: {shown}{', ...' if len(changed) > 4 else ''}; "
+            f"resume=true with other settings than the interrupted run: {describe_changes(saved, now, changed, 4)}; "
             f"resume with the same overrides, or start a new run in another hydra.run.dir"
         )
 

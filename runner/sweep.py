@@ -199,9 +199,7 @@ def job_settings(jobs: list[Job], stored: dict) -> tuple[dict, list[str]]:
         kept[job.name] = before
         changed = runs.changed_settings(before, now) if now is not None else []
         if changed:
-            flat_before, flat_now = runs.flat_settings(before), runs.flat_settings(now)
-            shown = ", ".join(f"{k} {flat_before.get(k, '<missing>')!r} -> {flat_now.get(k, '<missing>')!r}" for k in changed[:3])
-            stale.append(f"{job.name} ({shown}{', ...' if len(changed) > 3 else ''})")
+            stale.append(f"{job.name}: {runs.describe_changes(before, now, changed, 3)}")
     return kept, stale
 
 

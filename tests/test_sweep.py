@@ -307,7 +307,7 @@ def test_a_resume_refuses_jobs_that_ran_with_settings_their_overrides_no_longer_
     assert sweep_main(["--resume", str(sweep), "--dry-run"]) == 2
     err = capsys.readouterr().err
     assert "1 job(s) that already ran would now run with other settings" in err
-    assert f"{jobs[0].name} (model.pooling 'mean' -> 'cls', trainer.lr 0.0005 -> 0.001)" in err  # job 1 never ran
+    assert f"{jobs[0].name}: model.pooling ('mean' -> 'cls'), trainer.lr (0.0005 -> 0.001);" in err  # job 1 never ran
     assert "--allow-changed-settings" in err and err.count("\n") == 1
 
     assert sweep_main(["--resume", str(sweep), "--dry-run", "--allow-changed-settings"]) == 0
