@@ -7,8 +7,11 @@ whole-run train FLOPs ratio to the baseline (x) and its main metric x100 (y, err
 seeds), its marker area growing with its mean saved-for-backward memory ratio. The rule
 (docs/safe.md): **the largest saving whose mean metric is within** :data:`TOLERANCE` **points of the
 baseline's**, i.e. among the points with ``metric >= baseline - TOLERANCE`` the lowest FLOPs ratio
-(ties: lower memory ratio, then higher metric). A setting run with fewer seeds than the baseline
-still counts, and its ``n`` is in the table.
+(ties: lower memory ratio, then higher metric). Only the tuned method's own settings are candidates:
+SAFE's baselines (``safe:random``, ``safe:static``) are drawn and tabled but never picked. When no
+setting holds the metric the rule picks nothing, and the setting with the highest mean metric is
+marked *closest* instead (accuracy comes first: it is what a default must then be, labelled as not
+holding). A setting run with fewer seeds than the baseline still counts, and its ``n`` is in the table.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from runner.aggregate.tables import _method_label
 
 TOLERANCE = 0.5  # points of the main metric x100 below the baseline that still count as "the same accuracy"
 FLOPS, MEMORY = "flops.train_total", "memory.saved_for_backward_mean_bytes"
+SHORT_KEYS = {"safe.threshold": "T"}  # plot labels: T_final as the docs write it
 
 
 def _baseline(s: pd.DataFrame, baseline: str) -> pd.Series | None:
@@ -50,7 +54,7 @@ def frontier_points(stats: pd.DataFrame, model: str, task: str, baseline: str = 
     for _, r in s.iterrows():
         if r["method"] == baseline and r.equals(base):
             continue
-        rows.append({"setting": _method_label(r, s), "method": r["method"], "n": int(r["n"]),
+        rows.append({"setting": _method_label(r, s), "label": _short_label(r, s, baseline), "method": r["method"], "n": int(r["n"]),
                      "metric": 100 * r["metric_mean"], "metric_std": 100 * np.nan_to_num(r.get("metric_std", np.nan)),
                      "flops_ratio": _ratio(r, base, FLOPS), "memory_ratio": _ratio(r, base, MEMORY)})
     points = pd.DataFrame(rows)
@@ -61,11 +65,29 @@ def frontier_points(stats: pd.DataFrame, model: str, task: str, baseline: str = 
     points.attrs["baseline_n"] = int(base["n"])
     points["holds_metric"] = points["metric"] >= points.attrs["baseline_metric"] - TOLERANCE
     points["pareto"] = [_on_front(points, i) for i in range(len(points))]
-    points["chosen"] = False
+    points["chosen"] = points["closest"] = False
     pick = choose(points)
     if pick is not None:
         points.loc[pick, "chosen"] = True
+    else:
+        near = closest(points)
+        if near is not None:
+            points.loc[near, "closest"] = True
     return points
+
+
+def _short_label(row: pd.Series, s: pd.DataFrame, baseline: str) -> str:
+    """The plot's label: the settings that vary among the non-baseline rows, by their last key part
+    (``T=0.5 t_w=0.3 own``; a flag by its name when true, left out when false), after the method when
+    it is a baseline of its own (``safe:random``)."""
+    others = s[s["method"] != baseline]
+    parts = [row["method"]] if ":" in str(row["method"]) else []
+    for c in (c for c in s.columns if c.startswith("cfg.")):
+        value, key = str(row[c]), SHORT_KEYS.get(c[4:], c.rsplit(".", 1)[-1])
+        if others[c].nunique() <= 1 or value in ("-", "False"):
+            continue
+        parts.append(key if value == "True" else value if c[4:] == "safe.importance" else f"{key}={value}")
+    return " ".join(parts) or str(row["method"])
 
 
 def _on_front(points: pd.DataFrame, i: int) -> bool:
@@ -77,13 +99,28 @@ def _on_front(points: pd.DataFrame, i: int) -> bool:
     return not bool(better.any())
 
 
+def _candidates(points: pd.DataFrame) -> pd.DataFrame:
+    """The tuned method's own settings (a baseline of it, ``method:policy``, is never a default)."""
+    return points[~points["method"].astype(str).str.contains(":") & points["flops_ratio"].notna()]
+
+
 def choose(points: pd.DataFrame):
-    """The rule: among the points that hold the metric, the lowest FLOPs ratio (then memory, then metric)."""
-    ok = points[points["holds_metric"] & points["flops_ratio"].notna()]
+    """The rule: among the candidates that hold the metric, the lowest FLOPs ratio (then memory, then metric)."""
+    ok = _candidates(points)
+    ok = ok[ok["holds_metric"]]
     if ok.empty:
         return None
     order = ok.assign(_m=ok["memory_ratio"].fillna(np.inf), _y=-ok["metric"]).sort_values(["flops_ratio", "_m", "_y"])
     return order.index[0]
+
+
+def closest(points: pd.DataFrame):
+    """When nothing holds the metric: the candidate with the highest mean metric (ties: more seeds, then
+    lower FLOPs ratio); None without candidates."""
+    c = _candidates(points)
+    if c.empty:
+        return None
+    return c.assign(_y=-c["metric"], _n=-c["n"]).sort_values(["_y", "_n", "flops_ratio"]).index[0]
 
 
 def frontier_by_task(stats: pd.DataFrame, model: str, baseline: str = "adapter") -> dict[str, pd.DataFrame]:
@@ -103,14 +140,16 @@ def frontier_table(points_by_task: dict[str, pd.DataFrame]) -> pd.DataFrame:
             "vs baseline": [f"{m - p.attrs['baseline_metric']:+.2f}" for m in p["metric"]],
             "FLOPs ratio": p["flops_ratio"].round(3), "memory ratio": p["memory_ratio"].round(3),
             "holds metric": np.where(p["holds_metric"], "yes", "no"),
-            "front": np.where(p["pareto"], "*", ""), "chosen": np.where(p["chosen"], "<- rule", ""),
+            "front": np.where(p["pareto"], "*", ""),
+            "chosen": np.where(p["chosen"], "<- rule", np.where(p["closest"], "closest (holds nothing)", "")),
         }))
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
 
 
 def frontier_figure(points: pd.DataFrame, model: str, task: str, baseline: str = "adapter"):
     """Metric against train FLOPs ratio, marker area ~ memory ratio, error bars over seeds; the baseline at
-    (1, its metric) with the tolerance band; the Pareto front joined; the rule's pick ringed."""
+    (1, its metric) with the tolerance band; the Pareto front joined; the rule's pick ringed (dashed: the
+    closest setting when the band is empty)."""
     if points.empty:
         return None
     from runner.aggregate.plots import _plt
@@ -128,11 +167,12 @@ def frontier_figure(points: pd.DataFrame, model: str, task: str, baseline: str =
     front = points[points["pareto"]].sort_values("flops_ratio")
     ax.plot(front["flops_ratio"], front["metric"], color="black", lw=1, ls=":", label="Pareto front")
     for _, r in points.iterrows():
-        ax.annotate(r["setting"].split(" ", 1)[-1] if " " in r["setting"] else r["setting"],
-                    (r["flops_ratio"], r["metric"]), fontsize=6, xytext=(3, 3), textcoords="offset points")
-    pick = points[points["chosen"]]
-    if not pick.empty:
-        ax.scatter(pick["flops_ratio"], pick["metric"], s=400, facecolors="none", edgecolors="red", lw=1.5, label="rule's pick")
+        ax.annotate(r["label"], (r["flops_ratio"], r["metric"]), fontsize=6, xytext=(3, 3), textcoords="offset points")
+    for col, style, text in (("chosen", "-", "rule's pick"), ("closest", "--", "closest (band empty)")):
+        pick = points[points[col]]
+        if not pick.empty:
+            ax.scatter(pick["flops_ratio"], pick["metric"], s=400, facecolors="none", edgecolors="red", lw=1.5,
+                       linestyles=style, label=text)
     ax.set_xlabel(f"train FLOPs / {baseline}'s")
     ax.set_ylabel("main metric x100 (mean ± std over seeds)")
     ax.grid(alpha=0.3)

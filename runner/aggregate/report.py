@@ -103,7 +103,9 @@ def _frontier_sections(frontiers: dict, model: str, baseline: str, tables: dict)
     return [f"## {model}: accuracy against savings (SAFE's frontier)\n\nOne row per setting (mean over its seeds, n); "
             f"FLOPs and memory (mean saved for backward) as ratios to `{baseline}`; *front*: on the Pareto front of "
             f"metric against FLOPs ratio; *chosen*: the rule's pick, the lowest FLOPs ratio among the settings whose "
-            f"mean metric is at least {baseline}'s - {TOLERANCE} (docs/safe.md).\n\n" + markdown(t)]
+            f"mean metric is at least {baseline}'s - {TOLERANCE} (docs/safe.md; SAFE's baselines `safe:random`, "
+            f"`safe:static` are never picked); when none is, *closest (holds nothing)* marks the setting with the "
+            f"highest mean metric.\n\n" + markdown(t)]
 
 
 def main(argv: list[str] | None = None) -> int:
