@@ -101,13 +101,9 @@ def run_name(overrides: list[str]) -> str | None:
         return None
 
 
-def _uses_wandb(overrides: list[str]) -> bool:
-    from runner.config import compose_config
-
-    try:
-        return compose_config([o for o in overrides if not _is_hydra_override(o)]).logger.name == "wandb"
-    except Exception:  # noqa: BLE001
-        return False
+def _uses_wandb(settings: dict | None) -> bool:
+    """Whether a job's composed settings (:func:`composed_settings`) log to W&B."""
+    return ((settings or {}).get("logger") or {}).get("name") == "wandb"
 
 
 def plan(sweep_dir: Path, overrides: list[str]) -> list[Job]:
@@ -197,7 +193,10 @@ def job_settings(jobs: list[Job], stored: dict) -> tuple[dict, list[str]]:
             kept[job.name] = now
             continue
         kept[job.name] = before
-        changed = runs.changed_settings(before, now) if now is not None else []
+        if now is None:
+            stale.append(f"{job.name}: its overrides no longer compose (`python -m runner {shlex.join(job.overrides)}` says why)")
+            continue
+        changed = runs.changed_settings(before, now)
         if changed:
             stale.append(f"{job.name}: {runs.describe_changes(before, now, changed, 3)}")
     return kept, stale
@@ -557,10 +556,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     sweep_dir, jobs, opts = _plan_and_options(args)
     sweep_dir = Path(sweep_dir)
-    group = sweep_dir.name if jobs and _uses_wandb(jobs[0].overrides) else None
-
     stored = json.loads((sweep_dir / MANIFEST).read_text()) if (sweep_dir / MANIFEST).is_file() else {}
-    settings, stale = job_settings(jobs, stored.get(SETTINGS) or {})
+    # a dry run of a new sweep writes no manifest, so only the first job is composed (for its logger)
+    settings, stale = job_settings(jobs, stored.get(SETTINGS) or {}) if stored or not args.dry_run else ({}, [])
+    first = None
+    if jobs:
+        first = settings[jobs[0].name] if jobs[0].name in settings else composed_settings(jobs[0].overrides)
+    group = sweep_dir.name if _uses_wandb(first) else None
     if stale and not args.allow_changed_settings:
         print(_stale_error(sweep_dir, stale), file=sys.stderr)
         return 2

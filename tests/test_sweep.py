@@ -148,6 +148,15 @@ def test_a_run_outside_a_sweep_keeps_its_wandb_group():
     assert compose_config(["logger=wandb", "logger.group=mine"]).logger.group == "mine"
 
 
+def test_a_wandb_sweep_groups_its_jobs_under_the_sweep_dirs_name(tmp_path, capsys):
+    assert sweep_main(["--dir", str(tmp_path / "grp"), "--dry-run", "--", "logger=wandb", "seed=1,2"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2 and all("logger.group=grp" in line for line in lines)
+    assert sweep_main(["--dir", str(tmp_path / "grp"), "--dry-run", "--", "logger=none", "seed=1,2"]) == 0
+    assert "logger.group" not in capsys.readouterr().out
+    assert not (tmp_path / "grp").exists()  # a dry run writes nothing
+
+
 def test_the_grid_is_hydras_and_names_are_the_runners(tmp_path):
     jobs = expand(["task=glue/mrpc,glue/rte", "seed=1,2", "trainer.lr=1e-3"])
     assert jobs == [  # values as Hydra writes them into each job's overrides
@@ -318,3 +327,21 @@ def test_a_resume_refuses_jobs_that_ran_with_settings_their_overrides_no_longer_
     assert sweep_main(["--resume", str(sweep), "--dry-run"]) == 0
     assert "seed=1" in capsys.readouterr().out
     assert job_settings(jobs, before)[0][jobs[0].name]["model"]["pooling"] == "cls"  # what the manifest will then keep
+
+
+def test_a_resume_refuses_a_job_that_ran_but_whose_overrides_no_longer_compose(tmp_path, capsys):
+    """A config group option removed since the job ran: its old results cannot be told apart from a new
+    recipe's, so the resume says so instead of keeping them silently."""
+    sweep = tmp_path / "s"
+    jobs = plan(sweep, ["experiment=demo", "seed=1"])
+    settings, _ = job_settings(jobs, {})
+    jobs[0].overrides.append("task=glue/no_such_task")  # as if conf/task/glue/no_such_task.yaml had been removed
+    sweep.mkdir()
+    (sweep / "sweep.json").write_text(json.dumps({"jobs": [dataclasses.asdict(j) for j in jobs], "options": {},
+                                                  "settings": settings}))
+    Path(jobs[0].dir).mkdir()
+    (Path(jobs[0].dir) / "results.json").write_text(json.dumps({"status": "completed", "metrics": {"accuracy": 0.8}}))
+    assert sweep_main(["--resume", str(sweep), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert f"{jobs[0].name}: its overrides no longer compose (`python -m runner experiment=demo seed=1 task=glue/no_such_task` says why)" in err
+    assert sweep_main(["--resume", str(sweep), "--dry-run", "--allow-changed-settings"]) == 0
