@@ -411,14 +411,14 @@ def test_safe_frontier_marks_the_pareto_front_and_picks_the_largest_saving_that_
 
 
 def test_safe_frontier_with_an_empty_band_marks_the_closest_setting_and_never_picks_a_baseline(tmp_path):
-    """No SAFE setting within 0.5 points of LoRA: the rule picks nothing and the most accurate SAFE setting is
-    marked closest; the random-order baseline (policy random) holds the metric but is not a candidate. The
+    """No SAFE setting within 0.5 points of LoRA: the rule picks nothing and the most accurate SAFE setting
+    among those with the most seeds is marked closest; the random-order baseline (policy random) holds the metric but is not a candidate. The
     plot labels keep only the settings that vary."""
     root = tmp_path / "grid"
     grid = {("adapter", None, None): (0.80, 1.0), ("safe", 0.5, "safe"): (0.77, 0.9), ("safe", 0.9, "safe"): (0.74, 0.7),
-            ("safe", 0.5, "random"): (0.80, 0.6)}
+            ("safe", 0.5, "random"): (0.80, 0.6), ("safe", 0.7, "safe"): (0.79, 0.8)}
     for (method, threshold, policy), (acc, flops) in grid.items():
-        for seed in (1, 2):
+        for seed in (1, 2) if threshold != 0.7 else (1,):  # T=0.7: one lucky seed, not a default
             extra = {"method_report": {"policy": policy}} if policy else None
             run = write_run(root, f"{method}-{threshold}-{policy}-s{seed}", task="mrpc", method=method, seed=seed,
                             acc=acc, mem_mib=100 * flops, flops=flops * 1e12, train_s=10, extra=extra)
@@ -430,8 +430,8 @@ def test_safe_frontier_with_an_empty_band_marks_the_closest_setting_and_never_pi
     from runner.aggregate import frontier_points
 
     p = frontier_points(report["stats"], "m", "mrpc").set_index("label")
-    assert sorted(p.index) == ["T=0.5", "T=0.9", "safe:random T=0.5"]  # t_w is the same everywhere
-    assert p["holds_metric"].to_dict() == {"T=0.5": False, "T=0.9": False, "safe:random T=0.5": True}
+    assert sorted(p.index) == ["T=0.5", "T=0.7", "T=0.9", "safe:random T=0.5"]  # t_w is the same everywhere
+    assert p["holds_metric"].to_dict() == {"T=0.5": False, "T=0.7": False, "T=0.9": False, "safe:random T=0.5": True}
     assert not p["chosen"].any()
     assert p.index[p["closest"]].tolist() == ["T=0.5"]
     table = report["tables"]["frontier/m"]

@@ -9,8 +9,8 @@ seeds), its marker area growing with its mean saved-for-backward memory ratio. T
 baseline's**, i.e. among the points with ``metric >= baseline - TOLERANCE`` the lowest FLOPs ratio
 (ties: lower memory ratio, then higher metric). Only the tuned method's own settings are candidates:
 SAFE's baselines (``safe:random``, ``safe:static``) are drawn and tabled but never picked. When no
-setting holds the metric the rule picks nothing, and the setting with the highest mean metric is
-marked *closest* instead (accuracy comes first: it is what a default must then be, labelled as not
+setting holds the metric the rule picks nothing, and the setting with the highest mean metric among
+those run on the most seeds is marked *closest* instead (accuracy comes first: it is what a default must then be, labelled as not
 holding). A setting run with fewer seeds than the baseline still counts, and its ``n`` is in the table.
 """
 
@@ -115,12 +115,13 @@ def choose(points: pd.DataFrame):
 
 
 def closest(points: pd.DataFrame):
-    """When nothing holds the metric: the candidate with the highest mean metric (ties: more seeds, then
-    lower FLOPs ratio); None without candidates."""
+    """When nothing holds the metric: among the candidates run on the most seeds (a one-seed point's luck
+    is not a default), the highest mean metric (ties: lower FLOPs ratio); None without candidates."""
     c = _candidates(points)
     if c.empty:
         return None
-    return c.assign(_y=-c["metric"], _n=-c["n"]).sort_values(["_y", "_n", "flops_ratio"]).index[0]
+    c = c[c["n"] == c["n"].max()]
+    return c.assign(_y=-c["metric"]).sort_values(["_y", "flops_ratio"]).index[0]
 
 
 def frontier_by_task(stats: pd.DataFrame, model: str, baseline: str = "adapter") -> dict[str, pd.DataFrame]:

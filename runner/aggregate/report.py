@@ -104,8 +104,8 @@ def _frontier_sections(frontiers: dict, model: str, baseline: str, tables: dict)
             f"FLOPs and memory (mean saved for backward) as ratios to `{baseline}`; *front*: on the Pareto front of "
             f"metric against FLOPs ratio; *chosen*: the rule's pick, the lowest FLOPs ratio among the settings whose "
             f"mean metric is at least {baseline}'s - {TOLERANCE} (docs/safe.md; SAFE's baselines `safe:random`, "
-            f"`safe:static` are never picked); when none is, *closest (holds nothing)* marks the setting with the "
-            f"highest mean metric.\n\n" + markdown(t)]
+            f"`safe:static` are never picked); when none is, *closest (holds nothing)* marks, among the settings run on the "
+            f"most seeds, the one with the highest mean metric.\n\n" + markdown(t)]
 
 
 def main(argv: list[str] | None = None) -> int:
