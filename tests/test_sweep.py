@@ -296,6 +296,15 @@ def test_run_or_resume_refuses_a_dir_that_holds_other_jobs(tmp_path, capsys):
     assert "--resume" not in captured.out
 
 
+def _planted_sweep(sweep: Path, jobs: list, settings: dict) -> None:
+    """A sweep dir whose manifest stores ``settings`` and whose first job completed."""
+    sweep.mkdir()
+    (sweep / "sweep.json").write_text(json.dumps({"jobs": [dataclasses.asdict(j) for j in jobs], "options": {},
+                                                  "settings": settings}))
+    Path(jobs[0].dir).mkdir()
+    (Path(jobs[0].dir) / "results.json").write_text(json.dumps({"status": "completed", "metrics": {"accuracy": 0.8}}))
+
+
 def test_a_resume_refuses_jobs_that_ran_with_settings_their_overrides_no_longer_compose_to(tmp_path, capsys):
     """A recipe (experiment=demo, a group default) changed after a benchmark ran it: continuing the sweep
     must not count the old runs as the new recipe's."""
@@ -307,11 +316,7 @@ def test_a_resume_refuses_jobs_that_ran_with_settings_their_overrides_no_longer_
     before = json.loads(json.dumps(settings))
     for cfg in before.values():  # what demo composed to when the sweep was planned
         cfg["model"]["pooling"], cfg["trainer"]["lr"] = "mean", 5e-4
-    sweep.mkdir()
-    (sweep / "sweep.json").write_text(json.dumps({"jobs": [dataclasses.asdict(j) for j in jobs], "options": {},
-                                                  "settings": before}))
-    Path(jobs[0].dir).mkdir()
-    (Path(jobs[0].dir) / "results.json").write_text(json.dumps({"status": "completed", "metrics": {"accuracy": 0.8}}))
+    _planted_sweep(sweep, jobs, before)  # job 0 completed, job 1 never ran
 
     assert sweep_main(["--resume", str(sweep), "--dry-run"]) == 2
     err = capsys.readouterr().err
@@ -336,11 +341,7 @@ def test_a_resume_refuses_a_job_that_ran_but_whose_overrides_no_longer_compose(t
     jobs = plan(sweep, ["experiment=demo", "seed=1"])
     settings, _ = job_settings(jobs, {})
     jobs[0].overrides.append("task=glue/no_such_task")  # as if conf/task/glue/no_such_task.yaml had been removed
-    sweep.mkdir()
-    (sweep / "sweep.json").write_text(json.dumps({"jobs": [dataclasses.asdict(j) for j in jobs], "options": {},
-                                                  "settings": settings}))
-    Path(jobs[0].dir).mkdir()
-    (Path(jobs[0].dir) / "results.json").write_text(json.dumps({"status": "completed", "metrics": {"accuracy": 0.8}}))
+    _planted_sweep(sweep, jobs, settings)
     assert sweep_main(["--resume", str(sweep), "--dry-run"]) == 2
     err = capsys.readouterr().err
     assert f"{jobs[0].name}: its overrides no longer compose (`python -m runner experiment=demo seed=1 task=glue/no_such_task` says why)" in err
