@@ -50,11 +50,13 @@ def frontier_points(stats: pd.DataFrame, model: str, task: str, baseline: str = 
     base = _baseline(s, baseline)
     if base is None:
         return pd.DataFrame()
+    others = s[s["method"] != baseline]
+    varying = [c for c in s.columns if c.startswith("cfg.") and others[c].nunique() > 1]  # what the plot labels show
     rows = []
     for _, r in s.iterrows():
         if r["method"] == baseline and r.equals(base):
             continue
-        rows.append({"setting": _method_label(r, s), "label": _short_label(r, s, baseline), "method": r["method"], "n": int(r["n"]),
+        rows.append({"setting": _method_label(r, s), "label": _short_label(r, varying), "method": r["method"], "n": int(r["n"]),
                      "metric": 100 * r["metric_mean"], "metric_std": 100 * np.nan_to_num(r.get("metric_std", np.nan)),
                      "flops_ratio": _ratio(r, base, FLOPS), "memory_ratio": _ratio(r, base, MEMORY)})
     points = pd.DataFrame(rows)
@@ -76,15 +78,19 @@ def frontier_points(stats: pd.DataFrame, model: str, task: str, baseline: str = 
     return points
 
 
-def _short_label(row: pd.Series, s: pd.DataFrame, baseline: str) -> str:
-    """The plot's label: the settings that vary among the non-baseline rows, by their last key part
-    (``T=0.5 t_w=0.3 own``; a flag by its name when true, left out when false), after the method when
-    it is a baseline of its own (``safe:random``)."""
-    others = s[s["method"] != baseline]
-    parts = [row["method"]] if ":" in str(row["method"]) else []
-    for c in (c for c in s.columns if c.startswith("cfg.")):
+def _is_variant(method) -> bool:
+    """A baseline run through a method's code path (``safe:random``, named so by runner.aggregate.collect)."""
+    return ":" in str(method)
+
+
+def _short_label(row: pd.Series, varying: list[str]) -> str:
+    """The plot's label: the ``varying`` settings (``cfg.*`` columns that differ among the non-baseline
+    rows), by their last key part (``T=0.5 t_w=0.3 own``; a flag by its name when true, left out when
+    false), after the method when it is a baseline of its own (``safe:random``)."""
+    parts = [row["method"]] if _is_variant(row["method"]) else []
+    for c in varying:
         value, key = str(row[c]), SHORT_KEYS.get(c[4:], c.rsplit(".", 1)[-1])
-        if others[c].nunique() <= 1 or value in ("-", "False"):
+        if value in ("-", "False"):
             continue
         parts.append(key if value == "True" else value if c[4:] == "safe.importance" else f"{key}={value}")
     return " ".join(parts) or str(row["method"])
@@ -101,7 +107,7 @@ def _on_front(points: pd.DataFrame, i: int) -> bool:
 
 def _candidates(points: pd.DataFrame) -> pd.DataFrame:
     """The tuned method's own settings (a baseline of it, ``method:policy``, is never a default)."""
-    return points[~points["method"].astype(str).str.contains(":") & points["flops_ratio"].notna()]
+    return points[~points["method"].map(_is_variant) & points["flops_ratio"].notna()]
 
 
 def choose(points: pd.DataFrame):
