@@ -59,7 +59,9 @@ def test_safe_freezes_on_schedule_and_reports(runs):
     # T_final = 1: every adapter but the most important one ends up frozen by t_f
     assert report["n_frozen"] == 3 and report["last_freeze_step"] <= 10
     measured = [step for step, _ in report["threshold"]]
-    assert measured == [2, 4, 6, 8, 10][: len(measured)] and measured[0] == 2
+    # only where it can freeze (threshold > 0): step 2 is t_w, T = 0 there, so no probe runs
+    assert measured == [4, 6, 8, 10][: len(measured)] and measured[0] == 4
+    assert all(t > 0 for _, t in report["threshold"])
     assert all(d["froze"] == d["below"] for d in report["decisions"])
     for step, t in report["threshold"]:
         assert t == pytest.approx(schedule.threshold(step / 20, 0.1, 0.5, 1.0))
@@ -199,7 +201,7 @@ def test_own_importance_in_epoch_units_with_gradient_accumulation(runs):
     assert report["schedule"]["epochs"] == pytest.approx({"t_w": 0.2, "t_f": 1.0})
     assert report["schedule"]["fractions"] == pytest.approx({"t_w": 0.1, "t_f": 0.5})
     assert report["schedule_warning"] is None  # decisions at steps 2, 3, 4, 5
-    assert [step for step, _ in report["threshold"]] == [1, 2, 3, 4, 5][: len(report["threshold"])]
+    assert [step for step, _ in report["threshold"]] == [2, 3, 4, 5][: len(report["threshold"])]  # none at t_w (T = 0)
     for step, t in report["threshold"]:
         assert t == pytest.approx(schedule.threshold(step / 10, 0.1, 0.5, 1.0))
     assert report["n_frozen"] == 3 and report["last_freeze_step"] <= 5

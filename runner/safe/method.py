@@ -5,9 +5,9 @@ optimizer step, may freeze some of them (``freeze=`` chooses the policy):
 
 * ``safe``   - measure importance (``safe.importance``: ``drift``, 1 - CKA to the
   start; ``own``, 1 - CKA between the outputs with and without the adapter)
-  every ``safe.interval`` steps until ``t_f``; from ``t_w`` on, freeze every
-  active adapter whose importance / max importance is below the cubic
-  threshold T(t). ``t_w`` / ``t_f``: fractions or epochs (``safe.schedule_unit``).
+  every ``safe.interval`` steps from ``t_w`` to ``t_f`` (plus once at step 0,
+  drift's reference) and freeze every active adapter whose importance / max
+  importance is below the cubic threshold T(t). ``t_w`` / ``t_f``: fractions or epochs (``safe.schedule_unit``).
 * ``random`` - the same measurements and the same number of adapters frozen at
   each decision as ``safe`` would freeze, but chosen at random.
 * ``static`` - freeze the lowest ``safe.static_k`` adapters before step 1.
@@ -105,6 +105,7 @@ class SafeMethod(TrainingMethod):
         self.probe_seconds = 0.0
         self.reference_checksum: float | None = None
         self._pending: tuple[int, float] | None = None
+        self._measure_steps: set[int] = set()  # decision_steps(), fixed in setup
         self.schedule_warning: str | None = None
         self.window: dict | None = None  # t_w / t_f in steps, epochs and fractions (setup: runner.safe.schedule.window)
         self.importance_kind = str(self.scfg.get("importance", "drift")) if self.scfg is not None else None
@@ -125,6 +126,7 @@ class SafeMethod(TrainingMethod):
         if self.scfg is not None:
             self.window = self._window(ctx)
             self.t_w_step, self.t_f_step = self.window["steps"]["t_w"], self.window["steps"]["t_f"]
+        self._measure_steps = set(self.decision_steps())
         self.schedule_warning = self._check_schedule_length()
         if self.policy in MEASURING and acc.is_main_process:
             batch = probe_batch(ctx.train_loader, int(self.scfg.probe_size), self.seed, acc.device)
@@ -218,9 +220,9 @@ class SafeMethod(TrainingMethod):
         return warning
 
     def _is_measure_step(self, step: int) -> bool:
-        if self.policy not in MEASURING or step > self.t_f_step or not self.freezer.active:
-            return False
-        return step % int(self.scfg.interval) == 0 or step == self.t_f_step
+        """Only where the threshold is above 0: a warm-up measurement could freeze nothing, and the
+        decision reads the current measurement alone, so measuring there would only spend probe FLOPs."""
+        return bool(self.freezer.active) and step in self._measure_steps
 
     def _decide(self, step: int) -> dict:
         """Measure importance of the active adapters and choose which to freeze (main process)."""
