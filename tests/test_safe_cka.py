@@ -88,6 +88,31 @@ def test_cached_reference_gives_the_same_linear_cka():
     ref = LinearCKAReference(x)
     for y in (x, 3 * x + 1, x + 0.3 * torch.randn(200, 12, generator=g), torch.randn(200, 5, generator=g)):
         assert ref(y) == pytest.approx(linear_cka(x, y), rel=1e-12)
+    wide = torch.randn(30, 40, generator=g)  # 2 d > n: the reference keeps its n x n Gram matrix instead
+    ref = LinearCKAReference(wide)
+    assert ref.gram is not None and ref.gram.shape == (30, 30)
+    for y in (wide, wide + 0.5 * torch.randn(30, 40, generator=g)):
+        assert ref(y) == pytest.approx(linear_cka(wide, y), rel=1e-12)
+
+
+@pytest.mark.parametrize("n,d", [(1024, 384), (1024, 1536), (200, 12), (30, 40)])
+def test_cka_flops_count_the_products_of_the_route_taken(n, d):
+    """SAFE's probe FLOPs count the CKA products actually computed: the cheaper of d x d and n x n
+    (MiniLM's 1536-wide feed-forward output on 1024 probe tokens goes through Gram matrices)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from runner.safe.cka import LinearCKAReference, linear_cka_flops
+
+    g = torch.Generator().manual_seed(9)
+    x, y = torch.randn(n, d, generator=g), torch.randn(n, d, generator=g)
+    with FlopCounterMode(display=False) as full:
+        linear_cka(x, y)
+    ref = LinearCKAReference(x)
+    with FlopCounterMode(display=False) as cached:
+        ref(y)
+    assert full.get_total_flops() == linear_cka_flops(n, d, d)
+    assert cached.get_total_flops() == linear_cka_flops(n, d, d, reference=True)
+    assert linear_cka_flops(n, d, d) == 2 * min(3 * n * d * d, 2 * n * n * d)
 
 
 def test_rbf_bandwidth_uses_off_diagonal_distances_only():

@@ -105,8 +105,10 @@ def test_own_costs_one_base_projection_per_adapted_module_in_the_same_forward():
     drift.capture_pairs(own=False)
     plain = drift.last_flops
     now, off = own.capture_pairs(own=True)
-    # query and value: 2 extra [tokens x 32] @ [32 x 32] products per layer, nothing else (one model forward)
-    tokens = int(_batch()["input_ids"].numel())
+    # query and value: 2 extra [tokens x 32] @ [32 x 32] products per layer on the probe's tokens only
+    # (padding dropped before the base projection runs), nothing else (one model forward)
+    tokens = int(_batch()["attention_mask"].sum())
+    assert tokens < _batch()["input_ids"].numel() and own.n_tokens == tokens
     assert own.last_flops - plain == LAYERS * 2 * 2 * tokens * 32 * 32
     assert set(now) == set(off) and all(a.shape == b.shape for k in now for a, b in zip(now[k], off[k]))
 

@@ -33,15 +33,40 @@ def _centered(x: torch.Tensor) -> torch.Tensor:
     return x - x.mean(dim=0, keepdim=True)
 
 
+def feature_space(n: int, dx: int, dy: int, reference: bool = False) -> bool:
+    """Whether linear CKA of ``[n, dx]`` against ``[n, dy]`` is cheaper through ``d x d`` products
+    than through ``n x n`` Gram matrices (the same value either way). ``reference``: the ``x`` side's
+    products are cached (:class:`LinearCKAReference`), only those with ``y`` are paid, and the route
+    is fixed by ``x`` alone when the reference is built (as if ``dy == dx``, as SAFE's always is)."""
+    if reference:
+        return 2 * dx <= n  # n (dx dy + dy^2) <= n^2 dy with dy = dx
+    return dx * dy + dx * dx + dy * dy <= n * (dx + dy)
+
+
+def linear_cka_flops(n: int, dx: int, dy: int, reference: bool = False) -> int:
+    """FLOPs (2 per multiply-add) of the matrix products :func:`linear_cka` (``reference``:
+    a :class:`LinearCKAReference` call) computes for these shapes, on the route it takes."""
+    if feature_space(n, dx, dy, reference):
+        macs = n * (dx * dy + dy * dy + (0 if reference else dx * dx))
+    else:
+        macs = n * n * (dy + (0 if reference else dx))
+    return 2 * macs
+
+
+def _check_rows(x: torch.Tensor, y: torch.Tensor) -> None:
+    if x.shape[0] != y.shape[0]:
+        raise ValueError(f"CKA needs the same examples in both: {x.shape[0]} vs {y.shape[0]} rows")
+
+
 def linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:
-    """Linear CKA of two ``[n, d]`` matrices over the same ``n`` examples (tokens).
+    """Linear CKA of two ``[n, d]`` matrices over the same ``n`` examples (tokens), through
+    ``d x d`` or ``n x n`` products, whichever costs less (:func:`feature_space`).
 
     Returns NaN when either representation is constant (CKA is undefined).
     """
-    if x.shape[0] != y.shape[0]:
-        raise ValueError(f"CKA needs the same examples in both: {x.shape[0]} vs {y.shape[0]} rows")
+    _check_rows(x, y)
     x, y = _centered(x), _centered(y)
-    if x.shape[1] + y.shape[1] <= 2 * x.shape[0]:  # feature space: d x d products
+    if feature_space(x.shape[0], x.shape[1], y.shape[1]):
         cross = (y.T @ x).pow(2).sum()
         norm_x = (x.T @ x).pow(2).sum().sqrt()
         norm_y = (y.T @ y).pow(2).sum().sqrt()
@@ -56,23 +81,31 @@ def linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:
 
 
 class LinearCKAReference:
-    """Linear CKA against one fixed representation, its centring and norm computed once.
+    """Linear CKA against one fixed representation, its centring, norm and (for wide
+    representations) Gram matrix computed once.
 
-    ``LinearCKAReference(x)(y) == linear_cka(x, y)``; each call costs two
-    ``d x d`` products instead of three (SAFE compares every measurement with
-    the same start-of-training reference).
+    ``LinearCKAReference(x)(y) == linear_cka(x, y)``; each call pays only the products with ``y``
+    (SAFE compares every measurement with the same start-of-training reference).
     """
 
     def __init__(self, x: torch.Tensor):
         self.x = _centered(x)
-        self.norm = float((self.x.T @ self.x).pow(2).sum().sqrt())
+        n, d = self.x.shape
+        self.gram = None if feature_space(n, d, d, reference=True) else self.x @ self.x.T  # n x n, float64
+        square = self.x.T @ self.x if self.gram is None else self.gram
+        self.norm = float(square.pow(2).sum().sqrt())
 
     def __call__(self, y: torch.Tensor) -> float:
-        if y.shape[0] != self.x.shape[0]:
-            raise ValueError(f"CKA needs the same examples in both: {self.x.shape[0]} vs {y.shape[0]} rows")
+        _check_rows(self.x, y)
         y = _centered(y)
-        cross = (y.T @ self.x).pow(2).sum()
-        denom = self.norm * float((y.T @ y).pow(2).sum().sqrt())
+        if self.gram is None:
+            cross = (y.T @ self.x).pow(2).sum()
+            norm_y = (y.T @ y).pow(2).sum().sqrt()
+        else:
+            ky = y @ y.T
+            cross = (self.gram * ky).sum()
+            norm_y = ky.pow(2).sum().sqrt()
+        denom = self.norm * float(norm_y)
         return float(cross / denom) if denom > 0 else float("nan")
 
 

@@ -33,7 +33,7 @@ from torch import nn
 
 from runner import measure
 from runner.adapters import adapter_parameters, layer_index
-from runner.safe.cka import LinearCKAReference, cka, token_matrix
+from runner.safe.cka import LinearCKAReference, cka, linear_cka_flops, token_matrix
 from runner.schema import IMPORTANCES, REPRESENTATIONS  # declared with the other settings
 
 _ADAPTER_SPLIT = re.compile(r"\.(lora_[A-Za-z_]+|bottleneck)\.")
@@ -110,6 +110,19 @@ class RepresentationProbe:
             tokens = tokens[self.token_idx.to(tokens.device)]
         return tokens.cpu()
 
+    def _without(self, name: str, module, args, kwargs) -> torch.Tensor:
+        """``name``'s output with its adapters off, as the probe's token matrix. A token-wise base (an
+        ``nn.Linear`` whose own adapter is the only one switched off) runs on the probe's tokens alone:
+        the same rows as running it on the whole padded batch and picking them, at a fraction of the FLOPs."""
+        base = getattr(module, "base_layer", None)
+        if (self.switch_off[name] == [name] and isinstance(base, nn.Linear) and len(args) == 1 and not kwargs
+                and args[0].dim() == 3):
+            tokens = token_matrix(args[0], self.mask)
+            if self.token_idx is not None:
+                tokens = tokens[self.token_idx.to(tokens.device)]
+            return base(tokens).detach().float().cpu()
+        return self._tokens(module(*args, **kwargs))
+
     def _hook(self, name: str, captured: dict, without: dict | None):
         """Keeps ``name``'s output; with ``without``, also its output on the same input with the adapters off."""
         def fn(module, args, kwargs, output):
@@ -120,7 +133,7 @@ class RepresentationProbe:
                 self._busy.add(name)
                 try:
                     with adapters_off([self._named[n] for n in self.switch_off[name]]):
-                        without[name] = self._tokens(module(*args, **kwargs))
+                        without[name] = self._without(name, module, args, kwargs)
                 finally:
                     self._busy.discard(name)
             return None
@@ -164,13 +177,16 @@ class RepresentationProbe:
             self._linear = {layer: [LinearCKAReference(r) for r in refs] for layer, refs in self.reference.items()}
 
     def _cka_flops(self, now: dict[int, list[torch.Tensor]]) -> int:
-        """Multiply-adds of the CKA products, counted as SAFE's compute (2 per multiply-add)."""
+        """FLOPs of the CKA products, counted as SAFE's compute, on the route each one takes
+        (runner.safe.cka.linear_cka_flops; drift's linear CKA pays only the products with "now")."""
         total = 0
         for current in now.values():
             for c in current:
                 n, d = c.shape
-                linear = (3 if self.kind == "own" else 2) * 2 * n * d * d  # own: no cached reference product
-                total += linear if self.kernel == "linear" else 2 * 2 * n * n * d + 3 * 2 * n * n
+                if self.kernel == "linear":
+                    total += linear_cka_flops(n, d, d, reference=self.kind == "drift")
+                else:
+                    total += 2 * 2 * n * n * d + 3 * 2 * n * n
         return total
 
     def reference_checksum(self) -> float:
