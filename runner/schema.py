@@ -197,16 +197,16 @@ class FreezeSettings:
 class SafeSettings:
     """SAFE's knobs (how they combine: runner.safe.method.SafeMethod.check_config)."""
     # t_w, t_f: fractions of training (<= 1) or epochs (<= the run's), by schedule_unit: checked in check_config / setup
-    t_w: float = _setting(0.1, NONNEG, "safe.t_w (warm-up end, in safe.schedule_unit)")
-    t_f: float = _setting(0.4, NONNEG, "safe.t_f (freezing end, in safe.schedule_unit)")
+    t_w: float = _setting(0.3, NONNEG, "safe.t_w (warm-up end, in safe.schedule_unit)")
+    t_f: float = _setting(0.8, NONNEG, "safe.t_f (freezing end, in safe.schedule_unit)")
     schedule_unit: str = _setting("fraction", SCHEDULE_UNITS)
-    threshold: float = _setting(1.0, FRACTION, "safe.threshold (T_final)")
+    threshold: float = _setting(0.5, FRACTION, "safe.threshold (T_final)")
     interval: int = _setting(10, POSITIVE_INT, "safe.interval (steps between importance measurements)")
     probe_size: int = _setting(32, POSITIVE_INT, "safe.probe_size (examples in the probe batch)")
     max_tokens: Optional[int] = _setting(1024, POSITIVE_INT)
     kernel: str = _setting("linear", ("linear", "rbf"))
     representation: str = _setting("adapted", REPRESENTATIONS)
-    importance: str = _setting("drift", IMPORTANCES)
+    importance: str = _setting("own", IMPORTANCES)
     budget_mode: bool = False
     budget_splits: int = _setting(2, POSITIVE_INT, "safe.budget_splits (chunks per micro-batch until t_f)")
     static_k: Optional[int] = _setting(None, NONNEG_INT)

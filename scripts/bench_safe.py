@@ -64,6 +64,8 @@ def parse_args(argv=None):
                    help="LoRA target modules (default: every linear layer of the encoder, as make repro-safe)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--max-seq-length", type=int, default=128)
+    p.add_argument("--group-by-length", action=argparse.BooleanOptionalAction, default=True,
+                   help="length-grouped batches (trainer.group_by_length, as make repro-safe; docs/measurement.md)")
     p.add_argument("--sharpness-batches", type=int, default=1, help="0 turns the sharpness measurement off")
     p.add_argument("--sharpness-iters", type=int, default=10)
     p.add_argument("--logger", default="none", help="runner logger (none or wandb)")
@@ -83,7 +85,8 @@ def common_overrides(args) -> list[str]:
     """What every run of the benchmark shares (the recipe, the caps, the measurements)."""
     o = [f"logger={args.logger}", f"trainer.epochs={args.epochs}", f"trainer.lr={args.lr}",
          f"trainer.batch_size={args.batch_size}", f"trainer.max_seq_length={args.max_seq_length}",
-         "trainer.progress_bar=false", f"adapter.target_modules={args.targets}"]
+         "trainer.progress_bar=false", f"adapter.target_modules={args.targets}",
+         f"trainer.group_by_length={str(args.group_by_length).lower()}"]
     for flag, key in ((args.max_train_samples, "task.max_train_samples"), (args.max_eval_samples, "task.max_eval_samples"),
                       (args.max_steps, "trainer.max_steps")):
         if flag:

@@ -222,7 +222,7 @@ def _eval_loss(model, tokenizer, data) -> float:
 
 def test_safe_with_mean_pooling_freezes_and_reports(fast, tmp_path):
     res = _run([*fast, "method=safe", "model.pooling=mean", "trainer.max_steps=8", "trainer.lr=5e-3", "safe.interval=2",
-                "safe.t_w=0.1", "safe.t_f=0.5", "safe.probe_size=16"], tmp_path / "safe")
+                "safe.t_w=0.1", "safe.t_f=0.5", "safe.threshold=1.0", "safe.probe_size=16"], tmp_path / "safe")
     assert res["status"] == "completed" and res["head"]["pooling"] == "mean"
     frozen = [a for a in res["method_report"]["adapters"].values() if a["freeze_step"] is not None]
     assert frozen, res["method_report"]["adapters"]

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
+
 import pytest
 
 from runner.config import compose_config
 from runner.errors import ConfigError
-from runner.schema import GROUPS, check_config
+from runner.schema import GROUPS, SafeSettings, check_config
 from runner.validate import group_options, validate_config
 
 
@@ -23,6 +25,14 @@ def test_a_schema_for_every_group_of_the_composed_config():
     cfg = compose_config(["method=safe", "prune=hies"], output_dir="/tmp/unused")
     groups = {k for k, v in cfg.items() if hasattr(v, "keys")}
     assert groups <= set(GROUPS), groups - set(GROUPS)
+
+
+def test_the_shipped_safe_defaults_are_the_schemas():
+    """conf/safe/default.yaml and SafeSettings state the same defaults (docs/safe.md, 'Defaults and why')."""
+    safe = compose_config(["method=safe"], output_dir="/tmp/unused").safe
+    expected = {f.name: getattr(SafeSettings(), f.name) for f in fields(SafeSettings) if f.name != "seed"}
+    assert {k: safe[k] for k in expected} == expected
+    assert (safe.threshold, safe.t_w, safe.t_f, safe.importance) == (0.5, 0.3, 0.8, "own")
 
 
 CASES = [
