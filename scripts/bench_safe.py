@@ -128,9 +128,15 @@ def settings(runs: list[dict]) -> str:
         text = (f"{c['model'].get('short_name')} + {a.get('name')} (r{a.get('r')}, {'/'.join(a.get('target_modules') or [])}), "
                 f"lr {t.get('lr')}, batch {t.get('batch_size')}, max length {t.get('max_seq_length')}, {t.get('epochs')} epochs"
                 f"{steps}, "
-                f"train cap {c['task'].get('max_train_samples') or 'none'}")
-        if text not in seen:
-            seen.append(text)
+                f"train cap {c['task'].get('max_train_samples') or 'none'}, "
+                f"{'length-grouped' if t.get('group_by_length') else 'ungrouped'} batches")
+        sc = c.get("safe") if (c.get("method") or {}).get("name") == "safe" else None
+        safe_text = (f"SAFE: importance {sc.get('importance', 'drift')}, T_final {sc.get('threshold')}, t_w {sc.get('t_w')}, "
+                     f"t_f {sc.get('t_f')} ({sc.get('schedule_unit', 'fraction')}), every {sc.get('interval')} steps"
+                     if sc else None)
+        for item in (text, safe_text):
+            if item and item not in seen:
+                seen.append(item)
     return "; ".join(seen) or "unknown settings"
 
 

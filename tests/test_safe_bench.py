@@ -26,10 +26,15 @@ def _write_run(d, task, method, seed, acc, saved, flops, train_s, status="comple
         r["method_report"] = {"policy": policy, "n_frozen": 5, "last_freeze_step": 30,
                               "memory": {"saved_for_backward_mean_after_last_freeze_bytes": saved / 4}}
     (d / "results.json").write_text(json.dumps(r))
-    (d / "config.yaml").write_text(yaml.safe_dump({
-        "model": {"short_name": "minilm"}, "task": {"max_train_samples": None},
+    config = {
+        "model": {"short_name": "minilm"}, "task": {"max_train_samples": None}, "method": {"name": method},
         "adapter": {"name": "lora", "r": 8, "target_modules": ["query", "value"]},
-        "trainer": {"lr": 1e-3, "batch_size": 32, "max_seq_length": 128, "epochs": 3, "max_steps": None}}))
+        "trainer": {"lr": 1e-3, "batch_size": 32, "max_seq_length": 128, "epochs": 3, "max_steps": None,
+                    "group_by_length": True}}
+    if method == "safe":
+        config["safe"] = {"importance": "own", "threshold": 0.5, "t_w": 0.3, "t_f": 0.8, "schedule_unit": "fraction",
+                          "interval": 10}
+    (d / "config.yaml").write_text(yaml.safe_dump(config))
 
 
 def test_table_from_a_sweep_dir(tmp_path, capsys):
@@ -50,7 +55,9 @@ def test_table_from_a_sweep_dir(tmp_path, capsys):
     assert safe["ratios"] == pytest.approx({"mean_memory": 0.3, "peak_memory": 0.3, "flops": 0.65, "wall_time": 0.75})
     assert safe["targets_met"] == {"mean_memory": True, "flops": True, "wall_time": True, "metric": True}
     out = capsys.readouterr().out
-    assert "minilm + lora (r8, query/value), lr 0.001, batch 32, max length 128, 3 epochs, train cap none; seeds [1, 2]" in out
+    assert ("minilm + lora (r8, query/value), lr 0.001, batch 32, max length 128, 3 epochs, train cap none, "
+            "length-grouped batches; SAFE: importance own, T_final 0.5, t_w 0.3, t_f 0.8 (fraction), every 10 steps; "
+            "seeds [1, 2]") in out  # read from the runs' own configs
     assert "| safe | 0.300 ✓ | 0.300 | 0.650 ✓ | 0.750 ✓ | -0.20 ✓ |" in out
     assert "rte" not in summary  # no runs for it
 

@@ -8,7 +8,8 @@ are token matrices ``[n_tokens, features]``; :func:`token_matrix` turns a
 
 * Linear CKA: ``||Y^T X||_F^2 / (||X^T X||_F ||Y^T Y||_F)`` on column-centred
   ``X`` and ``Y``. Invariant to orthogonal transforms and isotropic scaling;
-  computed in feature space (cheap when features << tokens), in float64.
+  computed from the ``d x d`` feature products or the ``n x n`` token Grams, whichever
+  costs fewer FLOPs (:func:`feature_space`; the same value), in float64.
 * RBF CKA: HSIC of Gaussian-kernel Gram matrices, the bandwidth a fraction of
   the median squared distance between different tokens (so it is scale invariant too). Costs
   ``O(n_tokens^2)``: cap the tokens (``safe.max_tokens``).

@@ -5,8 +5,8 @@ optimizer step, may freeze some of them (``freeze=`` chooses the policy):
 
 * ``safe``   - measure importance (``safe.importance``: ``drift``, 1 - CKA to the
   start; ``own``, 1 - CKA between the outputs with and without the adapter)
-  every ``safe.interval`` steps from ``t_w`` to ``t_f`` (plus once at step 0,
-  drift's reference) and freeze every active adapter whose importance / max
+  every ``safe.interval`` steps from ``t_w`` to ``t_f`` (plus one capture at
+  step 0: drift's reference, and the resume checksum for both) and freeze every active adapter whose importance / max
   importance is below the cubic threshold T(t). ``t_w`` / ``t_f``: fractions or epochs (``safe.schedule_unit``).
 * ``random`` - the same measurements and the same number of adapters frozen at
   each decision as ``safe`` would freeze, but chosen at random.
@@ -108,7 +108,7 @@ class SafeMethod(TrainingMethod):
         self._measure_steps: set[int] = set()  # decision_steps(), fixed in setup
         self.schedule_warning: str | None = None
         self.window: dict | None = None  # t_w / t_f in steps, epochs and fractions (setup: runner.safe.schedule.window)
-        self.importance_kind = str(self.scfg.get("importance", "drift")) if self.scfg is not None else None
+        self.importance_kind = str(self.scfg.get("importance", "own")) if self.scfg is not None else None
 
     # ----------------------------------------------------------------- setup
 
@@ -377,7 +377,7 @@ class SafeMethod(TrainingMethod):
                     Path(ctx.output_dir) / TIMELINE_PNG, layers, self.total_steps,
                     [{"step": m["step"], "normalised": m["normalised"]} for m in self.measurements],
                     freeze_steps, [(0, 0.0)] + [(s, f) for s, f in report["frac_frozen"]] + [(self.total_steps, self.freezer.frac_frozen())],
-                    report["threshold"], title=f"SAFE freeze timeline ({self.policy}); grey: frozen, red: freeze step",
+                    [(0, 0.0), (self.t_w_step, 0.0), *report["threshold"]], title=f"SAFE freeze timeline ({self.policy}); grey: frozen, red: freeze step",
                 )
                 report["timeline_png"] = path.name
                 ctx.tracker.log_image("safe/freeze_timeline", path, self.total_steps)
