@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import importlib
 from pathlib import Path
 
@@ -60,7 +61,19 @@ def load_model_config(mcfg: DictConfig, task: DictConfig):
             f"cannot load model {mcfg.name_or_path}: {str(exc).splitlines()[0]} "
             f"(offline? use model=minilm or a local folder)"
         ) from exc
+    apply_config_overrides(config, mcfg.get("config_overrides") or {})
     return path, config
+
+
+def apply_config_overrides(config, overrides) -> None:
+    """``model.config_overrides``: set existing attributes of the Hugging Face config (dropout rates,
+    say) before the weights load. A name the config does not have is a typo, not a new setting."""
+    for key, value in dict(overrides).items():
+        if not hasattr(config, key):
+            near = difflib.get_close_matches(key, list(config.to_dict()), n=3, cutoff=0.6)
+            hint = f"; did you mean {' or '.join(near)}?" if near else ""
+            raise ModelError(f"model.config_overrides.{key}: {config.model_type}'s config has no attribute {key}{hint}")
+        setattr(config, key, value)
 
 
 def load_model_and_tokenizer(mcfg: DictConfig, task: DictConfig):

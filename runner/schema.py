@@ -150,6 +150,9 @@ class ModelSettings:
     attn_implementation: str = _setting("sdpa", ("sdpa", "eager", "flash_attention_2"))
     dtype: str = _setting("float32", ("float32", "bfloat16", "float16"))
     pooling: str = _setting("auto", ("auto", "cls", "mean"))
+    # attributes of the model's Hugging Face config set before loading, by their HF names
+    # (``model.config_overrides={hidden_dropout_prob:0,attention_probs_dropout_prob:0}``)
+    config_overrides: dict[str, Any] = _setting({})
 
 
 @dataclass

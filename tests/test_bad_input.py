@@ -116,6 +116,10 @@ CASES = [
     ("model-path-missing", ["model.name_or_path=/does/not/exist"], {}, MODEL, r"model path /does/not/exist does not exist"),
     ("model-folder-without-config", ["model.name_or_path={no_config}"], {}, MODEL, r"has no config.json"),
     ("unsupported-architecture", ["model.name_or_path={gpt2}"], {}, MODEL, r"model type gpt2 is not supported"),
+    ("config-override-without-plus", ["model.config_overrides.hidden_dropout_prob=0"], {}, CONFIG,
+     r"^error: model.config_overrides takes entries of your own: add them with a leading \+, e.g. \+model.config_overrides.NAME=VALUE$"),
+    ("config-override-typo", ["+model.config_overrides.hidden_dropot_prob=0", "model.name_or_path={tiny}"], {}, MODEL,
+     r"model.config_overrides.hidden_dropot_prob: bert's config has no attribute hidden_dropot_prob; did you mean hidden_dropout_prob"),
 ]
 
 

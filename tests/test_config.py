@@ -61,3 +61,26 @@ def test_demo_experiment_pins_a_short_offline_setting():
     cfg = compose_config(["experiment=demo"])
     assert cfg.task.name == "mrpc" and cfg.model.short_name == "minilm" and cfg.method.name == "adapter"
     assert cfg.trainer.epochs <= 3
+
+
+def test_config_overrides_reach_the_loaded_model(tiny_model_dir):
+    """``+model.config_overrides.NAME=VALUE`` sets the Hugging Face config before the weights load: with
+    every dropout at 0 the model in training mode is deterministic, with the default it is not."""
+    import torch
+
+    from runner.models import load_model_and_tokenizer
+
+    def two_train_passes(overrides):
+        cfg = compose_config([f"model.name_or_path={tiny_model_dir}", *overrides])
+        model, _ = load_model_and_tokenizer(cfg.model, cfg.task)
+        model.train()
+        ids = torch.arange(1, 13).view(2, 6)
+        return model, model(input_ids=ids).logits, model(input_ids=ids).logits
+
+    model, a, b = two_train_passes(["+model.config_overrides.hidden_dropout_prob=0",
+                                    "+model.config_overrides.attention_probs_dropout_prob=0"])
+    assert model.config.hidden_dropout_prob == 0 and model.config.attention_probs_dropout_prob == 0
+    assert all(m.p == 0 for m in model.modules() if isinstance(m, torch.nn.Dropout))
+    assert torch.equal(a, b)
+    model, a, b = two_train_passes([])
+    assert model.config.hidden_dropout_prob == 0.1 and not torch.equal(a, b)
