@@ -11,7 +11,9 @@ baseline's**, i.e. among the points with ``metric >= baseline - TOLERANCE`` the 
 SAFE's baselines (``safe:random``, ``safe:static``) are drawn and tabled but never picked. When no
 setting holds the metric the rule picks nothing, and the setting with the highest mean metric among
 those run on the most seeds is marked *closest* instead (accuracy comes first: it is what a default must then be, labelled as not
-holding). A setting run with fewer seeds than the baseline still counts, and its ``n`` is in the table.
+holding). Only a setting run on at least as many seeds as the baseline can be picked: a mean over
+fewer seeds set against the baseline's is one seed's luck, not a default; such a setting is drawn and
+tabled, and marked *holds on fewer seeds* where its mean is inside the band.
 """
 
 from __future__ import annotations
@@ -110,10 +112,16 @@ def _candidates(points: pd.DataFrame) -> pd.DataFrame:
     return points[~points["method"].map(_is_variant) & points["flops_ratio"].notna()]
 
 
+def _enough_seeds(points: pd.DataFrame, baseline_n: int) -> pd.Series:
+    """Run on at least as many seeds as the baseline (the rule compares means over the same count)."""
+    return points["n"] >= baseline_n
+
+
 def choose(points: pd.DataFrame):
-    """The rule: among the candidates that hold the metric, the lowest FLOPs ratio (then memory, then metric)."""
+    """The rule: among the candidates that hold the metric on at least the baseline's number of seeds,
+    the lowest FLOPs ratio (then memory, then metric)."""
     ok = _candidates(points)
-    ok = ok[ok["holds_metric"]]
+    ok = ok[ok["holds_metric"] & _enough_seeds(ok, points.attrs.get("baseline_n", 1))]
     if ok.empty:
         return None
     order = ok.assign(_m=ok["memory_ratio"].fillna(np.inf), _y=-ok["metric"]).sort_values(["flops_ratio", "_m", "_y"])
@@ -148,7 +156,8 @@ def frontier_table(points_by_task: dict[str, pd.DataFrame]) -> pd.DataFrame:
             "FLOPs ratio": p["flops_ratio"].round(3), "memory ratio": p["memory_ratio"].round(3),
             "holds metric": np.where(p["holds_metric"], "yes", "no"),
             "front": np.where(p["pareto"], "*", ""),
-            "chosen": np.where(p["chosen"], "<- rule", np.where(p["closest"], "closest (holds nothing)", "")),
+            "chosen": np.where(p["chosen"], "<- rule", np.where(p["closest"], "closest (holds nothing)", np.where(
+                p["holds_metric"] & ~_enough_seeds(p, p.attrs["baseline_n"]), f"holds on fewer seeds (n < {p.attrs['baseline_n']})", ""))),
         }))
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
 
