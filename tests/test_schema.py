@@ -32,7 +32,7 @@ def test_the_shipped_safe_defaults_are_the_schemas():
     safe = compose_config(["method=safe"], output_dir="/tmp/unused").safe
     expected = {f.name: getattr(SafeSettings(), f.name) for f in fields(SafeSettings) if f.name != "seed"}
     assert {k: safe[k] for k in expected} == expected
-    assert (safe.threshold, safe.t_w, safe.t_f, safe.importance) == (0.5, 0.3, 0.8, "own")
+    assert (safe.threshold, safe.t_w, safe.t_f, safe.importance) == (0.2, 0.3, 0.8, "own")
 
 
 CASES = [
