@@ -125,6 +125,11 @@ def _unknown_key_hint(message: str, overrides: list[str]) -> str | None:
     if not match:
         return None
     key = match.group(1)
+    from runner.schema import entries_field
+
+    where = entries_field(key)
+    if where:  # a dict of free entries (model.config_overrides): Hydra adds them only with "+"
+        return f"{where} takes entries of your own: add them with a leading +, e.g. +{where}.NAME=VALUE"
     parent, _, leaf = key.rpartition(".")
     try:
         cfg = compose_config([o for o in overrides if not o.split("=", 1)[0].lstrip("~") == key])
@@ -133,10 +138,6 @@ def _unknown_key_hint(message: str, overrides: list[str]) -> str | None:
         return None
     if node is None or not hasattr(node, "keys"):
         return None
-    entries = OmegaConf.select(cfg, key) if leaf in node.keys() else node if not len(node) else None
-    if hasattr(entries, "keys"):  # a dict of free entries (model.config_overrides): Hydra appends with "+"
-        where = key if leaf in node.keys() else parent
-        return f"{where} takes entries of your own: add them with a leading +, e.g. +{where}.NAME=VALUE"
     close = difflib.get_close_matches(leaf, [str(k) for k in node.keys()], n=1, cutoff=0.6)
     where = f"{parent}." if parent else ""
     hint = f"did you mean {where}{close[0]}?" if close else f"valid: {', '.join(str(k) for k in node.keys())}"

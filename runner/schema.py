@@ -151,7 +151,7 @@ class ModelSettings:
     dtype: str = _setting("float32", ("float32", "bfloat16", "float16"))
     pooling: str = _setting("auto", ("auto", "cls", "mean"))
     # attributes of the model's Hugging Face config set before loading, by their HF names
-    # (``model.config_overrides={hidden_dropout_prob:0,attention_probs_dropout_prob:0}``)
+    # (``+model.config_overrides.hidden_dropout_prob=0``)
     config_overrides: dict[str, Any] = _setting({})
 
 
@@ -319,27 +319,48 @@ def check_config(cfg: DictConfig) -> None:
 _NO_DEFAULT = object()
 
 
-def default_of(dotted: str):
-    """The schema's default for a dotted key of a group with one schema (``trainer.tf32`` -> "auto"); a
-    private sentinel (never equal to a config value) for keys with no single default."""
+def _leaf_field(dotted: str):
+    """The first field along a dotted key of a group with one schema that is not a nested settings
+    dataclass, with its dotted name and type (``model.config_overrides.x`` -> the ``config_overrides``
+    field); None where the key leaves the schema or ends on a dataclass."""
     group, _, rest = dotted.partition(".")
     schema = GROUPS.get(group)
     if not isinstance(schema, type) or not rest:
-        return _NO_DEFAULT
-    for name in rest.split("."):
+        return None
+    names = rest.split(".")
+    for i, name in enumerate(names):
         found = {f.name: f for f in dataclasses.fields(schema)}.get(name)
         if found is None:
-            return _NO_DEFAULT
+            return None
         tp = typing.get_type_hints(schema)[name]
         if isinstance(tp, type) and dataclasses.is_dataclass(tp):
             schema = tp
             continue
-        if found.default is not dataclasses.MISSING:
-            return found.default
-        if found.default_factory is not dataclasses.MISSING:
-            return found.default_factory()
+        return ".".join([group, *names[:i + 1]]), found, tp
+    return None
+
+
+def default_of(dotted: str):
+    """The schema's default for a dotted key of a group with one schema (``trainer.tf32`` -> "auto"); a
+    private sentinel (never equal to a config value) for keys with no single default."""
+    leaf = _leaf_field(dotted)
+    if leaf is None:
         return _NO_DEFAULT
+    found = leaf[1]
+    if found.default is not dataclasses.MISSING:
+        return found.default
+    if found.default_factory is not dataclasses.MISSING:
+        return found.default_factory()
     return _NO_DEFAULT
+
+
+def entries_field(dotted: str) -> str | None:
+    """The dotted name of the free-entry dict setting (``model.config_overrides``) that ``dotted`` is or
+    lies inside; None otherwise. Hydra adds entries to such a dict only with a leading ``+``."""
+    leaf = _leaf_field(dotted)
+    if leaf is None or typing.get_origin(_optional(leaf[2])[1]) is not dict:
+        return None
+    return leaf[0]
 
 
 def list_fields(schema: type) -> list[str]:

@@ -68,6 +68,7 @@ def frontier_points(stats: pd.DataFrame, model: str, task: str, baseline: str = 
     points.attrs["baseline_std"] = 100 * np.nan_to_num(base.get("metric_std", np.nan))
     points.attrs["baseline_n"] = int(base["n"])
     points["holds_metric"] = points["metric"] >= points.attrs["baseline_metric"] - TOLERANCE
+    points["enough_seeds"] = points["n"] >= points.attrs["baseline_n"]  # the rule compares means over as many seeds
     points["pareto"] = [_on_front(points, i) for i in range(len(points))]
     points["chosen"] = points["closest"] = False
     pick = choose(points)
@@ -112,16 +113,11 @@ def _candidates(points: pd.DataFrame) -> pd.DataFrame:
     return points[~points["method"].map(_is_variant) & points["flops_ratio"].notna()]
 
 
-def _enough_seeds(points: pd.DataFrame, baseline_n: int) -> pd.Series:
-    """Run on at least as many seeds as the baseline (the rule compares means over the same count)."""
-    return points["n"] >= baseline_n
-
-
 def choose(points: pd.DataFrame):
     """The rule: among the candidates that hold the metric on at least the baseline's number of seeds,
     the lowest FLOPs ratio (then memory, then metric)."""
     ok = _candidates(points)
-    ok = ok[ok["holds_metric"] & _enough_seeds(ok, points.attrs.get("baseline_n", 1))]
+    ok = ok[ok["holds_metric"] & ok["enough_seeds"]]
     if ok.empty:
         return None
     order = ok.assign(_m=ok["memory_ratio"].fillna(np.inf), _y=-ok["metric"]).sort_values(["flops_ratio", "_m", "_y"])
@@ -157,7 +153,7 @@ def frontier_table(points_by_task: dict[str, pd.DataFrame]) -> pd.DataFrame:
             "holds metric": np.where(p["holds_metric"], "yes", "no"),
             "front": np.where(p["pareto"], "*", ""),
             "chosen": np.where(p["chosen"], "<- rule", np.where(p["closest"], "closest (holds nothing)", np.where(
-                p["holds_metric"] & ~_enough_seeds(p, p.attrs["baseline_n"]), f"holds on fewer seeds (n < {p.attrs['baseline_n']})", ""))),
+                p["holds_metric"] & ~p["enough_seeds"], f"holds on fewer seeds (n < {p.attrs['baseline_n']})", ""))),
         }))
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
 
