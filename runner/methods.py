@@ -75,6 +75,13 @@ class TrainingMethod:
         memory at once; SAFE's ``budget_mode``). 1: no split."""
         return 1
 
+    def whole_within_peak(self, step: int) -> bool:
+        """Whether a micro-batch that :meth:`micro_batch_splits` would split before optimizer step
+        ``step + 1`` runs whole instead when its forward is predicted to save no more bytes for backward
+        than the run's peak so far (SAFE's ``budget_mode`` after t_f: the split warm-up's peak is the
+        budget). False: split as asked."""
+        return False
+
     def state_dict(self) -> dict:
         return {}
 

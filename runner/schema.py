@@ -211,7 +211,7 @@ class SafeSettings:
     representation: str = _setting("adapted", REPRESENTATIONS)
     importance: str = _setting("own", IMPORTANCES)
     budget_mode: bool = False
-    budget_splits: int = _setting(2, POSITIVE_INT, "safe.budget_splits (chunks per micro-batch until t_f)")
+    budget_splits: int = _setting(2, POSITIVE_INT, "safe.budget_splits (chunks per micro-batch until t_f, and after it where a whole one would exceed the peak)")
     static_k: Optional[int] = _setting(None, NONNEG_INT)
     seed: int = 0
 

@@ -102,6 +102,8 @@ class Recipe:
         self.compiled = None  # trainer.compile: the compiled training module (see _compile)
         self.is_main = self.accelerator.is_main_process
         self.history: list[dict] = []  # one record per optimizer step
+        self.step_meter: measure.StepMeter | None = None  # train() makes it
+        self.meter_state: dict | None = None  # a checkpoint's step meter state, for train() to restore
         self.evals: list[dict] = []
         self.global_step = 0
         self.epoch = 0
@@ -234,6 +236,7 @@ class Recipe:
         self.global_step = meta["global_step"]
         self.history = meta.get("history", [])
         self.evals = meta.get("evals", [])
+        self.meter_state = meta.get("meter_state")  # what the step meter had learned (train() hands it back)
         log.info("resumed from step %d", self.global_step)
 
     # ------------------------------------------------------------------ train
@@ -255,6 +258,8 @@ class Recipe:
         acc, tcfg = self.accelerator, self.cfg.trainer
         self.step_meter = measure.StepMeter(acc.unwrap_model(self.model), tcfg.count_flops, tcfg.measure_activations,
                                             self.device, check_every=tcfg.activations_check_every)
+        if self.meter_state:
+            self.step_meter.load_state_dict(self.meter_state)
         bar = tqdm(total=self.total_steps, initial=self.global_step, desc="train", disable=not self._show_bars(),
                    dynamic_ncols=True)
         measure.reset_cuda_peaks(self.device)
@@ -284,7 +289,7 @@ class Recipe:
         acc, meter, tcfg = self.accelerator, self.step_meter, self.cfg.trainer
         # dropout depends on (seed, step, process) only, so a resumed run replays it exactly
         torch.manual_seed(hash((self.cfg.seed, self.global_step, meter.micro, acc.process_index)) % 2**63)
-        chunks = data_lib.split_batch(batch, self.method.micro_batch_splits(self.global_step), self.pad_multiple)
+        chunks = data_lib.split_batch(batch, self._splits(batch), self.pad_multiple)
         with acc.accumulate(self.model):
             for i, (chunk, weight) in enumerate(chunks):
                 # gradients of all but the last chunk stay local (DDP syncs once, after the last)
@@ -300,6 +305,19 @@ class Recipe:
             self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
         return acc.sync_gradients
+
+    def _splits(self, batch: dict) -> int:
+        """Into how many chunks this micro-batch runs: the method's count, or 1 where the method allows it
+        (``whole_within_peak``: SAFE's budget_mode after t_f) and the whole micro-batch's forward is
+        predicted to save no more bytes for backward than the run's peak so far. A batch whose bytes the
+        meter cannot predict yet (its chunks' lengths still being learned, or measuring off) stays split."""
+        k = self.method.micro_batch_splits(self.global_step)
+        if k <= 1 or not self.method.whole_within_peak(self.global_step):
+            return k
+        peak = max((s["saved_bytes"] for s in self.history if s.get("saved_bytes")), default=None)
+        n = len(batch["input_ids"])
+        predicted = self.step_meter.predict_saved(batch, self.signature, rows=-(-n // k))  # the first chunk's rows
+        return 1 if peak is not None and predicted is not None and predicted <= peak else k
 
     def _forward_module(self, batch: dict):
         """The compiled module (``trainer.compile``), or the eager one on steps that measure: the FLOP
@@ -442,6 +460,7 @@ class Recipe:
             "global_step": self.global_step, "epoch": self.epoch, "history": self.history, "evals": self.evals,
             "scheduler_state": self.scheduler.state_dict(),
             "method_state": self.method.state_dict(), "wandb_run_id": self.tracker.run_id if self.tracker else None,
+            "meter_state": self.step_meter.state_dict() if self.step_meter is not None else None,
         }
         keep = self._trained_weights() if self.cfg.method.uses_adapters else None
         checkpoint.save(self.accelerator, self.output_dir, meta, keep=keep)

@@ -70,3 +70,38 @@ def test_interrupted_safe_run_resumes_with_its_frozen_adapters(tmp_path, monkeyp
     live = [n for n in at_8 if "lora_" in n and layer_index(n) not in layers
             and report["adapters"][f"layer{layer_index(n)}"]["freeze_step"] in (None, 17, 18, 19, 20)]
     assert all(not torch.equal(at_8[n], at_16[n]) for n in live)  # the others kept training
+
+
+def test_a_budget_mode_run_resumed_after_t_f_splits_its_micro_batches_as_the_uninterrupted_one(tmp_path, monkeypatch):
+    """safe.budget_mode after t_f runs a micro-batch whole only where the step meter predicts it fits the
+    peak; the meter's learned bytes travel in the checkpoint, so a run resumed after t_f makes the same
+    choices, and with dropout on (whole and split draw other masks) reaches the same losses."""
+    from runner.safe.importance import RepresentationProbe
+
+    # scores rising with depth: T_final 1.0 leaves layer 3 alone, and whole micro-batches fit after t_f
+    monkeypatch.setattr(RepresentationProbe, "importance", lambda self, active: {k: 0.01 * (k + 1) for k in active})
+    overrides = [o for o in OVERRIDES if not o.startswith("trainer.checkpoint_every_steps")]
+    overrides += ["safe.budget_mode=true", "trainer.max_seq_length=128", "trainer.checkpoint_every_steps=15"]
+    model_dir = save_tiny_model_dir(tmp_path / "model")
+    torch.set_num_threads(1)
+    run_cfg(compose_cfg(overrides, tmp_path / "straight", model_dir))
+    straight = read_steps(tmp_path / "straight")
+    assert [s["chunks"] for s in straight[15:]] == [1] * 5  # whole by then: the meter had learned their bytes
+
+    original = SafeMethod.on_step_end
+
+    def crash_after_checkpoint(self, ctx, step):
+        if step == 16:
+            raise Interrupted("simulated crash at step 16")
+        return original(self, ctx, step)
+
+    out = tmp_path / "resumed"
+    monkeypatch.setattr(SafeMethod, "on_step_end", crash_after_checkpoint)
+    with pytest.raises(Interrupted):
+        run_cfg(compose_cfg(overrides, out, model_dir))
+    monkeypatch.setattr(SafeMethod, "on_step_end", original)
+    run_cfg(compose_cfg([*overrides, "resume=true"], out, model_dir))
+    resumed = read_steps(out)
+    assert [s["chunks"] for s in resumed] == [s["chunks"] for s in straight]
+    assert [s["saved_bytes"] for s in resumed] == [s["saved_bytes"] for s in straight]
+    assert [s["loss"] for s in resumed] == pytest.approx([s["loss"] for s in straight], abs=1e-6)

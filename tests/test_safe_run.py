@@ -270,16 +270,43 @@ def test_random_picks_uniformly_among_the_active_adapters_not_safes_choice():
 
 def test_budget_mode_splits_micro_batches_until_t_f_for_the_same_training_at_a_lower_peak(runs):
     """safe.budget_mode: until t_f every micro-batch runs as 2 chunks; with no dropout the losses match
-    SAFE without it (same updates up to float error), the bytes saved for backward at once are about
-    halved while every adapter trains, and full micro-batches come back after t_f."""
-    common = ["method=safe", *COMMON, "safe.threshold=1.0", "adapter.dropout=0", "trainer.activations_check_every=1"]
+    SAFE without it (same updates up to float error) and the bytes saved for backward at once are about
+    halved while every adapter trains. After t_f a micro-batch runs whole only where that stays within
+    the split phase's peak: here the adapter left training is a low one, which keeps the activations of
+    every layer above it, so a whole micro-batch would not fit and every one stays split."""
+    common = ["method=safe", *COMMON, "safe.threshold=1.0", "adapter.dropout=0", "trainer.activations_check_every=1",
+              "trainer.max_seq_length=128"]
     _, plain, _ = runs("safe-no-dropout", common)
     results, budget, _ = runs("safe-budget", [*common, "safe.budget_mode=true", "safe.budget_splits=2"])
-    assert results["method_report"]["budget_mode"] == {"splits": 2, "until_step": 10}
+    report = results["method_report"]["budget_mode"]
     assert [s["loss"] for s in budget] == pytest.approx([s["loss"] for s in plain], rel=1e-4)
     for a, b in zip(budget[:10], plain[:10]):
-        assert a["saved_bytes"] <= 0.6 * b["saved_bytes"]
-    assert [s["saved_bytes"] for s in budget[10:]] == [s["saved_bytes"] for s in plain[10:]]
-    # the run's peak is now the larger of the split warm-up's and what the unfrozen adapters keep after
-    # t_f: below SAFE's own peak, by how much depends on which adapters froze (the benchmark's job)
-    assert max(s["saved_bytes"] for s in budget) < max(s["saved_bytes"] for s in plain)
+        assert a["chunks"] == 2 and b["chunks"] == 1 and a["saved_bytes"] <= 0.6 * b["saved_bytes"]
+    assert results["method_report"]["n_frozen"] == 3
+    assert report["splits"] == 2 and report["until_step"] == 10 and report["steps_after"] == 10
+    assert report["steps_after_split"] == 10 and [s["chunks"] for s in budget[10:]] == [2] * 10
+    for a, b in zip(budget[10:], plain[10:]):  # each would have saved more whole than the peak
+        assert 2 * a["saved_bytes"] > report["peak_until_bytes"] and a["saved_bytes"] < b["saved_bytes"]
+    assert report["peak_after_bytes"] <= report["peak_until_bytes"] == max(s["saved_bytes"] for s in budget)
+    assert report["peak_until_bytes"] <= 0.6 * max(s["saved_bytes"] for s in plain)
+
+
+def test_budget_mode_runs_micro_batches_whole_after_t_f_where_they_fit_the_peak(runs, monkeypatch):
+    """With the lower adapters frozen (scores rising with depth, so T_final 1.0 leaves only layer 3), a
+    whole micro-batch after t_f keeps less than a split one did while everything trained: every step
+    whose bytes the meter can predict runs whole, and none goes above the split phase's peak."""
+    from runner.safe.importance import RepresentationProbe
+
+    monkeypatch.setattr(RepresentationProbe, "importance", lambda self, active: {k: 0.01 * (k + 1) for k in active})
+    common = ["method=safe", *COMMON, "safe.threshold=1.0", "adapter.dropout=0", "trainer.max_seq_length=128"]
+    _, plain, _ = runs("safe-depth-no-dropout", common)
+    results, budget, _ = runs("safe-depth-budget", [*common, "safe.budget_mode=true"])
+    report = results["method_report"]
+    assert [k for k, v in report["adapters"].items() if v["freeze_step"] is None] == ["layer3"]
+    assert [s["loss"] for s in budget] == pytest.approx([s["loss"] for s in plain], rel=1e-4)
+    whole = [s for s in budget[10:] if s["chunks"] == 1]
+    # the first chunks after the last freeze teach the meter their lengths; the rest run whole
+    assert report["budget_mode"]["steps_after_split"] == 10 - len(whole) and len(whole) >= 5
+    for s in whole:
+        assert s["saved_bytes"] == plain[s["step"] - 1]["saved_bytes"]
+    assert report["budget_mode"]["peak_after_bytes"] <= report["budget_mode"]["peak_until_bytes"]

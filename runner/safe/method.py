@@ -148,13 +148,21 @@ class SafeMethod(TrainingMethod):
         return None
 
     def micro_batch_splits(self, step: int) -> int:
-        """``safe.budget_mode`` (ours, beyond the paper): while the schedule can still freeze (optimizer
-        steps up to t_f), every micro-batch runs as ``safe.budget_splits`` chunks, so the warm-up, when
-        every adapter trains, keeps ~1/k of the activations at once; after t_f, full micro-batches again
-        (the frozen adapters no longer need theirs). The same updates either way (runner.train)."""
+        """``safe.budget_mode`` (ours, beyond the paper): every micro-batch may run as ``safe.budget_splits``
+        chunks, so the warm-up, when every adapter trains, keeps ~1/k of the activations at once. Up to
+        t_f (while the schedule can still freeze) every micro-batch is split; after it
+        (:meth:`whole_within_peak`) only those whose whole forward would save more bytes for backward than
+        the run's peak so far, the split warm-up's: with many adapters frozen every micro-batch runs whole
+        again, with few only the short ones. The same updates either way (runner.train)."""
+        return self._budget_splits()
+
+    def whole_within_peak(self, step: int) -> bool:
+        return self._budget_splits() > 1 and step >= self.t_f_step
+
+    def _budget_splits(self) -> int:
         if self.scfg is None or not self.scfg.get("budget_mode") or self.policy == "static":
             return 1
-        return int(self.scfg.get("budget_splits", 2)) if step < self.t_f_step else 1
+        return int(self.scfg.get("budget_splits", 2))
 
     def _window(self, ctx: LoopContext) -> dict:
         """t_w and t_f in this run's steps, epochs and fractions (runner.safe.schedule.window)."""
@@ -333,7 +341,7 @@ class SafeMethod(TrainingMethod):
         layers = self.freezer.layers
         freeze_steps = {k: self.freezer.frozen.get(k) for k in layers}
         last_freeze = max((e["step"] for e in self.events), default=None)
-        splits = self.micro_batch_splits(0)
+        splits = self._budget_splits()
         report = {
             "policy": self.policy,
             "config": _plain(self.scfg) if self.scfg is not None else None,
@@ -362,8 +370,10 @@ class SafeMethod(TrainingMethod):
                           for m in self.measurements],
             "events": self.events,
             "memory": _memory_phases(history, self.events),
-            # safe.budget_mode: micro-batches split into `splits` chunks for optimizer steps 1..until_step
-            "budget_mode": {"splits": splits, "until_step": self.t_f_step} if splits > 1 else None,
+            # safe.budget_mode: every micro-batch of optimizer steps 1..until_step split into `splits` chunks; after
+            # it only those whose whole forward would exceed the peak so far (the split warm-up's)
+            "budget_mode": (_budget_report(history, splits, self.t_f_step, int(self.cfg.trainer.get("grad_accum_steps", 1)))
+                            if splits > 1 else None),
             "overhead": {"probe_flops_total": self.probe_flops, "probe_seconds_total": self.probe_seconds,
                          "measurements": len(self.measurements) + (1 if self.probe is not None else 0)},
             "last_freeze_step": last_freeze,
@@ -397,6 +407,21 @@ def _frac_frozen_changes(events: list[dict], n: int) -> list[list]:
         count += len(e["layers"])
         out.append([e["step"], count / max(1, n)])
     return out
+
+
+def _budget_report(history: list[dict], splits: int, until_step: int, accum: int) -> dict:
+    """What budget_mode did: the split phase's peak (the budget), and after t_f the peak and how many
+    optimizer steps ran a micro-batch split (steps.jsonl's ``chunks``, forward passes per step, above
+    ``accum``, its micro-batches)."""
+    def peak(steps):
+        return max((s["saved_bytes"] for s in steps if s.get("saved_bytes") is not None), default=None)
+
+    after = [s for s in history if s["step"] > until_step]
+    chunks = [s.get("chunks") for s in after]
+    return {"splits": splits, "until_step": until_step,
+            "peak_until_bytes": peak([s for s in history if s["step"] <= until_step]),
+            "peak_after_bytes": peak(after), "steps_after": len(after),
+            "steps_after_split": None if None in chunks else sum(1 for c in chunks if c > accum)}
 
 
 def _memory_phases(history: list[dict], events: list[dict]) -> dict:
