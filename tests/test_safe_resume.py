@@ -24,6 +24,21 @@ class Interrupted(Exception):
     pass
 
 
+def crash_at(monkeypatch, crash_step: int, overrides, out, model_dir) -> None:
+    """Run into ``out`` and crash at ``crash_step`` (after the checkpoint before it), as a killed job would."""
+    original = SafeMethod.on_step_end
+
+    def crash(self, ctx, step):
+        if step == crash_step:
+            raise Interrupted(f"simulated crash at step {crash_step}")
+        return original(self, ctx, step)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(SafeMethod, "on_step_end", crash)
+        with pytest.raises(Interrupted):
+            run_cfg(compose_cfg(overrides, out, model_dir))
+
+
 def test_interrupted_safe_run_resumes_with_its_frozen_adapters(tmp_path, monkeypatch):
     model_dir = save_tiny_model_dir(tmp_path / "model")
     torch.set_num_threads(1)
@@ -33,23 +48,13 @@ def test_interrupted_safe_run_resumes_with_its_frozen_adapters(tmp_path, monkeyp
                    if a["freeze_step"] is not None and a["freeze_step"] <= 8}
     assert frozen_by_8, "the test needs a freezing event before the checkpoint at step 8"
 
-    original = SafeMethod.on_step_end
-
-    def crash_after_checkpoint(self, ctx, step):
-        if step == 9:
-            raise Interrupted("simulated crash at step 9")
-        return original(self, ctx, step)
-
     out = tmp_path / "resumed"
-    monkeypatch.setattr(SafeMethod, "on_step_end", crash_after_checkpoint)
-    with pytest.raises(Interrupted):
-        run_cfg(compose_cfg(OVERRIDES, out, model_dir))
+    crash_at(monkeypatch, 9, OVERRIDES, out, model_dir)
     meta = json.loads((out / "checkpoint" / "meta.json").read_text())
     assert meta["global_step"] == 8
     assert {f"layer{k}": v for k, v in meta["method_state"]["frozen"].items()} == frozen_by_8
 
     at_8 = load_file(str(out / "checkpoint" / "model.safetensors"))
-    monkeypatch.setattr(SafeMethod, "on_step_end", original)
     resumed = run_cfg(compose_cfg([*OVERRIDES, "resume=true"], out, model_dir))
     resumed_steps = read_steps(out)
     assert resumed["status"] == "completed" and [s["step"] for s in resumed_steps] == list(range(1, 21))
@@ -88,18 +93,8 @@ def test_a_budget_mode_run_resumed_after_t_f_splits_its_micro_batches_as_the_uni
     straight = read_steps(tmp_path / "straight")
     assert [s["chunks"] for s in straight[15:]] == [1] * 5  # whole by then: the meter had learned their bytes
 
-    original = SafeMethod.on_step_end
-
-    def crash_after_checkpoint(self, ctx, step):
-        if step == 16:
-            raise Interrupted("simulated crash at step 16")
-        return original(self, ctx, step)
-
     out = tmp_path / "resumed"
-    monkeypatch.setattr(SafeMethod, "on_step_end", crash_after_checkpoint)
-    with pytest.raises(Interrupted):
-        run_cfg(compose_cfg(overrides, out, model_dir))
-    monkeypatch.setattr(SafeMethod, "on_step_end", original)
+    crash_at(monkeypatch, 16, overrides, out, model_dir)
     run_cfg(compose_cfg([*overrides, "resume=true"], out, model_dir))
     resumed = read_steps(out)
     assert [s["chunks"] for s in resumed] == [s["chunks"] for s in straight]
