@@ -204,7 +204,7 @@ class SafeSettings:
     t_f: float = _setting(0.8, NONNEG, "safe.t_f (freezing end, in safe.schedule_unit)")
     schedule_unit: str = _setting("fraction", SCHEDULE_UNITS)
     threshold: float = _setting(0.2, FRACTION, "safe.threshold (T_final)")
-    interval: int = _setting(10, POSITIVE_INT, "safe.interval (steps between importance measurements)")
+    interval: int = _setting(20, POSITIVE_INT, "safe.interval (steps between importance measurements)")
     probe_size: int = _setting(32, POSITIVE_INT, "safe.probe_size (examples in the probe batch)")
     max_tokens: Optional[int] = _setting(1024, POSITIVE_INT)
     kernel: str = _setting("linear", ("linear", "rbf"))

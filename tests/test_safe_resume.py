@@ -1,7 +1,5 @@
-"""The freezing state is part of the checkpoint: an interrupted SAFE run resumes with it.
-
-(The runner's mid-epoch resume does not replay the same batches, so trajectories are
-compared through the frozen adapters' weights, not the losses.)"""
+"""The freezing state is part of the checkpoint: an interrupted SAFE run resumes with it (compared
+through the frozen adapters' weights), and with budget_mode's splits (compared through the losses)."""
 
 import json
 
