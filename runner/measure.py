@@ -387,8 +387,13 @@ class StepMeter:
         group = (_shape_pattern(batch, None, length), signature)
         if not self.saved_fit.enabled or self.check_every <= 1:  # check_every 1: measure every micro-batch
             return group, length, None
-        known = self._saved_cache.get((batch_key(batch), signature))  # this very shape was measured before
-        return group, length, known if known is not None else self.saved_fit.predict(group, length)
+        return group, length, self._measured_or_fitted(batch_key(batch), group, length)
+
+    def _measured_or_fitted(self, key: tuple, group: tuple, length: int) -> float | None:
+        """The bytes measured for this very shape (``key``) with this trainable set, else the fit's for its
+        (shape pattern, trainable set) ``group`` at ``length``; None while neither knows."""
+        known = self._saved_cache.get((key, group[1]))
+        return known if known is not None else self.saved_fit.predict(group, length)
 
     def predict_saved(self, batch: dict, signature: Hashable, rows: int | None = None) -> float | None:
         """The bytes a forward of ``batch`` would save for backward, without running it; None while
@@ -399,17 +404,12 @@ class StepMeter:
         ids = batch.get("input_ids")
         if not self.measure_activations or ids is None or ids.dim() != 2:
             return None
-        known = self._saved_cache.get((batch_key(batch), signature))
-        if known is not None:
-            return known
         n, length = (int(d) for d in ids.shape)
-        pattern = _shape_pattern(batch, None, length)
-        whole = self.saved_fit.predict((pattern, signature), length)
+        key, pattern = batch_key(batch), _shape_pattern(batch, None, length)
+        whole = self._measured_or_fitted(key, (pattern, signature), length)
         if whole is not None or rows is None:
             return whole
-        chunk = self._saved_cache.get((_with_rows(batch_key(batch), n, rows), signature))
-        if chunk is None:
-            chunk = self.saved_fit.predict((_with_rows(pattern, n, rows), signature), length)
+        chunk = self._measured_or_fitted(_with_rows(key, n, rows), (_with_rows(pattern, n, rows), signature), length)
         return None if chunk is None else chunk * n / rows
 
     def will_measure(self, batch: dict, signature: Hashable) -> bool:
@@ -451,6 +451,12 @@ class StepMeter:
             record["cuda_allocated_bytes"] = int(torch.cuda.memory_allocated(self.device))
         self._reset()
         return record
+
+
+def history_peak(steps: list[dict], key: str = "saved_bytes"):
+    """The largest ``key`` over step records (``steps.jsonl``'s, the loop's history) that have one; None
+    when none has."""
+    return max((s[key] for s in steps if s.get(key) is not None), default=None)
 
 
 def measurement_overhead_s(steps: list[dict]) -> float | None:

@@ -102,6 +102,7 @@ class Recipe:
         self.compiled = None  # trainer.compile: the compiled training module (see _compile)
         self.is_main = self.accelerator.is_main_process
         self.history: list[dict] = []  # one record per optimizer step
+        self.peak_saved: float | None = None  # the largest saved-for-backward bytes of a step so far
         self.step_meter: measure.StepMeter | None = None  # train() makes it
         self.meter_state: dict | None = None  # a checkpoint's step meter state, for train() to restore
         self.evals: list[dict] = []
@@ -235,6 +236,7 @@ class Recipe:
         self.scheduler.load_state_dict(meta["scheduler_state"])
         self.global_step = meta["global_step"]
         self.history = meta.get("history", [])
+        self.peak_saved = measure.history_peak(self.history)
         self.evals = meta.get("evals", [])
         self.meter_state = meta.get("meter_state")  # what the step meter had learned (train() hands it back)
         log.info("resumed from step %d", self.global_step)
@@ -314,10 +316,9 @@ class Recipe:
         k = self.method.micro_batch_splits(self.global_step)
         if k <= 1 or not self.method.whole_within_peak(self.global_step):
             return k
-        peak = max((s["saved_bytes"] for s in self.history if s.get("saved_bytes")), default=None)
         n = len(batch["input_ids"])
         predicted = self.step_meter.predict_saved(batch, self.signature, rows=-(-n // k))  # the first chunk's rows
-        return 1 if peak is not None and predicted is not None and predicted <= peak else k
+        return 1 if self.peak_saved is not None and predicted is not None and predicted <= self.peak_saved else k
 
     def _forward_module(self, batch: dict):
         """The compiled module (``trainer.compile``), or the eager one on steps that measure: the FLOP
@@ -337,6 +338,8 @@ class Recipe:
         self._adopt(update.model)
         self.trainable, self.signature = self._trainable()
         self.history.append(record)
+        if record.get("saved_bytes") is not None:  # the running max of the history's (rebuilt on resume)
+            self.peak_saved = max(self.peak_saved or 0, record["saved_bytes"])
         if self.global_step % tcfg.log_every_steps == 0 or self.global_step == 1:
             self.tracker.log({f"train/{k}": v for k, v in record.items() if k != "step" and _is_number(v)}, self.global_step)
         self._check_step(record["loss"])  # NaN/inf or a signal: stop here, on every process

@@ -30,7 +30,7 @@ import numpy as np
 from runner.errors import ConfigError
 from runner.methods import LoopContext, StepUpdate, TrainingMethod
 from runner.safe import schedule
-from runner.measure import optimizer_state_bytes, tensor_bytes
+from runner.measure import history_peak, optimizer_state_bytes, tensor_bytes
 from runner.safe.freezer import AdapterFreezer
 from runner.safe.importance import RepresentationProbe, probe_batch, probe_targets
 
@@ -413,14 +413,11 @@ def _budget_report(history: list[dict], splits: int, until_step: int, accum: int
     """What budget_mode did: the split phase's peak (the budget), and after t_f the peak and how many
     optimizer steps ran a micro-batch split (steps.jsonl's ``chunks``, forward passes per step, above
     ``accum``, its micro-batches)."""
-    def peak(steps):
-        return max((s["saved_bytes"] for s in steps if s.get("saved_bytes") is not None), default=None)
-
     after = [s for s in history if s["step"] > until_step]
     chunks = [s.get("chunks") for s in after]
     return {"splits": splits, "until_step": until_step,
-            "peak_until_bytes": peak([s for s in history if s["step"] <= until_step]),
-            "peak_after_bytes": peak(after), "steps_after": len(after),
+            "peak_until_bytes": history_peak([s for s in history if s["step"] <= until_step]),
+            "peak_after_bytes": history_peak(after), "steps_after": len(after),
             "steps_after_split": None if None in chunks else sum(1 for c in chunks if c > accum)}
 
 
@@ -431,10 +428,6 @@ def _memory_phases(history: list[dict], events: list[dict]) -> dict:
         vals = [s[key] for s in steps if s.get(key) is not None]
         return float(np.mean(vals)) if vals else None
 
-    def peak(key, steps):
-        vals = [s[key] for s in steps if s.get(key) is not None]
-        return max(vals) if vals else None
-
     first = min((e["step"] for e in events), default=None)
     last = max((e["step"] for e in events), default=None)
     before = [s for s in history if first is None or s["step"] <= first]
@@ -443,12 +436,12 @@ def _memory_phases(history: list[dict], events: list[dict]) -> dict:
         "saved_for_backward_mean_bytes": mean("saved_bytes", history),
         "saved_for_backward_mean_before_first_freeze_bytes": mean("saved_bytes", before),
         "saved_for_backward_mean_after_last_freeze_bytes": mean("saved_bytes", after),
-        "saved_for_backward_peak_after_last_freeze_bytes": peak("saved_bytes", after),
+        "saved_for_backward_peak_after_last_freeze_bytes": history_peak(after),
         "steps_after_last_freeze": len(after),
         "grad_bytes_first_step": history[0].get("safe/grad_bytes") if history else None,
         "grad_bytes_last_step": history[-1].get("safe/grad_bytes") if history else None,
         "optimizer_state_bytes_first_step": history[0].get("safe/optimizer_state_bytes") if history else None,
-        "optimizer_state_bytes_peak": peak("safe/optimizer_state_bytes", history),
+        "optimizer_state_bytes_peak": history_peak(history, "safe/optimizer_state_bytes"),
         "optimizer_state_bytes_last_step": history[-1].get("safe/optimizer_state_bytes") if history else None,
     }
     if any("cuda_allocated_bytes" in s for s in history):
