@@ -379,10 +379,11 @@ def test_safe_frontier_marks_the_pareto_front_and_picks_the_largest_saving_that_
     grid = {None: ((0.80, 0.81, 0.82), 1.0, 100), 1.0: ((0.74, 0.75, 0.76), 0.5, 40), 0.9: ((0.79, 0.80, 0.81), 0.8, 70),
             0.7: ((0.806, 0.807, 0.808), 0.7, 60), 0.5: ((0.811, 0.812, 0.813), 0.85, 80)}
     grid[0.6] = ((0.815, 0.815), 0.6, 50)  # inside the band at less FLOPs, but on 2 of the baseline's 3 seeds
+    grid[0.4] = ((0.82, 0.82, 0.82), 0.55, 45)  # the same, on 1 seed aggregated three times (n counts runs: 3)
     for threshold, (accs, flops, mem) in grid.items():
-        for seed, acc in zip((1, 2, 3), accs):
+        for i, (seed, acc) in enumerate(zip((1, 1, 1) if threshold == 0.4 else (1, 2, 3), accs)):
             method = "adapter" if threshold is None else "safe"
-            run = write_run(root, f"{method}-{threshold}-s{seed}", task="mrpc", method=method, seed=seed, acc=acc,
+            run = write_run(root, f"{method}-{threshold}-{i}-s{seed}", task="mrpc", method=method, seed=seed, acc=acc,
                             mem_mib=mem, flops=flops * 1e12, train_s=10)
             if threshold is not None:
                 with (run / "config.yaml").open("a") as f:
@@ -397,20 +398,23 @@ def test_safe_frontier_marks_the_pareto_front_and_picks_the_largest_saving_that_
     assert p.attrs["baseline_metric"] == pytest.approx(81.0)
     assert p["metric"].to_dict() == pytest.approx({"safe safe.threshold=1.0": 75.0, "safe safe.threshold=0.9": 80.0,
                                                    "safe safe.threshold=0.7": 80.7, "safe safe.threshold=0.5": 81.2,
-                                                   "safe safe.threshold=0.6": 81.5})
+                                                   "safe safe.threshold=0.6": 81.5, "safe safe.threshold=0.4": 82.0})
+    assert p["n"].to_dict() == {"safe safe.threshold=1.0": 3, "safe safe.threshold=0.9": 3, "safe safe.threshold=0.7": 3,
+                                "safe safe.threshold=0.5": 3, "safe safe.threshold=0.6": 2, "safe safe.threshold=0.4": 1}
     assert p["holds_metric"].to_dict() == {"safe safe.threshold=1.0": False, "safe safe.threshold=0.9": False,
                                            "safe safe.threshold=0.7": True, "safe safe.threshold=0.5": True,
-                                           "safe safe.threshold=0.6": True}
+                                           "safe safe.threshold=0.6": True, "safe safe.threshold=0.4": True}
     assert p["pareto"].to_dict() == {"safe safe.threshold=1.0": True, "safe safe.threshold=0.9": False,
                                      "safe safe.threshold=0.7": False, "safe safe.threshold=0.5": False,
-                                     "safe safe.threshold=0.6": True}
-    # the 2-seed point holds at the lowest FLOPs in the band, but a default needs the baseline's 3 seeds
+                                     "safe safe.threshold=0.6": False, "safe safe.threshold=0.4": True}
+    # the 2-seed and the repeated 1-seed points hold at less FLOPs, but a default needs the baseline's 3 seeds
     assert p.index[p["chosen"]].tolist() == ["safe safe.threshold=0.7"]
     assert p.loc["safe safe.threshold=0.7", "memory_ratio"] == pytest.approx(0.6)
 
     table = report["tables"]["frontier/m"].set_index("setting")
     assert table.loc[table["chosen"] != "", "chosen"].to_dict() == {
-        "safe safe.threshold=0.7": "<- rule", "safe safe.threshold=0.6": "holds on fewer seeds (n < 3)"}
+        "safe safe.threshold=0.7": "<- rule", "safe safe.threshold=0.6": "holds on fewer seeds (n < 3)",
+        "safe safe.threshold=0.4": "holds on fewer seeds (n < 3)"}
     assert "SAFE's frontier" in report["markdown"] and "<- rule" in report["markdown"]
     png = tmp_path / "report" / "frontier_m_mrpc.png"
     assert png in report["figures"] and plt.imread(png).shape[0] > 100
