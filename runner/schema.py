@@ -102,6 +102,7 @@ class TrainerSettings:
     lr_schedule: str = _setting("linear", LR_SCHEDULES)
     warmup_ratio: float = _setting(0.06, FRACTION_OPEN)
     max_grad_norm: Optional[float] = _setting(1.0, NONNEG)  # 0 or null: no clipping
+    dropout_seed: Optional[int] = _setting(None, NONNEG_INT)  # null: the run's seed
     group_by_length: bool = False
     pad_to_multiple_of: Any = _setting("auto", "pad_multiple")
     max_seq_length: int = _setting(128, POSITIVE_INT)

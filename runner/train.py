@@ -289,8 +289,11 @@ class Recipe:
     def _micro_step(self, batch: dict) -> bool:
         """Forward and backward of one micro-batch, the optimizer step when gradients sync; True then."""
         acc, meter, tcfg = self.accelerator, self.step_meter, self.cfg.trainer
-        # dropout depends on (seed, step, process) only, so a resumed run replays it exactly
-        torch.manual_seed(hash((self.cfg.seed, self.global_step, meter.micro, acc.process_index)) % 2**63)
+        # dropout depends on (seed, step, process) only, so a resumed run replays it exactly;
+        # trainer.dropout_seed redraws the masks alone (the same weights, head and data order)
+        dropout_seed = tcfg.get("dropout_seed")
+        dropout_seed = self.cfg.seed if dropout_seed is None else dropout_seed
+        torch.manual_seed(hash((dropout_seed, self.global_step, meter.micro, acc.process_index)) % 2**63)
         chunks = data_lib.split_batch(batch, self._splits(batch), self.pad_multiple)
         with acc.accumulate(self.model):
             for i, (chunk, weight) in enumerate(chunks):

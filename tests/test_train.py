@@ -177,6 +177,23 @@ def test_the_default_recipe_reproduces_its_pinned_losses(tiny_overrides, tmp_pat
     assert losses == pytest.approx(PINNED_LOSSES[method], abs=2e-6)
 
 
+def test_dropout_seed_redraws_the_dropout_masks_and_nothing_else(tiny_overrides, tmp_path):
+    """trainer.dropout_seed: with dropout (LoRA's), other losses from the first step on; without dropout the
+    same run to the digit (the same weights, head and data order); equal to the run's seed (42), the
+    default run."""
+    base = [*tiny_overrides, "trainer.max_steps=3"]
+
+    def losses(name, *extra):
+        return [s["loss"] for s in read_steps(train([*base, *extra], tmp_path, name)[1])]
+
+    default = losses("default")
+    assert losses("seed-42", "trainer.dropout_seed=42") == default
+    other = losses("other", "trainer.dropout_seed=7")
+    assert other[0] != pytest.approx(default[0], abs=1e-6)
+    no_dropout = ["adapter.dropout=0", f"model.name_or_path={save_tiny_model_dir(tmp_path / 'no-dropout', layers=2)}"]
+    assert losses("none", *no_dropout) == losses("none-other", *no_dropout, "trainer.dropout_seed=7")
+
+
 def test_split_micro_batches_give_the_same_training_with_less_activation_memory(tiny_overrides, tmp_path, monkeypatch):
     """A method that asks for split micro-batches (SAFE's budget_mode): each micro-batch runs as chunks
     whose gradients add up, so with no dropout the losses and the final model match the unsplit run up
