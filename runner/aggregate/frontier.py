@@ -44,13 +44,6 @@ def _ratio(row: pd.Series, base: pd.Series, col: str) -> float:
     return float(a / b) if not pd.isna(a) and not pd.isna(b) and b else float("nan")
 
 
-def _seeds(row: pd.Series) -> int:
-    """How many distinct seeds a group's mean is over: a run repeated on one seed (the same sweep
-    aggregated twice, a rerun) is not another seed."""
-    seeds = [x for x in str(row.get("seeds", "")).split(",") if x not in ("", "nan")]
-    return len(seeds) if seeds else int(row["n"])
-
-
 def frontier_points(stats: pd.DataFrame, model: str, task: str, baseline: str = "adapter") -> pd.DataFrame:
     """The points of one model and task (baseline excluded) with their ratios, whether each holds the
     baseline's metric within TOLERANCE, whether it is on the Pareto front, and which one the rule picks.
@@ -65,7 +58,7 @@ def frontier_points(stats: pd.DataFrame, model: str, task: str, baseline: str = 
     for _, r in s.iterrows():
         if r["method"] == baseline and r.equals(base):
             continue
-        rows.append({"setting": _method_label(r, s), "label": _short_label(r, varying), "method": r["method"], "n": _seeds(r),
+        rows.append({"setting": _method_label(r, s), "label": _short_label(r, varying), "method": r["method"], "n": int(r["n_seeds"]),
                      "metric": 100 * r["metric_mean"], "metric_std": 100 * np.nan_to_num(r.get("metric_std", np.nan)),
                      "flops_ratio": _ratio(r, base, FLOPS), "memory_ratio": _ratio(r, base, MEMORY)})
     points = pd.DataFrame(rows)
@@ -73,7 +66,7 @@ def frontier_points(stats: pd.DataFrame, model: str, task: str, baseline: str = 
         return points
     points.attrs["baseline_metric"] = 100 * base["metric_mean"]
     points.attrs["baseline_std"] = 100 * np.nan_to_num(base.get("metric_std", np.nan))
-    points.attrs["baseline_n"] = _seeds(base)
+    points.attrs["baseline_n"] = int(base["n_seeds"])  # distinct seeds, as the points'
     points["holds_metric"] = points["metric"] >= points.attrs["baseline_metric"] - TOLERANCE
     points["enough_seeds"] = points["n"] >= points.attrs["baseline_n"]  # the rule compares means over as many seeds
     points["pareto"] = [_on_front(points, i) for i in range(len(points))]

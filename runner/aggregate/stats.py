@@ -45,6 +45,7 @@ def summarize_runs(runs: pd.DataFrame, baseline: str = "adapter", by: list[str] 
     stats.columns = [f"{c}_{s}" for c, s in stats.columns]
     stats["n"] = grouped.size()
     stats["seeds"] = grouped["seed"].apply(lambda s: ",".join(str(x) for x in sorted(s.dropna().unique(), key=str)))
+    stats["n_seeds"] = grouped["seed"].nunique()  # a run repeated on one seed is not another seed
     stats = stats.reset_index()
     dup = grouped["seed"].apply(lambda s: s.duplicated().any()).reset_index(drop=True)
     stats["duplicate_seeds"] = dup.values  # the same seed twice: the group mixes settings (use --by)
