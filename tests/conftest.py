@@ -2,11 +2,52 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 from helpers import GLUE_DIR as SHARED_GLUE
+from netguard.recording_proxy import RecordingProxy
+from netguard.sitecustomize import ENV as GUARD_ENV, install as install_guard
+
+GUARD_DIR = Path(__file__).parent / "netguard"
+PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def network_guard(tmp_path_factory):
+    """Nothing in the suite reaches outside this machine: this process and every Python process a test
+    starts refuse connections to addresses that are not loopback (and record them), and other programs
+    find HTTP(S)_PROXY pointing at a loopback proxy that records and refuses every request."""
+    log = tmp_path_factory.mktemp("netguard") / "outside.log"
+    log.touch()
+    proxy = RecordingProxy()
+    patch = pytest.MonkeyPatch()
+    patch.setenv(GUARD_ENV, str(log))
+    patch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(GUARD_DIR), os.environ.get("PYTHONPATH")])))
+    for var in PROXY_VARS:
+        patch.setenv(var, proxy.url)
+    patch.setenv("NO_PROXY", "localhost,127.0.0.1,::1")
+    patch.setenv("no_proxy", "localhost,127.0.0.1,::1")
+    install_guard(str(log))
+    yield log, proxy
+    patch.undo()
+    proxy.close()
+
+
+@pytest.fixture(autouse=True)
+def nothing_leaves_the_machine(network_guard):
+    """Fails the test during which anything tried to connect outside this machine."""
+    log, proxy = network_guard
+    offset, asked = log.stat().st_size, len(proxy.seen)
+    yield
+    with open(log) as file:
+        file.seek(offset)
+        refused = file.read()
+    sent = proxy.seen[asked:]
+    if refused or sent:
+        pytest.fail("a connection outside this machine was tried:\n" + refused + "".join(f"proxy: {s}\n" for s in sent))
 
 
 @pytest.fixture(scope="session")

@@ -265,29 +265,40 @@ def _closed_port() -> int:
     return port
 
 
+class RefusingServer:
+    """A W&B stand-in that refuses every key (HTTP 401) and records the requests that reach it."""
+
+    def __init__(self):
+        self.requests: list[str] = []
+        requests = self.requests
+
+        class Refuse(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                requests.append(f"{self.command} {self.path}")
+                self.send_response(401)
+                self.end_headers()
+                self.wfile.write(b'{"errors": [{"message": "invalid api key"}]}')
+
+            do_GET = do_POST
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Refuse)
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
 @pytest.fixture
 def refusing_server():
-    """A W&B stand-in that refuses every key (HTTP 401)."""
-    class Refuse(http.server.BaseHTTPRequestHandler):
-        def do_POST(self):
-            self.send_response(401)
-            self.end_headers()
-            self.wfile.write(b'{"errors": [{"message": "invalid api key"}]}')
-
-        do_GET = do_POST
-
-        def log_message(self, *args):
-            pass
-
-    server = http.server.HTTPServer(("127.0.0.1", 0), Refuse)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
+    server = RefusingServer()
+    yield server
+    server.server.shutdown()
 
 
 @pytest.mark.parametrize("server", ["unreachable", "refusing"])
 def test_wandb_with_a_key_but_no_usable_server_logs_offline_within_seconds(server, refusing_server, tmp_path, monkeypatch, caplog):
-    url = f"http://127.0.0.1:{_closed_port()}" if server == "unreachable" else refusing_server
+    url = f"http://127.0.0.1:{_closed_port()}" if server == "unreachable" else refusing_server.url
     monkeypatch.setenv("WANDB_BASE_URL", url)
     monkeypatch.setenv("WANDB_API_KEY", "f" * 40)
     monkeypatch.delenv("WANDB_MODE", raising=False)
@@ -302,6 +313,34 @@ def test_wandb_with_a_key_but_no_usable_server_logs_offline_within_seconds(serve
     finally:
         tracker.finish()
     assert list((tmp_path / "wandb").glob("offline-run-*/run-*.wandb"))
+
+
+def test_wandb_tries_only_the_server_it_was_given_and_logs_one_line(refusing_server, network_guard, tmp_path,
+                                                                    monkeypatch, caplog):
+    """W&B keeps the settings of its first init in a process: an offline run first, with no
+    WANDB_BASE_URL, made W&B 0.31 send the next run's key to its public default host instead of the one
+    named (with an ERROR and a traceback from its own logger). Anything sent off this machine shows on
+    the session's recording proxy, which W&B's service goes through for every host but loopback."""
+    _, proxy = network_guard
+    asked_before = len(proxy.seen)
+    for var in ("WANDB_BASE_URL", "WANDB_API_KEY", "WANDB_MODE"):
+        monkeypatch.delenv(var, raising=False)
+    (tmp_path / "first").mkdir()
+    (tmp_path / "second").mkdir()
+    Tracker(_wandb_cfg("auto"), tmp_path / "first", True, {"a": 1}).finish()  # no key: offline
+    monkeypatch.setenv("WANDB_BASE_URL", refusing_server.url)
+    monkeypatch.setenv("WANDB_API_KEY", "f" * 40)
+    with caplog.at_level(logging.DEBUG):
+        tracker = Tracker(_wandb_cfg("auto"), tmp_path / "second", True, {"a": 1})
+    try:
+        assert tracker.run.settings.mode == "offline"
+    finally:
+        tracker.finish()
+    assert proxy.seen[asked_before:] == []  # nothing went to any other host
+    assert any(r.endswith("/graphql") for r in refusing_server.requests), refusing_server.requests
+    shown = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert [r.name for r in shown] == ["runner.tracking"] and "logging offline" in shown[0].getMessage()
+    assert not any(r.exc_info for r in caplog.records)  # no traceback reached the user's log
 
 
 def test_wandb_forced_online_without_a_server_fails_in_one_line(tmp_path, monkeypatch):

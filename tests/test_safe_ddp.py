@@ -24,7 +24,8 @@ LINE = re.compile(r"SAFE rank (\d)/2: frozen (\[.*?\]); trainable checksum (\S+)
 def test_safe_under_two_process_ddp(tmp_path, policy):
     model_dir = save_tiny_model_dir(tmp_path / "model")
     out = tmp_path / "run"
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "GLUE_DIR": str(GLUE_DIR),
+    path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))  # the session's network guard too
+    env = {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1", "GLUE_DIR": str(GLUE_DIR),
            "RUNNER_CACHE": str(tmp_path / "cache")}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "runner", "method=safe", f"model.name_or_path={model_dir}", "logger=none", "trainer.cpu=true",
