@@ -126,7 +126,8 @@ def read_glue_tsv(path: Path, task: DictConfig) -> datasets.Dataset:
 def read_table(path: Path, task: DictConfig) -> datasets.Dataset:
     """Read a parquet/csv/json file that uses the Hub's column names."""
     kind = {".parquet": "parquet", ".csv": "csv", ".json": "json", ".jsonl": "json"}[path.suffix]
-    ds = datasets.load_dataset(kind, data_files=str(path), split="train")
+    with _hub_offline():  # a local file needs no hub; online, `datasets` would ping its download counter on S3
+        ds = datasets.load_dataset(kind, data_files=str(path), split="train")
     missing = [c for c in [*task.text_keys, "label"] if c not in ds.column_names]
     if missing:
         raise DataError(
@@ -179,7 +180,9 @@ def load_hub(task: DictConfig) -> TaskData:
     offline = any(os.environ.get(k, "").lower() in ("1", "true", "yes") for k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
     problem = None if offline else unreachable(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
     try:
-        with _hub_offline() if problem is not None else contextlib.nullcontext():  # the cache may still hold it
+        # offline (asked, or out of reach): the cache may still hold it. The switches are flipped here, not only
+        # read from the environment: `datasets` reads them once, at import
+        with _hub_offline() if offline or problem is not None else contextlib.nullcontext():
             ds = datasets.load_dataset(task.hub_path, task.hub_name)
     except Exception as exc:  # connection errors come in many types
         why = f"no local data and the Hub is out of reach ({problem})" if problem else type(exc).__name__

@@ -71,24 +71,37 @@ def wandb_unreachable() -> str | None:
     return unreachable(os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai")
 
 
+def _wandb_only(record: logging.LogRecord) -> bool:
+    return not record.name.startswith("wandb")
+
+
 @contextlib.contextmanager
 def _wandb_log_kept_to_its_files():
     """W&B logs a failed ``wandb.init`` as an ERROR with a traceback (at once, or when its next init
-    flushes the records it held back); the runner says it in one line instead, so while a run starts,
-    W&B's records stay in its own debug.log."""
-    logger = logging.getLogger("wandb")
+    flushes the records it held back) and hands its records to the root logger's handlers (the
+    user's console and log file), directly or by propagation; the runner says it in one line
+    instead, so while a run starts, W&B's records reach only W&B's own files (debug.log)."""
+    logger, root = logging.getLogger("wandb"), logging.getLogger()
     before = logger.propagate
+    shared = list(root.handlers)
     logger.propagate = False
+    for handler in shared:
+        handler.addFilter(_wandb_only)
     try:
         yield
     finally:
         logger.propagate = before
+        for handler in shared:
+            handler.removeFilter(_wandb_only)
 
 
 def _start_wandb(cfg, output_dir: Path, config: dict, run_id: str | None):
     """``wandb.init`` that never hangs: with no server in reach, or a key the server refuses, it logs
     offline with one warning; when the user forced online (``logger.mode=online`` or
     ``WANDB_MODE=online``) it fails in one line instead."""
+    # W&B's error reporting sends telemetry to W&B's own default host, in offline mode too (0.31): a run
+    # talks to no server but the WANDB_BASE_URL it was given, unless the user opts in (WANDB_ERROR_REPORTING=true)
+    os.environ.setdefault("WANDB_ERROR_REPORTING", "false")
     import wandb
 
     from runner.errors import ConfigError, first_line
