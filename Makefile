@@ -5,7 +5,7 @@ GLUE_DIR ?= $(abspath ../shared/data/glue)
 export GLUE_DIR
 PYTEST_ARGS ?= --durations=15
 
-.PHONY: help install lock run smoke test test-fast bench-step bench-runner gpu-prepare bench-learn bench-safe safe-frontier bench-hies clean sweep sweep-resume report repro-safe repro-hies
+.PHONY: help install lock run smoke smoke-mpnet test test-fast bench-step bench-runner gpu-prepare bench-learn bench-safe safe-frontier bench-hies clean sweep sweep-resume report repro-safe repro-hies
 
 help: ## List targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-14s %s\n", $$1, $$2}'
@@ -25,6 +25,9 @@ lock: ## Re-resolve requirements-lock.txt to the newest versions the ranges allo
 
 run: install ## Fine-tune MiniLM with LoRA on MRPC from GLUE_DIR (experiment=demo, the measured best recipe, ~7 min of training on 2 CPU cores)
 	$(PYTHON) -m runner experiment=demo
+
+smoke-mpnet: install ## The smoke pipeline on all-mpnet-base-v2 (12 x 12 heads; fetched once by ../shared/models/fetch-mpnet.sh, ~440 MB)
+	RUNNER_MPNET_DIR=$$(bash ../shared/models/fetch-mpnet.sh) && RUNNER_MPNET_DIR=$$RUNNER_MPNET_DIR $(PYTHON) -m runner experiment=smoke model=mpnet
 
 smoke: install ## The whole pipeline (train, SAFE freezing, HIES pruning, plots) in about 35 s after install (experiment=smoke)
 	$(PYTHON) -m runner experiment=smoke

@@ -12,11 +12,26 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
+from runner.arch import architecture_of, layer_pattern
 from runner.errors import ConfigError
 
 ADAPTER_MARKERS = ("lora_", ".bottleneck.")
-LAYER_RE = re.compile(r"\.layer\.(\d+)\.")
-HEAD_MARKERS = ("classifier", "score")
+LAYER_RE = layer_pattern()  # ``.<layer list>.<index>.`` of every family (runner.arch)
+HEAD_MARKERS = ("classifier", "score", "pre_classifier")
+TARGET_SETS = ("auto", "all-linear")  # adapter.target_modules by name: the family's attention projections, every linear
+
+
+def target_modules(model: nn.Module, acfg: DictConfig) -> list[str]:
+    """``adapter.target_modules`` as module-name suffixes: a list as given; ``auto``, the family's
+    default for the adapter kind (LoRA: its query and value projections; bottleneck: after the
+    attention and feed-forward output projections); ``all-linear``, every linear layer of a layer."""
+    wanted = acfg.get("target_modules")
+    if isinstance(wanted, str):
+        arch = architecture_of(model)
+        if wanted == "all-linear":
+            return list(arch.all_linear_targets)
+        return list(arch.lora_targets if acfg.name == "lora" else arch.bottleneck_targets)
+    return [str(t) for t in wanted]
 
 
 def is_adapter_param(name: str) -> bool:
@@ -101,14 +116,15 @@ def _matches(name: str, target: str) -> bool:
 
 
 def add_bottleneck_adapters(model: nn.Module, acfg: DictConfig) -> nn.Module:
+    wanted = target_modules(model, acfg)
     targets = [
         (name, module) for name, module in model.named_modules()
-        if isinstance(module, nn.Linear) and any(_matches(name, s) for s in acfg.target_modules)
+        if isinstance(module, nn.Linear) and any(_matches(name, s) for s in wanted)
     ]
     if not targets:
         raise ConfigError(
-            f"adapter.target_modules {list(acfg.target_modules)} match no linear layer of the model; "
-            f"for BERT/RoBERTa use [attention.output.dense, output.dense]"
+            f"adapter.target_modules {wanted} match no linear layer of the model; use adapter.target_modules=auto "
+            f"(for {model.config.model_type}: {list(architecture_of(model).bottleneck_targets)})"
         )
     for name, module in targets:
         parent_name, _, child = name.rpartition(".")
@@ -129,17 +145,19 @@ def add_lora(model: nn.Module, acfg: DictConfig, head: list[str] | None = None) 
 
     if acfg.r <= 0:
         raise ConfigError(f"adapter.r must be a positive rank, got {acfg.r}")
+    wanted = target_modules(model, acfg)
     config = LoraConfig(
         task_type=TaskType.SEQ_CLS, r=int(acfg.r), lora_alpha=float(acfg.alpha),
-        lora_dropout=float(acfg.dropout), target_modules=list(acfg.target_modules),
+        lora_dropout=float(acfg.dropout), target_modules=wanted,
         modules_to_save=list(head) if head else None,
     )
     try:
         return get_peft_model(model, config)
     except ValueError as exc:
         raise ConfigError(
-            f"adapter.target_modules {list(acfg.target_modules)} match no module of the model "
-            f"({str(exc).splitlines()[0][:120]}); for BERT/RoBERTa use e.g. [query, value]"
+            f"adapter.target_modules {wanted} match no module of the model "
+            f"({str(exc).splitlines()[0][:120]}); use adapter.target_modules=auto "
+            f"(for {model.config.model_type}: {list(architecture_of(model).lora_targets)})"
         ) from exc
 
 

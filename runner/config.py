@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import re
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
@@ -46,9 +47,21 @@ def run_label(default: str, from_run, criterion) -> str:
     return f"prune-{criterion}-{name or src.name}"
 
 
+def model_short_name(name_or_path, default_path=None, default_name=None) -> str:
+    """``model.short_name``'s default: ``default_name`` while ``model.name_or_path`` is still the model
+    group's own ``default_path``, else a name derived from the path (a folder's name, a Hub id's last
+    part, a package's module), so a run on another model never carries the group's name."""
+    path = str(name_or_path or "")
+    if default_name is not None and path == str(default_path):
+        return str(default_name)
+    tail = path.split(":", 1)[1] if path.startswith("package:") else path.rstrip("/").rsplit("/", 1)[-1]
+    name = re.sub(r"[^a-z0-9._-]+", "-", tail.lower()).strip("-.")
+    return name or "model"
+
+
 def register_resolvers() -> None:
     """The runner's interpolations: ``${run_stamp:}``, ``${sweep_group:<default>}``, ``${glue_dir:}``,
-    ``${run_label:<default>,<prune.from_run>,<prune.name>}``."""
+    ``${run_label:<default>,<prune.from_run>,<prune.name>}``, ``${model_short_name:<path>[,<default path>,<name>]}``."""
 
     def run_stamp() -> str:
         return os.environ.get("RUNNER_RUN_STAMP") or datetime.datetime.now().strftime("%Y-%m-%d_%H-%M-%S_%f")
@@ -61,6 +74,8 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("sweep_group", sweep_group)
     if not OmegaConf.has_resolver("run_label"):
         OmegaConf.register_new_resolver("run_label", run_label)
+    if not OmegaConf.has_resolver("model_short_name"):
+        OmegaConf.register_new_resolver("model_short_name", model_short_name)
     if not OmegaConf.has_resolver("glue_dir"):
         OmegaConf.register_new_resolver("glue_dir", default_glue_dir)
 

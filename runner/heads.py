@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from runner.arch import architecture_of
 from runner.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -118,14 +119,6 @@ def _mean_into_classifier(module, args):
     return (module._runner_mean_pooler(args[0]).unsqueeze(1), *args[1:])
 
 
-def encoder_of(model: nn.Module) -> nn.Module:
-    """The bare encoder (``model.bert``, ``model.roberta``) of a transformers head model."""
-    base = getattr(model, "base_model", None)
-    if base is None or base is model:
-        raise ConfigError(f"{type(model).__name__} has no base encoder; model.pooling needs a transformers *ForSequenceClassification model")
-    return base
-
-
 def classifier_of(model: nn.Module) -> nn.Module:
     for name in CLASSIFIER_MODULES:
         module = getattr(model, name, None)
@@ -135,8 +128,20 @@ def classifier_of(model: nn.Module) -> nn.Module:
 
 
 def has_own_pooler(model: nn.Module) -> bool:
-    """True for BERT-style models whose classifier reads ``encoder.pooler``'s output."""
-    return isinstance(getattr(encoder_of(model), "pooler", None), nn.Module)
+    """True for BERT-style models whose classifier reads a pooler's output (the family says where)."""
+    return architecture_of(model).own_pooler(model) is not None
+
+
+def _mean_into_token_zero(module, args, kwargs, output):
+    """Forward hook on the module that returns the last hidden states (families whose forward reads
+    token 0 itself, DistilBERT): the masked mean replaces token 0's state there."""
+    hidden = output[0] if isinstance(output, tuple) else output.last_hidden_state
+    pooled = module._runner_mean_pooler(hidden)
+    hidden = torch.cat([pooled.unsqueeze(1), hidden[:, 1:]], dim=1)
+    if isinstance(output, tuple):
+        return (hidden, *output[1:])
+    output.last_hidden_state = hidden
+    return output
 
 
 def apply_pooling(model: nn.Module, pooling: str) -> nn.Module:
@@ -153,12 +158,18 @@ def apply_pooling(model: nn.Module, pooling: str) -> nn.Module:
     if pooling == "cls":
         return model
     pooler = MaskedMeanPooler()
+    arch = architecture_of(model)
+    reader, sequence = arch.token_reader(model), arch.sequence_output(model)
     if has_own_pooler(model):  # BERT: the classifier reads encoder.pooler(hidden_states)
-        encoder_of(model).pooler = pooler
-    else:  # RoBERTa/ELECTRA: the classification head reads features[:, 0]; hand it the mean there
-        classifier = classifier_of(model)
-        classifier._runner_mean_pooler = pooler  # plain attribute: no parameters, no state_dict keys
-        classifier.register_forward_pre_hook(_mean_into_classifier)
+        arch.set_own_pooler(model, pooler)
+    elif reader is not None:  # RoBERTa/ELECTRA/MPNet: the classification head reads features[:, 0]; hand it the mean
+        reader._runner_mean_pooler = pooler  # plain attribute: no parameters, no state_dict keys
+        reader.register_forward_pre_hook(_mean_into_classifier)
+    elif sequence is not None:  # DistilBERT: the model's forward reads token 0 of the last hidden states
+        sequence._runner_mean_pooler = pooler
+        sequence.register_forward_hook(_mean_into_token_zero, with_kwargs=True)
+    else:
+        raise ConfigError(f"{type(model).__name__}: model.pooling=mean has no place to hand the mean to; use model.pooling=cls")
     model._runner_mean_pooler = pooler
     model.register_forward_pre_hook(_hand_over_mask, with_kwargs=True)
     model.register_forward_hook(_clear_mask, with_kwargs=True)
@@ -179,8 +190,9 @@ def head_modules(model: nn.Module, pooling: str, requested="auto") -> list[str]:
             raise ConfigError(f"adapter.head_modules {unknown} name no module of the model; e.g. [classifier, pooler] or auto")
         return names
     names = [next(n for n in CLASSIFIER_MODULES if isinstance(getattr(model, n, None), nn.Module))]
+    names += [n for n in architecture_of(model).extra_head_modules(pooling) if isinstance(getattr(model, n, None), nn.Module)]
     if pooling == "cls" and has_own_pooler(model):
-        names.append("pooler")
+        names.append(architecture_of(model).own_pooler(model)[1])
     return names
 
 

@@ -10,14 +10,11 @@ import torch
 from omegaconf import DictConfig
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
+from runner.arch import architecture_of, supported_model_types
 from runner.errors import ModelError
 from runner.heads import apply_pooling, resolve_pooling
 
-# Encoders whose layers we know how to adapt, gate and prune (layers look like BERT's:
-# layer.attention.self.{query,key,value} and layer.attention.output.dense); the one list.
-SUPPORTED_MODEL_TYPES = ("bert", "roberta", "xlm-roberta", "camembert", "electra")
-# Of those, the ones whose positions start after the padding index (RoBERTa's embeddings)
-OFFSET_POSITION_MODEL_TYPES = ("roberta", "xlm-roberta", "camembert")
+SUPPORTED_MODEL_TYPES = tuple(supported_model_types())  # one module per family: runner/arch/
 
 
 def resolve_model_path(name_or_path: str) -> str:
@@ -42,6 +39,33 @@ def resolve_model_path(name_or_path: str) -> str:
     if looks_local:
         raise ModelError(f"model path {name_or_path} does not exist; set model.name_or_path to a model folder or a Hub name")
     return name_or_path
+
+
+WEIGHT_FILES = ("*.safetensors", "*.bin", "*.pt", "*.pth")
+
+
+def model_source(mcfg: DictConfig, path: str, config) -> dict:
+    """Which model a run used: the path or Hub id as resolved, the family and model type, the revision
+    asked for, and a fingerprint of the weights (SHA-256 over the folder's weight files, in name
+    order; for a Hub name, the commit transformers resolved). Runs of different models never share
+    a row in the aggregate tables (runner.aggregate.collect)."""
+    import hashlib
+
+    folder = Path(path)
+    files = sorted(f for pattern in WEIGHT_FILES for f in folder.glob(pattern)) if folder.is_dir() else []
+    digest = None
+    if files:
+        h = hashlib.sha256()
+        for file in files:
+            h.update(file.name.encode())
+            with open(file, "rb") as stream:
+                for block in iter(lambda: stream.read(1 << 22), b""):
+                    h.update(block)
+        digest = f"sha256:{h.hexdigest()}"
+    elif getattr(config, "_commit_hash", None):
+        digest = f"commit:{config._commit_hash}"
+    return {"name_or_path": str(mcfg.name_or_path), "path": str(path), "model_type": config.model_type,
+            "family": architecture_of(config).name, "revision": mcfg.get("revision"), "weights": digest}
 
 
 def load_model_config(mcfg: DictConfig, task: DictConfig):
@@ -80,16 +104,15 @@ def load_model_and_tokenizer(mcfg: DictConfig, task: DictConfig):
     """A sequence-classification model with a fresh head sized for the task, pooling as
     ``model.pooling`` says (``auto``: the model folder's own choice, see :mod:`runner.heads`)."""
     path, config = load_model_config(mcfg, task)
-    if config.model_type not in SUPPORTED_MODEL_TYPES:
-        raise ModelError(
-            f"model type {config.model_type} is not supported; use a BERT- or RoBERTa-family encoder "
-            f"({', '.join(SUPPORTED_MODEL_TYPES)})"
-        )
+    arch = architecture_of(config)  # one line listing the supported families otherwise
     kwargs = dict(revision=mcfg.revision, trust_remote_code=bool(mcfg.trust_remote_code))
+    attention = mcfg.attn_implementation
+    if attention == "sdpa" and not arch.supports_sdpa:
+        attention = "eager"  # the family's attention code has no SDPA path (MPNet)
     tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
     try:
         model = AutoModelForSequenceClassification.from_pretrained(
-            path, config=config, attn_implementation=mcfg.attn_implementation,
+            path, config=config, attn_implementation=attention,
             dtype=getattr(torch, mcfg.dtype), **kwargs,
         )
     except Exception as exc:  # a truncated or corrupt weights file raises safetensors', torch's or OS errors
@@ -98,4 +121,15 @@ def load_model_and_tokenizer(mcfg: DictConfig, task: DictConfig):
             f"{str(exc).splitlines()[0][:160] if str(exc) else ''}; the file is damaged or incomplete, reinstall or re-download it"
         ) from exc
     pooling, _ = resolve_pooling(mcfg.get("pooling"), path)
-    return apply_pooling(model, pooling), tokenizer
+    model = apply_pooling(model, pooling)
+    model.runner_source = model_source(mcfg, path, config)  # read into results.json's "model_source"
+    return model, tokenizer
+
+
+def check_per_layer_methods(cfg: DictConfig, model_config) -> None:
+    """SAFE's per-layer freezing and head pruning need each layer's own weights; a family that shares
+    them across layers (ALBERT) is refused in one line, before anything trains."""
+    refusal = architecture_of(model_config).per_layer_refusal
+    prunes = cfg.get("prune") is not None and cfg.prune.get("name", "none") != "none"
+    if refusal and (cfg.method.name == "safe" or prunes):
+        raise ModelError(f"{'method=safe' if cfg.method.name == 'safe' else 'prune=' + str(cfg.prune.name)}: {refusal}")

@@ -163,7 +163,7 @@ class LoraSettings:
     r: int = _setting(8, POSITIVE_INT, "adapter.r (LoRA rank)")
     alpha: float = _setting(16, POSITIVE)
     dropout: float = _setting(0.1, FRACTION_OPEN)
-    target_modules: list[str] = _setting([])
+    target_modules: Any = "auto"  # auto (the family's), all-linear, or a list of module-name suffixes
     merge_on_freeze: bool = True
     head_modules: Any = "auto"  # auto, or a list of module names (runner.heads)
 
@@ -174,7 +174,7 @@ class BottleneckSettings:
     name: str = "bottleneck"
     reduction_factor: int = _setting(16, POSITIVE_INT)
     activation: str = _setting("gelu", ("gelu", "relu", "tanh", "silu"))
-    target_modules: list[str] = _setting([])
+    target_modules: Any = "auto"  # auto (the family's), all-linear, or a list of module-name suffixes
     init_scale: float = _setting(1e-3, POSITIVE)
     head_modules: Any = "auto"
 

@@ -36,7 +36,7 @@ from runner.errors import ConfigError
 from runner.heads import head_parameter_count, resolve_pooling, start_regression_bias
 from runner.jobs import reset_accelerate_state
 from runner.methods import LoopContext, build_method
-from runner.models import load_model_and_tokenizer, resolve_model_path
+from runner.models import check_per_layer_methods, load_model_and_tokenizer, resolve_model_path
 from runner.results import (
     STATUS_COMPLETED, STATUS_FAILED, STATUS_INTERRUPTED, STATUS_RUNNING, atomic_write_json, atomic_write_text, flatten,
 )
@@ -138,6 +138,8 @@ class Recipe:
         cfg = self.cfg
         self.data = data_lib.load_task_splits(cfg.task)
         model, self.tokenizer = load_model_and_tokenizer(cfg.model, cfg.task)
+        self.model_source = model.runner_source
+        check_per_layer_methods(cfg, model.config)  # ALBERT: SAFE and pruning refuse before training
         check_sequence_length(int(cfg.trainer.max_seq_length), self.tokenizer, model.config, list(cfg.task.text_keys))
         self.head = self._start_head(model)
         if cfg.method.uses_adapters:  # what trains beside the adapters, named on the plain model
@@ -502,6 +504,7 @@ class Recipe:
             "run_name": cfg.run_name,
             "task": cfg.task.name,
             "model": cfg.model.short_name,
+            "model_source": self.model_source,
             "method": cfg.method.name,
             "adapter": cfg.adapter.name if cfg.method.uses_adapters else None,
             "seed": cfg.seed,

@@ -39,11 +39,9 @@ def check_sequence_length(max_seq_length: int, tokenizer, model_config, text_key
     """``trainer.max_seq_length`` within what the tokenizer needs and the model's positions allow."""
     special = tokenizer.num_special_tokens_to_add(pair=len(text_keys) > 1)
     low = special + len(text_keys)  # one token of each text
-    positions = int(getattr(model_config, "max_position_embeddings", 0) or 0)
-    from runner.models import OFFSET_POSITION_MODEL_TYPES
+    from runner.arch import architecture_of
 
-    if model_config.model_type in OFFSET_POSITION_MODEL_TYPES:
-        positions -= int(model_config.pad_token_id) + 1  # RoBERTa's positions start after the padding index
+    positions = architecture_of(model_config).max_positions(model_config)  # RoBERTa's start after the padding index
     if max_seq_length < low:
         raise ConfigError(f"trainer.max_seq_length={max_seq_length} leaves no room for the text: the tokenizer adds "
                           f"{special} special tokens; use at least {low} (128 is usual)")
@@ -67,7 +65,14 @@ def validate_config(cfg: DictConfig):
         a = cfg.adapter
         if a.name == "none":
             raise ConfigError(f"method={cfg.method.name} trains adapters but adapter=none; use adapter=lora or adapter=bottleneck")
-        if not a.get("target_modules"):
-            raise ConfigError("adapter.target_modules is empty; name the modules to adapt, e.g. [query, value]")
+        from runner.adapters import TARGET_SETS
+
+        targets = a.get("target_modules")
+        if isinstance(targets, str) and targets not in TARGET_SETS:
+            raise ConfigError(f"adapter.target_modules={targets} is not a list of modules nor one of {', '.join(TARGET_SETS)}; "
+                              "e.g. adapter.target_modules=auto or '[query,value]'")
+        if not targets:
+            raise ConfigError("adapter.target_modules is empty; use auto (the model family's) or name the modules, "
+                              "e.g. [query, value]")
     method_class(cfg).check_config(cfg)  # SAFE: t_w < t_f, the policy's knobs
     return from_config(cfg)  # prune.alpha=auto with its grid, from_run with a criterion

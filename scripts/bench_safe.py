@@ -125,7 +125,7 @@ def settings(runs: list[dict]) -> str:
             continue
         a, t = c.get("adapter") or {}, c.get("trainer") or {}
         steps = f", max {t['max_steps']} steps" if t.get("max_steps") else ""
-        text = (f"{c['model'].get('short_name')} + {a.get('name')} (r{a.get('r')}, {'/'.join(a.get('target_modules') or [])}), "
+        text = (f"{c['model'].get('short_name')} + {a.get('name')} (r{a.get('r')}, {a.get('target_modules') if isinstance(a.get('target_modules'), str) else '/'.join(a.get('target_modules') or [])}), "
                 f"lr {t.get('lr')}, batch {t.get('batch_size')}, max length {t.get('max_seq_length')}, {t.get('epochs')} epochs"
                 f"{steps}, "
                 f"train cap {c['task'].get('max_train_samples') or 'none'}, "

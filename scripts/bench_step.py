@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader
 from transformers import DataCollatorWithPadding, get_scheduler
 
 from runner import data as data_lib
+from runner.adapters import target_modules
 from runner.config import compose_config
 from runner.models import load_model_and_tokenizer
 from runner.train import run
@@ -59,7 +60,7 @@ def plain(args) -> list[float]:
     model, tokenizer = load_model_and_tokenizer(cfg.model, cfg.task)
     a = cfg.adapter
     model = get_peft_model(model, LoraConfig(task_type=TaskType.SEQ_CLS, r=a.r, lora_alpha=a.alpha,
-                                             lora_dropout=a.dropout, target_modules=list(a.target_modules)))
+                                             lora_dropout=a.dropout, target_modules=target_modules(model, a)))
     raw = data_lib.load_task_splits(cfg.task).train
     train = data_lib.tokenize(raw, tokenizer, cfg.task.text_keys, cfg.trainer.max_seq_length, None)
     loader = DataLoader(train.with_format("torch"), batch_size=args.batch_size, shuffle=True,

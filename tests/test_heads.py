@@ -8,7 +8,8 @@ import json
 
 import pytest
 import torch
-from transformers import BertConfig, BertForSequenceClassification, RobertaConfig, RobertaForSequenceClassification
+from helpers import ARCHS, family_config
+from transformers import AutoModelForSequenceClassification
 
 from runner.errors import ConfigError
 from runner.heads import (
@@ -18,11 +19,8 @@ from runner.heads import (
 
 def _tiny(kind: str, num_labels: int = 2):
     torch.manual_seed(0)
-    common = dict(vocab_size=100, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
-                  num_labels=num_labels, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-    if kind == "bert":
-        return BertForSequenceClassification(BertConfig(**common)).eval()
-    return RobertaForSequenceClassification(RobertaConfig(**common, pad_token_id=1, max_position_embeddings=40)).eval()
+    config = family_config(kind, layers=2, heads=2, head_size=8, labels=num_labels, vocab=100, positions=40)
+    return AutoModelForSequenceClassification.from_config(config).eval()
 
 
 def _batch():
@@ -34,11 +32,17 @@ def _batch():
     return ids, mask
 
 
-def _masked_mean_logits(model, ids, mask):
-    hidden = model.base_model(input_ids=ids, attention_mask=mask).last_hidden_state
+def _masked_mean_logits(model, ids, mask, kind):
+    """The task head by hand on the masked mean of the last layer's hidden states (of a plain copy:
+    DistilBERT's mean pooling writes the mean into token 0 of the model's own)."""
+    hidden = _tiny(kind)(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states[-1]
     mean = (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
     head = model.classifier
-    return head.out_proj(torch.tanh(head.dense(mean))) if hasattr(head, "out_proj") else head(mean)
+    if hasattr(model, "pre_classifier"):  # DistilBERT: pre_classifier, ReLU, classifier
+        return head(torch.relu(model.pre_classifier(mean)))
+    if isinstance(head, torch.nn.Linear):  # BERT: its pooler replaced by the mean
+        return head(mean)
+    return head(mean[:, None])  # RoBERTa, ELECTRA, MPNet: the classification head reads token 0
 
 
 # ---------------------------------------------------------------- choosing
@@ -76,12 +80,12 @@ def test_minilm_pools_with_mean_by_default():
 # ---------------------------------------------------------------- the pooled vector
 
 
-@pytest.mark.parametrize("kind", ["bert", "roberta"])
+@pytest.mark.parametrize("kind", ARCHS)
 def test_mean_pooling_is_the_masked_mean_and_ignores_padding(kind):
     model = apply_pooling(_tiny(kind), "mean")
     ids, mask = _batch()
     logits = model(input_ids=ids, attention_mask=mask).logits
-    torch.testing.assert_close(logits, _masked_mean_logits(model, ids, mask), rtol=0, atol=1e-6)
+    torch.testing.assert_close(logits, _masked_mean_logits(model, ids, mask, kind), rtol=0, atol=1e-6)
     # more padding changes nothing
     wide_ids = torch.cat([ids, torch.full((3, 5), 1)], dim=1)
     wide_mask = torch.cat([mask, torch.zeros(3, 5, dtype=torch.long)], dim=1)
@@ -91,7 +95,7 @@ def test_mean_pooling_is_the_masked_mean_and_ignores_padding(kind):
     twin = copy.deepcopy(model)
     with torch.no_grad():
         twin.classifier.apply(lambda m: m.weight.mul_(2) if isinstance(m, torch.nn.Linear) else None)
-    torch.testing.assert_close(twin(input_ids=ids, attention_mask=mask).logits, _masked_mean_logits(twin, ids, mask),
+    torch.testing.assert_close(twin(input_ids=ids, attention_mask=mask).logits, _masked_mean_logits(twin, ids, mask, kind),
                                rtol=0, atol=1e-6)
 
 

@@ -6,11 +6,12 @@ import copy
 
 import pytest
 import torch
-from helpers import ARCHS, tiny_batch, tiny_model
+from helpers import ARCHS, family_arch, tiny_batch, tiny_model
 
 from runner.errors import ModelError
 from runner.prune.gate import HeadGate, encoder_layers, supports_head_gating, unwrap_peft
-from runner.prune.physical import NoHeads, count_parameters, heads_kept, prune_heads
+from runner.arch import architecture_of
+from runner.prune.physical import count_parameters, heads_kept, prune_heads
 
 
 def _logits(model, batch):
@@ -53,12 +54,15 @@ def test_gate_zero_equals_physical_removal(arch, attn):
     torch.testing.assert_close(physical, gated, atol=1e-5, rtol=0)
     assert (physical - full).abs().max() > 1e-4  # removing heads did change the output
     assert heads_kept(small) == [2, 0, 3]
-    assert isinstance(encoder_layers(small)[1].attention.self, NoHeads)
-    att0 = encoder_layers(small)[0].attention.self
-    assert att0.query.weight.shape == (2 * 8, 32) and att0.num_attention_heads == 2 and att0.all_head_size == 16
-    assert encoder_layers(small)[0].attention.output.dense.weight.shape == (32, 16)
-    # parameters removed: q, k, v rows + biases and W_o columns, per head
-    per_head = 3 * (8 * 32 + 8) + 32 * 8
+    family, layers = architecture_of(small), encoder_layers(small)
+    att0 = family.attention_module(layers[0])
+    assert all(att0.get_submodule(name).weight.shape == (2 * 8, 32) for name in family.qkv)
+    assert family.output_projection(layers[0]).weight.shape == (32, 16)
+    assert family.output_projection(layers[1]).weight.shape == (32, 0)  # the emptied layer adds only its bias
+    # parameters removed per head: its rows of q, k, v (DeBERTa: and of its position projections) with their
+    # biases, and its columns of W_o
+    weights = architecture_of(model).head_weights(encoder_layers(model)[0])
+    per_head = sum(8 * 32 + (8 if dim == 0 else 0) for _, dim in weights)
     assert count_parameters(model) - count_parameters(small) == int(pruned.sum()) * per_head
 
 
@@ -84,7 +88,8 @@ def test_prune_refuses_twice_and_wrong_shapes():
         prune_heads(tiny_model(), torch.zeros(2, 4, dtype=torch.bool))
 
 
-def test_gate_through_merged_lora_and_bottleneck():
+@pytest.mark.parametrize("arch", ARCHS)
+def test_gate_through_merged_lora_and_bottleneck(arch):
     from omegaconf import OmegaConf
     from peft import LoraConfig, TaskType, get_peft_model
 
@@ -93,7 +98,8 @@ def test_gate_through_merged_lora_and_bottleneck():
     batch = tiny_batch(pad_from={1: 4})
     pruned = _mask_with_empty_layer()
     # LoRA on query/value: merged first, outputs unchanged by the merge
-    peft_model = get_peft_model(tiny_model(), LoraConfig(task_type=TaskType.SEQ_CLS, r=4, target_modules=["query", "value"]))
+    family = family_arch(arch)
+    peft_model = get_peft_model(tiny_model(arch), LoraConfig(task_type=TaskType.SEQ_CLS, r=4, target_modules=list(family.lora_targets)))
     with torch.no_grad():
         for n, p in peft_model.named_parameters():
             if "lora_B" in n:
@@ -113,10 +119,10 @@ def test_gate_through_merged_lora_and_bottleneck():
         gate.set((~pruned).float())
         gated = _logits(merged, batch)
     torch.testing.assert_close(_logits(prune_heads(merged, pruned), batch), gated, atol=1e-5, rtol=0)
-    # bottleneck adapter wrapped around attention.output.dense
-    acfg = OmegaConf.create({"target_modules": ["attention.output.dense"], "reduction_factor": 4,
+    # bottleneck adapter wrapped around the attention output projection (BERT's attention.output.dense)
+    acfg = OmegaConf.create({"name": "bottleneck", "target_modules": [family.output], "reduction_factor": 4,
                              "activation": "gelu", "init_scale": 0.1})
-    model = add_bottleneck_adapters(tiny_model(), acfg).eval()
+    model = add_bottleneck_adapters(tiny_model(arch), acfg).eval()
     with HeadGate(model) as gate:
         gate.set((~pruned).float())
         gated = _logits(model, batch)
@@ -124,14 +130,15 @@ def test_gate_through_merged_lora_and_bottleneck():
 
 
 def test_unsupported_architectures_are_refused_clearly():
-    from transformers import DistilBertConfig, DistilBertForSequenceClassification, GPT2Config, GPT2ForSequenceClassification
+    from transformers import GPT2Config, GPT2ForSequenceClassification
 
     gpt2 = GPT2ForSequenceClassification(GPT2Config(n_layer=1, n_head=2, n_embd=8, vocab_size=50, n_positions=16))
-    distil = DistilBertForSequenceClassification(DistilBertConfig(n_layers=1, n_heads=2, dim=8, hidden_dim=16, vocab_size=50))
-    for model, name in ((gpt2, "gpt2"), (distil, "distilbert")):
-        assert not supports_head_gating(model)
-        with pytest.raises(ModelError, match=f"BERT- and RoBERTa-family.*'{name}'"):
-            HeadGate(model)
-        with pytest.raises(ModelError, match=f"'{name}'"):
-            prune_heads(model, torch.zeros(1, 2, dtype=torch.bool))
-    assert supports_head_gating(tiny_model("roberta"))
+    assert not supports_head_gating(gpt2)
+    with pytest.raises(ModelError, match=r"model type gpt2 is not supported; supported: .*bert.*distilbert.*mpnet"):
+        HeadGate(gpt2)
+    with pytest.raises(ModelError, match="model type gpt2"):
+        prune_heads(gpt2, torch.zeros(1, 2, dtype=torch.bool))
+    albert = tiny_model("albert")  # one layer's weights shared across depth: no per-layer head to remove
+    with pytest.raises(ModelError, match="ALBERT shares one layer's weights across all its layers"):
+        HeadGate(albert)
+    assert all(supports_head_gating(tiny_model(family)) for family in ARCHS)

@@ -26,9 +26,12 @@ from runner.prune.scores import (
 
 
 def _loss_at(model, batch, mask) -> float:
+    """The mean cross-entropy of the logits in the model's own precision (DeBERTa computes its own loss in
+    float32, too coarse for a finite difference)."""
     with torch.no_grad(), HeadGate(model) as gate:
         gate.set(mask)
-        return float(model(**batch).loss)
+        logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+        return float(torch.nn.functional.cross_entropy(logits, batch["labels"]))
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -47,7 +50,7 @@ def test_his_equals_finite_differences(arch):
             plus[layer, head] += eps
             minus[layer, head] -= eps
             fd[layer, head] = abs(_loss_at(model, batch, plus) - _loss_at(model, batch, minus)) / (2 * eps)
-    assert fd.max() > 1e-3  # the heads matter, so the comparison means something
+    assert fd.max() > 2e-4  # the heads matter, so the comparison means something (DeBERTa-v3's: 4e-4 here)
     torch.testing.assert_close(scores.his_raw.double() * tokens, fd, rtol=1e-4, atol=1e-7)
     torch.testing.assert_close(scores.his, scores.his_raw)  # no layer normalisation asked
 
@@ -124,7 +127,7 @@ def test_per_example_his_in_batches_of_four_equals_per_batch_his_at_batch_size_o
     # at batch size 1 the two variants are the same numbers
     torch.testing.assert_close(one.his_other, one.his, rtol=1e-5, atol=1e-7)
     # the per-batch variant differs (|.| after the mean over the batch): not the same ranking for free
-    assert float((four.his_other - four.his).abs().max()) > 1e-4
+    assert float((four.his_other - four.his).abs().max()) > 0.1 * float(four.his.max())
 
 
 def test_per_batch_his_is_michel_et_al_s_per_batch_gradient():

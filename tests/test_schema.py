@@ -48,7 +48,8 @@ CASES = [
     (["trainer.num_workers=-1"], "trainer.num_workers must be 0 or a positive integer, got -1"),
     (["trainer.sharpness.iters=0"], "trainer.sharpness.iters must be a positive integer, got 0"),
     (["trainer.sharpness.tol=nan"], "trainer.sharpness.tol must be a positive number, got nan"),
-    (["adapter.target_modules=query"], "adapter.target_modules must be a list of strings, got 'query'"),
+    (["adapter.target_modules=query"], "adapter.target_modules=query is not a list of modules nor one of auto, all-linear; "
+                                       "e.g. adapter.target_modules=auto or '[query,value]'"),
     (["adapter=bottleneck", "adapter.activation=swish"], "adapter.activation must be one of gelu, relu, tanh, silu, got 'swish'"),
     (["adapter=bottleneck", "adapter.init_scale=0"], "adapter.init_scale must be a positive number, got 0"),
     (["model.pooling=max"], "model.pooling must be one of auto, cls, mean, got 'max'"),

@@ -217,6 +217,7 @@ def collect(paths: list[Path], by: list[str] | None = None) -> tuple[pd.DataFram
             rows.append(row)
             raw.append({"row": row, "results": results, "dir": run_dir})
         problems.extend(_jobs_without_results(root))
+    split_models(rows)
     table = pd.DataFrame(rows)
     if table.empty:
         table = pd.DataFrame(columns=["path", "status", *GROUP_KEYS, "seed", "metric"])
@@ -227,6 +228,22 @@ def collect(paths: list[Path], by: list[str] | None = None) -> tuple[pd.DataFram
                                columns=["path", "status", "task", "model", "method", "seed", "step", "error"])
     problems_df["step"] = pd.to_numeric(problems_df["step"], errors="coerce").astype("Int64")
     return table, problems_df, raw
+
+
+WEIGHTS_KEY = "model_source.weights"  # results.json: the fingerprint of the weights a run started from
+
+
+def split_models(rows: list[dict]) -> None:
+    """Runs that share a model name but started from different weights (two folders that derive the
+    same name, or ``model.short_name`` given by hand) are different models: each gets the name
+    ``<name>@<first 8 hex digits of its fingerprint>``, so no table averages them together."""
+    by_name: dict[str, set] = {}
+    for row in rows:
+        if row.get(WEIGHTS_KEY):
+            by_name.setdefault(row.get("model"), set()).add(row[WEIGHTS_KEY])
+    for row in rows:
+        if len(by_name.get(row.get("model"), ())) > 1 and row.get(WEIGHTS_KEY):
+            row["model"] = f"{row['model']}@{str(row[WEIGHTS_KEY]).split(':', 1)[-1][:8]}"
 
 
 def _jobs_without_results(root: Path) -> list[dict]:

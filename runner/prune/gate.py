@@ -1,7 +1,8 @@
 """Which models we can gate and prune, and the head gate itself.
 
 transformers 5 removed ``head_mask``, so the gate is ours: a forward pre-hook
-on each layer's attention output projection (``attention.output.dense``). Its
+on each layer's attention output projection (BERT's ``attention.output.dense``;
+each family names its own, :mod:`runner.arch`). Its
 input is the concatenation of the heads' outputs, ``[B, T, H * d]``; the hook
 views it as ``[B, T, H, d]`` and multiplies head ``h`` by ``m[layer, h]``.
 The hook sees the same tensor whatever attention kernel (eager, SDPA) ran.
@@ -9,26 +10,13 @@ The hook sees the same tensor whatever attention kernel (eager, SDPA) ran.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
+from runner.arch import HeadGeometry, architecture_of
 from runner.errors import ModelError
 
-from runner.models import SUPPORTED_MODEL_TYPES as GATEABLE_MODEL_TYPES  # their layers look like BERT's
-
-
-@dataclass(frozen=True)
-class HeadGeometry:
-    num_layers: int
-    num_heads: int  # per layer, before pruning
-    head_size: int
-    hidden_size: int
-
-    @property
-    def total_heads(self) -> int:
-        return self.num_layers * self.num_heads
+__all__ = ["HeadGate", "HeadGeometry", "encoder_layers", "geometry", "heads_in_layer", "supports_head_gating", "unwrap_peft"]
 
 
 def unwrap_peft(model: nn.Module) -> nn.Module:
@@ -43,46 +31,20 @@ def unwrap_peft(model: nn.Module) -> nn.Module:
     return model
 
 
-def _output_projection(layer: nn.Module) -> nn.Linear:
-    """The attention output projection, seen through our bottleneck adapter wrapper."""
-    dense = layer.attention.output.dense
-    base = getattr(dense, "base_layer", dense)  # runner.adapters.WithBottleneck keeps the Linear as base_layer
-    if not isinstance(base, nn.Linear) or hasattr(base, "lora_A"):
-        raise ModelError(
-            f"attention.output.dense is a {type(dense).__name__}; merge LoRA adapters before pruning "
-            f"(runner.prune.gate.unwrap_peft)"
-        )
-    return base
-
-
 def encoder_layers(model: nn.Module) -> list[nn.Module]:
-    """The encoder's layers, after checking that every one of them can be gated.
-
-    Raises :class:`ModelError` with the reason for anything else (GPT-2,
-    DistilBERT, T5, ...).
-    """
-    config = getattr(model, "config", None)
-    model_type = getattr(config, "model_type", None)
+    """The encoder's layers (its family's, :mod:`runner.arch`), after checking that every one of
+    them can be gated. Raises :class:`ModelError` with the reason for anything else."""
     if hasattr(model, "peft_config"):
         raise ModelError("head gating needs the plain transformers model; call runner.prune.gate.unwrap_peft first")
-    if model_type not in GATEABLE_MODEL_TYPES:
-        raise ModelError(
-            f"head gating and pruning support BERT- and RoBERTa-family encoders "
-            f"({', '.join(GATEABLE_MODEL_TYPES)}), not model type {model_type!r} ({type(model).__name__})"
-        )
-    base = getattr(model, "base_model", model)
-    layers = getattr(getattr(base, "encoder", None), "layer", None)
-    if not isinstance(layers, nn.ModuleList) or len(layers) == 0:
-        raise ModelError(f"{type(model).__name__} has no encoder.layer list; cannot locate its attention heads")
+    arch = architecture_of(model)
+    if arch.per_layer_refusal:
+        raise ModelError(arch.per_layer_refusal)
+    layers = arch.encoder_layers(model)
     for i, layer in enumerate(layers):
-        att = getattr(layer, "attention", None)
-        ok = att is not None and hasattr(att, "self") and hasattr(att, "output") and hasattr(att.output, "dense")
-        if not ok:
-            raise ModelError(f"layer {i} of {type(model).__name__} has no attention.self / attention.output.dense")
-        if getattr(layer, "add_cross_attention", False):
-            raise ModelError("encoder-decoder (cross-attention) BERT models are not supported by head pruning")
-        _output_projection(layer)
-    return list(layers)
+        if getattr(layer, "add_cross_attention", False) or getattr(getattr(layer, "crossattention", None), "self", None):
+            raise ModelError("encoder-decoder (cross-attention) models are not supported by head pruning")
+        arch.check_layer(i, layer)
+    return layers
 
 
 def supports_head_gating(model: nn.Module) -> bool:
@@ -94,18 +56,13 @@ def supports_head_gating(model: nn.Module) -> bool:
 
 
 def geometry(model: nn.Module) -> HeadGeometry:
-    layers = encoder_layers(model)
-    config = model.config
-    heads = int(config.num_attention_heads)
-    return HeadGeometry(
-        num_layers=len(layers), num_heads=heads, head_size=int(config.hidden_size) // heads,
-        hidden_size=int(config.hidden_size),
-    )
+    encoder_layers(model)
+    return architecture_of(model).geometry(model)
 
 
-def heads_in_layer(layer: nn.Module) -> int:
-    """Heads a layer has now (after any physical pruning)."""
-    return int(getattr(layer.attention.self, "num_attention_heads", 0))
+def heads_in_layer(model: nn.Module, layer: nn.Module) -> int:
+    """Heads a layer of ``model`` has now (after any physical pruning)."""
+    return architecture_of(model).heads_in_layer(layer)
 
 
 class HeadGate:
@@ -127,7 +84,7 @@ class HeadGate:
         self.layers = encoder_layers(model)
         self.geo = geometry(model)
         for i, layer in enumerate(self.layers):
-            if heads_in_layer(layer) != self.geo.num_heads:
+            if heads_in_layer(model, layer) != self.geo.num_heads:
                 raise ModelError(f"layer {i} is already pruned; gate the model before physical pruning")
         param = next(model.parameters())
         self.mask = torch.ones(self.geo.num_layers, self.geo.num_heads, device=param.device, dtype=param.dtype,
@@ -156,7 +113,8 @@ class HeadGate:
 
     def attach(self) -> "HeadGate":
         if not self._handles:
-            self._handles = [layer.attention.output.dense.register_forward_pre_hook(self._hook(i))
+            output = architecture_of(self.model).output  # the projection the heads' outputs enter
+            self._handles = [layer.get_submodule(output).register_forward_pre_hook(self._hook(i))
                              for i, layer in enumerate(self.layers)]
         return self
 

@@ -22,7 +22,8 @@ from scipy.stats import spearmanr
 from torch import nn
 
 from runner.schema import CRITERIA as PRUNING_CRITERIA, HIS_PER  # prune.his_per: where |dL/dm| is taken
-from runner.prune.gate import HeadGate, encoder_layers, geometry, _output_projection
+from runner.arch import architecture_of
+from runner.prune.gate import HeadGate, encoder_layers, geometry
 from runner.prune.select import select_heads_to_prune
 
 CRITERIA = (*PRUNING_CRITERIA, "none")  # the names are declared with the settings (runner.schema)
@@ -138,20 +139,18 @@ def calibration_scores(model: nn.Module, batches, normalize_layers: bool = True,
                        his_per: str = "example") -> CalibrationScores:
     """HIS and AE from calibration batches (dicts with input_ids, attention_mask, labels).
 
-    Per batch, one forward (gate at 1, eager attention) and one backward
-    (:func:`gate_gradients`) give both HIS variants: ``example`` adds
-    ``|dL(x)/dm|`` of every example (the paper's; no cancellation across
-    examples), ``batch`` adds ``|dL_batch/dm|`` of the batch's mean loss. Each
-    sum is divided by the non-padding tokens seen (as Michel et al.'s code);
-    ``his`` is the ``his_per`` one, ``his_other`` the other. AE: per example, averaged.
-    """
+    Per batch, one forward (gate at 1, eager attention) and one backward (:func:`gate_gradients`)
+    give both HIS variants: ``example`` adds ``|dL(x)/dm|`` of every example (the paper's; no
+    cancellation across examples), ``batch`` adds ``|dL_batch/dm|`` of the batch's mean loss. Each sum
+    is divided by the non-padding tokens seen (as Michel et al.'s code); ``his`` is the ``his_per``
+    one, ``his_other`` the other. AE: per example, averaged."""
     if his_per not in HIS_PER:
         raise ValueError(f"his_per must be one of {', '.join(HIS_PER)}, got {his_per!r}")
     layers = encoder_layers(model)
     geo = geometry(model)
     device = device or next(model.parameters()).device
-    his = {k: torch.zeros(geo.num_layers, geo.num_heads, dtype=torch.float64) for k in HIS_PER}
-    ae_sum = torch.zeros(geo.num_layers, geo.num_heads, dtype=torch.float64)
+    zeros = torch.zeros(geo.num_layers, geo.num_heads, dtype=torch.float64)
+    his, ae_sum = {k: zeros.clone() for k in HIS_PER}, zeros.clone()
     examples = tokens = n_batches = 0
     current_mask: list[torch.Tensor] = []
     captured: dict[int, torch.Tensor] = {}
@@ -164,14 +163,15 @@ def calibration_scores(model: nn.Module, batches, normalize_layers: bool = True,
             captured[index] = attention_entropy(probs, current_mask[0]).sum(0).double().cpu()
         return hook
 
-    was_training = model.training
+    was_training, start = model.training, time.perf_counter()
     model.eval()  # no dropout: scores must not depend on dropout noise
-    start = time.perf_counter()
-    handles = [layer.attention.self.register_forward_hook(capture(i)) for i, layer in enumerate(layers)]
+    arch = architecture_of(model)  # each family's attention module returns (output, probabilities) in eager mode
+    handles = [arch.attention_module(layer).register_forward_hook(capture(i)) for i, layer in enumerate(layers)]
     try:
         with eager_attention(model), frozen_weights(model), HeadGate(model, requires_grad=True) as gate:
             for batch in batches:
-                batch = {k: v.to(device) for k, v in batch.items() if torch.is_tensor(v)}
+                # output_attentions: MPNet's and DeBERTa's attention return their probabilities only when asked
+                batch = {k: v.to(device) for k, v in batch.items() if torch.is_tensor(v)} | {"output_attentions": True}
                 mask = batch.get("attention_mask")
                 current_mask[:] = [torch.ones_like(batch["input_ids"]) if mask is None else mask]
                 captured.clear()
@@ -215,15 +215,14 @@ def magnitude_scores(model: nn.Module) -> torch.Tensor:
     """L2 norm of each head's weights: its rows of W_q, W_k, W_v and its columns of W_o (biases left out)."""
     layers = encoder_layers(model)
     geo = geometry(model)
+    arch = architecture_of(model)
     out = torch.zeros(geo.num_layers, geo.num_heads)
     d = geo.head_size
     for i, layer in enumerate(layers):
-        att = layer.attention.self
-        wo = _output_projection(layer).weight.detach().float()
+        weights = [(w.detach().float(), dim) for w, dim in arch.head_weights(layer)]  # q/k/v rows, W_o columns
         for h in range(geo.num_heads):
             rows = slice(h * d, (h + 1) * d)
-            sq = sum(float(getattr(att, name).weight.detach().float()[rows].pow(2).sum()) for name in ("query", "key", "value"))
-            sq += float(wo[:, rows].pow(2).sum())
+            sq = sum(float((w[rows] if dim == 0 else w[:, rows]).pow(2).sum()) for w, dim in weights)
             out[i, h] = math.sqrt(sq)
     return out
 

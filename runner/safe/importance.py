@@ -33,11 +33,12 @@ from torch import nn
 
 from runner import measure
 from runner.adapters import adapter_parameters, layer_index
+from runner.arch import layer_pattern
 from runner.safe.cka import LinearCKAReference, cka, linear_cka_flops, token_matrix
 from runner.schema import IMPORTANCES, REPRESENTATIONS  # declared with the other settings
 
 _ADAPTER_SPLIT = re.compile(r"\.(lora_[A-Za-z_]+|bottleneck)\.")
-_LAYER_MODULE = re.compile(r"\.layer\.(\d+)$")
+_LAYER_MODULE = layer_pattern(end="$")  # a layer module's own name, in any family (runner.arch)
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "position_ids")
 
@@ -110,6 +111,12 @@ class RepresentationProbe:
             tokens = tokens[self.token_idx.to(tokens.device)]
         return tokens.cpu()
 
+    def _on_tokens(self, output) -> bool:
+        """A module can also run on other inputs than the batch's tokens (DeBERTa-v3's shared key and query
+        projections on the relative position embeddings); the probe keeps only its call on the tokens."""
+        hidden = output[0] if isinstance(output, (tuple, list)) else output
+        return self.mask is None or tuple(hidden.shape[:2]) == tuple(self.mask.shape)
+
     def _without(self, name: str, module, args, kwargs) -> torch.Tensor:
         """``name``'s output with its adapters off, as the probe's token matrix. A token-wise base (an
         ``nn.Linear`` whose own adapter is the only one switched off) runs on the probe's tokens alone:
@@ -126,7 +133,7 @@ class RepresentationProbe:
     def _hook(self, name: str, captured: dict, without: dict | None):
         """Keeps ``name``'s output; with ``without``, also its output on the same input with the adapters off."""
         def fn(module, args, kwargs, output):
-            if name in self._busy:  # the re-run below: not captured again
+            if name in self._busy or not self._on_tokens(output):  # the re-run below, or not the batch's tokens
                 return None
             captured[name] = self._tokens(output)
             if without is not None:

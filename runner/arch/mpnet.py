@@ -1,0 +1,47 @@
+"""MPNet: ``encoder.layer.N.attention.attn.{q,k,v,o}`` (the output projection inside the attention
+module), a relative position bias computed once per forward for every head and handed to each layer,
+and a classification head on token 0. Eager attention only (transformers has no SDPA path for it)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from runner.arch import Architecture, OnlyOutputBias, register
+
+POSITION_BIAS_ARG = 2  # MPNetAttention calls attn(hidden_states, attention_mask, position_bias, ...)
+
+
+def _keep_position_bias(keep: torch.Tensor):
+    """A pre-hook handing one layer's attention only its kept heads' rows of the shared position bias."""
+    def hook(module, args, kwargs):
+        if "position_bias" in kwargs and kwargs["position_bias"] is not None:
+            kwargs = {**kwargs, "position_bias": kwargs["position_bias"][:, keep.to(kwargs["position_bias"].device)]}
+        elif len(args) > POSITION_BIAS_ARG and args[POSITION_BIAS_ARG] is not None:
+            bias = args[POSITION_BIAS_ARG]
+            args = (*args[:POSITION_BIAS_ARG], bias[:, keep.to(bias.device)], *args[POSITION_BIAS_ARG + 1:])
+        return args, kwargs
+    return hook
+
+
+class MPNet(Architecture):
+    name = "mpnet"
+    model_types = ("mpnet",)
+    attention = "attention.attn"
+    qkv = ("q", "k", "v")
+    output = "attention.attn.o"
+    lora_targets = ("q", "v")
+    bottleneck_targets = ("attention.attn.o", "output.dense")
+    all_linear_targets = ("q", "k", "v", "o", "output.dense", "intermediate.dense")
+    supports_sdpa = False
+
+    def after_removal(self, layer: nn.Module, keep: list[int], num_heads: int) -> None:
+        """The encoder computes one relative position bias for all ``num_heads`` heads; this layer's
+        attention now reads only its kept heads' rows of it."""
+        layer.attention.attn.register_forward_pre_hook(_keep_position_bias(torch.tensor(keep)), with_kwargs=True)
+
+    def remove_all_heads(self, layer: nn.Module, head_size: int) -> None:
+        layer.attention.attn = OnlyOutputBias("o", layer.attention.attn.o)
+
+
+MPNET = register(MPNet())
