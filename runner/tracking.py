@@ -80,17 +80,13 @@ def _wandb_log_kept_to_its_files():
     """W&B logs a failed ``wandb.init`` as an ERROR with a traceback (at once, or when its next init
     flushes the records it held back) and hands its records to the root logger's handlers (the
     user's console and log file), directly or by propagation; the runner says it in one line
-    instead, so while a run starts, W&B's records reach only W&B's own files (debug.log)."""
-    logger, root = logging.getLogger("wandb"), logging.getLogger()
-    before = logger.propagate
-    shared = list(root.handlers)
-    logger.propagate = False
+    instead, so while a run starts, the root's handlers drop W&B's records (its debug.log keeps them)."""
+    shared = list(logging.getLogger().handlers)  # W&B's logger's propagation is W&B's own (it turns it off)
     for handler in shared:
         handler.addFilter(_wandb_only)
     try:
         yield
     finally:
-        logger.propagate = before
         for handler in shared:
             handler.removeFilter(_wandb_only)
 

@@ -343,6 +343,19 @@ def test_wandb_tries_only_the_server_it_was_given_and_logs_one_line(refusing_ser
     assert not any(r.exc_info for r in caplog.records)  # no traceback reached the user's log
 
 
+def test_an_offline_wandb_run_leaves_nothing_in_the_users_log(tmp_path, monkeypatch, caplog):
+    """W&B keeps its own records (its logger does not propagate; its debug.log has them): starting and
+    finishing a run puts no W&B line on the user's console or log file."""
+    for var in ("WANDB_BASE_URL", "WANDB_API_KEY", "WANDB_MODE"):
+        monkeypatch.delenv(var, raising=False)
+    logging.getLogger("wandb").propagate = True  # as in a fresh process, before W&B's first init
+    with caplog.at_level(logging.DEBUG):
+        tracker = Tracker(_wandb_cfg("auto"), tmp_path, True, {"a": 1})
+        tracker.log({"x": 1.0}, 1)
+        tracker.finish()
+    assert [r for r in caplog.records if r.name.startswith("wandb")] == []
+
+
 def test_wandb_forced_online_without_a_server_fails_in_one_line(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{_closed_port()}")
     monkeypatch.setenv("WANDB_API_KEY", "f" * 40)
