@@ -120,6 +120,7 @@ def load_model_and_tokenizer(mcfg: DictConfig, task: DictConfig):
             f"cannot read the weights of model {mcfg.name_or_path} ({path}): {type(exc).__name__}: "
             f"{str(exc).splitlines()[0][:160] if str(exc) else ''}; the file is damaged or incomplete, reinstall or re-download it"
         ) from exc
+    arch.prepare(model)
     pooling, _ = resolve_pooling(mcfg.get("pooling"), path)
     model = apply_pooling(model, pooling)
     model.runner_source = model_source(mcfg, path, config)  # read into results.json's "model_source"

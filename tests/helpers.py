@@ -49,6 +49,10 @@ FAMILIES = {
     "deberta-v2-pos-proj": ("DebertaV2Config", _BERT_NAMES, {"relative_attention": True, "pos_att_type": ["p2c", "c2p"],
                                                              "share_att_key": False, "max_relative_positions": 24,
                                                              "norm_rel_ebd": "layer_norm"}),
+    # ModernBERT: fused Wqkv, rotary positions, one global layer then local (sliding-window) ones
+    "modernbert": ("ModernBertConfig", dict(_BERT_NAMES, dropouts=("attention_dropout", "mlp_dropout", "embedding_dropout")),
+                   {"global_attn_every_n_layers": 2, "local_attention": 4, "pad_token_id": 0, "cls_token_id": 2,
+                    "sep_token_id": 3, "bos_token_id": 2, "eos_token_id": 3}),
     "albert": ("AlbertConfig", _BERT_NAMES, {"embedding_size": None}),
 }
 ARCHS = tuple(f for f in FAMILIES if f != "albert")  # the families with per-layer heads (ALBERT shares one layer)

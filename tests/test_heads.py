@@ -35,11 +35,13 @@ def _batch():
 def _masked_mean_logits(model, ids, mask, kind):
     """The task head by hand on the masked mean of the last layer's hidden states (of a plain copy:
     DistilBERT's mean pooling writes the mean into token 0 of the model's own)."""
-    hidden = _tiny(kind)(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states[-1]
+    hidden = _tiny(kind).base_model(input_ids=ids, attention_mask=mask).last_hidden_state
     mean = (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
     head = model.classifier
     if hasattr(model, "pre_classifier"):  # DistilBERT: pre_classifier, ReLU, classifier
         return head(torch.relu(model.pre_classifier(mean)))
+    if hasattr(model, "head"):  # ModernBERT: its prediction head (dense, activation, norm), then the classifier
+        return head(model.head(mean))
     if isinstance(head, torch.nn.Linear):  # BERT: its pooler replaced by the mean
         return head(mean)
     return head(mean[:, None])  # RoBERTa, ELECTRA, MPNet: the classification head reads token 0

@@ -56,13 +56,15 @@ def test_gate_zero_equals_physical_removal(arch, attn):
     assert heads_kept(small) == [2, 0, 3]
     family, layers = architecture_of(small), encoder_layers(small)
     att0 = family.attention_module(layers[0])
-    assert all(att0.get_submodule(name).weight.shape == (2 * 8, 32) for name in family.qkv)
+    assert all(att0.get_submodule(name).weight.shape == (2 * 8 * (3 if len(family.qkv) == 1 else 1), 32)
+               for name in family.qkv)  # ModernBERT: q, k and v fused in one projection
     assert family.output_projection(layers[0]).weight.shape == (32, 16)
     assert family.output_projection(layers[1]).weight.shape == (32, 0)  # the emptied layer adds only its bias
     # parameters removed per head: its rows of q, k, v (DeBERTa: and of its position projections) with their
     # biases, and its columns of W_o
     weights = architecture_of(model).head_weights(encoder_layers(model)[0])
-    per_head = sum(8 * 32 + (8 if dim == 0 else 0) for _, dim in weights)
+    bias = 8 if getattr(model.config, "attention_bias", True) else 0  # ModernBERT's projections have none
+    per_head = sum(len(starts) * (8 * 32 + (bias if dim == 0 else 0)) for _, dim, starts in weights)
     assert count_parameters(model) - count_parameters(small) == int(pruned.sum()) * per_head
 
 

@@ -41,7 +41,9 @@ def test_his_equals_finite_differences(arch):
     scores = calibration_scores(model, [batch], normalize_layers=False, his_per="batch")  # |d(mean loss)/dm|
     tokens = int(batch["attention_mask"].sum())
     assert scores.tokens == tokens and scores.examples == 4 and scores.batches == 1
-    eps = 1e-5
+    # ModernBERT applies its rotary embedding in float32 inside a float64 model: a step of 1e-5 would
+    # measure float32 rounding; at 1e-2 the central difference's own error is below the tolerance
+    eps = 1e-2 if arch == "modernbert" else 1e-5
     fd = torch.zeros(3, 4, dtype=torch.float64)
     for layer in range(3):
         for head in range(4):

@@ -148,11 +148,12 @@ class Architecture:
                              f"(runner.prune.gate.unwrap_peft)")
         return base
 
-    def head_weights(self, layer: nn.Module) -> list[tuple[torch.Tensor, int]]:
-        """The weights whose slices belong to heads, with the dimension heads lie along
-        (magnitude scores): q/k/v rows, the output projection's columns."""
+    def head_weights(self, layer: nn.Module) -> list[tuple[torch.Tensor, int, tuple[int, ...]]]:
+        """The weights whose slices belong to heads (magnitude scores): (weight, the dimension heads lie
+        along, where each block of heads starts on it): q/k/v rows, the output projection's columns.
+        Head ``h``'s slice of a block starting at ``o`` is ``o + h * d .. o + (h + 1) * d``."""
         att = self.attention_module(layer)
-        return [(_get(att, n).weight, 0) for n in self.qkv] + [(self.output_projection(layer).weight, 1)]
+        return [(_get(att, n).weight, 0, (0,)) for n in self.qkv] + [(self.output_projection(layer).weight, 1, (0,))]
 
     def check_layer(self, index: int, layer: nn.Module) -> None:
         """Raises :class:`ModelError` when the layer does not look like this family's."""
@@ -195,6 +196,9 @@ class Architecture:
             dense.base_layer = new
         else:
             _set(layer, self.output, new)
+
+    def prepare(self, model: nn.Module) -> None:
+        """Fixes a family needs in transformers' own code before the runner uses the model (idempotent)."""
 
     # ---- positions, heads, pooling
 
@@ -268,4 +272,4 @@ def layer_pattern(end: str = r"\.") -> re.Pattern:
     return re.compile(rf"\.(?:{names})\.(\d+){end}")
 
 
-from runner.arch import albert, bert, deberta, distilbert, mpnet  # noqa: E402,F401  (each registers its family)
+from runner.arch import albert, bert, deberta, distilbert, modernbert, mpnet  # noqa: E402,F401  (each registers its family)

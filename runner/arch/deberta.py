@@ -33,7 +33,7 @@ class DebertaV2(Architecture):
 
     def head_weights(self, layer: nn.Module):
         att = self.attention_module(layer)
-        extra = [(getattr(att, n).weight, 0) for n in POSITION_PROJECTIONS if isinstance(getattr(att, n, None), nn.Module)]
+        extra = [(getattr(att, n).weight, 0, (0,)) for n in POSITION_PROJECTIONS if isinstance(getattr(att, n, None), nn.Module)]
         return super().head_weights(layer) + extra
 
     def own_pooler(self, model: nn.Module):

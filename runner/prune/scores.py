@@ -75,7 +75,9 @@ def attention_entropy(probs: torch.Tensor, attention_mask: torch.Tensor | None =
 
 @contextlib.contextmanager
 def eager_attention(model: nn.Module):
-    """Switch the model to eager attention (returns probabilities), then back."""
+    """Switch the model to eager attention (returns probabilities), then back; with the family's fixes
+    (ModernBERT's eager attention needs one to stay finite on padding)."""
+    architecture_of(model).prepare(model)
     before = model.config._attn_implementation
     if before != "eager":
         model.set_attn_implementation("eager")
@@ -219,10 +221,9 @@ def magnitude_scores(model: nn.Module) -> torch.Tensor:
     out = torch.zeros(geo.num_layers, geo.num_heads)
     d = geo.head_size
     for i, layer in enumerate(layers):
-        weights = [(w.detach().float(), dim) for w, dim in arch.head_weights(layer)]  # q/k/v rows, W_o columns
+        weights = [(w.detach().float(), dim, starts) for w, dim, starts in arch.head_weights(layer)]  # q/k/v, W_o
         for h in range(geo.num_heads):
-            rows = slice(h * d, (h + 1) * d)
-            sq = sum(float((w[rows] if dim == 0 else w[:, rows]).pow(2).sum()) for w, dim in weights)
+            sq = sum(float(w.narrow(dim, start + h * d, d).pow(2).sum()) for w, dim, starts in weights for start in starts)
             out[i, h] = math.sqrt(sq)
     return out
 
