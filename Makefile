@@ -118,7 +118,7 @@ report: ## Tables (report.md, CSVs) and PNGs from every results.json under SWEEP
 # keeps (docs/safe.md). Length-grouped batches, as SAFE's frontier ran.
 SAFE_EPOCHS ?= 3
 SAFE_LR ?= 1e-3
-SAFE_TARGETS ?= [query,key,value,output.dense,intermediate.dense]
+SAFE_TARGETS ?= all-linear
 SAFE_TRAIN_CAP ?= null
 REPRO_SAFE_DIR ?= outputs/repro-safe/$(MODEL)
 

@@ -17,9 +17,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import yaml
-from safetensors.torch import save_file
 
-from runner.adapters import is_adapter_param, is_head_param
+from runner.adapters import kind_of
 from runner.errors import RecordError, first_line
 from runner.results import atomic_write_json, atomic_write_text
 
@@ -131,17 +130,12 @@ def _check_keys(model, folder: Path) -> None:
 
 
 def save_trained_model(model, tokenizer, target: Path, config: dict) -> None:
-    """Adapters (PEFT format or ours) or the full model, with tokenizer and config."""
+    """Adapters (in their kind's format: PEFT's, ours) or the full model, with tokenizer and config."""
     target = Path(target)
     target.mkdir(parents=True, exist_ok=True)
-    if hasattr(model, "peft_config"):
-        model.save_pretrained(str(target))  # adapter weights + classifier head
-    elif any(is_adapter_param(n) for n, _ in model.named_parameters()):
-        # adapters, the classifier and whatever else trained beside them (the pooler under cls pooling)
-        state = {n: p.detach().contiguous().cpu() for n, p in model.named_parameters()
-                 if is_adapter_param(n) or is_head_param(n) or p.requires_grad}
-        save_file(state, str(target / "bottleneck_adapters.safetensors"))
-        atomic_write_json(target / "bottleneck_config.json", config.get("adapter", {}))
+    kind = kind_of(model)  # runner.adapters: each kind saves in its own format
+    if kind is not None:
+        kind.save(model, target, config)
     else:
         model.save_pretrained(str(target), safe_serialization=True)
     tokenizer.save_pretrained(str(target))

@@ -26,7 +26,7 @@ import time
 import torch
 from torch import nn
 
-from runner.adapters import is_adapter_param
+from runner.adapters import is_adapter_param, mergeable_modules
 
 log = logging.getLogger(__name__)
 
@@ -90,11 +90,7 @@ def hessian_top_eigenvalue(loss_fn, params: list[nn.Parameter], iters: int = 20,
 
 
 def _merged_tuner_layers(model: nn.Module) -> list[nn.Module]:
-    try:
-        from peft.tuners.tuners_utils import BaseTunerLayer
-    except ImportError:  # pragma: no cover
-        return []
-    return [m for m in model.modules() if isinstance(m, BaseTunerLayer) and getattr(m, "merged", False)]
+    return [m for _, m in mergeable_modules(model) if getattr(m, "merged", False)]
 
 
 def measure_sharpness(model: nn.Module, batches: list[dict], uses_adapters: bool, iters: int = 20,

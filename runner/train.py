@@ -30,7 +30,8 @@ from transformers import get_scheduler
 from runner import checkpoint, curves, data as data_lib, measure, provenance, runs
 from runner.config import resolved_config
 from runner.adapters import (
-    is_adapter_param, is_head_param, layer_index, parameter_counts, prepare_trainable, trained_head_modules,
+    is_adapter_param, is_head_param, layer_index, parameter_counts, prepare_trainable, target_modules,
+    trained_head_modules,
 )
 from runner.errors import ConfigError
 from runner.heads import head_parameter_count, resolve_pooling, start_regression_bias
@@ -144,6 +145,7 @@ class Recipe:
         self.head = self._start_head(model)
         if cfg.method.uses_adapters:  # what trains beside the adapters, named on the plain model
             self.head["trains"] = trained_head_modules(model, cfg)
+            self.head["adapter_targets"] = target_modules(model, cfg.adapter)  # auto / all-linear as resolved
         model = prepare_trainable(model, cfg)
         self.param_counts = parameter_counts(model)
         if cfg.method.uses_adapters:
@@ -272,6 +274,7 @@ class Recipe:
         self.trainable, self.signature = self._trainable()
         self.signals.enter(TRAIN)  # a signal now finishes the step, saves a checkpoint, stops
         with self.timer.phase("train", self.device):
+            self.step_meter.started = time.perf_counter()  # the first step's time starts inside the train phase
             for epoch in range(self.global_step // self.steps_per_epoch, self.num_epochs):
                 self.epoch = epoch
                 for batch in self._batches(epoch):

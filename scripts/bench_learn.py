@@ -47,7 +47,7 @@ from runner.runs import read_completed
 from runner.sweep import run_or_resume
 
 RECIPES = {
-    "lora": ["method=adapter", "adapter=lora", "adapter.target_modules=[query,key,value,output.dense,intermediate.dense]",
+    "lora": ["method=adapter", "adapter=lora", "adapter.target_modules=all-linear",
              "trainer.lr=1e-3"],
     "lora-qv": ["method=adapter", "adapter=lora", "adapter.target_modules=[query,value]", "trainer.lr=1e-3"],
     "full": ["method=full", "adapter=none", "trainer.lr=5e-5"],

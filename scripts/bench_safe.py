@@ -60,7 +60,7 @@ def parse_args(argv=None):
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--max-steps", type=int, default=None, help="stop after N optimizer steps (smoke tests)")
     p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--targets", default="[query,key,value,output.dense,intermediate.dense]",
+    p.add_argument("--targets", default="all-linear",
                    help="LoRA target modules (default: every linear layer of the encoder, as make repro-safe)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--max-seq-length", type=int, default=128)

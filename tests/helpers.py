@@ -55,7 +55,14 @@ FAMILIES = {
                     "sep_token_id": 3, "bos_token_id": 2, "eos_token_id": 3}),
     "albert": ("AlbertConfig", _BERT_NAMES, {"embedding_size": None}),
 }
-ARCHS = tuple(f for f in FAMILIES if f != "albert")  # the families with per-layer heads (ALBERT shares one layer)
+ARCHS = tuple(f for f in FAMILIES if f != "albert")
+
+# One entry per adapter kind (runner/adapters): the overrides that train with it. A new kind is one module in
+# runner/adapters and one entry here (tests/test_families.py runs each through SAFE, saving and pruning).
+ADAPTER_KINDS = {
+    "lora": ["adapter=lora"],
+    "bottleneck": ["adapter=bottleneck", "adapter.reduction_factor=4"],
+}  # the families with per-layer heads (ALBERT shares one layer)
 
 
 def family_arch(family: str):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from helpers import ARCHS, GLUE_DIR, compose, family_arch, save_family_dir, single_thread  # noqa: F401
+from helpers import ADAPTER_KINDS, ARCHS, GLUE_DIR, compose, family_arch, save_family_dir, single_thread  # noqa: F401
 
 from runner.app import execute
 from runner.arch import architecture_of
@@ -52,7 +52,7 @@ def test_lora_with_safe_freezing_then_hies_pruning(family, tmp_path):
     res = _run([*_base(model_dir, tmp_path), "method=safe", "adapter=lora", "trainer.max_steps=6", "trainer.lr=5e-3",
                 "safe.interval=1", "safe.t_w=0.1", "safe.t_f=0.5", "safe.threshold=1.0", "safe.probe_size=8",
                 "prune=hies", *PRUNE, "prune.ratio=0.5", "prune.ratios=[0.5]", "prune.compare=[his,entropy]"], tmp_path / "safe")
-    assert res["status"] == "completed"
+    assert res["status"] == "completed" and res["head"]["adapter_targets"] == list(family_arch(family).lora_targets)
     adapters = res["method_report"]["adapters"]
     assert sorted(adapters) == ["layer0", "layer1"]  # one SAFE unit per layer, found through the family's layout
     assert any(a["freeze_step"] is not None for a in adapters.values()), adapters
@@ -121,3 +121,42 @@ def test_a_run_says_which_model_it_ran_and_different_models_never_share_a_row(tm
     table, _, _ = collect([tmp_path / "runs"])
     names = sorted(table["model"])
     assert len(set(names)) == 2 and all(n.startswith("model@") for n in names), names
+
+
+def test_lora_targets_that_name_no_module_of_the_family_fail_in_one_line(tmp_path, capsys):
+    model_dir = save_family_dir("mpnet", tmp_path / "model")  # MPNet calls its projections q, k, v, o
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        execute(compose([*_base(model_dir, tmp_path), "method=adapter", "adapter.target_modules=[query,v]"], tmp_path / "run"))
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error")]
+    assert exc.value.code == 2 and len(err) == 1, err
+    assert "adapter.target_modules ['query'] name no module of this mpnet model; use adapter.target_modules=auto" in err[0]
+
+
+def test_every_adapter_kind_is_tested():
+    from runner.adapters import KINDS
+
+    assert set(ADAPTER_KINDS) == set(KINDS)
+
+
+@pytest.mark.parametrize("kind", ADAPTER_KINDS)
+def test_each_adapter_kind_freezes_saves_and_is_pruned_from_its_saved_run(kind, tmp_path):
+    """SAFE freezes the kind's adapters per layer (LoRA merges them), the run saves them in the kind's format,
+    a pruning job rebuilds the trained model from it exactly, and the pruned model saves and reloads."""
+    from runner.adapters import KINDS
+    from runner.prune.persist import load_pruned
+    from runner.prune.physical import heads_kept
+
+    model_dir = save_family_dir("bert", tmp_path / "model")
+    train_dir = tmp_path / "train"
+    trained = _run([*_base(model_dir, tmp_path), "method=safe", *ADAPTER_KINDS[kind], "trainer.max_steps=6",
+                    "trainer.lr=5e-3", "safe.interval=1", "safe.t_w=0.1", "safe.t_f=0.5", "safe.threshold=1.0",
+                    "safe.probe_size=8"], train_dir)
+    assert trained["status"] == "completed" and trained["adapter"] == kind
+    assert any(a["freeze_step"] is not None for a in trained["method_report"]["adapters"].values())
+    assert KINDS[kind].found_in(train_dir / "model")
+    pruned = _run([*_base(model_dir, tmp_path), "prune=hies", *PRUNE, "prune.ratio=0.25", "prune.save_model=primary",
+                   f"prune.from_run={train_dir}"], tmp_path / "prune")
+    assert pruned["pruning"]["unpruned"]["metrics"]["accuracy"] == trained["metrics"]["accuracy"]
+    saved = load_pruned(next((tmp_path / "prune" / "pruning").glob("model_hies_*")))
+    assert sum(heads_kept(saved)) == 6 and KINDS["bottleneck"].present(saved) == (kind == "bottleneck")

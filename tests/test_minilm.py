@@ -33,7 +33,8 @@ def test_minilm_lora_on_mrpc_slice(glue_dir, tmp_path):
     # all-MiniLM-L6-v2 + LoRA r8 on query/value + 2-way head; cls pooling (conf/model/minilm.yaml, by
     # measurement) trains BERT's dense+tanh pooler (384 x 384 + 384 = 147,840 weights) with the classifier
     assert results["head"] == {"pooling": "cls", "pooling_source": "config", "regression_bias_init": None,
-                               "trains": ["classifier", "pooler"], "params_trainable": 770 + 147_840}
+                               "trains": ["classifier", "pooler"], "params_trainable": 770 + 147_840,
+                               "adapter_targets": ["query", "value"]}  # adapter.target_modules=auto for BERT
     # every parameter in memory: PEFT's modules_to_save keeps the frozen original beside the trained copy
     # (classifier and pooler counted twice, as in PEFT's own print_trainable_parameters)
     assert results["params"]["params_total"] == 22_788_484 + 147_840

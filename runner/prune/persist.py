@@ -15,6 +15,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import AutoConfig, AutoModelForSequenceClassification
 
+from runner.adapters import KINDS
+from runner.arch import architecture_of
 from runner.errors import ModelError
 from runner.heads import apply_pooling, saved_pooling
 from runner.prune.physical import PRUNED_HEADS_ATTR, heads_kept, prune_heads
@@ -37,7 +39,8 @@ def save_pruned(model, target: Path, tokenizer=None, extra: dict | None = None) 
     atomic_write_json(target / PRUNED_HEADS_FILE, {
         "format": 1,
         "pruned_heads": {str(k): v for k, v in sorted(pruned.items())},
-        "bottleneck_adapters": bottleneck_layout(model),
+        # the adapters that cannot be merged, per kind (runner.adapters): "bottleneck_adapters"
+        **{f"{kind.name}_adapters": kind.layout(model) for kind in KINDS.values()},
         "heads_per_layer": heads_kept(model),
         "num_heads_original": int(model.config.num_attention_heads),
         **(extra or {}),
@@ -61,29 +64,6 @@ def read_pruned_heads(folder: Path) -> dict[int, list[int]]:
     return _heads(_meta(folder))
 
 
-def bottleneck_layout(model) -> dict:
-    """Module name -> (bottleneck size, activation) of every bottleneck adapter (they cannot be merged)."""
-    from runner.adapters import ACTIVATIONS, WithBottleneck
-
-    names = {cls: name for name, cls in ACTIVATIONS.items()}
-    return {name: [m.bottleneck.down.out_features, names[type(m.bottleneck.act)]]
-            for name, m in model.named_modules() if isinstance(m, WithBottleneck)}
-
-
-def attach_bottlenecks(model, layout: dict) -> None:
-    """Wrap the named projections in bottleneck adapters of the recorded shape (weights loaded after)."""
-    from runner.adapters import Bottleneck, WithBottleneck
-
-    for name, (size, activation) in layout.items():
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name)
-        base = getattr(parent, child)
-        adapter = Bottleneck(base.out_features, max(1, base.out_features // int(size)), activation, 0.0)
-        if adapter.down.out_features != int(size):
-            raise ModelError(f"bottleneck adapter {name}: size {size} does not divide {base.out_features}")
-        setattr(parent, child, WithBottleneck(base, adapter))
-
-
 def load_pruned(folder: Path, attn_implementation: str | None = None, dtype: torch.dtype | None = None):
     """Rebuild a pruned sequence-classification model from :func:`save_pruned`'s folder."""
     folder = Path(folder)
@@ -92,10 +72,12 @@ def load_pruned(folder: Path, attn_implementation: str | None = None, dtype: tor
     config = AutoConfig.from_pretrained(str(folder))
     kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
     model = AutoModelForSequenceClassification.from_config(config, **kwargs)
+    architecture_of(model).prepare(model)  # the family's fixes (ModernBERT's eager attention on padding)
     model = apply_pooling(model, saved_pooling(model))  # mean pooling replaces BERT's pooler (no weights)
     if pruned:
         prune_heads(model, pruned)
-    attach_bottlenecks(model, meta.get("bottleneck_adapters") or {})
+    for kind in KINDS.values():
+        kind.attach(model, meta.get(f"{kind.name}_adapters") or {})
     state = load_file(str(folder / WEIGHTS_FILE))
     try:
         model.load_state_dict(state, strict=True)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from runner.arch import NoHeads, architecture_of  # noqa: F401 (NoHeads: a layer that lost every head)
+from runner.arch import architecture_of
 from runner.prune.gate import encoder_layers, geometry, heads_in_layer
 from runner.prune.select import dict_to_mask, mask_to_dict
 

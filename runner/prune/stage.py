@@ -15,6 +15,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from runner import provenance
+from runner.adapters import KINDS
 from runner.errors import ConfigError, ModelError
 from runner.prune import settings as settings_lib
 from runner.prune.pipeline import PruneInputs, run_pruning
@@ -110,23 +111,10 @@ def load_trained_model(model_dir: Path, scfg: DictConfig, task: DictConfig):
     attn = scfg.model.get("attn_implementation", "sdpa")
     # the source's pooling (runs saved before model.pooling existed pooled with cls)
     mcfg = OmegaConf.merge(scfg.model, {"pooling": scfg.model.get("pooling") or "cls"})
-    if (model_dir / "adapter_config.json").is_file():
-        from peft import PeftModel
-
+    kind = next((k for k in KINDS.values() if k.found_in(model_dir)), None)  # runner.adapters
+    if kind is not None:  # LoRA merged, bottleneck adapters attached
         base, tokenizer = load_model_and_tokenizer(mcfg, task)
-        model = PeftModel.from_pretrained(base, str(model_dir)).merge_and_unload()
-    elif (model_dir / "bottleneck_adapters.safetensors").is_file():
-        from safetensors.torch import load_file
-
-        from runner.adapters import add_bottleneck_adapters
-
-        model, tokenizer = load_model_and_tokenizer(mcfg, task)
-        model = add_bottleneck_adapters(model, scfg.adapter)
-        state = load_file(str(model_dir / "bottleneck_adapters.safetensors"))
-        missing = set(state) - set(dict(model.named_parameters()))
-        if missing:
-            raise ModelError(f"{model_dir}: adapter weights {sorted(missing)[:3]} do not fit the rebuilt model")
-        model.load_state_dict(state, strict=False)
+        model = kind.load(model_dir, base, scfg)
     elif (model_dir / "config.json").is_file():
         from runner.heads import apply_pooling, saved_pooling
 
@@ -134,7 +122,7 @@ def load_trained_model(model_dir: Path, scfg: DictConfig, task: DictConfig):
         model = apply_pooling(model, saved_pooling(model))
         tokenizer = None
     else:
-        raise ModelError(f"{model_dir} holds no adapter, bottleneck weights or full model")
+        raise ModelError(f"{model_dir} holds no adapters ({', '.join(KINDS)}) and no full model")
     if (model_dir / "tokenizer_config.json").is_file():
         tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     if tokenizer is None:

@@ -22,7 +22,7 @@ import logging
 
 from torch import nn
 
-from runner.adapters import adapter_groups, layer_index
+from runner.adapters import adapter_groups, layer_index, mergeable_modules
 from runner.measure import inner_optimizer, optimizer_state_tensors, tensor_bytes
 
 log = logging.getLogger(__name__)
@@ -43,15 +43,10 @@ def remove_from_optimizer(optimizer, params) -> int:
 
 
 def lora_modules(model: nn.Module) -> dict[int, list[tuple[str, nn.Module]]]:
-    """PEFT tuner layers (LoRA-wrapped modules) per encoder layer."""
-    try:
-        from peft.tuners.tuners_utils import BaseTunerLayer
-    except ImportError:  # pragma: no cover (peft is a dependency)
-        return {}
+    """The modules SAFE can merge when it freezes their layer (LoRA's; runner.adapters), per encoder layer."""
     out: dict[int, list[tuple[str, nn.Module]]] = {}
-    for name, module in model.named_modules():
-        if isinstance(module, BaseTunerLayer) and layer_index(name) is not None:
-            out.setdefault(layer_index(name), []).append((name, module))
+    for name, module in mergeable_modules(model):
+        out.setdefault(layer_index(name), []).append((name, module))
     return out
 
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import re
 import time
 
 import numpy as np
@@ -32,12 +31,11 @@ import torch
 from torch import nn
 
 from runner import measure
-from runner.adapters import adapter_parameters, layer_index
+from runner.adapters import adapted_module_name, adapter_parameters, layer_index
 from runner.arch import layer_pattern
 from runner.safe.cka import LinearCKAReference, cka, linear_cka_flops, token_matrix
 from runner.schema import IMPORTANCES, REPRESENTATIONS  # declared with the other settings
 
-_ADAPTER_SPLIT = re.compile(r"\.(lora_[A-Za-z_]+|bottleneck)\.")
 _LAYER_MODULE = layer_pattern(end="$")  # a layer module's own name, in any family (runner.arch)
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "position_ids")
@@ -52,7 +50,7 @@ def probe_targets(model: nn.Module, representation: str = "adapted") -> dict[int
         layer = layer_index(name)
         if layer is None:
             continue
-        module_name = _ADAPTER_SPLIT.split(name, maxsplit=1)[0]
+        module_name = adapted_module_name(name)
         if module_name not in adapted.setdefault(layer, []):
             adapted[layer].append(module_name)
     if representation == "adapted":
