@@ -99,6 +99,7 @@ class Architecture:
     layers = "encoder.layer"  # the list of transformer layers, under the base model
     attention = "attention.self"  # the module that holds q/k/v and the head count
     qkv: tuple[str, ...] = ("query", "key", "value")  # under ``attention``
+    qkv_blocks = 1  # blocks of heads along each q/k/v projection's rows (3: q, k and v fused in one)
     output = "attention.output.dense"  # the projection the heads' concatenated outputs enter
     head_count_attrs: tuple[str, ...] = ("num_attention_heads",)  # on ``attention``, updated on removal
     width_attrs: tuple[str, ...] = ("all_head_size",)  # on ``attention``: heads x head size
@@ -153,7 +154,9 @@ class Architecture:
         along, where each block of heads starts on it): q/k/v rows, the output projection's columns.
         Head ``h``'s slice of a block starting at ``o`` is ``o + h * d .. o + (h + 1) * d``."""
         att = self.attention_module(layer)
-        return [(_get(att, n).weight, 0, (0,)) for n in self.qkv] + [(self.output_projection(layer).weight, 1, (0,))]
+        weights = [_get(att, n).weight for n in self.qkv]
+        blocks = [tuple(b * w.shape[0] // self.qkv_blocks for b in range(self.qkv_blocks)) for w in weights]
+        return [(w, 0, starts) for w, starts in zip(weights, blocks)] + [(self.output_projection(layer).weight, 1, (0,))]
 
     def check_layer(self, index: int, layer: nn.Module) -> None:
         """Raises :class:`ModelError` when the layer does not look like this family's."""
@@ -176,19 +179,27 @@ class Architecture:
             self.remove_all_heads(layer, head_size)
             return
         att = self.attention_module(layer)
+        rows = torch.cat([index + b * num_heads * head_size for b in range(self.qkv_blocks)])
         for name in self.qkv:
-            _set(att, name, prune_linear(_get(att, name), index, dim=0))
+            _set(att, name, prune_linear(_get(att, name), rows, dim=0))
         for attr in self.head_count_attrs:
             setattr(att, attr, len(keep))
         for attr in self.width_attrs:
             setattr(att, attr, len(keep) * head_size)
-        self.after_removal(layer, keep, num_heads)
+        self.after_removal(layer, keep, index)
 
-    def after_removal(self, layer: nn.Module, keep: list[int], num_heads: int) -> None:
-        """What else depends on the heads of a layer (relative position terms): nothing for BERT."""
+    def after_removal(self, layer: nn.Module, keep: list[int], index: torch.Tensor) -> None:
+        """What else depends on the heads of a layer (relative position terms), given the kept heads and
+        their rows of a projection (``index``): nothing for BERT."""
 
     def remove_all_heads(self, layer: nn.Module, head_size: int) -> None:
-        _set(layer, self.attention, NoHeads(head_size))
+        """A layer that lost every head: no attention (:class:`NoHeads`), or, where the output projection
+        lives inside the attention module (DistilBERT, MPNet, ModernBERT), that projection alone."""
+        if self.output.startswith(self.attention + "."):
+            inner = self.output[len(self.attention) + 1:]
+            _set(layer, self.attention, OnlyOutputBias(inner, _get(layer, self.output)))
+        else:
+            _set(layer, self.attention, NoHeads(head_size))
 
     def _set_output(self, layer: nn.Module, new: nn.Linear) -> None:
         dense = _get(layer, self.output)

@@ -23,10 +23,8 @@ class DebertaV2(Architecture):
     all_linear_targets = ("query_proj", "key_proj", "value_proj", "output.dense", "intermediate.dense")
     supports_sdpa = False
 
-    def after_removal(self, layer: nn.Module, keep: list[int], num_heads: int) -> None:
+    def after_removal(self, layer: nn.Module, keep: list[int], index: torch.Tensor) -> None:
         att = self.attention_module(layer)
-        size = att.attention_head_size
-        index = torch.tensor([h * size + j for h in keep for j in range(size)], dtype=torch.long)
         for name in POSITION_PROJECTIONS:
             if isinstance(getattr(att, name, None), nn.Module):
                 _set(att, name, prune_linear(_get(att, name), index, dim=0))

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from runner.arch import Architecture, OnlyOutputBias, register
+from runner.arch import Architecture, register
 
 
 class DistilBert(Architecture):
@@ -23,9 +23,6 @@ class DistilBert(Architecture):
     lora_targets = ("q_lin", "v_lin")
     bottleneck_targets = ("attention.out_lin", "ffn.lin2")
     all_linear_targets = ("q_lin", "k_lin", "v_lin", "out_lin", "lin1", "lin2")
-
-    def remove_all_heads(self, layer: nn.Module, head_size: int) -> None:
-        layer.attention = OnlyOutputBias("out_lin", layer.attention.out_lin)
 
     def own_pooler(self, model: nn.Module):
         return None

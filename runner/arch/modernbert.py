@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from runner.arch import Architecture, OnlyOutputBias, prune_linear, register
+from runner.arch import Architecture, OnlyOutputBias, register
 
 
 def _no_empty_rows(module, args, kwargs):
@@ -35,6 +35,7 @@ class ModernBert(Architecture):
     layers = "layers"
     attention = "attn"
     qkv = ("Wqkv",)
+    qkv_blocks = 3  # rows [q heads | k heads | v heads]: a head's rows come out of each block
     output = "attn.Wo"
     head_count_attrs = ()
     width_attrs = ()
@@ -54,22 +55,6 @@ class ModernBert(Architecture):
         if isinstance(att, OnlyOutputBias):
             return 0
         return int(att.Wqkv.out_features // (3 * att.head_dim))
-
-    def head_weights(self, layer: nn.Module):
-        """Each head's rows in all three blocks of ``Wqkv`` (offsets 0, H*d, 2*H*d) and its ``Wo`` columns."""
-        att = self.attention_module(layer)
-        block = att.Wqkv.out_features // 3
-        return [(att.Wqkv.weight, 0, (0, block, 2 * block)), (self.output_projection(layer).weight, 1, (0,))]
-
-    def remove_heads(self, layer: nn.Module, keep: list[int], head_size: int, num_heads: int) -> None:
-        index = torch.tensor([h * head_size + j for h in keep for j in range(head_size)], dtype=torch.long)
-        self._set_output(layer, prune_linear(self.output_projection(layer), index, dim=1))
-        att = self.attention_module(layer)
-        if not keep:
-            layer.attn = OnlyOutputBias("Wo", att.Wo)
-            return
-        block = num_heads * head_size
-        att.Wqkv = prune_linear(att.Wqkv, torch.cat([index + s * block for s in range(3)]), dim=0)
 
     def own_pooler(self, model: nn.Module):
         return None

@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from runner.arch import Architecture, OnlyOutputBias, register
+from runner.arch import Architecture, register
 
 POSITION_BIAS_ARG = 2  # MPNetAttention calls attn(hidden_states, attention_mask, position_bias, ...)
 
@@ -35,13 +35,10 @@ class MPNet(Architecture):
     all_linear_targets = ("q", "k", "v", "o", "output.dense", "intermediate.dense")
     supports_sdpa = False
 
-    def after_removal(self, layer: nn.Module, keep: list[int], num_heads: int) -> None:
+    def after_removal(self, layer: nn.Module, keep: list[int], index: torch.Tensor) -> None:
         """The encoder computes one relative position bias for all ``num_heads`` heads; this layer's
         attention now reads only its kept heads' rows of it."""
         layer.attention.attn.register_forward_pre_hook(_keep_position_bias(torch.tensor(keep)), with_kwargs=True)
-
-    def remove_all_heads(self, layer: nn.Module, head_size: int) -> None:
-        layer.attention.attn = OnlyOutputBias("o", layer.attention.attn.o)
 
 
 MPNET = register(MPNet())
