@@ -122,9 +122,7 @@ def load_model_and_tokenizer(mcfg: DictConfig, task: DictConfig):
         ) from exc
     arch.prepare(model)
     pooling, _ = resolve_pooling(mcfg.get("pooling"), path)
-    model = apply_pooling(model, pooling)
-    model.runner_source = model_source(mcfg, path, config)  # read into results.json's "model_source"
-    return model, tokenizer
+    return apply_pooling(model, pooling), tokenizer
 
 
 def check_per_layer_methods(cfg: DictConfig, model_config) -> None:

@@ -37,7 +37,7 @@ from runner.errors import ConfigError
 from runner.heads import head_parameter_count, resolve_pooling, start_regression_bias
 from runner.jobs import reset_accelerate_state
 from runner.methods import LoopContext, build_method
-from runner.models import check_per_layer_methods, load_model_and_tokenizer, resolve_model_path
+from runner.models import check_per_layer_methods, load_model_and_tokenizer, model_source, resolve_model_path
 from runner.results import (
     STATUS_COMPLETED, STATUS_FAILED, STATUS_INTERRUPTED, STATUS_RUNNING, atomic_write_json, atomic_write_text, flatten,
 )
@@ -139,7 +139,8 @@ class Recipe:
         cfg = self.cfg
         self.data = data_lib.load_task_splits(cfg.task)
         model, self.tokenizer = load_model_and_tokenizer(cfg.model, cfg.task)
-        self.model_source = model.runner_source
+        # which model ran (results.json "model_source"); the weights' fingerprint only for training runs
+        self.model_source = model_source(cfg.model, resolve_model_path(cfg.model.name_or_path), model.config)
         check_per_layer_methods(cfg, model.config)  # ALBERT: SAFE and pruning refuse before training
         check_sequence_length(int(cfg.trainer.max_seq_length), self.tokenizer, model.config, list(cfg.task.text_keys))
         self.head = self._start_head(model)
