@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from helpers import GLUE_DIR as SHARED_GLUE
-from netguard.recording_proxy import RecordingProxy
+from netguard.recording_proxy import RecordingServer
 from netguard.sitecustomize import ENV as GUARD_ENV, install as install_guard
 
 GUARD_DIR = Path(__file__).parent / "netguard"
@@ -22,7 +22,7 @@ def network_guard(tmp_path_factory):
     find HTTP(S)_PROXY pointing at a loopback proxy that records and refuses every request."""
     log = tmp_path_factory.mktemp("netguard") / "outside.log"
     log.touch()
-    proxy = RecordingProxy()
+    proxy = RecordingServer(403)
     patch = pytest.MonkeyPatch()
     patch.setenv(GUARD_ENV, str(log))
     patch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(GUARD_DIR), os.environ.get("PYTHONPATH")])))

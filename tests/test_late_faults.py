@@ -4,20 +4,20 @@ documented exit code, and a record that tells the truth about what a resume cont
 from __future__ import annotations
 
 import errno
-import http.server
 import json
 import logging
 import os
 import signal
 import socket
+import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
 from helpers import compose
+from netguard.recording_proxy import RecordingServer
 
 import runner.app as app_mod
 import runner.checkpoint as checkpoint_mod
@@ -265,35 +265,12 @@ def _closed_port() -> int:
     return port
 
 
-class RefusingServer:
-    """A W&B stand-in that refuses every key (HTTP 401) and records the requests that reach it."""
-
-    def __init__(self):
-        self.requests: list[str] = []
-        requests = self.requests
-
-        class Refuse(http.server.BaseHTTPRequestHandler):
-            def do_POST(self):
-                requests.append(f"{self.command} {self.path}")
-                self.send_response(401)
-                self.end_headers()
-                self.wfile.write(b'{"errors": [{"message": "invalid api key"}]}')
-
-            do_GET = do_POST
-
-            def log_message(self, *args):
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Refuse)
-        self.url = f"http://127.0.0.1:{self.server.server_port}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-
 @pytest.fixture
 def refusing_server():
-    server = RefusingServer()
+    """A W&B stand-in that refuses every key (HTTP 401) and records the requests that reach it."""
+    server = RecordingServer(401, b'{"errors": [{"message": "invalid api key"}]}')
     yield server
-    server.server.shutdown()
+    server.close()
 
 
 @pytest.mark.parametrize("server", ["unreachable", "refusing"])
@@ -337,23 +314,39 @@ def test_wandb_tries_only_the_server_it_was_given_and_logs_one_line(refusing_ser
     finally:
         tracker.finish()
     assert proxy.seen[asked_before:] == []  # nothing went to any other host
-    assert any(r.endswith("/graphql") for r in refusing_server.requests), refusing_server.requests
+    assert any(r.endswith("/graphql") for r in refusing_server.seen), refusing_server.seen
     shown = [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert [r.name for r in shown] == ["runner.tracking"] and "logging offline" in shown[0].getMessage()
     assert not any(r.exc_info for r in caplog.records)  # no traceback reached the user's log
 
 
-def test_an_offline_wandb_run_leaves_nothing_in_the_users_log(tmp_path, monkeypatch, caplog):
-    """W&B keeps its own records (its logger does not propagate; its debug.log has them): starting and
-    finishing a run puts no W&B line on the user's console or log file."""
+def test_an_offline_wandb_run_leaves_nothing_in_the_users_log(tmp_path, monkeypatch):
+    """W&B keeps its own records (its first init in a process turns its logger's propagation off; its
+    debug.log has them): starting and finishing a run puts no W&B line on the user's console or log file.
+    In a fresh process, since W&B sets its logger up once per process."""
     for var in ("WANDB_BASE_URL", "WANDB_API_KEY", "WANDB_MODE"):
         monkeypatch.delenv(var, raising=False)
-    logging.getLogger("wandb").propagate = True  # as in a fresh process, before W&B's first init
-    with caplog.at_level(logging.DEBUG):
-        tracker = Tracker(_wandb_cfg("auto"), tmp_path, True, {"a": 1})
-        tracker.log({"x": 1.0}, 1)
-        tracker.finish()
-    assert [r for r in caplog.records if r.name.startswith("wandb")] == []
+    code = f"""
+import logging
+from omegaconf import OmegaConf
+from runner.tracking import Tracker
+
+class Shown(logging.Handler):
+    def emit(self, record):
+        print("shown:", record.name, record.getMessage())
+
+logging.getLogger().addHandler(Shown())
+logging.getLogger().setLevel(logging.DEBUG)
+cfg = OmegaConf.create({OmegaConf.to_container(_wandb_cfg("auto"))!r})
+tracker = Tracker(cfg, {str(tmp_path)!r}, True, {{"a": 1}})
+tracker.log({{"x": 1.0}}, 1)
+tracker.finish()
+print("finished")
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.splitlines()[-1] == "finished"
+    assert [line for line in proc.stdout.splitlines() if line.startswith("shown: wandb")] == []
 
 
 def test_wandb_forced_online_without_a_server_fails_in_one_line(tmp_path, monkeypatch):
