@@ -160,3 +160,14 @@ def test_each_adapter_kind_freezes_saves_and_is_pruned_from_its_saved_run(kind, 
     assert pruned["pruning"]["unpruned"]["metrics"]["accuracy"] == trained["metrics"]["accuracy"]
     saved = load_pruned(next((tmp_path / "prune" / "pruning").glob("model_hies_*")))
     assert sum(heads_kept(saved)) == 6 and KINDS["bottleneck"].present(saved) == (kind == "bottleneck")
+
+
+def test_the_length_check_knows_where_each_family_s_positions_start():
+    import transformers
+
+    from runner.arch import architecture_of
+
+    bert = transformers.BertConfig(max_position_embeddings=512)
+    roberta = transformers.RobertaConfig(max_position_embeddings=514, pad_token_id=1)
+    mpnet = transformers.MPNetConfig(max_position_embeddings=514, pad_token_id=0)  # transformers pads MPNet at index 1
+    assert [architecture_of(c).max_positions(c) for c in (bert, roberta, mpnet)] == [512, 512, 512]

@@ -214,8 +214,14 @@ class Architecture:
     # ---- positions, heads, pooling
 
     def max_positions(self, config) -> int:
-        """Positions the model can read (0: no limit known)."""
-        return int(getattr(config, "max_position_embeddings", 0) or 0)
+        """Positions the model can read (0: no limit known): its position embeddings less the ones before
+        the first token's (:meth:`position_offset`)."""
+        positions = int(getattr(config, "max_position_embeddings", 0) or 0)
+        return positions - self.position_offset(config) if positions else 0
+
+    def position_offset(self, config) -> int:
+        """Position ids of the first token (RoBERTa's start after the padding index): 0 for BERT."""
+        return 0
 
     def own_pooler(self, model: nn.Module) -> tuple[nn.Module, str] | None:
         """(module, its name relative to the model) of the pooler the classifier reads under ``cls``

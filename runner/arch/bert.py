@@ -18,8 +18,8 @@ class Roberta(Bert):
     name = "roberta"
     model_types = ("roberta", "xlm-roberta", "camembert")
 
-    def max_positions(self, config) -> int:
-        return super().max_positions(config) - (int(config.pad_token_id) + 1)
+    def position_offset(self, config) -> int:
+        return int(config.pad_token_id) + 1
 
 
 BERT = register(Bert())

@@ -35,6 +35,11 @@ class MPNet(Architecture):
     all_linear_targets = ("q", "k", "v", "o", "output.dense", "intermediate.dense")
     supports_sdpa = False
 
+    def position_offset(self, config) -> int:
+        """Positions start after the padding index, which transformers' MPNet fixes at 1 (all-mpnet-base-v2:
+        514 position embeddings, 512 tokens)."""
+        return 2
+
     def after_removal(self, layer: nn.Module, keep: list[int], index: torch.Tensor) -> None:
         """The encoder computes one relative position bias for all ``num_heads`` heads; this layer's
         attention now reads only its kept heads' rows of it."""
