@@ -159,10 +159,11 @@ def apply_pooling(model: nn.Module, pooling: str) -> nn.Module:
         return model
     pooler = MaskedMeanPooler()
     arch = architecture_of(model)
-    reader, sequence = arch.token_reader(model), arch.sequence_output(model)
+    sequence = arch.sequence_output(model)
     if has_own_pooler(model):  # BERT: the classifier reads encoder.pooler(hidden_states)
         arch.set_own_pooler(model, pooler)
-    elif reader is not None:  # RoBERTa/ELECTRA/MPNet: the classification head reads features[:, 0]; hand it the mean
+    elif arch.classifier_reads_token0:  # RoBERTa/ELECTRA/MPNet: the classification head reads features[:, 0]
+        reader = classifier_of(model)  # hand it the mean there
         reader._runner_mean_pooler = pooler  # plain attribute: no parameters, no state_dict keys
         reader.register_forward_pre_hook(_mean_into_classifier)
     elif sequence is not None:  # DistilBERT: the model's forward reads token 0 of the last hidden states

@@ -111,6 +111,9 @@ class Architecture:
     # Per-layer methods (SAFE's freezing, head pruning) need a layer's own weights: None, or why not
     per_layer_refusal: str | None = None
     supports_sdpa = True  # the family's own attention code has an SDPA path (else eager only)
+    # Without a pooler of its own, the classifier reads token 0 out of [B, T, hidden] (RoBERTa's head), so
+    # mean pooling hands it the mean there; False: the model's forward reads it (see sequence_output)
+    classifier_reads_token0 = True
 
     # ---- layers and heads
 
@@ -232,16 +235,6 @@ class Architecture:
 
     def set_own_pooler(self, model: nn.Module, pooler: nn.Module) -> None:
         getattr(model, "base_model", model).pooler = pooler
-
-    def token_reader(self, model: nn.Module) -> nn.Module | None:
-        """The module that reads token 0 out of ``[B, T, hidden]`` hidden states (RoBERTa's
-        classification head): mean pooling hands it the masked mean there. None: the family
-        has no such module (see :meth:`sequence_output`)."""
-        for name in ("classifier", "score"):
-            module = getattr(model, name, None)
-            if isinstance(module, nn.Module):
-                return module
-        return None
 
     def sequence_output(self, model: nn.Module) -> nn.Module | None:
         """The module whose output holds the last hidden states when no module reads token 0 out of

@@ -18,6 +18,7 @@ POSITION_PROJECTIONS = ("pos_key_proj", "pos_query_proj")  # present when share_
 class DebertaV2(Architecture):
     name = "deberta-v2"
     model_types = ("deberta-v2",)
+    classifier_reads_token0 = False
     qkv = ("query_proj", "key_proj", "value_proj")
     lora_targets = ("query_proj", "value_proj")
     all_linear_targets = ("query_proj", "key_proj", "value_proj", "output.dense", "intermediate.dense")
@@ -40,9 +41,6 @@ class DebertaV2(Architecture):
 
     def set_own_pooler(self, model: nn.Module, pooler: nn.Module) -> None:
         model.pooler = pooler
-
-    def token_reader(self, model: nn.Module):
-        return None
 
 
 DEBERTA_V2 = register(DebertaV2())

@@ -12,6 +12,7 @@ from runner.arch import Architecture, register
 class DistilBert(Architecture):
     name = "distilbert"
     model_types = ("distilbert",)
+    classifier_reads_token0 = False
     layers = "transformer.layer"
     attention = "attention"
     qkv = ("q_lin", "k_lin", "v_lin")
@@ -25,9 +26,6 @@ class DistilBert(Architecture):
     all_linear_targets = ("q_lin", "k_lin", "v_lin", "out_lin", "lin1", "lin2")
 
     def own_pooler(self, model: nn.Module):
-        return None
-
-    def token_reader(self, model: nn.Module):
         return None
 
     def sequence_output(self, model: nn.Module) -> nn.Module:

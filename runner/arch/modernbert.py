@@ -32,6 +32,7 @@ def _no_empty_rows(module, args, kwargs):
 class ModernBert(Architecture):
     name = "modernbert"
     model_types = ("modernbert",)
+    classifier_reads_token0 = False
     layers = "layers"
     attention = "attn"
     qkv = ("Wqkv",)
@@ -57,9 +58,6 @@ class ModernBert(Architecture):
         return int(att.Wqkv.out_features // (3 * att.head_dim))
 
     def own_pooler(self, model: nn.Module):
-        return None
-
-    def token_reader(self, model: nn.Module):
         return None
 
     def sequence_output(self, model: nn.Module) -> nn.Module:
