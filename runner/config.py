@@ -59,9 +59,17 @@ def model_short_name(name_or_path, default_path=None, default_name=None) -> str:
     return name or "model"
 
 
+def group_choice(name_or_path, default_path, choice, otherwise):
+    """A model group's measured choice (MiniLM's ``cls`` pooling) while ``model.name_or_path`` is still the
+    group's own model, ``otherwise`` for any other model: a choice made for one model is not silently
+    applied to another (a decoder's head reads its last token, not a pooler)."""
+    return choice if str(name_or_path or "") == str(default_path) else otherwise
+
+
 def register_resolvers() -> None:
     """The runner's interpolations: ``${run_stamp:}``, ``${sweep_group:<default>}``, ``${glue_dir:}``,
-    ``${run_label:<default>,<prune.from_run>,<prune.name>}``, ``${model_short_name:<path>[,<default path>,<name>]}``."""
+    ``${run_label:<default>,<prune.from_run>,<prune.name>}``, ``${model_short_name:<path>[,<default path>,<name>]}``,
+    ``${group_choice:<path>,<default path>,<choice>,<otherwise>}``."""
 
     def run_stamp() -> str:
         return os.environ.get("RUNNER_RUN_STAMP") or datetime.datetime.now().strftime("%Y-%m-%d_%H-%M-%S_%f")
@@ -76,6 +84,8 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("run_label", run_label)
     if not OmegaConf.has_resolver("model_short_name"):
         OmegaConf.register_new_resolver("model_short_name", model_short_name)
+    if not OmegaConf.has_resolver("group_choice"):
+        OmegaConf.register_new_resolver("group_choice", group_choice)
     if not OmegaConf.has_resolver("glue_dir"):
         OmegaConf.register_new_resolver("glue_dir", default_glue_dir)
 

@@ -27,11 +27,11 @@ import torch
 from torch import nn
 
 from runner.arch import architecture_of
-from runner.errors import ConfigError
+from runner.errors import ConfigError, ModelError
 
 log = logging.getLogger(__name__)
 
-POOLINGS = ("cls", "mean")
+POOLINGS = ("cls", "mean", "last")  # last: a decoder's own head (its last non-padding token)
 CONFIG_KEY = "runner_pooling"  # in the Hugging Face config of models we save
 CLASSIFIER_MODULES = ("classifier", "score")
 
@@ -66,6 +66,17 @@ def folder_pooling(model_path: str | Path) -> str | None:
     return None  # max / weighted pooling: not offered, use the model's own pooler
 
 
+def own_pooling_of(model_path: str | Path) -> str:
+    """What the model's own head reads (its family's ``own_pooling``: ``cls`` for encoders, ``last`` for
+    decoders), from the folder's config.json; ``cls`` where that cannot be read (the model load then
+    says what is wrong)."""
+    config = Path(str(model_path)) / "config.json"
+    try:
+        return architecture_of(str(json.loads(config.read_text()).get("model_type"))).own_pooling
+    except (OSError, ValueError, AttributeError, ModelError):
+        return "cls"
+
+
 def resolve_pooling(requested: str | None, model_path: str | Path) -> tuple[str, str]:
     """(pooling, where the choice came from: ``config`` or the folder's pooling file or ``default``)."""
     requested = "auto" if requested in (None, "") else str(requested)
@@ -76,7 +87,7 @@ def resolve_pooling(requested: str | None, model_path: str | Path) -> tuple[str,
     found = folder_pooling(model_path)
     if found is not None:
         return found, "model folder (sentence-transformers pooling config)"
-    return "cls", "default"
+    return own_pooling_of(model_path), "default"
 
 
 class MaskedMeanPooler(nn.Module):
@@ -153,12 +164,16 @@ def apply_pooling(model: nn.Module, pooling: str) -> nn.Module:
         return model
     if current is not None:
         raise ConfigError(f"the model already pools with {current}; build a fresh model for pooling={pooling}")
+    arch = architecture_of(model)
+    if pooling != arch.own_pooling and (pooling != "mean" or arch.decoder):
+        own = "its last non-padding token" if arch.own_pooling == "last" else "its pooler or first token"
+        raise ConfigError(f"model.pooling={pooling} does not fit a {model.config.model_type} model, whose head reads {own}; "
+                          f"use model.pooling={arch.own_pooling} or auto")
     model.config.update({CONFIG_KEY: pooling})
     model._runner_pooling = pooling
-    if pooling == "cls":
+    if pooling == arch.own_pooling:
         return model
     pooler = MaskedMeanPooler()
-    arch = architecture_of(model)
     sequence = arch.sequence_output(model)
     if has_own_pooler(model):  # BERT: the classifier reads encoder.pooler(hidden_states)
         arch.set_own_pooler(model, pooler)
@@ -178,8 +193,8 @@ def apply_pooling(model: nn.Module, pooling: str) -> nn.Module:
 
 
 def saved_pooling(model: nn.Module) -> str:
-    """The pooling a saved model was trained with (models saved before it was recorded: ``cls``)."""
-    return str(getattr(model.config, CONFIG_KEY, None) or "cls")
+    """The pooling a saved model was trained with (models saved before it was recorded: the model's own)."""
+    return str(getattr(model.config, CONFIG_KEY, None) or architecture_of(model).own_pooling)
 
 
 def head_modules(model: nn.Module, pooling: str, requested="auto") -> list[str]:
@@ -222,10 +237,15 @@ def output_layer(model: nn.Module) -> nn.Linear:
 
 
 @torch.no_grad()
-def start_regression_bias(model: nn.Module, label_mean: float) -> float:
-    """Start the regression output at the training-label mean; returns the value set."""
+def start_regression_bias(model: nn.Module, label_mean: float) -> float | None:
+    """Start the regression output at the training-label mean; returns the value set (None: the head has
+    no bias, as decoders' ``score``, and starts at 0; a warning says so)."""
     layer = output_layer(model)
-    if layer.bias is None or layer.out_features != 1:
-        raise ConfigError("a regression head needs one output with a bias")
+    if layer.out_features != 1:
+        raise ConfigError("a regression head needs one output")
+    if layer.bias is None:
+        log.warning("the %s regression head has no bias: it starts at 0, not at the training-label mean %.4g",
+                    model.config.model_type, label_mean)
+        return None
     layer.bias.fill_(float(label_mean))
     return float(label_mean)

@@ -110,6 +110,7 @@ def load_model_and_tokenizer(mcfg: DictConfig, task: DictConfig):
     if attention == "sdpa" and not arch.supports_sdpa:
         attention = "eager"  # the family's attention code has no SDPA path (MPNet)
     tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
+    ensure_pad_token(tokenizer, config)
     try:
         model = AutoModelForSequenceClassification.from_pretrained(
             path, config=config, attn_implementation=attention,
@@ -123,6 +124,22 @@ def load_model_and_tokenizer(mcfg: DictConfig, task: DictConfig):
     arch.prepare(model)
     pooling, _ = resolve_pooling(mcfg.get("pooling"), path)
     return apply_pooling(model, pooling), tokenizer
+
+
+def ensure_pad_token(tokenizer, config) -> None:
+    """Batches need a padding token, and a decoder's sequence classifier finds each example's last real
+    token by it (``config.pad_token_id``). Decoders' tokenizers often have none: the end-of-sequence
+    token pads then (padding sits after the text and the attention mask hides it)."""
+    if tokenizer.pad_token is None:
+        fill = tokenizer.eos_token or tokenizer.unk_token
+        if fill is None:
+            raise ModelError(f"the tokenizer of {config.model_type} model has no padding, end-of-sequence or unknown token "
+                             f"to pad batches with; add a pad token to its tokenizer_config.json")
+        tokenizer.pad_token = fill
+    if getattr(config, "pad_token_id", None) is None:
+        config.pad_token_id = tokenizer.pad_token_id
+    if architecture_of(config).decoder:
+        tokenizer.padding_side = "right"  # positions 0..n-1 for the text (many decoder tokenizers pad left, for generation)
 
 
 def check_per_layer_methods(cfg: DictConfig, model_config) -> None:

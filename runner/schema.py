@@ -150,7 +150,7 @@ class ModelSettings:
     trust_remote_code: bool = False
     attn_implementation: str = _setting("sdpa", ("sdpa", "eager", "flash_attention_2"))
     dtype: str = _setting("float32", ("float32", "bfloat16", "float16"))
-    pooling: str = _setting("auto", ("auto", "cls", "mean"))
+    pooling: str = _setting("auto", ("auto", "cls", "mean", "last"))
     # attributes of the model's Hugging Face config set before loading, by their HF names
     # (``+model.config_overrides.hidden_dropout_prob=0``)
     config_overrides: dict[str, Any] = _setting({})

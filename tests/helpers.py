@@ -30,6 +30,7 @@ def compose(overrides: list[str], output_dir: Path):
 # positions / dropouts, extra config). A new family is one module in runner/arch and one entry here.
 _BERT_NAMES = dict(layers="num_hidden_layers", heads="num_attention_heads", hidden="hidden_size",
                    ffn="intermediate_size", dropouts=("hidden_dropout_prob", "attention_probs_dropout_prob"))
+_DECODER_NAMES = dict(_BERT_NAMES, dropouts=("attention_dropout",))
 FAMILIES = {
     "bert": ("BertConfig", _BERT_NAMES, {}),
     "roberta": ("RobertaConfig", _BERT_NAMES, {"pad_token_id": 1}),
@@ -53,9 +54,18 @@ FAMILIES = {
     "modernbert": ("ModernBertConfig", dict(_BERT_NAMES, dropouts=("attention_dropout", "mlp_dropout", "embedding_dropout")),
                    {"global_attn_every_n_layers": 2, "local_attention": 4, "pad_token_id": 0, "cls_token_id": 2,
                     "sep_token_id": 3, "bos_token_id": 2, "eos_token_id": 3}),
+    # Decoders (runner/arch/llama.py): rotary positions, causal attention, the classifier on the last real
+    # token (pad id 1, as tiny_batch pads); grouped-query attention with 2 query heads per key/value head,
+    # Llama-2's one key/value head per query head, Mistral's sliding window and one key/value head, Qwen2's q/k/v biases
+    "llama": ("LlamaConfig", _DECODER_NAMES, {"pad_token_id": 1, "num_key_value_heads": 2}),
+    "llama-mha": ("LlamaConfig", _DECODER_NAMES, {"pad_token_id": 1}),
+    "mistral": ("MistralConfig", _DECODER_NAMES, {"pad_token_id": 1, "num_key_value_heads": 1, "sliding_window": 4}),
+    "qwen2": ("Qwen2Config", _DECODER_NAMES, {"pad_token_id": 1, "num_key_value_heads": 2}),
     "albert": ("AlbertConfig", _BERT_NAMES, {"embedding_size": None}),
 }
 ARCHS = tuple(f for f in FAMILIES if f != "albert")
+DECODERS = ("llama", "llama-mha", "mistral", "qwen2")
+ENCODERS = tuple(f for f in ARCHS if f not in DECODERS)
 
 # One entry per adapter kind (runner/adapters): the overrides that train with it. A new kind is one module in
 # runner/adapters and one entry here (tests/test_families.py runs each through SAFE, saving and pruning).
@@ -103,7 +113,7 @@ def tiny_model(arch: str = "bert", layers: int = 3, heads: int = 4, head_size: i
                 for name in family.qkv[:2]:
                     family.attention_module(layer).get_submodule(name).weight.mul_(6.0)
         for name, p in model.named_parameters():
-            if "classifier" in name and name.endswith("weight"):
+            if ("classifier" in name or name.startswith("score.")) and name.endswith("weight"):
                 p.mul_(30.0)  # a loss that reacts to the heads: gradients well above rounding noise
     return model.to(dtype).eval()
 

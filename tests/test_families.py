@@ -20,7 +20,7 @@ pytestmark = pytest.mark.slow
 
 # The pipeline once per family module of runner/arch (ELECTRA runs BERT's layout, XLM-RoBERTa and CamemBERT
 # RoBERTa's: the references in test_prune_gate/test_prune_scores/test_heads run for every model type).
-CLI_FAMILIES = ("bert", "roberta", "distilbert", "mpnet", "deberta-v3", "deberta-v2-pos-proj", "modernbert")
+CLI_FAMILIES = ("bert", "roberta", "distilbert", "mpnet", "deberta-v3", "deberta-v2-pos-proj", "modernbert", "llama")
 
 
 def test_the_pipeline_runs_on_every_family_module():

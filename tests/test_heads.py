@@ -8,7 +8,7 @@ import json
 
 import pytest
 import torch
-from helpers import ARCHS, family_config
+from helpers import ARCHS, DECODERS, ENCODERS, family_config
 from transformers import AutoModelForSequenceClassification
 
 from runner.errors import ConfigError
@@ -82,7 +82,7 @@ def test_minilm_pools_with_mean_by_default():
 # ---------------------------------------------------------------- the pooled vector
 
 
-@pytest.mark.parametrize("kind", ARCHS)
+@pytest.mark.parametrize("kind", ENCODERS)
 def test_mean_pooling_is_the_masked_mean_and_ignores_padding(kind):
     model = apply_pooling(_tiny(kind), "mean")
     ids, mask = _batch()
@@ -99,6 +99,30 @@ def test_mean_pooling_is_the_masked_mean_and_ignores_padding(kind):
         twin.classifier.apply(lambda m: m.weight.mul_(2) if isinstance(m, torch.nn.Linear) else None)
     torch.testing.assert_close(twin(input_ids=ids, attention_mask=mask).logits, _masked_mean_logits(twin, ids, mask, kind),
                                rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", DECODERS)
+def test_decoder_head_reads_the_last_real_token_and_refuses_other_poolings(kind):
+    """A decoder's own head (``last``): its score layer on the last non-padding token's hidden state,
+    computed by hand; padding after the text changes nothing; cls and mean are refused in one line."""
+    model = apply_pooling(_tiny(kind), "last")
+    ids, mask = _batch()
+    ids = ids.masked_fill(mask == 0, model.config.pad_token_id)
+    hidden = model.base_model(input_ids=ids, attention_mask=mask).last_hidden_state
+    last = mask.sum(1) - 1
+    by_hand = model.score(hidden[torch.arange(3), last])
+    logits = model(input_ids=ids, attention_mask=mask).logits
+    torch.testing.assert_close(logits, by_hand, rtol=0, atol=1e-6)
+    wide_ids = torch.cat([ids, torch.full((3, 5), model.config.pad_token_id)], dim=1)
+    wide_mask = torch.cat([mask, torch.zeros(3, 5, dtype=torch.long)], dim=1)
+    torch.testing.assert_close(model(input_ids=wide_ids, attention_mask=wide_mask).logits, logits, rtol=0, atol=1e-5)
+    assert saved_pooling(_tiny(kind)) == "last"  # a model saved without the record: its own head
+    for other in ("cls", "mean"):
+        with pytest.raises(ConfigError, match=rf"model.pooling={other} does not fit a .* model, whose head reads its last "
+                                              r"non-padding token; use model.pooling=last or auto"):
+            apply_pooling(_tiny(kind), other)
+    with pytest.raises(ConfigError, match="use model.pooling=cls or auto"):
+        apply_pooling(_tiny("bert"), "last")
 
 
 def test_cls_pooling_leaves_the_model_as_transformers_built_it():

@@ -57,15 +57,23 @@ def test_gate_zero_equals_physical_removal(arch, attn):
     family, layers = architecture_of(small), encoder_layers(small)
     att0 = family.attention_module(layers[0])
     assert all(att0.get_submodule(name).weight.shape == (2 * 8 * (3 if len(family.qkv) == 1 else 1), 32)
-               for name in family.qkv)  # ModernBERT: q, k and v fused in one projection
+               for name in family.qkv[:1 if family.decoder else 3])  # ModernBERT: q, k and v fused in one projection
     assert family.output_projection(layers[0]).weight.shape == (32, 16)
     assert family.output_projection(layers[1]).weight.shape == (32, 0)  # the emptied layer adds only its bias
     # parameters removed per head: its rows of q, k, v (DeBERTa: and of its position projections) with their
     # biases, and its columns of W_o
+    removed = count_parameters(model) - count_parameters(small)
+    if family.decoder:  # a query head takes its q rows and o columns; a key/value head goes with its group's last query head
+        att = family.attention_module(encoder_layers(model)[0])
+        group = att.num_key_value_groups
+        kv_gone = int(pruned.view(3, -1, group).all(-1).sum())
+        bias = lambda proj: 8 if proj.bias is not None else 0  # noqa: E731  (Qwen2: q/k/v biases)
+        assert removed == int(pruned.sum()) * (2 * 8 * 32 + bias(att.q_proj)) + kv_gone * 2 * (8 * 32 + bias(att.k_proj))
+        return
     weights = architecture_of(model).head_weights(encoder_layers(model)[0])
     bias = 8 if getattr(model.config, "attention_bias", True) else 0  # ModernBERT's projections have none
     per_head = sum(len(starts) * (8 * 32 + (bias if dim == 0 else 0)) for _, dim, starts in weights)
-    assert count_parameters(model) - count_parameters(small) == int(pruned.sum()) * per_head
+    assert removed == int(pruned.sum()) * per_head
 
 
 def test_pruned_model_is_cheaper():

@@ -78,6 +78,32 @@ class OnlyOutputBias(nn.Module):
         return (out, *([None] * (self.returns - 1)))
 
 
+def _attend_to_self_where_nothing_is_visible(module, args, kwargs):
+    """A query whose every key is masked (a padding query whose sliding window holds only padding, in
+    ModernBERT's and Mistral's eager attention) gets NaN, which then reaches the real tokens through the
+    values (0 x NaN). Such a (padding) query attends to itself instead: real tokens' outputs are unchanged."""
+    mask = kwargs.get("attention_mask")
+    if not torch.is_tensor(mask) or mask.dim() != 4 or mask.shape[-1] != mask.shape[-2]:
+        return None
+    allowed = mask if mask.dtype == torch.bool else mask > torch.finfo(mask.dtype).min / 2
+    empty = ~allowed.any(-1, keepdim=True)  # [B, 1, T, 1]
+    if not bool(empty.any()):
+        return None
+    diagonal = torch.eye(mask.shape[-1], dtype=torch.bool, device=mask.device)
+    fix = empty & diagonal
+    mask = mask | fix if mask.dtype == torch.bool else mask.masked_fill(fix, 0.0)
+    return args, {**kwargs, "attention_mask": mask}
+
+
+def no_empty_attention_rows(arch: "Architecture", model: nn.Module) -> None:
+    """Every layer's attention gets :func:`_attend_to_self_where_nothing_is_visible` (idempotent)."""
+    for layer in arch.encoder_layers(model):
+        att = arch.attention_module(layer)
+        if not getattr(att, "_runner_no_empty_rows", False):
+            att.register_forward_pre_hook(_attend_to_self_where_nothing_is_visible, with_kwargs=True)
+            att._runner_no_empty_rows = True
+
+
 @dataclass(frozen=True)
 class HeadGeometry:
     num_layers: int
@@ -114,6 +140,10 @@ class Architecture:
     # Without a pooler of its own, the classifier reads token 0 out of [B, T, hidden] (RoBERTa's head), so
     # mean pooling hands it the mean there; False: the model's forward reads it (see sequence_output)
     classifier_reads_token0 = True
+    # Decoders (causal attention, no pooler): their sequence classifier reads the last non-padding token
+    # (``own_pooling = "last"``), and a causal-LM task can train them (runner.tasks)
+    decoder = False
+    own_pooling = "cls"  # what model.pooling calls the model's own head: cls (a pooler or token 0) or last
 
     # ---- layers and heads
 
@@ -130,11 +160,15 @@ class Architecture:
     def num_heads(self, config) -> int:
         return int(getattr(config, self.heads_config))
 
+    def head_size(self, config) -> int:
+        """Width of one head: ``head_dim`` where the config sets it (decoders may), else hidden / heads."""
+        explicit = getattr(config, "head_dim", None) if self.decoder else None
+        return int(explicit or int(getattr(config, self.hidden_config)) // self.num_heads(config))
+
     def geometry(self, model: nn.Module) -> HeadGeometry:
         config = model.config
-        heads, hidden = self.num_heads(config), int(getattr(config, self.hidden_config))
-        return HeadGeometry(num_layers=len(self.encoder_layers(model)), num_heads=heads, head_size=hidden // heads,
-                            hidden_size=hidden)
+        return HeadGeometry(num_layers=len(self.encoder_layers(model)), num_heads=self.num_heads(config),
+                            head_size=self.head_size(config), hidden_size=int(getattr(config, self.hidden_config)))
 
     def attention_module(self, layer: nn.Module) -> nn.Module:
         return _get(layer, self.attention)
@@ -282,4 +316,4 @@ def layer_pattern(end: str = r"\.") -> re.Pattern:
     return re.compile(rf"\.(?:{names})\.(\d+){end}")
 
 
-from runner.arch import albert, bert, deberta, distilbert, modernbert, mpnet  # noqa: E402,F401  (each registers its family)
+from runner.arch import albert, bert, deberta, distilbert, llama, modernbert, mpnet  # noqa: E402,F401  (each registers its family)

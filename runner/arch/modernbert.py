@@ -6,27 +6,9 @@ per layer, so nothing else depends on the heads."""
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
-from runner.arch import Architecture, OnlyOutputBias, register
-
-
-def _no_empty_rows(module, args, kwargs):
-    """transformers' eager ModernBERT attention gives NaN where a query's sliding window holds only
-    padding (a row with every key masked), and the NaN then reaches the real tokens through the values
-    (0 x NaN). Such a (padding) query attends to itself instead: real tokens' outputs are unchanged."""
-    mask = kwargs.get("attention_mask")
-    if not torch.is_tensor(mask) or mask.dim() != 4 or mask.shape[-1] != mask.shape[-2]:
-        return None
-    allowed = mask if mask.dtype == torch.bool else mask > torch.finfo(mask.dtype).min / 2
-    empty = ~allowed.any(-1, keepdim=True)  # [B, 1, T, 1]
-    if not bool(empty.any()):
-        return None
-    diagonal = torch.eye(mask.shape[-1], dtype=torch.bool, device=mask.device)
-    fix = empty & diagonal
-    mask = mask | fix if mask.dtype == torch.bool else mask.masked_fill(fix, 0.0)
-    return args, {**kwargs, "attention_mask": mask}
+from runner.arch import Architecture, OnlyOutputBias, no_empty_attention_rows, register
 
 
 class ModernBert(Architecture):
@@ -45,11 +27,8 @@ class ModernBert(Architecture):
     all_linear_targets = ("Wqkv", "attn.Wo", "mlp.Wi", "mlp.Wo")
 
     def prepare(self, model: nn.Module) -> None:
-        for layer in self.encoder_layers(model):
-            att = self.attention_module(layer)
-            if not getattr(att, "_runner_no_empty_rows", False):
-                att.register_forward_pre_hook(_no_empty_rows, with_kwargs=True)
-                att._runner_no_empty_rows = True
+        """Its eager attention gives NaN on padding in the sliding-window layers (:func:`no_empty_attention_rows`)."""
+        no_empty_attention_rows(self, model)
 
     def heads_in_layer(self, layer: nn.Module) -> int:
         att = self.attention_module(layer)

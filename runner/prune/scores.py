@@ -34,21 +34,23 @@ CRITERIA = (*PRUNING_CRITERIA, "none")  # the names are declared with the settin
 # ---------------------------------------------------------------------------
 
 
-def attention_entropy(probs: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+def attention_entropy(probs: torch.Tensor, attention_mask: torch.Tensor | None = None, causal: bool = False) -> torch.Tensor:
     """Normalised attention entropy per example and head, in [0, 1].
 
     ``probs``: [B, H, T, T] attention rows (query t -> distribution over keys);
     ``attention_mask``: [B, T], 1 for real tokens. For an example with ``n``
     real tokens::
 
-        AE = 1 / (n log n) * sum over real queries t of H(p_t)
+        AE = sum over real queries t of H(p_t) / sum over real queries t of log k_t
 
     where ``p_t`` is row ``t`` restricted to the real keys (and renormalised,
-    so weight a kernel leaves on padding cannot count) and H the Shannon
-    entropy in nats. A uniform row over n keys has entropy log n, so AE = 1
-    when every row is uniform and 0 when every row is one-hot. Padding queries
-    are skipped. Examples with n <= 1 get AE = 0 (a single key leaves no choice).
-    Returns [B, H].
+    so weight a kernel leaves on padding cannot count), H the Shannon entropy
+    in nats and ``k_t`` the keys query ``t`` may see: the ``n`` real tokens
+    (the denominator is ``n log n``), or under ``causal`` attention (decoders)
+    the real tokens up to ``t``. A uniform row over k keys has entropy log k, so
+    AE = 1 when every row is uniform and 0 when every row is one-hot. Padding
+    queries are skipped. Examples with n <= 1 get AE = 0 (a single key leaves
+    no choice). Returns [B, H].
     """
     probs = probs.detach().float()
     b, _, t, t_k = probs.shape
@@ -63,7 +65,10 @@ def attention_entropy(probs: torch.Tensor, attention_mask: torch.Tensor | None =
     row_entropy = -plogp.sum(-1)  # [B, H, T]
     row_entropy = row_entropy * keep[:, None, :]  # drop padding queries
     n = keep.sum(-1)  # [B]
-    denom = n * torch.log(n.clamp_min(1.0))
+    if causal:  # query t sees the real keys up to t
+        denom = (torch.log(keep.cumsum(-1).clamp_min(1.0)) * keep).sum(-1)
+    else:
+        denom = n * torch.log(n.clamp_min(1.0))
     ae = row_entropy.sum(-1) / denom.clamp_min(1e-30)[:, None]
     return torch.where((n > 1)[:, None], ae, torch.zeros_like(ae))
 
@@ -162,7 +167,7 @@ def calibration_scores(model: nn.Module, batches, normalize_layers: bool = True,
             probs = output[1] if isinstance(output, tuple) and len(output) > 1 else None
             if probs is None:
                 raise RuntimeError("attention probabilities missing: the scoring pass needs eager attention")
-            captured[index] = attention_entropy(probs, current_mask[0]).sum(0).double().cpu()
+            captured[index] = attention_entropy(probs, current_mask[0], causal=arch.decoder).sum(0).double().cpu()
         return hook
 
     was_training, start = model.training, time.perf_counter()
