@@ -61,10 +61,13 @@ FAMILIES = {
     "llama-mha": ("LlamaConfig", _DECODER_NAMES, {"pad_token_id": 1}),
     "mistral": ("MistralConfig", _DECODER_NAMES, {"pad_token_id": 1, "num_key_value_heads": 1, "sliding_window": 4}),
     "qwen2": ("Qwen2Config", _DECODER_NAMES, {"pad_token_id": 1, "num_key_value_heads": 2}),
+    # GPT-2: Conv1D projections (weights stored [in, out]), q/k/v fused in c_attn, learned positions
+    "gpt2": ("GPT2Config", dict(layers="n_layer", heads="n_head", hidden="n_embd", ffn="n_inner",
+                                dropouts=("resid_pdrop", "embd_pdrop", "attn_pdrop")), {"pad_token_id": 1}),
     "albert": ("AlbertConfig", _BERT_NAMES, {"embedding_size": None}),
 }
 ARCHS = tuple(f for f in FAMILIES if f != "albert")
-DECODERS = ("llama", "llama-mha", "mistral", "qwen2")
+DECODERS = ("llama", "llama-mha", "mistral", "qwen2", "gpt2")
 ENCODERS = tuple(f for f in ARCHS if f not in DECODERS)
 
 # One entry per adapter kind (runner/adapters): the overrides that train with it. A new kind is one module in

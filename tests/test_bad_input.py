@@ -30,10 +30,10 @@ def fixtures(tmp_path_factory, tiny_model_dir, glue_dir):
     no_config = root / "no-config"
     no_config.mkdir()
     (no_config / "weights.bin").write_text("x")
-    gpt2 = root / "gpt2"
-    from transformers import GPT2Config, GPT2Model
+    bloom = root / "bloom"  # a family runner/arch does not describe
+    from transformers import BloomConfig, BloomModel
 
-    GPT2Model(GPT2Config(n_layer=1, n_head=2, n_embd=8, vocab_size=50)).save_pretrained(gpt2)
+    BloomModel(BloomConfig(n_layer=1, n_head=2, hidden_size=8, vocab_size=50)).save_pretrained(bloom)
     empty_run = root / "empty-run"
     empty_run.mkdir()
     done_run = root / "done-run"
@@ -50,7 +50,7 @@ def fixtures(tmp_path_factory, tiny_model_dir, glue_dir):
     for split in ("train", "validation"):
         (bad_labels / f"{split}.csv").write_text("sentence1,sentence2,label\na cat,a dog,0\nthe sun,the moon,7\n")
     return {"truncated": truncated, "bad_labels": bad_labels, "only_train": only_train, "wrong_columns": wrong_columns, "rte_as_mrpc": rte_as_mrpc, "no_config": no_config,
-            "gpt2": gpt2, "empty_run": empty_run, "done_run": done_run, "tiny": tiny_model_dir}
+            "bloom": bloom, "empty_run": empty_run, "done_run": done_run, "tiny": tiny_model_dir}
 
 
 # (id, overrides, extra environment, exit code, message pattern)
@@ -115,7 +115,7 @@ CASES = [
     ("wrong-task-files", ["task=glue/mrpc", "task.data_dir={rte_as_mrpc}"], {}, DATA, r"has 4 columns .* expects at least 5"),
     ("model-path-missing", ["model.name_or_path=/does/not/exist"], {}, MODEL, r"model path /does/not/exist does not exist"),
     ("model-folder-without-config", ["model.name_or_path={no_config}"], {}, MODEL, r"has no config.json"),
-    ("unsupported-architecture", ["model.name_or_path={gpt2}"], {}, MODEL, r"model type gpt2 is not supported"),
+    ("unsupported-architecture", ["model.name_or_path={bloom}"], {}, MODEL, r"model type bloom is not supported; supported: .*llama"),
     ("config-override-without-plus", ["model.config_overrides.hidden_dropout_prob=0"], {}, CONFIG,
      r"^error: model.config_overrides takes entries of your own: add them with a leading \+, e.g. \+model.config_overrides.NAME=VALUE$"),
     ("config-override-typo", ["+model.config_overrides.hidden_dropot_prob=0", "model.name_or_path={tiny}"], {}, MODEL,

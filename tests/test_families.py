@@ -20,7 +20,7 @@ pytestmark = pytest.mark.slow
 
 # The pipeline once per family module of runner/arch (ELECTRA runs BERT's layout, XLM-RoBERTa and CamemBERT
 # RoBERTa's: the references in test_prune_gate/test_prune_scores/test_heads run for every model type).
-CLI_FAMILIES = ("bert", "roberta", "distilbert", "mpnet", "deberta-v3", "deberta-v2-pos-proj", "modernbert", "llama")
+CLI_FAMILIES = ("bert", "roberta", "distilbert", "mpnet", "deberta-v3", "deberta-v2-pos-proj", "modernbert", "llama", "gpt2")
 
 
 def test_the_pipeline_runs_on_every_family_module():
@@ -171,3 +171,32 @@ def test_the_length_check_knows_where_each_family_s_positions_start():
     roberta = transformers.RobertaConfig(max_position_embeddings=514, pad_token_id=1)
     mpnet = transformers.MPNetConfig(max_position_embeddings=514, pad_token_id=0)  # transformers pads MPNet at index 1
     assert [architecture_of(c).max_positions(c) for c in (bert, roberta, mpnet)] == [512, 512, 512]
+
+
+def test_a_decoder_tokenizer_without_a_pad_token_pads_with_its_end_token(tmp_path):
+    """GPT-2's and Llama's tokenizers have no pad token: batches pad with the end-of-sequence token, on
+    the right, and the classifier finds each example's last real token by that id."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    from runner.errors import ModelError
+    from runner.models import ensure_pad_token
+
+    model_dir = save_family_dir("gpt2", tmp_path / "model")
+    tok = AutoTokenizer.from_pretrained(str(model_dir))
+    tok.eos_token = "[SEP]"
+    tok.pad_token = None
+    tok.padding_side = "left"  # as many decoder tokenizers ship, for generation
+    tok.save_pretrained(str(model_dir))
+    config = AutoConfig.from_pretrained(str(model_dir))
+    config.pad_token_id = None
+    config.save_pretrained(str(model_dir))
+    tok, config = AutoTokenizer.from_pretrained(str(model_dir)), AutoConfig.from_pretrained(str(model_dir))
+    assert tok.pad_token is None
+    ensure_pad_token(tok, config)
+    assert tok.pad_token == "[SEP]" and config.pad_token_id == tok.sep_token_id and tok.padding_side == "right"
+    res = _run([*_base(model_dir, tmp_path), "method=adapter", "trainer.max_steps=2"], tmp_path / "run")
+    assert res["status"] == "completed" and res["head"]["pooling"] == "last"
+    bare = AutoTokenizer.from_pretrained(str(model_dir))
+    bare.eos_token = bare.unk_token = None
+    with pytest.raises(ModelError, match="has no padding, end-of-sequence or unknown token"):
+        ensure_pad_token(bare, AutoConfig.from_pretrained(str(model_dir)))

@@ -56,23 +56,25 @@ def test_gate_zero_equals_physical_removal(arch, attn):
     assert heads_kept(small) == [2, 0, 3]
     family, layers = architecture_of(small), encoder_layers(small)
     att0 = family.attention_module(layers[0])
-    assert all(att0.get_submodule(name).weight.shape == (2 * 8 * (3 if len(family.qkv) == 1 else 1), 32)
-               for name in family.qkv[:1 if family.decoder else 3])  # ModernBERT: q, k and v fused in one projection
-    assert family.output_projection(layers[0]).weight.shape == (32, 16)
-    assert family.output_projection(layers[1]).weight.shape == (32, 0)  # the emptied layer adds only its bias
+    conv1d = family.name == "gpt2"  # Conv1D stores its weight [in, out]
+    shape = lambda rows, cols: (cols, rows) if conv1d else (rows, cols)  # noqa: E731
+    assert all(att0.get_submodule(name).weight.shape == shape(2 * 8 * (3 if len(family.qkv) == 1 else 1), 32)
+               for name in family.qkv[:1 if family.decoder else 3])  # ModernBERT, GPT-2: q, k and v fused in one projection
+    assert family.output_projection(layers[0]).weight.shape == shape(32, 16)
+    assert family.output_projection(layers[1]).weight.shape == shape(32, 0)  # the emptied layer adds only its bias
     # parameters removed per head: its rows of q, k, v (DeBERTa: and of its position projections) with their
     # biases, and its columns of W_o
     removed = count_parameters(model) - count_parameters(small)
-    if family.decoder:  # a query head takes its q rows and o columns; a key/value head goes with its group's last query head
+    if family.decoder and family.name != "gpt2":  # a query head takes its q rows and o columns; a key/value head goes with its group's last query head
         att = family.attention_module(encoder_layers(model)[0])
         group = att.num_key_value_groups
         kv_gone = int(pruned.view(3, -1, group).all(-1).sum())
         bias = lambda proj: 8 if proj.bias is not None else 0  # noqa: E731  (Qwen2: q/k/v biases)
         assert removed == int(pruned.sum()) * (2 * 8 * 32 + bias(att.q_proj)) + kv_gone * 2 * (8 * 32 + bias(att.k_proj))
         return
-    weights = architecture_of(model).head_weights(encoder_layers(model)[0])
+    *qkv, _ = architecture_of(model).head_weights(encoder_layers(model)[0])  # q/k/v (with their biases), then W_o
     bias = 8 if getattr(model.config, "attention_bias", True) else 0  # ModernBERT's projections have none
-    per_head = sum(len(starts) * (8 * 32 + (bias if dim == 0 else 0)) for _, dim, starts in weights)
+    per_head = sum(len(starts) * (8 * 32 + bias) for _, _, starts in qkv) + 8 * 32
     assert removed == int(pruned.sum()) * per_head
 
 
@@ -140,14 +142,14 @@ def test_gate_through_merged_lora_and_bottleneck(arch):
 
 
 def test_unsupported_architectures_are_refused_clearly():
-    from transformers import GPT2Config, GPT2ForSequenceClassification
+    from transformers import BloomConfig, BloomForSequenceClassification
 
-    gpt2 = GPT2ForSequenceClassification(GPT2Config(n_layer=1, n_head=2, n_embd=8, vocab_size=50, n_positions=16))
-    assert not supports_head_gating(gpt2)
-    with pytest.raises(ModelError, match=r"model type gpt2 is not supported; supported: .*bert.*distilbert.*mpnet"):
-        HeadGate(gpt2)
-    with pytest.raises(ModelError, match="model type gpt2"):
-        prune_heads(gpt2, torch.zeros(1, 2, dtype=torch.bool))
+    bloom = BloomForSequenceClassification(BloomConfig(n_layer=1, n_head=2, hidden_size=8, vocab_size=50))
+    assert not supports_head_gating(bloom)
+    with pytest.raises(ModelError, match=r"model type bloom is not supported; supported: .*bert.*distilbert.*gpt2.*llama.*mpnet"):
+        HeadGate(bloom)
+    with pytest.raises(ModelError, match="model type bloom"):
+        prune_heads(bloom, torch.zeros(1, 2, dtype=torch.bool))
     albert = tiny_model("albert")  # one layer's weights shared across depth: no per-layer head to remove
     with pytest.raises(ModelError, match="ALBERT shares one layer's weights across all its layers"):
         HeadGate(albert)

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 from torch import nn
+from transformers.pytorch_utils import Conv1D
 
 from runner.adapters import LAYER_RE, AdapterKind, is_adapter_param, is_head_param, register, target_modules
 from runner.arch import architecture_of
@@ -57,11 +58,16 @@ def _matches(name: str, target: str) -> bool:
     return relative == target
 
 
+def _outputs(layer: nn.Module) -> int:
+    """Output width of a linear layer (GPT-2's ``Conv1D`` calls it ``nf``)."""
+    return int(layer.nf if isinstance(layer, Conv1D) else layer.out_features)
+
+
 def add_bottleneck_adapters(model: nn.Module, acfg: DictConfig) -> nn.Module:
     wanted = target_modules(model, acfg)
     targets = [
         (name, module) for name, module in model.named_modules()
-        if isinstance(module, nn.Linear) and any(_matches(name, s) for s in wanted)
+        if isinstance(module, (nn.Linear, Conv1D)) and any(_matches(name, s) for s in wanted)
     ]
     if not targets:
         raise ConfigError(
@@ -71,7 +77,7 @@ def add_bottleneck_adapters(model: nn.Module, acfg: DictConfig) -> nn.Module:
     for name, module in targets:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name)
-        adapter = Bottleneck(module.out_features, acfg.reduction_factor, acfg.activation, acfg.init_scale)
+        adapter = Bottleneck(_outputs(module), acfg.reduction_factor, acfg.activation, acfg.init_scale)
         setattr(parent, child, WithBottleneck(module, adapter.to(module.weight.dtype)))
     return model
 
@@ -128,9 +134,10 @@ class BottleneckKind(AdapterKind):
             parent_name, _, child = name.rpartition(".")
             parent = model.get_submodule(parent_name)
             base = getattr(parent, child)
-            adapter = Bottleneck(base.out_features, max(1, base.out_features // int(size)), activation, 0.0)
+            width = _outputs(base)
+            adapter = Bottleneck(width, max(1, width // int(size)), activation, 0.0)
             if adapter.down.out_features != int(size):
-                raise ModelError(f"bottleneck adapter {name}: size {size} does not divide {base.out_features}")
+                raise ModelError(f"bottleneck adapter {name}: size {size} does not divide {width}")
             setattr(parent, child, WithBottleneck(base, adapter))
 
 

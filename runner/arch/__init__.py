@@ -316,4 +316,4 @@ def layer_pattern(end: str = r"\.") -> re.Pattern:
     return re.compile(rf"\.(?:{names})\.(\d+){end}")
 
 
-from runner.arch import albert, bert, deberta, distilbert, llama, modernbert, mpnet  # noqa: E402,F401  (each registers its family)
+from runner.arch import albert, bert, deberta, distilbert, gpt2, llama, modernbert, mpnet  # noqa: E402,F401  (each registers its family)
