@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 # How far above the trivial level the main metric must be (in metric units,
 # e.g. 0.01 = one accuracy point) to count as learned.
 MARGIN = 0.01
+LOWER_IS_BETTER = ("perplexity", "loss")  # a causal-LM task's main metric must be below its trivial level
 
 
 def trivial_levels(metrics: list[str], train_labels, eval_labels, is_regression: bool) -> dict:
@@ -53,13 +54,14 @@ def learning_check(main_metric: str, final_metrics: dict, trivial: dict) -> dict
     if value is None or level is None:
         out["above_trivial"] = None
         return out
-    above = math.isfinite(value) and value > level + MARGIN
-    out["above_trivial"] = bool(above)
+    lower = main_metric in LOWER_IS_BETTER
+    above = math.isfinite(value) and (value < level - MARGIN if lower else value > level + MARGIN)
+    out["above_trivial"] = bool(above)  # "better than trivial" (below it, for perplexity)
     if not above:
         out["warning"] = (
-            f"the final {main_metric} {value:.4f} is not above the constant-prediction level {level:.4f} "
+            f"the final {main_metric} {value:.4f} is not {'below' if lower else 'above'} the constant-prediction level {level:.4f} "
             f"(predicting {trivial['prediction']!r} for every example): the model did not learn; look at "
-            f"learning_curve.png and try another trainer.lr, more epochs or model.pooling"
+            f"learning_curve.png and try another trainer.lr, more epochs{'' if lower else ' or model.pooling'}"
         )
     return out
 

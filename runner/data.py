@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import hashlib
 import json
 import logging
@@ -44,6 +45,8 @@ class TaskData:
     # Training examples held out of fine-tuning (task.holdout_samples), e.g. for
     # choosing HIES's alpha on data the model never saw; None when none are held out.
     holdout: datasets.Dataset | None = None
+    # causal_lm: zero-shot multiple-choice sets by name (runner.lm), evaluated beside perplexity
+    choices: dict[str, list[dict]] = dataclasses.field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------------
@@ -218,6 +221,12 @@ def cap(ds: datasets.Dataset, n: int | None) -> datasets.Dataset:
 
 def load_task_splits(task: DictConfig) -> TaskData:
     """Raw train and eval splits of a task, capped as configured."""
+    from runner import lm
+
+    if lm.is_lm_task(task):
+        data = lm.load_lm_splits(task)
+        data.train, data.holdout = split_holdout(data.train, task.get("holdout_samples"), task.get("holdout_seed", 0), task.name)
+        return data
     task_dir = resolve_task_dir(task)
     data = load_local(task, task_dir) if task_dir is not None else load_hub(task)
     for split, ds in [("train", data.train), *data.evals.items()]:
@@ -357,10 +366,17 @@ def build_dataloaders(cfg: DictConfig, data: TaskData, tokenizer, accelerator) -
             log.warning("cannot create the tokenisation cache %s (%s); tokenising in memory "
                         "(data_cache_dir=<a writable folder> keeps it)", cache_dir, exc.strerror or exc)
             cache_dir = None
-    with accelerator.main_process_first():
-        train = tokenize(data.train, tokenizer, cfg.task.text_keys, tcfg.max_seq_length, cache_dir)
-        evals = {k: tokenize(v, tokenizer, cfg.task.text_keys, tcfg.max_seq_length, cache_dir) for k, v in data.evals.items()}
-    collator = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=pad_multiple(tcfg, accelerator.device.type))
+    from runner import lm
+
+    if lm.is_lm_task(cfg.task):  # blocks of text or prompt/response pairs, labels -100 where nothing is learned
+        train = lm.tokenize_lm(data.train, tokenizer, int(tcfg.max_seq_length))
+        evals = {k: lm.tokenize_lm(v, tokenizer, int(tcfg.max_seq_length)) for k, v in data.evals.items()}
+        collator = lm.LMCollator(tokenizer, pad_to_multiple_of=pad_multiple(tcfg, accelerator.device.type))
+    else:
+        with accelerator.main_process_first():
+            train = tokenize(data.train, tokenizer, cfg.task.text_keys, tcfg.max_seq_length, cache_dir)
+            evals = {k: tokenize(v, tokenizer, cfg.task.text_keys, tcfg.max_seq_length, cache_dir) for k, v in data.evals.items()}
+        collator = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=pad_multiple(tcfg, accelerator.device.type))
     sampler = None
     if tcfg.get("group_by_length"):
         sampler = LengthGroupedSampler([len(ids) for ids in train["input_ids"]], int(tcfg.batch_size), int(cfg.seed))

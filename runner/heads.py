@@ -130,6 +130,14 @@ def _mean_into_classifier(module, args):
     return (module._runner_mean_pooler(args[0]).unsqueeze(1), *args[1:])
 
 
+def is_causal_lm(model: nn.Module) -> bool:
+    """A language model with its LM head (``...ForCausalLM``, GPT-2's ``LMHeadModel``), not a classifier."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    names = {n for v in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values() for n in ((v,) if isinstance(v, str) else v)}
+    return type(model).__name__ in names
+
+
 def classifier_of(model: nn.Module) -> nn.Module:
     for name in CLASSIFIER_MODULES:
         module = getattr(model, name, None)
@@ -192,8 +200,11 @@ def apply_pooling(model: nn.Module, pooling: str) -> nn.Module:
     return model
 
 
-def saved_pooling(model: nn.Module) -> str:
-    """The pooling a saved model was trained with (models saved before it was recorded: the model's own)."""
+def saved_pooling(model: nn.Module) -> str | None:
+    """The pooling a saved model was trained with (models saved before it was recorded: the model's own;
+    a causal LM: None)."""
+    if is_causal_lm(model):
+        return None
     return str(getattr(model.config, CONFIG_KEY, None) or architecture_of(model).own_pooling)
 
 
@@ -205,6 +216,8 @@ def head_modules(model: nn.Module, pooling: str, requested="auto") -> list[str]:
         if unknown:
             raise ConfigError(f"adapter.head_modules {unknown} name no module of the model; e.g. [classifier, pooler] or auto")
         return names
+    if is_causal_lm(model):  # the LM head (tied to the embeddings in most decoders) stays as pretrained
+        return []
     names = [next(n for n in CLASSIFIER_MODULES if isinstance(getattr(model, n, None), nn.Module))]
     names += [n for n in architecture_of(model).extra_head_modules(pooling) if isinstance(getattr(model, n, None), nn.Module)]
     if pooling == "cls" and has_own_pooler(model):

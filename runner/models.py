@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 from omegaconf import DictConfig
-from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
 from runner.arch import architecture_of, supported_model_types
 from runner.errors import ModelError
@@ -72,7 +72,9 @@ def load_model_config(mcfg: DictConfig, task: DictConfig):
     path = resolve_model_path(mcfg.name_or_path)
     kwargs = dict(revision=mcfg.revision, trust_remote_code=bool(mcfg.trust_remote_code))
     try:
-        if task.is_regression:
+        if str(task.get("kind", "classification")) == "causal_lm":
+            config = AutoConfig.from_pretrained(path, **kwargs)
+        elif task.is_regression:
             config = AutoConfig.from_pretrained(path, num_labels=1, problem_type="regression", **kwargs)
         else:
             names = list(task.label_names)
@@ -105,6 +107,10 @@ def load_model_and_tokenizer(mcfg: DictConfig, task: DictConfig):
     ``model.pooling`` says (``auto``: the model folder's own choice, see :mod:`runner.heads`)."""
     path, config = load_model_config(mcfg, task)
     arch = architecture_of(config)  # one line listing the supported families otherwise
+    causal_lm = str(task.get("kind", "classification")) == "causal_lm"
+    if causal_lm and not arch.decoder:
+        raise ModelError(f"task {task.name} is a causal-LM task; {config.model_type} is an encoder: use a decoder "
+                         f"(llama, mistral, qwen2, gpt2) or a classification task")
     kwargs = dict(revision=mcfg.revision, trust_remote_code=bool(mcfg.trust_remote_code))
     attention = mcfg.attn_implementation
     if attention == "sdpa" and not arch.supports_sdpa:
@@ -112,7 +118,8 @@ def load_model_and_tokenizer(mcfg: DictConfig, task: DictConfig):
     tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
     ensure_pad_token(tokenizer, config)
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(
+        model_class = AutoModelForCausalLM if causal_lm else AutoModelForSequenceClassification
+        model = model_class.from_pretrained(
             path, config=config, attn_implementation=attention,
             dtype=getattr(torch, mcfg.dtype), **kwargs,
         )
@@ -122,6 +129,8 @@ def load_model_and_tokenizer(mcfg: DictConfig, task: DictConfig):
             f"{str(exc).splitlines()[0][:160] if str(exc) else ''}; the file is damaged or incomplete, reinstall or re-download it"
         ) from exc
     arch.prepare(model)
+    if causal_lm:  # the LM head reads every position: no pooling
+        return model, tokenizer
     pooling, _ = resolve_pooling(mcfg.get("pooling"), path)
     return apply_pooling(model, pooling), tokenizer
 

@@ -124,6 +124,12 @@ class TrainerSettings:
 @dataclass
 class TaskSettings:
     name: str = ""
+    # classification (GLUE: sequence classification or regression) or causal_lm (runner/lm.py: text or
+    # prompt/response files, perplexity and zero-shot multiple choice; decoders only)
+    kind: str = _setting("classification", ("classification", "causal_lm"))
+    train_file: Optional[str] = None  # causal_lm: the training file in data_dir (.txt or .jsonl)
+    eval_files: dict[str, str] = _setting({})  # causal_lm: eval split name -> file, primary first
+    mc_files: dict[str, str] = _setting({})  # causal_lm: zero-shot multiple-choice set name -> .jsonl
     hub_path: Optional[str] = None
     hub_name: Optional[str] = None
     data_dir: Optional[str] = None

@@ -17,7 +17,7 @@ def run_summary(results: dict, output_dir: Path) -> str:
     learning = results.get("learning") or {}
     if main in metrics and metrics[main] is not None:
         others = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()
-                           if k not in (main, "loss", "num_examples") and isinstance(v, (int, float)) and "/" not in k)
+                           if k not in (main, "loss", "num_examples", "tokens") and isinstance(v, (int, float)) and "/" not in k)
         trivial = learning.get("trivial")
         vs = f" (constant prediction {trivial:.4f})" if trivial is not None else ""
         lines.append(f"  {main} {metrics[main]:.4f}{vs}" + (f"; {others}" if others else ""))

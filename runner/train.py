@@ -27,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
-from runner import checkpoint, curves, data as data_lib, measure, provenance, runs
+from runner import checkpoint, curves, data as data_lib, lm, measure, provenance, runs
 from runner.config import resolved_config
 from runner.adapters import (
     is_adapter_param, is_head_param, layer_index, parameter_counts, prepare_trainable, target_modules,
@@ -116,6 +116,7 @@ class Recipe:
         self.signals = StopSignals()  # SIGINT/SIGTERM over the whole run (runner.stop_signals)
         self.lock = runs.DirLock(self.output_dir)
         self.resume_state: dict | None = None
+        self.causal_lm = lm.is_lm_task(cfg.task)  # text in, perplexity out (runner.lm)
 
     # ------------------------------------------------------------------ setup
 
@@ -203,7 +204,10 @@ class Recipe:
 
     def _resolve_pooling(self, model_path: str) -> None:
         """``model.pooling=auto`` becomes the pooling used, so config.yaml and a later
-        ``prune.from_run`` see the real choice."""
+        ``prune.from_run`` see the real choice (a causal LM pools nothing)."""
+        if self.causal_lm:
+            self.pooling_source = None
+            return
         pooling, source = resolve_pooling(self.cfg.model.get("pooling"), model_path)
         with open_dict(self.cfg):
             self.cfg.model.pooling = pooling
@@ -214,6 +218,8 @@ class Recipe:
         """Regression: the output bias starts at the training-label mean (runner.heads)."""
         head = {"pooling": self.cfg.model.pooling, "pooling_source": self.pooling_source, "regression_bias_init": None,
                 "trains": "every weight", "params_trainable": None}
+        if self.causal_lm:  # the LM head reads every position
+            head.update(pooling=None, pooling_source=None)
         if self.cfg.task.is_regression:  # on resume the checkpoint's weights replace it
             labels = np.asarray(self.data.train["label"], dtype=np.float64)
             head["regression_bias_init"] = start_regression_bias(model, float(labels.mean()))
@@ -422,6 +428,8 @@ class Recipe:
 
     @torch.no_grad()
     def evaluate(self) -> dict:
+        if self.causal_lm:
+            return self._evaluate_lm()
         acc, task = self.accelerator, self.cfg.task
         self.model.eval()
         metrics: dict = {}
@@ -447,6 +455,39 @@ class Recipe:
                 metrics.update({prefix + k: v for k, v in split_metrics.items()})
         flops = self._sum_across_processes(flops)
         metrics["flops"] = flops
+        record = {"step": self.global_step, "epoch": self.epoch, **metrics}
+        self.evals.append(record)
+        self.tracker.log({f"eval/{k}": v for k, v in metrics.items() if _is_number(v)}, self.global_step)
+        self.model.train()
+        return metrics
+
+    def _evaluate_lm(self) -> dict:
+        """Perplexity on every eval file (exp of the mean NLL over all its target tokens) and zero-shot
+        multiple-choice accuracy on every ``task.mc_files`` set (runner.lm)."""
+        acc = self.accelerator
+        self.model.eval()
+        metrics: dict = {}
+        flops = 0
+        with self.timer.phase("eval", self.device), torch.no_grad():
+            for i, (split, loader) in enumerate(self.eval_loaders.items()):
+                nll = tokens = 0.0
+                for batch in tqdm(loader, desc=f"eval {split}", leave=False, disable=not self._show_bars()):
+                    with self.eval_flop_meter.context(measure.batch_key(batch)) as fl:
+                        out = self.model(**batch)
+                    flops += fl.flops or 0
+                    ll, n = lm.token_log_likelihoods(out.logits, batch["labels"])
+                    nll, tokens = nll - float(ll.sum()), tokens + float(n.sum())
+                nll, tokens = self._sum_across_processes(nll), self._sum_across_processes(tokens)
+                prefix = "" if i == 0 else f"{split}/"
+                metrics.update({prefix + k: v for k, v in lm.perplexity_metrics(nll, int(tokens)).items()})
+            for name, rows in self.data.choices.items():
+                if acc.num_processes > 1:
+                    raise ConfigError("task.mc_files: multiple-choice evaluation runs in one process; evaluate the saved run alone")
+                model = acc.unwrap_model(self.model)
+                scores = lm.score_choices(model, rows, self.tokenizer, int(self.cfg.trainer.max_seq_length),
+                                          int(self.cfg.trainer.eval_batch_size), self.device)
+                metrics.update({f"{name}/{k}": v for k, v in scores.items()})
+        metrics["flops"] = self._sum_across_processes(flops)
         record = {"step": self.global_step, "epoch": self.epoch, **metrics}
         self.evals.append(record)
         self.tracker.log({f"eval/{k}": v for k, v in metrics.items() if _is_number(v)}, self.global_step)
@@ -596,8 +637,12 @@ class Recipe:
     def check_learning(self, final_metrics: dict) -> dict:
         """The final main metric against a constant prediction, and learning_curve.png (main process)."""
         task = self.cfg.task
-        eval_split = next(iter(self.data.evals.values()))
-        trivial = curves.trivial_levels(list(task.metrics), self.data.train["label"], eval_split["label"], task.is_regression)
+        if self.causal_lm:  # the constant prediction: the training tokens' unigram frequencies
+            loader = next(iter(self.eval_loaders.values()))
+            trivial = lm.trivial_levels(self.train_loader.dataset["labels"], loader.dataset["labels"], len(self.tokenizer))
+        else:
+            eval_split = next(iter(self.data.evals.values()))
+            trivial = curves.trivial_levels(list(task.metrics), self.data.train["label"], eval_split["label"], task.is_regression)
         section = curves.learning_check(task.main_metric, final_metrics, trivial)
         if section.get("warning"):
             log.warning(section["warning"])

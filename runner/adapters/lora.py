@@ -26,8 +26,10 @@ class Lora(AdapterKind):
         if acfg.r <= 0:
             raise ConfigError(f"adapter.r must be a positive rank, got {acfg.r}")
         wanted = target_modules(model, acfg)
+        from runner.heads import is_causal_lm
+
         config = LoraConfig(
-            task_type=TaskType.SEQ_CLS, r=int(acfg.r), lora_alpha=float(acfg.alpha),
+            task_type=TaskType.CAUSAL_LM if is_causal_lm(model) else TaskType.SEQ_CLS, r=int(acfg.r), lora_alpha=float(acfg.alpha),
             lora_dropout=float(acfg.dropout), target_modules=wanted,
             modules_to_save=list(head) if head else None,
         )

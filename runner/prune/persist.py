@@ -13,12 +13,12 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
-from transformers import AutoConfig, AutoModelForSequenceClassification
+from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
 
 from runner.adapters import KINDS
 from runner.arch import architecture_of
 from runner.errors import ModelError
-from runner.heads import apply_pooling, saved_pooling
+from runner.heads import apply_pooling, is_causal_lm, saved_pooling
 from runner.prune.physical import PRUNED_HEADS_ATTR, heads_kept, prune_heads
 from runner.results import atomic_write_json
 
@@ -32,7 +32,7 @@ def save_pruned(model, target: Path, tokenizer=None, extra: dict | None = None) 
     target.mkdir(parents=True, exist_ok=True)
     pruned = getattr(model, PRUNED_HEADS_ATTR, None) or {}
     model.config.save_pretrained(str(target))
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    state, tied = _untied_state(model)
     save_file(state, str(target / WEIGHTS_FILE), metadata={"format": "pt"})
     if tokenizer is not None:
         tokenizer.save_pretrained(str(target))
@@ -43,9 +43,25 @@ def save_pruned(model, target: Path, tokenizer=None, extra: dict | None = None) 
         **{f"{kind.name}_adapters": kind.layout(model) for kind in KINDS.values()},
         "heads_per_layer": heads_kept(model),
         "num_heads_original": int(model.config.num_attention_heads),
+        "causal_lm": is_causal_lm(model),  # rebuilt as a causal LM, not a sequence classifier
+        "tied": tied,  # weights stored once under another name (GPT-2's lm_head is its token embedding)
         **(extra or {}),
     })
     return target
+
+
+def _untied_state(model) -> tuple[dict, dict]:
+    """(the state dict with every shared tensor stored once, {name: the name it is stored under}):
+    safetensors refuses tensors that share memory, as tied input and output embeddings do."""
+    state, first, tied = {}, {}, {}
+    for name, value in model.state_dict().items():
+        key = (value.untyped_storage().data_ptr(), value.storage_offset(), tuple(value.shape), value.dtype)
+        if value.numel() and key in first:
+            tied[name] = first[key]
+            continue
+        first[key] = name
+        state[name] = value.detach().contiguous().cpu()
+    return state, tied
 
 
 def _meta(folder: Path) -> dict:
@@ -71,14 +87,18 @@ def load_pruned(folder: Path, attn_implementation: str | None = None, dtype: tor
     pruned = _heads(meta)
     config = AutoConfig.from_pretrained(str(folder))
     kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
-    model = AutoModelForSequenceClassification.from_config(config, **kwargs)
+    causal_lm = bool(meta.get("causal_lm"))
+    model = (AutoModelForCausalLM if causal_lm else AutoModelForSequenceClassification).from_config(config, **kwargs)
     architecture_of(model).prepare(model)  # the family's fixes (ModernBERT's eager attention on padding)
-    model = apply_pooling(model, saved_pooling(model))  # mean pooling replaces BERT's pooler (no weights)
+    if not causal_lm:
+        model = apply_pooling(model, saved_pooling(model))  # mean pooling replaces BERT's pooler (no weights)
     if pruned:
         prune_heads(model, pruned)
     for kind in KINDS.values():
         kind.attach(model, meta.get(f"{kind.name}_adapters") or {})
     state = load_file(str(folder / WEIGHTS_FILE))
+    for name, source in (meta.get("tied") or {}).items():
+        state[name] = state[source]
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:

@@ -22,13 +22,9 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 from torch.utils.data import DataLoader
-from transformers import DataCollatorWithPadding
-
 from runner import measure
-from runner.curves import trivial_levels
-from runner.data import tokenize
 from runner.errors import ConfigError
-from runner.prune import plots
+from runner.prune import plots, quality
 from runner.prune.gate import HeadGate, geometry, unwrap_peft
 from runner.prune.physical import count_parameters, heads_kept, prune_heads
 from runner.prune.scores import (CalibrationScores, calibration_scores, criterion_scores, hies_scores, magnitude_scores,
@@ -36,16 +32,9 @@ from runner.prune.scores import (CalibrationScores, calibration_scores, criterio
 from runner.prune.select import mask_to_dict, select_heads_to_prune
 from runner.prune.settings import PruneSettings
 from runner.results import atomic_write_json
-from runner.tasks import compute_metrics, predictions_from_logits
 
 log = logging.getLogger(__name__)
 
-STABILITY_DEFINITION = (
-    "agreement of the pruned model's predictions with the unpruned model's on the reported eval examples (the whole "
-    "eval split, or with prune.alpha_split=dev_half its reporting half): classification, the fraction of examples with "
-    "the same predicted label, 1 - k/n when k of the n predictions differ; regression, the Pearson correlation of the "
-    "two models' outputs"
-)
 
 
 @dataclass
@@ -102,12 +91,12 @@ class PruneData:
     """
 
     def __init__(self, inputs: PruneInputs, s: PruneSettings):
-        task = inputs.task
-        self.collator = DataCollatorWithPadding(inputs.tokenizer)
+        self.quality = quality.for_task(inputs.task, inputs.tokenizer, inputs.max_seq_length, inputs.data_cache_dir,
+                                        getattr(inputs.data, "choices", None))
+        self.collator = self.quality.collator
         self.eval_split, eval_raw = next(iter(inputs.data.evals.items()))
-        cache = inputs.data_cache_dir
-        full_eval = tokenize(eval_raw, inputs.tokenizer, task.text_keys, inputs.max_seq_length, cache)
-        train = tokenize(inputs.data.train, inputs.tokenizer, task.text_keys, inputs.max_seq_length, cache)
+        full_eval = self.quality.tokenize(eval_raw)
+        train = self.quality.tokenize(inputs.data.train)
         self.train = train
         n_train = len(train)
         choosing = s.alpha_auto and "hies" in s.compare
@@ -151,7 +140,7 @@ class PruneData:
         """``train_holdout``: (source, pool, indices) of the alpha hold-out among the training examples."""
         reserved = getattr(inputs.data, "holdout", None)
         if reserved is not None and len(reserved) >= MIN_HOLDOUT:  # task.holdout_samples: never trained on
-            pool = tokenize(reserved, inputs.tokenizer, inputs.task.text_keys, inputs.max_seq_length, inputs.data_cache_dir)
+            pool = self.quality.tokenize(reserved)
             return "reserved", pool, np.random.default_rng(s.seed).permutation(len(reserved))[: s.alpha_holdout_samples]
         pick = order[s.calib_samples: s.calib_samples + s.alpha_holdout_samples]  # seen in fine-tuning
         if len(pick) < MIN_HOLDOUT:
@@ -190,29 +179,6 @@ class PruneData:
 # ---------------------------------------------------------------------------
 # Evaluation, stability, FLOPs, latency
 # ---------------------------------------------------------------------------
-
-
-@torch.no_grad()
-def predict(model: nn.Module, loader, device) -> tuple[np.ndarray, np.ndarray]:
-    was = model.training
-    model.eval()
-    logits, labels = [], []
-    for batch in loader:
-        batch = {k: v.to(device) for k, v in batch.items()}
-        out = model(**{k: v for k, v in batch.items() if k != "labels"})
-        logits.append(out.logits.float().cpu())
-        labels.append(batch["labels"].cpu())
-    model.train(was)
-    return torch.cat(logits).numpy(), torch.cat(labels).numpy()
-
-
-def stability(preds: np.ndarray, reference: np.ndarray, is_regression: bool) -> float:
-    """See :data:`STABILITY_DEFINITION`."""
-    if is_regression:
-        if np.std(preds) == 0 or np.std(reference) == 0:
-            return float("nan")
-        return float(np.corrcoef(preds, reference)[0, 1])
-    return float(np.mean(preds == reference))
 
 
 def forward_flops(model: nn.Module, batch: dict, device) -> int:
@@ -339,10 +305,9 @@ def choose_alpha(model: nn.Module, calib: CalibrationScores, data: PruneData, s:
     the alpha closest to 0.5.
     """
     start = time.perf_counter()
-    loader = data.holdout()
-    base_logits, labels = predict(model, loader, device)
-    base_preds = predictions_from_logits(base_logits, task.is_regression)
-    base_metric = compute_metrics([task.main_metric], base_preds, labels)[task.main_metric]
+    loader, q = data.holdout(), data.quality
+    base = q.outputs(model, loader, device, choices=False)
+    base_metric = q.selection(q.metrics(base, [task.main_metric]))
     cache: dict[bytes, tuple[float, float]] = {}
     table = []
     with HeadGate(model) as gate:
@@ -354,10 +319,8 @@ def choose_alpha(model: nn.Module, calib: CalibrationScores, data: PruneData, s:
                 key = pruned.numpy().tobytes()
                 if key not in cache:
                     gate.set((~pruned).float())
-                    logits, _ = predict(model, loader, device)
-                    preds = predictions_from_logits(logits, task.is_regression)
-                    m = compute_metrics([task.main_metric], preds, labels)[task.main_metric]
-                    cache[key] = (m, stability(preds, base_preds, task.is_regression))
+                    out = q.outputs(model, loader, device, choices=False)
+                    cache[key] = (q.selection(q.metrics(out, [task.main_metric])), q.stability(out, base))
                 metrics.append(cache[key][0])
                 stabs.append(cache[key][1])
             xs = [0.0, *s.alpha_ratios]
@@ -370,7 +333,8 @@ def choose_alpha(model: nn.Module, calib: CalibrationScores, data: PruneData, s:
     return {
         "alpha": best["alpha"], "table": table, "ratios": list(s.alpha_ratios), "holdout_examples": len(data.holdout_indices),
         "holdout_source": data.holdout_source, "alpha_split": s.alpha_split,
-        "holdout_unpruned_metric": base_metric, "metric": task.main_metric, "evaluations": len(cache),
+        "holdout_unpruned_metric": base_metric, "metric": "-loss" if isinstance(q, quality.LanguageModel) else task.main_metric,
+        "evaluations": len(cache),
         "time_s": time.perf_counter() - start,
     }
 
@@ -424,8 +388,7 @@ def score_heads(model: nn.Module, data: PruneData, s: PruneSettings, task, devic
 class Reference:
     """The unpruned model's numbers every pruned model is compared with."""
 
-    preds: np.ndarray
-    labels: np.ndarray
+    outputs: quality.Outputs
     metrics: dict
     flops_batch: dict
     flops: int
@@ -434,11 +397,10 @@ class Reference:
 
 
 def measure_reference(model: nn.Module, data: PruneData, s: PruneSettings, task, device) -> Reference:
-    logits, labels = predict(model, data.evaluation(), device)
-    preds = predictions_from_logits(logits, task.is_regression)
+    out = data.quality.outputs(model, data.evaluation(), device)
     flops_batch = data.fixed_batches(s.flops_batch_size, s.flops_batch_size)[0]
     return Reference(
-        preds=preds, labels=labels, metrics=compute_metrics(task.metrics, preds, labels), flops_batch=flops_batch,
+        outputs=out, metrics=data.quality.metrics(out), flops_batch=flops_batch,
         flops=forward_flops(model, flops_batch, device), params=count_parameters(model),
         latency_batches={bs: data.fixed_batches(bs, s.latency_examples) for bs in s.latency_batch_sizes},
     )
@@ -496,9 +458,9 @@ class MaskEvaluator:
         recovery = None
         if s.recovery_finetune and bool(pruned_mask.any()):
             recovery = recover(pruned, self.data, s.recovery_steps, s.recovery_lr, s.seed, device)
-        logits, _ = predict(pruned, self.eval_loader, device)
-        preds = predictions_from_logits(logits, task.is_regression)
-        metrics = compute_metrics(task.metrics, preds, ref.labels)
+        q = self.data.quality
+        out = q.outputs(pruned, self.eval_loader, device)
+        metrics = q.metrics(out)
         layout = tuple(heads_kept(pruned))
         if layout not in self.flops_by_layout:
             self.flops_by_layout[layout] = forward_flops(pruned, ref.flops_batch, device)
@@ -511,7 +473,7 @@ class MaskEvaluator:
             "heads_kept_ratio": (geo.total_heads - n_pruned) / geo.total_heads,
             "heads_per_layer": list(layout), "pruned_heads": {str(k): v for k, v in mask_to_dict(pruned_mask).items()},
             "metrics": metrics, "main_metric": metrics[task.main_metric],
-            "stability": stability(preds, ref.preds, task.is_regression),
+            "stability": q.stability(out, ref.outputs),
             "params": params, "params_ratio": params / ref.params,
             "flops": flops, "flops_ratio": flops / ref.flops,
             "latency": None, "recovery": recovery,
@@ -532,7 +494,7 @@ def run_pruning(inputs: PruneInputs, s: PruneSettings) -> dict:
     data = PruneData(inputs, s)
     ref = measure_reference(model, data, s, task, device)
     log.info("pruning: unpruned %s=%.4f on %d %s examples (alpha_split=%s); scoring %s", task.main_metric,
-             ref.metrics[task.main_metric], len(ref.labels), data.eval_split, s.alpha_split, ", ".join(s.compare))
+             ref.metrics[task.main_metric], ref.outputs.examples, data.eval_split, s.alpha_split, ", ".join(s.compare))
     maps, extra_maps, scoring = score_heads(model, data, s, task, device)
 
     evaluator = MaskEvaluator(model, ref, data, s, inputs, scoring)
@@ -549,7 +511,7 @@ def run_pruning(inputs: PruneInputs, s: PruneSettings) -> dict:
                      task.main_metric, record["main_metric"], record["stability"], record["flops_ratio"],
                      f"  latency({last}) x{record['latency'][last]['ratio']:.3f}" if record["latency"] else "")
 
-    artifacts = write_artifacts(out_dir, inputs, s, evaluator.geo, maps, extra_maps, scoring, primary_masks, records, ref)
+    artifacts = write_artifacts(out_dir, inputs, s, evaluator.geo, maps, extra_maps, scoring, primary_masks, records, ref, data)
     artifacts["model"] = str(evaluator.saved_model) if evaluator.saved_model else None
     section = {
         "criterion": s.criterion,
@@ -559,9 +521,9 @@ def run_pruning(inputs: PruneInputs, s: PruneSettings) -> dict:
         "alpha": scoring.get("alpha"),
         "source_run": inputs.source_run,
         "eval_split": data.eval_split,
-        "eval_examples": int(len(ref.labels)),  # the examples reported on (dev_half: the reporting half)
+        "eval_examples": ref.outputs.examples,  # the examples (LM: blocks) reported on (dev_half: the reporting half)
         "alpha_split": data.split,
-        "stability_definition": STABILITY_DEFINITION,
+        "stability_definition": data.quality.stability_definition,
         "model": {**dataclasses.asdict(evaluator.geo), "total_heads": evaluator.geo.total_heads,
                   "attn_implementation": model.config._attn_implementation},
         "unpruned": {
@@ -580,7 +542,7 @@ def run_pruning(inputs: PruneInputs, s: PruneSettings) -> dict:
 
 
 def write_artifacts(out_dir: Path, inputs: PruneInputs, s: PruneSettings, geo, maps: dict, extra_maps: dict, scoring: dict,
-                    primary_masks: dict, records: list[dict], ref: Reference) -> dict:
+                    primary_masks: dict, records: list[dict], ref: Reference, data: PruneData) -> dict:
     """scores.json, the head-score heatmaps, the quality curve (and alpha's, when chosen); returns their paths."""
     task = inputs.task
     score_maps = {**{k: v.tolist() for k, v in maps.items()}, **{k: v.tolist() for k, v in extra_maps.items()}}
@@ -590,11 +552,9 @@ def write_artifacts(out_dir: Path, inputs: PruneInputs, s: PruneSettings, geo, m
     })
     heat = plots.heatmaps({**maps, **extra_maps}, out_dir / "head_scores.png", pruned=primary_masks,
                           alpha=scoring.get("alpha"), title=f"{task.name}: head scores (x = pruned at ratio {s.ratio})")
-    trivial = trivial_levels([task.main_metric], inputs.data.train["label"], ref.labels, task.is_regression)
+    trivial, trivial_label = data.quality.trivial(inputs.data.train, data.eval, ref.outputs)
     curve = plots.quality_curves(records, ref.metrics[task.main_metric], task.main_metric, out_dir / "quality_vs_ratio.png",
-                                 title=f"{task.name}: pruning without fine-tuning",
-                                 trivial=trivial["metrics"][task.main_metric],
-                                 trivial_label="constant prediction" if task.is_regression else "majority class")
+                                 title=f"{task.name}: pruning without fine-tuning", trivial=trivial, trivial_label=trivial_label)
     artifacts = {"dir": str(out_dir), "scores": str(out_dir / "scores.json"), "heatmaps": str(heat), "curve": str(curve)}
     if "alpha_auto" in scoring:
         artifacts["alpha_curve"] = str(plots.alpha_curve(scoring["alpha_auto"]["table"], scoring["alpha"], out_dir / "alpha_auto.png"))

@@ -23,6 +23,8 @@ from torch import nn
 
 from runner.schema import CRITERIA as PRUNING_CRITERIA, HIS_PER  # prune.his_per: where |dL/dm| is taken
 from runner.arch import architecture_of
+from runner.heads import is_causal_lm
+from runner.lm import example_losses
 from runner.prune.gate import HeadGate, encoder_layers, geometry
 from runner.prune.select import select_heads_to_prune
 
@@ -134,10 +136,17 @@ def gate_gradients(model: nn.Module, gate: HeadGate, batch: dict) -> tuple[torch
     gradient of B * loss w.r.t. row ``b`` is example ``b``'s own dL(x_b)/dm
     (eval mode: examples do not interact; padding positions feed no real
     token). The mean of the rows is the gradient of the batch's mean loss.
+    A causal LM's loss is a mean over the batch's target tokens, which weighs
+    examples by their length: there ``L(x_b)`` is example ``b``'s own mean
+    negative log-likelihood per target token (:func:`runner.lm.example_losses`).
     """
     n = int(batch["input_ids"].shape[0])
     mask = gate.per_example(n)
-    (model(**batch).loss * n).backward()
+    if is_causal_lm(model):  # the model's LM loss averages tokens over the batch: each example's own mean instead
+        out = model(**{k: v for k, v in batch.items() if k != "labels"})
+        example_losses(out.logits, batch["labels"]).sum().backward()
+    else:
+        (model(**batch).loss * n).backward()
     g = mask.grad.detach().double().cpu()  # [B, L, H]
     return g.abs().sum(0), g.mean(0).abs()
 

@@ -101,7 +101,7 @@ def _job_config(cfg: DictConfig, scfg: DictConfig, task: DictConfig) -> dict:
 
 def load_trained_model(model_dir: Path, scfg: DictConfig, task: DictConfig):
     """The fine-tuned model of a saved run (LoRA merged, bottleneck adapters attached) and its tokenizer."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
     from runner.models import load_model_and_tokenizer
 
@@ -117,9 +117,13 @@ def load_trained_model(model_dir: Path, scfg: DictConfig, task: DictConfig):
         model = kind.load(model_dir, base, scfg)
     elif (model_dir / "config.json").is_file():
         from runner.heads import apply_pooling, saved_pooling
+        from runner.lm import is_lm_task
 
-        model = AutoModelForSequenceClassification.from_pretrained(str(model_dir), attn_implementation=attn)
-        model = apply_pooling(model, saved_pooling(model))
+        if is_lm_task(task):
+            model = AutoModelForCausalLM.from_pretrained(str(model_dir), attn_implementation=attn)
+        else:
+            model = AutoModelForSequenceClassification.from_pretrained(str(model_dir), attn_implementation=attn)
+            model = apply_pooling(model, saved_pooling(model))
         tokenizer = None
     else:
         raise ModelError(f"{model_dir} holds no adapters ({', '.join(KINDS)}) and no full model")

@@ -1,0 +1,229 @@
+"""Decoders on causal-LM tasks (runner/lm.py, task=lm/text): the data the tests write (text,
+prompt/response, multiple choice), each number against a hand computation (perplexity, multiple-choice
+log-likelihoods, per-example HIS with the LM loss, the constant prediction), and the documented command
+``method=safe prune=hies`` end to end on tiny random Llama and GPT-2 folders, then pruning the saved run
+and reloading the pruned causal LM. The sequence-classification references of the decoder families are
+in test_prune_gate/test_prune_scores/test_heads; their classification pipeline cells in test_families."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from helpers import GLUE_DIR, compose, save_family_dir, tiny_batch
+
+from runner import lm
+from runner.app import execute
+
+pytestmark = pytest.mark.slow
+
+
+def _lines(n: int, start: int = 1) -> list[str]:
+    rows = (GLUE_DIR / "MRPC" / "train.tsv").read_text(encoding="utf-8").splitlines()[start:start + n]
+    return [r.split("\t")[3] for r in rows]
+
+
+@pytest.fixture(scope="module")
+def lm_data(tmp_path_factory):
+    """train.txt / valid.txt (MRPC sentences), prompt.jsonl (prompt/response) and mc.jsonl (multiple choice)."""
+    folder = tmp_path_factory.mktemp("lm-data")
+    (folder / "train.txt").write_text("\n".join(_lines(160)) + "\n\n")
+    (folder / "valid.txt").write_text("\n".join(_lines(60, start=400)))
+    pairs = [{"prompt": f"Paraphrase: {a}\nAnswer:", "response": f" {b}"} for a, b in zip(_lines(40), _lines(40, start=41))]
+    (folder / "prompt.jsonl").write_text("\n".join(json.dumps(p) for p in pairs))
+    mc = [{"context": "The sentence was", "choices": [" true", " false", " unknown"], "label": i % 3} for i in range(6)]
+    (folder / "mc.jsonl").write_text("\n".join(json.dumps(r) for r in mc))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(save_family_dir("llama", tmp_path_factory.mktemp("tok") / "m")))
+
+
+# ---------------------------------------------------------------- data
+
+
+def test_text_is_cut_into_blocks_of_every_token_and_prompts_are_not_targets(lm_data, tokenizer):
+    records = lm.read_records(lm_data / "train.txt")
+    assert len(records) == 160  # blank lines are not documents
+    blocks = lm.tokenize_lm(records, tokenizer, 32)
+    stream = [t for text in records["text"] for t in tokenizer(text)["input_ids"]]
+    assert [t for b in blocks["input_ids"] for t in b] == stream  # every token once, in order
+    assert all(len(b) == 32 for b in blocks["input_ids"][:-1]) and blocks["labels"] == blocks["input_ids"]
+    pairs = lm.read_records(lm_data / "prompt.jsonl")
+    examples = lm.tokenize_lm(pairs, tokenizer, 64)
+    first = pairs[0]
+    prompt = tokenizer(first["prompt"])["input_ids"]
+    response = tokenizer(first["response"], add_special_tokens=False)["input_ids"]
+    assert examples[0]["input_ids"] == (prompt + response)[:64]
+    assert examples[0]["labels"] == ([lm.IGNORE] * len(prompt) + response)[:64]  # the loss on the response only
+    batch = lm.LMCollator(tokenizer)([examples[0], examples[1]])
+    short = int(batch["attention_mask"].sum(1).min())
+    assert (batch["labels"][batch["attention_mask"] == 0] == lm.IGNORE).all() and short < batch["input_ids"].shape[1]
+
+
+def test_bad_files_fail_with_one_clear_error(tmp_path):
+    from runner.errors import DataError
+
+    (tmp_path / "x.csv").write_text("a\n")
+    (tmp_path / "cols.jsonl").write_text(json.dumps({"question": "q"}))
+    (tmp_path / "mc.jsonl").write_text(json.dumps({"context": "c", "choices": ["a"], "label": 0}))
+    with pytest.raises(DataError, match=r"x.csv: a causal-LM file is .txt \(plain text\) or .jsonl"):
+        lm.read_records(tmp_path / "x.csv")
+    with pytest.raises(DataError, match=r"has columns \['question'\]; it needs text, or prompt and response"):
+        lm.read_records(tmp_path / "cols.jsonl")
+    with pytest.raises(DataError, match="needs two or more choices"):
+        lm.read_choices(tmp_path / "mc.jsonl")
+
+
+# ---------------------------------------------------------------- numbers against hand computations
+
+
+def _lm(family="llama", seed=0, vocab=120):
+    from transformers import AutoModelForCausalLM
+
+    from helpers import family_config
+
+    torch.manual_seed(seed)
+    return AutoModelForCausalLM.from_config(family_config(family, layers=2, heads=4, head_size=8, vocab=vocab)).eval()
+
+
+def test_perplexity_is_the_exponent_of_the_mean_nll_over_all_target_tokens():
+    model = _lm()
+    batch = tiny_batch(batch=3, length=10, pad_from={1: 6})
+    labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, lm.IGNORE)
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    ll, n = lm.token_log_likelihoods(logits, labels)
+    by_hand, count = 0.0, 0
+    for b in range(3):
+        for t in range(9):
+            if labels[b, t + 1] != lm.IGNORE:
+                by_hand += float(torch.log_softmax(logits[b, t], -1)[labels[b, t + 1]])
+                count += 1
+    assert int(n.sum()) == count == 9 + 5 + 9
+    assert float(ll.sum()) == pytest.approx(by_hand, rel=1e-5)
+    ppl = lm.perplexity_metrics(-float(ll.sum()), int(n.sum()))["perplexity"]
+    assert ppl == pytest.approx(math.exp(-by_hand / count), rel=1e-5)
+    # one unpadded example: the model's own loss
+    with torch.no_grad():
+        own = model(input_ids=batch["input_ids"][:1], labels=batch["input_ids"][:1]).loss
+    assert float(lm.example_losses(logits[:1], labels[:1])[0]) == pytest.approx(float(own), rel=1e-5)
+
+
+def test_multiple_choice_scores_each_continuation_by_its_log_likelihood(tokenizer):
+    model = _lm(vocab=len(tokenizer))
+    rows = [{"context": "the cat sat on the", "choices": [" mat", " moon and stars"], "label": 1}]
+    requests = lm.choice_requests(rows, tokenizer, 64)
+    scores = []
+    for req in requests:  # by hand: log p(continuation | context), token by token
+        ids = torch.tensor([req["input_ids"]])
+        with torch.no_grad():
+            logp = torch.log_softmax(model(input_ids=ids).logits[0], -1)
+        cont = [i for i, y in enumerate(req["labels"]) if y != lm.IGNORE]
+        assert req["input_ids"][:cont[0]] == tokenizer("the cat sat on the")["input_ids"]
+        scores.append(sum(float(logp[i - 1, req["input_ids"][i]]) for i in cont))
+    got = lm.score_choices(model, rows, tokenizer, 64, 8, torch.device("cpu"))
+    best = max(range(2), key=lambda c: scores[c])
+    best_norm = max(range(2), key=lambda c: scores[c] / len(rows[0]["choices"][c].encode()))
+    assert got == {"acc": float(best == 1), "acc_norm": float(best_norm == 1), "num_examples": 1}
+
+
+def test_his_per_example_with_the_lm_loss_is_each_examples_own_gradient():
+    """Row b of the per-example gate gradient equals the gradient of example b's own mean token NLL,
+    computed alone (the model's batch loss would weigh examples by their token counts)."""
+    from runner.prune.gate import HeadGate
+    from runner.prune.scores import frozen_weights, gate_gradients
+
+    model = _lm().double()
+    batch = tiny_batch(batch=3, length=10, pad_from={1: 6})
+    batch["labels"] = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, lm.IGNORE)
+    with frozen_weights(model), HeadGate(model, requires_grad=True) as gate:
+        summed, _ = gate_gradients(model, gate, batch)
+        rows = []
+        for b in range(3):
+            n = int(batch["attention_mask"][b].sum())
+            alone = {k: v[b:b + 1, :n] for k, v in batch.items()}
+            gate.mask = torch.ones(1, 2, 4, dtype=torch.float64, requires_grad=True)
+            model(**alone).loss.backward()  # one unpadded example: the model's loss is its own mean
+            rows.append(gate.mask.grad[0].abs())
+    torch.testing.assert_close(summed, sum(rows).double(), rtol=1e-6, atol=1e-9)
+
+
+# ---------------------------------------------------------------- the command line
+
+
+def _base(model_dir, data, tmp_path):
+    return [f"model.name_or_path={model_dir}", "task=lm/text", f"task.data_dir={data}", "+task.mc_files={toy: mc.jsonl}",
+            "trainer.batch_size=4", "trainer.eval_batch_size=8", "trainer.max_seq_length=32", "logger=none",
+            "trainer.progress_bar=false", f"data_cache_dir={tmp_path / 'cache'}"]
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_safe_then_hies_on_a_text_task_then_prune_the_saved_run(family, lm_data, tmp_path):
+    from runner.prune.persist import load_pruned
+    from runner.prune.physical import heads_kept
+
+    model_dir = save_family_dir(family, tmp_path / "model")
+    train_dir = tmp_path / "safe"
+    prune = ["prune.latency=none", "prune.calib_samples=8", "prune.ratio=0.5", "prune.ratios=[0.25,0.5]"]
+    execute(compose([*_base(model_dir, lm_data, tmp_path), "method=safe", "trainer.max_steps=6", "trainer.lr=5e-3",
+                     "safe.interval=1", "safe.t_w=0.1", "safe.t_f=0.5", "safe.threshold=1.0", "safe.probe_size=8",
+                     "prune=hies", *prune, "prune.alpha=auto", "prune.alpha_split=dev_half"], train_dir))
+    res = json.loads((train_dir / "results.json").read_text())
+    assert res["status"] == "completed" and res["main_metric"] == "perplexity"
+    assert set(res["metrics"]) >= {"perplexity", "loss", "tokens", "toy/acc", "toy/acc_norm"}
+    assert res["learning"]["trivial_prediction"] == "training unigram frequencies" and res["learning"]["trivial"] > 1
+    assert res["head"]["pooling"] is None and res["head"]["trains"] == []  # the LM head stays as pretrained
+    assert any(a["freeze_step"] is not None for a in res["method_report"]["adapters"].values())
+    pruning = res["pruning"]
+    assert pruning["primary"]["heads_pruned"] == 4 and pruning["scoring"]["alpha_auto"]["metric"] == "-loss"
+    assert pruning["stability_definition"].startswith("agreement of the pruned model's next-token predictions")
+    assert 0 < pruning["primary"]["stability"] <= 1 and "toy/acc" in pruning["primary"]["metrics"]
+    # a later job prunes the saved run (LoRA merged into a causal LM) and saves the pruned model
+    out = tmp_path / "prune"
+    execute(compose([*_base(model_dir, lm_data, tmp_path), "prune=his", *prune, "prune.save_model=primary",
+                     f"prune.from_run={train_dir}"], out))
+    later = json.loads((out / "results.json").read_text())["pruning"]
+    assert later["unpruned"]["metrics"]["perplexity"] == pytest.approx(res["metrics"]["perplexity"], rel=1e-4)
+    saved = load_pruned(next((out / "pruning").glob("model_his_*")))
+    assert type(saved).__name__.endswith(("ForCausalLM", "LMHeadModel")) and sum(heads_kept(saved)) == 4
+    # the reloaded model computes what the job measured
+    from runner.prune.quality import LanguageModel
+    from transformers import AutoTokenizer
+
+    from runner.data import load_task_splits
+    from runner.config import compose_config
+
+    cfg = compose_config(_base(model_dir, lm_data, tmp_path))
+    tok = AutoTokenizer.from_pretrained(str(next((out / "pruning").glob("model_his_*"))))
+    q = LanguageModel(cfg.task, tok, 32)
+    loader = torch.utils.data.DataLoader(q.tokenize(load_task_splits(cfg.task).evals["validation"]), batch_size=8,
+                                         collate_fn=q.collator)
+    again = q.metrics(q.outputs(saved, loader, torch.device("cpu"), choices=False))
+    assert again["perplexity"] == pytest.approx(later["primary"]["metrics"]["perplexity"], rel=1e-4)
+
+
+def test_full_fine_tuning_on_prompts_learns_below_the_unigram_level(lm_data, tmp_path):
+    model_dir = save_family_dir("llama", tmp_path / "model")
+    execute(compose([*_base(model_dir, lm_data, tmp_path), "task.train_file=prompt.jsonl", "method=full", "adapter=none",
+                     "trainer.max_steps=40", "trainer.lr=3e-3"], tmp_path / "full"))
+    res = json.loads((tmp_path / "full" / "results.json").read_text())
+    assert res["status"] == "completed" and res["learning"]["above_trivial"] is True, res["learning"]
+    assert res["metrics"]["perplexity"] < res["learning"]["trivial"]
+
+
+def test_an_encoder_on_a_causal_lm_task_is_refused_in_one_line(lm_data, tmp_path, capsys):
+    model_dir = save_family_dir("bert", tmp_path / "model")
+    with pytest.raises(SystemExit) as exc:
+        execute(compose([*_base(model_dir, lm_data, tmp_path), "method=adapter"], tmp_path / "run"))
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error")]
+    assert exc.value.code == 4 and len(err) == 1, err
+    assert "task text is a causal-LM task; bert is an encoder" in err[0]
+    assert not (tmp_path / "run" / "results.json").exists()
+
