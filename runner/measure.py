@@ -250,6 +250,13 @@ class SavedTensorMeter:
     Each storage is counted once, however many ops save it. Enter around the
     forward pass; everything saved lives until backward, so the total is the
     activation memory that backward needs.
+
+    Under gradient checkpointing (``trainer.gradient_checkpointing``) a
+    checkpointed layer saves nothing through autograd: it keeps its inputs and
+    recomputes its activations during backward. The meter then counts what
+    autograd saves outside those layers plus the inputs each checkpointed layer
+    keeps, which is what lives between forward and backward; the transient
+    peak of one layer's recomputed activations during backward is not in it.
     """
 
     def __init__(self, model: nn.Module | None = None, enabled: bool = True):
@@ -271,12 +278,22 @@ class SavedTensorMeter:
             self.bytes += storage.nbytes()
         return t
 
+    def _checkpoint_inputs(self, module, args, kwargs):
+        """A checkpointed layer's tensor inputs (one level of tuples: rotary cos/sin), kept for its recomputation."""
+        if torch.is_grad_enabled():
+            for value in (*args, *kwargs.values()):
+                for t in value if isinstance(value, (tuple, list)) else (value,):
+                    if torch.is_tensor(t):
+                        self._pack(t)
+
     def __enter__(self):
         self.bytes = 0
         self._seen = set()
         if self.enabled:
             if self.model is not None:
                 self._param_ptrs = {p.untyped_storage().data_ptr() for p in self.model.parameters()}
+                self._input_hooks = [m.register_forward_pre_hook(self._checkpoint_inputs, with_kwargs=True)
+                                     for m in checkpointed_layers(self.model)]
             self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)
             self._hooks.__enter__()
         return self
@@ -285,8 +302,18 @@ class SavedTensorMeter:
         if self._hooks is not None:
             self._hooks.__exit__(*exc)
             self._hooks = None
+        for handle in getattr(self, "_input_hooks", []):
+            handle.remove()
+        self._input_hooks = []
         self._seen = set()
         return False
+
+
+def checkpointed_layers(model: nn.Module) -> list[nn.Module]:
+    """The layers gradient checkpointing recomputes in backward (transformers' ``GradientCheckpointingLayer``)."""
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    return [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer) and getattr(m, "gradient_checkpointing", False)]
 
 
 # ---------------------------------------------------------------------------
@@ -533,19 +560,42 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _cuda_peak_and_reset(device: torch.device) -> int:
+    peak = int(torch.cuda.max_memory_allocated(device))
+    torch.cuda.reset_peak_memory_stats(device)
+    return peak
+
+
 class PhaseTimer:
     """Wall time per named phase (setup, train, eval, ...), accumulated; a phase entered inside another
-    is also kept as nested time, so the outer one can be reported without it (``without``)."""
+    is also kept as nested time, so the outer one can be reported without it (``without``).
 
-    def __init__(self):
+    On a CUDA device it also keeps each phase's peak allocated GPU memory (``peak_bytes``): the peak
+    since the last phase boundary is read (and reset) at every boundary and credited to every phase
+    open at that moment, so an outer phase's peak includes its inner phases' and an inner phase's
+    excludes what came before it. ``peak_reader`` (device -> bytes since the last call) replaces
+    the CUDA counters in tests."""
+
+    def __init__(self, peak_reader=None):
         self.seconds: dict[str, float] = {}
         self.nested: dict[tuple[str, str], float] = {}  # (outer, inner) -> seconds of inner spent inside outer
+        self.peak_bytes: dict[str, int] = {}
         self._open: list[str] = []
+        self._peak_reader = peak_reader
+
+    def _boundary(self, device: torch.device | None) -> None:
+        reader = self._peak_reader or (_cuda_peak_and_reset if device is not None and device.type == "cuda" else None)
+        if reader is None or device is None:
+            return
+        peak = int(reader(device))
+        for name in self._open:
+            self.peak_bytes[name] = max(self.peak_bytes.get(name, 0), peak)
 
     @contextlib.contextmanager
     def phase(self, name: str, device: torch.device | None = None):
         if device is not None:
             sync(device)
+        self._boundary(device)
         start = time.perf_counter()
         self._open.append(name)
         try:
@@ -553,6 +603,7 @@ class PhaseTimer:
         finally:
             if device is not None:
                 sync(device)
+            self._boundary(device)
             self._open.pop()
             elapsed = time.perf_counter() - start
             self.seconds[name] = self.seconds.get(name, 0.0) + elapsed

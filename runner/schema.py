@@ -109,6 +109,7 @@ class TrainerSettings:
     mixed_precision: str = _setting("no", ("no", "fp16", "bf16"))
     tf32: Any = _setting("auto", "auto_bool")
     compile: bool = False
+    gradient_checkpointing: bool = False
     eval_every_steps: Optional[int] = _setting(None, POSITIVE_INT)
     checkpoint_every_steps: Optional[int] = _setting(None, POSITIVE_INT)
     log_every_steps: int = _setting(10, POSITIVE_INT)

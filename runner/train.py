@@ -148,6 +148,12 @@ class Recipe:
         if cfg.method.uses_adapters:  # what trains beside the adapters, named on the plain model
             self.head["trains"] = trained_head_modules(model, cfg)
             self.head["adapter_targets"] = target_modules(model, cfg.adapter)  # auto / all-linear as resolved
+        if cfg.trainer.get("gradient_checkpointing"):
+            if not getattr(model, "supports_gradient_checkpointing", False):
+                raise ConfigError(f"trainer.gradient_checkpointing=true: transformers' {type(model).__name__} has no "
+                                  f"gradient checkpointing; set it to false")
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.config.use_cache = False
         model = prepare_trainable(model, cfg)
         self.param_counts = parameter_counts(model)
         if cfg.method.uses_adapters:
@@ -590,6 +596,8 @@ class Recipe:
             "state_plus_saved_peak_bytes": int(saved_peak + state["param_bytes"] + state["grad_bytes"] + state["optimizer_state_bytes"]),
             "process_max_rss_bytes": measure.max_rss_bytes(),
             **measure.cuda_peaks(self.device),
+            # CUDA: the peak allocated memory of each phase (train, eval, ...); empty on a CPU
+            "cuda_peak_bytes_by_phase": dict(self.timer.peak_bytes),
         }
         if self.device.type == "cuda":
             alloc = [s["cuda_allocated_bytes"] for s in steps if "cuda_allocated_bytes" in s]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 
 from omegaconf import DictConfig
 
@@ -50,6 +52,19 @@ def check_sequence_length(max_seq_length: int, tokenizer, model_config, text_key
                           f"use trainer.max_seq_length={positions} or less")
 
 
+SHARDING = {"ACCELERATE_USE_FSDP": "FSDP", "ACCELERATE_USE_DEEPSPEED": "DeepSpeed"}  # set by accelerate launch
+
+
+def check_sharding(cfg: DictConfig, env) -> None:
+    """SAFE freezes adapters mid-run: the runner then rebuilds the DDP wrapper and drops their optimizer
+    state, which FSDP's flattened parameter groups and DeepSpeed's engine do not allow. Refused in one
+    line before anything loads; DDP (``accelerate launch --multi_gpu``) runs SAFE."""
+    for var, name in SHARDING.items():
+        if str(env.get(var, "")).lower() in ("1", "true", "yes") and cfg.method.name == "safe":
+            raise ConfigError(f"method=safe freezes adapters during the run, which {name} does not support here; "
+                              f"launch with DDP (accelerate launch --multi_gpu) or use method=adapter under {name}")
+
+
 def validate_config(cfg: DictConfig):
     """The one validation of a job, cheap and before any loading: every key's type and range
     (:mod:`runner.schema`), then the checks that involve several keys (adapters, the method's
@@ -75,4 +90,5 @@ def validate_config(cfg: DictConfig):
             raise ConfigError("adapter.target_modules is empty; use auto (the model family's) or name the modules, "
                               "e.g. [query, value]")
     method_class(cfg).check_config(cfg)  # SAFE: t_w < t_f, the policy's knobs
+    check_sharding(cfg, os.environ)
     return from_config(cfg)  # prune.alpha=auto with its grid, from_run with a criterion

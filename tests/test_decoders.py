@@ -227,3 +227,87 @@ def test_an_encoder_on_a_causal_lm_task_is_refused_in_one_line(lm_data, tmp_path
     assert "task text is a causal-LM task; bert is an encoder" in err[0]
     assert not (tmp_path / "run" / "results.json").exists()
 
+
+
+def test_gradient_checkpointing_trains_the_same_and_the_meter_counts_what_stays_between_passes():
+    """trainer.gradient_checkpointing: the same loss and gradients; the saved-for-backward meter counts what
+    autograd saves outside the checkpointed layers plus each layer's kept inputs (runner.measure)."""
+    from runner.measure import SavedTensorMeter, checkpointed_layers
+
+    batch = tiny_batch(batch=4, length=24, pad_from={1: 20})
+    batch["labels"] = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, lm.IGNORE)
+    results = []
+    for checkpointing in (False, True):
+        model = _lm().train()
+        if checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            assert len(checkpointed_layers(model)) == 2
+        with SavedTensorMeter(model) as meter:
+            loss = model(**batch).loss
+        loss.backward()
+        results.append((float(loss), [p.grad.clone() for p in model.parameters()], meter.bytes))
+    (loss0, grads0, plain), (loss1, grads1, checkpointed) = results
+    assert loss1 == pytest.approx(loss0, rel=1e-6)
+    for a, b in zip(grads0, grads1):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+    hidden = 4 * 24 * 32 * 4  # one layer's input hidden states, float32
+    assert hidden * 2 <= checkpointed < plain / 3  # both layers' inputs counted; far less than every activation
+
+
+def test_his_alone_scores_with_the_models_own_attention_kernel():
+    """No criterion reads the entropy: scoring keeps SDPA (no [T, T] probabilities) and gives the same HIS
+    as the eager pass."""
+    from runner.prune.scores import calibration_scores
+
+    model = _lm()
+    model.set_attn_implementation("sdpa")
+    batch = tiny_batch(batch=4, length=12, pad_from={2: 7})
+    batch["labels"] = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, lm.IGNORE)
+    seen = []
+    hook = model.model.layers[0].self_attn.register_forward_hook(lambda m, a, o: seen.append(m.config._attn_implementation))
+    sdpa = calibration_scores(model, [batch], entropy=False)
+    eager = calibration_scores(model, [batch], entropy=True)
+    hook.remove()
+    assert seen == ["sdpa", "eager"] and model.config._attn_implementation == "sdpa"
+    torch.testing.assert_close(sdpa.his_raw, eager.his_raw, rtol=1e-4, atol=1e-8)
+    assert torch.isnan(sdpa.entropy).all() and not torch.isnan(eager.entropy).any()
+
+
+def test_an_interrupted_safe_run_on_a_text_task_resumes_to_the_straight_runs_numbers(lm_data, tmp_path, monkeypatch):
+    """Kill a SAFE run on the causal-LM task after its checkpoint, resume it: the same per-step losses, frozen
+    adapters and perplexity as an uninterrupted run."""
+    from helpers import read_steps
+
+    from runner.safe.method import SafeMethod
+
+    model_dir = save_family_dir("llama", tmp_path / "model")
+    torch.set_num_threads(1)
+    overrides = [*_base(model_dir, lm_data, tmp_path), "method=safe", "trainer.max_steps=12", "trainer.lr=5e-3",
+                 "safe.interval=1", "safe.t_w=0.1", "safe.t_f=0.5", "safe.threshold=1.0", "safe.probe_size=8",
+                 "trainer.checkpoint_every_steps=5", "trainer.eval_every_steps=100"]
+    execute(compose(overrides, tmp_path / "straight"))
+    straight = json.loads((tmp_path / "straight" / "results.json").read_text())
+
+    class Killed(Exception):
+        pass
+
+    original = SafeMethod.on_step_end
+
+    def crash(self, ctx, step):
+        if step == 7:
+            raise Killed("killed at step 7")
+        return original(self, ctx, step)
+
+    out = tmp_path / "resumed"
+    with monkeypatch.context() as patch:
+        patch.setattr(SafeMethod, "on_step_end", crash)
+        with pytest.raises(SystemExit):  # the command line's crash exit, after the run dir recorded the failure
+            execute(compose(overrides, out))
+    assert json.loads((out / "checkpoint" / "meta.json").read_text())["global_step"] == 5
+    execute(compose([*overrides, "resume=true"], out))
+    resumed = json.loads((out / "results.json").read_text())
+    assert resumed["status"] == "completed"
+    assert [s["loss"] for s in read_steps(out)] == pytest.approx([s["loss"] for s in read_steps(tmp_path / "straight")], rel=1e-5)
+    assert {k: a["freeze_step"] for k, a in resumed["method_report"]["adapters"].items()} == \
+        {k: a["freeze_step"] for k, a in straight["method_report"]["adapters"].items()}
+    assert resumed["metrics"]["perplexity"] == pytest.approx(straight["metrics"]["perplexity"], rel=1e-5)

@@ -243,3 +243,25 @@ def test_phase_timer_subtracts_only_the_time_an_inner_phase_spent_inside_the_out
     assert timer.nested[("train", "eval")] == pytest.approx(0.03, abs=0.01)
     assert timer.without("train", "eval") == pytest.approx(0.05, abs=0.01)
     assert timer.without("train", "eval") > timer.seconds["train"] - timer.seconds["eval"]
+
+
+def test_phase_peaks_credit_each_peak_to_the_phases_open_when_it_happened():
+    """Per-phase peak GPU memory (results.json memory.cuda_peak_bytes_by_phase): the peak since the last phase
+    boundary goes to every phase open then. The device's counter is replaced by a script of peaks (this machine
+    has no GPU; scripts/gpu_check.sh runs the real one)."""
+    from runner.measure import PhaseTimer
+
+    peaks = iter([5, 40, 70, 30, 20, 90, 10])  # what the device's peak counter reads at each boundary, then resets
+    timer = PhaseTimer(peak_reader=lambda device: next(peaks))
+    gpu = torch.device("cpu")  # any device: the reader stands in for the CUDA counters
+    with timer.phase("train", gpu):  # boundary: 5 (before training: nobody's)
+        with timer.phase("eval", gpu):  # 40: train's so far
+            pass  # 70: eval's peak (and train's, which is open)
+        # 30 at the end of train: train only
+    with timer.phase("eval", gpu):  # 20: nobody's
+        pass  # 90: the final evaluation
+    with timer.phase("setup"):  # no device: no memory boundary
+        pass
+    assert timer.peak_bytes == {"train": 70, "eval": 90}
+    assert next(peaks) == 10  # setup read nothing
+    assert PhaseTimer().peak_bytes == {}

@@ -347,13 +347,16 @@ def score_heads(model: nn.Module, data: PruneData, s: PruneSettings, task, devic
     calib = None
     extra: dict = {}
     if s.needs_calibration:
+        entropy = any(c in ("hies", "entropy") for c in s.compare)  # else no attention probabilities: the model's own kernel
         calib = calibration_scores(model, data.calibration(s.calib_batch_size), normalize_layers=s.normalize_layers,
-                                   device=device, his_per=s.his_per)
+                                   device=device, his_per=s.his_per, entropy=entropy)
         report.update({
             "calib_examples": calib.examples, "calib_tokens": calib.tokens, "calib_batches": calib.batches,
-            "calib_batch_size": s.calib_batch_size, "time_s": calib.seconds, "attn_implementation": "eager",
-            "normalize_layers": s.normalize_layers, "what": "one pass: forward (eager attention, gate at 1) and "
-                                                            "backward to the gate, HIS and AE together",
+            "calib_batch_size": s.calib_batch_size, "time_s": calib.seconds,
+            "attn_implementation": "eager" if entropy else model.config._attn_implementation,
+            "normalize_layers": s.normalize_layers,
+            "what": "one pass: forward (eager attention, gate at 1) and backward to the gate, HIS and AE together" if entropy
+            else "one pass: forward (the model's attention kernel, gate at 1) and backward to the gate, HIS only",
         })
         # his_agreement: the HIS ranking against the other his_per variant from the same pass (both layer-
         # normalised if asked): Spearman's rho over all heads, and how many of the `lowest` heads each would
@@ -361,7 +364,7 @@ def score_heads(model: nn.Module, data: PruneData, s: PruneSettings, task, devic
         report["his_per"] = calib.his_per
         report["his_agreement"] = {"other": "batch" if calib.his_per == "example" else "example", "ratio": s.ratio,
                                    **ranking_agreement(calib.his, calib.his_other, s.ratio)}
-        extra = {"his_raw": calib.his_raw, "attention_entropy": calib.entropy}
+        extra = {"his_raw": calib.his_raw, **({"attention_entropy": calib.entropy} if entropy else {})}
     magnitude = None
     if "magnitude" in s.compare:
         t0 = time.perf_counter()
@@ -485,6 +488,8 @@ def run_pruning(inputs: PruneInputs, s: PruneSettings) -> dict:
     Returns the ``pruning`` section of results.json."""
     t_start = time.perf_counter()
     task, device = inputs.task, inputs.device
+    if device.type == "cuda":  # the stage's own peak (results.json pruning.cuda_peak_bytes)
+        torch.cuda.reset_peak_memory_stats(device)
     out_dir = Path(inputs.output_dir) / "pruning"
     out_dir.mkdir(parents=True, exist_ok=True)
     model = unwrap_peft(inputs.model).to(device).eval()
@@ -536,6 +541,7 @@ def run_pruning(inputs: PruneInputs, s: PruneSettings) -> dict:
         "settings": dataclasses.asdict(s),
         "artifacts": artifacts,
         "time_s": time.perf_counter() - t_start,
+        "cuda_peak_bytes": int(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else None,
     }
     _log_to_tracker(inputs, section, task.main_metric)
     return section

@@ -152,14 +152,16 @@ def gate_gradients(model: nn.Module, gate: HeadGate, batch: dict) -> tuple[torch
 
 
 def calibration_scores(model: nn.Module, batches, normalize_layers: bool = True, device=None,
-                       his_per: str = "example") -> CalibrationScores:
+                       his_per: str = "example", entropy: bool = True) -> CalibrationScores:
     """HIS and AE from calibration batches (dicts with input_ids, attention_mask, labels).
 
     Per batch, one forward (gate at 1, eager attention) and one backward (:func:`gate_gradients`)
     give both HIS variants: ``example`` adds ``|dL(x)/dm|`` of every example (the paper's; no
     cancellation across examples), ``batch`` adds ``|dL_batch/dm|`` of the batch's mean loss. Each sum
     is divided by the non-padding tokens seen (as Michel et al.'s code); ``his`` is the ``his_per``
-    one, ``his_other`` the other. AE: per example, averaged."""
+    one, ``his_other`` the other. AE: per example, averaged. ``entropy=False`` (no criterion reads AE):
+    the model keeps its own attention kernel (SDPA: no [T, T] probabilities in memory, which a long
+    decoder sequence cannot afford) and ``entropy`` is NaN."""
     if his_per not in HIS_PER:
         raise ValueError(f"his_per must be one of {', '.join(HIS_PER)}, got {his_per!r}")
     layers = encoder_layers(model)
@@ -182,18 +184,20 @@ def calibration_scores(model: nn.Module, batches, normalize_layers: bool = True,
     was_training, start = model.training, time.perf_counter()
     model.eval()  # no dropout: scores must not depend on dropout noise
     arch = architecture_of(model)  # each family's attention module returns (output, probabilities) in eager mode
-    handles = [arch.attention_module(layer).register_forward_hook(capture(i)) for i, layer in enumerate(layers)]
+    handles = [arch.attention_module(layer).register_forward_hook(capture(i)) for i, layer in enumerate(layers)] if entropy else []
+    kernel = eager_attention(model) if entropy else contextlib.nullcontext()
     try:
-        with eager_attention(model), frozen_weights(model), HeadGate(model, requires_grad=True) as gate:
+        with kernel, frozen_weights(model), HeadGate(model, requires_grad=True) as gate:
             for batch in batches:
                 # output_attentions: MPNet's and DeBERTa's attention return their probabilities only when asked
-                batch = {k: v.to(device) for k, v in batch.items() if torch.is_tensor(v)} | {"output_attentions": True}
+                batch = {k: v.to(device) for k, v in batch.items() if torch.is_tensor(v)} | ({"output_attentions": True} if entropy else {})
                 mask = batch.get("attention_mask")
                 current_mask[:] = [torch.ones_like(batch["input_ids"]) if mask is None else mask]
                 captured.clear()
                 for key, grad in zip(HIS_PER, gate_gradients(model, gate, batch)):  # (example, batch)
                     his[key] += grad
-                ae_sum += torch.stack([captured[i] for i in range(geo.num_layers)])
+                if entropy:
+                    ae_sum += torch.stack([captured[i] for i in range(geo.num_layers)])
                 examples += int(current_mask[0].shape[0])
                 tokens += int(current_mask[0].sum())
                 n_batches += 1
@@ -207,7 +211,8 @@ def calibration_scores(model: nn.Module, batches, normalize_layers: bool = True,
     final = {k: layer_normalize(v) if normalize_layers else v for k, v in raw.items()}
     other = next(k for k in HIS_PER if k != his_per)
     return CalibrationScores(
-        his=final[his_per], his_raw=raw[his_per], entropy=(ae_sum / examples).float(), examples=examples, tokens=tokens,
+        his=final[his_per], his_raw=raw[his_per], entropy=(ae_sum / examples).float() if entropy else torch.full_like(ae_sum, float("nan")).float(),
+        examples=examples, tokens=tokens,
         batches=n_batches, seconds=time.perf_counter() - start, his_per=his_per, his_other=final[other],
     )
 
