@@ -311,3 +311,27 @@ def test_an_interrupted_safe_run_on_a_text_task_resumes_to_the_straight_runs_num
     assert {k: a["freeze_step"] for k, a in resumed["method_report"]["adapters"].items()} == \
         {k: a["freeze_step"] for k, a in straight["method_report"]["adapters"].items()}
     assert resumed["metrics"]["perplexity"] == pytest.approx(straight["metrics"]["perplexity"], rel=1e-5)
+
+
+def test_a_pretrained_decoder_folder_is_pruned_as_it_is(lm_data, tmp_path):
+    """prune.from_run=<model folder> (no run): the pretrained model, no fine-tuning, calibrated on the task's
+    training text, as LLM pruning papers prune LLaMA-2; its unpruned perplexity is the folder's own."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from runner.config import compose_config
+    from runner.data import load_task_splits
+    from runner.prune.quality import LanguageModel
+
+    model_dir = save_family_dir("llama", tmp_path / "model")
+    out = tmp_path / "prune"
+    execute(compose([*_base(model_dir, lm_data, tmp_path), "prune=hies", "prune.latency=none", "prune.calib_samples=8",
+                     "prune.ratio=0.25", "prune.ratios=[0.25]", f"prune.from_run={model_dir}"], out))
+    res = json.loads((out / "results.json").read_text())
+    assert res["status"] == "completed" and res["source"] == {"pretrained": True}
+    cfg = compose_config(_base(model_dir, lm_data, tmp_path))
+    q = LanguageModel(cfg.task, AutoTokenizer.from_pretrained(str(model_dir)), 32)
+    loader = torch.utils.data.DataLoader(q.tokenize(load_task_splits(cfg.task).evals["validation"]), batch_size=8,
+                                         collate_fn=q.collator)
+    own = q.metrics(q.outputs(AutoModelForCausalLM.from_pretrained(str(model_dir)), loader, torch.device("cpu"), choices=False))
+    assert res["pruning"]["unpruned"]["metrics"]["perplexity"] == pytest.approx(own["perplexity"], rel=1e-5)
+    assert res["pruning"]["primary"]["heads_pruned"] == 2 and res["pruning"]["scoring"]["calib_examples"] == 8

@@ -68,3 +68,36 @@ def test_bf16_and_compiled_gpu_runs_train_like_fp32(gpu_overrides, tmp_path):
     assert results["compute"]["compile"] is True
     assert not all(s["measured"] for s in compiled)  # some steps ran the compiled module
     assert [s["loss"] for s in compiled] == pytest.approx([s["loss"] for s in fp32], abs=2e-3)  # TF32 in both
+
+
+def test_a_bf16_decoder_with_gradient_checkpointing_trains_prunes_and_reports_each_phases_peak(tmp_path):
+    """The 7B recipe on a tiny Llama (GQA): bf16 weights, gradient checkpointing, SAFE on a text task, then HIES;
+    per-phase CUDA peaks, the pruning stage's, and less saved-for-backward memory with checkpointing."""
+    import json
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from helpers import GLUE_DIR, save_family_dir
+
+    model_dir = save_family_dir("llama", tmp_path / "model")
+    data = tmp_path / "data"
+    data.mkdir()
+    rows = [r.split("\t")[3] for r in (GLUE_DIR / "MRPC" / "train.tsv").read_text().splitlines()[1:400]]
+    (data / "train.txt").write_text("\n".join(rows[:300]))
+    (data / "valid.txt").write_text("\n".join(rows[300:]))
+    base = [f"model.name_or_path={model_dir}", "task=lm/text", f"task.data_dir={data}", "model.dtype=bfloat16",
+            "trainer.batch_size=8", "trainer.max_seq_length=64", "trainer.max_steps=12", "trainer.progress_bar=false",
+            "logger=none", "method=safe", "safe.t_w=0.1", "safe.t_f=0.5", "safe.threshold=1.0"]
+    plain, _ = _train(base, tmp_path / "plain")
+    from runner.app import execute
+    from runner.config import compose_config
+
+    execute(compose_config([*base, "trainer.gradient_checkpointing=true", "prune=hies", "prune.latency=none",
+                            "prune.ratios=[0.25]", "prune.ratio=0.25"], output_dir=tmp_path / "ckpt"))
+    checkpointed = json.loads((tmp_path / "ckpt" / "results.json").read_text())
+    assert checkpointed["status"] == "completed" and checkpointed["compute"]["device"] == "cuda"
+    mem = checkpointed["memory"]
+    assert set(mem["cuda_peak_bytes_by_phase"]) >= {"train", "eval"} and mem["cuda_peak_bytes_by_phase"]["train"] > 0
+    assert mem["saved_for_backward_peak_bytes"] < plain["memory"]["saved_for_backward_peak_bytes"]
+    assert checkpointed["pruning"]["cuda_peak_bytes"] > 0
+    print(json.dumps({"plain": plain["memory"], "checkpointed": mem}, indent=1))

@@ -137,8 +137,12 @@ def load_trained_model(model_dir: Path, scfg: DictConfig, task: DictConfig):
 def prune_saved_run(cfg: DictConfig, s: settings_lib.PruneSettings) -> dict:
     """Prune a saved fine-tuned run (``s.from_run``); results go to this job's output dir with a reference to the source."""
     src = Path(str(s.from_run)).expanduser().resolve()
+    pretrained = (src / "config.json").is_file() and not (src / "model").is_dir()
+    if pretrained:  # a model folder, not a run: prune the pretrained model as it is (the paper's LLaMA-2 setting)
+        return _prune_pretrained(cfg, s, src)
     if not (src / "model").is_dir():
-        raise ConfigError(f"prune.from_run={s.from_run}: no model/ folder there; give the output dir of a finished run")
+        raise ConfigError(f"prune.from_run={s.from_run}: no model/ folder there; give the output dir of a finished run "
+                          f"or a model folder (with config.json)")
     src_results = runs.read(src) or {}
     src_status = src_results.get("status")
     trained = src_status == STATUS_COMPLETED or (src_status == STATUS_FAILED and "post_train" in (src_results.get("stage"), src_results.get("failed_stage")))
@@ -155,7 +159,25 @@ def prune_saved_run(cfg: DictConfig, s: settings_lib.PruneSettings) -> dict:
         return _prune_into(out, cfg, s, src, src_results, scfg, task)
 
 
-def _prune_into(out: Path, cfg: DictConfig, s, src: Path, src_results: dict, scfg: DictConfig, task: DictConfig) -> dict:
+def _prune_pretrained(cfg: DictConfig, s: settings_lib.PruneSettings, src: Path) -> dict:
+    """``prune.from_run=<model folder>``: prune a pretrained model without fine-tuning it, with this job's
+    task (calibration on its training split, metrics on its eval split) and model settings."""
+    from runner.lm import is_lm_task
+
+    if not is_lm_task(cfg.task):
+        log.warning("prune.from_run=%s is a model folder: task %s's classifier starts untrained, so its metrics say little; "
+                    "fine-tune first and prune the run", src, cfg.task.name)
+    scfg = OmegaConf.merge(cfg, {"model": {"name_or_path": str(src)}})
+    with open_dict(scfg):
+        scfg.model.short_name = src.name
+    out = Path(cfg.output_dir)
+    with runs.DirLock(out):
+        runs.check_fresh(out)
+        return _prune_into(out, cfg, s, src, {}, scfg, cfg.task, pretrained=True)
+
+
+def _prune_into(out: Path, cfg: DictConfig, s, src: Path, src_results: dict, scfg: DictConfig, task: DictConfig,
+                pretrained: bool = False) -> dict:
     """The pruning job proper, in a dir this process holds."""
     from runner import data as data_lib
     from runner.results import flatten
@@ -169,7 +191,13 @@ def _prune_into(out: Path, cfg: DictConfig, s, src: Path, src_results: dict, scf
     device = torch.device("cuda" if torch.cuda.is_available() and not cfg.trainer.get("cpu") else "cpu")
     exit_code = 1
     try:
-        model, tokenizer = load_trained_model(src / "model", scfg, task)
+        if pretrained:
+            from runner.models import load_model_and_tokenizer
+
+            model, tokenizer = load_model_and_tokenizer(scfg.model, task)
+            model.eval()
+        else:
+            model, tokenizer = load_trained_model(src / "model", scfg, task)
         data = data_lib.load_task_splits(task)
         inputs = _prune_inputs(cfg, scfg.get("trainer", cfg.trainer), model=model, tokenizer=tokenizer, task=task,
                                data=data, output_dir=out, device=device, tracker=tracker, step=0, source_run=str(src))
@@ -181,7 +209,8 @@ def _prune_into(out: Path, cfg: DictConfig, s, src: Path, src_results: dict, scf
             "model": scfg.model.get("short_name"),
             "method": f"prune:{s.criterion}",
             "source_run": str(src),
-            "source": {k: src_results.get(k) for k in ("status", "stage", "run_name", "method", "adapter", "seed", "metrics")},
+            "source": {"pretrained": True} if pretrained else
+            {k: src_results.get(k) for k in ("status", "stage", "run_name", "method", "adapter", "seed", "metrics")},
             "metrics": section["primary"]["metrics"],
             "main_metric": task.main_metric,
             "pruning": section,
