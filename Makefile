@@ -4,6 +4,9 @@ PYTHON ?= python
 GLUE_DIR ?= $(abspath ../shared/data/glue)
 export GLUE_DIR
 PYTEST_ARGS ?= --durations=15
+# Two workers (pytest-xdist; each test process uses one torch thread, tests/conftest.py): most tests wait on
+# process start-up, imports and Python, not on matrix work, so two cores keep busy. XDIST= runs one process.
+XDIST ?= -n 2 --dist worksteal
 
 .PHONY: help install lock run smoke smoke-mpnet test test-fast bench-step bench-runner gpu-prepare bench-learn bench-safe safe-frontier bench-hies clean sweep sweep-resume report repro-safe repro-hies
 
@@ -33,10 +36,10 @@ smoke: install ## The whole pipeline (train, SAFE freezing, HIES pruning, plots)
 	$(PYTHON) -m runner experiment=smoke
 
 test: install ## Run the whole test suite (523 tests, 2 of them skipped without a GPU; 15.1 minutes measured on 2 CPU cores, 2026-12-06), listing the 15 slowest
-	$(PYTHON) -m pytest -q $(PYTEST_ARGS)
+	$(PYTHON) -m pytest -q $(XDIST) $(PYTEST_ARGS)
 
 test-fast: install ## Run the tests not marked slow
-	$(PYTHON) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+	$(PYTHON) -m pytest -q $(XDIST) -m "not slow" $(PYTEST_ARGS)
 
 bench-step: install ## Our adapter training step (measuring on, off) vs a plain PyTorch+PEFT loop: ratios and what measuring costs
 	$(PYTHON) scripts/bench_step.py

@@ -224,7 +224,7 @@ def load_task_splits(task: DictConfig) -> TaskData:
     from runner import lm
 
     if lm.is_lm_task(task):
-        data = lm.load_lm_splits(task)
+        data = TaskData(**lm.load_lm_splits(task))
         data.train, data.holdout = split_holdout(data.train, task.get("holdout_samples"), task.get("holdout_seed", 0), task.name)
         return data
     task_dir = resolve_task_dir(task)

@@ -96,10 +96,9 @@ def read_choices(path: Path) -> list[dict]:
     return rows
 
 
-def load_lm_splits(task: DictConfig):
-    """The task's records as :class:`runner.data.TaskData` (train, evals, multiple-choice sets), capped."""
-    from runner.data import TaskData
-
+def load_lm_splits(task: DictConfig) -> dict:
+    """The task's records, capped: ``train``, ``evals`` (name -> records), ``choices`` (multiple-choice sets by
+    name) and ``source`` (the fields of :class:`runner.data.TaskData`)."""
     folder = _task_dir(task)
     train = read_records(folder / str(task.train_file))
     evals = {name: read_records(folder / str(file)) for name, file in dict(task.eval_files).items()}
@@ -110,7 +109,7 @@ def load_lm_splits(task: DictConfig):
     if task.get("max_eval_samples"):
         evals = {k: v.select(range(min(len(v), int(task.max_eval_samples)))) for k, v in evals.items()}
     choices = {name: read_choices(folder / str(file)) for name, file in dict(task.get("mc_files") or {}).items()}
-    return TaskData(train=train, evals=evals, choices=choices, source=str(folder))
+    return {"train": train, "evals": evals, "choices": choices, "source": str(folder)}
 
 
 # ---------------------------------------------------------------------------

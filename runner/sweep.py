@@ -319,7 +319,9 @@ def build_command(job: Job, *, procs: int = 1, cpu: bool = False, launcher: str 
         if cpu:
             head.append("--cpu")
         elif procs > 1:
-            head += ["--multi_gpu", "--main_process_port", str(_free_port())]
+            head.append("--multi_gpu")
+        if procs > 1:  # a port of its own: two sweeps (or a sweep's parallel jobs) on one machine never collide on 29500
+            head += ["--main_process_port", str(_free_port())]
         return [*head, *(launch_args or []), "-m", "runner", *args]
     raise SystemExit(f"error: unknown launcher {kind!r}; valid: auto, python, torchrun, accelerate")
 

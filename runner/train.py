@@ -481,9 +481,9 @@ class Recipe:
                     with self.eval_flop_meter.context(measure.batch_key(batch)) as fl:
                         out = self.model(**batch)
                     flops += fl.flops or 0
-                    ll, n = lm.token_log_likelihoods(out.logits, batch["labels"])
-                    nll, tokens = nll - float(ll.sum()), tokens + float(n.sum())
-                nll, tokens = self._sum_across_processes(nll), self._sum_across_processes(tokens)
+                    # every process's examples, the duplicates that even out the last batch dropped
+                    ll, n = acc.gather_for_metrics(lm.token_log_likelihoods(out.logits, batch["labels"]))
+                    nll, tokens = nll - float(ll.double().sum()), tokens + float(n.sum())
                 prefix = "" if i == 0 else f"{split}/"
                 metrics.update({prefix + k: v for k, v in lm.perplexity_metrics(nll, int(tokens)).items()})
             for name, rows in self.data.choices.items():

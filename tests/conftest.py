@@ -11,6 +11,12 @@ from helpers import GLUE_DIR as SHARED_GLUE
 from netguard.recording_proxy import RecordingServer
 from netguard.sitecustomize import ENV as GUARD_ENV, install as install_guard
 
+if os.environ.get("PYTEST_XDIST_WORKER"):  # make test runs two workers on two cores: one torch thread each
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # and in the processes the tests start
+    import torch
+
+    torch.set_num_threads(1)
+
 GUARD_DIR = Path(__file__).parent / "netguard"
 PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy")
 

@@ -12,7 +12,8 @@ def options(group: str) -> list[str]:
 
 
 def test_groups_have_the_documented_options():
-    assert options("task") == [f"glue/{t}" for t in sorted(["cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "qnli", "rte", "wnli"])]
+    assert options("task") == [f"glue/{t}" for t in sorted(["cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "qnli", "rte", "wnli"])] + [
+        "lm/text"]
     assert {"minilm", "bert-base-uncased", "roberta-base", "roberta-large"} <= set(options("model"))
     assert {"lora", "bottleneck"} <= set(options("adapter"))
     assert {"full", "adapter"} <= set(options("method"))
@@ -30,7 +31,7 @@ def test_every_option_composes(group):
         if group == "task":
             assert node.name == option.split("/")[1]
             assert node.metrics and node.main_metric in node.metrics
-            assert node.is_regression == (node.label_names is None)
+            assert node.is_regression == (node.label_names is None) or node.kind == "causal_lm"
         elif group in ("adapter", "method", "logger"):
             assert node.name == option
 

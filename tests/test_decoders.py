@@ -335,3 +335,13 @@ def test_a_pretrained_decoder_folder_is_pruned_as_it_is(lm_data, tmp_path):
     own = q.metrics(q.outputs(AutoModelForCausalLM.from_pretrained(str(model_dir)), loader, torch.device("cpu"), choices=False))
     assert res["pruning"]["unpruned"]["metrics"]["perplexity"] == pytest.approx(own["perplexity"], rel=1e-5)
     assert res["pruning"]["primary"]["heads_pruned"] == 2 and res["pruning"]["scoring"]["calib_examples"] == 8
+
+
+def test_bf16_weights_train_and_evaluate_a_decoder(lm_data, tmp_path):
+    """model.dtype=bfloat16 (how a 7B model fits one GPU): the weights load in bf16, LoRA trains, perplexity is finite."""
+    model_dir = save_family_dir("qwen2", tmp_path / "model")
+    execute(compose([*_base(model_dir, lm_data, tmp_path), "model.dtype=bfloat16", "method=adapter", "trainer.max_steps=3"],
+                    tmp_path / "bf16"))
+    res = json.loads((tmp_path / "bf16" / "results.json").read_text())
+    assert res["status"] == "completed" and math.isfinite(res["metrics"]["perplexity"])
+    assert res["memory"]["param_bytes"] < 0.6 * 4 * res["params"]["params_total"]  # 2 bytes a weight, not 4

@@ -12,6 +12,8 @@ import pytest
 import torch
 from wandb_files import find_run_file, read_run
 
+from runner.sweep import _free_port
+
 pytestmark = pytest.mark.slow
 
 
@@ -38,7 +40,8 @@ def test_two_cpu_processes_share_one_run(tiny_model_dir, glue_dir, tmp_path):
     env.pop("WANDB_MODE", None)
     n_eval = 33  # odd: the second process pads its last batch, gather_for_metrics must drop the duplicates
     cmd = [
-        sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--cpu", "-m", "runner",
+        sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--cpu",
+        "--main_process_port", str(_free_port()), "-m", "runner",  # not 29500: tests run in parallel workers
         f"model.name_or_path={tiny_model_dir}", "model.short_name=tiny", "method=full", "adapter=none",
         "task.max_train_samples=64", f"task.max_eval_samples={n_eval}", "trainer.batch_size=8", "trainer.eval_batch_size=8",
         "trainer.epochs=1", "trainer.max_seq_length=64", "trainer.progress_bar=false", f"data_cache_dir={tmp_path / 'cache'}",
@@ -56,3 +59,41 @@ def test_two_cpu_processes_share_one_run(tiny_model_dir, glue_dir, tmp_path):
     assert results["metrics"]["accuracy"] == pytest.approx(evaluate_saved_model(out / "model", glue_dir, n_eval))
     wb = read_run(find_run_file(out))  # exactly one W&B run
     assert wb["summary"]["provenance/num_processes"] == 2
+
+
+def test_two_cpu_processes_on_a_text_task_count_every_eval_token_once(glue_dir, tmp_path):
+    """A decoder on the causal-LM task with two processes: the perplexity is over every eval token once (the
+    duplicates that even out the last batch dropped), equal to the saved model's, computed in one process."""
+    import torch
+    from helpers import save_family_dir
+
+    from runner.config import compose_config
+    from runner.data import load_task_splits
+    from runner.prune.quality import LanguageModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model_dir = save_family_dir("llama", tmp_path / "model")
+    data = tmp_path / "data"
+    data.mkdir()
+    rows = [r.split("\t")[3] for r in (glue_dir / "MRPC" / "train.tsv").read_text().splitlines()[1:200]]
+    (data / "train.txt").write_text("\n".join(rows[:120]))
+    (data / "valid.txt").write_text("\n".join(rows[120:]))  # an odd number of blocks across two processes
+    overrides = [f"model.name_or_path={model_dir}", "task=lm/text", f"task.data_dir={data}", "method=full", "adapter=none",
+                 "trainer.batch_size=4", "trainer.eval_batch_size=4", "trainer.max_seq_length=32", "trainer.max_steps=3",
+                 "trainer.progress_bar=false", "logger=none", f"data_cache_dir={tmp_path / 'cache'}"]
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--cpu",
+           "--main_process_port", str(_free_port()), "-m", "runner", *overrides]
+    env = {**os.environ, "HOME": str(tmp_path), "GLUE_DIR": str(glue_dir)}
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = next((tmp_path / "outputs" / "runs").iterdir())
+    results = json.loads((out / "results.json").read_text())
+    cfg = compose_config(overrides)
+    q = LanguageModel(cfg.task, AutoTokenizer.from_pretrained(str(out / "model")), 32)
+    blocks = q.tokenize(load_task_splits(cfg.task).evals["validation"])
+    assert len(blocks) % 2 == 1 or len(blocks) % 8 != 0  # the last batch is uneven across the processes
+    loader = torch.utils.data.DataLoader(blocks, batch_size=4, collate_fn=q.collator)
+    alone = q.metrics(q.outputs(AutoModelForCausalLM.from_pretrained(str(out / "model")), loader, torch.device("cpu"),
+                                choices=False))
+    assert results["metrics"]["tokens"] == alone["tokens"]
+    assert results["metrics"]["perplexity"] == pytest.approx(alone["perplexity"], rel=1e-4)

@@ -52,7 +52,7 @@ CASES = [
                                        "e.g. adapter.target_modules=auto or '[query,value]'"),
     (["adapter=bottleneck", "adapter.activation=swish"], "adapter.activation must be one of gelu, relu, tanh, silu, got 'swish'"),
     (["adapter=bottleneck", "adapter.init_scale=0"], "adapter.init_scale must be a positive number, got 0"),
-    (["model.pooling=max"], "model.pooling must be one of auto, cls, mean, got 'max'"),
+    (["model.pooling=max"], "model.pooling must be one of auto, cls, mean, last, got 'max'"),
     (["model.dtype=float8"], "model.dtype must be one of float32, bfloat16, float16, got 'float8'"),
     (["task.metrics=accuracy"], "task.metrics must be a list of strings, got 'accuracy'"),
     (["task.is_regression=maybe"], "task.is_regression must be true or false, got 'maybe'"),

@@ -194,7 +194,7 @@ def test_each_job_gets_its_own_launcher_command(tmp_path):
     assert gpu[1:7] == ["-m", "accelerate.commands.launch", "--num_processes", "4", "--multi_gpu", "--main_process_port"]
     assert gpu[8:12] == ["--mixed_precision", "bf16", "-m", "runner"]
     acc_cpu = build_command(job, procs=2, cpu=True, launcher="accelerate")
-    assert acc_cpu[1:7] == ["-m", "accelerate.commands.launch", "--num_processes", "2", "--cpu", "-m"]
+    assert acc_cpu[1:7] == ["-m", "accelerate.commands.launch", "--num_processes", "2", "--cpu", "--main_process_port"]
     assert build_command(job, group="sw", procs=1)[0] == sys.executable
 
 

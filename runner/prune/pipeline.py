@@ -483,6 +483,23 @@ class MaskEvaluator:
         }
 
 
+def _evaluate_every_mask(evaluator: MaskEvaluator, maps: dict, s: PruneSettings, task) -> tuple[list[dict], dict]:
+    """(a record per (criterion, ratio), the primary ratio's mask per criterion)."""
+    records, primary_masks = [], {}
+    for crit in s.compare:
+        for ratio in s.ratios:
+            pruned_mask = evaluator.mask(maps, crit, ratio)
+            if ratio == s.ratio:
+                primary_masks[crit] = pruned_mask.numpy()
+            record = evaluator.evaluate(crit, ratio, pruned_mask)
+            records.append(record)
+            last = f"bs{s.latency_batch_sizes[-1]}"
+            log.info("pruning: %-9s ratio %.2f  %s=%.4f  stability=%.4f  flops x%.3f%s", crit, ratio,
+                     task.main_metric, record["main_metric"], record["stability"], record["flops_ratio"],
+                     f"  latency({last}) x{record['latency'][last]['ratio']:.3f}" if record["latency"] else "")
+    return records, primary_masks
+
+
 def run_pruning(inputs: PruneInputs, s: PruneSettings) -> dict:
     """Score once, then for every (criterion, ratio): prune, measure; then files, plots, W&B.
     Returns the ``pruning`` section of results.json."""
@@ -503,18 +520,7 @@ def run_pruning(inputs: PruneInputs, s: PruneSettings) -> dict:
     maps, extra_maps, scoring = score_heads(model, data, s, task, device)
 
     evaluator = MaskEvaluator(model, ref, data, s, inputs, scoring)
-    records, primary_masks = [], {}
-    for crit in s.compare:
-        for ratio in s.ratios:
-            pruned_mask = evaluator.mask(maps, crit, ratio)
-            if ratio == s.ratio:
-                primary_masks[crit] = pruned_mask.numpy()
-            record = evaluator.evaluate(crit, ratio, pruned_mask)
-            records.append(record)
-            last = f"bs{s.latency_batch_sizes[-1]}"
-            log.info("pruning: %-9s ratio %.2f  %s=%.4f  stability=%.4f  flops x%.3f%s", crit, ratio,
-                     task.main_metric, record["main_metric"], record["stability"], record["flops_ratio"],
-                     f"  latency({last}) x{record['latency'][last]['ratio']:.3f}" if record["latency"] else "")
+    records, primary_masks = _evaluate_every_mask(evaluator, maps, s, task)
 
     artifacts = write_artifacts(out_dir, inputs, s, evaluator.geo, maps, extra_maps, scoring, primary_masks, records, ref, data)
     artifacts["model"] = str(evaluator.saved_model) if evaluator.saved_model else None

@@ -151,6 +151,24 @@ def gate_gradients(model: nn.Module, gate: HeadGate, batch: dict) -> tuple[torch
     return g.abs().sum(0), g.mean(0).abs()
 
 
+def _capture_entropy(model: nn.Module, layers, current_mask: list) -> tuple[dict, list]:
+    """Forward hooks that put each layer's summed per-example AE of a batch into the returned dict (layer
+    index -> [H]); ``current_mask[0]`` is the batch's attention mask. Each family's attention module returns
+    (output, probabilities) in eager mode."""
+    arch = architecture_of(model)
+    captured: dict[int, torch.Tensor] = {}
+
+    def capture(index):
+        def hook(module, args, output):
+            probs = output[1] if isinstance(output, tuple) and len(output) > 1 else None
+            if probs is None:
+                raise RuntimeError("attention probabilities missing: the scoring pass needs eager attention")
+            captured[index] = attention_entropy(probs, current_mask[0], causal=arch.decoder).sum(0).double().cpu()
+        return hook
+
+    return captured, [arch.attention_module(layer).register_forward_hook(capture(i)) for i, layer in enumerate(layers)]
+
+
 def calibration_scores(model: nn.Module, batches, normalize_layers: bool = True, device=None,
                        his_per: str = "example", entropy: bool = True) -> CalibrationScores:
     """HIS and AE from calibration batches (dicts with input_ids, attention_mask, labels).
@@ -171,20 +189,9 @@ def calibration_scores(model: nn.Module, batches, normalize_layers: bool = True,
     his, ae_sum = {k: zeros.clone() for k in HIS_PER}, zeros.clone()
     examples = tokens = n_batches = 0
     current_mask: list[torch.Tensor] = []
-    captured: dict[int, torch.Tensor] = {}
-
-    def capture(index):
-        def hook(module, args, output):
-            probs = output[1] if isinstance(output, tuple) and len(output) > 1 else None
-            if probs is None:
-                raise RuntimeError("attention probabilities missing: the scoring pass needs eager attention")
-            captured[index] = attention_entropy(probs, current_mask[0], causal=arch.decoder).sum(0).double().cpu()
-        return hook
-
     was_training, start = model.training, time.perf_counter()
     model.eval()  # no dropout: scores must not depend on dropout noise
-    arch = architecture_of(model)  # each family's attention module returns (output, probabilities) in eager mode
-    handles = [arch.attention_module(layer).register_forward_hook(capture(i)) for i, layer in enumerate(layers)] if entropy else []
+    captured, handles = _capture_entropy(model, layers, current_mask) if entropy else ({}, [])
     kernel = eager_attention(model) if entropy else contextlib.nullcontext()
     try:
         with kernel, frozen_weights(model), HeadGate(model, requires_grad=True) as gate:
