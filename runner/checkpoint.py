@@ -11,7 +11,9 @@ crash while saving leaves the previous checkpoint intact.
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -21,27 +23,74 @@ import yaml
 from runner.adapters import kind_of
 from runner.errors import RecordError, first_line
 from runner.results import atomic_write_json, atomic_write_text
+from runner.runs import CHECKPOINT_SLOTS, newest_checkpoint
 
-CHECKPOINT = "checkpoint"
+CHECKPOINT = CHECKPOINT_SLOTS[0]
+TRASH = ".checkpoint.trash"  # a folder being deleted (never read)
 
 
 WEIGHTS_ALL, WEIGHTS_TRAINED = "all", "trained"
 
 
+def _discard(folder: Path) -> None:
+    """Delete a folder so that no kill leaves it half deleted under its name: rename to a trash name, then delete."""
+    if not folder.exists():
+        return
+    trash = folder.with_name(f"{TRASH}{os.getpid()}.{folder.name.lstrip('.')}")
+    folder.rename(trash)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def settle(output_dir: Path) -> Path | None:
+    """After any kill inside :func:`save`: the newest complete checkpoint becomes ``checkpoint/`` and every other
+    slot and trash folder goes (main process, before a save). Returns ``checkpoint/`` or None."""
+    output_dir = Path(output_dir)
+    for trash in output_dir.glob(f"{TRASH}*"):
+        shutil.rmtree(trash, ignore_errors=True)
+    newest = complete_checkpoint(output_dir)
+    target = output_dir / CHECKPOINT
+    if newest is not None and newest != target:
+        _discard(target)  # partial or older: the newest complete one is elsewhere
+        newest.rename(target)
+    for name in CHECKPOINT_SLOTS[1:]:
+        _discard(output_dir / name)
+    if newest is None:
+        _discard(target)  # a checkpoint/ without meta.json is not one
+    return target if newest is not None else None
+
+
+def _storage_error(exc: BaseException) -> OSError | None:
+    """torch reports a full disk inside its zip writer as a RuntimeError ("unexpected pos", "file write failed"):
+    the OSError it is (the runner's storage exit, 7), or None for any other error."""
+    text = str(exc)
+    if isinstance(exc, RuntimeError) and any(s in text for s in ("unexpected pos", "file write failed", "No space left")):
+        return OSError(errno.ENOSPC, f"no space left while writing the checkpoint ({first_line(exc)[:120]})")
+    return None
+
+
 def save(accelerator, output_dir: Path, meta: dict, keep: Callable[[str], bool] | None = None) -> Path:
     """Write the checkpoint; with ``keep``, only the model weights it accepts (an adapter run: adapters,
-    head and any base layer a method changed), the rest is rebuilt from the base model on resume."""
+    head and any base layer a method changed), the rest is rebuilt from the base model on resume.
+
+    Kill-safe at every instant: the new state goes to ``.checkpoint.tmp`` and is complete once its meta.json
+    (written last, atomically) is; then ``checkpoint/`` -> ``.checkpoint.old``, ``.checkpoint.tmp`` ->
+    ``checkpoint/``, and the old one is discarded. A resume reads the newest complete slot
+    (:func:`complete_checkpoint`); the next save first :func:`settle` s whatever a kill left."""
     target = Path(output_dir) / CHECKPOINT
     tmp = Path(output_dir) / f".{CHECKPOINT}.tmp"
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        if tmp.exists():
-            shutil.rmtree(tmp)
+        settle(output_dir)
         tmp.mkdir(parents=True)  # before any rank writes its RNG state into it
     accelerator.wait_for_everyone()
     handle = accelerator.register_save_state_pre_hook(_only(keep)) if keep is not None else None
     try:
         accelerator.save_state(str(tmp), safe_serialization=True)
+    except RuntimeError as exc:
+        storage = _storage_error(exc)
+        if storage is None:
+            raise
+        raise storage from exc
     finally:
         if handle is not None:
             handle.remove()
@@ -54,21 +103,16 @@ def save(accelerator, output_dir: Path, meta: dict, keep: Callable[[str], bool] 
         if target.exists():
             target.rename(old)
         tmp.rename(target)
-        if old.exists():
-            shutil.rmtree(old)
+        _discard(old)
     accelerator.wait_for_everyone()
     return target
 
 
 def complete_checkpoint(output_dir: Path) -> Path | None:
-    """The newest complete checkpoint folder: ``checkpoint/``, or, when a crash fell between
-    :func:`save`'s two renames, the new copy (``.checkpoint.tmp``, complete once its meta.json
-    is written) or else the previous one (``.checkpoint.old``)."""
-    output_dir = Path(output_dir)
-    for name in (CHECKPOINT, f".{CHECKPOINT}.tmp", f".{CHECKPOINT}.old"):
-        if (output_dir / name / "meta.json").is_file():
-            return output_dir / name
-    return None
+    """The newest complete checkpoint folder wherever a killed :func:`save` left it: ``checkpoint/``, the new
+    copy (``.checkpoint.tmp``, complete once its meta.json is written) or the previous one (``.checkpoint.old``),
+    the highest step first (runner.runs.newest_checkpoint)."""
+    return newest_checkpoint(Path(output_dir))
 
 
 def load_meta(output_dir: Path) -> dict | None:
@@ -84,7 +128,11 @@ def load_meta(output_dir: Path) -> dict | None:
 
 
 def load(accelerator, output_dir: Path, model=None) -> None:
-    """Restore the checkpoint into the prepared objects; ``model`` (unwrapped) checks a trained-weights checkpoint."""
+    """Restore the checkpoint into the prepared objects; ``model`` (unwrapped) checks a trained-weights checkpoint.
+    What a killed save left is settled first: the newest complete checkpoint becomes ``checkpoint/``."""
+    if accelerator.is_main_process:
+        settle(output_dir)
+    accelerator.wait_for_everyone()
     folder = complete_checkpoint(output_dir)
     if folder is None:
         raise FileNotFoundError(f"{output_dir} holds no complete checkpoint")

@@ -233,8 +233,29 @@ COMPLETED, FAILED, INTERRUPTED, RESUMABLE, INCOMPLETE, MISSING, DAMAGED = (
     "completed", "failed", "interrupted", "resumable", "incomplete", "missing", "damaged")
 
 
+# runner.checkpoint's folders: the checkpoint, the new one being written (complete once its meta.json is), the one
+# being replaced; a folder is deleted only after a rename to a trash name, so none of these is ever half deleted
+CHECKPOINT_SLOTS = ("checkpoint", ".checkpoint.tmp", ".checkpoint.old")
+
+
+def newest_checkpoint(run_dir: Path) -> Path | None:
+    """The complete checkpoint (meta.json written last) with the highest step among the slots, wherever a
+    killed save left it; ties go to ``checkpoint/``. A meta.json that cannot be read counts as oldest."""
+    found = []
+    for order, name in enumerate(CHECKPOINT_SLOTS):
+        meta = Path(run_dir) / name / "meta.json"
+        if not meta.is_file():
+            continue
+        try:
+            step = int(json.loads(meta.read_text()).get("global_step", -1))
+        except (OSError, ValueError, TypeError, AttributeError):
+            step = -2
+        found.append((step, -order, meta.parent))
+    return max(found)[2] if found else None
+
+
 def has_checkpoint(run_dir: Path) -> bool:
-    return (Path(run_dir) / "checkpoint" / "meta.json").is_file()
+    return newest_checkpoint(run_dir) is not None
 
 
 def state(run_dir: Path) -> str:
