@@ -115,6 +115,7 @@ def load_model_and_tokenizer(mcfg: DictConfig, task: DictConfig):
     attention = mcfg.attn_implementation
     if attention == "sdpa" and not arch.supports_sdpa:
         attention = "eager"  # the family's attention code has no SDPA path (MPNet)
+    check_tokenizer_files(path)
     tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
     ensure_pad_token(tokenizer, config)
     try:
@@ -133,6 +134,19 @@ def load_model_and_tokenizer(mcfg: DictConfig, task: DictConfig):
         return model, tokenizer
     pooling, _ = resolve_pooling(mcfg.get("pooling"), path)
     return apply_pooling(model, pooling), tokenizer
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "merges.txt", "spiece.model",
+                   "sentencepiece.bpe.model", "tokenizer.model")
+
+
+def check_tokenizer_files(path: str) -> None:
+    """A local model folder must hold its tokenizer: without one, transformers builds a tokenizer of a few
+    special tokens and every word becomes unknown, and the run would train on that silently."""
+    folder = Path(path)
+    if folder.is_dir() and not any((folder / name).is_file() for name in TOKENIZER_FILES):
+        raise ModelError(f"model folder {folder} has no tokenizer files ({', '.join(TOKENIZER_FILES[:3])}, ...); "
+                         f"copy the model's tokenizer into it (tokenizer.save_pretrained(folder))")
 
 
 def ensure_pad_token(tokenizer, config) -> None:

@@ -45,12 +45,17 @@ def fixtures(tmp_path_factory, tiny_model_dir, glue_dir):
     shutil.copytree(tiny_model_dir, truncated)
     weights = truncated / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:200])
+    no_tokenizer = root / "no-tokenizer"  # config and weights only
+    shutil.copytree(tiny_model_dir, no_tokenizer)
+    for f in no_tokenizer.iterdir():
+        if f.name not in ("config.json", "model.safetensors"):
+            f.unlink()
     bad_labels = root / "bad-labels"
     bad_labels.mkdir()
     for split in ("train", "validation"):
         (bad_labels / f"{split}.csv").write_text("sentence1,sentence2,label\na cat,a dog,0\nthe sun,the moon,7\n")
     return {"truncated": truncated, "bad_labels": bad_labels, "only_train": only_train, "wrong_columns": wrong_columns, "rte_as_mrpc": rte_as_mrpc, "no_config": no_config,
-            "bloom": bloom, "empty_run": empty_run, "done_run": done_run, "tiny": tiny_model_dir}
+            "bloom": bloom, "no_tokenizer": no_tokenizer, "empty_run": empty_run, "done_run": done_run, "tiny": tiny_model_dir}
 
 
 # (id, overrides, extra environment, exit code, message pattern)
@@ -119,6 +124,8 @@ CASES = [
     ("wrong-task-files", ["task=glue/mrpc", "task.data_dir={rte_as_mrpc}"], {}, DATA, r"has 4 columns .* expects at least 5"),
     ("model-path-missing", ["model.name_or_path=/does/not/exist"], {}, MODEL, r"model path /does/not/exist does not exist"),
     ("model-folder-without-config", ["model.name_or_path={no_config}"], {}, MODEL, r"has no config.json"),
+    ("model-without-tokenizer", ["model.name_or_path={no_tokenizer}"], {}, MODEL,
+     r"model folder .*no-tokenizer has no tokenizer files \(tokenizer.json, tokenizer_config.json, vocab.txt, ...\); copy"),
     ("unsupported-architecture", ["model.name_or_path={bloom}"], {}, MODEL, r"model type bloom is not supported; supported: .*llama"),
     ("config-override-without-plus", ["model.config_overrides.hidden_dropout_prob=0"], {}, CONFIG,
      r"^error: model.config_overrides takes entries of your own: add them with a leading \+, e.g. \+model.config_overrides.NAME=VALUE$"),
