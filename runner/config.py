@@ -25,6 +25,17 @@ def default_glue_dir() -> str | None:
     return str(found) if found is not None else None
 
 
+NAME_LIMIT = 120  # characters of a run name in a dir name (a file name may hold 255 bytes)
+
+
+def dir_name(name) -> str:
+    """A setting as one path component: anything but letters, digits, ``.``, ``_``, ``-``, ``=`` and ``+``
+    becomes ``-`` (no ``/``, no ``..`` climbing out of ``outputs/``), leading dots and dashes go, at most
+    :data:`NAME_LIMIT` characters. Every dir Hydra names after ``run_name`` goes through it."""
+    safe = re.sub(r"[^A-Za-z0-9._=+-]+", "-", str(name)).strip(".-")
+    return safe[:NAME_LIMIT].rstrip(".-") or "run"
+
+
 def run_label(default: str, from_run, criterion) -> str:
     """``run_name``: ``<task>-<model>-<method>-s<seed>``; a job that prunes a saved run
     (``prune.from_run``) is named after what it does: ``prune-<criterion>-<source run's name>``,
@@ -69,7 +80,7 @@ def group_choice(name_or_path, default_path, choice, otherwise):
 def register_resolvers() -> None:
     """The runner's interpolations: ``${run_stamp:}``, ``${sweep_group:<default>}``, ``${glue_dir:}``,
     ``${run_label:<default>,<prune.from_run>,<prune.name>}``, ``${model_short_name:<path>[,<default path>,<name>]}``,
-    ``${group_choice:<path>,<default path>,<choice>,<otherwise>}``."""
+    ``${group_choice:<path>,<default path>,<choice>,<otherwise>}``, ``${dir_name:<name>}``."""
 
     def run_stamp() -> str:
         return os.environ.get("RUNNER_RUN_STAMP") or datetime.datetime.now().strftime("%Y-%m-%d_%H-%M-%S_%f")
@@ -84,6 +95,8 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("run_label", run_label)
     if not OmegaConf.has_resolver("model_short_name"):
         OmegaConf.register_new_resolver("model_short_name", model_short_name)
+    if not OmegaConf.has_resolver("dir_name"):
+        OmegaConf.register_new_resolver("dir_name", dir_name)
     if not OmegaConf.has_resolver("group_choice"):
         OmegaConf.register_new_resolver("group_choice", group_choice)
     if not OmegaConf.has_resolver("glue_dir"):

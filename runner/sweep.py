@@ -116,10 +116,12 @@ def plan(sweep_dir: Path, overrides: list[str]) -> list[Job]:
 
 def _job_label(overrides: list[str]) -> str:
     """``run_name``; for a job that prunes a saved run, ``prune-<that run's dir name>`` (its task and seed come from there)."""
+    from runner.config import dir_name
+
     source = next((o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0] == "prune.from_run"), None)
     if source not in (None, "", "null"):
-        return f"prune-{Path(source).name}"
-    return run_name(overrides) or "job"
+        return dir_name(f"prune-{Path(source).name}")
+    return dir_name(run_name(overrides) or "job")  # one path component inside the sweep dir, whatever the values
 
 
 def load_plan(sweep_dir: Path) -> tuple[list[Job], dict]:

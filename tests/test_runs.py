@@ -248,3 +248,25 @@ def test_a_sigterm_mid_epoch_resumes_on_the_next_batch_with_the_uninterrupted_lo
 
 def _steps(run_dir):
     return [json.loads(line) for line in (run_dir / "steps.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("name", ["model.short_name=/../../../escaped", "run_name=a/../../b", "model.short_name=" + "x" * 600])
+def test_a_name_from_a_setting_never_leaves_the_output_root(name, tiny_overrides, glue_dir, tmp_path):
+    """Dirs named after settings stay one component inside their parent (issue 38, rule 5): a '/' or '..' in a
+    name, or a name longer than a file name may be, gives a run in outputs/runs/ with a cleaned name."""
+    import os
+
+    from runner.config import dir_name
+    from runner.sweep import _job_label
+
+    work = tmp_path / "work"
+    work.mkdir()
+    overrides = [o for o in tiny_overrides if not o.startswith("model.short_name")] + ["trainer.max_steps=1", name]
+    env = {**os.environ, "GLUE_DIR": str(glue_dir), "HOME": str(tmp_path)}
+    proc = subprocess.run([sys.executable, "-m", "runner", *overrides], cwd=work, env=env, capture_output=True, text=True,
+                          timeout=180)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    runs = list((work / "outputs" / "runs").iterdir())
+    assert len(runs) == 1 and (runs[0] / "results.json").is_file()
+    assert not (tmp_path / "escaped").exists() and not (tmp_path.parent / "escaped").exists() and not (work / "b").exists()
+    assert len(runs[0].name) < 160 and "/" not in _job_label([name]) and ".." not in dir_name("../..")
