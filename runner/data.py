@@ -215,6 +215,18 @@ def _hub_offline():
             ds_config.HF_DATASETS_OFFLINE = saved[2]
 
 
+def fingerprint(data: TaskData) -> str:
+    """SHA-256 over every split as read (rows in order, every column): a reshuffled or edited file changes it."""
+    h = hashlib.sha256()
+    splits = {"train": data.train, **{f"eval:{k}": v for k, v in data.evals.items()},
+              **({"holdout": data.holdout} if data.holdout is not None else {})}
+    for name, ds in splits.items():
+        h.update(name.encode())
+        for row in ds.to_list():
+            h.update(json.dumps(row, sort_keys=True, default=str).encode())
+    return f"sha256:{h.hexdigest()}"
+
+
 def cap(ds: datasets.Dataset, n: int | None) -> datasets.Dataset:
     return ds if n is None or n >= len(ds) else ds.select(range(n))
 

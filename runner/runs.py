@@ -48,7 +48,7 @@ HYDRA_OWN = {".hydra", LOCK_FILE, RETIRED}
 # Settings that may differ between an interrupted attempt and its resume: how
 # it is run and shown, not what it computes.
 MAY_CHANGE_ON_RESUME = (
-    "resume", "debug", "verbose", "output_dir", "data_cache_dir", "trainer.progress_bar", "logger.mode", "logger.group",
+    "resume", "resume_accept_changes", "debug", "verbose", "output_dir", "data_cache_dir", "trainer.progress_bar", "logger.mode", "logger.group",
     "logger.tags", "trainer.num_workers",
 )
 
@@ -161,6 +161,25 @@ def check_same_settings(directory: Path, now: dict) -> None:
             f"resume=true with other settings than the interrupted run: {describe_changes(saved, now, changed, 4)}; "
             f"resume with the same overrides, or start a new run in another hydra.run.dir"
         )
+
+
+FINGERPRINT_WORDS = {"weights": "the base model's weights", "data": "the data as read", "world_size": "the number of processes",
+                     "effective_batch": "the effective batch (batch_size x grad_accum_steps x processes)"}
+
+
+def check_same_experiment(saved: dict | None, now: dict, accept: bool) -> list[str]:
+    """A resume continues the experiment its checkpoint belongs to: ``saved`` (the checkpoint's fingerprints; None
+    for checkpoints made before they were recorded) against ``now``. Refuses in one line naming what changed,
+    unless ``accept`` (``resume_accept_changes=true``); returns the changes accepted."""
+    if not saved:
+        return []
+    changed = [k for k in FINGERPRINT_WORDS if k in saved and k in now and saved[k] != now[k]]
+    if changed and not accept:
+        what = "; ".join(f"{FINGERPRINT_WORDS[k]} ({saved[k]} -> {now[k]})" if k in ("world_size", "effective_batch")
+                         else FINGERPRINT_WORDS[k] for k in changed)
+        raise ConfigError(f"resume=true but since the checkpoint {what} changed: the numbers would not be this run's; "
+                          f"restore them, start a new run in another hydra.run.dir, or add resume_accept_changes=true")
+    return changed
 
 
 def keep_previous_record(directory: Path, previous: dict, status: str, error: str, step: int) -> None:

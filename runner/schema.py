@@ -284,6 +284,8 @@ class RunSettings:
     """The top level of conf/train.yaml (the groups are checked by their own schemas)."""
     seed: int = 42
     resume: Any = _setting(False, (False, True, "auto"))
+    # resume although the base weights, the data or the process layout changed since the checkpoint (named in the refusal)
+    resume_accept_changes: bool = False
     debug: bool = False
     verbose: bool = False
     output_dir: str = ""

@@ -117,6 +117,8 @@ class Recipe:
         self.lock = runs.DirLock(self.output_dir)
         self.resume_state: dict | None = None
         self.causal_lm = lm.is_lm_task(cfg.task)  # text in, perplexity out (runner.lm)
+        self.fingerprint: dict = {}
+        self.accepted_changes: list[str] = []  # resume_accept_changes=true: what changed since the checkpoint
 
     # ------------------------------------------------------------------ setup
 
@@ -129,11 +131,21 @@ class Recipe:
             self.lock.acquire()  # one run per dir at a time
             self.resume_state = self._check_output_dir()
             model = self._load_model_and_data()  # bad input stops here, before anything is logged or written
+            self.fingerprint = self._experiment_fingerprint()
+            if self.resume_state is not None:  # the same experiment, not only the same config.yaml
+                self.accepted_changes = runs.check_same_experiment(self.resume_state.get("fingerprint"), self.fingerprint,
+                                                                   bool(cfg.get("resume_accept_changes")))
             self._start_record()
             self._prepare(model)
             self._adopt(self.method.setup(self.ctx))  # SAFE with freeze=static freezes (and may re-wrap) here
             if self.resume_state is not None:
                 self._restore(self.resume_state)
+
+    def _experiment_fingerprint(self) -> dict:
+        """What a resume must find unchanged (results.json "fingerprint", each checkpoint's meta.json)."""
+        n = self.accelerator.num_processes
+        return {"weights": self.model_source.get("weights"), "data": data_lib.fingerprint(self.data), "world_size": n,
+                "effective_batch": int(self.cfg.trainer.batch_size) * int(self.cfg.trainer.grad_accum_steps) * n}
 
     def _load_model_and_data(self):
         """Data, model, tokenizer, the head and what trains, and the data loaders; returns the model."""
@@ -520,6 +532,7 @@ class Recipe:
             "scheduler_state": self.scheduler.state_dict(),
             "method_state": self.method.state_dict(), "wandb_run_id": self.tracker.run_id if self.tracker else None,
             "meter_state": self.step_meter.state_dict() if self.step_meter is not None else None,
+            "fingerprint": self.fingerprint,
         }
         keep = self._trained_weights() if self.cfg.method.uses_adapters else None
         checkpoint.save(self.accelerator, self.output_dir, meta, keep=keep)
@@ -566,6 +579,7 @@ class Recipe:
             "flops": self._flops_section(),
             "time": self._time_section(),
             "params": self.param_counts,
+            "fingerprint": {**self.fingerprint, "resume_accepted_changes": self.accepted_changes},
             "head": self.head,
             "steps": {"total": self.global_step, "per_epoch": self.steps_per_epoch, "epochs": self.num_epochs},
             "data": {"source": self.data.source, "train_examples": len(self.data.train),

@@ -270,3 +270,61 @@ def test_a_name_from_a_setting_never_leaves_the_output_root(name, tiny_overrides
     assert len(runs) == 1 and (runs[0] / "results.json").is_file()
     assert not (tmp_path / "escaped").exists() and not (tmp_path.parent / "escaped").exists() and not (work / "b").exists()
     assert len(runs[0].name) < 160 and "/" not in _job_label([name]) and ".." not in dir_name("../..")
+
+
+def _copy_glue_mrpc(glue_dir, target):
+    (target / "MRPC").mkdir(parents=True)
+    for f in (glue_dir / "MRPC").iterdir():
+        (target / "MRPC" / f.name).write_bytes(f.read_bytes())
+    return target
+
+
+def test_a_resume_refuses_changed_data_or_weights_in_one_line(tiny_overrides, tiny_model_dir, glue_dir, tmp_path,
+                                                               monkeypatch, capsys):
+    """A resume proves it continues the same experiment (issue 38, rule 2): the checkpoint's fingerprints of the
+    data as read and of the base weights; a change refuses in one line naming it, resume_accept_changes=true
+    continues and records what it accepted."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    glue = _copy_glue_mrpc(glue_dir, tmp_path / "glue")
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    base = [o for o in tiny_overrides if not o.startswith(("task.data_dir", "model.name_or_path", "trainer.epochs"))] + [
+        f"task.data_dir={glue}", f"model.name_or_path={model}", "trainer.epochs=2", "trainer.checkpoint_every_steps=4"]
+    out = tmp_path / "run"
+    _interrupted_run(base, out, monkeypatch, at=6)
+    meta = json.loads((out / "checkpoint" / "meta.json").read_text())
+    assert meta["fingerprint"]["world_size"] == 1 and meta["fingerprint"]["data"].startswith("sha256:")
+
+    train = glue / "MRPC" / "train.tsv"
+    original = train.read_text()
+    header, *rows = original.splitlines()
+    train.write_text("\n".join([header, *rows[1:65], rows[0], *rows[65:]]) + "\n")  # the first 64 reordered
+    code, err = _exit_code(compose([*base, "resume=true"], out), capsys)
+    assert code == 2 and "since the checkpoint the data as read changed" in err and "resume_accept_changes=true" in err
+    train.write_text(original)
+
+    weights = load_file(str(model / "model.safetensors"))
+    save_file({k: v + 0.01 * torch.randn_like(v) if v.is_floating_point() else v for k, v in weights.items()},
+              str(model / "model.safetensors"), metadata={"format": "pt"})
+    code, err = _exit_code(compose([*base, "resume=true"], out), capsys)
+    assert code == 2 and "since the checkpoint the base model's weights changed" in err
+
+    resumed = run(compose([*base, "resume=true", "resume_accept_changes=true"], out))
+    assert resumed["status"] == "completed" and resumed["fingerprint"]["resume_accepted_changes"] == ["weights"]
+
+
+def test_the_process_layout_is_part_of_the_experiment():
+    from runner.errors import ConfigError
+    from runner.runs import check_same_experiment
+
+    saved = {"weights": "sha256:a", "data": "sha256:b", "world_size": 1, "effective_batch": 16}
+    assert check_same_experiment(saved, dict(saved), accept=False) == []
+    assert check_same_experiment(None, dict(saved), accept=False) == []  # a checkpoint from before fingerprints
+    doubled = {**saved, "world_size": 2, "effective_batch": 32}
+    with pytest.raises(ConfigError, match=r"the number of processes \(1 -> 2\); the effective batch .* \(16 -> 32\) changed"):
+        check_same_experiment(saved, doubled, accept=False)
+    assert check_same_experiment(saved, doubled, accept=True) == ["world_size", "effective_batch"]
