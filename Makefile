@@ -8,7 +8,7 @@ PYTEST_ARGS ?= --durations=15
 # process start-up, imports and Python, not on matrix work, so two cores keep busy. XDIST= runs one process.
 XDIST ?= -n 2 --dist worksteal
 
-.PHONY: help install lock run smoke smoke-mpnet test test-fast bench-step bench-runner gpu-prepare bench-learn bench-safe safe-frontier bench-hies clean sweep sweep-resume report repro-safe repro-hies
+.PHONY: help install lock run smoke smoke-mpnet test test-fast bench-step bench-runner gpu-prepare bench-learn bench-safe safe-frontier bench-hies bench-depth clean sweep sweep-resume report repro-safe repro-hies
 
 help: ## List targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-14s %s\n", $$1, $$2}'
@@ -73,6 +73,9 @@ safe-frontier: install ## SAFE's frontier: a grid of T_final x t_w x t_f x impor
 
 bench-hies: install ## Fine-tune, then every pruning criterion at 10-70%: metric, stability, FLOPs and latency ratios
 	$(PYTHON) scripts/bench_hies.py
+
+bench-depth: install ## SAFE and HIES on all-mpnet-base-v2 (12 layers): MRPC and SST-2 (8,000 examples), seed by seed, resumable (docs/safe.md)
+	RUNNER_MPNET_DIR=$$(bash ../shared/models/fetch-mpnet.sh) PYTHON=$(PYTHON) bash scripts/bench_depth.sh
 
 clean: ## Remove run outputs
 	rm -rf outputs/runs outputs/multiruns
