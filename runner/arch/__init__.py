@@ -211,19 +211,24 @@ class Architecture:
     def remove_heads(self, layer: nn.Module, keep: list[int], head_size: int, num_heads: int) -> None:
         """Keep only heads ``keep`` (original indices, sorted) of one layer, in place."""
         index = torch.tensor([h * head_size + j for h in keep for j in range(head_size)], dtype=torch.long)
-        self._set_output(layer, prune_linear(self.output_projection(layer), index, dim=1))
+        self._set_output(layer, self.prune_projection(self.output_projection(layer), index, dim=1))
         if not keep:
             self.remove_all_heads(layer, head_size)
             return
         att = self.attention_module(layer)
         rows = torch.cat([index + b * num_heads * head_size for b in range(self.qkv_blocks)])
         for name in self.qkv:
-            _set(att, name, prune_linear(_get(att, name), rows, dim=0))
+            _set(att, name, self.prune_projection(_get(att, name), rows, dim=0))
         for attr in self.head_count_attrs:
             setattr(att, attr, len(keep))
         for attr in self.width_attrs:
             setattr(att, attr, len(keep) * head_size)
         self.after_removal(layer, keep, index)
+
+    def prune_projection(self, projection: nn.Module, index: torch.Tensor, dim: int) -> nn.Module:
+        """``projection`` keeping only its outputs (``dim=0``, nn.Linear's weight rows) or inputs (``dim=1``) in
+        ``index``: nn.Linear here; a family with other projection layers (GPT-2's Conv1D) says how."""
+        return prune_linear(projection, index, dim=dim)
 
     def after_removal(self, layer: nn.Module, keep: list[int], index: torch.Tensor) -> None:
         """What else depends on the heads of a layer (relative position terms), given the kept heads and

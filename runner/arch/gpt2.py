@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from runner.arch import Architecture, _get, _set, register, unwrapped
+from runner.arch import Architecture, _get, register, unwrapped
 from runner.errors import ModelError
 
 
@@ -67,17 +67,9 @@ class GPT2(Architecture):
         width = att.c_attn.weight.shape[1] // 3
         return [(att.c_attn.weight, 1, (0, width, 2 * width)), (self.output_projection(layer).weight, 0, (0,))]
 
-    def remove_heads(self, layer: nn.Module, keep: list[int], head_size: int, num_heads: int) -> None:
-        index = torch.tensor([h * head_size + j for h in keep for j in range(head_size)], dtype=torch.long)
-        self._set_output(layer, prune_conv1d(self.output_projection(layer), index, dim=0))
-        if not keep:
-            self.remove_all_heads(layer, head_size)
-            return
-        att = self.attention_module(layer)
-        columns = torch.cat([index + b * num_heads * head_size for b in range(self.qkv_blocks)])
-        _set(att, "c_attn", prune_conv1d(att.c_attn, columns, dim=1))
-        att.num_heads = len(keep)
-        att.split_size = att.embed_dim = len(keep) * head_size
+    def prune_projection(self, projection: nn.Module, index: torch.Tensor, dim: int) -> Conv1D:
+        """Conv1D stores its weight [in, out]: outputs (``dim=0`` in nn.Linear's terms) are its columns."""
+        return prune_conv1d(projection, index, dim=1 - dim)
 
     def own_pooler(self, model: nn.Module):
         return None

@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from runner.arch import Architecture, OnlyOutputBias, _get, _set, no_empty_attention_rows, prune_linear, register
+from runner.arch import Architecture, OnlyOutputBias, _get, _set, no_empty_attention_rows, register
 
 
 class SharedKV(nn.Linear):
@@ -83,16 +83,16 @@ class Llama(Architecture):
         group = att.num_key_value_groups  # query heads per key/value head, before pruning
         rows = lambda heads: torch.tensor([h * head_size + j for h in heads for j in range(head_size)], dtype=torch.long)  # noqa: E731
         index = rows(keep)
-        self._set_output(layer, prune_linear(self.output_projection(layer), index, dim=1))
+        self._set_output(layer, self.prune_projection(self.output_projection(layer), index, dim=1))
         if not keep:
             self.remove_all_heads(layer, head_size)
             return
         kv_kept = sorted({h // group for h in keep})
-        att.q_proj = prune_linear(att.q_proj, index, dim=0)
+        att.q_proj = self.prune_projection(att.q_proj, index, dim=0)
         per_group = {g: sum(1 for h in keep if h // group == g) for g in kv_kept}
         uniform = len(set(per_group.values())) == 1
         for name in ("k_proj", "v_proj"):
-            pruned = prune_linear(_get(att, name), rows(kv_kept), dim=0)
+            pruned = self.prune_projection(_get(att, name), rows(kv_kept), dim=0)
             if not uniform:
                 pruned = SharedKV(pruned, [kv_kept.index(h // group) for h in keep], head_size)
             _set(att, name, pruned)
