@@ -130,7 +130,9 @@ def load_plan(sweep_dir: Path) -> tuple[list[Job], dict]:
     manifest = sweep_dir / MANIFEST
     if manifest.is_file():
         data = json.loads(manifest.read_text())
-        return [Job(**j) for j in data["jobs"]], data.get("options", {})
+        # a job's dir is <sweep dir>/<name> wherever the sweep dir is now and whatever the cwd (manifests
+        # written before this stored it relative to the cwd of the sweep that planned it)
+        return [Job(**{**j, "dir": str(sweep_dir / j["name"])}) for j in data["jobs"]], data.get("options", {})
     multirun = sweep_dir / "multirun.yaml"
     if not multirun.is_file():
         raise SystemExit(f"error: {sweep_dir} holds neither {MANIFEST} nor multirun.yaml; not a sweep dir")

@@ -346,3 +346,23 @@ def test_a_resume_refuses_a_job_that_ran_but_whose_overrides_no_longer_compose(t
     err = capsys.readouterr().err
     assert f"{jobs[0].name}: its overrides no longer compose (`python -m runner experiment=demo seed=1 task=glue/no_such_task` says why)" in err
     assert sweep_main(["--resume", str(sweep), "--dry-run", "--allow-changed-settings"]) == 0
+
+
+def test_a_sweep_planned_from_one_cwd_resumes_from_another(tmp_path, monkeypatch):
+    """The manifest's job dirs belong to the sweep dir: planned with a relative --dir, read from another cwd
+    (or after the sweep dir moved), a completed job is still found as completed, not rerun."""
+    monkeypatch.chdir(tmp_path)
+    jobs = plan(Path("outputs/sweep"), ["seed=1,2"])
+    sweep = tmp_path / "outputs" / "sweep"
+    (sweep / jobs[0].name).mkdir(parents=True)
+    (sweep / jobs[0].name / "results.json").write_text(json.dumps({"status": "completed"}))
+    (sweep / "sweep.json").write_text(json.dumps({"jobs": [dataclasses.asdict(j) for j in jobs]}))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    loaded, _ = load_plan(sweep)
+    assert [Path(j.dir) for j in loaded] == [sweep / j.name for j in jobs]
+    assert [j.name for j, _ in jobs_to_run(loaded)] == [jobs[1].name]
+    moved = tmp_path / "moved"
+    sweep.rename(moved)
+    assert [job_state(Path(j.dir)) for j in load_plan(moved)[0]] == [COMPLETED, MISSING]
