@@ -170,6 +170,9 @@ def _run_job(cfg: DictConfig, output_dir: Path) -> float | None:
     if prune is not None and prune.from_run:
         results = prune_stage.prune_saved_run(cfg, prune)
         return results["metrics"].get(results["main_metric"])
+    if prune is not None and prune_stage.needs_pruning_again(cfg):  # resume of a run interrupted while pruning
+        results = prune_stage.prune_trained_run_again(cfg, prune)
+        return results.get("pruning", {}).get("primary", {}).get("main_metric")
     done = resolve_auto_resume(cfg)  # sweep: resume=auto skips a completed job, continues an interrupted one
     if done is not None:
         log.info("%s already completed; skipped (resume=auto)", output_dir)

@@ -241,6 +241,13 @@ def read_completed(run_dir: Path) -> dict | None:
     return results if results is not None and results.get("status") == STATUS_COMPLETED else None
 
 
+def training_completed(record: dict | None) -> bool:
+    """Whether a record's training completed: ``completed``, or a run whose stage after training (head
+    pruning) failed or was interrupted; its model and training numbers are then complete."""
+    record = record or {}
+    return record.get("status") == STATUS_COMPLETED or record.get("stage") == "post_train"
+
+
 def record_problem(run_dir: Path) -> str | None:
     """Why a dir's ``results.json`` exists but cannot be read (None when it is fine or absent): such a
     record is never rerun over, it may be a finished run's only one."""
@@ -349,13 +356,15 @@ def _first_free(name) -> Path:
     return name(n)
 
 
-def retire_traces(directory: Path) -> Path:
-    """Move every trace of an earlier attempt (:func:`traces`) to ``<dir>/.retired/<n>/``: kept, never deleted."""
+def retire_traces(directory: Path, names: list[str] | None = None) -> Path:
+    """Move every trace of an earlier attempt (:func:`traces`; only ``names`` among them, if given) to
+    ``<dir>/.retired/<n>/``: kept, never deleted."""
     directory = Path(directory)
     target = _first_free(lambda n: directory / RETIRED / str(n))
     target.mkdir(parents=True)
     for name in traces(directory):
-        (directory / name).rename(target / name)
+        if names is None or name in names:
+            (directory / name).rename(target / name)
     return target
 
 

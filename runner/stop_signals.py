@@ -10,8 +10,12 @@ A run moves through stages, and a signal means something different in each:
                part, save a checkpoint at the final step, stop: a resume
                only evaluates and saves.
 ``post_train`` (head pruning after training) the training record is
-               complete and kept: stop at once; prune the saved run later
-               with ``prune.from_run``.
+               complete and kept: stop at once; ``resume=auto`` (or
+               ``true``) prunes the saved model again in place, without
+               retraining; ``prune.from_run`` prunes it into another dir.
+``pruning``    (a ``prune.from_run`` job) stop at once, record
+               ``interrupted``; ``resume=auto`` (or ``true``) reruns the
+               pruning in place (it has no checkpoint: it starts over).
 =============  ===========================================================
 
 A second signal stops at once in every stage (``KeyboardInterrupt``); the
@@ -28,7 +32,7 @@ import threading
 
 log = logging.getLogger(__name__)
 
-SETUP, TRAIN, FINISH, POST_TRAIN = "setup", "train", "finish", "post_train"
+SETUP, TRAIN, FINISH, POST_TRAIN, PRUNING = "setup", "train", "finish", "post_train", "pruning"
 DEFERRED = (TRAIN, FINISH)  # stages that stop at a safe point, after saving a checkpoint
 
 
@@ -41,7 +45,11 @@ class RunInterrupted(RuntimeError):
             text = f"interrupted by {name} during setup, before training; nothing to resume: rerun the command"
         elif stage == POST_TRAIN:
             text = (f"interrupted by {name} after training, while pruning; the trained run is complete and kept: "
-                    f"prune it with prune.from_run={run_dir}")
+                    f"rerun with resume=auto to prune it again in place (no retraining), or prune it into another "
+                    f"dir with prune.from_run={run_dir}")
+        elif stage == PRUNING:
+            text = (f"interrupted by {name} while pruning; nothing of the source run changed: rerun the same command "
+                    f"with resume=auto to prune again in place")
         elif checkpoint_step is not None:
             text = f"interrupted by {name} at step {step}; checkpoint saved at step {checkpoint_step}, continue with resume=true"
         else:

@@ -44,7 +44,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from runner import runs
-from runner.results import STATUS_COMPLETED, STATUS_FAILED, atomic_write_json, atomic_write_text
+from runner.results import STATUS_COMPLETED, STATUS_FAILED, STATUS_INTERRUPTED, atomic_write_json, atomic_write_text
 from runner.runs import COMPLETED, DAMAGED, FAILED, INTERRUPTED, MISSING, RESUMABLE
 
 MANIFEST = "sweep.json"
@@ -347,8 +347,12 @@ def record_launch_failure(job: Job, returncode: int, log_path: Path) -> None:
     if runs.read(job_dir) is not None:
         return
     job_dir.mkdir(parents=True, exist_ok=True)
-    runs.write_failure(job_dir, STATUS_FAILED, _last_error_line(log_path) or f"exit code {returncode}",
-                       stage="before_training" if returncode != 0 else "no_results",
+    # killed (SIGKILL after the grace period, or by hand) or stopped by a signal: interrupted, so that --resume
+    # reruns it; a job that exits non-zero by itself failed
+    killed = returncode < 0 or returncode - 128 in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL)
+    runs.write_failure(job_dir, STATUS_INTERRUPTED if killed else STATUS_FAILED,
+                       _last_error_line(log_path) or f"exit code {returncode}",
+                       stage="killed" if killed else "before_training" if returncode != 0 else "no_results",
                        who={"run_name": job.name.split("_", 1)[1]}, exit_code=returncode,
                        job={"num": job.num, "overrides": job.overrides}, log=str(log_path))
 

@@ -9,6 +9,7 @@ training when ``prune.from_run`` is set.
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import torch
@@ -20,8 +21,9 @@ from runner.errors import ConfigError, ModelError
 from runner.prune import settings as settings_lib
 from runner.prune.pipeline import PruneInputs, run_pruning
 from runner import runs
-from runner.results import STATUS_COMPLETED, STATUS_FAILED, atomic_write_json, atomic_write_text
+from runner.results import STATUS_COMPLETED, STATUS_FAILED, STATUS_INTERRUPTED, atomic_write_json, atomic_write_text
 from runner.secrets import scrub
+from runner.stop_signals import POST_TRAIN, PRUNING, RunInterrupted, StopSignals
 
 log = logging.getLogger(__name__)
 
@@ -145,18 +147,54 @@ def prune_saved_run(cfg: DictConfig, s: settings_lib.PruneSettings) -> dict:
                           f"or a model folder (with config.json)")
     src_results = runs.read(src) or {}
     src_status = src_results.get("status")
-    trained = src_status == STATUS_COMPLETED or (src_status == STATUS_FAILED and "post_train" in (src_results.get("stage"), src_results.get("failed_stage")))
-    if src_status is not None and not trained:
+    if src_status is not None and not runs.training_completed(src_results):
         raise ConfigError(f"prune.from_run={s.from_run}: that run's results say {src_status} (step {src_results.get('step')}); "
                           f"prune a run whose training completed")
     scfg = _source_config(src)
     task = _task_config(scfg, cfg)
-    out = Path(cfg.output_dir)
-    if out.resolve() == src:
-        raise ConfigError(f"prune.from_run={s.from_run} is this job's own output dir; pruning writes to a new dir (leave hydra.run.dir alone)")
+    out = _output_dir_apart_from(cfg, src, s)
     with runs.DirLock(out):
+        done = _claim(out, cfg, _job_config(cfg, scfg, task))
+        return done if done is not None else _prune_into(out, cfg, s, src, src_results, scfg, task)
+
+
+def _output_dir_apart_from(cfg: DictConfig, src: Path, s: settings_lib.PruneSettings) -> Path:
+    """This job's output dir, refused when it is the source, inside it, or holds it: a pruning job never
+    writes into (or retires) what it prunes."""
+    out = Path(cfg.output_dir).resolve()
+    if out == src or out.is_relative_to(src) or src.is_relative_to(out):
+        raise ConfigError(f"prune.from_run={s.from_run} and this job's output dir {out} overlap; a pruning job writes "
+                          f"to a dir of its own, outside its source (leave hydra.run.dir alone or choose another)")
+    return Path(cfg.output_dir)
+
+
+def _claim(out: Path, cfg: DictConfig, job_cfg: dict) -> dict | None:
+    """Make ``out`` this pruning job's (the caller holds its lock): a fresh dir is used as it is; with
+    ``resume=auto`` (or ``true``), the same job's completed results are returned (nothing to do) and an
+    attempt that did not complete (interrupted, failed, killed) is moved to ``.retired/`` and pruned
+    again: pruning keeps no checkpoint. Anything else there (another job's run) is refused."""
+    found = runs.traces(out)
+    if not found or str(cfg.get("resume")).lower() not in ("auto", "true"):
         runs.check_fresh(out)
-        return _prune_into(out, cfg, s, src, src_results, scfg, task)
+        return None
+    problem = runs.record_problem(out)
+    if problem:
+        raise ConfigError(problem)
+    saved = out / "config.yaml"
+    if saved.is_file():
+        import yaml
+
+        changed = runs.changed_settings(yaml.safe_load(saved.read_text()) or {}, job_cfg)
+        if changed:
+            raise ConfigError(f"{out} holds another run than this pruning job ({runs.describe_changes(yaml.safe_load(saved.read_text()) or {}, job_cfg, changed, 3)}); "
+                              f"rerun with the settings it ran with, or choose another hydra.run.dir")
+    previous = runs.read(out) or {}
+    if previous.get("status") == STATUS_COMPLETED:
+        log.info("%s already completed; skipped (resume=%s)", out, cfg.get("resume"))
+        return previous
+    kept = runs.retire_traces(out)
+    log.info("%s: the earlier attempt (%s) is kept in %s; pruning again", out, previous.get("status") or "no record", kept)
+    return None
 
 
 def _prune_pretrained(cfg: DictConfig, s: settings_lib.PruneSettings, src: Path) -> dict:
@@ -170,15 +208,16 @@ def _prune_pretrained(cfg: DictConfig, s: settings_lib.PruneSettings, src: Path)
     scfg = OmegaConf.merge(cfg, {"model": {"name_or_path": str(src)}})
     with open_dict(scfg):
         scfg.model.short_name = src.name
-    out = Path(cfg.output_dir)
+    out = _output_dir_apart_from(cfg, src, s)
     with runs.DirLock(out):
-        runs.check_fresh(out)
-        return _prune_into(out, cfg, s, src, {}, scfg, cfg.task, pretrained=True)
+        done = _claim(out, cfg, _job_config(cfg, scfg, cfg.task))
+        return done if done is not None else _prune_into(out, cfg, s, src, {}, scfg, cfg.task, pretrained=True)
 
 
 def _prune_into(out: Path, cfg: DictConfig, s, src: Path, src_results: dict, scfg: DictConfig, task: DictConfig,
                 pretrained: bool = False) -> dict:
-    """The pruning job proper, in a dir this process holds."""
+    """The pruning job proper, in a dir this process holds; SIGINT/SIGTERM stop it at once with an
+    ``interrupted`` record (runner.stop_signals, stage ``pruning``)."""
     from runner import data as data_lib
     from runner.results import flatten
     from runner.tracking import Tracker
@@ -188,20 +227,21 @@ def _prune_into(out: Path, cfg: DictConfig, s, src: Path, src_results: dict, scf
     atomic_write_text(out / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(job_cfg)))
     tcfg = OmegaConf.merge(cfg, {"run_name": run_name})
     tracker = Tracker(tcfg, out, True, job_cfg)
-    device = torch.device("cuda" if torch.cuda.is_available() and not cfg.trainer.get("cpu") else "cpu")
+    device = _device(cfg)
     exit_code = 1
     try:
-        if pretrained:
-            from runner.models import load_model_and_tokenizer
+        with _pruning_signals(out):
+            if pretrained:
+                from runner.models import load_model_and_tokenizer
 
-            model, tokenizer = load_model_and_tokenizer(scfg.model, task)
-            model.eval()
-        else:
-            model, tokenizer = load_trained_model(src / "model", scfg, task)
-        data = data_lib.load_task_splits(task)
-        inputs = _prune_inputs(cfg, scfg.get("trainer", cfg.trainer), model=model, tokenizer=tokenizer, task=task,
-                               data=data, output_dir=out, device=device, tracker=tracker, step=0, source_run=str(src))
-        section = run_pruning(inputs, s)
+                model, tokenizer = load_model_and_tokenizer(scfg.model, task)
+                model.eval()
+            else:
+                model, tokenizer = load_trained_model(src / "model", scfg, task)
+            data = data_lib.load_task_splits(task)
+            inputs = _prune_inputs(cfg, scfg.get("trainer", cfg.trainer), model=model, tokenizer=tokenizer, task=task,
+                                   data=data, output_dir=out, device=device, tracker=tracker, step=0, source_run=str(src))
+            section = run_pruning(inputs, s)
         results = {
             "status": STATUS_COMPLETED,
             "run_name": run_name,
@@ -222,9 +262,96 @@ def _prune_into(out: Path, cfg: DictConfig, s, src: Path, src_results: dict, scf
         exit_code = 0
         return results
     except BaseException as exc:
-        runs.write_failure(out, STATUS_FAILED, f"{type(exc).__name__}: {exc}", stage="pruning",
+        runs.write_failure(out, _status_of(exc), f"{type(exc).__name__}: {exc}", stage="pruning",
                            who={"run_name": run_name, "task": task.name, "model": scfg.model.get("short_name"),
                                 "method": f"prune:{s.criterion}", "seed": int(cfg.seed)}, source_run=str(src))
         raise
     finally:
         tracker.finish(exit_code)
+
+
+def _pruning_signals(out: Path):
+    """SIGINT/SIGTERM while pruning: stop at once (RunInterrupted, stage ``pruning``)."""
+    signals = StopSignals()
+    signals.stage = PRUNING
+    return signals.installed(out)
+
+
+def _status_of(exc: BaseException) -> str:
+    """interrupted for a signal (the first, or a second one), failed for anything else."""
+    return STATUS_INTERRUPTED if isinstance(exc, (RunInterrupted, KeyboardInterrupt)) else STATUS_FAILED
+
+
+def _device(cfg: DictConfig) -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() and not cfg.trainer.get("cpu") else "cpu")
+
+
+# ---------------------------------------------------------------------------
+# Pruning after training, again
+# ---------------------------------------------------------------------------
+
+
+def needs_pruning_again(cfg: DictConfig) -> bool:
+    """``resume=auto`` (or ``true``) on a run whose training completed but whose pruning after training was
+    interrupted or failed: :func:`prune_trained_run_again` finishes it, without retraining."""
+    if str(cfg.get("resume")).lower() not in ("auto", "true"):
+        return False
+    record = runs.read(Path(cfg.output_dir))
+    return record is not None and record.get("status") != STATUS_COMPLETED and runs.training_completed(record)
+
+
+def _pooling_settled(cfg: DictConfig) -> DictConfig:
+    """``cfg`` with ``model.pooling=auto`` replaced by the choice a run makes and saves in config.yaml
+    (runner.train.Recipe._resolve_pooling), so that the two compare."""
+    from runner.heads import resolve_pooling
+    from runner.lm import is_lm_task
+    from runner.models import resolve_model_path
+
+    if is_lm_task(cfg.task):
+        return cfg
+    pooling, _ = resolve_pooling(cfg.model.get("pooling"), resolve_model_path(cfg.model.name_or_path))
+    return OmegaConf.merge(cfg, {"model": {"pooling": pooling}})
+
+
+def prune_trained_run_again(cfg: DictConfig, s: settings_lib.PruneSettings) -> dict:
+    """Prune the saved model of a run whose training completed (``model/``: LoRA merged, adapters attached,
+    as ``prune.from_run`` loads it) in its own dir, with the settings it ran with; the earlier attempt's
+    ``pruning/`` is kept under ``.retired/``. The record keeps every training number and gets the new
+    ``pruning`` section; it says ``completed`` once that is written."""
+    from runner import data as data_lib
+    from runner.config import resolved_config
+    from runner.results import flatten
+    from runner.tracking import Tracker
+
+    out = Path(cfg.output_dir)
+    if int(os.environ.get("RANK", "0")) != 0:  # pruning after training runs on the main process only
+        return runs.read(out) or {}
+    with runs.DirLock(out):
+        record = runs.read(out) or {}
+        runs.check_same_settings(out, resolved_config(_pooling_settled(cfg)))
+        scfg = _source_config(out)
+        task = _task_config(scfg, cfg)
+        if (out / "pruning").exists():
+            runs.retire_traces(out, ["pruning"])
+        tracker = Tracker(cfg, out, True, resolved_config(cfg), run_id=(record.get("wandb") or {}).get("run_id"))
+        exit_code = 1
+        try:
+            with _pruning_signals(out):
+                model, tokenizer = load_trained_model(out / "model", scfg, task)
+                inputs = _prune_inputs(cfg, scfg.trainer, model=model, tokenizer=tokenizer, task=task,
+                                       data=data_lib.load_task_splits(task), output_dir=out, device=_device(cfg),
+                                       tracker=tracker, step=int((record.get("steps") or {}).get("total") or 0))
+                section = run_pruning(inputs, s)
+            section["pruned_again"] = {"from": "model/", "earlier_attempt": record.get("error")}
+            results = {k: v for k, v in record.items() if k not in ("stage", "error")}
+            results.update(status=STATUS_COMPLETED, pruning=section)
+            atomic_write_json(out / runs.RESULTS, results)
+            tracker.summary(flatten({"status": STATUS_COMPLETED}))
+            exit_code = 0
+            return results
+        except BaseException as exc:
+            atomic_write_json(out / runs.RESULTS, {**record, "status": _status_of(exc), "stage": POST_TRAIN,
+                                                    "error": f"{type(exc).__name__}: {exc}"})
+            raise
+        finally:
+            tracker.finish(exit_code)

@@ -64,3 +64,8 @@ def install(log_path: str) -> None:
 
 if os.environ.get(ENV):
     install(os.environ[ENV])
+
+if os.environ.get("RUNNER_TEST_SIGNAL_AT"):  # fault injection (signal_at.py), for the tests that ask for it
+    from signal_at import install as install_signal_at
+
+    install_signal_at(os.environ["RUNNER_TEST_SIGNAL_AT"])
