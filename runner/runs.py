@@ -56,9 +56,10 @@ MAY_CHANGE_ON_RESUME = (
 class DirLock:
     """An exclusive, process-lifetime lock on a run or sweep dir (no-op on ranks other than 0)."""
 
-    def __init__(self, directory: Path, what: str = "run"):
+    def __init__(self, directory: Path, what: str = "run", setting: str | None = None):
         self.directory = Path(directory)
         self.what = what
+        self.setting = setting or ("hydra.run.dir" if what == "run" else "--dir")  # where the user picks another dir
         self._fd: int | None = None
 
     def acquire(self) -> DirLock:
@@ -74,7 +75,7 @@ class DirLock:
             os.close(fd)
             raise ConfigError(
                 f"{self.directory} is in use by another {self.what} (pid {holder}); wait for it to finish "
-                f"or choose another {'hydra.run.dir' if self.what == 'run' else '--dir'}"
+                f"or choose another {self.setting}"
             ) from None
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
@@ -92,6 +93,25 @@ class DirLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+def live_holder(directory: Path) -> str | None:
+    """The pid of the live process holding ``directory``'s :class:`DirLock` (the kernel drops the lock when
+    its process dies), or None; probes without taking the lock or creating anything."""
+    path = Path(directory) / LOCK_FILE
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # refused only while someone holds it exclusively
+        except OSError:
+            return os.read(fd, 64).decode(errors="replace").strip() or "?"
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
 
 
 def traces(directory: Path) -> list[str]:

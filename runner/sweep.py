@@ -266,7 +266,17 @@ LAST_MULTIRUN: dict = {}
 
 
 class SweepSummary(Callback):
-    """Hydra callback (conf/hydra/default.yaml): at the end of a multirun, write and print the job table."""
+    """Hydra callback (conf/hydra/default.yaml): a multirun holds its sweep dir's lock, as ``runner.sweep``
+    does (one owner per sweep dir); at its end, write and print the job table."""
+
+    def on_multirun_start(self, config, **kwargs) -> None:
+        from runner.errors import ConfigError
+
+        try:
+            self._lock = runs.DirLock(Path(config.hydra.sweep.dir), "sweep", "hydra.sweep.dir").acquire()  # held until the process exits
+        except ConfigError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            sys.exit(exc.exit_code)
 
     def on_multirun_end(self, config, **kwargs) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
@@ -430,7 +440,8 @@ class Runner:
         with open(log_path, "a") as log:
             log.write(f"\n$ {shlex.join(cmd)}\n")
             log.flush()
-            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+                                    preexec_fn=_stop_with_the_sweep)
         self.running[job.num] = (proc, job, time.time(), slot)
         what = "resuming" if resume else "starting"
         print(f"sweep: {what} {job.name}" + (f" on devices {self.slots[slot]}" if self.slots[slot] else ""), file=sys.stderr)
@@ -445,6 +456,18 @@ class Runner:
         value = (results.get("metrics") or {}).get(metric) if metric else None
         detail = f"{metric}={value:.4f}" if isinstance(value, (int, float)) else (results.get("error") or "")[:200]
         print(f"sweep: {job.name}: {state} (exit {returncode}, {seconds:.0f} s) {detail}", file=sys.stderr)
+
+
+def _stop_with_the_sweep() -> None:
+    """In a job's process, before it runs the job (Linux): SIGTERM when the sweep process dies, even by
+    SIGKILL, so a job never trains on unseen after its sweep is gone; it checkpoints and stops as on any
+    SIGTERM, and the next --resume continues it."""
+    import ctypes
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: the lock check of --resume still protects the job's dir
+        pass
 
 
 def _kill_group(proc: subprocess.Popen, sig: int) -> None:
@@ -591,6 +614,13 @@ def main(argv: list[str] | None = None) -> int:
         _lock = DirLock(sweep_dir, "sweep").acquire()  # held until this process exits
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    busy = [(job, pid) for job in jobs if (pid := runs.live_holder(Path(job.dir)))]
+    if busy:  # an orphan of a sweep that was killed, or a run started by hand: never moved, never joined
+        job, pid = busy[0]
+        print(f"error: {sweep_dir}: job {job.name} is still running (pid {pid}), started by an earlier sweep or by hand; "
+              f"wait for it to end or stop it (kill {pid}), then --resume"
+              + (f" ({len(busy) - 1} more job(s) running)" if len(busy) > 1 else ""), file=sys.stderr)
         return 2
     manifest = stored or {
         "created": datetime.datetime.now().isoformat(timespec="seconds"), "argv": sys.argv[1:] if argv is None else argv,
