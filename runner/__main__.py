@@ -174,6 +174,9 @@ def _one_line(exc: Exception) -> str:
 
 
 def cli() -> None:
+    from runner.secrets import remember_overrides
+
+    remember_overrides(sys.argv[1:])  # a credential given as an override is masked wherever it would appear
     _register_resolvers()
     _relaunch_on_cpu_processes()
     _prepare_distributed_argv()

@@ -129,7 +129,10 @@ def execute(cfg: DictConfig) -> float | None:
     if int(os.environ.get("RANK", "0")) == 0:
         from runner.tracking import scrub_hydra_files
 
-        scrub_hydra_files(output_dir)  # credentials given as overrides stay out of .hydra/
+        # credentials given as overrides stay out of .hydra/ and a multirun's multirun.yaml
+        from runner.jobs import hydra_job
+
+        scrub_hydra_files(output_dir, hydra_job().get("sweep_dir"))
     try:
         return _run_job(cfg, output_dir)
     except UserError as exc:

@@ -233,6 +233,7 @@ class WandbSettings:
     group: Optional[str] = None
     tags: list[str] = _setting([])
     mode: str = _setting("auto", ("auto", "online", "offline", "disabled"))
+    api_key: Optional[str] = None  # a credential: masked in every file, never on a sweep's job command lines
 
 
 @dataclass

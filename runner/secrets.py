@@ -22,12 +22,67 @@ SECRET_ENV_RE = re.compile(r"(WANDB_API_KEY|HF_TOKEN|HUGGING_FACE_HUB_TOKEN|_TOK
 # key=value pairs inside a string (an override, Hydra's comma-joined override_dirname)
 SECRET_OVERRIDE_RE = re.compile(r"([\w.+~/-]*(?:api[_-]?key|token|secret|password|passwd|credential)[\w.-]*)=([^,\s]+)", re.I)
 MIN_SECRET_LENGTH = 6  # shorter values ("1", "true") would mask ordinary text
+SWEEP_ENV_PREFIX = "RUNNER_SECRET_"  # runner.sweep hands a credential override to its jobs in this variable
+_REMEMBERED: set[str] = set()  # credential values given as overrides to this process (remember_overrides)
 
 
 def secret_values() -> list[str]:
-    """Values of credential-looking environment variables, longest first (a value inside another is masked whole)."""
+    """Values of credential-looking environment variables and of credential overrides this process was
+    given, longest first (a value inside another is masked whole)."""
     values = {v for k, v in os.environ.items() if SECRET_ENV_RE.search(k) and v and len(v) >= MIN_SECRET_LENGTH}
-    return sorted(values, key=len, reverse=True)
+    return sorted(values | _REMEMBERED, key=len, reverse=True)
+
+
+def _secret_override(arg: str) -> tuple[str, str] | None:
+    """(key, value) of a ``key=value`` override whose key looks like a credential's, else None."""
+    if "=" not in arg or arg.startswith("-"):
+        return None
+    key, value = arg.split("=", 1)
+    leaf = key.lstrip("+~").rsplit(".", 1)[-1]
+    return (key, value) if SECRET_KEY_RE.search(leaf) else None
+
+
+def remember_overrides(args: list[str]) -> None:
+    """Credential values given as overrides (``+logger.api_key=...``) become known secrets of this process:
+    masked wherever they appear, in logs and error messages too."""
+    for arg in args:
+        found = _secret_override(arg)
+        if found and len(found[1]) >= MIN_SECRET_LENGTH and not found[1].startswith("${"):
+            _REMEMBERED.add(found[1])
+
+
+def sweep_variable(key: str) -> str:
+    """The environment variable a sweep's jobs read the credential override ``key`` from."""
+    return SWEEP_ENV_PREFIX + re.sub(r"[^A-Za-z0-9]+", "_", key.lstrip("+~")).strip("_").upper()
+
+
+def overrides_through_environment(args: list[str]) -> tuple[list[str], dict[str, str]]:
+    """A sweep's overrides with every credential value moved to an environment variable: ``key=VALUE``
+    becomes ``key=${oc.env:RUNNER_SECRET_KEY}`` and ``{RUNNER_SECRET_KEY: VALUE}`` is returned, so no
+    file the sweep writes, and no job's command line, holds it. A masked value (``***``, from a Hydra
+    multirun.yaml the runner cleaned) is read from the same variable. A swept credential is refused."""
+    from runner.errors import ConfigError
+
+    out, env = [], {}
+    for arg in args:
+        found = _secret_override(arg)
+        if found is None or found[1].startswith("${"):
+            out.append(arg)
+            continue
+        key, value = found
+        if "," in value:
+            raise ConfigError(f"{key} is a credential: give one value, not a sweep")
+        variable = sweep_variable(key)
+        if value != MASK:
+            env[variable] = value
+        out.append(f"{key}=${{oc.env:{variable}}}")
+    return out, env
+
+
+def missing_sweep_variables(args: list[str]) -> list[str]:
+    """The RUNNER_SECRET_* variables a sweep's overrides read that the environment lacks."""
+    wanted = {m for a in args for m in re.findall(r"\$\{oc\.env:(" + SWEEP_ENV_PREFIX + r"\w+)\}", a)}
+    return sorted(v for v in wanted if not os.environ.get(v))
 
 
 def scrub_text(text: str, secrets: list[str] | None = None) -> str:

@@ -587,8 +587,22 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"error: no completed{' ' + args.method if args.method else ''} runs in {args.completed}")
         print(",".join(str(r.resolve()) for r in done_runs))
         return 0
+    from runner.errors import ConfigError
+    from runner.secrets import missing_sweep_variables, overrides_through_environment, remember_overrides, scrub
+
+    # credentials given as overrides reach the jobs through the environment, never a file or a command line
+    remember_overrides(args.overrides)
+    try:
+        args.overrides, secret_env = overrides_through_environment(args.overrides)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    os.environ.update(secret_env)
     sweep_dir, jobs, opts = _plan_and_options(args)
     sweep_dir = Path(sweep_dir)
+    for job in jobs:  # a Hydra multirun.yaml holds them masked (or, written before the runner cleaned it, in clear)
+        job.overrides, found = overrides_through_environment(job.overrides)
+        os.environ.update(found)
     stored = json.loads((sweep_dir / MANIFEST).read_text()) if (sweep_dir / MANIFEST).is_file() else {}
     # a dry run of a new sweep writes no manifest, so only the first job is composed (for its logger)
     settings, stale = job_settings(jobs, stored.get(SETTINGS) or {}) if stored or not args.dry_run else ({}, [])
@@ -600,6 +614,11 @@ def main(argv: list[str] | None = None) -> int:
         print(_stale_error(sweep_dir, stale), file=sys.stderr)
         return 2
     todo = jobs_to_run(jobs, args.retry_failed)
+    missing = missing_sweep_variables([o for job, _ in todo for o in job.overrides])
+    if missing and not args.dry_run:
+        print(f"error: {sweep_dir}'s jobs read credentials from the environment, never from the sweep's files: set "
+              f"{', '.join(missing)} (the value the sweep was given) and run it again", file=sys.stderr)
+        return 2
 
     if args.dry_run:
         for job, resume in todo:
@@ -607,7 +626,6 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    from runner.errors import ConfigError
     from runner.runs import DirLock
 
     try:
@@ -623,7 +641,7 @@ def main(argv: list[str] | None = None) -> int:
               + (f" ({len(busy) - 1} more job(s) running)" if len(busy) > 1 else ""), file=sys.stderr)
         return 2
     manifest = stored or {
-        "created": datetime.datetime.now().isoformat(timespec="seconds"), "argv": sys.argv[1:] if argv is None else argv,
+        "created": datetime.datetime.now().isoformat(timespec="seconds"), "argv": scrub(list(sys.argv[1:] if argv is None else argv), overrides=True),
         "made_by": "multirun.yaml (Hydra multirun)" if args.resume is not None else "runner.sweep"}
     manifest.update(options=opts, jobs=[asdict(j) for j in jobs], **{SETTINGS: settings})
     atomic_write_json(sweep_dir / MANIFEST, manifest)  # a Hydra multirun dir gets one too: later resumes read it

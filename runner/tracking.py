@@ -18,18 +18,19 @@ from runner.secrets import scrub, secret_values
 log = logging.getLogger(__name__)
 
 
-def scrub_hydra_files(output_dir: Path) -> None:
-    """Hydra writes the overrides and the composed config to ``<run dir>/.hydra/`` before the
-    job starts; rewrite them without credential-looking values."""
+def scrub_hydra_files(output_dir: Path, sweep_dir: Path | None = None) -> None:
+    """Hydra writes the overrides and the composed config to ``<run dir>/.hydra/`` before the job
+    starts, and a multirun's to ``<sweep dir>/multirun.yaml``; rewrite them without credential-looking
+    values (``runner.sweep --resume`` reads a masked credential from the environment)."""
     import yaml
 
     from runner.results import atomic_write_text
 
-    folder = Path(output_dir) / ".hydra"
-    if not folder.is_dir():
-        return
+    paths = sorted((Path(output_dir) / ".hydra").glob("*.yaml"))
+    if sweep_dir is not None:
+        paths.append(Path(sweep_dir) / "multirun.yaml")
     secrets = secret_values()
-    for path in folder.glob("*.yaml"):
+    for path in paths:
         try:
             data = yaml.safe_load(path.read_text())
         except (OSError, yaml.YAMLError):
@@ -39,8 +40,8 @@ def scrub_hydra_files(output_dir: Path) -> None:
             atomic_write_text(path, yaml.safe_dump(cleaned, sort_keys=False))
 
 
-def wandb_has_credentials() -> bool:
-    if os.environ.get("WANDB_API_KEY"):
+def wandb_has_credentials(api_key: str | None = None) -> bool:
+    if api_key or os.environ.get("WANDB_API_KEY"):
         return True
     try:
         host = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai").split("://")[-1]
@@ -49,13 +50,13 @@ def wandb_has_credentials() -> bool:
         return False
 
 
-def wandb_mode(requested: str) -> str:
+def wandb_mode(requested: str, api_key: str | None = None) -> str:
     env = os.environ.get("WANDB_MODE")
     if env in ("offline", "disabled", "online"):
         return env
     if requested == "auto":
-        return "online" if wandb_has_credentials() else "offline"
-    if requested == "online" and not wandb_has_credentials():
+        return "online" if wandb_has_credentials(api_key) else "offline"
+    if requested == "online" and not wandb_has_credentials(api_key):
         log.warning("logger.mode=online but no W&B credentials found; logging offline")
         return "offline"
     return requested
@@ -103,13 +104,16 @@ def _start_wandb(cfg, output_dir: Path, config: dict, run_id: str | None):
     from runner.errors import ConfigError, first_line
 
     forced = os.environ.get("WANDB_MODE") == "online" or (cfg.logger.mode == "online" and "WANDB_MODE" not in os.environ)
-    mode = wandb_mode(cfg.logger.mode)
+    api_key = cfg.logger.get("api_key") or None
+    mode = wandb_mode(cfg.logger.mode, api_key)
 
     def init(mode: str):
         clean = scrub  # every string W&B stores, not only the config: a secret typed into the group is masked
         # The server the reachability check asked, named explicitly: W&B keeps the settings of its first
         # init in the process, so a WANDB_BASE_URL set later would be ignored for its default host.
         server = {"base_url": os.environ["WANDB_BASE_URL"]} if os.environ.get("WANDB_BASE_URL") else {}
+        if api_key:
+            server["api_key"] = api_key
         return wandb.init(
             project=clean(cfg.logger.project), entity=clean(cfg.logger.entity), group=clean(cfg.logger.group),
             name=clean(cfg.run_name), tags=clean(list(cfg.logger.tags)), dir=str(output_dir), mode=mode,

@@ -166,10 +166,11 @@ def test_credentials_given_as_overrides_appear_in_no_file(tiny_overrides, tmp_pa
 
     # a credential under a key the runner does not have is refused in one line naming the key, not the value
     refused = tmp_path / "refused"
-    cmd, kw = _cli([*overrides, "+logger.api_key=sk-FakeOverrideKey0123456789", f"hydra.run.dir={refused}"], tmp_path, env)
+    # (logger.api_key is one: tests/test_sweep_secrets.py)
+    cmd, kw = _cli([*overrides, "+logger.api_token=sk-FakeOverrideKey0123456789", f"hydra.run.dir={refused}"], tmp_path, env)
     proc = subprocess.run(cmd, timeout=300, **kw)
     assert proc.returncode == 2 and proc.stderr.strip() == (
-        "error: logger.api_key is not a setting; valid: _target_, name, project, entity, group, tags, mode")
+        "error: logger.api_token is not a setting; did you mean logger.api_key?")
     assert not refused.exists()
 
     # a credential typed into a real key (here the W&B group) reaches no file: not .hydra/, config, results, W&B
