@@ -14,6 +14,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import math
 import os
 import shutil
 from dataclasses import dataclass
@@ -47,6 +48,10 @@ class TaskData:
     holdout: datasets.Dataset | None = None
     # causal_lm: zero-shot multiple-choice sets by name (runner.lm), evaluated beside perplexity
     choices: dict[str, list[dict]] = dataclasses.field(default_factory=dict)
+    # what became of each split's input (results.json data.input, the run summary): the file read, rows
+    # read, rows skipped as malformed, rows used after the max_*_samples cap; for a causal LM, records
+    # dropped or cut at trainer.max_seq_length by tokenisation. Nothing is dropped without a count here.
+    input: dict[str, dict] = dataclasses.field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------------
@@ -80,7 +85,10 @@ def find_split_file(task_dir: Path, hub_split: str, glue_stem: str) -> Path | No
 def label_to_id(value: str, task: DictConfig):
     """A raw GLUE tsv label as the Hub's label id (float for regression)."""
     if task.is_regression:
-        return float(value)
+        score = float(value)
+        if not math.isfinite(score):
+            raise ValueError(f"regression label {value!r} is not a finite number")
+        return score
     names = list(task.label_names)
     if value in names:
         return names.index(value)
@@ -90,8 +98,9 @@ def label_to_id(value: str, task: DictConfig):
     return label
 
 
-def read_glue_tsv(path: Path, task: DictConfig) -> datasets.Dataset:
-    """Read a classic GLUE tsv file (tab separated, no quoting, optional BOM)."""
+def read_glue_tsv(path: Path, task: DictConfig, counts: dict | None = None) -> datasets.Dataset:
+    """Read a classic GLUE tsv file (tab separated, no quoting, optional BOM); ``counts`` (if given) gets
+    ``read`` and ``skipped`` (rows that do not fit the task's columns or labels: up to 1%, else an error)."""
     columns = dict(task.tsv.columns)
     rows: dict[str, list] = {name: [] for name in columns}
     skipped = 0
@@ -122,7 +131,9 @@ def read_glue_tsv(path: Path, task: DictConfig) -> datasets.Dataset:
             f"{dict(columns)}; is this the {task.glue_dir_name} file?"
         )
     if skipped:
-        log.warning("%s: skipped %d malformed rows", path, skipped)
+        log.warning("%s: skipped %d malformed rows (counted in results.json data.input)", path, skipped)
+    if counts is not None:
+        counts.update(read=total, skipped=skipped)
     return datasets.Dataset.from_dict(rows)
 
 
@@ -156,8 +167,15 @@ def _checked_labels(ds: datasets.Dataset, path: Path, task: DictConfig) -> datas
     return ds
 
 
-def read_split(path: Path, task: DictConfig) -> datasets.Dataset:
-    return read_glue_tsv(path, task) if path.suffix == ".tsv" else read_table(path, task)
+def read_split(path: Path, task: DictConfig) -> tuple[datasets.Dataset, dict]:
+    """A split's rows and what reading them did (:attr:`TaskData.input`)."""
+    counts = {"file": str(path)}
+    if path.suffix == ".tsv":
+        ds = read_glue_tsv(path, task, counts)
+    else:
+        ds = read_table(path, task)
+        counts.update(read=len(ds), skipped=0)
+    return ds, counts
 
 
 def load_local(task: DictConfig, task_dir: Path) -> TaskData:
@@ -171,8 +189,9 @@ def load_local(task: DictConfig, task_dir: Path) -> TaskData:
                 f"{task.name}; expected the GLUE layout {task.glue_dir_name}/train.tsv, {stem}.tsv"
             )
         found[hub_split] = read_split(path, task)
-    train = found.pop(task.train_split)
-    return TaskData(train=train, evals=found, source=str(task_dir))
+    train, train_counts = found.pop(task.train_split)
+    return TaskData(train=train, evals={k: ds for k, (ds, _) in found.items()}, source=str(task_dir),
+                    input={"train": train_counts, **{k: c for k, (_, c) in found.items()}})
 
 
 def load_hub(task: DictConfig) -> TaskData:
@@ -227,6 +246,12 @@ def fingerprint(data: TaskData) -> str:
     return f"sha256:{h.hexdigest()}"
 
 
+def count_used(data: TaskData) -> None:
+    """Each split's rows used after the cap, beside what was read (:attr:`TaskData.input`)."""
+    for name, ds in [("train", data.train), *data.evals.items()]:
+        data.input.setdefault(name, {"file": data.source, "read": len(ds), "skipped": 0})["used"] = len(ds)
+
+
 def cap(ds: datasets.Dataset, n: int | None) -> datasets.Dataset:
     return ds if n is None or n >= len(ds) else ds.select(range(n))
 
@@ -237,6 +262,7 @@ def load_task_splits(task: DictConfig) -> TaskData:
 
     if lm.is_lm_task(task):
         data = TaskData(**lm.load_lm_splits(task))
+        count_used(data)
         data.train, data.holdout = split_holdout(data.train, task.get("holdout_samples"), task.get("holdout_seed", 0), task.name)
         return data
     task_dir = resolve_task_dir(task)
@@ -246,6 +272,7 @@ def load_task_splits(task: DictConfig) -> TaskData:
             raise DataError(f"split {split} of task {task.name} from {data.source} is empty")
     data.train = cap(data.train, task.max_train_samples)
     data.evals = {k: cap(v, task.max_eval_samples) for k, v in data.evals.items()}
+    count_used(data)
     data.train, data.holdout = split_holdout(data.train, task.get("holdout_samples"), task.get("holdout_seed", 0), task.name)
     return data
 
@@ -381,8 +408,9 @@ def build_dataloaders(cfg: DictConfig, data: TaskData, tokenizer, accelerator) -
     from runner import lm
 
     if lm.is_lm_task(cfg.task):  # blocks of text or prompt/response pairs, labels -100 where nothing is learned
-        train = lm.tokenize_lm(data.train, tokenizer, int(tcfg.max_seq_length))
-        evals = {k: lm.tokenize_lm(v, tokenizer, int(tcfg.max_seq_length)) for k, v in data.evals.items()}
+        block = int(tcfg.max_seq_length)  # what tokenisation cuts or drops is counted in data.input
+        train = lm.tokenize_lm(data.train, tokenizer, block, data.input.setdefault("train", {}))
+        evals = {k: lm.tokenize_lm(v, tokenizer, block, data.input.setdefault(k, {})) for k, v in data.evals.items()}
         collator = lm.LMCollator(tokenizer, pad_to_multiple_of=pad_multiple(tcfg, accelerator.device.type))
     else:
         with accelerator.main_process_first():

@@ -23,6 +23,7 @@ highest sum, ``acc_norm`` the highest sum divided by the choice's length in UTF-
 from __future__ import annotations
 
 import json
+import logging
 import math
 from pathlib import Path
 
@@ -35,6 +36,8 @@ from runner.errors import ConfigError, DataError
 
 IGNORE = -100  # label of a token that is not a target (prompt, padding)
 KIND = "causal_lm"
+
+log = logging.getLogger(__name__)
 
 
 def is_lm_task(task: DictConfig) -> bool:
@@ -78,12 +81,21 @@ def read_records(path: Path, columns: tuple[set, ...] = ({"text"}, {"prompt", "r
         raise DataError(f"{path}: a causal-LM file is .txt (plain text) or .jsonl (text, or prompt and response)")
     if not rows:
         raise DataError(f"{path} holds no text")
-    ds = datasets.Dataset.from_list(rows)
-    found = set(ds.column_names)
-    if not any(wanted <= found for wanted in columns):
+    # every record holds the same set of fields (the first record's), texts as strings: a record that
+    # does not (a null, a number, a prompt/response record among text ones) is an error, never "None"
+    wanted = next((w for w in columns if w <= set(rows[0])), None)
+    if wanted is None:
         needs = ", or ".join(" and ".join(sorted(w)) for w in columns)
-        raise DataError(f"{path} has columns {sorted(found)}; it needs {needs}")
-    return ds
+        raise DataError(f"{path} has columns {sorted(rows[0])}; it needs {needs}")
+    for i, row in enumerate(rows, 1):
+        bad = sorted(k for k in wanted if row.get(k) is None or (k in TEXT_FIELDS and not isinstance(row[k], str)))
+        if bad:
+            raise DataError(f"{path} record {i}: {', '.join(bad)} missing or not text (every record needs "
+                            f"{', '.join(sorted(wanted))}, like the first)")
+    return datasets.Dataset.from_list([{k: row[k] for k in sorted(wanted)} for row in rows])
+
+
+TEXT_FIELDS = {"text", "prompt", "response", "context"}
 
 
 def read_choices(path: Path) -> list[dict]:
@@ -91,7 +103,9 @@ def read_choices(path: Path) -> list[dict]:
         raise DataError(f"{path}: a multiple-choice file is .jsonl with context, choices and label")
     rows = read_records(path, ({"context", "choices", "label"},)).to_list()
     for i, r in enumerate(rows, 1):
-        if not (isinstance(r["choices"], list) and len(r["choices"]) >= 2 and 0 <= int(r["label"]) < len(r["choices"])):
+        label = r["label"]
+        if not (isinstance(r["choices"], list) and len(r["choices"]) >= 2 and all(isinstance(c, str) for c in r["choices"])
+                and isinstance(label, int) and not isinstance(label, bool) and 0 <= label < len(r["choices"])):
             raise DataError(f"{path} record {i}: needs two or more choices and a label indexing one of them")
     return rows
 
@@ -121,24 +135,37 @@ def _eos(tokenizer) -> list[int]:
     return [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
 
 
-def tokenize_lm(ds: datasets.Dataset, tokenizer, block: int) -> datasets.Dataset:
+def tokenize_lm(ds: datasets.Dataset, tokenizer, block: int, counts: dict | None = None) -> datasets.Dataset:
     """``input_ids`` and ``labels`` per example: text cut into blocks of ``block`` tokens, or one
-    prompt/response pair per example with the prompt's labels at -100."""
+    prompt/response pair per example with the prompt's labels at -100. ``counts`` (if given) gets what
+    the block length costs: ``responses_cut`` (a response cut at ``block`` tokens, its EOS lost),
+    ``records_dropped`` (a prompt that fills the block: nothing left to learn), ``tokens_dropped`` (a
+    last block of one token, which predicts nothing)."""
+    counts = {} if counts is None else counts
     if "prompt" in ds.column_names:
-        rows = []
+        rows, cut, dropped = [], 0, 0
         for r in ds:
-            prompt = tokenizer(str(r["prompt"]))["input_ids"]
-            response = tokenizer(str(r["response"]), add_special_tokens=False)["input_ids"] + _eos(tokenizer)
+            prompt = tokenizer(r["prompt"])["input_ids"]
+            response = tokenizer(r["response"], add_special_tokens=False)["input_ids"] + _eos(tokenizer)
             ids = (prompt + response)[:block]
             labels = ([IGNORE] * len(prompt) + response)[:block]
-            if any(t != IGNORE for t in labels):
-                rows.append({"input_ids": ids, "labels": labels})
+            if not any(t != IGNORE for t in labels):
+                dropped += 1
+                continue
+            cut += len(prompt) + len(response) > block
+            rows.append({"input_ids": ids, "labels": labels})
         if not rows:
             raise DataError(f"every prompt fills trainer.max_seq_length={block}: no response token is left to learn")
+        counts.update(responses_cut=cut, records_dropped=dropped)
+        if cut or dropped:
+            log.warning("trainer.max_seq_length=%d cuts %d response(s) and leaves %d record(s) nothing to learn "
+                        "(dropped); counted in results.json data.input", block, cut, dropped)
     else:
-        stream = [t for text in ds["text"] for t in tokenizer(str(text))["input_ids"]]
+        stream = [t for text in ds["text"] for t in tokenizer(text)["input_ids"]]
         rows = [{"input_ids": stream[i:i + block], "labels": stream[i:i + block]} for i in range(0, len(stream), block)]
-        rows = [r for r in rows if len(r["input_ids"]) > 1]  # one token predicts nothing
+        kept = [r for r in rows if len(r["input_ids"]) > 1]  # one token predicts nothing
+        counts.update(blocks=len(kept), tokens_dropped=len(rows) - len(kept))
+        rows = kept
     return datasets.Dataset.from_list([{**r, "attention_mask": [1] * len(r["input_ids"])} for r in rows])
 
 

@@ -9,6 +9,24 @@ def _gib(n) -> str:
     return f"{n / 2**30:.2f} GiB" if n else "-"
 
 
+def input_notes(splits: dict) -> str:
+    """What became of the input, where anything was skipped, capped, cut or dropped ('' when nothing was)."""
+    notes = []
+    for name, c in splits.items():
+        parts = []
+        if c.get("skipped"):
+            parts.append(f"{c['skipped']} malformed row(s) skipped")
+        if c.get("read") is not None and c.get("used") is not None and c["used"] < c["read"] - (c.get("skipped") or 0):
+            parts.append(f"{c['used']} of {c['read'] - (c.get('skipped') or 0)} rows used (max_*_samples)")
+        if c.get("responses_cut"):
+            parts.append(f"{c['responses_cut']} response(s) cut at max_seq_length")
+        if c.get("records_dropped"):
+            parts.append(f"{c['records_dropped']} record(s) dropped (prompt fills max_seq_length)")
+        if parts:
+            notes.append(f"{name}: {', '.join(parts)}")
+    return "; ".join(notes)
+
+
 def run_summary(results: dict, output_dir: Path) -> str:
     """Status, main metric against the constant prediction, time, memory and FLOPs, where it all is."""
     lines = [f"run {results.get('run_name')}: {results.get('status')}"]
@@ -26,6 +44,9 @@ def run_summary(results: dict, output_dir: Path) -> str:
     schedule_warning = (results.get("method_report") or {}).get("schedule_warning")
     if schedule_warning:
         lines.append(f"  warning: {schedule_warning}")
+    dropped = input_notes((results.get("data") or {}).get("input") or {})
+    if dropped:
+        lines.append(f"  data: {dropped} (results.json data.input)")
     time = results.get("time") or {}
     memory = results.get("memory") or {}
     flops = results.get("flops") or {}

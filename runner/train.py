@@ -584,7 +584,8 @@ class Recipe:
             "steps": {"total": self.global_step, "per_epoch": self.steps_per_epoch, "epochs": self.num_epochs},
             "data": {"source": self.data.source, "train_examples": len(self.data.train),
                      "holdout_examples": len(self.data.holdout) if self.data.holdout is not None else 0,
-                     "eval_examples": {k: len(v) for k, v in self.data.evals.items()}},
+                     "eval_examples": {k: len(v) for k, v in self.data.evals.items()},
+                     "input": self.data.input},  # per split: file, rows read, skipped, used; LM cuts and drops
             "provenance": provenance.collect(self.device, cfg.seed, self.accelerator.num_processes),
             "compute": {"device": self.device.type, "mixed_precision": cfg.trainer.mixed_precision,
                         "tf32": self.tf32, "compile": bool(cfg.trainer.get("compile"))},

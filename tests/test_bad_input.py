@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import pytest
+from omegaconf import OmegaConf
 
 CONFIG, DATA, MODEL = 2, 3, 4
 
@@ -153,3 +154,36 @@ def test_bad_input_fails_in_one_line(case, fixtures, glue_dir, tmp_path):
     for results in list(tmp_path.rglob("results.json")) + list(fixtures["empty_run"].rglob("results.json")):
         assert json.loads(results.read_text()).get("status") != "completed"
     assert json.loads((fixtures["done_run"] / "results.json").read_text()) == {"status": "completed"}
+
+
+def test_skipped_and_capped_rows_are_counted_in_the_record_and_the_summary(tiny_overrides, glue_dir, tmp_path):
+    """Nothing dropped without a count (issue 38, rule 4): malformed GLUE rows (up to 1% are skipped, as QQP's
+    train file needs), the max_*_samples cap and non-finite regression labels, through the real command line."""
+    from runner.data import label_to_id
+
+    glue = tmp_path / "glue"
+    (glue / "MRPC").mkdir(parents=True)
+    for f in (glue_dir / "MRPC").iterdir():
+        (glue / "MRPC" / f.name).write_bytes(f.read_bytes())
+    train = (glue / "MRPC" / "train.tsv").read_text().splitlines()
+    train[5] = "oops\tonly two columns"  # too few columns
+    train[9] = "\t".join(["x", *train[9].split("\t")[1:]])  # a label that is no label
+    (glue / "MRPC" / "train.tsv").write_text("\n".join(train) + "\n")
+    out = tmp_path / "run"
+    overrides = [o for o in tiny_overrides if not o.startswith(("task.data_dir", "task.max_train_samples"))]
+    proc = subprocess.run([sys.executable, "-m", "runner", *overrides, f"task.data_dir={glue}", "trainer.max_steps=1",
+                           "task.max_train_samples=100", f"hydra.run.dir={out}"], capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "HOME": str(tmp_path)})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    record = json.loads((out / "results.json").read_text())["data"]["input"]
+    rows = len(train) - 1
+    assert record["train"] == {"file": str(glue / "MRPC" / "train.tsv"), "read": rows, "skipped": 2, "used": 100}
+    assert record["validation"]["skipped"] == 0 and record["validation"]["used"] == 32
+    assert (f"data: train: 2 malformed row(s) skipped, 100 of {rows - 2} rows used (max_*_samples); validation: 32 of "
+            f"{record['validation']['read']} rows used (max_*_samples) (results.json data.input)") in proc.stderr
+
+    stsb = OmegaConf.create({"is_regression": True, "label_names": []})
+    assert label_to_id("3.5", stsb) == 3.5
+    for bad in ("nan", "inf", "-inf"):
+        with pytest.raises(ValueError, match="not a finite number"):
+            label_to_id(bad, stsb)

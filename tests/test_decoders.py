@@ -81,6 +81,40 @@ def test_bad_files_fail_with_one_clear_error(tmp_path):
         lm.read_choices(tmp_path / "mc.jsonl")
 
 
+@pytest.mark.parametrize("lines, record, why", [
+    ([{"text": "a b c"}, {"text": None}], 2, "text missing or not text"),  # before: trained on the word "None"
+    ([{"text": "a b c"}, {"prompt": "p", "response": "r"}], 2, "text missing or not text"),  # a mixed file
+    ([{"prompt": "p", "response": 7}], 1, "response missing or not text"),
+    ([{"context": "c", "choices": ["a", "b"], "label": 1.9}], 1, "a label indexing one of them"),  # before: int(1.9)
+    ([{"context": "c", "choices": ["a", "b"], "label": True}], 1, "a label indexing one of them"),
+])
+def test_a_record_the_runner_cannot_use_is_an_error_not_replaced(tmp_path, lines, record, why):
+    """Nothing silently wrong (issue 38, rule 4): every record of an LM file holds the fields of the first, as text."""
+    from runner.errors import DataError
+
+    path = tmp_path / "f.jsonl"
+    path.write_text("\n".join(json.dumps(line) for line in lines))
+    read = lm.read_choices if "choices" in lines[0] else lm.read_records
+    with pytest.raises(DataError, match=f"record {record}.*{why}" if "label" not in why else why):
+        read(path)
+
+
+def test_what_the_block_length_cuts_or_drops_is_counted(tokenizer):
+    import datasets
+
+    pairs = datasets.Dataset.from_list([{"prompt": "short question", "response": " a fairly long answer " * 8},
+                                        {"prompt": "word " * 80, "response": " lost"},
+                                        {"prompt": "q", "response": " a"}])
+    counts = {}
+    examples = lm.tokenize_lm(pairs, tokenizer, 32, counts)
+    assert len(examples) == 2 and counts == {"responses_cut": 1, "records_dropped": 1}
+    text = datasets.Dataset.from_list([{"text": "one two three four five six seven"}])
+    n = len(tokenizer("one two three four five six seven")["input_ids"])
+    counts = {}
+    blocks = lm.tokenize_lm(text, tokenizer, n - 1, counts)  # the last block would hold one token
+    assert len(blocks) == 1 and counts == {"blocks": 1, "tokens_dropped": 1}
+
+
 # ---------------------------------------------------------------- numbers against hand computations
 
 
