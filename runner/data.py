@@ -304,6 +304,17 @@ def _fingerprint(ds: datasets.Dataset, tokenizer, max_length: int) -> str:
     return h.hexdigest()[:20]
 
 
+def count_truncated(raw: datasets.Dataset, tokens: datasets.Dataset, tokenizer, text_keys, max_length: int) -> int:
+    """How many examples ``max_length`` cut (results.json data.input): only those whose tokens fill it
+    can have been cut, and only they are tokenised again, whole."""
+    full = [i for i, ids in enumerate(tokens["input_ids"]) if len(ids) >= max_length]
+    if not full:
+        return 0
+    rows = raw.select(full)
+    lengths = tokenizer(*[list(rows[k]) for k in text_keys], truncation=False)["input_ids"]
+    return sum(len(ids) > max_length for ids in lengths)
+
+
 def tokenize(ds: datasets.Dataset, tokenizer, text_keys, max_length: int, cache_dir: Path | None) -> datasets.Dataset:
     """Tokenise without padding (the collator pads per batch); cached on disk."""
 
@@ -416,6 +427,9 @@ def build_dataloaders(cfg: DictConfig, data: TaskData, tokenizer, accelerator) -
         with accelerator.main_process_first():
             train = tokenize(data.train, tokenizer, cfg.task.text_keys, tcfg.max_seq_length, cache_dir)
             evals = {k: tokenize(v, tokenizer, cfg.task.text_keys, tcfg.max_seq_length, cache_dir) for k, v in data.evals.items()}
+        for name, raw, tokens in [("train", data.train, train), *((k, data.evals[k], evals[k]) for k in evals)]:
+            data.input.setdefault(name, {})["truncated"] = count_truncated(raw, tokens, tokenizer, cfg.task.text_keys,
+                                                                           int(tcfg.max_seq_length))
         collator = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=pad_multiple(tcfg, accelerator.device.type))
     sampler = None
     if tcfg.get("group_by_length"):

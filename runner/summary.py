@@ -18,6 +18,8 @@ def input_notes(splits: dict) -> str:
             parts.append(f"{c['skipped']} malformed row(s) skipped")
         if c.get("read") is not None and c.get("used") is not None and c["used"] < c["read"] - (c.get("skipped") or 0):
             parts.append(f"{c['used']} of {c['read'] - (c.get('skipped') or 0)} rows used (max_*_samples)")
+        if c.get("truncated"):
+            parts.append(f"{c['truncated']} example(s) cut at max_seq_length")
         if c.get("responses_cut"):
             parts.append(f"{c['responses_cut']} response(s) cut at max_seq_length")
         if c.get("records_dropped"):

@@ -156,9 +156,12 @@ def test_bad_input_fails_in_one_line(case, fixtures, glue_dir, tmp_path):
     assert json.loads((fixtures["done_run"] / "results.json").read_text()) == {"status": "completed"}
 
 
-def test_skipped_and_capped_rows_are_counted_in_the_record_and_the_summary(tiny_overrides, glue_dir, tmp_path):
+def test_skipped_and_capped_rows_are_counted_in_the_record_and_the_summary(tiny_overrides, tiny_model_dir, glue_dir,
+                                                                            tmp_path):
     """Nothing dropped without a count (issue 38, rule 4): malformed GLUE rows (up to 1% are skipped, as QQP's
     train file needs), the max_*_samples cap and non-finite regression labels, through the real command line."""
+    from transformers import AutoTokenizer
+
     from runner.data import label_to_id
 
     glue = tmp_path / "glue"
@@ -177,10 +180,16 @@ def test_skipped_and_capped_rows_are_counted_in_the_record_and_the_summary(tiny_
     assert proc.returncode == 0, proc.stderr[-2000:]
     record = json.loads((out / "results.json").read_text())["data"]["input"]
     rows = len(train) - 1
-    assert record["train"] == {"file": str(glue / "MRPC" / "train.tsv"), "read": rows, "skipped": 2, "used": 100}
+    used = [line.split("\t") for i, line in enumerate(train) if i not in (0, 5, 9)][:100]
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    cut = sum(len(tokenizer(r[3], r[4])["input_ids"]) > 64 for r in used)  # trainer.max_seq_length=64
+    assert cut > 0 and record["train"] == {"file": str(glue / "MRPC" / "train.tsv"), "read": rows, "skipped": 2,
+                                           "used": 100, "truncated": cut}
     assert record["validation"]["skipped"] == 0 and record["validation"]["used"] == 32
-    assert (f"data: train: 2 malformed row(s) skipped, 100 of {rows - 2} rows used (max_*_samples); validation: 32 of "
-            f"{record['validation']['read']} rows used (max_*_samples) (results.json data.input)") in proc.stderr
+    cut_dev = record["validation"]["truncated"]
+    assert (f"data: train: 2 malformed row(s) skipped, 100 of {rows - 2} rows used (max_*_samples), {cut} example(s) "
+            f"cut at max_seq_length; validation: 32 of {record['validation']['read']} rows used (max_*_samples)"
+            + (f", {cut_dev} example(s) cut at max_seq_length" if cut_dev else "") + " (results.json data.input)") in proc.stderr
 
     stsb = OmegaConf.create({"is_regression": True, "label_names": []})
     assert label_to_id("3.5", stsb) == 3.5
