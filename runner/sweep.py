@@ -207,7 +207,7 @@ def job_settings(jobs: list[Job], stored: dict) -> tuple[dict, list[str]]:
 
 
 def _stale_error(sweep_dir: Path, stale: list[str]) -> str:
-    return (f"error: {sweep_dir}: {len(stale)} job(s) that already ran would now run with other settings "
+    return (f"{sweep_dir}: {len(stale)} job(s) that already ran would now run with other settings "
             f"(configs or defaults changed since the sweep was planned): {stale[0]}{'; ...' if len(stale) > 1 else ''}; "
             f"remove those job dirs to rerun them as the overrides compose now, or pass --allow-changed-settings "
             f"to keep their results as they are")
@@ -576,6 +576,114 @@ def run_or_resume(sweep_dir: Path, overrides: list[str], options: list[str] = ()
     return subprocess.call(cmd, cwd=repo, env=env)
 
 
+def _credentials_through_environment(overrides: list[str]) -> list[str]:
+    """``overrides`` with each credential read from a RUNNER_SECRET_* variable (set here from the value given, and
+    remembered as a secret of this process): the jobs get it through the environment, never a file or a command line."""
+    from runner.secrets import overrides_through_environment, remember_overrides
+
+    remember_overrides(overrides)
+    overrides, found = overrides_through_environment(overrides)
+    os.environ.update(found)
+    return overrides
+
+
+def _live_job(sweep_dir: Path, jobs: list[Job]) -> str | None:
+    """Why the sweep may not touch its dir now: a job dir with a live owner (an orphan of a sweep that was killed,
+    or a run started by hand), which is never moved or joined; None when there is none."""
+    busy = [(job, pid) for job in jobs if (pid := runs.live_holder(Path(job.dir)))]
+    if not busy:
+        return None
+    job, pid = busy[0]
+    return (f"{sweep_dir}: job {job.name} is still running (pid {pid}), started by an earlier sweep or by hand; "
+            f"wait for it to end or stop it (kill {pid}), then --resume"
+            + (f" ({len(busy) - 1} more job(s) running)" if len(busy) > 1 else ""))
+
+
+HELD_LOCKS: list = []  # the sweep dir's lock, held by this process while it runs the sweep
+
+
+class _Refused(Exception):
+    """A sweep that may not run as asked: one line on stderr, exit 2."""
+
+
+@dataclass
+class _Prepared:
+    sweep_dir: Path
+    jobs: list[Job]
+    opts: dict
+    stored: dict  # the manifest as found ({} for a new sweep)
+    settings: dict  # each job's settings to keep in the manifest
+    group: str | None  # the W&B group of the jobs
+    todo: list[tuple[Job, bool]]  # (job, resume?) still to run
+
+
+def _prepare(args) -> _Prepared:
+    """The sweep's jobs, their settings and what is left to run; refuses (``_Refused``) what must not run."""
+    from runner.errors import ConfigError
+    from runner.secrets import missing_sweep_variables
+
+    try:
+        args.overrides = _credentials_through_environment(args.overrides)
+    except ConfigError as exc:
+        raise _Refused(str(exc)) from None
+    sweep_dir, jobs, opts = _plan_and_options(args)
+    sweep_dir = Path(sweep_dir)
+    for job in jobs:  # a Hydra multirun.yaml holds them masked (or, written before the runner cleaned it, in clear)
+        job.overrides = _credentials_through_environment(job.overrides)
+    stored = json.loads((sweep_dir / MANIFEST).read_text()) if (sweep_dir / MANIFEST).is_file() else {}
+    # a dry run of a new sweep writes no manifest, so only the first job is composed (for its logger)
+    settings, stale = job_settings(jobs, stored.get(SETTINGS) or {}) if stored or not args.dry_run else ({}, [])
+    first = None
+    if jobs:
+        first = settings[jobs[0].name] if jobs[0].name in settings else composed_settings(jobs[0].overrides)
+    if stale and not args.allow_changed_settings:
+        raise _Refused(_stale_error(sweep_dir, stale))
+    todo = jobs_to_run(jobs, args.retry_failed)
+    missing = missing_sweep_variables([o for job, _ in todo for o in job.overrides])
+    if missing and not args.dry_run:
+        raise _Refused(f"{sweep_dir}'s jobs read credentials from the environment, never from the sweep's files: set "
+                       f"{', '.join(missing)} (the value the sweep was given) and run it again")
+    return _Prepared(sweep_dir, jobs, opts, stored, settings, sweep_dir.name if _uses_wandb(first) else None, todo)
+
+
+def _launch(p: _Prepared, args, argv: list[str] | None) -> int:
+    """Take the sweep dir (its lock, no live job in it), write the manifest, run the jobs, summarize."""
+    from runner.errors import ConfigError
+    from runner.secrets import scrub
+
+    p.sweep_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        HELD_LOCKS.append(runs.DirLock(p.sweep_dir, "sweep").acquire())  # held until this process exits
+    except ConfigError as exc:
+        raise _Refused(str(exc)) from None
+    busy = _live_job(p.sweep_dir, p.jobs)
+    if busy:
+        raise _Refused(busy)
+    manifest = p.stored or {
+        "created": datetime.datetime.now().isoformat(timespec="seconds"),
+        "argv": scrub(list(sys.argv[1:] if argv is None else argv), overrides=True),
+        "made_by": "multirun.yaml (Hydra multirun)" if args.resume is not None else "runner.sweep"}
+    manifest.update(options=p.opts, jobs=[asdict(j) for j in p.jobs], **{SETTINGS: p.settings})
+    atomic_write_json(p.sweep_dir / MANIFEST, manifest)  # a Hydra multirun dir gets one too: later resumes read it
+    for job, resume in p.todo:
+        state = runs.state(Path(job.dir))
+        if not resume and state != MISSING:  # failed (retried) or incomplete: keep the old dir aside, start fresh
+            print(f"sweep: {job.name}: {state}; old dir kept as {runs.retire_dir(Path(job.dir))}", file=sys.stderr)
+    opts = p.opts
+    print(f"sweep: {len(p.jobs)} jobs in {p.sweep_dir}, {len(p.todo)} to run "
+          f"({sum(r for _, r in p.todo)} resumed); {opts['procs']} process(es) per job, {opts['parallel']} at a time", file=sys.stderr)
+    runner = Runner(p.sweep_dir, procs=opts["procs"], cpu=opts["cpu"], launcher=opts["launcher"], launch_args=opts["launch_args"],
+                    parallel=opts["parallel"], devices=opts["devices"], grace_s=args.grace, group=p.group)
+    code = runner.run(p.todo)
+    rows = summarize(p.sweep_dir, p.jobs)
+    print(f"\nsweep {p.sweep_dir}:\n" + summary_markdown(rows) + f"\nsummary: {p.sweep_dir / SUMMARY}.md (and .json)",
+          file=sys.stderr)
+    if code:
+        print(f"sweep: stopped by a signal; continue with: python -m runner.sweep --resume {p.sweep_dir}", file=sys.stderr)
+        return code
+    return 0 if all(r["state"] == COMPLETED for r in rows) else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     from runner.config import register_resolvers as _register_resolvers
 
@@ -587,80 +695,17 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"error: no completed{' ' + args.method if args.method else ''} runs in {args.completed}")
         print(",".join(str(r.resolve()) for r in done_runs))
         return 0
-    from runner.errors import ConfigError
-    from runner.secrets import missing_sweep_variables, overrides_through_environment, remember_overrides, scrub
-
-    # credentials given as overrides reach the jobs through the environment, never a file or a command line
-    remember_overrides(args.overrides)
     try:
-        args.overrides, secret_env = overrides_through_environment(args.overrides)
-    except ConfigError as exc:
+        prepared = _prepare(args)
+        if args.dry_run:
+            for job, resume in prepared.todo:
+                print(shlex.join(build_command(job, resume=resume, group=prepared.group,
+                                               **{k: prepared.opts[k] for k in ("procs", "cpu", "launcher", "launch_args")})))
+            return 0
+        return _launch(prepared, args, argv)
+    except _Refused as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    os.environ.update(secret_env)
-    sweep_dir, jobs, opts = _plan_and_options(args)
-    sweep_dir = Path(sweep_dir)
-    for job in jobs:  # a Hydra multirun.yaml holds them masked (or, written before the runner cleaned it, in clear)
-        job.overrides, found = overrides_through_environment(job.overrides)
-        os.environ.update(found)
-    stored = json.loads((sweep_dir / MANIFEST).read_text()) if (sweep_dir / MANIFEST).is_file() else {}
-    # a dry run of a new sweep writes no manifest, so only the first job is composed (for its logger)
-    settings, stale = job_settings(jobs, stored.get(SETTINGS) or {}) if stored or not args.dry_run else ({}, [])
-    first = None
-    if jobs:
-        first = settings[jobs[0].name] if jobs[0].name in settings else composed_settings(jobs[0].overrides)
-    group = sweep_dir.name if _uses_wandb(first) else None
-    if stale and not args.allow_changed_settings:
-        print(_stale_error(sweep_dir, stale), file=sys.stderr)
-        return 2
-    todo = jobs_to_run(jobs, args.retry_failed)
-    missing = missing_sweep_variables([o for job, _ in todo for o in job.overrides])
-    if missing and not args.dry_run:
-        print(f"error: {sweep_dir}'s jobs read credentials from the environment, never from the sweep's files: set "
-              f"{', '.join(missing)} (the value the sweep was given) and run it again", file=sys.stderr)
-        return 2
-
-    if args.dry_run:
-        for job, resume in todo:
-            print(shlex.join(build_command(job, resume=resume, group=group, **{k: opts[k] for k in ("procs", "cpu", "launcher", "launch_args")})))
-        return 0
-
-    sweep_dir.mkdir(parents=True, exist_ok=True)
-    from runner.runs import DirLock
-
-    try:
-        _lock = DirLock(sweep_dir, "sweep").acquire()  # held until this process exits
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    busy = [(job, pid) for job in jobs if (pid := runs.live_holder(Path(job.dir)))]
-    if busy:  # an orphan of a sweep that was killed, or a run started by hand: never moved, never joined
-        job, pid = busy[0]
-        print(f"error: {sweep_dir}: job {job.name} is still running (pid {pid}), started by an earlier sweep or by hand; "
-              f"wait for it to end or stop it (kill {pid}), then --resume"
-              + (f" ({len(busy) - 1} more job(s) running)" if len(busy) > 1 else ""), file=sys.stderr)
-        return 2
-    manifest = stored or {
-        "created": datetime.datetime.now().isoformat(timespec="seconds"), "argv": scrub(list(sys.argv[1:] if argv is None else argv), overrides=True),
-        "made_by": "multirun.yaml (Hydra multirun)" if args.resume is not None else "runner.sweep"}
-    manifest.update(options=opts, jobs=[asdict(j) for j in jobs], **{SETTINGS: settings})
-    atomic_write_json(sweep_dir / MANIFEST, manifest)  # a Hydra multirun dir gets one too: later resumes read it
-    for job, resume in todo:
-        state = runs.state(Path(job.dir))
-        if not resume and state != MISSING:  # failed (retried) or incomplete: keep the old dir aside, start fresh
-            print(f"sweep: {job.name}: {state}; old dir kept as {runs.retire_dir(Path(job.dir))}", file=sys.stderr)
-    print(f"sweep: {len(jobs)} jobs in {sweep_dir}, {len(todo)} to run "
-          f"({sum(r for _, r in todo)} resumed); {opts['procs']} process(es) per job, {opts['parallel']} at a time", file=sys.stderr)
-    runner = Runner(sweep_dir, procs=opts["procs"], cpu=opts["cpu"], launcher=opts["launcher"], launch_args=opts["launch_args"],
-                    parallel=opts["parallel"], devices=opts["devices"], grace_s=args.grace, group=group)
-    code = runner.run(todo)
-    rows = summarize(sweep_dir, jobs)
-    print(f"\nsweep {sweep_dir}:\n" + summary_markdown(rows) + f"\nsummary: {sweep_dir / SUMMARY}.md (and .json)",
-          file=sys.stderr)
-    if code:
-        print(f"sweep: stopped by a signal; continue with: python -m runner.sweep --resume {sweep_dir}", file=sys.stderr)
-        return code
-    return 0 if all(r["state"] == COMPLETED for r in rows) else 1
 
 
 if __name__ == "__main__":
