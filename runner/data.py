@@ -100,7 +100,8 @@ def label_to_id(value: str, task: DictConfig):
 
 def read_glue_tsv(path: Path, task: DictConfig, counts: dict | None = None) -> datasets.Dataset:
     """Read a classic GLUE tsv file (tab separated, no quoting, optional BOM); ``counts`` (if given) gets
-    ``read`` and ``skipped`` (rows that do not fit the task's columns or labels: up to 1%, else an error)."""
+    ``read`` and ``skipped`` (rows that do not fit the task's columns or labels, or hold more fields than the
+    header, a tab inside a text: up to 1%, else an error)."""
     columns = dict(task.tsv.columns)
     rows: dict[str, list] = {name: [] for name in columns}
     skipped = 0
@@ -115,7 +116,11 @@ def read_glue_tsv(path: Path, task: DictConfig, counts: dict | None = None) -> d
                     f"{path} has {width} columns ({', '.join(header)}), but task {task.name} "
                     f"expects at least {needed}; is this the {task.glue_dir_name} file?"
                 )
+        width = len(header) if header is not None else None
         for line in reader:
+            if width is not None and len(line) > width:  # a tab inside a text: reading by position would shift it
+                skipped += 1
+                continue
             try:
                 record = {name: line[i] for name, i in columns.items()}
                 record["label"] = label_to_id(record["label"], task)

@@ -171,6 +171,7 @@ def test_skipped_and_capped_rows_are_counted_in_the_record_and_the_summary(tiny_
     train = (glue / "MRPC" / "train.tsv").read_text().splitlines()
     train[5] = "oops\tonly two columns"  # too few columns
     train[9] = "\t".join(["x", *train[9].split("\t")[1:]])  # a label that is no label
+    train[12] = train[12] + "\tand a tab inside the second sentence"  # read by position, it would shift
     (glue / "MRPC" / "train.tsv").write_text("\n".join(train) + "\n")
     out = tmp_path / "run"
     overrides = [o for o in tiny_overrides if not o.startswith(("task.data_dir", "task.max_train_samples"))]
@@ -180,14 +181,14 @@ def test_skipped_and_capped_rows_are_counted_in_the_record_and_the_summary(tiny_
     assert proc.returncode == 0, proc.stderr[-2000:]
     record = json.loads((out / "results.json").read_text())["data"]["input"]
     rows = len(train) - 1
-    used = [line.split("\t") for i, line in enumerate(train) if i not in (0, 5, 9)][:100]
+    used = [line.split("\t") for i, line in enumerate(train) if i not in (0, 5, 9, 12)][:100]
     tokenizer = AutoTokenizer.from_pretrained(str(tiny_model_dir))
     cut = sum(len(tokenizer(r[3], r[4])["input_ids"]) > 64 for r in used)  # trainer.max_seq_length=64
-    assert cut > 0 and record["train"] == {"file": str(glue / "MRPC" / "train.tsv"), "read": rows, "skipped": 2,
+    assert cut > 0 and record["train"] == {"file": str(glue / "MRPC" / "train.tsv"), "read": rows, "skipped": 3,
                                            "used": 100, "truncated": cut}
     assert record["validation"]["skipped"] == 0 and record["validation"]["used"] == 32
     cut_dev = record["validation"]["truncated"]
-    assert (f"data: train: 2 malformed row(s) skipped, 100 of {rows - 2} rows used (max_*_samples), {cut} example(s) "
+    assert (f"data: train: 3 malformed row(s) skipped, 100 of {rows - 3} rows used (max_*_samples), {cut} example(s) "
             f"cut at max_seq_length; validation: 32 of {record['validation']['read']} rows used (max_*_samples)"
             + (f", {cut_dev} example(s) cut at max_seq_length" if cut_dev else "") + " (results.json data.input)") in proc.stderr
 
