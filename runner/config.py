@@ -10,6 +10,8 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from runner import runs
+
 REPO = Path(__file__).resolve().parent.parent
 CONF_DIR = REPO / "conf"
 # Where task.data_dir looks when GLUE_DIR is not set, in this order (then the Hub)
@@ -47,12 +49,12 @@ def run_label(default: str, from_run, criterion) -> str:
     src = Path(str(from_run)).expanduser()
     name = None
     try:
-        name = json.loads((src / "results.json").read_text()).get("run_name")
+        name = json.loads((src / runs.RESULTS).read_text()).get("run_name")
     except (OSError, ValueError, AttributeError):
         pass
     if not name:
         try:
-            name = (OmegaConf.load(src / "config.yaml") or {}).get("run_name")
+            name = (OmegaConf.load(src / runs.CONFIG) or {}).get("run_name")
         except Exception:  # noqa: BLE001 (no readable source: the pruning stage says why in one line)
             name = None
     return f"prune-{criterion}-{name or src.name}"

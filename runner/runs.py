@@ -41,7 +41,12 @@ from runner.results import (
     STATUS_COMPLETED, STATUS_FAILED, STATUS_INTERRUPTED, STATUS_RUNNING, atomic_write_json, atomic_write_text,
 )
 
-RESULTS = "results.json"
+# a run dir's files, named here only
+RESULTS = "results.json"  # the run's record
+CONFIG = "config.yaml"  # the resolved config it ran with (credentials masked)
+STEPS = "steps.jsonl"  # one record per optimizer step
+METRICS = "metrics.jsonl"  # what the tracker logged, one record per line
+LEARNING_CURVE = "learning_curve.png"
 LOCK_FILE = ".lock"
 RETIRED = ".retired"  # earlier attempts moved aside (retire_traces, retire_dir)
 HYDRA_OWN = {".hydra", LOCK_FILE, RETIRED}
@@ -168,7 +173,7 @@ def check_same_settings(directory: Path, now: dict) -> None:
     """Resume only with the settings the interrupted attempt ran with."""
     import yaml
 
-    path = Path(directory) / "config.yaml"
+    path = Path(directory) / CONFIG
     if not path.is_file():
         return
     try:

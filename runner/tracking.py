@@ -13,6 +13,7 @@ import netrc
 import os
 from pathlib import Path
 
+from runner import runs
 from runner.secrets import scrub, secret_values
 
 log = logging.getLogger(__name__)
@@ -153,7 +154,7 @@ class Tracker:
     def __init__(self, cfg, output_dir: Path, is_main: bool, resolved_config: dict, run_id: str | None = None):
         self.is_main = is_main
         self.run = None
-        self.path = Path(output_dir) / "metrics.jsonl"
+        self.path = Path(output_dir) / runs.METRICS
         self._file = None
         if not is_main:
             return

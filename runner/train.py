@@ -182,9 +182,9 @@ class Recipe:
         cfg = self.cfg
         self.output_dir.mkdir(parents=True, exist_ok=True)
         if self.is_main:
-            atomic_write_text(self.output_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(resolved_config(cfg))))
+            atomic_write_text(self.output_dir / runs.CONFIG, OmegaConf.to_yaml(OmegaConf.create(resolved_config(cfg))))
         if self.resume_state is not None and self.is_main:  # one metrics record per step, whatever happened
-            runs.trim_metrics(self.output_dir / "metrics.jsonl", self.resume_state["global_step"])
+            runs.trim_metrics(self.output_dir / runs.METRICS, self.resume_state["global_step"])
         run_id = (self.resume_state or {}).get("wandb_run_id")
         self.tracker = Tracker(cfg, self.output_dir, self.is_main, resolved_config(cfg), run_id=run_id)
         self.started = True
@@ -672,7 +672,7 @@ class Recipe:
         if self.is_main:
             try:
                 path = curves.plot_learning_curve(
-                    self.output_dir / "learning_curve.png", self.history, self.evals, list(task.metrics), trivial,
+                    self.output_dir / runs.LEARNING_CURVE, self.history, self.evals, list(task.metrics), trivial,
                     title=f"{self.cfg.run_name}: {task.name}, {self.cfg.method.name}, pooling={self.cfg.model.pooling}",
                 )
                 self.tracker.log_image("learning_curve", path, self.global_step)
@@ -733,13 +733,13 @@ def _run(recipe: Recipe, post_train) -> dict:
             with recipe.timer.phase("sharpness"):
                 results["sharpness"] = sharpness_of_run(recipe.accelerator, recipe.model, recipe.train_loader, cfg)
         results["method_report"] = recipe.method.report(recipe.ctx, recipe.history)
-        results["artifacts"] = {"model": str(model_dir), "steps": "steps.jsonl", "config": "config.yaml"}
+        results["artifacts"] = {"model": str(model_dir), "steps": runs.STEPS, "config": runs.CONFIG}
         results["status"] = STATUS_COMPLETED
         recipe.stop_if_signalled()
         if recipe.is_main:
             results["wandb"] = {"run_id": recipe.tracker.run_id, "dir": recipe.tracker.run_dir}
-            write_step_history(recipe.output_dir / "steps.jsonl", recipe.history)
-            atomic_write_json(recipe.output_dir / "results.json", results)
+            write_step_history(recipe.output_dir / runs.STEPS, recipe.history)
+            atomic_write_json(recipe.output_dir / runs.RESULTS, results)
             recipe.tracker.summary(flatten(results))
         trained = results
         if post_train is not None:  # e.g. head pruning (runner.prune)
@@ -748,7 +748,7 @@ def _run(recipe: Recipe, post_train) -> dict:
                 cfg=cfg, model=recipe.accelerator.unwrap_model(recipe.model), tokenizer=recipe.tokenizer, data=recipe.data,
                 device=recipe.device, tracker=recipe.tracker, step=recipe.global_step, is_main=recipe.is_main)))
             if recipe.is_main:
-                atomic_write_json(recipe.output_dir / "results.json", results)
+                atomic_write_json(recipe.output_dir / runs.RESULTS, results)
         exit_code = 0
         return results
     except BaseException as exc:
@@ -794,7 +794,7 @@ def write_failure_record(recipe: Recipe, trained: dict | None, status: str, exc:
         if previous and recipe.resume_state is not None and recipe.global_step <= int(previous.get("step") or 0):
             runs.keep_previous_record(out, previous, status, error, recipe.global_step)
             return
-        write_step_history(out / "steps.jsonl", recipe.history)
+        write_step_history(out / runs.STEPS, recipe.history)
         runs.write_failure(out, status, error, stage=stage, who=runs.identity(recipe.cfg), **where,
                            # what resume=true continues from (steps after it are lost with this attempt)
                            checkpoint=str(checkpoint.complete_checkpoint(out)) if meta is not None else None,

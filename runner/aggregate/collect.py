@@ -111,11 +111,11 @@ def find_results(root: Path) -> list[Path]:
     root = Path(root)
     if root.is_file():
         return [root]
-    return sorted(p for p in root.rglob("results.json") if not _hidden(p, root) and "wandb" not in p.parts)
+    return sorted(p for p in root.rglob(runs.RESULTS) if not _hidden(p, root) and "wandb" not in p.parts)
 
 
 def _load_config(run_dir: Path) -> dict:
-    path = run_dir / "config.yaml"
+    path = run_dir / runs.CONFIG
     if not path.is_file():
         return {}
     import yaml
@@ -254,7 +254,7 @@ def _jobs_without_results(root: Path) -> list[dict]:
         return out
     for hydra_dir in root.rglob(".hydra"):
         run_dir = hydra_dir.parent
-        if _hidden(hydra_dir, root) or (run_dir / "results.json").is_file():
+        if _hidden(hydra_dir, root) or (run_dir / runs.RESULTS).is_file():
             continue
         seen.add(run_dir.resolve())
         has_ckpt = (run_dir / "checkpoint" / "meta.json").is_file()

@@ -71,7 +71,7 @@ def _cache_dir(cfg) -> Path | None:
 
 
 def _source_config(src: Path) -> DictConfig:
-    for candidate in (src / "config.yaml", src / "model" / "run_config.yaml"):
+    for candidate in (src / runs.CONFIG, src / "model" / "run_config.yaml"):
         if candidate.is_file():
             return OmegaConf.load(candidate)
     raise ConfigError(f"prune.from_run={src} holds no config.yaml (nor model/run_config.yaml); is it a runner output dir?")
@@ -180,7 +180,7 @@ def _claim(out: Path, cfg: DictConfig, job_cfg: dict) -> dict | None:
     problem = runs.record_problem(out)
     if problem:
         raise ConfigError(problem)
-    saved = out / "config.yaml"
+    saved = out / runs.CONFIG
     if saved.is_file():
         import yaml
 
@@ -224,7 +224,7 @@ def _prune_into(out: Path, cfg: DictConfig, s, src: Path, src_results: dict, scf
 
     run_name = str(cfg.run_name)  # prune-<criterion>-<source run> (runner.config.run_label) unless the user named it
     job_cfg = _job_config(cfg, scfg, task)
-    atomic_write_text(out / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(job_cfg)))
+    atomic_write_text(out / runs.CONFIG, OmegaConf.to_yaml(OmegaConf.create(job_cfg)))
     tcfg = OmegaConf.merge(cfg, {"run_name": run_name})
     tracker = Tracker(tcfg, out, True, job_cfg)
     device = _device(cfg)
@@ -257,7 +257,7 @@ def _prune_into(out: Path, cfg: DictConfig, s, src: Path, src_results: dict, scf
             "provenance": provenance.collect(device, int(cfg.seed), 1),
         }
         results["wandb"] = {"run_id": tracker.run_id, "dir": tracker.run_dir}
-        atomic_write_json(out / "results.json", results)
+        atomic_write_json(out / runs.RESULTS, results)
         tracker.summary(flatten({k: v for k, v in results.items() if k != "pruning"}))
         exit_code = 0
         return results
