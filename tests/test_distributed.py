@@ -97,3 +97,36 @@ def test_two_cpu_processes_on_a_text_task_count_every_eval_token_once(glue_dir, 
                                 choices=False))
     assert results["metrics"]["tokens"] == alone["tokens"]
     assert results["metrics"]["perplexity"] == pytest.approx(alone["perplexity"], rel=1e-4)
+
+
+def test_a_resume_with_another_number_of_processes_is_refused_and_the_run_stays_resumable(tiny_model_dir, glue_dir, tmp_path):
+    """Issue 38, rule 2, through the command line: a 1-process run stopped by SIGTERM (injected at its first checkpoint
+    save, tests/netguard/signal_at.py), resumed with 2 processes: refused (before, it completed with the effective
+    batch doubled); the record and checkpoint are untouched and a 1-process resume completes."""
+    env = {**os.environ, "HOME": str(tmp_path), "GLUE_DIR": str(glue_dir)}
+    out = tmp_path / "run"
+    overrides = [f"model.name_or_path={tiny_model_dir}", "model.short_name=tiny", "method=full", "adapter=none",
+                 "task.max_train_samples=64", "task.max_eval_samples=16", "trainer.batch_size=8", "trainer.epochs=2",
+                 "trainer.max_seq_length=32", "trainer.checkpoint_every_steps=4", "trainer.progress_bar=false",
+                 "logger=none", f"data_cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={out}"]
+    stopped = subprocess.run([sys.executable, "-m", "runner", *overrides], cwd=tmp_path, capture_output=True, text=True,
+                             timeout=300, env={**env, "RUNNER_TEST_SIGNAL_AT": "runner.checkpoint:save:SIGTERM"})
+    assert stopped.returncode == 143, stopped.stderr[-2000:]
+    record = json.loads((out / "results.json").read_text())
+    assert record["status"] == "interrupted"
+    step = record["checkpoint_step"]
+
+    two = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--cpu",
+                          "--main_process_port", str(_free_port()), "-m", "runner", *overrides, "resume=true"],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert two.returncode != 0
+    assert ("error: resume=true but since the checkpoint the number of processes (1 -> 2); the effective batch "
+            "(batch_size x grad_accum_steps x processes) (8 -> 16) changed") in two.stderr
+    assert json.loads((out / "results.json").read_text()) == record
+    assert json.loads((out / "checkpoint" / "meta.json").read_text())["global_step"] == step
+
+    one = subprocess.run([sys.executable, "-m", "runner", *overrides, "resume=true"], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0, one.stderr[-2000:]
+    done = json.loads((out / "results.json").read_text())
+    assert done["status"] == "completed" and done["steps"]["total"] == 16 and done["provenance"]["num_processes"] == 1
