@@ -58,16 +58,22 @@ def _task_dir(task: DictConfig) -> Path:
     return folder
 
 
+def _lines(path: Path) -> list[str]:
+    """A file's lines, broken at newlines only (LF or CRLF): str.splitlines would also break a document at a form
+    feed, U+2028 or U+0085 inside it."""
+    return [line.removesuffix("\r") for line in path.read_text(encoding="utf-8").split("\n")]
+
+
 def read_records(path: Path, columns: tuple[set, ...] = ({"text"}, {"prompt", "response"})) -> datasets.Dataset:
     """A text or JSONL file as records: ``{"text"}`` per line of a .txt, the JSON objects of a .jsonl,
     which must hold one of the ``columns`` sets."""
     if not path.is_file():
         raise DataError(f"{path} does not exist; check task.data_dir and the task's file names")
     if path.suffix == ".txt":
-        rows = [{"text": line.rstrip("\n")} for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        rows = [{"text": line} for line in _lines(path) if line.strip()]
     elif path.suffix == ".jsonl":
         rows = []
-        for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        for i, line in enumerate(_lines(path), 1):
             if not line.strip():
                 continue
             try:

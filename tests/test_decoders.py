@@ -99,6 +99,15 @@ def test_a_record_the_runner_cannot_use_is_an_error_not_replaced(tmp_path, lines
         read(path)
 
 
+def test_a_document_is_one_line_whatever_characters_it_holds(tmp_path):
+    """Only a newline (LF or CRLF) ends a document of a .txt or a record of a .jsonl; a form feed or U+2028 inside a
+    text does not split it (str.splitlines would), and blank lines are not documents."""
+    (tmp_path / "t.txt").write_bytes("first\fpage\u2028same doc\r\n\nsecond\n".encode())
+    assert lm.read_records(tmp_path / "t.txt")["text"] == ["first\fpage\u2028same doc", "second"]
+    (tmp_path / "t.jsonl").write_text(json.dumps({"text": "a\u2028b"}, ensure_ascii=False) + "\r\n\n")
+    assert lm.read_records(tmp_path / "t.jsonl")["text"] == ["a\u2028b"]
+
+
 def test_what_the_block_length_cuts_or_drops_is_counted(tokenizer):
     import datasets
 
