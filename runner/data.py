@@ -309,10 +309,10 @@ def _fingerprint(ds: datasets.Dataset, tokenizer, max_length: int) -> str:
     return h.hexdigest()[:20]
 
 
-def count_truncated(raw: datasets.Dataset, tokens: datasets.Dataset, tokenizer, text_keys, max_length: int) -> int:
-    """How many examples ``max_length`` cut (results.json data.input): only those whose tokens fill it
-    can have been cut, and only they are tokenised again, whole."""
-    full = [i for i, ids in enumerate(tokens["input_ids"]) if len(ids) >= max_length]
+def count_truncated(raw: datasets.Dataset, lengths: list[int], tokenizer, text_keys, max_length: int) -> int:
+    """How many examples ``max_length`` cut (results.json data.input), given their tokenised ``lengths``: only
+    those whose tokens fill it can have been cut, and only they are tokenised again, whole."""
+    full = [i for i, n in enumerate(lengths) if n >= max_length]
     if not full:
         return 0
     rows = raw.select(full)
@@ -423,6 +423,7 @@ def build_dataloaders(cfg: DictConfig, data: TaskData, tokenizer, accelerator) -
             cache_dir = None
     from runner import lm
 
+    lengths: dict[str, list[int]] = {}  # tokens per example, per split (classification), read once
     if lm.is_lm_task(cfg.task):  # blocks of text or prompt/response pairs, labels -100 where nothing is learned
         block = int(tcfg.max_seq_length)  # what tokenisation cuts or drops is counted in data.input
         train = lm.tokenize_lm(data.train, tokenizer, block, data.input.setdefault("train", {}))
@@ -433,12 +434,14 @@ def build_dataloaders(cfg: DictConfig, data: TaskData, tokenizer, accelerator) -
             train = tokenize(data.train, tokenizer, cfg.task.text_keys, tcfg.max_seq_length, cache_dir)
             evals = {k: tokenize(v, tokenizer, cfg.task.text_keys, tcfg.max_seq_length, cache_dir) for k, v in data.evals.items()}
         for name, raw, tokens in [("train", data.train, train), *((k, data.evals[k], evals[k]) for k in evals)]:
-            data.input.setdefault(name, {})["truncated"] = count_truncated(raw, tokens, tokenizer, cfg.task.text_keys,
-                                                                           int(tcfg.max_seq_length))
+            lengths[name] = [len(ids) for ids in tokens["input_ids"]]
+            data.input.setdefault(name, {})["truncated"] = count_truncated(raw, lengths[name], tokenizer,
+                                                                           cfg.task.text_keys, int(tcfg.max_seq_length))
         collator = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=pad_multiple(tcfg, accelerator.device.type))
     sampler = None
     if tcfg.get("group_by_length"):
-        sampler = LengthGroupedSampler([len(ids) for ids in train["input_ids"]], int(tcfg.batch_size), int(cfg.seed))
+        sampler = LengthGroupedSampler(lengths.get("train") or [len(ids) for ids in train["input_ids"]],
+                                       int(tcfg.batch_size), int(cfg.seed))
     train_loader = DataLoader(
         train.with_format("torch"), batch_size=tcfg.batch_size, shuffle=sampler is None, sampler=sampler,
         collate_fn=collator, num_workers=tcfg.num_workers, drop_last=False,

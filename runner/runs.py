@@ -169,21 +169,28 @@ def describe_changes(saved: dict, now: dict, changed: list[str], most: int) -> s
     return shown + (", ..." if len(changed) > most else "")
 
 
-def check_same_settings(directory: Path, now: dict) -> None:
-    """Resume only with the settings the interrupted attempt ran with."""
+def settings_changes(directory: Path, now: dict, most: int = 4) -> str | None:
+    """How the settings saved in ``directory``'s config.yaml differ from ``now`` (the first ``most`` keys, as
+    :func:`describe_changes` says them); None when they agree or nothing is saved. An unreadable file is refused."""
     import yaml
 
     path = Path(directory) / CONFIG
     if not path.is_file():
-        return
+        return None
     try:
         saved = yaml.safe_load(path.read_text()) or {}
     except (OSError, yaml.YAMLError) as exc:
         raise ConfigError(f"{path} cannot be read ({type(exc).__name__}); it is not the record of a run") from exc
     changed = changed_settings(saved, now)
-    if changed:
+    return describe_changes(saved, now, changed, most) if changed else None
+
+
+def check_same_settings(directory: Path, now: dict) -> None:
+    """Resume only with the settings the interrupted attempt ran with."""
+    changes = settings_changes(directory, now)
+    if changes:
         raise ConfigError(
-            f"resume=true with other settings than the interrupted run: {describe_changes(saved, now, changed, 4)}; "
+            f"resume=true with other settings than the interrupted run: {changes}; "
             f"resume with the same overrides, or start a new run in another hydra.run.dir"
         )
 

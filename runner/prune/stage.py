@@ -153,9 +153,10 @@ def prune_saved_run(cfg: DictConfig, s: settings_lib.PruneSettings) -> dict:
     scfg = _source_config(src)
     task = _task_config(scfg, cfg)
     out = _output_dir_apart_from(cfg, src, s)
+    job_cfg = _job_config(cfg, scfg, task)
     with runs.DirLock(out):
-        done = _claim(out, cfg, _job_config(cfg, scfg, task))
-        return done if done is not None else _prune_into(out, cfg, s, src, src_results, scfg, task)
+        done = _claim(out, cfg, job_cfg)
+        return done if done is not None else _prune_into(out, cfg, s, src, src_results, scfg, task, job_cfg)
 
 
 def _output_dir_apart_from(cfg: DictConfig, src: Path, s: settings_lib.PruneSettings) -> Path:
@@ -168,26 +169,26 @@ def _output_dir_apart_from(cfg: DictConfig, src: Path, s: settings_lib.PruneSett
     return Path(cfg.output_dir)
 
 
+def _resuming(cfg: DictConfig) -> bool:
+    """``resume=auto`` or ``resume=true``: a pruning job may take over what an earlier attempt left."""
+    return str(cfg.get("resume")).lower() in ("auto", "true")
+
+
 def _claim(out: Path, cfg: DictConfig, job_cfg: dict) -> dict | None:
     """Make ``out`` this pruning job's (the caller holds its lock): a fresh dir is used as it is; with
     ``resume=auto`` (or ``true``), the same job's completed results are returned (nothing to do) and an
     attempt that did not complete (interrupted, failed, killed) is moved to ``.retired/`` and pruned
     again: pruning keeps no checkpoint. Anything else there (another job's run) is refused."""
-    found = runs.traces(out)
-    if not found or str(cfg.get("resume")).lower() not in ("auto", "true"):
+    if not runs.traces(out) or not _resuming(cfg):
         runs.check_fresh(out)
         return None
     problem = runs.record_problem(out)
     if problem:
         raise ConfigError(problem)
-    saved = out / runs.CONFIG
-    if saved.is_file():
-        import yaml
-
-        changed = runs.changed_settings(yaml.safe_load(saved.read_text()) or {}, job_cfg)
-        if changed:
-            raise ConfigError(f"{out} holds another run than this pruning job ({runs.describe_changes(yaml.safe_load(saved.read_text()) or {}, job_cfg, changed, 3)}); "
-                              f"rerun with the settings it ran with, or choose another hydra.run.dir")
+    changes = runs.settings_changes(out, job_cfg, most=3)
+    if changes:
+        raise ConfigError(f"{out} holds another run than this pruning job ({changes}); "
+                          f"rerun with the settings it ran with, or choose another hydra.run.dir")
     previous = runs.read(out) or {}
     if previous.get("status") == STATUS_COMPLETED:
         log.info("%s already completed; skipped (resume=%s)", out, cfg.get("resume"))
@@ -209,13 +210,14 @@ def _prune_pretrained(cfg: DictConfig, s: settings_lib.PruneSettings, src: Path)
     with open_dict(scfg):
         scfg.model.short_name = src.name
     out = _output_dir_apart_from(cfg, src, s)
+    job_cfg = _job_config(cfg, scfg, cfg.task)
     with runs.DirLock(out):
-        done = _claim(out, cfg, _job_config(cfg, scfg, cfg.task))
-        return done if done is not None else _prune_into(out, cfg, s, src, {}, scfg, cfg.task, pretrained=True)
+        done = _claim(out, cfg, job_cfg)
+        return done if done is not None else _prune_into(out, cfg, s, src, {}, scfg, cfg.task, job_cfg, pretrained=True)
 
 
 def _prune_into(out: Path, cfg: DictConfig, s, src: Path, src_results: dict, scfg: DictConfig, task: DictConfig,
-                pretrained: bool = False) -> dict:
+                job_cfg: dict, pretrained: bool = False) -> dict:
     """The pruning job proper, in a dir this process holds; SIGINT/SIGTERM stop it at once with an
     ``interrupted`` record (runner.stop_signals, stage ``pruning``)."""
     from runner import data as data_lib
@@ -223,7 +225,6 @@ def _prune_into(out: Path, cfg: DictConfig, s, src: Path, src_results: dict, scf
     from runner.tracking import Tracker
 
     run_name = str(cfg.run_name)  # prune-<criterion>-<source run> (runner.config.run_label) unless the user named it
-    job_cfg = _job_config(cfg, scfg, task)
     atomic_write_text(out / runs.CONFIG, OmegaConf.to_yaml(OmegaConf.create(job_cfg)))
     tcfg = OmegaConf.merge(cfg, {"run_name": run_name})
     tracker = Tracker(tcfg, out, True, job_cfg)
@@ -294,7 +295,7 @@ def _device(cfg: DictConfig) -> torch.device:
 def needs_pruning_again(cfg: DictConfig) -> bool:
     """``resume=auto`` (or ``true``) on a run whose training completed but whose pruning after training was
     interrupted or failed: :func:`prune_trained_run_again` finishes it, without retraining."""
-    if str(cfg.get("resume")).lower() not in ("auto", "true"):
+    if not _resuming(cfg):
         return False
     record = runs.read(Path(cfg.output_dir))
     return record is not None and record.get("status") != STATUS_COMPLETED and runs.training_completed(record)
