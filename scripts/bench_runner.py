@@ -15,9 +15,12 @@ says nothing about "equal accuracy".
 * ``plain``: a hand-written PyTorch + PEFT loop that does nothing else;
 * ``trainer``: Hugging Face ``transformers.Trainer`` with the PEFT model.
 
-Each tool's padded training tokens are counted (the work it did: the three
-draw their batches from different generators, so the padding differs a
-little). Repeats are interleaved, the order rotating by one tool per repeat (runner,
+The three see the same batches in the same order: the runner and the Trainer
+shuffle with Accelerate's seedable sampler seeded with the run's seed, and the
+plain loop draws the same permutation (a ``RandomSampler`` whose generator is
+seeded with it). Each tool's padded tokens per training step are recorded and
+the benchmark stops if they differ (a difference in data order would pass for
+speed). Repeats are interleaved, the order rotating by one tool per repeat (runner,
 plain, trainer; plain, trainer, runner; ...) so machine noise and the place in
 the order hit all three alike; it prints, per tool, the median wall time (model load to dev
 metric), training samples per second and dev accuracy, and the ratios to the
@@ -91,9 +94,14 @@ def run_runner(args, workdir: Path) -> dict:
     results = run(compose_config(runner_overrides(args), output_dir=out))
     wall = time.perf_counter() - t0
     steps = results["steps"]["total"]
-    padded = sum(json.loads(line)["padded_tokens"] for line in (out / "steps.jsonl").read_text().splitlines())
-    return {"wall_s": wall, "samples_per_s": steps * BATCH / results["time"]["train_s"], "accuracy": results["metrics"]["accuracy"],
-            "cuda_peak_bytes": results["memory"].get("cuda_peak_allocated_bytes"), "train_padded_tokens": padded}
+    padded = [json.loads(line)["padded_tokens"] for line in (out / "steps.jsonl").read_text().splitlines()]
+    t = results["time"]
+    phases = {"setup": t["setup_s"], "train": t["train_s"], "eval": t["eval_s"]}
+    # the rest: saving the model and checkpoint, the learning curve and the record the model and checkpoint, the learning curve and the record
+    phases |= {"other": wall - sum(phases.values()), "of train, measuring (estimate)": t["measure_overhead_s"]}
+    return {"wall_s": wall, "samples_per_s": steps * BATCH / t["train_s"], "accuracy": results["metrics"]["accuracy"],
+            "cuda_peak_bytes": results["memory"].get("cuda_peak_allocated_bytes"), "train_padded_tokens": sum(padded),
+            "padded_per_step": padded, "phases": phases}
 
 
 def _cuda_peak() -> int | None:
@@ -130,19 +138,19 @@ def _prepared(args):
 
 
 class CountingCollator:
-    """The collator, counting the padded tokens of every batch it builds (the work a tool did)."""
+    """The collator, recording the padded tokens of every batch it builds (the work a tool did)."""
 
     def __init__(self, collator):
-        self.collator, self.padded_tokens = collator, 0
+        self.collator, self.padded = collator, []
 
     def __call__(self, features):
         batch = self.collator(features)
-        self.padded_tokens += int(batch["input_ids"].numel())
+        self.padded.append(int(batch["input_ids"].numel()))
         return batch
 
 
 def run_plain(args, workdir: Path) -> dict:
-    from torch.utils.data import DataLoader
+    from torch.utils.data import DataLoader, RandomSampler
     from transformers import get_scheduler
 
     t0 = time.perf_counter()
@@ -153,19 +161,21 @@ def run_plain(args, workdir: Path) -> dict:
     model, _, train, dev, collator = _prepared(args)
     model.to(device)
     forward = torch.compile(model, dynamic=True) if args.compile else model
-    loader = DataLoader(train.with_format("torch"), batch_size=BATCH, shuffle=True, collate_fn=collator,
-                        generator=torch.Generator().manual_seed(args.seed))
+    # the runner's and the Trainer's shuffle (Accelerate's seedable sampler, epoch 0): one permutation drawn
+    # from a generator seeded with the seed
+    sampler = RandomSampler(train, generator=torch.Generator().manual_seed(args.seed))
+    loader = DataLoader(train.with_format("torch"), batch_size=BATCH, sampler=sampler, collate_fn=collator)
     total = min(len(loader), args.max_steps or len(loader))
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=LR, weight_decay=WEIGHT_DECAY)
     sched = get_scheduler("linear", opt, num_warmup_steps=int(WARMUP * total), num_training_steps=total)
     model.train()
     t_train = time.perf_counter()
-    padded = 0
+    padded = []
     for step, batch in enumerate(loader):
         if step >= total:
             break
-        padded += int(batch["input_ids"].numel())
+        padded.append(int(batch["input_ids"].numel()))
         batch = {k: v.to(device) for k, v in batch.items()}
         with _autocast(args):
             loss = forward(**batch).loss
@@ -184,8 +194,10 @@ def run_plain(args, workdir: Path) -> dict:
             preds.append(logits.argmax(-1).cpu())
             labels.append(batch["labels"])
     accuracy = float((torch.cat(preds) == torch.cat(labels)).float().mean())
-    return {"wall_s": time.perf_counter() - t0, "samples_per_s": total * BATCH / train_s, "accuracy": accuracy,
-            "cuda_peak_bytes": _cuda_peak(), "train_padded_tokens": padded}
+    wall = time.perf_counter() - t0
+    return {"wall_s": wall, "samples_per_s": total * BATCH / train_s, "accuracy": accuracy,
+            "cuda_peak_bytes": _cuda_peak(), "train_padded_tokens": sum(padded), "padded_per_step": padded,
+            "phases": {"setup": t_train - t0, "train": train_s, "eval": t0 + wall - t_train - train_s}}
 
 
 def run_trainer(args, workdir: Path) -> dict:
@@ -210,13 +222,17 @@ def run_trainer(args, workdir: Path) -> dict:
     counting = CountingCollator(collator)
     trainer = Trainer(model=model, args=targs, train_dataset=train, eval_dataset=dev, data_collator=counting,
                       compute_metrics=accuracy)
+    t_train = time.perf_counter()
     out = trainer.train()
+    train_s = time.perf_counter() - t_train
     # before evaluate() pads the dev set with the same collator; with --max-steps it may include a batch
     # the Trainer fetched ahead but did not train on (a whole epoch has none)
-    padded = counting.padded_tokens
+    padded = counting.padded[:out.global_step]
     metrics = trainer.evaluate()
-    return {"wall_s": time.perf_counter() - t0, "samples_per_s": out.metrics["train_samples_per_second"],
-            "accuracy": metrics["eval_accuracy"], "cuda_peak_bytes": _cuda_peak(), "train_padded_tokens": padded}
+    wall = time.perf_counter() - t0
+    return {"wall_s": wall, "samples_per_s": out.metrics["train_samples_per_second"],
+            "accuracy": metrics["eval_accuracy"], "cuda_peak_bytes": _cuda_peak(), "train_padded_tokens": sum(padded),
+            "padded_per_step": padded, "phases": {"setup": t_train - t0, "train": train_s, "eval": t0 + wall - t_train - train_s}}
 
 
 TOOLS = {"runner": run_runner, "plain": run_plain, "trainer": run_trainer}
@@ -235,9 +251,15 @@ def main(argv=None) -> int:
         for i in range(args.repeats):
             for tool in args.tools[i % len(args.tools):] + args.tools[:i % len(args.tools)]:
                 m = TOOLS[tool](args, Path(tmp))
+                others = [ms[0]["padded_per_step"] for ms in measured.values() if ms]
+                if others and m["padded_per_step"] != others[0]:
+                    raise SystemExit(f"{tool}'s training batches differ from another tool's (padded tokens per step "
+                                     f"{m['padded_per_step'][:6]}... against {others[0][:6]}...): the comparison would "
+                                     "measure data order, not the tools")
                 measured[tool].append(m)
                 print(f"repeat {i} {tool:8s}: wall {m['wall_s']:.1f} s, {m['samples_per_s']:.1f} samples/s, "
-                      f"accuracy {m['accuracy']:.4f}, {m['train_padded_tokens']:,} padded train tokens", flush=True)
+                      f"accuracy {m['accuracy']:.4f}, {m['train_padded_tokens']:,} padded train tokens; "
+                      + ", ".join(f"{k} {v:.1f} s" for k, v in m["phases"].items() if v is not None), flush=True)
     median = {t: {k: statistics.median(m[k] for m in ms) for k in ("wall_s", "samples_per_s", "accuracy", "train_padded_tokens")}
               | {"cuda_peak_bytes": max((m["cuda_peak_bytes"] or 0) for m in ms) or None}
               for t, ms in measured.items()}

@@ -1,14 +1,22 @@
 """Our `method=adapter` training step against a plain hand-written PyTorch+PEFT loop.
 
 Both train the same LoRA model (same seed, same PEFT config), on the same
-tokenised batches, with the same optimizer, schedule and gradient clipping.
-Ours runs the full runner recipe (Accelerate, saved-tensor hooks, FLOP counter,
-per-step records), once with every measurement on and once with FLOP counting
-and saved-tensor hooks off; the plain loop does nothing else. Blocks of the
-three alternate so machine noise hits all; it prints median and mean step
-times after warm-up (the mean carries the measured steps' cost, the median
-hides it), their ratios to the plain loop, and what measuring cost side by
-side against the runs' own estimate (``time.measure_overhead_s``).
+tokenised batches in the same order (the plain loop draws the runner's shuffle:
+a ``RandomSampler`` whose generator is seeded with the run's seed; the padded
+tokens of every step are compared and the benchmark stops if any differ), with
+the same optimizer, schedule and gradient clipping. Ours runs the full runner
+recipe (Accelerate, saved-tensor hooks, FLOP counter, per-step records,
+logging), once with every measurement on and once with FLOP counting and
+saved-tensor hooks off; the plain loop does nothing else. Blocks of the three
+alternate, the order rotating by one loop per repeat, so machine noise and the
+place in the order hit all three alike.
+
+Two figures per loop: the mean step, the train phase's wall time over its
+steps (everything between steps included: the runner's per-step records,
+logging and checks, and its measured steps, which come first), and the median
+step after warm-up (what a steady step costs). Measuring's cost side by side
+(on minus off, whole train phases) is printed next to the runs' own estimate
+(``time.measure_overhead_s``).
 
     python scripts/bench_step.py                      # MRPC: variable lengths (dynamic padding)
     python scripts/bench_step.py --task rte --steps 40 --repeats 3   # RTE: nearly every batch pads to 128
@@ -26,7 +34,7 @@ from pathlib import Path
 
 import torch
 from peft import LoraConfig, TaskType, get_peft_model
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, RandomSampler
 from transformers import DataCollatorWithPadding, get_scheduler
 
 from runner import data as data_lib
@@ -45,16 +53,19 @@ def overrides(args) -> list[str]:
     ]
 
 
-def ours(args, workdir: Path, i: int, measure: bool = True) -> tuple[list[float], float | None]:
-    """Our step times, and the run's own estimate of what measuring cost (time.measure_overhead_s)."""
+def ours(args, workdir: Path, i: int, measure: bool = True) -> dict:
+    """Our block: step times, padded tokens per step, the train phase's wall time and the run's own
+    estimate of what measuring cost (``time.measure_overhead_s``)."""
     out = workdir / f"ours-{i}-{'measured' if measure else 'unmeasured'}"
     off = [] if measure else ["trainer.count_flops=false", "trainer.measure_activations=false"]
     results = run(compose_config([*overrides(args), *off], output_dir=out))
     steps = [json.loads(line) for line in (out / "steps.jsonl").read_text().splitlines()]
-    return [s["step_time_s"] for s in steps], results["time"]["measure_overhead_s"]
+    return {"times": [s["step_time_s"] for s in steps], "padded": [s["padded_tokens"] for s in steps],
+            "train_s": results["time"]["train_s"], "estimate": results["time"]["measure_overhead_s"] or 0.0,
+            "measured_steps": results["time"]["measured_steps"]}
 
 
-def plain(args) -> list[float]:
+def plain(args) -> dict:
     cfg = compose_config(overrides(args))
     torch.manual_seed(args.seed)
     model, tokenizer = load_model_and_tokenizer(cfg.model, cfg.task)
@@ -63,15 +74,19 @@ def plain(args) -> list[float]:
                                              lora_dropout=a.dropout, target_modules=target_modules(model, a)))
     raw = data_lib.load_task_splits(cfg.task).train
     train = data_lib.tokenize(raw, tokenizer, cfg.task.text_keys, cfg.trainer.max_seq_length, None)
-    loader = DataLoader(train.with_format("torch"), batch_size=args.batch_size, shuffle=True,
+    # the runner's shuffle (Accelerate's seedable sampler, epoch 0): a permutation drawn from a generator
+    # seeded with the run's seed
+    sampler = RandomSampler(train, generator=torch.Generator().manual_seed(args.seed))
+    loader = DataLoader(train.with_format("torch"), batch_size=args.batch_size, sampler=sampler,
                         collate_fn=DataCollatorWithPadding(tokenizer))
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.trainer.lr, weight_decay=cfg.trainer.weight_decay)
     sched = get_scheduler("linear", opt, num_warmup_steps=int(0.06 * args.steps), num_training_steps=args.steps)
     model.train()
-    times = []
-    t = time.perf_counter()
+    times, padded = [], []
+    t = start = time.perf_counter()
     for batch in loader:
+        padded.append(int(batch["input_ids"].numel()))
         loss = model(**batch).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, cfg.trainer.max_grad_norm)
@@ -82,7 +97,11 @@ def plain(args) -> list[float]:
         now = time.perf_counter()
         times.append(now - t)
         t = now
-    return times
+    return {"times": times, "padded": padded, "train_s": time.perf_counter() - start, "estimate": 0.0, "measured_steps": 0}
+
+
+LOOPS = {"ours": lambda args, tmp, i: ours(args, tmp, i), "ours, measuring off": lambda args, tmp, i: ours(args, tmp, i, False),
+         "plain": lambda args, tmp, i: plain(args)}
 
 
 def main() -> None:
@@ -100,30 +119,37 @@ def main() -> None:
     from runner.app import _quiet_libraries
 
     _quiet_libraries()
-    times: dict[str, list[float]] = {"ours": [], "ours, measuring off": [], "plain": []}
-    estimates = []
+    blocks: dict[str, list[dict]] = {name: [] for name in LOOPS}
+    names = list(LOOPS)
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(args.repeats):
-            block, overhead = ours(args, Path(tmp), i)
-            estimates.append(overhead)
-            blocks = {"ours": block, "ours, measuring off": ours(args, Path(tmp), i, measure=False)[0], "plain": plain(args)}
-            for name, b in blocks.items():
-                times[name] += b[args.warmup:]
-            print(f"block {i}: " + ", ".join(f"{k} median {statistics.median(v[args.warmup:]):.3f} s" for k, v in blocks.items())
-                  + f" (after warm-up); measuring cost, the run's estimate: {overhead or 0:.2f} s over {len(block)} steps", flush=True)
+            for name in names[i % len(names):] + names[:i % len(names)]:
+                block = LOOPS[name](args, Path(tmp), i)
+                if blocks["plain"] and block["padded"] != blocks["plain"][0]["padded"] or blocks["ours"] and block["padded"] != blocks["ours"][0]["padded"]:
+                    raise SystemExit(f"{name}'s batches differ from another loop's (padded tokens per step: {block['padded']}): "
+                                     "the comparison would measure data order, not overhead")
+                blocks[name].append(block)
+                print(f"block {i} {name}: train phase {block['train_s']:.2f} s over {len(block['times'])} steps, median step "
+                      f"after warm-up {statistics.median(block['times'][args.warmup:]):.3f} s"
+                      + (f"; measured steps {block['measured_steps']}, the run's estimate of their cost {block['estimate']:.2f} s"
+                         if name == "ours" else ""), flush=True)
+    padded = blocks["plain"][0]["padded"]
     print(f"\n{args.task.upper()}, MiniLM + LoRA r8, batch {args.batch_size} x <= {args.max_seq_length} tokens, "
-          f"{len(times['plain'])} steps each after warm-up, torch threads {torch.get_num_threads()}\n")
-    print("| loop | median step s | mean step s | median / plain | mean / plain |")
+          f"{len(padded)} steps per block, {args.repeats} blocks per loop (order rotating), torch threads {torch.get_num_threads()}; "
+          f"the same batches in every loop: padded tokens per step {padded[:8]}... ({sum(padded):,} per block)\n")
+    mean = {n: statistics.fmean(b["train_s"] / len(b["times"]) for b in bs) for n, bs in blocks.items()}
+    median = {n: statistics.median(t for b in bs for t in b["times"][args.warmup:]) for n, bs in blocks.items()}
+    print("| loop | mean step s (train phase / steps) | median step s after warm-up | mean / plain | median / plain |")
     print("|---|---|---|---|---|")
-    for name, t in times.items():
-        med, mean = statistics.median(t), statistics.fmean(t)
-        print(f"| {name} | {med:.3f} | {mean:.3f} | {med / statistics.median(times['plain']):.3f} | "
-              f"{mean / statistics.fmean(times['plain']):.3f} |")
-    on, off = times["ours"], times["ours, measuring off"]
-    print(f"\nmeasuring cost after warm-up, side by side: {sum(on) - sum(off):+.2f} s over {len(on)} steps "
-          f"({statistics.fmean(on) / statistics.fmean(off) - 1:+.1%} of the mean step); the runs' own estimate "
-          f"(time.measure_overhead_s, warm-up steps included): {statistics.fmean(e or 0 for e in estimates):.2f} s per block")
-    print("target: ours / plain <= 1.05")
+    for n in blocks:
+        print(f"| {n} | {mean[n]:.3f} | {median[n]:.3f} | {mean[n] / mean['plain']:.3f} | {median[n] / median['plain']:.3f} |")
+    side = statistics.fmean(a["train_s"] - b["train_s"] for a, b in zip(blocks["ours"], blocks["ours, measuring off"]))
+    estimate = statistics.fmean(b["estimate"] for b in blocks["ours"])
+    phase = statistics.fmean(b["train_s"] for b in blocks["ours, measuring off"])
+    print(f"\nmeasuring's cost per block, side by side (train phase on minus off): {side:+.2f} s ({side / phase:+.1%}); "
+          f"the runs' own estimate (time.measure_overhead_s): {estimate:.2f} s ({estimate / phase:+.1%}); "
+          f"measured steps per block: {statistics.fmean(b['measured_steps'] for b in blocks['ours']):.1f}")
+    print("targets: ours / plain <= 1.03 (mean), measuring off within 1% of plain, the estimate within 1 point of side by side")
 
 
 if __name__ == "__main__":

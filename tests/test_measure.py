@@ -7,6 +7,8 @@ import torch
 from torch import nn
 from transformers import BertConfig, BertForSequenceClassification
 
+from helpers import ARCHS, family_arch, tiny_batch, tiny_model
+
 from runner.measure import (FlopMeter, SavedTensorMeter, StepMeter, batch_key, count_flops, measurement_overhead_s,
                             trainable_signature)
 
@@ -265,3 +267,23 @@ def test_phase_peaks_credit_each_peak_to_the_phases_open_when_it_happened():
     assert timer.peak_bytes == {"train": 70, "eval": 90}
     assert next(peaks) == 10  # setup read nothing
     assert PhaseTimer().peak_bytes == {}
+
+
+@pytest.mark.parametrize("family", ARCHS)
+def test_the_total_only_counter_counts_what_flopcountermode_counts(family):
+    """TotalFlopCounter (no per-module attribution) gives FlopCounterMode's total for a training step's
+    forward and backward, on every model family, SDPA and eager where the family has both."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from runner.measure import TotalFlopCounter, register_missing_flop_formulas
+
+    register_missing_flop_formulas()
+    for attn in ("sdpa", "eager") if family_arch(family).supports_sdpa else ("eager",):
+        model = tiny_model(family, layers=2, attn=attn).train()
+        batch = tiny_batch(batch=3, length=9, pad_from={0: 6})
+        totals = []
+        for counter in (FlopCounterMode(display=False), TotalFlopCounter()):
+            with counter:
+                model(**batch).loss.backward()
+            totals.append(counter.get_total_flops())
+        assert totals[0] == totals[1] > 0, (family, attn, totals)

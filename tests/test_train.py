@@ -69,6 +69,42 @@ def test_sampled_activation_measurement_reports_the_same_bytes_as_hooks_on_every
     assert t["measured_steps"] == sum(s["measured"] for s in steps_s)
 
 
+def test_the_runs_estimate_of_what_measuring_cost_finds_a_known_cost(tiny_overrides, tmp_path, monkeypatch):
+    """time.measure_overhead_s, checked on a run whose costs are known: the clock the loop reads is a fake
+    that moves only when a micro-batch runs (1 ms per padded token) and when a FLOP count starts (0.3 s
+    more). The estimate must be exactly 0.3 s per counted step: its method, not this machine's timing."""
+    import types
+
+    from runner import measure
+    from runner import train as train_module
+
+    clock = types.SimpleNamespace(now=0.0)
+    fake_time = types.SimpleNamespace(perf_counter=lambda: clock.now, time=lambda: clock.now, monotonic=lambda: clock.now)
+    monkeypatch.setattr(measure, "time", fake_time)
+    monkeypatch.setattr(train_module, "time", fake_time)
+    enter, forward_module = measure.TotalFlopCounter.__enter__, train_module.Recipe._forward_module
+
+    def counting_costs_more(self):
+        clock.now += 0.3
+        return enter(self)
+
+    def timed_forward(self, batch):
+        module = forward_module(self, batch)
+
+        def forward(**kwargs):
+            clock.now += 1e-3 * kwargs["input_ids"].numel()
+            return module(**kwargs)
+        return forward
+
+    monkeypatch.setattr(measure.TotalFlopCounter, "__enter__", counting_costs_more)
+    monkeypatch.setattr(train_module.Recipe, "_forward_module", timed_forward)
+    results, out = train([*tiny_overrides, "task.max_train_samples=160", "trainer.batch_size=8", "trainer.max_seq_length=128",
+                          "trainer.measure_activations=false"], tmp_path, "known")
+    counted = results["flops"]["counted_train_shapes"]
+    assert 4 <= counted == results["time"]["measured_steps"] < 20  # variable lengths: the rest predicted
+    assert results["time"]["measure_overhead_s"] == pytest.approx(0.3 * counted)
+
+
 @pytest.mark.slow
 def test_compiled_training_matches_eager_and_measures_on_the_eager_module(tiny_overrides, tmp_path):
     """trainer.compile=true (inductor on CPU here; about a minute to compile): the same losses as eager
