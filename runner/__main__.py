@@ -9,7 +9,7 @@ import sys
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from runner.config import register_resolvers as _register_resolvers
+from runner.config import register_config as _register_config
 from runner.errors import UserError
 
 log = logging.getLogger("runner")
@@ -177,7 +177,7 @@ def cli() -> None:
     from runner.secrets import remember_overrides
 
     remember_overrides(sys.argv[1:])  # a credential given as an override is masked wherever it would appear
-    _register_resolvers()
+    _register_config()
     _relaunch_on_cpu_processes()
     _prepare_distributed_argv()
     try:

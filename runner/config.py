@@ -79,6 +79,25 @@ def group_choice(name_or_path, default_path, choice, otherwise):
     return choice if str(name_or_path or "") == str(default_path) else otherwise
 
 
+def register_config() -> None:
+    """What Hydra needs before it composes ``conf/``: the declared defaults and the runner's interpolations."""
+    register_declared_defaults()
+    register_resolvers()
+
+
+def register_declared_defaults() -> None:
+    """Every group's declared defaults (runner.schema, the one place they live) as the ``schema`` options
+    that the yaml files of ``conf/`` start from (``defaults: [schema, _self_]``)."""
+    from hydra.core.config_store import ConfigStore
+
+    from runner.schema import declared_defaults
+
+    store = ConfigStore.instance()
+    for key, node in declared_defaults().items():
+        group, name = key.split("/")
+        store.store(group=group, name=name, node=node, provider="runner.schema")
+
+
 def register_resolvers() -> None:
     """The runner's interpolations: ``${run_stamp:}``, ``${sweep_group:<default>}``, ``${glue_dir:}``,
     ``${run_label:<default>,<prune.from_run>,<prune.name>}``, ``${model_short_name:<path>[,<default path>,<name>]}``,
@@ -114,7 +133,7 @@ def resolved_config(cfg: DictConfig) -> dict:
 
 def compose_config(overrides: list[str] | None = None, output_dir: Path | str | None = None) -> DictConfig:
     """The config ``python -m runner <overrides>`` would run, with ``output_dir`` set."""
-    register_resolvers()
+    register_config()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose(config_name="train", overrides=list(overrides or []))
     with open_dict(cfg):

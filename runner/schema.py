@@ -1,7 +1,12 @@
-"""Every config key, declared once: its type and its allowed range.
+"""Every config key, declared once: its type, its default, its allowed range and what it does.
 
 Each config group has a dataclass here (the option chosen by ``name:`` picks
-it where options differ: ``adapter=lora`` vs ``adapter=bottleneck``).
+it where options differ: ``adapter=lora`` vs ``adapter=bottleneck``). The
+defaults are these dataclasses' and nowhere else: :func:`declared_defaults`
+hands them to Hydra (``runner.config.register_config`` stores them as each
+group's ``schema`` option), and the yaml files in ``conf/`` start from them
+(``defaults: [schema, _self_]``) and set only what an option changes. Changing a
+default is one edit here.
 :func:`check_config` walks the composed config against them before any heavy
 work, so every key is checked, not only those somebody thought of:
 
@@ -83,17 +88,21 @@ def _setting(default=None, rule=None, label: str | None = None):
 
 @dataclass
 class SharpnessSettings:
+    """Sharpness of the final solution (runner/sharpness.py): the top Hessian eigenvalue of the training
+    loss w.r.t. the tuned parameters, by power iteration on ``batches`` fixed training batches. Off by
+    default (it costs ~ iters x batches x 4 forward passes); the SAFE benchmark turns it on for every method."""
     enabled: bool = False
     batches: int = _setting(2, POSITIVE_INT)
-    batch_size: Optional[int] = _setting(None, POSITIVE_INT)
+    batch_size: Optional[int] = _setting(None, POSITIVE_INT)  # null: trainer.batch_size
     iters: int = _setting(20, POSITIVE_INT)
     tol: float = _setting(1e-3, POSITIVE)
 
 
 @dataclass
 class TrainerSettings:
+    """The training loop (``trainer.<key>``; conf/trainer/default.yaml starts from these)."""
     epochs: int = _setting(3, POSITIVE_INT)
-    max_steps: Optional[int] = _setting(None, POSITIVE_INT)
+    max_steps: Optional[int] = _setting(None, POSITIVE_INT)  # if set, overrides epochs
     batch_size: int = _setting(32, POSITIVE_INT)
     eval_batch_size: int = _setting(64, POSITIVE_INT)
     grad_accum_steps: int = _setting(1, POSITIVE_INT)
@@ -102,21 +111,39 @@ class TrainerSettings:
     lr_schedule: str = _setting("linear", LR_SCHEDULES)
     warmup_ratio: float = _setting(0.06, FRACTION_OPEN)
     max_grad_norm: Optional[float] = _setting(1.0, NONNEG)  # 0 or null: no clipping
-    dropout_seed: Optional[int] = _setting(None, NONNEG_INT)  # null: the run's seed
+    # The seed of the dropout masks (null: the run's `seed`). Another value redraws only the masks:
+    # weights, head initialisation and data order stay those of `seed`.
+    dropout_seed: Optional[int] = _setting(None, NONNEG_INT)
+    # Batches of similar lengths (HF Trainer's group_by_length: shuffled, then sorted within
+    # mega-batches of 50 batches): fewer pad tokens under dynamic padding.
     group_by_length: bool = False
+    # Pad each batch to a multiple of this; auto: 8 on a GPU, none on a CPU; null: none.
     pad_to_multiple_of: Any = _setting("auto", "pad_multiple")
     max_seq_length: int = _setting(128, POSITIVE_INT)
-    mixed_precision: str = _setting("no", ("no", "fp16", "bf16"))
+    mixed_precision: str = _setting("no", ("no", "fp16", "bf16"))  # passed to Accelerate
+    # TF32 matmuls and convolutions on a CUDA GPU (Ampere or newer): about 1e-3 relative error per
+    # matmul for several times the float32 speed; auto: on when on a GPU.
     tf32: Any = _setting("auto", "auto_bool")
+    # torch.compile the training forward/backward (dynamic shapes). Steps that measure (FLOP counts,
+    # saved-tensor hooks) run the eager module; evaluation stays eager.
     compile: bool = False
+    # Recompute each layer's activations in backward instead of keeping them (transformers' gradient
+    # checkpointing, non-reentrant): less activation memory for ~1/3 more compute. The saved-for-backward
+    # figures then count what lives between forward and backward: what autograd saves outside the layers
+    # plus each layer's kept inputs (docs/measurement.md).
     gradient_checkpointing: bool = False
-    eval_every_steps: Optional[int] = _setting(None, POSITIVE_INT)
-    checkpoint_every_steps: Optional[int] = _setting(None, POSITIVE_INT)
+    eval_every_steps: Optional[int] = _setting(None, POSITIVE_INT)  # null: once per epoch
+    checkpoint_every_steps: Optional[int] = _setting(None, POSITIVE_INT)  # a resumable checkpoint; null: at epoch ends
     log_every_steps: int = _setting(10, POSITIVE_INT)
     num_workers: int = _setting(0, NONNEG_INT)
     cpu: bool = False
-    progress_bar: bool = True
+    progress_bar: bool = True  # when stderr is a terminal (never in a log file or a cluster job's output)
+    # FLOPs by PyTorch's FLOP counter on the first lengths of each batch shape and trainable set; other
+    # lengths follow exactly (docs/measurement.md).
     count_flops: bool = True
+    # Bytes saved for backward, with saved-tensor hooks on the first lengths of each batch shape and
+    # trainable set (so after every freeze too) and on every activations_check_every-th micro-batch,
+    # which must match the exact prediction the others get (1: hooks on every micro-batch).
     measure_activations: bool = True
     activations_check_every: int = _setting(100, POSITIVE_INT)
     sharpness: SharpnessSettings = field(default_factory=SharpnessSettings)
@@ -165,25 +192,35 @@ class ModelSettings:
 
 @dataclass
 class LoraSettings:
-    _target_: str = "runner.adapters.add_lora"
+    """LoRA through PEFT (``adapter=lora``)."""
+    _target_: str = "runner.adapters.add_lora"  # (model, adapter cfg, head modules) -> model
     name: str = "lora"
     r: int = _setting(8, POSITIVE_INT, "adapter.r (LoRA rank)")
     alpha: float = _setting(16, POSITIVE)
     dropout: float = _setting(0.1, FRACTION_OPEN)
-    target_modules: Any = "auto"  # auto (the family's), all-linear, or a list of module-name suffixes
-    merge_on_freeze: bool = True
-    head_modules: Any = "auto"  # auto, or a list of module names (runner.heads)
+    # Module-name suffixes: auto, the family's query and value projections (runner/arch; BERT: query,
+    # value; MPNet: q, v; DistilBERT: q_lin, v_lin); all-linear; or a list.
+    target_modules: Any = "auto"
+    merge_on_freeze: bool = True  # merge a frozen LoRA adapter into its base weight (SAFE): it then costs nothing
+    # Modules that train beside the adapters (saved with them): auto = the classifier, plus the model's
+    # pooler when model.pooling is cls; or a list of module names (runner.classifier_heads).
+    head_modules: Any = "auto"
 
 
 @dataclass
 class BottleneckSettings:
-    _target_: str = "runner.adapters.add_bottlenecks_to_train"
+    """Houlsby-style bottleneck adapters (``adapter=bottleneck``): x + up(act(down(x))) after the attention
+    output projection and after the feed-forward output projection of every layer, before the residual
+    LayerNorm. Bottleneck = hidden / reduction_factor."""
+    _target_: str = "runner.adapters.add_bottlenecks_to_train"  # (model, adapter cfg, head modules) -> model
     name: str = "bottleneck"
     reduction_factor: int = _setting(16, POSITIVE_INT)
     activation: str = _setting("gelu", ("gelu", "relu", "tanh", "silu"))
-    target_modules: Any = "auto"  # auto (the family's), all-linear, or a list of module-name suffixes
+    # Suffixes of the projections an adapter follows: auto, the attention and feed-forward output
+    # projections (runner/arch); or a list.
+    target_modules: Any = "auto"
     init_scale: float = _setting(1e-3, POSITIVE)
-    head_modules: Any = "auto"
+    head_modules: Any = "auto"  # as LoRA's
 
 
 @dataclass
@@ -204,36 +241,67 @@ class FreezeSettings:
     name: str = _setting("none", ("none", "safe", "random", "static"))
 
 
-@dataclass
+@dataclass(frozen=True)
 class SafeSettings:
-    """SAFE's knobs (how they combine: runner.safe.method.SafeMethod.check_config)."""
-    # t_w, t_f: fractions of training (<= 1) or epochs (<= the run's), by schedule_unit: checked in check_config / setup
+    """SAFE's knobs (runner/safe, docs/safe.md), the ``safe`` group that ``freeze=safe|random|static`` loads;
+    set them as ``safe.<key>``: ``python -m runner method=safe safe.t_w=0.1``. SAFE's paper publishes none
+    of these values: every default here is ours, chosen by measurement (docs/safe.md, "Defaults and why").
+    How they combine (t_w < t_f, static_k): runner.safe.method.SafeMethod.check_config."""
+    # Warm-up ends and freezing starts at t_w; the threshold reaches T_final at t_f; after t_f nothing more
+    # freezes. In schedule_unit: fraction (of the total optimizer steps, 0 <= t_w < t_f <= 1) or epoch
+    # (epochs of optimizer steps, gradient accumulation counted; t_f <= the run's epochs), e.g.
+    # `safe.schedule_unit=epoch safe.t_w=0.5 safe.t_f=2`.
     t_w: float = _setting(0.3, NONNEG, "safe.t_w (warm-up end, in safe.schedule_unit)")
     t_f: float = _setting(0.8, NONNEG, "safe.t_f (freezing end, in safe.schedule_unit)")
     schedule_unit: str = _setting("fraction", SCHEDULE_UNITS)
+    # T_final: adapters whose importance / max importance is below T(t) freeze. 0.2 (with t_w 0.3, t_f 0.8,
+    # interval 20, importance own): the frontier rule's pick on MiniLM/MRPC, checked on ten seeds: 0.27
+    # below LoRA, mean memory 0.79 and FLOPs 0.95 of LoRA's (docs/safe.md, sixth check). On 3 seeds 0.3
+    # and above lost 1-5 points. 1.0 would freeze every adapter but the top one by t_f, whatever the scores say.
     threshold: float = _setting(0.2, FRACTION, "safe.threshold (T_final)")
+    # Measure importance every `interval` optimizer steps (and at t_f) from t_w to t_f, where the threshold
+    # is above 0 (a warm-up probe could freeze nothing). 20: at T_final 0.2 it held MRPC as 10 did (80.72
+    # vs 80.31 over 3 seeds) with half the probes, the only setting with the compute below LoRA's.
     interval: int = _setting(20, POSITIVE_INT, "safe.interval (steps between importance measurements)")
-    probe_size: int = _setting(32, POSITIVE_INT, "safe.probe_size (examples in the probe batch)")
-    max_tokens: Optional[int] = _setting(1024, POSITIVE_INT)
-    kernel: str = _setting("linear", ("linear", "rbf"))
+    probe_size: int = _setting(32, POSITIVE_INT, "safe.probe_size (examples in the probe batch)")  # drawn once with `seed`
+    max_tokens: Optional[int] = _setting(1024, POSITIVE_INT)  # cap on probe tokens for CKA (a fixed random subset; null: all)
+    kernel: str = _setting("linear", ("linear", "rbf"))  # rbf: a Gaussian kernel, bandwidth 0.8 x median distance
+    # adapted: outputs of the modules that carry the layer's adapter (LoRA: query/value projections);
+    # layer: the encoder layer's output.
     representation: str = _setting("adapted", REPRESENTATIONS)
+    # drift: 1 - CKA(representation now, at step 0): includes the drift that the adapters of lower layers
+    #   cause (their changes propagate up).
+    # own: 1 - CKA(representation with the layer's adapter, without it), both now, on the same input: the
+    #   adapter's own effect (the base module is re-run on the captured input in the same probe forward;
+    #   layer: the encoder layer is re-run with its adapters off).
     importance: str = _setting("own", IMPORTANCES)
+    # budget_mode (ours, beyond the paper): until t_f, run every micro-batch as `budget_splits` chunks with
+    # their gradients summed (the same updates, ~1/k of the activations at once; SAFE cannot lower the
+    # peak while warm-up trains every adapter, this can); after t_f, a micro-batch runs whole only where
+    # its predicted saved-for-backward bytes stay within the split phase's peak.
     budget_mode: bool = False
     budget_splits: int = _setting(2, POSITIVE_INT, "safe.budget_splits (chunks per micro-batch until t_f, and after it where a whole one would exceed the peak)")
-    static_k: Optional[int] = _setting(None, NONNEG_INT)
-    seed: int = 0
+    static_k: Optional[int] = _setting(None, NONNEG_INT)  # freeze=static: how many of the lowest adapters freeze from step 0
+    seed: int = _setting("${seed}")  # the probe batch's draw (the run's seed unless set)
 
 
 @dataclass
 class WandbSettings:
-    _target_: str = "runner.tracking.start_wandb"
+    """Weights & Biases (``logger=wandb``). Without credentials (WANDB_API_KEY or a netrc entry) the run goes
+    offline by itself into <output_dir>/wandb."""
+    _target_: str = "runner.tracking.start_wandb"  # (cfg, run dir, config, run id) -> a W&B run
     name: str = "wandb"
     project: str = "runner"
     entity: Optional[str] = None
-    group: Optional[str] = None
+    # A single run's group; the jobs of a multirun share one group instead, named after the sweep dir
+    # (python -m runner.sweep passes logger.group=<sweep dir name>).
+    group: Optional[str] = "${sweep_group:${task.name}-${model.short_name}-${method.name}}"
     tags: list[str] = _setting([])
-    mode: str = _setting("auto", ("auto", "online", "offline", "disabled"))
-    api_key: Optional[str] = None  # a credential: masked in every file, never on a sweep's job command lines
+    mode: str = _setting("auto", ("auto", "online", "offline", "disabled"))  # auto: online only when credentials exist
+    # The W&B key for this run when neither WANDB_API_KEY nor a netrc entry is there (logger.api_key=...).
+    # Masked (***) in every file the runner writes; a sweep hands it to its jobs through the environment
+    # (RUNNER_SECRET_LOGGER_API_KEY), never on their command lines.
+    api_key: Optional[str] = None
 
 
 @dataclass
@@ -244,40 +312,73 @@ class NoLoggerSettings:
 
 @dataclass
 class NoPruneSettings:
+    """No head pruning (``prune=none``)."""
     name: str = "none"
-    from_run: Optional[str] = None
+    from_run: Optional[str] = None  # prune.from_run needs a criterion: prune=hies prune.from_run=<run dir>
 
 
 @dataclass
 class PruneSettings:
-    """Head pruning (converted to runner.prune.settings.PruneSettings, with the checks across keys)."""
-    name: str = _setting("hies", CRITERIA)
+    """Head pruning after fine-tuning (``prune=hies|his|entropy|random|magnitude``; docs/hies.md): score every
+    attention head on a few training examples, remove the lowest-scoring heads for real, report quality,
+    stability, size, FLOPs and latency; no fine-tuning afterwards. Every criterion has these settings
+    (converted to runner.prune.settings.PruneSettings, with the checks across keys)::
+
+        python -m runner task=glue/mrpc prune=hies prune.ratio=0.3
+        python -m runner prune=hies prune.from_run=outputs/runs/<run> prune.ratios=[0.1,0.3,0.5,0.7]
+    """
+    name: str = _setting("hies", CRITERIA)  # the criterion
+    # The fraction of all heads removed, in [0, 1): round(ratio * layers * heads), ranked globally over
+    # layers. The saved model and the headline numbers use `ratio`.
     ratio: float = _setting(0.3, FRACTION_OPEN, "prune.ratio (the fraction of heads removed)")
+    # More ratios evaluated from the same scores (null: just `ratio`, which is always among them).
     ratios: Optional[list[float]] = _setting(None, FRACTION_OPEN)
-    compare: Optional[list[str]] = _setting(None, (*CRITERIA, "none"))  # none: the unpruned model as a row
+    # Other criteria evaluated on the same scores and data, e.g. [his,entropy,random,magnitude,none]
+    # (none: the unpruned model as a row).
+    compare: Optional[list[str]] = _setting(None, (*CRITERIA, "none"))
+    # HIES = alpha * minmax(HIS) + (1 - alpha) * (1 - minmax(AE)); a number in [0, 1) as in the paper, or
+    # auto (the largest area under the quality-vs-ratio curve over alpha_grid x alpha_ratios). alpha = 1
+    # is plain HIS, a criterion of its own: prune.name=his or add his to prune.compare.
     alpha: Any = _setting(0.5, "alpha", "prune.alpha (weight of HIS against entropy)")
-    alpha_grid: list[float] = _setting([], "alpha_value")
-    alpha_ratios: list[float] = _setting([], FRACTION_OPEN)
+    alpha_grid: list[float] = _setting([0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9], "alpha_value")
+    alpha_ratios: list[float] = _setting([0.1, 0.3, 0.5, 0.7], FRACTION_OPEN)
+    # Where alpha=auto chooses and where every criterion is reported:
+    #   train_holdout: choose on `alpha_holdout_samples` held-out training examples (task.holdout_samples
+    #     if the run kept some), report on the whole eval split. The default: comparable with every
+    #     earlier result.
+    #   dev_half: the paper's protocol (its Table 5): the eval split is halved with `seed` (MRPC 408 ->
+    #     204/204, RTE 277 -> 138/139), alpha is chosen on the first half, and everything (unpruned, every
+    #     criterion, stability) is reported on the other half only. With a fixed alpha the halves are
+    #     still made and only the reporting half is reported, so fixed and auto runs of one seed are
+    #     measured on the same examples.
+    alpha_split: str = _setting("train_holdout", ("train_holdout", "dev_half"))
     alpha_holdout_samples: int = _setting(256, POSITIVE_INT)
-    alpha_split: str = _setting("train_holdout", ("train_holdout", "dev_half"))  # docs/hies.md
-    calib_samples: int = _setting(32, POSITIVE_INT)
+    calib_samples: int = _setting(32, POSITIVE_INT)  # calibration: training examples (never the eval split), drawn with `seed`
     calib_batch_size: int = _setting(8, POSITIVE_INT)
-    his_per: str = _setting("example", HIS_PER)  # |dL/dm| per example (the paper) or per batch
-    normalize_layers: bool = True
-    min_heads_per_layer: int = _setting(0, NONNEG_INT)
-    seed: int = 0
-    from_run: Optional[str] = None
+    # HIS = E_x |dL(x)/dm|: example takes |.| per example (the paper; still batched: a per-example gate),
+    # batch per batch's mean loss (Michel et al.'s code). Both come from the same pass; scoring reports
+    # how the rankings agree.
+    his_per: str = _setting("example", HIS_PER)
+    normalize_layers: bool = True  # divide each layer's HIS by its L2 norm (Michel et al.'s default)
+    min_heads_per_layer: int = _setting(0, NONNEG_INT)  # keep at least this many heads in every layer (0: a layer may lose all)
+    seed: int = _setting("${seed}")
+    from_run: Optional[str] = None  # the output dir of a finished fine-tuning run: prune it instead of training
+    # Optional recovery fine-tuning of each pruned model (all weights, AdamW).
     recovery_finetune: bool = False
     recovery_steps: int = _setting(100, POSITIVE_INT)
     recovery_lr: float = _setting(2e-5, POSITIVE)
+    # Latency: which pruned models are timed against the unpruned one (primary: every ratio of the primary
+    # criterion; all; none), interleaved repetitions, medians; on the first `latency_examples` eval examples.
     latency: str = _setting("primary", ("primary", "all", "none"))
     latency_repeats: int = _setting(7, POSITIVE_INT)
-    latency_ratios: Optional[list[float]] = _setting(None, FRACTION_OPEN)
+    latency_ratios: Optional[list[float]] = _setting(None, FRACTION_OPEN)  # only these ratios (null: every one evaluated)
+    # Intra-op threads while timing (null: torch's default, all cores). On a CPU shared with other jobs, 1
+    # gives much steadier ratios.
     latency_threads: Optional[int] = _setting(None, POSITIVE_INT)
     latency_examples: int = _setting(64, POSITIVE_INT)
     latency_batch_sizes: list[int] = _setting([1, 32], POSITIVE_INT)
-    flops_batch_size: int = _setting(32, POSITIVE_INT)
-    save_model: str = _setting("primary", ("primary", "none"))
+    flops_batch_size: int = _setting(32, POSITIVE_INT)  # forward FLOPs counted on the first this many eval examples
+    save_model: str = _setting("primary", ("primary", "none"))  # the pruned model of the primary criterion and ratio
 
 
 @dataclass
@@ -303,6 +404,23 @@ GROUPS: dict[str, dict[str, type] | type] = {
               "magnitude": PruneSettings, "random": PruneSettings},
 }
 OPTIONAL_GROUPS = ("safe",)  # present only with some options (freeze=safe|random|static)
+SCHEMA_OPTION = "schema"  # each group's declared defaults, as Hydra sees them (``schema`` or ``schema_<option>``)
+
+
+def declared_defaults() -> dict[str, dict]:
+    """Every group's declared defaults as plain dicts, keyed ``<group>/<option name>`` as Hydra's ConfigStore
+    takes them: ``trainer/schema``, and for groups whose options differ ``adapter/schema_lora``,
+    ``prune/schema_hies`` (one for every criterion), ``prune/schema_none``, ... The yaml options of
+    ``conf/`` list theirs first in their defaults and add only what the option changes."""
+    out = {}
+    for group, schema in GROUPS.items():
+        if isinstance(schema, dict):
+            for option, option_schema in schema.items():
+                if option_schema is not PruneSettings or option == "hies":
+                    out[f"{group}/{SCHEMA_OPTION}_{option}"] = dataclasses.asdict(option_schema())
+        elif group not in ("task", "model", "method", "freeze"):  # an option each, nothing shared to default
+            out[f"{group}/{SCHEMA_OPTION}"] = dataclasses.asdict(schema())
+    return out
 
 
 # ---------------------------------------------------------------- the walk
@@ -325,6 +443,28 @@ def check_config(cfg: DictConfig) -> None:
         if not isinstance(node, dict):
             raise ConfigError(f"{group} must be a group of settings, got {node!r}")
         check_group(group, node)
+
+
+def settings_of(group: str, node):
+    """A group's settings (``cfg.safe``), resolved, as its schema's dataclass: what a component receives
+    instead of the raw config node, every key present (no fallbacks), each already checked by
+    :func:`check_config`."""
+    data = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
+    schema = GROUPS[group]
+    if isinstance(schema, dict):
+        schema = schema[data.get("name")]
+    return _build(schema, data)
+
+
+def _build(schema: type, data: dict):
+    hints = typing.get_type_hints(schema)
+    values = {}
+    for f in dataclasses.fields(schema):
+        if f.name in data:
+            tp = hints[f.name]
+            value = data[f.name]
+            values[f.name] = _build(tp, value) if dataclasses.is_dataclass(tp) and isinstance(value, dict) else value
+    return schema(**values)
 
 
 _NO_DEFAULT = object()

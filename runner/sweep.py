@@ -685,9 +685,9 @@ def _launch(p: _Prepared, args, argv: list[str] | None) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from runner.config import register_resolvers as _register_resolvers
+    from runner.config import register_config as _register_config
 
-    _register_resolvers()
+    _register_config()
     args = _parser().parse_args(argv)
     if args.completed is not None:
         done_runs = completed_runs(args.completed, args.method)

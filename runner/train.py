@@ -34,7 +34,7 @@ from runner.adapters import (
     trained_head_modules,
 )
 from runner.errors import ConfigError
-from runner.heads import head_parameter_count, resolve_pooling, start_regression_bias
+from runner.classifier_heads import head_parameter_count, resolve_pooling, start_regression_bias
 from runner.jobs import reset_accelerate_state
 from runner.methods import LoopContext, build_method
 from runner.models import check_per_layer_methods, load_model_and_tokenizer, model_source, resolve_model_path
@@ -99,7 +99,7 @@ class Recipe:
             dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
         )
         self.device = self.accelerator.device
-        self.tf32 = use_tf32(cfg.trainer.get("tf32", "auto"), self.device)
+        self.tf32 = use_tf32(cfg.trainer.tf32, self.device)
         self.compiled = None  # trainer.compile: the compiled training module (see _compile)
         self.is_main = self.accelerator.is_main_process
         self.history: list[dict] = []  # one record per optimizer step
@@ -160,7 +160,7 @@ class Recipe:
         if cfg.method.uses_adapters:  # what trains beside the adapters, named on the plain model
             self.head["trains"] = trained_head_modules(model, cfg)
             self.head["adapter_targets"] = target_modules(model, cfg.adapter)  # auto / all-linear as resolved
-        if cfg.trainer.get("gradient_checkpointing"):
+        if cfg.trainer.gradient_checkpointing:
             if not getattr(model, "supports_gradient_checkpointing", False):
                 raise ConfigError(f"trainer.gradient_checkpointing=true: transformers' {type(model).__name__} has no "
                                   f"gradient checkpointing; set it to false")
@@ -233,7 +233,7 @@ class Recipe:
         log.info("pooling: %s (%s)", pooling, source)
 
     def _start_head(self, model) -> dict:
-        """Regression: the output bias starts at the training-label mean (runner.heads)."""
+        """Regression: the output bias starts at the training-label mean (runner.classifier_heads)."""
         head = {"pooling": self.cfg.model.pooling, "pooling_source": self.pooling_source, "regression_bias_init": None,
                 "trains": "every weight", "params_trainable": None}
         if self.causal_lm:  # the LM head reads every position
@@ -321,7 +321,7 @@ class Recipe:
         acc, meter, tcfg = self.accelerator, self.step_meter, self.cfg.trainer
         # dropout depends on (seed, step, process) only, so a resumed run replays it exactly;
         # trainer.dropout_seed redraws the masks alone (the same weights, head and data order)
-        dropout_seed = tcfg.get("dropout_seed")
+        dropout_seed = tcfg.dropout_seed
         dropout_seed = self.cfg.seed if dropout_seed is None else dropout_seed
         torch.manual_seed(hash((dropout_seed, self.global_step, meter.micro, acc.process_index)) % 2**63)
         chunks = data_lib.split_batch(batch, self._splits(batch), self.pad_multiple)
@@ -399,7 +399,7 @@ class Recipe:
     def _compile(self) -> None:
         """``trainer.compile``: ``torch.compile`` the (wrapped) training module, with dynamic shapes so
         variable-length batches do not recompile per length; rebuilt whenever the wrapper changes."""
-        if self.cfg.trainer.get("compile"):
+        if self.cfg.trainer.compile:
             self.compiled = torch.compile(self.model, dynamic=True)
 
     def release_model(self, synchronize: bool) -> None:
@@ -588,7 +588,7 @@ class Recipe:
                      "input": self.data.input},  # per split: file, rows read, skipped, used; LM cuts and drops
             "provenance": provenance.collect(self.device, cfg.seed, self.accelerator.num_processes),
             "compute": {"device": self.device.type, "mixed_precision": cfg.trainer.mixed_precision,
-                        "tf32": self.tf32, "compile": bool(cfg.trainer.get("compile"))},
+                        "tf32": self.tf32, "compile": bool(cfg.trainer.compile)},
         }
 
     def _memory_section(self) -> dict:
@@ -727,7 +727,7 @@ def _run(recipe: Recipe, post_train) -> dict:
         recipe.stop_if_signalled()
         results = recipe.summarize()
         results["learning"] = recipe.check_learning(results["metrics"])
-        if cfg.trainer.get("sharpness") and cfg.trainer.sharpness.enabled and recipe.is_main:
+        if cfg.trainer.sharpness.enabled and recipe.is_main:
             from runner.sharpness import sharpness_of_run
 
             with recipe.timer.phase("sharpness"):

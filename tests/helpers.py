@@ -220,9 +220,9 @@ def compose_cfg(overrides: list[str], output_dir: Path, model_dir: Path):
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from runner.config import register_resolvers
+    from runner.config import register_config
 
-    register_resolvers()
+    register_config()
     GlobalHydra.instance().clear()
     base = [
         f"output_dir={output_dir}", f"model.name_or_path={model_dir}", "logger=none",

@@ -7,11 +7,11 @@ import re
 import pytest
 import torch
 from omegaconf import OmegaConf
-from helpers import CONF_DIR
 
 from runner.errors import ConfigError
 from runner.prune.select import dict_to_mask, mask_to_dict, num_heads_to_prune, select_heads_to_prune
 from runner.prune.settings import parse
+from runner.schema import declared_defaults
 
 
 def test_ranking_prunes_the_lowest_scores_over_all_layers():
@@ -45,7 +45,7 @@ def test_number_of_heads_and_bad_ratios():
 
 
 def _prune_cfg(**kw):
-    base = OmegaConf.load(CONF_DIR / "prune" / "hies.yaml")
+    base = OmegaConf.create(declared_defaults()["prune/schema_hies"])  # prune=hies as composed
     base.seed = 0
     return OmegaConf.merge(base, kw)
 

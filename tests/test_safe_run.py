@@ -243,13 +243,12 @@ class _FakeFreezer:
 
 
 def _decider(policy: str, seed: int = 0):
-    from omegaconf import OmegaConf
-
     from runner.safe.method import SafeMethod
+    from runner.schema import SafeSettings
 
     m = SafeMethod.__new__(SafeMethod)  # the real decision code, without a model to train
     m.policy, m.seed, m.total_steps = policy, seed, 100
-    m.scfg = OmegaConf.create({"t_w": 0.0, "t_f": 0.01, "threshold": 0.02})  # below: layer 0 only (0.01 < 0.02)
+    m.settings = SafeSettings(t_w=0.0, t_f=0.01, threshold=0.02, seed=seed)  # below: layer 0 only (0.01 < 0.02)
     m.window = schedule.window(0.0, 0.01, "fraction", 100, 100)  # what setup derives from them
     m.freezer, m.probe = _FakeFreezer(range(4)), _FakeProbe()
     return m

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import fields
-
 import pytest
+from omegaconf import OmegaConf
 
 from runner.config import compose_config
 from runner.errors import ConfigError
-from runner.schema import GROUPS, SafeSettings, check_config
+from runner.schema import GROUPS, check_config, declared_defaults
 from runner.validate import group_options, validate_config
 
 
@@ -27,12 +26,38 @@ def test_a_schema_for_every_group_of_the_composed_config():
     assert groups <= set(GROUPS), groups - set(GROUPS)
 
 
-def test_the_shipped_safe_defaults_are_the_schemas():
-    """conf/safe/default.yaml and SafeSettings state the same defaults (docs/safe.md, 'Defaults and why')."""
-    safe = compose_config(["method=safe"], output_dir="/tmp/unused").safe
-    expected = {f.name: getattr(SafeSettings(), f.name) for f in fields(SafeSettings) if f.name != "seed"}
-    assert {k: safe[k] for k in expected} == expected
-    assert (safe.threshold, safe.t_w, safe.t_f, safe.importance) == (0.2, 0.3, 0.8, "own")
+def test_every_default_is_declared_once_in_the_schema():
+    """conf/ starts each group from runner.schema's declared defaults and sets nothing more: the composed
+    defaults are the dataclasses', for every option that shares a schema."""
+    cfg = compose_config(["method=safe", "prune=hies"], output_dir="/tmp/unused")
+    declared = declared_defaults()
+    for group, key in (("trainer", "trainer/schema"), ("safe", "safe/schema"), ("prune", "prune/schema_hies"),
+                       ("adapter", "adapter/schema_lora"), ("logger", "logger/schema_wandb")):
+        assert OmegaConf.to_container(cfg[group]) == declared[key], group
+    for option in ("bottleneck", "none"):
+        assert OmegaConf.to_container(compose_config([f"adapter={option}"]).adapter) == declared[f"adapter/schema_{option}"]
+    assert OmegaConf.to_container(compose_config(["logger=none"]).logger) == declared["logger/schema_none"]
+    assert OmegaConf.to_container(compose_config([]).prune) == declared["prune/schema_none"]
+    for criterion in ("his", "entropy", "random", "magnitude"):  # every criterion: HIES's settings, its own name
+        assert OmegaConf.to_container(compose_config([f"prune={criterion}"]).prune) == {**declared["prune/schema_hies"],
+                                                                                       "name": criterion}
+    # the measured SAFE defaults docs/safe.md gives (its "Defaults and why")
+    assert (cfg.safe.threshold, cfg.safe.t_w, cfg.safe.t_f, cfg.safe.importance) == (0.2, 0.3, 0.8, "own")
+    assert cfg.safe.seed == cfg.prune.seed == cfg.seed  # both follow the run's seed unless set
+
+
+def test_a_default_changed_in_the_schema_is_the_one_that_runs(monkeypatch):
+    """One edit: what runner.schema declares is what Hydra composes and what SAFE receives (here the
+    declaration is replaced as an edit of SafeSettings' threshold would replace it)."""
+    from runner import schema
+    from runner.safe.method import SafeMethod
+
+    real = schema.declared_defaults()
+    monkeypatch.setattr(schema, "declared_defaults", lambda: {**real, "safe/schema": {**real["safe/schema"], "threshold": 0.35}})
+    cfg = compose_config(["method=safe"], output_dir="/tmp/unused")
+    assert cfg.safe.threshold == 0.35 and SafeMethod(cfg).settings.threshold == 0.35
+    monkeypatch.undo()
+    assert compose_config(["method=safe"], output_dir="/tmp/unused").safe.threshold == 0.2
 
 
 CASES = [

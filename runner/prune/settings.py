@@ -59,6 +59,7 @@ def parse(pcfg) -> PruneSettings:
         if key in node and node[key] is not None and not isinstance(node[key], list):
             node[key] = [node[key]]  # prune.ratios=0.5 means [0.5]
     node.setdefault("name", "hies")
+    node.setdefault("seed", 0)  # a bare node (not composed: no run seed for the declared ${seed} to follow)
     schema.check_group("prune", node)
     p = OmegaConf.to_container(OmegaConf.merge(defaults, {k: v for k, v in node.items() if k in defaults}))
     alpha = None if str(p["alpha"]).lower() == "auto" else float(p["alpha"])

@@ -20,6 +20,7 @@ is wrapped afresh, so DDP's reducer only waits for gradients that still come.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -33,6 +34,7 @@ from runner.safe import schedule
 from runner.measure import history_peak, optimizer_state_bytes, tensor_bytes
 from runner.safe.freezer import AdapterFreezer
 from runner.safe.importance import RepresentationProbe, probe_batch, probe_targets
+from runner.schema import SafeSettings, settings_of
 
 log = logging.getLogger(__name__)
 
@@ -77,25 +79,25 @@ class SafeMethod(TrainingMethod):
         policy = str(cfg.freeze.name) if cfg.get("freeze") is not None else "none"
         if not cfg.method.uses_adapters:
             raise ConfigError("method=safe freezes adapters; it needs method.uses_adapters=true")
-        scfg = cfg.get("safe")
-        if policy != "none" and scfg is None:
+        if policy != "none" and cfg.get("safe") is None:
             raise ConfigError(f"freeze={policy} needs the `safe:` config node (conf/freeze/safe.yaml)")
-        if scfg is not None:
+        s = settings_of("safe", cfg.safe) if cfg.get("safe") is not None else None
+        if s is not None:
             try:  # epochs: the run's are known here unless max_steps sets them (then checked again in setup)
-                epochs = None if cfg.trainer.get("max_steps") else float(cfg.trainer.epochs)
-                schedule.validate(float(scfg.t_w), float(scfg.t_f), float(scfg.threshold),
-                                  str(scfg.get("schedule_unit", "fraction")), epochs)
+                epochs = None if cfg.trainer.max_steps else float(cfg.trainer.epochs)
+                schedule.validate(s.t_w, s.t_f, s.threshold, s.schedule_unit, epochs)
             except ValueError as exc:
                 raise ConfigError(str(exc)) from exc
-        if policy == "static" and scfg.get("static_k") is None:
+        if policy == "static" and s.static_k is None:
             raise ConfigError("freeze=static needs safe.static_k (the number of lowest adapters to freeze; "
                               "the benchmark passes SAFE's final frozen count)")
 
     def __init__(self, cfg):
         super().__init__(cfg)
         self.policy = str(cfg.freeze.name) if cfg.get("freeze") is not None else "none"
-        self.scfg = cfg.get("safe")
-        self.seed = int(self.scfg.get("seed", cfg.seed) if self.scfg is not None else cfg.seed)
+        # SAFE's settings, parsed once (runner.schema.SafeSettings); None under freeze=none without the group
+        self.settings: SafeSettings | None = settings_of("safe", cfg.safe) if cfg.get("safe") is not None else None
+        self.seed = self.settings.seed if self.settings is not None else int(cfg.seed)
         self.ctx: LoopContext | None = None
         self.freezer: AdapterFreezer | None = None
         self.probe: RepresentationProbe | None = None
@@ -108,7 +110,7 @@ class SafeMethod(TrainingMethod):
         self._measure_steps: set[int] = set()  # decision_steps(), fixed in setup
         self.schedule_warning: str | None = None
         self.window: dict | None = None  # t_w / t_f in steps, epochs and fractions (setup: runner.safe.schedule.window)
-        self.importance_kind = str(self.scfg.get("importance", "own")) if self.scfg is not None else None
+        self.importance_kind = self.settings.importance if self.settings is not None else None
 
     # ----------------------------------------------------------------- setup
 
@@ -123,13 +125,13 @@ class SafeMethod(TrainingMethod):
             raise ConfigError("method=safe freezes the adapters of each encoder layer, but the model has none; "
                               "use adapter=lora or adapter=bottleneck")
         self.total_steps = int(ctx.total_steps)
-        if self.scfg is not None:
+        if self.settings is not None:
             self.window = self._window(ctx)
             self.t_w_step, self.t_f_step = self.window["steps"]["t_w"], self.window["steps"]["t_f"]
         self._measure_steps = set(self.decision_steps())
         self.schedule_warning = self._check_schedule_length()
         if self.policy in MEASURING and acc.is_main_process:
-            batch = probe_batch(ctx.train_loader, int(self.scfg.probe_size), self.seed, acc.device)
+            batch = probe_batch(ctx.train_loader, self.settings.probe_size, self.seed, acc.device)
             self.probe = self._make_probe(module, batch)
             self.probe.set_reference()  # step 0: every adapter is still (close to) the identity
             self.probe_flops += self.probe.last_flops
@@ -139,7 +141,7 @@ class SafeMethod(TrainingMethod):
             log.info("SAFE: probe of %d examples (%d tokens), reference captured for layers %s",
                      len(batch["input_ids"]), self.probe.n_tokens, sorted(self.probe.targets))
         if self.policy == "static":
-            k = self.scfg.get("static_k")
+            k = self.settings.static_k
             n = len(self.freezer.groups)
             if k is None or not 0 <= int(k) <= n:
                 raise ConfigError(f"freeze=static needs safe.static_k in 0..{n} (the number of lowest adapters to freeze; "
@@ -160,26 +162,26 @@ class SafeMethod(TrainingMethod):
         return self._budget_splits() > 1 and step >= self.t_f_step
 
     def _budget_splits(self) -> int:
-        if self.scfg is None or not self.scfg.get("budget_mode") or self.policy == "static":
+        if self.settings is None or not self.settings.budget_mode or self.policy == "static":
             return 1
-        return int(self.scfg.get("budget_splits", 2))
+        return self.settings.budget_splits
 
     def _window(self, ctx: LoopContext) -> dict:
         """t_w and t_f in this run's steps, epochs and fractions (runner.safe.schedule.window)."""
         try:
-            return schedule.window(float(self.scfg.t_w), float(self.scfg.t_f), str(self.scfg.get("schedule_unit", "fraction")),
+            return schedule.window(self.settings.t_w, self.settings.t_f, self.settings.schedule_unit,
                                    self.total_steps, ctx.steps_per_epoch)
         except ValueError as exc:
             raise ConfigError(str(exc)) from exc
 
     def _make_probe(self, module, batch) -> RepresentationProbe:
         """The probe on the layers that have an adapter group, scoring with ``safe.importance``."""
-        targets = probe_targets(module, str(self.scfg.representation))
+        targets = probe_targets(module, self.settings.representation)
         targets = {k: v for k, v in targets.items() if k in self.freezer.groups}
         try:
             return RepresentationProbe(
-                module, batch, targets, kernel=str(self.scfg.kernel), max_tokens=self.scfg.get("max_tokens"),
-                seed=self.seed, count_flops=bool(self.cfg.trainer.get("count_flops", True)),
+                module, batch, targets, kernel=self.settings.kernel, max_tokens=self.settings.max_tokens,
+                seed=self.seed, count_flops=bool(self.cfg.trainer.count_flops),
                 importance=self.importance_kind,
                 adapted=probe_targets(module, "adapted") if self.importance_kind == "own" else None,
             )
@@ -202,12 +204,12 @@ class SafeMethod(TrainingMethod):
 
     def decision_steps(self) -> list[int]:
         """The steps at which SAFE measures importance with a threshold above 0 (where it may freeze)."""
-        if self.policy not in MEASURING or self.scfg is None:
+        if self.policy not in MEASURING or self.settings is None:
             return []
-        interval = int(self.scfg.interval)
+        interval = self.settings.interval
         t_w, t_f = self._fractions()
         steps = [s for s in range(1, self.t_f_step + 1) if s % interval == 0 or s == self.t_f_step]
-        return [s for s in steps if schedule.threshold(s / max(1, self.total_steps), t_w, t_f, float(self.scfg.threshold)) > 0]
+        return [s for s in steps if schedule.threshold(s / max(1, self.total_steps), t_w, t_f, self.settings.threshold) > 0]
 
     def _fractions(self) -> tuple[float, float]:
         """t_w and t_f as fractions of training, what the threshold schedule runs on (epochs converted in setup)."""
@@ -215,14 +217,14 @@ class SafeMethod(TrainingMethod):
 
     def _check_schedule_length(self) -> str | None:
         """A run too short for the schedule: too few measurements for the freezing decisions to mean anything."""
-        if self.policy not in MEASURING or self.scfg is None:
+        if self.policy not in MEASURING or self.settings is None:
             return None
         steps = self.decision_steps()
         if len(steps) >= MIN_DECISIONS:
             return None
         warning = (f"SAFE's schedule gets only {len(steps)} importance measurement(s) that can freeze "
                    f"(steps {steps or 'none'} of {self.total_steps}; window {self.t_w_step}-{self.t_f_step}, every "
-                   f"{int(self.scfg.interval)} steps): too few for its freezing decisions to mean anything; train longer "
+                   f"{self.settings.interval} steps): too few for its freezing decisions to mean anything; train longer "
                    f"or lower safe.interval (at least {MIN_DECISIONS} measurements)")
         log.warning(warning)
         return warning
@@ -236,7 +238,7 @@ class SafeMethod(TrainingMethod):
         """Measure importance of the active adapters and choose which to freeze (main process)."""
         start = time.perf_counter()
         progress = step / max(1, self.total_steps)
-        t = schedule.threshold(progress, *self._fractions(), float(self.scfg.threshold))
+        t = schedule.threshold(progress, *self._fractions(), self.settings.threshold)
         active = self.freezer.active
         importance = self.probe.importance(active)
         finite = [v for v in importance.values() if not math.isnan(v)]
@@ -344,18 +346,18 @@ class SafeMethod(TrainingMethod):
         splits = self._budget_splits()
         report = {
             "policy": self.policy,
-            "config": _plain(self.scfg) if self.scfg is not None else None,
+            "config": dataclasses.asdict(self.settings) if self.settings is not None else None,
             "adapter_unit": "all adapter modules of one encoder layer",
             "n_adapters": len(layers),
             "n_frozen": len(self.freezer.frozen),
             "merged_layers": sorted(self.freezer.merged),
             "schedule_steps": ({"total": self.total_steps, "t_w": self.t_w_step, "t_f": self.t_f_step}
-                               if self.scfg is not None else {"total": self.total_steps}),
+                               if self.settings is not None else {"total": self.total_steps}),
             # t_w / t_f as given (safe.schedule_unit) and in steps, epochs and fractions of this run
             "schedule": self.window,
-            "importance": (None if self.scfg is None else {
-                "kind": self.importance_kind, "representation": str(self.scfg.representation),
-                "kernel": str(self.scfg.kernel), "score": IMPORTANCE_SCORES[self.importance_kind]}),
+            "importance": (None if self.settings is None else {
+                "kind": self.importance_kind, "representation": self.settings.representation,
+                "kernel": self.settings.kernel, "score": IMPORTANCE_SCORES[self.importance_kind]}),
             "adapters": {
                 f"layer{k}": {
                     "freeze_step": freeze_steps[k],
@@ -372,7 +374,7 @@ class SafeMethod(TrainingMethod):
             "memory": _memory_phases(history, self.events),
             # safe.budget_mode: every micro-batch of optimizer steps 1..until_step split into `splits` chunks; after
             # it only those whose whole forward would exceed the peak so far (the split warm-up's)
-            "budget_mode": (_budget_report(history, splits, self.t_f_step, int(self.cfg.trainer.get("grad_accum_steps", 1)))
+            "budget_mode": (_budget_report(history, splits, self.t_f_step, int(self.cfg.trainer.grad_accum_steps))
                             if splits > 1 else None),
             "overhead": {"probe_flops_total": self.probe_flops, "probe_seconds_total": self.probe_seconds,
                          "measurements": len(self.measurements) + (1 if self.probe is not None else 0)},
@@ -458,12 +460,6 @@ def _jsonable(m: dict) -> dict:
 def _from_json(m: dict) -> dict:
     return {**m, "importance": {int(k): v for k, v in m["importance"].items()},
             "normalised": {int(k): v for k, v in m["normalised"].items()}}
-
-
-def _plain(node):
-    from omegaconf import OmegaConf
-
-    return OmegaConf.to_container(node, resolve=True)
 
 
 __all__ = ["SafeMethod", "rewrap_ddp"]
