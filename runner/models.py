@@ -12,7 +12,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceC
 
 from runner.arch import architecture_of, supported_model_types
 from runner.errors import ModelError
-from runner.heads import apply_pooling, resolve_pooling
+from runner.classifier_heads import apply_pooling, resolve_pooling
 
 SUPPORTED_MODEL_TYPES = tuple(supported_model_types())  # one module per family: runner/arch/
 
@@ -104,7 +104,7 @@ def apply_config_overrides(config, overrides) -> None:
 
 def load_model_and_tokenizer(mcfg: DictConfig, task: DictConfig):
     """A sequence-classification model with a fresh head sized for the task, pooling as
-    ``model.pooling`` says (``auto``: the model folder's own choice, see :mod:`runner.heads`)."""
+    ``model.pooling`` says (``auto``: the model folder's own choice, see :mod:`runner.classifier_heads`)."""
     path, config = load_model_config(mcfg, task)
     arch = architecture_of(config)  # one line listing the supported families otherwise
     causal_lm = str(task.get("kind", "classification")) == "causal_lm"

@@ -138,9 +138,9 @@ def measure_sharpness(model: nn.Module, batches: list[dict], uses_adapters: bool
 
 def sharpness_of_run(accelerator, model: nn.Module, train_loader, cfg) -> dict:
     """``trainer.sharpness`` settings applied to a finished run (call on the main process)."""
-    scfg = cfg.trainer.sharpness
+    sharp = cfg.trainer.sharpness
     module = accelerator.unwrap_model(model)
-    batches = fixed_batches(train_loader, int(scfg.batches), int(scfg.get("batch_size") or cfg.trainer.batch_size),
+    batches = fixed_batches(train_loader, int(sharp.batches), int(sharp.get("batch_size") or cfg.trainer.batch_size),
                             accelerator.device)
-    return measure_sharpness(module, batches, bool(cfg.method.uses_adapters), iters=int(scfg.iters),
-                             tol=float(scfg.tol), seed=int(cfg.seed))
+    return measure_sharpness(module, batches, bool(cfg.method.uses_adapters), iters=int(sharp.iters),
+                             tol=float(sharp.tol), seed=int(cfg.seed))

@@ -144,7 +144,7 @@ def parameter_counts(model: nn.Module) -> dict[str, int]:
 
 def trained_head_modules(model: nn.Module, cfg: DictConfig) -> list[str]:
     """What trains beside the adapters (``adapter.head_modules``; auto: classifier, + pooler under cls pooling)."""
-    from runner.heads import head_modules, saved_pooling
+    from runner.classifier_heads import head_modules, saved_pooling
 
     return head_modules(model, saved_pooling(model), cfg.adapter.get("head_modules", "auto"))
 

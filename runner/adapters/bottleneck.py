@@ -88,7 +88,7 @@ class BottleneckKind(AdapterKind):
     module_part = "bottleneck"
 
     def add(self, model: nn.Module, acfg: DictConfig, head: list[str]) -> nn.Module:
-        from runner.heads import is_in_modules
+        from runner.classifier_heads import is_in_modules
 
         model = add_bottleneck_adapters(model, acfg)
         for name, p in model.named_parameters():

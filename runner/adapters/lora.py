@@ -26,7 +26,7 @@ class Lora(AdapterKind):
         if acfg.r <= 0:
             raise ConfigError(f"adapter.r must be a positive rank, got {acfg.r}")
         wanted = target_modules(model, acfg)
-        from runner.heads import is_causal_lm
+        from runner.classifier_heads import is_causal_lm
 
         config = LoraConfig(
             task_type=TaskType.CAUSAL_LM if is_causal_lm(model) else TaskType.SEQ_CLS, r=int(acfg.r), lora_alpha=float(acfg.alpha),

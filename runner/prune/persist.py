@@ -18,7 +18,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceC
 from runner.adapters import KINDS
 from runner.arch import architecture_of
 from runner.errors import ModelError
-from runner.heads import apply_pooling, is_causal_lm, saved_pooling
+from runner.classifier_heads import apply_pooling, is_causal_lm, saved_pooling
 from runner.prune.physical import PRUNED_HEADS_ATTR, heads_kept, prune_heads
 from runner.results import atomic_write_json
 

@@ -23,7 +23,7 @@ from torch import nn
 
 from runner.schema import CRITERIA as PRUNING_CRITERIA, HIS_PER  # prune.his_per: where |dL/dm| is taken
 from runner.arch import architecture_of
-from runner.heads import is_causal_lm
+from runner.classifier_heads import is_causal_lm
 from runner.lm import example_losses
 from runner.prune.gate import HeadGate, encoder_layers, geometry
 from runner.prune.select import select_heads_to_prune

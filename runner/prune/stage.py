@@ -77,9 +77,9 @@ def _source_config(src: Path) -> DictConfig:
     raise ConfigError(f"prune.from_run={src} holds no config.yaml (nor model/run_config.yaml); is it a runner output dir?")
 
 
-def _task_config(scfg: DictConfig, cfg: DictConfig) -> DictConfig:
+def _task_config(source_cfg: DictConfig, cfg: DictConfig) -> DictConfig:
     """The source run's task; its data_dir if that still exists, else this job's (a GLUE root such as $GLUE_DIR)."""
-    task = OmegaConf.create(OmegaConf.to_container(scfg.task, resolve=True))
+    task = OmegaConf.create(OmegaConf.to_container(source_cfg.task, resolve=True))
     src_dir = task.get("data_dir")
     if src_dir not in (None, "") and Path(str(src_dir)).expanduser().is_dir():
         return task
@@ -88,20 +88,20 @@ def _task_config(scfg: DictConfig, cfg: DictConfig) -> DictConfig:
     return task
 
 
-def _job_config(cfg: DictConfig, scfg: DictConfig, task: DictConfig) -> dict:
+def _job_config(cfg: DictConfig, source_cfg: DictConfig, task: DictConfig) -> dict:
     """The config this pruning job really ran: the source run's task, model, adapter, method and
     trainer (what the pruned model is), this job's pruning settings, seed and logger."""
     from runner.config import resolved_config
 
     job = resolved_config(cfg)
-    source = OmegaConf.to_container(scfg, resolve=False)
+    source = OmegaConf.to_container(source_cfg, resolve=False)
     job.pop("safe", None)  # only a SAFE source has SAFE's knobs
     job.update({key: source[key] for key in ("model", "adapter", "freeze", "safe", "method", "trainer") if key in source})
     job["task"] = OmegaConf.to_container(task, resolve=True)
     return scrub(job)
 
 
-def load_trained_model(model_dir: Path, scfg: DictConfig, task: DictConfig):
+def load_trained_model(model_dir: Path, source_cfg: DictConfig, task: DictConfig):
     """The fine-tuned model of a saved run (LoRA merged, bottleneck adapters attached) and its tokenizer."""
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
@@ -110,15 +110,15 @@ def load_trained_model(model_dir: Path, scfg: DictConfig, task: DictConfig):
     model_dir = Path(model_dir)
     if (model_dir / "pruned_heads.json").is_file():
         raise ModelError(f"{model_dir} is already pruned; prune the fine-tuned (unpruned) run instead")
-    attn = scfg.model.get("attn_implementation", "sdpa")
+    attn = source_cfg.model.get("attn_implementation", "sdpa")
     # the source's pooling (runs saved before model.pooling existed pooled with cls)
-    mcfg = OmegaConf.merge(scfg.model, {"pooling": scfg.model.get("pooling") or "cls"})
+    mcfg = OmegaConf.merge(source_cfg.model, {"pooling": source_cfg.model.get("pooling") or "cls"})
     kind = next((k for k in KINDS.values() if k.found_in(model_dir)), None)  # runner.adapters
     if kind is not None:  # LoRA merged, bottleneck adapters attached
         base, tokenizer = load_model_and_tokenizer(mcfg, task)
-        model = kind.load(model_dir, base, scfg)
+        model = kind.load(model_dir, base, source_cfg)
     elif (model_dir / "config.json").is_file():
-        from runner.heads import apply_pooling, saved_pooling
+        from runner.classifier_heads import apply_pooling, saved_pooling
         from runner.lm import is_lm_task
 
         if is_lm_task(task):
@@ -150,13 +150,13 @@ def prune_saved_run(cfg: DictConfig, s: settings_lib.PruneSettings) -> dict:
     if src_status is not None and not runs.training_completed(src_results):
         raise ConfigError(f"prune.from_run={s.from_run}: that run's results say {src_status} (step {src_results.get('step')}); "
                           f"prune a run whose training completed")
-    scfg = _source_config(src)
-    task = _task_config(scfg, cfg)
+    source_cfg = _source_config(src)
+    task = _task_config(source_cfg, cfg)
     out = _output_dir_apart_from(cfg, src, s)
-    job_cfg = _job_config(cfg, scfg, task)
+    job_cfg = _job_config(cfg, source_cfg, task)
     with runs.DirLock(out):
         done = _claim(out, cfg, job_cfg)
-        return done if done is not None else _prune_into(out, cfg, s, src, src_results, scfg, task, job_cfg)
+        return done if done is not None else _prune_into(out, cfg, s, src, src_results, source_cfg, task, job_cfg)
 
 
 def _output_dir_apart_from(cfg: DictConfig, src: Path, s: settings_lib.PruneSettings) -> Path:
@@ -206,17 +206,17 @@ def _prune_pretrained(cfg: DictConfig, s: settings_lib.PruneSettings, src: Path)
     if not is_lm_task(cfg.task):
         log.warning("prune.from_run=%s is a model folder: task %s's classifier starts untrained, so its metrics say little; "
                     "fine-tune first and prune the run", src, cfg.task.name)
-    scfg = OmegaConf.merge(cfg, {"model": {"name_or_path": str(src)}})
-    with open_dict(scfg):
-        scfg.model.short_name = src.name
+    source_cfg = OmegaConf.merge(cfg, {"model": {"name_or_path": str(src)}})
+    with open_dict(source_cfg):
+        source_cfg.model.short_name = src.name
     out = _output_dir_apart_from(cfg, src, s)
-    job_cfg = _job_config(cfg, scfg, cfg.task)
+    job_cfg = _job_config(cfg, source_cfg, cfg.task)
     with runs.DirLock(out):
         done = _claim(out, cfg, job_cfg)
-        return done if done is not None else _prune_into(out, cfg, s, src, {}, scfg, cfg.task, job_cfg, pretrained=True)
+        return done if done is not None else _prune_into(out, cfg, s, src, {}, source_cfg, cfg.task, job_cfg, pretrained=True)
 
 
-def _prune_into(out: Path, cfg: DictConfig, s, src: Path, src_results: dict, scfg: DictConfig, task: DictConfig,
+def _prune_into(out: Path, cfg: DictConfig, s, src: Path, src_results: dict, source_cfg: DictConfig, task: DictConfig,
                 job_cfg: dict, pretrained: bool = False) -> dict:
     """The pruning job proper, in a dir this process holds; SIGINT/SIGTERM stop it at once with an
     ``interrupted`` record (runner.stop_signals, stage ``pruning``)."""
@@ -235,19 +235,19 @@ def _prune_into(out: Path, cfg: DictConfig, s, src: Path, src_results: dict, scf
             if pretrained:
                 from runner.models import load_model_and_tokenizer
 
-                model, tokenizer = load_model_and_tokenizer(scfg.model, task)
+                model, tokenizer = load_model_and_tokenizer(source_cfg.model, task)
                 model.eval()
             else:
-                model, tokenizer = load_trained_model(src / "model", scfg, task)
+                model, tokenizer = load_trained_model(src / "model", source_cfg, task)
             data = data_lib.load_task_splits(task)
-            inputs = _prune_inputs(cfg, scfg.get("trainer", cfg.trainer), model=model, tokenizer=tokenizer, task=task,
+            inputs = _prune_inputs(cfg, source_cfg.get("trainer", cfg.trainer), model=model, tokenizer=tokenizer, task=task,
                                    data=data, output_dir=out, device=device, tracker=tracker, step=0, source_run=str(src))
             section = run_pruning(inputs, s)
         results = {
             "status": STATUS_COMPLETED,
             "run_name": run_name,
             "task": task.name,
-            "model": scfg.model.get("short_name"),
+            "model": source_cfg.model.get("short_name"),
             "method": f"prune:{s.criterion}",
             "source_run": str(src),
             "source": {"pretrained": True} if pretrained else
@@ -264,7 +264,7 @@ def _prune_into(out: Path, cfg: DictConfig, s, src: Path, src_results: dict, scf
         return results
     except BaseException as exc:
         runs.write_failure(out, _status_of(exc), f"{type(exc).__name__}: {exc}", stage="pruning",
-                           who={"run_name": run_name, "task": task.name, "model": scfg.model.get("short_name"),
+                           who={"run_name": run_name, "task": task.name, "model": source_cfg.model.get("short_name"),
                                 "method": f"prune:{s.criterion}", "seed": int(cfg.seed)}, source_run=str(src))
         raise
     finally:
@@ -304,7 +304,7 @@ def needs_pruning_again(cfg: DictConfig) -> bool:
 def _pooling_settled(cfg: DictConfig) -> DictConfig:
     """``cfg`` with ``model.pooling=auto`` replaced by the choice a run makes and saves in config.yaml
     (runner.train.Recipe._resolve_pooling), so that the two compare."""
-    from runner.heads import resolve_pooling
+    from runner.classifier_heads import resolve_pooling
     from runner.lm import is_lm_task
     from runner.models import resolve_model_path
 
@@ -330,16 +330,16 @@ def prune_trained_run_again(cfg: DictConfig, s: settings_lib.PruneSettings) -> d
     with runs.DirLock(out):
         record = runs.read(out) or {}
         runs.check_same_settings(out, resolved_config(_pooling_settled(cfg)))
-        scfg = _source_config(out)
-        task = _task_config(scfg, cfg)
+        source_cfg = _source_config(out)
+        task = _task_config(source_cfg, cfg)
         if (out / "pruning").exists():
             runs.retire_traces(out, ["pruning"])
         tracker = Tracker(cfg, out, True, resolved_config(cfg), run_id=(record.get("wandb") or {}).get("run_id"))
         exit_code = 1
         try:
             with _pruning_signals(out):
-                model, tokenizer = load_trained_model(out / "model", scfg, task)
-                inputs = _prune_inputs(cfg, scfg.trainer, model=model, tokenizer=tokenizer, task=task,
+                model, tokenizer = load_trained_model(out / "model", source_cfg, task)
+                inputs = _prune_inputs(cfg, source_cfg.trainer, model=model, tokenizer=tokenizer, task=task,
                                        data=data_lib.load_task_splits(task), output_dir=out, device=_device(cfg),
                                        tracker=tracker, step=int((record.get("steps") or {}).get("total") or 0))
                 section = run_pruning(inputs, s)
