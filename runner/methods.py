@@ -100,6 +100,28 @@ class TrainingMethod:
         return {}
 
 
+def check_config(cfg) -> None:
+    """The checks of a method without hooks (``adapter``, ``full``): :meth:`TrainingMethod.check_config`."""
+    TrainingMethod.check_config(cfg)
+
+
+def method_checks(cfg):
+    """The function that checks the method's settings across keys: ``method.checks`` (a torch-free dotted
+    path, so the pre-flight imports no torch), else the class's own ``check_config`` (importing the class).
+    Method options are user yaml files without shared defaults: a method of one's own may leave it out."""
+    from hydra.utils import get_method
+
+    from runner.errors import ConfigError
+
+    path = cfg.method.get("checks")
+    if path is None:
+        return method_class(cfg).check_config
+    try:
+        return get_method(str(path))
+    except Exception as exc:  # noqa: BLE001 (Hydra wraps the import error)
+        raise ConfigError(f"method.checks={path} cannot be imported; name a function (cfg) -> None") from exc
+
+
 def method_class(cfg) -> type[TrainingMethod]:
     """The class ``method._target_`` names (Hydra resolves the dotted path)."""
     from hydra.utils import get_class

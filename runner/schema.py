@@ -72,6 +72,7 @@ REPRESENTATIONS = ("adapted", "layer")  # what SAFE's probe compares (runner.saf
 IMPORTANCES = ("drift", "own")  # SAFE's score: 1 - CKA(now, step 0) or 1 - CKA(with adapter, without) (runner.safe.importance)
 HIS_PER = ("example", "batch")  # where HIS takes |dL/dm| (runner.prune.scores)
 SCHEDULE_UNITS = ("fraction", "epoch")  # what safe.t_w / safe.t_f count (runner.safe.schedule)
+TARGET_SETS = ("auto", "all-linear")  # adapter.target_modules by name: the family's attention projections, every linear
 LR_SCHEDULES = ("linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial")
 
 
@@ -234,6 +235,9 @@ class MethodSettings:
     _target_: str = "runner.methods.TrainingMethod"  # the runner.methods.TrainingMethod subclass that runs it
     name: str = _setting("adapter", ("adapter", "full", "safe"))
     uses_adapters: bool = True
+    # A torch-free function (dotted path) that checks the method's settings across keys before anything
+    # heavy loads (runner.safe.checks.check_config); null: the class's own check_config, which imports it.
+    checks: Optional[str] = None
 
 
 @dataclass

@@ -73,15 +73,14 @@ def validate_config(cfg: DictConfig):
     from runner.schema import check_config
 
     check_config(cfg)  # first: a bad value fails before anything heavy is imported
-    from runner.methods import method_class
+    from runner.methods import method_checks
     from runner.prune.settings import from_config
+    from runner.schema import TARGET_SETS
 
     if cfg.method.uses_adapters:
         a = cfg.adapter
         if a.name == "none":
             raise ConfigError(f"method={cfg.method.name} trains adapters but adapter=none; use adapter=lora or adapter=bottleneck")
-        from runner.adapters import TARGET_SETS
-
         targets = a.get("target_modules")
         if isinstance(targets, str) and targets not in TARGET_SETS:
             raise ConfigError(f"adapter.target_modules={targets} is not a list of modules nor one of {', '.join(TARGET_SETS)}; "
@@ -89,6 +88,6 @@ def validate_config(cfg: DictConfig):
         if not targets:
             raise ConfigError("adapter.target_modules is empty; use auto (the model family's) or name the modules, "
                               "e.g. [query, value]")
-    method_class(cfg).check_config(cfg)  # SAFE: t_w < t_f, the policy's knobs
+    method_checks(cfg)(cfg)  # SAFE: t_w < t_f, the policy's knobs
     check_sharding(cfg, os.environ)
     return from_config(cfg)  # prune.alpha=auto with its grid, from_run with a criterion

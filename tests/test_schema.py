@@ -110,3 +110,29 @@ def test_bad_input_is_refused_before_torch_is_imported(bad, tmp_path):
     proc = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert proc.stdout.split() == ["2", "False", "False"], proc.stdout + proc.stderr[-1000:]
     assert proc.stderr.startswith("error: ") and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_the_pre_flight_imports_no_torch():
+    """Composing and validating a job (every key's type and range, the checks across keys, each method's
+    own through method.checks, pruning's) imports no torch, so bad input fails before anything heavy loads;
+    a refused config too."""
+    import subprocess
+    import sys
+
+    code = """
+import sys
+from runner.config import compose_config
+from runner.errors import ConfigError
+from runner.validate import validate_config
+for overrides in (["method=safe", "prune=hies"], ["method=full", "adapter=none"], [], ["method=safe", "freeze=random"],
+                  ["method=safe", "freeze=static", "safe.static_k=1", "prune=his", "prune.alpha=auto"]):
+    validate_config(compose_config(overrides))
+try:
+    validate_config(compose_config(["method=safe", "safe.t_w=0.9", "safe.t_f=0.5"]))
+except ConfigError as exc:
+    print("refused:", exc)
+print("torch imported:", "torch" in sys.modules)
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "refused: need 0 <= safe.t_w < safe.t_f <= 1" in proc.stdout and proc.stdout.strip().endswith("torch imported: False"), proc.stdout

@@ -85,7 +85,6 @@ def adapted_module_name(param_name: str) -> str:
 
 LAYER_RE = layer_pattern()  # ``.<layer list>.<index>.`` of every family (runner.arch)
 HEAD_MARKERS = ("classifier", "score", "pre_classifier")
-TARGET_SETS = ("auto", "all-linear")  # adapter.target_modules by name: the family's attention projections, every linear
 
 
 def target_modules(model: nn.Module, acfg: DictConfig) -> list[str]:

@@ -5,10 +5,19 @@
 * :mod:`runner.safe.importance` - the probe batch, hooks, importance = 1 - CKA.
 * :mod:`runner.safe.freezer` - freezing one adapter for real (grad, optimizer, merge).
 * :mod:`runner.safe.method` - :class:`SafeMethod`, the loop hooks, DDP, reporting.
+* :mod:`runner.safe.checks` - the checks across SAFE's keys, torch-free (the pre-flight's).
 
 See docs/safe.md.
 """
 
-from runner.safe.method import SafeMethod
-
 __all__ = ["SafeMethod"]
+
+
+def __getattr__(name: str):
+    """``runner.safe.SafeMethod`` (``method._target_``) imports torch only when asked for: the pre-flight
+    imports ``runner.safe.checks`` and ``runner.safe.schedule`` without it."""
+    if name == "SafeMethod":
+        from runner.safe.method import SafeMethod
+
+        return SafeMethod
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

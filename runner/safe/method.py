@@ -30,7 +30,7 @@ import numpy as np
 
 from runner.errors import ConfigError
 from runner.methods import LoopContext, StepUpdate, TrainingMethod
-from runner.safe import schedule
+from runner.safe import checks, schedule
 from runner.measure import history_peak, optimizer_state_bytes, tensor_bytes
 from runner.safe.freezer import AdapterFreezer
 from runner.safe.importance import RepresentationProbe, probe_batch, probe_targets
@@ -74,23 +74,8 @@ class SafeMethod(TrainingMethod):
 
     @classmethod
     def check_config(cls, cfg) -> None:
-        """What the schema cannot see: the policy needs SAFE's knobs, t_w < t_f, adapters to freeze
-        (each knob's own range: runner.schema.SafeSettings)."""
-        policy = str(cfg.freeze.name) if cfg.get("freeze") is not None else "none"
-        if not cfg.method.uses_adapters:
-            raise ConfigError("method=safe freezes adapters; it needs method.uses_adapters=true")
-        if policy != "none" and cfg.get("safe") is None:
-            raise ConfigError(f"freeze={policy} needs the `safe:` config node (conf/freeze/safe.yaml)")
-        s = settings_of("safe", cfg.safe) if cfg.get("safe") is not None else None
-        if s is not None:
-            try:  # epochs: the run's are known here unless max_steps sets them (then checked again in setup)
-                epochs = None if cfg.trainer.max_steps else float(cfg.trainer.epochs)
-                schedule.validate(s.t_w, s.t_f, s.threshold, s.schedule_unit, epochs)
-            except ValueError as exc:
-                raise ConfigError(str(exc)) from exc
-        if policy == "static" and s.static_k is None:
-            raise ConfigError("freeze=static needs safe.static_k (the number of lowest adapters to freeze; "
-                              "the benchmark passes SAFE's final frozen count)")
+        """What the schema cannot see (runner.safe.checks, torch-free: the pre-flight calls it directly)."""
+        checks.check_config(cfg)
 
     def __init__(self, cfg):
         super().__init__(cfg)
