@@ -84,6 +84,7 @@ class TotalFlopCounter(FlopCounterMode):
     is the same (tested against FlopCounterMode on every model family)."""
 
     def __init__(self):
+        register_missing_flop_formulas()
         super().__init__(display=False)
         if hasattr(self, "mod_tracker"):  # the attribute FlopCounterMode (torch 2.x) attributes through
             self.mod_tracker = _GlobalOnly()
@@ -91,7 +92,6 @@ class TotalFlopCounter(FlopCounterMode):
 
 def count_flops(fn, *args, **kwargs) -> tuple[object, int]:
     """Run ``fn`` under the FLOP counter; return its result and the FLOPs."""
-    register_missing_flop_formulas()
     with TotalFlopCounter() as counter:
         result = fn(*args, **kwargs)
     return result, int(counter.get_total_flops())
@@ -233,7 +233,6 @@ class _FlopStep:
 
     def __enter__(self):
         if self.meter.enabled and self.key not in self.meter.cache:
-            register_missing_flop_formulas()
             self._mode = TotalFlopCounter()
             self._mode.__enter__()
         return self

@@ -100,15 +100,11 @@ class TrainingMethod:
         return {}
 
 
-def check_config(cfg) -> None:
-    """The checks of a method without hooks (``adapter``, ``full``): :meth:`TrainingMethod.check_config`."""
-    TrainingMethod.check_config(cfg)
-
-
 def method_checks(cfg):
     """The function that checks the method's settings across keys: ``method.checks`` (a torch-free dotted
-    path, so the pre-flight imports no torch), else the class's own ``check_config`` (importing the class).
-    Method options are user yaml files without shared defaults: a method of one's own may leave it out."""
+    path, so the pre-flight imports no torch), else the class's own ``check_config`` (importing the class:
+    torch-free for this module's ``TrainingMethod``, which ``adapter`` and ``full`` run). Method options are
+    user yaml files without shared defaults: a method of one's own may leave it out."""
     from hydra.utils import get_method
 
     from runner.errors import ConfigError

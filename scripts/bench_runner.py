@@ -97,7 +97,7 @@ def run_runner(args, workdir: Path) -> dict:
     padded = [json.loads(line)["padded_tokens"] for line in (out / "steps.jsonl").read_text().splitlines()]
     t = results["time"]
     phases = {"setup": t["setup_s"], "train": t["train_s"], "eval": t["eval_s"]}
-    # the rest: saving the model and checkpoint, the learning curve and the record the model and checkpoint, the learning curve and the record
+    # the rest: saving the model and checkpoint, the learning curve and the record
     phases |= {"other": wall - sum(phases.values()), "of train, measuring (estimate)": t["measure_overhead_s"]}
     return {"wall_s": wall, "samples_per_s": steps * BATCH / t["train_s"], "accuracy": results["metrics"]["accuracy"],
             "cuda_peak_bytes": results["memory"].get("cuda_peak_allocated_bytes"), "train_padded_tokens": sum(padded),

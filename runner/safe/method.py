@@ -34,7 +34,7 @@ from runner.safe import checks, schedule
 from runner.measure import history_peak, optimizer_state_bytes, tensor_bytes
 from runner.safe.freezer import AdapterFreezer
 from runner.safe.importance import RepresentationProbe, probe_batch, probe_targets
-from runner.schema import SafeSettings, settings_of
+from runner.schema import SafeSettings
 
 log = logging.getLogger(__name__)
 
@@ -79,9 +79,8 @@ class SafeMethod(TrainingMethod):
 
     def __init__(self, cfg):
         super().__init__(cfg)
-        self.policy = str(cfg.freeze.name) if cfg.get("freeze") is not None else "none"
-        # SAFE's settings, parsed once (runner.schema.SafeSettings); None under freeze=none without the group
-        self.settings: SafeSettings | None = settings_of("safe", cfg.safe) if cfg.get("safe") is not None else None
+        self.policy = checks.policy_of(cfg)
+        self.settings: SafeSettings | None = checks.safe_settings(cfg)  # None under freeze=none without the group
         self.seed = self.settings.seed if self.settings is not None else int(cfg.seed)
         self.ctx: LoopContext | None = None
         self.freezer: AdapterFreezer | None = None
