@@ -51,10 +51,10 @@ LOCK_FILE = ".lock"
 RETIRED = ".retired"  # earlier attempts moved aside (retire_traces, retire_dir)
 HYDRA_OWN = {".hydra", LOCK_FILE, RETIRED}
 # Settings that may differ between an interrupted attempt and its resume: how
-# it is run and shown, not what it computes.
+# it is run, checked and shown, not what it computes.
 MAY_CHANGE_ON_RESUME = (
     "resume", "resume_accept_changes", "debug", "verbose", "output_dir", "data_cache_dir", "trainer.progress_bar", "logger.mode", "logger.group",
-    "logger.tags", "trainer.num_workers",
+    "logger.tags", "trainer.num_workers", "method.checks",
 )
 
 

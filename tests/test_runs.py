@@ -165,6 +165,15 @@ def test_a_run_saved_before_a_setting_existed_resumes_while_the_setting_keeps_it
     assert changed_settings(saved, now) == ["adapter.new_knob", "trainer.compile"]
 
 
+def test_a_run_saved_before_method_checks_existed_resumes():
+    """method.checks names the function that checks a config, not what the run computes: a SAFE run saved before
+    the key existed (or under another checker) resumes."""
+    saved = {"method": {"name": "safe", "uses_adapters": True}}
+    now = {"method": {"name": "safe", "uses_adapters": True, "checks": "runner.safe.checks.check_config"}}
+    assert changed_settings(saved, now) == []
+    assert changed_settings({"method": {"checks": "a.b"}}, {"method": {"checks": "c.d"}}) == []
+
+
 def test_trim_metrics(tmp_path):
     path = tmp_path / "metrics.jsonl"
     path.write_text("".join(json.dumps({"global_step": s}) + "\n" for s in (1, 2, 3, 4, 3)) + "not json\n")
