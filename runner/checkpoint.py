@@ -22,8 +22,9 @@ import yaml
 
 from runner.adapters import kind_of
 from runner.errors import RecordError, first_line
-from runner.results import atomic_write_json, atomic_write_text
-from runner.runs import CHECKPOINT_SLOTS, newest_checkpoint
+from runner.atomic_io import atomic_write_json, atomic_write_text
+from runner.run_files import CHECKPOINT_SLOTS
+from runner.runs import newest_checkpoint
 
 CHECKPOINT = CHECKPOINT_SLOTS[0]
 TRASH = ".checkpoint.trash"  # a folder being deleted (never read)

@@ -10,7 +10,8 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from runner import runs
+from runner import run_files
+from runner.results import read_record
 
 REPO = Path(__file__).resolve().parent.parent
 CONF_DIR = REPO / "conf"
@@ -44,17 +45,15 @@ def run_label(default: str, from_run, criterion) -> str:
     so its dir name says so from the start (Hydra names the dir before the job runs)."""
     if from_run in (None, "", "None", "null"):
         return default
-    import json
-
     src = Path(str(from_run)).expanduser()
     name = None
     try:
-        name = json.loads((src / runs.RESULTS).read_text()).get("run_name")
-    except (OSError, ValueError, AttributeError):
+        name = (read_record(src) or {}).get("run_name")
+    except OSError:
         pass
     if not name:
         try:
-            name = (OmegaConf.load(src / runs.CONFIG) or {}).get("run_name")
+            name = (OmegaConf.load(src / run_files.CONFIG) or {}).get("run_name")
         except Exception:  # noqa: BLE001 (no readable source: the pruning stage says why in one line)
             name = None
     return f"prune-{criterion}-{name or src.name}"

@@ -18,8 +18,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from runner import runs
-from runner.results import STATUS_COMPLETED, STATUS_FAILED
+from runner import run_files, runs
+from runner.results import STATUS_COMPLETED, STATUS_FAILED, identity, read_record, record_problem, write_failure
 
 
 def reset_accelerate_state() -> None:
@@ -70,11 +70,11 @@ def record_failure(cfg, output_dir: Path, exc: BaseException, exit_code: int, st
     invalid values), which a single run reports on stderr and leaves no dir for.
     """
     output_dir = Path(output_dir)
-    if (output_dir / runs.RESULTS).exists() or int(os.environ.get("RANK", "0")) != 0:
+    if (output_dir / run_files.RESULTS).exists() or int(os.environ.get("RANK", "0")) != 0:
         return None
     job = hydra_job()
-    return runs.write_failure(output_dir, STATUS_FAILED, f"{type(exc).__name__}: {exc}", stage=stage,
-                              who=runs.identity(cfg), exit_code=exit_code,
+    return write_failure(output_dir, STATUS_FAILED, f"{type(exc).__name__}: {exc}", stage=stage,
+                              who=identity(cfg), exit_code=exit_code,
                               job={"num": job.get("num"), "overrides": job.get("overrides")})
 
 
@@ -97,10 +97,10 @@ def resolve_auto_resume(cfg) -> dict | None:
     if str(cfg.get("resume")).lower() != "auto":
         return None
     output_dir = Path(cfg.output_dir)
-    problem = runs.record_problem(output_dir)
+    problem = record_problem(output_dir)
     if problem:  # never rerun over what may be a finished job's only record
         raise RecordError(problem)
-    previous = runs.read(output_dir)
+    previous = read_record(output_dir)
     if previous and previous.get("status") == STATUS_COMPLETED:
         return previous
     resume = checkpoint.load_meta(output_dir) is not None

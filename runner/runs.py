@@ -3,10 +3,9 @@ survives a failed attempt. Training, pruning, a job in a sweep and the sweep its
 run dirs only through this module.
 
 * lock: :class:`DirLock`; what counts as a trace of a run: :func:`traces`;
-* reading: :func:`read` (any record), :func:`read_completed`, :func:`record_problem`
-  (a record that exists but cannot be read), :func:`state` (what a rerun must do);
-* writing: :func:`write_running`, :func:`write_failure` (the one shape of a record of a run that
-  did not complete), :func:`keep_previous_record`, :func:`trim_metrics`;
+* what a rerun must do: :func:`state`; the record itself is written and read by :mod:`runner.results`,
+  the files are named in :mod:`runner.run_files`;
+* trimming what a resume redoes: :func:`trim_metrics`;
 * retiring what an earlier attempt left: :func:`retire_traces` (inside the dir),
   :func:`retire_dir` (the whole dir, beside the others of a sweep).
 
@@ -30,26 +29,15 @@ Guarantees (README, "When things go wrong"):
 
 from __future__ import annotations
 
-import datetime
 import fcntl
 import json
 import os
 from pathlib import Path
 
+from runner.atomic_io import atomic_write_text
 from runner.errors import ConfigError
-from runner.results import (
-    STATUS_COMPLETED, STATUS_FAILED, STATUS_INTERRUPTED, STATUS_RUNNING, atomic_write_json, atomic_write_text,
-)
-
-# a run dir's files, named here only
-RESULTS = "results.json"  # the run's record
-CONFIG = "config.yaml"  # the resolved config it ran with (credentials masked)
-STEPS = "steps.jsonl"  # one record per optimizer step
-METRICS = "metrics.jsonl"  # what the tracker logged, one record per line
-LEARNING_CURVE = "learning_curve.png"
-LOCK_FILE = ".lock"
-RETIRED = ".retired"  # earlier attempts moved aside (retire_traces, retire_dir)
-HYDRA_OWN = {".hydra", LOCK_FILE, RETIRED}
+from runner.results import STATUS_COMPLETED, STATUS_FAILED, STATUS_INTERRUPTED, parse_record
+from runner.run_files import CHECKPOINT_SLOTS, CONFIG, HYDRA_OWN, LOCK_FILE, RETIRED
 # Settings that may differ between an interrupted attempt and its resume: how
 # it is run, checked and shown, not what it computes.
 MAY_CHANGE_ON_RESUME = (
@@ -214,14 +202,6 @@ def check_same_experiment(saved: dict | None, now: dict, accept: bool) -> list[s
     return changed
 
 
-def keep_previous_record(directory: Path, previous: dict, status: str, error: str, step: int) -> None:
-    """Add a failed attempt to the dir's existing record (``previous``, as read) instead of replacing it."""
-    attempts = list(previous.get("attempts") or [])
-    attempts.append({"status": status, "error": error, "step": step,
-                     "at": _now()})
-    atomic_write_json(Path(directory) / RESULTS, {**previous, "attempts": attempts})
-
-
 def trim_metrics(path: Path, last_step: int) -> int:
     """Drop the ``metrics.jsonl`` records after ``last_step`` (logged after the checkpoint a resume
     continues from); returns how many were dropped. Unreadable lines are dropped too."""
@@ -244,56 +224,10 @@ def trim_metrics(path: Path, last_step: int) -> int:
     return dropped
 
 
-# --------------------------------------------------------------------------- reading
-
-
-def _parse(run_dir: Path) -> tuple[dict | None, str | None]:
-    """A dir's record and why it cannot be read: (record, None), (None, problem), or (None, None) when absent."""
-    path = Path(run_dir) / RESULTS
-    if not path.is_file():
-        return None, None
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        return None, (f"{path} is unreadable ({type(exc).__name__}: {exc}); restore it, or move the run dir away "
-                      "to rerun it (its trained outputs are left untouched)")
-    if not isinstance(data, dict):
-        return None, f"{path} does not hold a record (a JSON object); restore it or move the run dir away"
-    return data, None
-
-
-def read(run_dir: Path) -> dict | None:
-    """A run dir's record (``results.json``), or None when it is missing or unreadable (a run that died early)."""
-    return _parse(run_dir)[0]
-
-
-def read_completed(run_dir: Path) -> dict | None:
-    """A run dir's record if its status is completed, else None (failed, interrupted, running, missing)."""
-    results = read(run_dir)
-    return results if results is not None and results.get("status") == STATUS_COMPLETED else None
-
-
-def training_completed(record: dict | None) -> bool:
-    """Whether a record's training completed: ``completed``, or a run whose stage after training (head
-    pruning) failed or was interrupted; its model and training numbers are then complete."""
-    record = record or {}
-    return record.get("status") == STATUS_COMPLETED or record.get("stage") == "post_train"
-
-
-def record_problem(run_dir: Path) -> str | None:
-    """Why a dir's ``results.json`` exists but cannot be read (None when it is fine or absent): such a
-    record is never rerun over, it may be a finished run's only one."""
-    return _parse(run_dir)[1]
-
-
 # what a rerun of a dir must do (state)
 COMPLETED, FAILED, INTERRUPTED, RESUMABLE, INCOMPLETE, MISSING, DAMAGED = (
     "completed", "failed", "interrupted", "resumable", "incomplete", "missing", "damaged")
 
-
-# runner.checkpoint's folders: the checkpoint, the new one being written (complete once its meta.json is), the one
-# being replaced; a folder is deleted only after a rename to a trash name, so none of these is ever half deleted
-CHECKPOINT_SLOTS = ("checkpoint", ".checkpoint.tmp", ".checkpoint.old")
 
 
 def newest_checkpoint(run_dir: Path) -> Path | None:
@@ -323,7 +257,7 @@ def state(run_dir: Path) -> str:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         return MISSING
-    record, problem = _parse(run_dir)  # read once
+    record, problem = parse_record(run_dir)  # read once
     if problem:
         return DAMAGED
     status = (record or {}).get("status")
@@ -334,47 +268,6 @@ def state(run_dir: Path) -> str:
     if status == STATUS_INTERRUPTED:
         return INTERRUPTED if has_checkpoint(run_dir) else INCOMPLETE
     return RESUMABLE if has_checkpoint(run_dir) else INCOMPLETE
-
-
-# --------------------------------------------------------------------------- writing
-
-
-def _now() -> str:
-    return datetime.datetime.now().isoformat(timespec="seconds")
-
-
-def identity(cfg) -> dict:
-    """Which run a record is of (run_name, task, model, method, seed), read leniently from a config
-    that may itself be what failed."""
-
-    def field(path: str):
-        try:
-            node = cfg
-            for key in path.split("."):
-                node = node[key]
-            return node
-        except Exception:  # noqa: BLE001
-            return None
-
-    return {"run_name": field("run_name"), "task": field("task.name"), "model": field("model.short_name"),
-            "method": field("method.name"), "seed": field("seed")}
-
-
-def write_running(directory: Path, cfg) -> None:
-    """A fresh run's first record: a run that dies leaves one."""
-    atomic_write_json(Path(directory) / RESULTS, {"status": STATUS_RUNNING, **identity(cfg), "pid": os.getpid(),
-                                                  "started_at": _now()})
-
-
-def write_failure(directory: Path, status: str, error: str, *, stage: str, who: dict, **fields) -> Path:
-    """The record of a run that did not complete, in one shape whoever writes it (training, pruning,
-    the job wrapper, the sweep): ``status`` (failed | interrupted), ``stage`` (where it stopped:
-    before_training, train, finish, post_train, pruning, no_results), ``error`` (one line), who the
-    run is (:func:`identity`), ``finished_at``, and what the writer knows besides (``step``,
-    ``checkpoint_step``, ``exit_code``, ...)."""
-    path = Path(directory) / RESULTS
-    atomic_write_json(path, {"status": status, "stage": stage, "error": error, **who, **fields, "finished_at": _now()})
-    return path
 
 
 # --------------------------------------------------------------------------- retiring

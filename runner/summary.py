@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from runner import runs
+from runner import run_files
 
 
 def _gib(n) -> str:
@@ -65,7 +65,7 @@ def run_summary(results: dict, output_dir: Path) -> str:
         value = primary.get("main_metric")
         shown = f"{value:.4f}" if isinstance(value, (int, float)) else "-"
         lines.append(f"  pruned {primary.get('heads_pruned')} heads (ratio {primary.get('ratio')}): {main} {shown}")
-    lines.append(f"  results: {Path(output_dir) / runs.RESULTS}  curve: {Path(output_dir) / runs.LEARNING_CURVE}")
+    lines.append(f"  results: {Path(output_dir) / run_files.RESULTS}  curve: {Path(output_dir) / run_files.LEARNING_CURVE}")
     wandb = results.get("wandb") or {}
     if wandb.get("dir") and "offline" in str(wandb.get("dir")):
         lines.append(f"  W&B ran offline; upload with: wandb sync {Path(wandb['dir']).parent}")

@@ -44,7 +44,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from runner import runs
-from runner.results import STATUS_COMPLETED, STATUS_FAILED, STATUS_INTERRUPTED, atomic_write_json, atomic_write_text
+from runner.atomic_io import atomic_write_json, atomic_write_text
+from runner.results import STATUS_COMPLETED, STATUS_FAILED, STATUS_INTERRUPTED, read_record, record_problem, write_failure
 from runner.runs import COMPLETED, DAMAGED, FAILED, INTERRUPTED, MISSING, RESUMABLE
 
 MANIFEST = "sweep.json"
@@ -164,7 +165,7 @@ def jobs_to_run(jobs: list[Job], retry_failed: bool = False) -> list[tuple[Job, 
         if state == COMPLETED:
             continue
         if state == DAMAGED:
-            print(f"sweep: {job.name}: skipped: {runs.record_problem(Path(job.dir))}", file=sys.stderr)
+            print(f"sweep: {job.name}: skipped: {record_problem(Path(job.dir))}", file=sys.stderr)
             continue
         if state == FAILED and not retry_failed:
             print(f"sweep: {job.name}: failed before; skipped (--retry-failed reruns it)", file=sys.stderr)
@@ -223,12 +224,12 @@ def summarize(sweep_dir: Path, jobs: list[Job] | None = None) -> list[dict]:
         jobs, _ = load_plan(sweep_dir)
     rows = []
     for job in jobs:
-        results = runs.read(Path(job.dir)) or {}
+        results = read_record(Path(job.dir)) or {}
         metric_name = results.get("main_metric")
         rows.append({
             "num": job.num, "name": job.name, "state": runs.state(Path(job.dir)),
             "metric": metric_name, "value": (results.get("metrics") or {}).get(metric_name) if metric_name else None,
-            "error": runs.record_problem(Path(job.dir)) or results.get("error"), "dir": str(Path(job.dir).relative_to(sweep_dir)) if Path(job.dir).is_relative_to(sweep_dir) else job.dir,
+            "error": record_problem(Path(job.dir)) or results.get("error"), "dir": str(Path(job.dir).relative_to(sweep_dir)) if Path(job.dir).is_relative_to(sweep_dir) else job.dir,
             "overrides": job.overrides,
         })
     atomic_write_json(sweep_dir / f"{SUMMARY}.json", {"sweep_dir": str(sweep_dir), "jobs": rows,
@@ -354,13 +355,13 @@ def _last_error_line(log_path: Path) -> str | None:
 def record_launch_failure(job: Job, returncode: int, log_path: Path) -> None:
     """A job that exited without results.json (bad input, a crash at start, killed) gets a failure record."""
     job_dir = Path(job.dir)
-    if runs.read(job_dir) is not None:
+    if read_record(job_dir) is not None:
         return
     job_dir.mkdir(parents=True, exist_ok=True)
     # killed (SIGKILL after the grace period, or by hand) or stopped by a signal: interrupted, so that --resume
     # reruns it; a job that exits non-zero by itself failed
     killed = returncode < 0 or returncode - 128 in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL)
-    runs.write_failure(job_dir, STATUS_INTERRUPTED if killed else STATUS_FAILED,
+    write_failure(job_dir, STATUS_INTERRUPTED if killed else STATUS_FAILED,
                        _last_error_line(log_path) or f"exit code {returncode}",
                        stage="killed" if killed else "before_training" if returncode != 0 else "no_results",
                        who={"run_name": job.name.split("_", 1)[1]}, exit_code=returncode,
@@ -448,10 +449,10 @@ class Runner:
 
     def _finished(self, job: Job, returncode: int, seconds: float) -> None:
         log_path = self.sweep_dir / "logs" / f"{job.name}.log"
-        if returncode != 0 or runs.read(Path(job.dir)) is None:
+        if returncode != 0 or read_record(Path(job.dir)) is None:
             record_launch_failure(job, returncode, log_path)
         state = runs.state(Path(job.dir))
-        results = runs.read(Path(job.dir)) or {}
+        results = read_record(Path(job.dir)) or {}
         metric = results.get("main_metric")
         value = (results.get("metrics") or {}).get(metric) if metric else None
         detail = f"{metric}={value:.4f}" if isinstance(value, (int, float)) else (results.get("error") or "")[:200]
@@ -513,7 +514,7 @@ def completed_runs(sweep_dir: Path, method: str | None = None) -> list[Path]:
     jobs, _ = load_plan(sweep_dir)
     out = []
     for job in jobs:
-        results = runs.read(Path(job.dir)) or {}
+        results = read_record(Path(job.dir)) or {}
         if results.get("status") == STATUS_COMPLETED and (method is None or results.get("method") == method):
             out.append(Path(job.dir))
     return out

@@ -13,8 +13,8 @@ import netrc
 import os
 from pathlib import Path
 
-from runner import runs
 from runner.secrets import scrub, secret_values
+from runner import run_files
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +25,7 @@ def scrub_hydra_files(output_dir: Path, sweep_dir: Path | None = None) -> None:
     values (``runner.sweep --resume`` reads a masked credential from the environment)."""
     import yaml
 
-    from runner.results import atomic_write_text
+    from runner.atomic_io import atomic_write_text
 
     paths = sorted((Path(output_dir) / ".hydra").glob("*.yaml"))
     if sweep_dir is not None:
@@ -154,7 +154,7 @@ class Tracker:
     def __init__(self, cfg, output_dir: Path, is_main: bool, resolved_config: dict, run_id: str | None = None):
         self.is_main = is_main
         self.run = None
-        self.path = Path(output_dir) / runs.METRICS
+        self.path = Path(output_dir) / run_files.METRICS
         self._file = None
         if not is_main:
             return

@@ -38,9 +38,12 @@ from runner.classifier_heads import head_parameter_count, resolve_pooling, start
 from runner.jobs import reset_accelerate_state
 from runner.methods import LoopContext, build_method
 from runner.models import check_per_layer_methods, load_model_and_tokenizer, model_source, resolve_model_path
+from runner.atomic_io import atomic_write_text
 from runner.results import (
-    STATUS_COMPLETED, STATUS_FAILED, STATUS_INTERRUPTED, STATUS_RUNNING, atomic_write_json, atomic_write_text, flatten,
+    STATUS_COMPLETED, STATUS_FAILED, STATUS_INTERRUPTED, STATUS_RUNNING, flatten, identity, keep_previous_record, read_record,
+    write_failure, write_record, write_running,
 )
+from runner import run_files
 from runner.stop_signals import FINISH, POST_TRAIN, TRAIN, RunInterrupted, StopSignals
 from runner.tasks import compute_metrics, predictions_from_logits
 from runner.tracking import Tracker
@@ -182,14 +185,14 @@ class Recipe:
         cfg = self.cfg
         self.output_dir.mkdir(parents=True, exist_ok=True)
         if self.is_main:
-            atomic_write_text(self.output_dir / runs.CONFIG, OmegaConf.to_yaml(OmegaConf.create(resolved_config(cfg))))
+            atomic_write_text(self.output_dir / run_files.CONFIG, OmegaConf.to_yaml(OmegaConf.create(resolved_config(cfg))))
         if self.resume_state is not None and self.is_main:  # one metrics record per step, whatever happened
-            runs.trim_metrics(self.output_dir / runs.METRICS, self.resume_state["global_step"])
+            runs.trim_metrics(self.output_dir / run_files.METRICS, self.resume_state["global_step"])
         run_id = (self.resume_state or {}).get("wandb_run_id")
         self.tracker = Tracker(cfg, self.output_dir, self.is_main, resolved_config(cfg), run_id=run_id)
         self.started = True
         if self.is_main and self.resume_state is None:  # a small record first: a run that dies leaves one
-            runs.write_running(self.output_dir, cfg)
+            write_running(self.output_dir, cfg)
         if self.is_main:  # bad input has been ruled out by now: it gets its one error line alone
             print(f"run dir: {self.output_dir}", file=sys.stderr, flush=True)
 
@@ -245,7 +248,7 @@ class Recipe:
 
     def _check_output_dir(self) -> dict | None:
         """Never overwrite or mix into another run's record; resume only the same run from a checkpoint."""
-        previous = (runs.read(self.output_dir) or {}).get("status")
+        previous = (read_record(self.output_dir) or {}).get("status")
         meta = checkpoint.load_meta(self.output_dir)
         if self.cfg.resume:
             if previous == STATUS_COMPLETED:
@@ -672,7 +675,7 @@ class Recipe:
         if self.is_main:
             try:
                 path = curves.plot_learning_curve(
-                    self.output_dir / runs.LEARNING_CURVE, self.history, self.evals, list(task.metrics), trivial,
+                    self.output_dir / run_files.LEARNING_CURVE, self.history, self.evals, list(task.metrics), trivial,
                     title=f"{self.cfg.run_name}: {task.name}, {self.cfg.method.name}, pooling={self.cfg.model.pooling}",
                 )
                 self.tracker.log_image("learning_curve", path, self.global_step)
@@ -733,13 +736,13 @@ def _run(recipe: Recipe, post_train) -> dict:
             with recipe.timer.phase("sharpness"):
                 results["sharpness"] = sharpness_of_run(recipe.accelerator, recipe.model, recipe.train_loader, cfg)
         results["method_report"] = recipe.method.report(recipe.ctx, recipe.history)
-        results["artifacts"] = {"model": str(model_dir), "steps": runs.STEPS, "config": runs.CONFIG}
+        results["artifacts"] = {"model": str(model_dir), "steps": run_files.STEPS, "config": run_files.CONFIG}
         results["status"] = STATUS_COMPLETED
         recipe.stop_if_signalled()
         if recipe.is_main:
             results["wandb"] = {"run_id": recipe.tracker.run_id, "dir": recipe.tracker.run_dir}
-            write_step_history(recipe.output_dir / runs.STEPS, recipe.history)
-            atomic_write_json(recipe.output_dir / runs.RESULTS, results)
+            write_step_history(recipe.output_dir / run_files.STEPS, recipe.history)
+            write_record(recipe.output_dir, results)
             recipe.tracker.summary(flatten(results))
         trained = results
         if post_train is not None:  # e.g. head pruning (runner.prune)
@@ -748,7 +751,7 @@ def _run(recipe: Recipe, post_train) -> dict:
                 cfg=cfg, model=recipe.accelerator.unwrap_model(recipe.model), tokenizer=recipe.tokenizer, data=recipe.data,
                 device=recipe.device, tracker=recipe.tracker, step=recipe.global_step, is_main=recipe.is_main)))
             if recipe.is_main:
-                atomic_write_json(recipe.output_dir / runs.RESULTS, results)
+                write_record(recipe.output_dir, results)
         exit_code = 0
         return results
     except BaseException as exc:
@@ -786,16 +789,16 @@ def write_failure_record(recipe: Recipe, trained: dict | None, status: str, exc:
     where = {"step": recipe.global_step, "checkpoint_step": None}
     try:
         if trained is not None:  # training finished; the stage after it failed: keep every number
-            atomic_write_json(out / runs.RESULTS, {**trained, "status": status, "stage": POST_TRAIN, "error": error})
+            write_record(out, {**trained, "status": status, "stage": POST_TRAIN, "error": error})
             return
         meta = checkpoint.load_meta(out)  # inside: a disk that fails here still gets the small record
         where["checkpoint_step"] = meta["global_step"] if meta is not None else None
-        previous = runs.read(out) or {}
+        previous = read_record(out) or {}
         if previous and recipe.resume_state is not None and recipe.global_step <= int(previous.get("step") or 0):
-            runs.keep_previous_record(out, previous, status, error, recipe.global_step)
+            keep_previous_record(out, previous, status, error, recipe.global_step)
             return
-        write_step_history(out / runs.STEPS, recipe.history)
-        runs.write_failure(out, status, error, stage=stage, who=runs.identity(recipe.cfg), **where,
+        write_step_history(out / run_files.STEPS, recipe.history)
+        write_failure(out, status, error, stage=stage, who=identity(recipe.cfg), **where,
                            # what resume=true continues from (steps after it are lost with this attempt)
                            checkpoint=str(checkpoint.complete_checkpoint(out)) if meta is not None else None,
                            attempts=previous.get("attempts", []) if recipe.resume_state is not None else [],
@@ -806,7 +809,7 @@ def write_failure_record(recipe: Recipe, trained: dict | None, status: str, exc:
     except OSError as write_error:
         log.warning("writing the full failure record failed (%s); writing a small one", write_error)
     try:
-        runs.write_failure(out, status, error, stage=stage, who={"run_name": recipe.cfg.run_name}, **where)
+        write_failure(out, status, error, stage=stage, who={"run_name": recipe.cfg.run_name}, **where)
     except OSError as write_error:
         log.warning("writing the failure record failed too (%s); %s keeps its previous record", write_error,
-                    out / runs.RESULTS)
+                    out / run_files.RESULTS)

@@ -39,8 +39,9 @@ for seed in $SEEDS; do
       lora_run=$($PY - "$OUT/safe_$task/adapter" "$seed" <<'EOF'
 import sys
 from pathlib import Path
-from runner.runs import read_completed
-for cfg in sorted(Path(sys.argv[1]).glob("**/results.json")):
+from runner.results import read_completed
+from runner.run_files import RESULTS
+for cfg in sorted(Path(sys.argv[1]).glob(f"**/{RESULTS}")):
     r = read_completed(cfg.parent)
     if r and str(r.get("seed")) == sys.argv[2]:
         print(cfg.parent); break

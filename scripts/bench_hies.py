@@ -42,7 +42,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # run as a script from anywhere
 
 from runner.aggregate import find_results, summarize_pruning, trivial_level
-from runner.runs import read_completed
+from runner.results import read_completed
 from runner.sweep import completed_runs, run_or_resume
 
 CRITERIA = ["hies", "his", "entropy", "magnitude", "random", "none"]

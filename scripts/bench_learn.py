@@ -43,7 +43,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run as a script from anywhere
 
-from runner.runs import read_completed
+from runner.results import read_completed
+from runner.run_files import RESULTS
 from runner.sweep import run_or_resume
 
 RECIPES = {
@@ -144,7 +145,7 @@ def run_sweeps(args) -> int:
 
 def collect(out: Path) -> list[dict]:
     rows = []
-    for path in sorted(out.glob("*-s*/*/results.json")):
+    for path in sorted(out.glob(f"*-s*/*/{RESULTS}")):
         results = read_completed(path.parent)
         if results is None:
             continue

@@ -36,7 +36,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run as a script from anywhere
 
-from runner.runs import read_completed
+from runner.results import read_completed
 from runner.sweep import completed_runs, run_or_resume
 
 TARGETS = {"mean_memory": 0.55, "flops": 0.70, "wall_time": 0.85, "metric_drop_points": 0.5}

@@ -15,7 +15,8 @@ import torch
 import runner.train as train_mod
 from runner.app import execute
 from runner.config import compose_config
-from runner.results import atomic_write_json
+from runner.atomic_io import atomic_write_json
+from runner.results import undeclared
 
 
 def break_classifier_at(monkeypatch, step: int, make_output):
@@ -50,6 +51,7 @@ def test_nan_loss_stops_marks_failed_and_keeps_last_checkpoint(tiny_overrides, t
     assert "loss is nan at step 6" in capsys.readouterr().err
     results = json.loads((out / "results.json").read_text())
     assert results["status"] == "failed" and results["step"] == 6 and "nan" in results["error"]
+    assert undeclared(results) == []
     meta = json.loads((out / "checkpoint" / "meta.json").read_text())
     assert meta["global_step"] == 4  # the last good checkpoint survives
     steps = [json.loads(line) for line in (out / "steps.jsonl").read_text().splitlines()]

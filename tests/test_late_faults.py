@@ -22,7 +22,7 @@ from netguard.recording_proxy import RecordingServer
 import runner.app as app_mod
 import runner.checkpoint as checkpoint_mod
 import runner.data as data_mod
-import runner.results as results_mod
+import runner.atomic_io as results_mod
 import runner.train as train_mod
 from runner.app import execute
 from runner.errors import ConfigError

@@ -17,6 +17,7 @@ from runner.prune.persist import load_pruned
 from runner.prune.pipeline import PruneInputs, run_pruning
 from runner.prune.quality import agreement as stability
 from runner.prune.settings import parse
+from runner.results import undeclared
 
 WORDS = "the a cat dog sat ran on under mat tree quickly slowly big small red blue house river".split()
 
@@ -299,7 +300,7 @@ def test_cli_prunes_after_training_and_on_a_saved_run(tiny_model_dir, tmp_path):
     assert cfg.run_name == f"prune-his-{res['run_name']}"  # Hydra names the job's dir after it: prune-his-mrpc-...
     execute(cfg)
     res2 = json.loads((prune_dir / "results.json").read_text())
-    assert res2["run_name"] == cfg.run_name
+    assert res2["run_name"] == cfg.run_name and undeclared(res2) == []
     saved = yaml.safe_load((prune_dir / "config.yaml").read_text())  # the config the job really ran
     assert (saved["task"]["name"], saved["method"]["name"], saved["model"]["short_name"]) == ("mrpc", "adapter", "tiny")
     assert saved["prune"]["name"] == "his" and saved["prune"]["ratios"] == [0.25, 0.5] and saved["run_name"] == cfg.run_name

@@ -11,6 +11,7 @@ import torch
 
 from helpers import compose_cfg, read_steps, run_cfg, save_tiny_model_dir, single_thread  # noqa: F401
 
+from runner.results import undeclared
 from runner.safe import schedule
 
 # 160 examples, batch 16: 10 steps per epoch, 20 steps in all; t_w at step 2, t_f at step 10.
@@ -98,6 +99,7 @@ def test_safe_freezes_on_schedule_and_reports(runs):
     assert results["sharpness"]["unmerged_for_measurement"] == 2 * 3  # query+value of 3 merged layers
     on_disk = json.loads((out / "results.json").read_text())
     assert on_disk["method_report"]["n_frozen"] == 3
+    assert undeclared(on_disk) == []  # sharpness included
 
 
 def test_safe_matches_plain_adapter_tuning_until_the_first_freeze(runs):

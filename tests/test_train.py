@@ -9,6 +9,7 @@ import yaml
 from helpers import compose_config, read_steps, save_tiny_model_dir
 from wandb_files import find_run_file, read_run
 
+from runner.results import undeclared
 from runner.train import run
 
 
@@ -22,6 +23,7 @@ def test_adapter_run_writes_every_measurement(tiny_overrides, tmp_path):
     results, out = train(tiny_overrides, tmp_path)
     on_disk = json.loads((out / "results.json").read_text())
     assert on_disk["status"] == results["status"] == "completed"
+    assert undeclared(on_disk) == []  # every key is declared in runner.results (docs/results.md)
     assert set(on_disk["metrics"]) >= {"accuracy", "f1", "loss", "num_examples"}
     assert on_disk["metrics"]["num_examples"] == 32
     mem, flops, time, params = on_disk["memory"], on_disk["flops"], on_disk["time"], on_disk["params"]

@@ -102,7 +102,7 @@ class BottleneckKind(AdapterKind):
         """The adapters, the classifier and whatever else trained beside them (the pooler under cls pooling)."""
         from safetensors.torch import save_file
 
-        from runner.results import atomic_write_json
+        from runner.atomic_io import atomic_write_json
 
         state = {n: p.detach().contiguous().cpu() for n, p in model.named_parameters()
                  if is_adapter_param(n) or is_head_param(n) or p.requires_grad}

@@ -3,14 +3,13 @@ sections written by other parts of the runner are read here only."""
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import pandas as pd
 
-from runner import runs
-from runner.results import flatten
+from runner import run_files
+from runner.results import flatten, load_record, read_record
 
 GLUE_ORDER = ["cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "qnli", "rte", "wnli"]
 GROUP_KEYS = ["model", "task", "method", "adapter"]  # more with --by (e.g. prune.name, trainer.lr)
@@ -88,7 +87,7 @@ def trivial_level(results: dict) -> dict | None:
     """
     learning = results.get("learning")
     if not isinstance(learning, dict) and results.get("source_run"):
-        learning = (runs.read(Path(results["source_run"])) or {}).get("learning")
+        learning = (read_record(Path(results["source_run"])) or {}).get("learning")
     if not isinstance(learning, dict) or learning.get("trivial") is None:
         return None
     regression = isinstance(learning.get("trivial_prediction"), float)
@@ -111,11 +110,11 @@ def find_results(root: Path) -> list[Path]:
     root = Path(root)
     if root.is_file():
         return [root]
-    return sorted(p for p in root.rglob(runs.RESULTS) if not _hidden(p, root) and "wandb" not in p.parts)
+    return sorted(p for p in root.rglob(run_files.RESULTS) if not _hidden(p, root) and "wandb" not in p.parts)
 
 
 def _load_config(run_dir: Path) -> dict:
-    path = run_dir / runs.CONFIG
+    path = run_dir / run_files.CONFIG
     if not path.is_file():
         return {}
     import yaml
@@ -207,10 +206,9 @@ def collect(paths: list[Path], by: list[str] | None = None) -> tuple[pd.DataFram
             raise SystemExit(f"error: {root} does not exist")
         for path in find_results(root):
             run_dir = path.parent
-            try:
-                results = json.loads(path.read_text())
-            except (OSError, json.JSONDecodeError) as exc:
-                problems.append({"path": str(run_dir), "status": "unreadable", "error": f"{type(exc).__name__}: {exc}"})
+            results, problem = load_record(path)
+            if results is None:
+                problems.append({"path": str(run_dir), "status": "unreadable", "error": problem})
                 continue
             cfg = _load_config(run_dir)
             row = run_row(results, run_dir, cfg, by, root)
@@ -254,7 +252,7 @@ def _jobs_without_results(root: Path) -> list[dict]:
         return out
     for hydra_dir in root.rglob(".hydra"):
         run_dir = hydra_dir.parent
-        if _hidden(hydra_dir, root) or (run_dir / runs.RESULTS).is_file():
+        if _hidden(hydra_dir, root) or (run_dir / run_files.RESULTS).is_file():
             continue
         seen.add(run_dir.resolve())
         has_ckpt = (run_dir / "checkpoint" / "meta.json").is_file()

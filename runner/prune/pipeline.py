@@ -31,7 +31,7 @@ from runner.prune.scores import (CalibrationScores, calibration_scores, criterio
                                   ranking_agreement)
 from runner.prune.select import mask_to_dict, select_heads_to_prune
 from runner.prune.settings import PruneSettings
-from runner.results import atomic_write_json
+from runner.atomic_io import atomic_write_json
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,12 @@ from runner.errors import ConfigError, ModelError
 from runner.prune import settings as settings_lib
 from runner.prune.pipeline import PruneInputs, run_pruning
 from runner import runs
-from runner.results import STATUS_COMPLETED, STATUS_FAILED, STATUS_INTERRUPTED, atomic_write_json, atomic_write_text
+from runner.atomic_io import atomic_write_text
+from runner.results import (
+    STATUS_COMPLETED, STATUS_FAILED, STATUS_INTERRUPTED, flatten, read_record, record_problem, training_completed, write_failure,
+    write_record,
+)
+from runner import run_files
 from runner.secrets import scrub
 from runner.stop_signals import POST_TRAIN, PRUNING, RunInterrupted, StopSignals
 
@@ -71,7 +76,7 @@ def _cache_dir(cfg) -> Path | None:
 
 
 def _source_config(src: Path) -> DictConfig:
-    for candidate in (src / runs.CONFIG, src / "model" / "run_config.yaml"):
+    for candidate in (src / run_files.CONFIG, src / "model" / "run_config.yaml"):
         if candidate.is_file():
             return OmegaConf.load(candidate)
     raise ConfigError(f"prune.from_run={src} holds no config.yaml (nor model/run_config.yaml); is it a runner output dir?")
@@ -145,9 +150,9 @@ def prune_saved_run(cfg: DictConfig, s: settings_lib.PruneSettings) -> dict:
     if not (src / "model").is_dir():
         raise ConfigError(f"prune.from_run={s.from_run}: no model/ folder there; give the output dir of a finished run "
                           f"or a model folder (with config.json)")
-    src_results = runs.read(src) or {}
+    src_results = read_record(src) or {}
     src_status = src_results.get("status")
-    if src_status is not None and not runs.training_completed(src_results):
+    if src_status is not None and not training_completed(src_results):
         raise ConfigError(f"prune.from_run={s.from_run}: that run's results say {src_status} (step {src_results.get('step')}); "
                           f"prune a run whose training completed")
     source_cfg = _source_config(src)
@@ -182,14 +187,14 @@ def _claim(out: Path, cfg: DictConfig, job_cfg: dict) -> dict | None:
     if not runs.traces(out) or not _resuming(cfg):
         runs.check_fresh(out)
         return None
-    problem = runs.record_problem(out)
+    problem = record_problem(out)
     if problem:
         raise ConfigError(problem)
     changes = runs.settings_changes(out, job_cfg, most=3)
     if changes:
         raise ConfigError(f"{out} holds another run than this pruning job ({changes}); "
                           f"rerun with the settings it ran with, or choose another hydra.run.dir")
-    previous = runs.read(out) or {}
+    previous = read_record(out) or {}
     if previous.get("status") == STATUS_COMPLETED:
         log.info("%s already completed; skipped (resume=%s)", out, cfg.get("resume"))
         return previous
@@ -221,11 +226,10 @@ def _prune_into(out: Path, cfg: DictConfig, s, src: Path, src_results: dict, sou
     """The pruning job proper, in a dir this process holds; SIGINT/SIGTERM stop it at once with an
     ``interrupted`` record (runner.stop_signals, stage ``pruning``)."""
     from runner import data as data_lib
-    from runner.results import flatten
     from runner.tracking import Tracker
 
     run_name = str(cfg.run_name)  # prune-<criterion>-<source run> (runner.config.run_label) unless the user named it
-    atomic_write_text(out / runs.CONFIG, OmegaConf.to_yaml(OmegaConf.create(job_cfg)))
+    atomic_write_text(out / run_files.CONFIG, OmegaConf.to_yaml(OmegaConf.create(job_cfg)))
     tcfg = OmegaConf.merge(cfg, {"run_name": run_name})
     tracker = Tracker(tcfg, out, True, job_cfg)
     device = _device(cfg)
@@ -258,12 +262,12 @@ def _prune_into(out: Path, cfg: DictConfig, s, src: Path, src_results: dict, sou
             "provenance": provenance.collect(device, int(cfg.seed), 1),
         }
         results["wandb"] = {"run_id": tracker.run_id, "dir": tracker.run_dir}
-        atomic_write_json(out / runs.RESULTS, results)
+        write_record(out, results)
         tracker.summary(flatten({k: v for k, v in results.items() if k != "pruning"}))
         exit_code = 0
         return results
     except BaseException as exc:
-        runs.write_failure(out, _status_of(exc), f"{type(exc).__name__}: {exc}", stage="pruning",
+        write_failure(out, _status_of(exc), f"{type(exc).__name__}: {exc}", stage="pruning",
                            who={"run_name": run_name, "task": task.name, "model": source_cfg.model.get("short_name"),
                                 "method": f"prune:{s.criterion}", "seed": int(cfg.seed)}, source_run=str(src))
         raise
@@ -297,8 +301,8 @@ def needs_pruning_again(cfg: DictConfig) -> bool:
     interrupted or failed: :func:`prune_trained_run_again` finishes it, without retraining."""
     if not _resuming(cfg):
         return False
-    record = runs.read(Path(cfg.output_dir))
-    return record is not None and record.get("status") != STATUS_COMPLETED and runs.training_completed(record)
+    record = read_record(Path(cfg.output_dir))
+    return record is not None and record.get("status") != STATUS_COMPLETED and training_completed(record)
 
 
 def _pooling_settled(cfg: DictConfig) -> DictConfig:
@@ -321,14 +325,13 @@ def prune_trained_run_again(cfg: DictConfig, s: settings_lib.PruneSettings) -> d
     ``pruning`` section; it says ``completed`` once that is written."""
     from runner import data as data_lib
     from runner.config import resolved_config
-    from runner.results import flatten
     from runner.tracking import Tracker
 
     out = Path(cfg.output_dir)
     if int(os.environ.get("RANK", "0")) != 0:  # pruning after training runs on the main process only
-        return runs.read(out) or {}
+        return read_record(out) or {}
     with runs.DirLock(out):
-        record = runs.read(out) or {}
+        record = read_record(out) or {}
         runs.check_same_settings(out, resolved_config(_pooling_settled(cfg)))
         source_cfg = _source_config(out)
         task = _task_config(source_cfg, cfg)
@@ -346,12 +349,12 @@ def prune_trained_run_again(cfg: DictConfig, s: settings_lib.PruneSettings) -> d
             section["pruned_again"] = {"from": "model/", "earlier_attempt": record.get("error")}
             results = {k: v for k, v in record.items() if k not in ("stage", "error")}
             results.update(status=STATUS_COMPLETED, pruning=section)
-            atomic_write_json(out / runs.RESULTS, results)
+            write_record(out, results)
             tracker.summary(flatten({"status": STATUS_COMPLETED}))
             exit_code = 0
             return results
         except BaseException as exc:
-            atomic_write_json(out / runs.RESULTS, {**record, "status": _status_of(exc), "stage": POST_TRAIN,
+            write_record(out, {**record, "status": _status_of(exc), "stage": POST_TRAIN,
                                                     "error": f"{type(exc).__name__}: {exc}"})
             raise
         finally:
