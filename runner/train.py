@@ -19,35 +19,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, DistributedDataParallelKwargs, set_seed
-from omegaconf import DictConfig, OmegaConf, open_dict
+from accelerate.utils import DataLoaderConfiguration, DistributedDataParallelKwargs
+from omegaconf import DictConfig
 from tqdm.auto import tqdm
-from transformers import get_scheduler
 
-from runner import checkpoint, curves, data as data_lib, lm, measure, provenance, runs
-from runner.config import resolved_config
-from runner.adapters import (
-    is_adapter_param, is_head_param, layer_index, parameter_counts, prepare_trainable, target_modules,
-    trained_head_modules,
-)
-from runner.errors import ConfigError
-from runner.classifier_heads import head_parameter_count, resolve_pooling, start_regression_bias
-from runner.jobs import reset_accelerate_state
-from runner.methods import LoopContext, build_method
-from runner.models import check_per_layer_methods, load_model_and_tokenizer, model_source, resolve_model_path
+from runner import checkpoint, data as data_lib, lm, measure, record_builder, run_files, runs, train_setup
+from runner.adapters import is_adapter_param, is_head_param, layer_index
 from runner.atomic_io import atomic_write_text
+from runner.config import resolved_config
+from runner.errors import ConfigError
+from runner.jobs import reset_accelerate_state
+from runner.methods import build_method
 from runner.results import (
-    STATUS_COMPLETED, STATUS_FAILED, STATUS_INTERRUPTED, STATUS_RUNNING, flatten, identity, keep_previous_record, read_record,
-    write_failure, write_record, write_running,
+    STATUS_FAILED, STATUS_INTERRUPTED, flatten, identity, keep_previous_record, read_record, write_failure, write_record,
 )
-from runner import run_files
 from runner.stop_signals import FINISH, POST_TRAIN, TRAIN, RunInterrupted, StopSignals
 from runner.tasks import compute_metrics, predictions_from_logits
 from runner.tracking import Tracker
-from runner.validate import check_sequence_length
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +93,7 @@ class Recipe:
         )
         self.device = self.accelerator.device
         self.tf32 = use_tf32(cfg.trainer.tf32, self.device)
-        self.compiled = None  # trainer.compile: the compiled training module (see _compile)
+        self.compiled = None  # trainer.compile: the compiled training module (see compile_model)
         self.is_main = self.accelerator.is_main_process
         self.history: list[dict] = []  # one record per optimizer step
         self.peak_saved: float | None = None  # the largest saved-for-backward bytes of a step so far
@@ -112,7 +102,6 @@ class Recipe:
         self.evals: list[dict] = []
         self.global_step = 0
         self.epoch = 0
-        self.results: dict = {"status": STATUS_RUNNING}
         self.tracker: Tracker | None = None
         self.started = False  # True once the run dir holds something worth keeping
         self.eval_flop_meter = measure.FlopMeter(cfg.trainer.count_flops)
@@ -126,152 +115,9 @@ class Recipe:
     # ------------------------------------------------------------------ setup
 
     def setup(self) -> None:
-        cfg = self.cfg
-        with self.timer.phase("setup"):
-            set_seed(cfg.seed)
-            model_path = resolve_model_path(cfg.model.name_or_path)  # a missing local model fails before the data is read
-            self._resolve_pooling(model_path)  # before the resume check: config.yaml holds the resolved choice
-            self.lock.acquire()  # one run per dir at a time
-            self.resume_state = self._check_output_dir()
-            model = self._load_model_and_data()  # bad input stops here, before anything is logged or written
-            self.fingerprint = self._experiment_fingerprint()
-            if self.resume_state is not None:  # the same experiment, not only the same config.yaml
-                self.accepted_changes = runs.check_same_experiment(self.resume_state.get("fingerprint"), self.fingerprint,
-                                                                   bool(cfg.get("resume_accept_changes")))
-            self._start_record()
-            self._prepare(model)
-            self._adopt(self.method.setup(self.ctx))  # SAFE with freeze=static freezes (and may re-wrap) here
-            if self.resume_state is not None:
-                self._restore(self.resume_state)
-
-    def _experiment_fingerprint(self) -> dict:
-        """What a resume must find unchanged (results.json "fingerprint", each checkpoint's meta.json)."""
-        n = self.accelerator.num_processes
-        return {"weights": self.model_source.get("weights"), "data": data_lib.fingerprint(self.data), "world_size": n,
-                "effective_batch": int(self.cfg.trainer.batch_size) * int(self.cfg.trainer.grad_accum_steps) * n}
-
-    def _load_model_and_data(self):
-        """Data, model, tokenizer, the head and what trains, and the data loaders; returns the model."""
-        cfg = self.cfg
-        self.data = data_lib.load_task_splits(cfg.task)
-        model, self.tokenizer = load_model_and_tokenizer(cfg.model, cfg.task)
-        # which model ran (results.json "model_source"); the weights' fingerprint only for training runs
-        self.model_source = model_source(cfg.model, resolve_model_path(cfg.model.name_or_path), model.config)
-        check_per_layer_methods(cfg, model.config)  # ALBERT: SAFE and pruning refuse before training
-        check_sequence_length(int(cfg.trainer.max_seq_length), self.tokenizer, model.config, list(cfg.task.text_keys))
-        self.head = self._start_head(model)
-        if cfg.method.uses_adapters:  # what trains beside the adapters, named on the plain model
-            self.head["trains"] = trained_head_modules(model, cfg)
-            self.head["adapter_targets"] = target_modules(model, cfg.adapter)  # auto / all-linear as resolved
-        if cfg.trainer.gradient_checkpointing:
-            if not getattr(model, "supports_gradient_checkpointing", False):
-                raise ConfigError(f"trainer.gradient_checkpointing=true: transformers' {type(model).__name__} has no "
-                                  f"gradient checkpointing; set it to false")
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-            model.config.use_cache = False
-        model = prepare_trainable(model, cfg)
-        self.param_counts = parameter_counts(model)
-        if cfg.method.uses_adapters:
-            self.head["params_trainable"] = head_parameter_count(model, self.head["trains"])
-        self.train_loader, self.eval_loaders = data_lib.build_dataloaders(cfg, self.data, self.tokenizer, self.accelerator)
-        self.length_sampler = self.train_loader.sampler if isinstance(self.train_loader.sampler, data_lib.LengthGroupedSampler) else None
-        self.pad_multiple = data_lib.pad_multiple(cfg.trainer, self.accelerator.device.type)  # chunks keep it
-        if not any(p.requires_grad for p in model.parameters()):
-            raise ConfigError("no trainable parameters; check method and adapter settings")
-        return model
-
-    def _start_record(self) -> None:
-        """The run dir gets its config, the tracker and (fresh run) a ``running`` record."""
-        cfg = self.cfg
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        if self.is_main:
-            atomic_write_text(self.output_dir / run_files.CONFIG, OmegaConf.to_yaml(OmegaConf.create(resolved_config(cfg))))
-        if self.resume_state is not None and self.is_main:  # one metrics record per step, whatever happened
-            runs.trim_metrics(self.output_dir / run_files.METRICS, self.resume_state["global_step"])
-        run_id = (self.resume_state or {}).get("wandb_run_id")
-        self.tracker = Tracker(cfg, self.output_dir, self.is_main, resolved_config(cfg), run_id=run_id)
-        self.started = True
-        if self.is_main and self.resume_state is None:  # a small record first: a run that dies leaves one
-            write_running(self.output_dir, cfg)
-        if self.is_main:  # bad input has been ruled out by now: it gets its one error line alone
-            print(f"run dir: {self.output_dir}", file=sys.stderr, flush=True)
-
-    def _prepare(self, model) -> None:
-        """Optimizer, Accelerate's wrappers, the step counts and the LR schedule, the method's context."""
-        cfg = self.cfg
-        trainable = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(trainable, lr=cfg.trainer.lr, weight_decay=cfg.trainer.weight_decay)
-        prepared = self.accelerator.prepare(model, optimizer, self.train_loader, *self.eval_loaders.values())
-        self.model, self.optimizer, self.train_loader = prepared[:3]
-        self._compile()
-        self.eval_loaders = dict(zip(self.eval_loaders, prepared[3:]))
-        self.steps_per_epoch = math.ceil(len(self.train_loader) / cfg.trainer.grad_accum_steps)
-        if cfg.trainer.max_steps:
-            self.total_steps = int(cfg.trainer.max_steps)
-            self.num_epochs = math.ceil(self.total_steps / self.steps_per_epoch)
-        else:
-            self.num_epochs = int(cfg.trainer.epochs)
-            self.total_steps = self.num_epochs * self.steps_per_epoch
-        self.scheduler = get_scheduler(
-            cfg.trainer.lr_schedule, self.optimizer,
-            num_warmup_steps=int(cfg.trainer.warmup_ratio * self.total_steps),
-            num_training_steps=self.total_steps,
-        )
-        self.ctx = LoopContext(
-            cfg=cfg, accelerator=self.accelerator, model=self.model, optimizer=self.optimizer,
-            train_loader=self.train_loader, total_steps=self.total_steps, tracker=self.tracker,
-            output_dir=self.output_dir, steps_per_epoch=self.steps_per_epoch,
-        )
-
-    def _resolve_pooling(self, model_path: str) -> None:
-        """``model.pooling=auto`` becomes the pooling used, so config.yaml and a later
-        ``prune.from_run`` see the real choice (a causal LM pools nothing)."""
-        if self.causal_lm:
-            self.pooling_source = None
-            return
-        pooling, source = resolve_pooling(self.cfg.model.get("pooling"), model_path)
-        with open_dict(self.cfg):
-            self.cfg.model.pooling = pooling
-        self.pooling_source = source
-        log.info("pooling: %s (%s)", pooling, source)
-
-    def _start_head(self, model) -> dict:
-        """Regression: the output bias starts at the training-label mean (runner.classifier_heads)."""
-        head = {"pooling": self.cfg.model.pooling, "pooling_source": self.pooling_source, "regression_bias_init": None,
-                "trains": "every weight", "params_trainable": None}
-        if self.causal_lm:  # the LM head reads every position
-            head.update(pooling=None, pooling_source=None)
-        if self.cfg.task.is_regression:  # on resume the checkpoint's weights replace it
-            labels = np.asarray(self.data.train["label"], dtype=np.float64)
-            head["regression_bias_init"] = start_regression_bias(model, float(labels.mean()))
-        return head
-
-    def _check_output_dir(self) -> dict | None:
-        """Never overwrite or mix into another run's record; resume only the same run from a checkpoint."""
-        previous = (read_record(self.output_dir) or {}).get("status")
-        meta = checkpoint.load_meta(self.output_dir)
-        if self.cfg.resume:
-            if previous == STATUS_COMPLETED:
-                raise ConfigError(f"{self.output_dir} holds a completed run; nothing to resume")
-            if meta is None:
-                raise ConfigError(f"resume=true but {self.output_dir} holds no checkpoint; point hydra.run.dir at an interrupted run")
-            runs.check_same_settings(self.output_dir, resolved_config(self.cfg))
-            return meta
-        runs.check_fresh(self.output_dir)
-        return None
-
-    def _restore(self, meta: dict) -> None:
-        # The method's state first: SAFE re-freezes adapters, which removes them from the
-        # optimizer, so that the saved optimizer state then fits the param groups.
-        self._adopt(self.method.load_state_dict(meta.get("method_state", {})))
-        checkpoint.load(self.accelerator, self.output_dir, self.accelerator.unwrap_model(self.model))
-        self.scheduler.load_state_dict(meta["scheduler_state"])
-        self.global_step = meta["global_step"]
-        self.history = meta.get("history", [])
-        self.peak_saved = measure.history_peak(self.history)
-        self.evals = meta.get("evals", [])
-        self.meter_state = meta.get("meter_state")  # what the step meter had learned (train() hands it back)
-        log.info("resumed from step %d", self.global_step)
+        """Everything before the first step (runner.train_setup): dir, data, model, what trains, the
+        optimizer and schedule, the method, and on resume the checkpoint."""
+        train_setup.setup(self)
 
     # ------------------------------------------------------------------ train
 
@@ -371,7 +217,7 @@ class Recipe:
                   "lr": self.scheduler.get_last_lr()[0], "trainable_params": sum(p.numel() for p in self.trainable)}
         update = self.method.on_step_end(self.ctx, self.global_step)
         record.update(update.metrics)
-        self._adopt(update.model)
+        self.adopt(update.model)
         self.trainable, self.signature = self._trainable()
         self.history.append(record)
         if record.get("saved_bytes") is not None:  # the running max of the history's (rebuilt on resume)
@@ -393,13 +239,13 @@ class Recipe:
         terminal: a log file or a cluster job's output gets the step records, not bar redraws."""
         return bool(self.is_main and self.cfg.trainer.progress_bar and sys.stderr.isatty())
 
-    def _adopt(self, model) -> None:
+    def adopt(self, model) -> None:
         """Train ``model`` from now on when a method handed back a new wrapper (SAFE after freezing under DDP)."""
         if model is not None:
             self.model = self.ctx.model = model
-            self._compile()
+            self.compile_model()
 
-    def _compile(self) -> None:
+    def compile_model(self) -> None:
         """``trainer.compile``: ``torch.compile`` the (wrapped) training module, with dynamic shapes so
         variable-length batches do not recompile per length; rebuilt whenever the wrapper changes."""
         if self.cfg.trainer.compile:
@@ -474,7 +320,7 @@ class Recipe:
                 split_metrics["num_examples"] = int(len(labels))
                 prefix = "" if i == 0 else f"{split}/"
                 metrics.update({prefix + k: v for k, v in split_metrics.items()})
-        flops = self._sum_across_processes(flops)
+        flops = self.sum_across_processes(flops)
         metrics["flops"] = flops
         record = {"step": self.global_step, "epoch": self.epoch, **metrics}
         self.evals.append(record)
@@ -508,20 +354,20 @@ class Recipe:
                 scores = lm.score_choices(model, rows, self.tokenizer, int(self.cfg.trainer.max_seq_length),
                                           int(self.cfg.trainer.eval_batch_size), self.device)
                 metrics.update({f"{name}/{k}": v for k, v in scores.items()})
-        metrics["flops"] = self._sum_across_processes(flops)
+        metrics["flops"] = self.sum_across_processes(flops)
         record = {"step": self.global_step, "epoch": self.epoch, **metrics}
         self.evals.append(record)
         self.tracker.log({f"eval/{k}": v for k, v in metrics.items() if _is_number(v)}, self.global_step)
         self.model.train()
         return metrics
 
-    def _sum_across_processes(self, value: float) -> float:
+    def sum_across_processes(self, value: float) -> float:
         if self.accelerator.num_processes == 1:
             return value
         t = torch.tensor(float(value), dtype=torch.float64, device=self.device)
         return float(self.accelerator.reduce(t, "sum").item())
 
-    def _max_across_processes(self, value: float) -> float:
+    def max_across_processes(self, value: float) -> float:
         if self.accelerator.num_processes == 1:
             return value
         t = torch.tensor(float(value), dtype=torch.float64, device=self.device)
@@ -561,129 +407,6 @@ class Recipe:
         self.accelerator.wait_for_everyone()
         return target
 
-    # ---------------------------------------------------------------- results
-
-    def summarize(self) -> dict:
-        """The completed run's results: who it is, final metrics, and its memory, FLOPs and time sections."""
-        cfg = self.cfg
-        final_eval = self.evals[-1] if self.evals else {}
-        return {
-            "run_name": cfg.run_name,
-            "task": cfg.task.name,
-            "model": cfg.model.short_name,
-            "model_source": self.model_source,
-            "method": cfg.method.name,
-            "adapter": cfg.adapter.name if cfg.method.uses_adapters else None,
-            "seed": cfg.seed,
-            "metrics": {k: v for k, v in final_eval.items() if k not in ("step", "epoch", "flops")},
-            "main_metric": cfg.task.main_metric,
-            "eval_history": self.evals,
-            "memory": self._memory_section(),
-            "flops": self._flops_section(),
-            "time": self._time_section(),
-            "params": self.param_counts,
-            "fingerprint": {**self.fingerprint, "resume_accepted_changes": self.accepted_changes},
-            "head": self.head,
-            "steps": {"total": self.global_step, "per_epoch": self.steps_per_epoch, "epochs": self.num_epochs},
-            "data": {"source": self.data.source, "train_examples": len(self.data.train),
-                     "holdout_examples": len(self.data.holdout) if self.data.holdout is not None else 0,
-                     "eval_examples": {k: len(v) for k, v in self.data.evals.items()},
-                     "input": self.data.input},  # per split: file, rows read, skipped, used; LM cuts and drops
-            "provenance": provenance.collect(self.device, cfg.seed, self.accelerator.num_processes),
-            "compute": {"device": self.device.type, "mixed_precision": cfg.trainer.mixed_precision,
-                        "tf32": self.tf32, "compile": bool(cfg.trainer.compile)},
-        }
-
-    def _memory_section(self) -> dict:
-        steps = self.history
-        state = measure.model_state_bytes(self.accelerator.unwrap_model(self.model), self.optimizer)
-        state["grad_bytes"] = state["trainable_param_bytes"]  # one gradient per trainable weight at each optimizer step
-        saved = [s["saved_bytes"] for s in steps if s.get("saved_bytes") is not None]
-        saved_peak = self._max_across_processes(max(saved, default=0))
-        memory = {
-            "saved_for_backward_peak_bytes": int(saved_peak),
-            "saved_for_backward_mean_bytes": float(np.mean(saved)) if saved else None,
-            "saved_for_backward_measured_micro_batches": self.step_meter.saved_measured,
-            "saved_for_backward_predicted_micro_batches": self.step_meter.saved_predicted,
-            "saved_for_backward_method": (
-                "saved-tensor hooks (unique storages, parameters excluded) on the first lengths of each batch shape "
-                "and trainable set and on every trainer.activations_check_every-th micro-batch; the others predicted "
-                "exactly (quadratic in the padded length), checked by every hooked one"
-                if self.cfg.trainer.measure_activations else None),
-            **state,
-            "state_plus_saved_peak_bytes": int(saved_peak + state["param_bytes"] + state["grad_bytes"] + state["optimizer_state_bytes"]),
-            "process_max_rss_bytes": measure.max_rss_bytes(),
-            **measure.cuda_peaks(self.device),
-            # CUDA: the peak allocated memory of each phase (train, eval, ...); empty on a CPU
-            "cuda_peak_bytes_by_phase": dict(self.timer.peak_bytes),
-        }
-        if self.device.type == "cuda":
-            alloc = [s["cuda_allocated_bytes"] for s in steps if "cuda_allocated_bytes" in s]
-            memory["cuda_allocated_mean_bytes"] = float(np.mean(alloc)) if alloc else None
-        return memory
-
-    def _flops_section(self) -> dict:
-        steps = self.history
-        # method_flops: compute a method spends outside the training forward/backward (SAFE's probe)
-        step_flops = [s["flops"] + (s.get("method_flops") or 0) for s in steps if s.get("flops") is not None]
-        train_flops = self._sum_across_processes(sum(step_flops))
-        eval_passes = [e["flops"] for e in self.evals]
-        return {
-            "train_total": train_flops,
-            "train_per_step_mean": train_flops / max(1, len(steps)),
-            "eval_per_pass": eval_passes[-1] if eval_passes else None,
-            "eval_total": float(sum(eval_passes)),
-            "counted_train_shapes": self.step_meter.flop_meter.counted_steps,
-            "predicted_train_shapes": self.step_meter.flop_meter.predicted_steps,
-            "method": "torch.utils.flop_counter on real batches (forward+backward), cached per batch shape and "
-                      "trainable set; other sequence lengths predicted exactly from three counted ones (FLOPs per "
-                      "example are quadratic in length; a fourth count checks it); CPU flash-attention formulas "
-                      "registered; summed over processes",
-        }
-
-    def _time_section(self) -> dict:
-        tokens = self._sum_across_processes(sum(s["tokens"] for s in self.history))
-        # evaluation between epochs runs inside the train phase; the final one after it
-        train_s = self.timer.without("train", "eval")
-        step_times = [s["step_time_s"] for s in self.history]
-        n_examples = len(self.data.train)
-        return {
-            "setup_s": self.timer.seconds.get("setup", 0.0),
-            "train_s": train_s,
-            "eval_s": self.timer.seconds.get("eval", 0.0),
-            "step_mean_s": float(np.mean(step_times)) if step_times else None,
-            "step_median_s": float(np.median(step_times)) if step_times else None,
-            "train_samples_per_s": n_examples * self.num_epochs / train_s if train_s > 0 and not self.cfg.trainer.max_steps else None,
-            "train_tokens_per_s": tokens / train_s if train_s > 0 else None,
-            # what FLOP counting and saved-tensor hooks cost (an estimate; see measure.measurement_overhead_s)
-            "measure_overhead_s": measure.measurement_overhead_s(self.history),
-            "measured_steps": sum(1 for s in self.history if s.get("measured")),
-        }
-
-    def check_learning(self, final_metrics: dict) -> dict:
-        """The final main metric against a constant prediction, and learning_curve.png (main process)."""
-        task = self.cfg.task
-        if self.causal_lm:  # the constant prediction: the training tokens' unigram frequencies
-            loader = next(iter(self.eval_loaders.values()))
-            trivial = lm.trivial_levels(self.train_loader.dataset["labels"], loader.dataset["labels"], len(self.tokenizer))
-        else:
-            eval_split = next(iter(self.data.evals.values()))
-            trivial = curves.trivial_levels(list(task.metrics), self.data.train["label"], eval_split["label"], task.is_regression)
-        section = curves.learning_check(task.main_metric, final_metrics, trivial)
-        if section.get("warning"):
-            log.warning(section["warning"])
-        if self.is_main:
-            try:
-                path = curves.plot_learning_curve(
-                    self.output_dir / run_files.LEARNING_CURVE, self.history, self.evals, list(task.metrics), trivial,
-                    title=f"{self.cfg.run_name}: {task.name}, {self.cfg.method.name}, pooling={self.cfg.model.pooling}",
-                )
-                self.tracker.log_image("learning_curve", path, self.global_step)
-                section["plot"] = path.name
-            except Exception as exc:  # a plot must never fail a finished run
-                log.warning("learning curve plot failed: %s", exc)
-        return section
-
 
 def _is_number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
@@ -714,51 +437,75 @@ def run(cfg: DictConfig, post_train=None) -> dict:
         return _run(recipe, post_train)
 
 
-def _run(recipe: Recipe, post_train) -> dict:
-    cfg = recipe.cfg
-    exit_code = 1
-    trained: dict | None = None  # the completed training results, once written
-    try:
-        recipe.setup()
-        recipe.train()
-        recipe.signals.enter(FINISH)  # from here a signal stops after the current part, with a checkpoint
-        if not recipe.evals or recipe.evals[-1]["step"] != recipe.global_step:
-            recipe.evaluate()
-        recipe.stop_if_signalled()
-        with recipe.timer.phase("save"):
-            model_dir = recipe.save_model()
-        recipe.stop_if_signalled()
-        results = recipe.summarize()
-        results["learning"] = recipe.check_learning(results["metrics"])
-        if cfg.trainer.sharpness.enabled and recipe.is_main:
-            from runner.sharpness import sharpness_of_run
+@dataclass
+class RunState:
+    """What a run's stages hand on: the saved model, then the completed training record."""
 
-            with recipe.timer.phase("sharpness"):
-                results["sharpness"] = sharpness_of_run(recipe.accelerator, recipe.model, recipe.train_loader, cfg)
-        results["method_report"] = recipe.method.report(recipe.ctx, recipe.history)
-        results["artifacts"] = {"model": str(model_dir), "steps": run_files.STEPS, "config": run_files.CONFIG}
-        results["status"] = STATUS_COMPLETED
-        recipe.stop_if_signalled()
+    model_dir: Path | None = None
+    record: dict | None = None  # set once the training record is written
+
+
+def train_stage(recipe: Recipe, state: RunState) -> None:
+    """Set up, train, evaluate the final step, save the model; a signal from the end of training on
+    stops after the current part, with a checkpoint."""
+    recipe.setup()
+    recipe.train()
+    recipe.signals.enter(FINISH)
+    if not recipe.evals or recipe.evals[-1]["step"] != recipe.global_step:
+        recipe.evaluate()
+    recipe.stop_if_signalled()
+    with recipe.timer.phase("save"):
+        state.model_dir = recipe.save_model()
+    recipe.stop_if_signalled()
+
+
+def report_stage(recipe: Recipe, state: RunState) -> None:
+    """Assemble the record (runner.record_builder) and write it with the per-step history and the
+    tracker's summary (main process)."""
+    record = record_builder.completed_record(recipe, state.model_dir)
+    recipe.stop_if_signalled()
+    if recipe.is_main:
+        record["wandb"] = {"run_id": recipe.tracker.run_id, "dir": recipe.tracker.run_dir}
+        write_step_history(recipe.output_dir / run_files.STEPS, recipe.history)
+        write_record(recipe.output_dir, record)
+        recipe.tracker.summary(flatten(record))
+    state.record = record
+
+
+def post_train_stage(post_train):
+    """A stage after the training record is complete (head pruning: runner.prune.stage.after_training):
+    ``post_train(TrainedRun) -> dict`` of sections added to the record; a signal stops it at once."""
+
+    def stage(recipe: Recipe, state: RunState) -> None:
+        recipe.signals.enter(POST_TRAIN)
+        state.record.update(post_train(TrainedRun(
+            cfg=recipe.cfg, model=recipe.accelerator.unwrap_model(recipe.model), tokenizer=recipe.tokenizer,
+            data=recipe.data, device=recipe.device, tracker=recipe.tracker, step=recipe.global_step,
+            is_main=recipe.is_main)))
         if recipe.is_main:
-            results["wandb"] = {"run_id": recipe.tracker.run_id, "dir": recipe.tracker.run_dir}
-            write_step_history(recipe.output_dir / run_files.STEPS, recipe.history)
-            write_record(recipe.output_dir, results)
-            recipe.tracker.summary(flatten(results))
-        trained = results
-        if post_train is not None:  # e.g. head pruning (runner.prune)
-            recipe.signals.enter(POST_TRAIN)  # the training record is complete: a signal stops at once
-            results.update(post_train(TrainedRun(
-                cfg=cfg, model=recipe.accelerator.unwrap_model(recipe.model), tokenizer=recipe.tokenizer, data=recipe.data,
-                device=recipe.device, tracker=recipe.tracker, step=recipe.global_step, is_main=recipe.is_main)))
-            if recipe.is_main:
-                write_record(recipe.output_dir, results)
+            write_record(recipe.output_dir, state.record)
+
+    return stage
+
+
+def stages(post_train=None) -> list:
+    """A run, in order: train, report, then the stage after training if any."""
+    return [train_stage, report_stage] + ([post_train_stage(post_train)] if post_train is not None else [])
+
+
+def _run(recipe: Recipe, post_train) -> dict:
+    exit_code = 1
+    state = RunState()
+    try:
+        for run_stage in stages(post_train):
+            run_stage(recipe, state)
         exit_code = 0
-        return results
+        return state.record
     except BaseException as exc:
         stage, recipe.signals.stage = recipe.signals.stage, FINISH  # a first signal now waits until the record is written
         status = STATUS_INTERRUPTED if isinstance(exc, (RunInterrupted, KeyboardInterrupt)) else STATUS_FAILED
-        if recipe.is_main and (trained is not None or recipe.started):
-            write_failure_record(recipe, trained, status, exc, stage)
+        if recipe.is_main and (state.record is not None or recipe.started):
+            write_failure_record(recipe, state.record, status, exc, stage)
         raise
     finally:
         if recipe.tracker is not None:

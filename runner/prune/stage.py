@@ -307,7 +307,7 @@ def needs_pruning_again(cfg: DictConfig) -> bool:
 
 def _pooling_settled(cfg: DictConfig) -> DictConfig:
     """``cfg`` with ``model.pooling=auto`` replaced by the choice a run makes and saves in config.yaml
-    (runner.train.Recipe._resolve_pooling), so that the two compare."""
+    (runner.train_setup.resolve_pooling_of), so that the two compare."""
     from runner.classifier_heads import resolve_pooling
     from runner.lm import is_lm_task
     from runner.models import resolve_model_path
