@@ -125,6 +125,8 @@ def _unknown_key_hint(message: str, overrides: list[str]) -> str | None:
     if not match:
         return None
     key = match.group(1)
+    if key.startswith("safe.") and "method=safe" not in overrides:
+        return f"{key} is one of SAFE's settings: add method=safe"
     from runner.schema import entries_field
 
     where = entries_field(key)

@@ -49,12 +49,11 @@ class TrainingMethod:
     @classmethod
     def check_config(cls, cfg) -> None:
         """The method's checks across keys, before any heavy work (ranges: runner.schema).
-        Only ``method=safe`` freezes adapters."""
-        freeze = cfg.freeze.name if cfg.get("freeze") is not None else "none"
-        if freeze != "none":
+        Only ``method=safe`` freezes adapters and has ``safe`` settings."""
+        if cfg.get("safe") is not None:
             from runner.errors import ConfigError
 
-            raise ConfigError(f"freeze={freeze} needs method=safe (method={cfg.method.name} freezes nothing)")
+            raise ConfigError(f"safe settings need method=safe (method={cfg.method.name} freezes nothing)")
 
     def ddp_kwargs(self) -> dict:
         """Keyword arguments for DDP (e.g. find_unused_parameters)."""

@@ -138,9 +138,9 @@ def _flat(node, prefix: str = "") -> dict:
 def changed_settings(saved: dict, now: dict, allowed=MAY_CHANGE_ON_RESUME) -> list[str]:
     """Dotted keys whose values differ between two resolved configs (allowed keys and their children skipped).
     A setting the saved run predates (added to the runner since) is no change while it keeps its default."""
-    from runner.schema import default_of
+    from runner.schema import default_of, upgrade_saved
 
-    a, b = _flat(saved), _flat(now)
+    a, b = _flat(upgrade_saved(saved)), _flat(now)
 
     def skip(key: str) -> bool:
         if key not in a and key in b and b[key] == default_of(key):

@@ -240,17 +240,16 @@ class MethodSettings:
     checks: Optional[str] = None
 
 
-@dataclass
-class FreezeSettings:
-    name: str = _setting("none", ("none", "safe", "random", "static"))
-
-
 @dataclass(frozen=True)
 class SafeSettings:
-    """SAFE's knobs (runner/safe, docs/safe.md), the ``safe`` group that ``freeze=safe|random|static`` loads;
-    set them as ``safe.<key>``: ``python -m runner method=safe safe.t_w=0.1``. SAFE's paper publishes none
-    of these values: every default here is ours, chosen by measurement (docs/safe.md, "Defaults and why").
-    How they combine (t_w < t_f, static_k): runner.safe.method.SafeMethod.check_config."""
+    """SAFE's knobs (runner/safe, docs/safe.md), the ``safe`` group that ``method=safe`` loads; set them as
+    ``safe.<key>``: ``python -m runner method=safe safe.t_w=0.1``. SAFE's paper publishes none of these
+    values: every default here is ours, chosen by measurement (docs/safe.md, "Defaults and why"). How they
+    combine (t_w < t_f, static_k): runner.safe.checks.check_config."""
+    # Which adapters freeze, on SAFE's schedule and measurements: safe (the least important, the method);
+    # the baselines through the same code path: random (as many as SAFE would, chosen at random among the
+    # active ones), static (the lowest static_k from step 0), none (nothing: plain adapter tuning).
+    policy: str = _setting("safe", ("safe", "random", "static", "none"))
     # Warm-up ends and freezing starts at t_w; the threshold reaches T_final at t_f; after t_f nothing more
     # freezes. In schedule_unit: fraction (of the total optimizer steps, 0 <= t_w < t_f <= 1) or epoch
     # (epochs of optimizer steps, gradient accumulation counted; t_f <= the run's epochs), e.g.
@@ -285,7 +284,7 @@ class SafeSettings:
     # its predicted saved-for-backward bytes stay within the split phase's peak.
     budget_mode: bool = False
     budget_splits: int = _setting(2, POSITIVE_INT, "safe.budget_splits (chunks per micro-batch until t_f, and after it where a whole one would exceed the peak)")
-    static_k: Optional[int] = _setting(None, NONNEG_INT)  # freeze=static: how many of the lowest adapters freeze from step 0
+    static_k: Optional[int] = _setting(None, NONNEG_INT)  # policy static: how many of the lowest adapters freeze from step 0
     seed: int = _setting("${seed}")  # the probe batch's draw (the run's seed unless set)
 
 
@@ -321,12 +320,12 @@ class NoPruneSettings:
     from_run: Optional[str] = None  # prune.from_run needs a criterion: prune=hies prune.from_run=<run dir>
 
 
-@dataclass
+@dataclass(frozen=True)
 class PruneSettings:
     """Head pruning after fine-tuning (``prune=hies|his|entropy|random|magnitude``; docs/hies.md): score every
     attention head on a few training examples, remove the lowest-scoring heads for real, report quality,
     stability, size, FLOPs and latency; no fine-tuning afterwards. Every criterion has these settings
-    (converted to runner.prune.settings.PruneSettings, with the checks across keys)::
+    (read as runner.prune.settings.Pruning, which adds the checks across keys and the derived values)::
 
         python -m runner task=glue/mrpc prune=hies prune.ratio=0.3
         python -m runner prune=hies prune.from_run=outputs/runs/<run> prune.ratios=[0.1,0.3,0.5,0.7]
@@ -401,13 +400,13 @@ class RunSettings:
 
 GROUPS: dict[str, dict[str, type] | type] = {
     "task": TaskSettings, "model": ModelSettings, "trainer": TrainerSettings, "method": MethodSettings,
-    "freeze": FreezeSettings, "safe": SafeSettings,
+    "safe": SafeSettings,
     "adapter": {"lora": LoraSettings, "bottleneck": BottleneckSettings, "none": NoAdapterSettings},
     "logger": {"wandb": WandbSettings, "none": NoLoggerSettings},
     "prune": {"none": NoPruneSettings, "hies": PruneSettings, "his": PruneSettings, "entropy": PruneSettings,
               "magnitude": PruneSettings, "random": PruneSettings},
 }
-OPTIONAL_GROUPS = ("safe",)  # present only with some options (freeze=safe|random|static)
+OPTIONAL_GROUPS = ("safe",)  # present only with some options (method=safe)
 SCHEMA_OPTION = "schema"  # each group's declared defaults, as Hydra sees them (``schema`` or ``schema_<option>``)
 
 
@@ -422,7 +421,7 @@ def declared_defaults() -> dict[str, dict]:
             for option, option_schema in schema.items():
                 if option_schema is not PruneSettings or option == "hies":
                     out[f"{group}/{SCHEMA_OPTION}_{option}"] = dataclasses.asdict(option_schema())
-        elif group not in ("task", "model", "method", "freeze"):  # an option each, nothing shared to default
+        elif group not in ("task", "model", "method"):  # an option each, nothing shared to default
             out[f"{group}/{SCHEMA_OPTION}"] = dataclasses.asdict(schema())
     return out
 
@@ -632,3 +631,27 @@ def _describe(tp) -> str:
     else:
         text = str(tp)
     return f"{text} (or null)" if nullable else text
+
+
+# ---------------------------------------------------------------- settings that moved
+
+
+def upgrade_overrides(overrides: list[str]) -> list[str]:
+    """Command-line overrides of a sweep planned before a setting moved, as they read now: ``freeze=X``
+    (SAFE's policy, a group of its own until 2026-12) is ``safe.policy=X``."""
+    return [f"safe.policy={o.split('=', 1)[1]}" if o.startswith("freeze=") else o for o in overrides]
+
+
+def upgrade_saved(config: dict) -> dict:
+    """A resolved config saved before a setting moved (a run's config.yaml, a sweep's composed settings), as
+    it reads now: ``freeze.name`` becomes ``safe.policy``. A SAFE run saved with ``freeze: none`` had no
+    ``safe`` settings; it gets those it ran with (policy none, nothing else used)."""
+    if "freeze" not in config:
+        return config
+    policy = (config.get("freeze") or {}).get("name", "none")
+    config = {k: v for k, v in config.items() if k != "freeze"}
+    if "safe" in config:
+        config["safe"] = {**config["safe"], "policy": policy}
+    elif policy == "none" and (config.get("method") or {}).get("name") == "safe":
+        config["safe"] = {**dataclasses.asdict(SafeSettings()), "policy": "none", "seed": config.get("seed")}
+    return config

@@ -47,6 +47,7 @@ from runner import runs
 from runner.atomic_io import atomic_write_json, atomic_write_text
 from runner.results import STATUS_COMPLETED, STATUS_FAILED, STATUS_INTERRUPTED, read_record, record_problem, write_failure
 from runner.runs import COMPLETED, DAMAGED, FAILED, INTERRUPTED, MISSING, RESUMABLE
+from runner.schema import upgrade_overrides
 
 MANIFEST = "sweep.json"
 SETTINGS = "settings"  # manifest key: {job name: its config as composed when the sweep was planned}
@@ -133,7 +134,8 @@ def load_plan(sweep_dir: Path) -> tuple[list[Job], dict]:
         data = json.loads(manifest.read_text())
         # a job's dir is <sweep dir>/<name> wherever the sweep dir is now and whatever the cwd (manifests
         # written before this stored it relative to the cwd of the sweep that planned it)
-        return [Job(**{**j, "dir": str(sweep_dir / j["name"])}) for j in data["jobs"]], data.get("options", {})
+        return [Job(**{**j, "overrides": upgrade_overrides(j["overrides"]), "dir": str(sweep_dir / j["name"])})
+                for j in data["jobs"]], data.get("options", {})
     multirun = sweep_dir / "multirun.yaml"
     if not multirun.is_file():
         raise SystemExit(f"error: {sweep_dir} holds neither {MANIFEST} nor multirun.yaml; not a sweep dir")
@@ -144,7 +146,7 @@ def load_plan(sweep_dir: Path) -> tuple[list[Job], dict]:
     if not sweeper.endswith("BasicSweeper"):
         raise SystemExit(f"error: {sweep_dir} was made by {sweeper}, not a grid; only grid sweeps can be resumed job by job")
     params = OmegaConf.select(conf, "hydra.sweeper.params") or {}
-    overrides = [f"{k}={v}" for k, v in params.items()] + list(OmegaConf.select(conf, "hydra.overrides.task") or [])
+    overrides = upgrade_overrides([f"{k}={v}" for k, v in params.items()] + list(OmegaConf.select(conf, "hydra.overrides.task") or []))
     existing = {p.name.split("_", 1)[0]: p for p in sweep_dir.iterdir() if p.is_dir() and "_" in p.name}
     jobs = []
     for num, job_overrides in enumerate(expand(overrides)):

@@ -52,7 +52,7 @@ def setup(recipe: Recipe) -> None:
                                                                bool(cfg.get("resume_accept_changes")))
         start_record(recipe)
         prepare(recipe, model)
-        recipe.adopt(recipe.method.setup(recipe.ctx))  # SAFE with freeze=static freezes (and may re-wrap) here
+        recipe.adopt(recipe.method.setup(recipe.ctx))  # SAFE with safe.policy=static freezes (and may re-wrap) here
         if recipe.resume_state is not None:
             restore(recipe, recipe.resume_state)
 

@@ -10,7 +10,7 @@ from omegaconf import DictConfig
 from runner.config import CONF_DIR
 from runner.errors import ConfigError
 
-GROUPS = ("task", "model", "adapter", "method", "trainer", "logger", "experiment", "freeze", "prune", "safe")
+GROUPS = ("task", "model", "adapter", "method", "trainer", "logger", "experiment", "prune", "safe")
 
 
 def group_options(group: str) -> list[str]:
@@ -23,6 +23,9 @@ def check_group_choices(overrides: list[str]) -> None:
     for item in overrides:
         key, sep, value = item.partition("=")
         key = key.lstrip("+~")
+        if key == "freeze" and sep:  # a group of its own until SAFE's policy became one of its settings
+            raise ConfigError(f"freeze= is now a SAFE setting: method=safe safe.policy={value or 'safe'} "
+                              f"(safe, random, static or none)")
         if not sep or key not in GROUPS or value in ("", "null"):
             continue
         valid = group_options(key)

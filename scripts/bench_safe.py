@@ -43,8 +43,8 @@ TARGETS = {"mean_memory": 0.55, "flops": 0.70, "wall_time": 0.85, "metric_drop_p
 METHODS = {
     "adapter": ["method=adapter"],
     "safe": ["method=safe"],
-    "static": ["method=safe", "freeze=static"],
-    "random": ["method=safe", "freeze=random"],
+    "static": ["method=safe", "safe.policy=static"],
+    "random": ["method=safe", "safe.policy=random"],
 }
 
 

@@ -203,8 +203,10 @@ def test_safe_baselines_are_their_own_rows_and_new_config_keys_do_not_flag_old_r
     for i, (policy, acc) in enumerate((("safe", 0.8), ("safe", 0.82), ("static", 0.7), ("random", 0.75))):
         run = write_run(root, f"{i}_mrpc", task="mrpc", method="safe", seed=i, acc=acc, mem_mib=10, flops=1e9, train_s=1,
                         extra={"method_report": {"policy": policy}})
-        # run 1 predates a config key that run 0 has (with its default): not a difference in settings
-        (run / "config.yaml").write_text(f"seed: {i}\nfreeze:\n  name: {policy}\n" + ("task:\n  holdout_samples: 0\n" if i == 0 else ""))
+        # run 1 predates a config key that run 0 has (with its default): not a difference in settings; runs 2
+        # and 3 were saved while SAFE's policy was a group of its own (freeze.name), run 0 and 1 after
+        policy_yaml = f"freeze:\n  name: {policy}\n" if i >= 2 else f"safe:\n  policy: {policy}\n"
+        (run / "config.yaml").write_text(f"seed: {i}\n{policy_yaml}" + ("task:\n  holdout_samples: 0\n" if i == 0 else ""))
     report = build_report([root], tmp_path / "r", plots=False)
     t = report["tables"]["main/m"].set_index("method")
     assert sorted(t.index) == ["safe", "safe:random", "safe:static"]

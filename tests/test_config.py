@@ -21,7 +21,7 @@ def test_groups_have_the_documented_options():
     assert "demo" in options("experiment")
 
 
-@pytest.mark.parametrize("group", ["task", "model", "adapter", "method", "trainer", "logger", "experiment", "freeze", "prune"])
+@pytest.mark.parametrize("group", ["task", "model", "adapter", "method", "trainer", "logger", "experiment", "prune"])
 def test_every_option_composes(group):
     for option in options(group):
         cfg = compose_config([f"{group}={option}"])

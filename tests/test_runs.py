@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import asdict
 
 import pytest
 from helpers import compose
@@ -12,6 +13,7 @@ from helpers import compose
 from runner.app import execute
 from runner.methods import StepUpdate, TrainingMethod
 from runner.runs import DirLock, changed_settings, traces, trim_metrics
+from runner.schema import SafeSettings
 from runner.train import run
 
 
@@ -163,6 +165,23 @@ def test_a_run_saved_before_a_setting_existed_resumes_while_the_setting_keeps_it
     now["trainer"]["compile"] = True
     now["adapter"]["new_knob"] = 1  # a group with several schemas: no single default, still a change
     assert changed_settings(saved, now) == ["adapter.new_knob", "trainer.compile"]
+
+
+def test_a_run_saved_while_safes_policy_was_the_freeze_group_resumes():
+    """SAFE's policy was a group of its own (freeze.name) and is now safe.policy: a run saved before resumes with the
+    same policy, and is refused with another one; a sweep planned with freeze=X composes safe.policy=X."""
+    from runner.schema import upgrade_overrides
+
+    safe = {"threshold": 0.2, "t_w": 0.3, "seed": 1}
+    saved = {"seed": 1, "method": {"name": "safe"}, "freeze": {"name": "random"}, "safe": safe}
+    assert changed_settings(saved, {"seed": 1, "method": {"name": "safe"}, "safe": {**safe, "policy": "random"}}) == []
+    assert changed_settings(saved, {"seed": 1, "method": {"name": "safe"}, "safe": {**safe, "policy": "safe"}}) == ["safe.policy"]
+    # freeze=none under method=safe composed no safe settings; now they are there, unused
+    plain = {"seed": 1, "method": {"name": "safe"}, "freeze": {"name": "none"}}
+    now = {"seed": 1, "method": {"name": "safe"}, "safe": {**asdict(SafeSettings()), "policy": "none", "seed": 1}}
+    assert changed_settings(plain, now) == []
+    assert upgrade_overrides(["method=safe", "freeze=static", "safe.static_k=2"]) == [
+        "method=safe", "safe.policy=static", "safe.static_k=2"]
 
 
 def test_a_run_saved_before_method_checks_existed_resumes():

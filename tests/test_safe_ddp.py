@@ -32,7 +32,7 @@ def test_safe_under_two_process_ddp(tmp_path, policy):
            "task.max_train_samples=160", "task.max_eval_samples=64", "trainer.max_seq_length=64",
            "trainer.batch_size=8", "trainer.epochs=2", "trainer.lr=5e-3", "trainer.progress_bar=false",
            "safe.interval=2", "safe.t_w=0.1", "safe.t_f=0.5", "safe.threshold=1.0", "safe.probe_size=32",
-           f"freeze={policy}", "safe.static_k=3",
+           f"safe.policy={policy}", "safe.static_k=3",
            "trainer.checkpoint_every_steps=6", f"output_dir={out}", f"hydra.run.dir={tmp_path / 'hydra'}"]
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=170)
     log = proc.stdout + proc.stderr

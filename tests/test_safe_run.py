@@ -115,7 +115,7 @@ def test_safe_matches_plain_adapter_tuning_until_the_first_freeze(runs):
 
 def test_static_baseline_freezes_lowest_k_before_the_first_step(runs):
     _, base_steps, _ = adapter_run(runs)
-    results, steps, _ = runs("static", ["method=safe", "freeze=static", "safe.static_k=2", *COMMON])
+    results, steps, _ = runs("static", ["method=safe", "safe.policy=static", "safe.static_k=2", *COMMON])
     report = results["method_report"]
     assert report["policy"] == "static"
     assert {k: a["freeze_step"] for k, a in report["adapters"].items()} == {
@@ -126,7 +126,7 @@ def test_static_baseline_freezes_lowest_k_before_the_first_step(runs):
 
 
 def test_random_baseline_freezes_as_many_as_safe_would(runs):
-    results, _, _ = runs("random", ["method=safe", "freeze=random", *COMMON, "safe.threshold=1.0"])
+    results, _, _ = runs("random", ["method=safe", "safe.policy=random", *COMMON, "safe.threshold=1.0"])
     report = results["method_report"]
     assert report["policy"] == "random" and report["n_frozen"] == 3
     # every decision froze exactly as many adapters as were below the threshold (not necessarily those)
@@ -134,21 +134,21 @@ def test_random_baseline_freezes_as_many_as_safe_would(runs):
     assert sum(len(d["froze"]) for d in report["decisions"]) == 3
 
 
-def test_freeze_none_is_plain_adapter_tuning(runs):
+def test_policy_none_is_plain_adapter_tuning(runs):
     _, base_steps, _ = adapter_run(runs)
-    results, steps, _ = runs("none", ["method=safe", "freeze=none", *[o for o in COMMON if not o.startswith("safe.")]])
-    assert results["method_report"]["n_frozen"] == 0
+    results, steps, _ = runs("none", ["method=safe", "safe.policy=none", *[o for o in COMMON if not o.startswith("safe.")]])
+    assert results["method_report"]["n_frozen"] == 0 and results["method_report"]["importance"] is None
     assert [s["loss"] for s in steps] == [s["loss"] for s in base_steps]
 
 
-def test_freeze_without_method_safe_is_a_config_error(tmp_path, model_dir):
+def test_safe_settings_without_method_safe_are_a_config_error(tmp_path, model_dir):
     from runner.errors import ConfigError
     from runner.validate import validate_config
 
-    cfg = compose_cfg(["method=adapter", "freeze=safe"], tmp_path, model_dir)
-    with pytest.raises(ConfigError, match="needs method=safe"):
+    cfg = compose_cfg(["method=adapter", "+safe=default"], tmp_path, model_dir)
+    with pytest.raises(ConfigError, match="safe settings need method=safe"):
         validate_config(cfg)
-    cfg = compose_cfg(["method=safe", "freeze=static"], tmp_path, model_dir)
+    cfg = compose_cfg(["method=safe", "safe.policy=static"], tmp_path, model_dir)
     with pytest.raises(ConfigError, match="static_k"):
         run_cfg(cfg)
 

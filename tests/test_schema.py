@@ -11,12 +11,10 @@ from runner.schema import GROUPS, check_config, declared_defaults
 from runner.validate import group_options, validate_config
 
 
-@pytest.mark.parametrize("group", ["task", "model", "adapter", "freeze", "method", "logger", "prune", "experiment"])
+@pytest.mark.parametrize("group", ["task", "model", "adapter", "method", "logger", "prune", "experiment"])
 def test_every_shipped_option_fits_the_schema(group):
     for option in group_options(group):
         overrides = [f"{group}={option}"]
-        if group == "freeze" and option != "none":
-            overrides.append("method=safe")
         check_config(compose_config(overrides, output_dir="/tmp/unused"))
 
 
@@ -124,8 +122,8 @@ import sys
 from runner.config import compose_config
 from runner.errors import ConfigError
 from runner.validate import validate_config
-for overrides in (["method=safe", "prune=hies"], ["method=full", "adapter=none"], [], ["method=safe", "freeze=random"],
-                  ["method=safe", "freeze=static", "safe.static_k=1", "prune=his", "prune.alpha=auto"]):
+for overrides in (["method=safe", "prune=hies"], ["method=full", "adapter=none"], [], ["method=safe", "safe.policy=random"],
+                  ["method=safe", "safe.policy=static", "safe.static_k=1", "prune=his", "prune.alpha=auto"]):
     validate_config(compose_config(overrides))
 try:
     validate_config(compose_config(["method=safe", "safe.t_w=0.9", "safe.t_f=0.5"]))

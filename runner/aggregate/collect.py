@@ -10,6 +10,7 @@ import pandas as pd
 
 from runner import run_files
 from runner.results import flatten, load_record, read_record
+from runner.schema import upgrade_saved
 
 GLUE_ORDER = ["cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "qnli", "rte", "wnli"]
 GROUP_KEYS = ["model", "task", "method", "adapter"]  # more with --by (e.g. prune.name, trainer.lr)
@@ -114,15 +115,17 @@ def find_results(root: Path) -> list[Path]:
 
 
 def _load_config(run_dir: Path) -> dict:
+    """The run's config.yaml as a dict, settings that moved since as they read now (runner.schema.upgrade_saved)."""
     path = run_dir / run_files.CONFIG
     if not path.is_file():
         return {}
     import yaml
 
     try:
-        return yaml.safe_load(path.read_text()) or {}
+        config = yaml.safe_load(path.read_text()) or {}
     except (OSError, yaml.YAMLError):
         return {}
+    return upgrade_saved(config) if isinstance(config, dict) else {}
 
 
 def _config_value(cfg: dict, dotted: str):

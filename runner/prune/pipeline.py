@@ -30,7 +30,7 @@ from runner.prune.physical import count_parameters, heads_kept, prune_heads
 from runner.prune.scores import (CalibrationScores, calibration_scores, criterion_scores, hies_scores, magnitude_scores,
                                   ranking_agreement)
 from runner.prune.select import mask_to_dict, select_heads_to_prune
-from runner.prune.settings import PruneSettings
+from runner.prune.settings import Pruning
 from runner.atomic_io import atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -90,7 +90,7 @@ class PruneData:
     ``split`` describes which examples were reported on (results.json's ``pruning.alpha_split``).
     """
 
-    def __init__(self, inputs: PruneInputs, s: PruneSettings):
+    def __init__(self, inputs: PruneInputs, s: Pruning):
         self.quality = quality.for_task(inputs.task, inputs.tokenizer, inputs.max_seq_length, inputs.data_cache_dir,
                                         getattr(inputs.data, "choices", None))
         self.collator = self.quality.collator
@@ -116,7 +116,7 @@ class PruneData:
         self.train_batch_size = inputs.train_batch_size
         self._eval = self._holdout = None
 
-    def _split_eval(self, full_eval, s: PruneSettings, choosing: bool):
+    def _split_eval(self, full_eval, s: Pruning, choosing: bool):
         """(the reported eval examples, the dev half alpha is chosen on or []); sets ``self.split``."""
         n = len(full_eval)
         self.split = {"protocol": s.alpha_split, "eval_split": self.eval_split, "eval_examples": n}
@@ -136,7 +136,7 @@ class PruneData:
                           choose_indices=choose, report_indices=report)
         return full_eval.select(report), choose
 
-    def _training_holdout(self, inputs: PruneInputs, s: PruneSettings, train, order):
+    def _training_holdout(self, inputs: PruneInputs, s: Pruning, train, order):
         """``train_holdout``: (source, pool, indices) of the alpha hold-out among the training examples."""
         reserved = getattr(inputs.data, "holdout", None)
         if reserved is not None and len(reserved) >= MIN_HOLDOUT:  # task.holdout_samples: never trained on
@@ -293,7 +293,7 @@ def _auc(ratios: list[float], values: list[float]) -> float:
     return float(np.trapezoid(y, x) / (x[-1] - x[0]))
 
 
-def choose_alpha(model: nn.Module, calib: CalibrationScores, data: PruneData, s: PruneSettings, task, device) -> dict:
+def choose_alpha(model: nn.Module, calib: CalibrationScores, data: PruneData, s: Pruning, task, device) -> dict:
     """Pick alpha by the area under the quality-vs-ratio curve on held-out examples: training examples
     (``prune.alpha_split=train_holdout``) or the choosing half of the eval split (``dev_half``).
 
@@ -339,7 +339,7 @@ def choose_alpha(model: nn.Module, calib: CalibrationScores, data: PruneData, s:
     }
 
 
-def score_heads(model: nn.Module, data: PruneData, s: PruneSettings, task, device) -> tuple[dict, dict, dict]:
+def score_heads(model: nn.Module, data: PruneData, s: Pruning, task, device) -> tuple[dict, dict, dict]:
     """Score maps for every compared criterion; returns (maps, extra maps, scoring report)."""
     geo = geometry(model)
     shape = (geo.num_layers, geo.num_heads)
@@ -399,7 +399,7 @@ class Reference:
     latency_batches: dict  # batch size -> fixed batches
 
 
-def measure_reference(model: nn.Module, data: PruneData, s: PruneSettings, task, device) -> Reference:
+def measure_reference(model: nn.Module, data: PruneData, s: Pruning, task, device) -> Reference:
     out = data.quality.outputs(model, data.evaluation(), device)
     flops_batch = data.fixed_batches(s.flops_batch_size, s.flops_batch_size)[0]
     return Reference(
@@ -413,7 +413,7 @@ class MaskEvaluator:
     """Prunes a copy of the model by one mask and measures it (quality, stability, FLOPs, latency);
     a mask already measured is reused (criteria that agree at a ratio cost one evaluation)."""
 
-    def __init__(self, model: nn.Module, ref: Reference, data: PruneData, s: PruneSettings, inputs: PruneInputs, scoring: dict):
+    def __init__(self, model: nn.Module, ref: Reference, data: PruneData, s: Pruning, inputs: PruneInputs, scoring: dict):
         self.model, self.ref, self.data, self.s, self.inputs, self.scoring = model, ref, data, s, inputs, scoring
         self.geo = geometry(model)
         self.eval_loader = data.evaluation()
@@ -483,7 +483,7 @@ class MaskEvaluator:
         }
 
 
-def _evaluate_every_mask(evaluator: MaskEvaluator, maps: dict, s: PruneSettings, task) -> tuple[list[dict], dict]:
+def _evaluate_every_mask(evaluator: MaskEvaluator, maps: dict, s: Pruning, task) -> tuple[list[dict], dict]:
     """(a record per (criterion, ratio), the primary ratio's mask per criterion)."""
     records, primary_masks = [], {}
     for crit in s.compare:
@@ -500,7 +500,7 @@ def _evaluate_every_mask(evaluator: MaskEvaluator, maps: dict, s: PruneSettings,
     return records, primary_masks
 
 
-def run_pruning(inputs: PruneInputs, s: PruneSettings) -> dict:
+def run_pruning(inputs: PruneInputs, s: Pruning) -> dict:
     """Score once, then for every (criterion, ratio): prune, measure; then files, plots, W&B.
     Returns the ``pruning`` section of results.json."""
     t_start = time.perf_counter()
@@ -544,7 +544,7 @@ def run_pruning(inputs: PruneInputs, s: PruneSettings) -> dict:
         "scoring": scoring,
         "primary": next(r for r in records if r["criterion"] == s.criterion and r["ratio"] == s.ratio),
         "results": records,
-        "settings": dataclasses.asdict(s),
+        "settings": s.as_record(),
         "artifacts": artifacts,
         "time_s": time.perf_counter() - t_start,
         "cuda_peak_bytes": int(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else None,
@@ -553,7 +553,7 @@ def run_pruning(inputs: PruneInputs, s: PruneSettings) -> dict:
     return section
 
 
-def write_artifacts(out_dir: Path, inputs: PruneInputs, s: PruneSettings, geo, maps: dict, extra_maps: dict, scoring: dict,
+def write_artifacts(out_dir: Path, inputs: PruneInputs, s: Pruning, geo, maps: dict, extra_maps: dict, scoring: dict,
                     primary_masks: dict, records: list[dict], ref: Reference, data: PruneData) -> dict:
     """scores.json, the head-score heatmaps, the quality curve (and alpha's, when chosen); returns their paths."""
     task = inputs.task

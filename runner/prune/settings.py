@@ -1,59 +1,104 @@
-"""``cfg.prune`` checked once, into plain Python values (errors as one line)."""
+"""``cfg.prune`` checked once into :class:`Pruning`: the settings as declared in
+:class:`runner.schema.PruneSettings` (each key's type, default, range and meaning live there only),
+plus the few values that follow from several of them (every criterion evaluated, every ratio,
+alpha's ``auto``). Errors are one line."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from omegaconf import DictConfig, OmegaConf
 
+from runner import schema
 from runner.errors import ConfigError
 
 
 @dataclass(frozen=True)
-class PruneSettings:
-    criterion: str  # the primary criterion (prune.name)
-    compare: tuple[str, ...]  # every criterion evaluated, primary first
-    ratios: tuple[float, ...]  # sorted, includes `ratio`
-    ratio: float  # the primary ratio: saved model, headline numbers
-    alpha: float | None  # None means auto
-    alpha_grid: tuple[float, ...]
-    alpha_ratios: tuple[float, ...]
-    alpha_holdout_samples: int
-    alpha_split: str  # "train_holdout": choose on training examples, report on all dev; "dev_half": the paper's
-    calib_samples: int
-    calib_batch_size: int
-    his_per: str  # "example": |dL(x)/dm| per example (the paper); "batch": |dL(batch)/dm|
-    normalize_layers: bool
-    min_heads_per_layer: int
-    seed: int
-    from_run: str | None
-    recovery_finetune: bool
-    recovery_steps: int
-    recovery_lr: float
-    latency: str
-    latency_repeats: int
-    latency_ratios: tuple[float, ...] | None  # None: every evaluated ratio
-    latency_threads: int | None  # None: torch's default
-    latency_examples: int
-    latency_batch_sizes: tuple[int, ...]
-    flops_batch_size: int
-    save_model: str
+class Pruning:
+    """The pruning a job does. Every declared key reads through as declared (``s.calib_samples``); the
+    properties below are the ones a job derives, under the declared name where the meaning widens
+    (``ratios`` always holds ``ratio``; ``compare`` starts with the primary criterion)."""
+
+    declared: schema.PruneSettings
+
+    def __getattr__(self, name: str):  # only for names that are neither fields nor properties here
+        if name == "declared":  # copying or unpickling: not set yet
+            raise AttributeError(name)
+        return getattr(self.declared, name)
+
+    @property
+    def criterion(self) -> str:
+        """The primary criterion (``prune.name``)."""
+        return self.declared.name
+
+    @property
+    def compare(self) -> tuple[str, ...]:
+        """Every criterion evaluated, primary first."""
+        return tuple(dict.fromkeys([self.declared.name, *(self.declared.compare or [])]))
+
+    @property
+    def ratios(self) -> tuple[float, ...]:
+        """Every ratio evaluated, sorted; ``ratio`` (the saved model's, the headline numbers') among them."""
+        return tuple(sorted({float(r) for r in self.declared.ratios or []} | {self.ratio}))
+
+    @property
+    def ratio(self) -> float:
+        return float(self.declared.ratio)
+
+    @property
+    def alpha(self) -> float | None:
+        """HIES's alpha; None means auto (chosen over ``alpha_grid`` x ``alpha_ratios``)."""
+        return None if str(self.declared.alpha).lower() == "auto" else float(self.declared.alpha)
 
     @property
     def alpha_auto(self) -> bool:
         return self.alpha is None
 
     @property
+    def alpha_grid(self) -> tuple[float, ...]:
+        return tuple(float(a) for a in self.declared.alpha_grid)
+
+    @property
+    def alpha_ratios(self) -> tuple[float, ...]:
+        return tuple(sorted({float(r) for r in self.declared.alpha_ratios}))
+
+    @property
+    def from_run(self) -> str | None:
+        return None if self.declared.from_run in (None, "") else str(self.declared.from_run)
+
+    @property
+    def latency_ratios(self) -> tuple[float, ...] | None:
+        """Only these ratios are timed; None: every evaluated one."""
+        ratios = self.declared.latency_ratios
+        return None if ratios is None else tuple(float(r) for r in ratios)
+
+    @property
+    def latency_batch_sizes(self) -> tuple[int, ...]:
+        return tuple(self.declared.latency_batch_sizes)
+
+    @property
+    def recovery_lr(self) -> float:
+        return float(self.declared.recovery_lr)
+
+    @property
     def needs_calibration(self) -> bool:
         return any(c in ("hies", "his", "entropy") for c in self.compare)
 
+    def as_record(self) -> dict:
+        """The settings as the record's ``pruning.settings`` says them: ``criterion`` and every declared key,
+        derived values where a job derives them."""
+        keys = [f.name for f in dataclasses.fields(schema.PruneSettings) if f.name != "name"]
+        return {"criterion": self.criterion, **{k: _plain(getattr(self, k)) for k in keys}}
 
-def parse(pcfg) -> PruneSettings:
-    """``cfg.prune`` into plain values: every key's type and range by :mod:`runner.schema` (the one
-    place ranges live), then the checks across keys."""
-    from runner import schema
 
-    defaults = OmegaConf.structured(schema.PruneSettings)
+def _plain(value):
+    return list(value) if isinstance(value, tuple) else value
+
+
+def parse(pcfg) -> Pruning:
+    """``cfg.prune`` (a composed node, or a plain dict of the keys given) into :class:`Pruning`: every
+    key's type and range by :mod:`runner.schema` (the one place they live), then the checks across keys."""
     node = OmegaConf.to_container(pcfg, resolve=True) if isinstance(pcfg, DictConfig) else dict(pcfg)
     for key in schema.list_fields(schema.PruneSettings):
         if key in node and node[key] is not None and not isinstance(node[key], list):
@@ -61,45 +106,15 @@ def parse(pcfg) -> PruneSettings:
     node.setdefault("name", "hies")
     node.setdefault("seed", 0)  # a bare node (not composed: no run seed for the declared ${seed} to follow)
     schema.check_group("prune", node)
-    p = OmegaConf.to_container(OmegaConf.merge(defaults, {k: v for k, v in node.items() if k in defaults}))
-    alpha = None if str(p["alpha"]).lower() == "auto" else float(p["alpha"])
-    if alpha is None and not p["alpha_grid"]:
+    s = Pruning(schema.settings_of("prune", node))
+    if s.alpha_auto and not s.alpha_grid:
         raise ConfigError("prune.alpha=auto needs a non-empty prune.alpha_grid")
-    if alpha is None and not p["alpha_ratios"]:
+    if s.alpha_auto and not s.alpha_ratios:
         raise ConfigError("prune.alpha=auto needs a non-empty prune.alpha_ratios")
-    ratio = float(p["ratio"])
-    return PruneSettings(
-        criterion=p["name"],
-        compare=tuple(dict.fromkeys([p["name"], *(p["compare"] or [])])),
-        ratios=tuple(sorted({float(r) for r in p["ratios"] or []} | {ratio})),
-        ratio=ratio,
-        alpha=alpha,
-        alpha_grid=tuple(float(a) for a in p["alpha_grid"]),
-        alpha_ratios=tuple(sorted({float(r) for r in p["alpha_ratios"]})),
-        alpha_holdout_samples=p["alpha_holdout_samples"],
-        alpha_split=p["alpha_split"],
-        calib_samples=p["calib_samples"],
-        calib_batch_size=p["calib_batch_size"],
-        his_per=p["his_per"],
-        normalize_layers=p["normalize_layers"],
-        min_heads_per_layer=p["min_heads_per_layer"],
-        seed=p["seed"],
-        from_run=None if p["from_run"] in (None, "") else str(p["from_run"]),
-        recovery_finetune=p["recovery_finetune"],
-        recovery_steps=p["recovery_steps"],
-        recovery_lr=float(p["recovery_lr"]),
-        latency=p["latency"],
-        latency_repeats=p["latency_repeats"],
-        latency_ratios=None if p["latency_ratios"] is None else tuple(float(r) for r in p["latency_ratios"]),
-        latency_threads=p["latency_threads"],
-        latency_examples=p["latency_examples"],
-        latency_batch_sizes=tuple(p["latency_batch_sizes"]),
-        flops_batch_size=p["flops_batch_size"],
-        save_model=p["save_model"],
-    )
+    return s
 
 
-def from_config(cfg: DictConfig) -> PruneSettings | None:
+def from_config(cfg: DictConfig) -> Pruning | None:
     """This job's pruning settings, or None when it does not prune (``prune=none``)."""
     pcfg = cfg.get("prune")
     if pcfg is None:

@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 # ---------------------------------------------------------------------------
 
 
-def after_training(settings: settings_lib.PruneSettings):
+def after_training(settings: settings_lib.Pruning):
     """The post-train stage for :func:`runner.train.run`: prune the in-memory model of the completed
     run (a ``runner.train.TrainedRun``, not the recipe) with ``settings`` (validated once, by
     runner.validate); it adds ``{"pruning": ...}`` to the run's results."""
@@ -101,7 +101,7 @@ def _job_config(cfg: DictConfig, source_cfg: DictConfig, task: DictConfig) -> di
     job = resolved_config(cfg)
     source = OmegaConf.to_container(source_cfg, resolve=False)
     job.pop("safe", None)  # only a SAFE source has SAFE's knobs
-    job.update({key: source[key] for key in ("model", "adapter", "freeze", "safe", "method", "trainer") if key in source})
+    job.update({key: source[key] for key in ("model", "adapter", "safe", "method", "trainer") if key in source})
     job["task"] = OmegaConf.to_container(task, resolve=True)
     return scrub(job)
 
@@ -141,7 +141,7 @@ def load_trained_model(model_dir: Path, source_cfg: DictConfig, task: DictConfig
     return model.eval(), tokenizer
 
 
-def prune_saved_run(cfg: DictConfig, s: settings_lib.PruneSettings) -> dict:
+def prune_saved_run(cfg: DictConfig, s: settings_lib.Pruning) -> dict:
     """Prune a saved fine-tuned run (``s.from_run``); results go to this job's output dir with a reference to the source."""
     src = Path(str(s.from_run)).expanduser().resolve()
     pretrained = (src / "config.json").is_file() and not (src / "model").is_dir()
@@ -164,7 +164,7 @@ def prune_saved_run(cfg: DictConfig, s: settings_lib.PruneSettings) -> dict:
         return done if done is not None else _prune_into(out, cfg, s, src, src_results, source_cfg, task, job_cfg)
 
 
-def _output_dir_apart_from(cfg: DictConfig, src: Path, s: settings_lib.PruneSettings) -> Path:
+def _output_dir_apart_from(cfg: DictConfig, src: Path, s: settings_lib.Pruning) -> Path:
     """This job's output dir, refused when it is the source, inside it, or holds it: a pruning job never
     writes into (or retires) what it prunes."""
     out = Path(cfg.output_dir).resolve()
@@ -203,7 +203,7 @@ def _claim(out: Path, cfg: DictConfig, job_cfg: dict) -> dict | None:
     return None
 
 
-def _prune_pretrained(cfg: DictConfig, s: settings_lib.PruneSettings, src: Path) -> dict:
+def _prune_pretrained(cfg: DictConfig, s: settings_lib.Pruning, src: Path) -> dict:
     """``prune.from_run=<model folder>``: prune a pretrained model without fine-tuning it, with this job's
     task (calibration on its training split, metrics on its eval split) and model settings."""
     from runner.lm import is_lm_task
@@ -318,7 +318,7 @@ def _pooling_settled(cfg: DictConfig) -> DictConfig:
     return OmegaConf.merge(cfg, {"model": {"pooling": pooling}})
 
 
-def prune_trained_run_again(cfg: DictConfig, s: settings_lib.PruneSettings) -> dict:
+def prune_trained_run_again(cfg: DictConfig, s: settings_lib.Pruning) -> dict:
     """Prune the saved model of a run whose training completed (``model/``: LoRA merged, adapters attached,
     as ``prune.from_run`` loads it) in its own dir, with the settings it ran with; the earlier attempt's
     ``pruning/`` is kept under ``.retired/``. The record keeps every training number and gets the new

@@ -1,7 +1,7 @@
 """SAFE (Selective Adapter FrEezing) as a :class:`runner.methods.TrainingMethod`.
 
 ``method=safe`` trains adapters like ``method=adapter`` and, after every
-optimizer step, may freeze some of them (``freeze=`` chooses the policy):
+optimizer step, may freeze some of them (``safe.policy`` chooses how):
 
 * ``safe``   - measure importance (``safe.importance``: ``drift``, 1 - CKA to the
   start; ``own``, 1 - CKA between the outputs with and without the adapter)
@@ -79,9 +79,9 @@ class SafeMethod(TrainingMethod):
 
     def __init__(self, cfg):
         super().__init__(cfg)
-        self.policy = checks.policy_of(cfg)
-        self.settings: SafeSettings | None = checks.safe_settings(cfg)  # None under freeze=none without the group
-        self.seed = self.settings.seed if self.settings is not None else int(cfg.seed)
+        self.settings: SafeSettings = checks.safe_settings(cfg)
+        self.policy = self.settings.policy
+        self.seed = self.settings.seed
         self.ctx: LoopContext | None = None
         self.freezer: AdapterFreezer | None = None
         self.probe: RepresentationProbe | None = None
@@ -94,12 +94,12 @@ class SafeMethod(TrainingMethod):
         self._measure_steps: set[int] = set()  # decision_steps(), fixed in setup
         self.schedule_warning: str | None = None
         self.window: dict | None = None  # t_w / t_f in steps, epochs and fractions (setup: runner.safe.schedule.window)
-        self.importance_kind = self.settings.importance if self.settings is not None else None
+        self.importance_kind = self.settings.importance
 
     # ----------------------------------------------------------------- setup
 
     def setup(self, ctx: LoopContext):
-        """Freezer, schedule, the probe's reference (main process); freeze=static freezes here."""
+        """Freezer, schedule, the probe's reference (main process); policy static freezes here."""
         self.ctx = ctx
         acc = ctx.accelerator
         module = acc.unwrap_model(ctx.model)
@@ -109,9 +109,8 @@ class SafeMethod(TrainingMethod):
             raise ConfigError("method=safe freezes the adapters of each encoder layer, but the model has none; "
                               "use adapter=lora or adapter=bottleneck")
         self.total_steps = int(ctx.total_steps)
-        if self.settings is not None:
-            self.window = self._window(ctx)
-            self.t_w_step, self.t_f_step = self.window["steps"]["t_w"], self.window["steps"]["t_f"]
+        self.window = self._window(ctx)
+        self.t_w_step, self.t_f_step = self.window["steps"]["t_w"], self.window["steps"]["t_f"]
         self._measure_steps = set(self.decision_steps())
         self.schedule_warning = self._check_schedule_length()
         if self.policy in MEASURING and acc.is_main_process:
@@ -128,7 +127,7 @@ class SafeMethod(TrainingMethod):
             k = self.settings.static_k
             n = len(self.freezer.groups)
             if k is None or not 0 <= int(k) <= n:
-                raise ConfigError(f"freeze=static needs safe.static_k in 0..{n} (the number of lowest adapters to freeze; "
+                raise ConfigError(f"safe.policy=static needs safe.static_k in 0..{n} (the number of lowest adapters to freeze; "
                                   f"the benchmark passes SAFE's final frozen count)")
             return self._freeze(ctx, self.freezer.layers[:int(k)], step=0)[1]
         return None
@@ -146,7 +145,7 @@ class SafeMethod(TrainingMethod):
         return self._budget_splits() > 1 and step >= self.t_f_step
 
     def _budget_splits(self) -> int:
-        if self.settings is None or not self.settings.budget_mode or self.policy == "static":
+        if not self.settings.budget_mode or self.policy == "static":
             return 1
         return self.settings.budget_splits
 
@@ -188,7 +187,7 @@ class SafeMethod(TrainingMethod):
 
     def decision_steps(self) -> list[int]:
         """The steps at which SAFE measures importance with a threshold above 0 (where it may freeze)."""
-        if self.policy not in MEASURING or self.settings is None:
+        if self.policy not in MEASURING:
             return []
         interval = self.settings.interval
         t_w, t_f = self._fractions()
@@ -201,7 +200,7 @@ class SafeMethod(TrainingMethod):
 
     def _check_schedule_length(self) -> str | None:
         """A run too short for the schedule: too few measurements for the freezing decisions to mean anything."""
-        if self.policy not in MEASURING or self.settings is None:
+        if self.policy not in MEASURING:
             return None
         steps = self.decision_steps()
         if len(steps) >= MIN_DECISIONS:
@@ -303,7 +302,7 @@ class SafeMethod(TrainingMethod):
         if not state:
             return None
         if state.get("policy", self.policy) != self.policy:
-            raise ConfigError(f"the checkpoint was trained with freeze={state['policy']}, not freeze={self.policy}")
+            raise ConfigError(f"the checkpoint was trained with safe.policy={state['policy']}, not safe.policy={self.policy}")
         frozen = {int(k): int(v) for k, v in state.get("frozen", {}).items()}
         for step in sorted(set(frozen.values())):
             self.freezer.freeze([k for k, s in frozen.items() if s == step], step)
@@ -330,16 +329,15 @@ class SafeMethod(TrainingMethod):
         splits = self._budget_splits()
         report = {
             "policy": self.policy,
-            "config": dataclasses.asdict(self.settings) if self.settings is not None else None,
+            "config": dataclasses.asdict(self.settings),
             "adapter_unit": "all adapter modules of one encoder layer",
             "n_adapters": len(layers),
             "n_frozen": len(self.freezer.frozen),
             "merged_layers": sorted(self.freezer.merged),
-            "schedule_steps": ({"total": self.total_steps, "t_w": self.t_w_step, "t_f": self.t_f_step}
-                               if self.settings is not None else {"total": self.total_steps}),
+            "schedule_steps": {"total": self.total_steps, "t_w": self.t_w_step, "t_f": self.t_f_step},
             # t_w / t_f as given (safe.schedule_unit) and in steps, epochs and fractions of this run
             "schedule": self.window,
-            "importance": (None if self.settings is None else {
+            "importance": (None if self.policy not in MEASURING else {
                 "kind": self.importance_kind, "representation": self.settings.representation,
                 "kernel": self.settings.kernel, "score": IMPORTANCE_SCORES[self.importance_kind]}),
             "adapters": {
