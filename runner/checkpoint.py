@@ -19,10 +19,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import yaml
+from safetensors import safe_open
 
 from runner.adapters import kind_of
-from runner.errors import RecordError, first_line
 from runner.atomic_io import atomic_write_json, atomic_write_text
+from runner.errors import RecordError, first_line
 from runner.run_files import CHECKPOINT_SLOTS
 from runner.runs import newest_checkpoint
 
@@ -165,8 +166,6 @@ def _only(keep: Callable[[str], bool]):
 
 def _check_keys(model, folder: Path) -> None:
     """A trained-weights checkpoint loads without strictness: make sure each of its weights has a place in the model."""
-    from safetensors import safe_open
-
     path = folder / "model.safetensors"
     if not path.is_file():
         return

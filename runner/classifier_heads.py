@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
 from runner.arch import architecture_of
 from runner.errors import ConfigError, ModelError
@@ -132,8 +133,6 @@ def _mean_into_classifier(module, args):
 
 def is_causal_lm(model: nn.Module) -> bool:
     """A language model with its LM head (``...ForCausalLM``, GPT-2's ``LMHeadModel``), not a classifier."""
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
-
     names = {n for v in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values() for n in ((v,) if isinstance(v, str) else v)}
     return type(model).__name__ in names
 

@@ -21,13 +21,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import datasets
+import huggingface_hub.constants as hub_constants
 import numpy as np
 import torch
+from datasets import config as ds_config
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 from transformers import DataCollatorWithPadding
 
+from runner import lm
 from runner.errors import DataError
+from runner.network import unreachable
 
 log = logging.getLogger(__name__)
 
@@ -202,8 +206,6 @@ def load_local(task: DictConfig, task_dir: Path) -> TaskData:
 def load_hub(task: DictConfig) -> TaskData:
     """The task from the Hub, or from the local Hub cache when the Hub is out of reach (checked in seconds:
     ``datasets`` would retry for over a minute)."""
-    from runner.network import unreachable
-
     offline = any(os.environ.get(k, "").lower() in ("1", "true", "yes") for k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
     problem = None if offline else unreachable(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
     try:
@@ -224,9 +226,6 @@ def load_hub(task: DictConfig) -> TaskData:
 @contextlib.contextmanager
 def _hub_offline():
     """``datasets``/``huggingface_hub`` read their offline switches at import; flip them for one call."""
-    import huggingface_hub.constants as hub_constants
-    from datasets import config as ds_config
-
     saved = (hub_constants.HF_HUB_OFFLINE, ds_config.HF_HUB_OFFLINE, getattr(ds_config, "HF_DATASETS_OFFLINE", None))
     hub_constants.HF_HUB_OFFLINE = ds_config.HF_HUB_OFFLINE = True
     if saved[2] is not None:
@@ -263,8 +262,6 @@ def cap(ds: datasets.Dataset, n: int | None) -> datasets.Dataset:
 
 def load_task_splits(task: DictConfig) -> TaskData:
     """Raw train and eval splits of a task, capped as configured."""
-    from runner import lm
-
     if lm.is_lm_task(task):
         data = TaskData(**lm.load_lm_splits(task))
         count_used(data)
@@ -421,7 +418,6 @@ def build_dataloaders(cfg: DictConfig, data: TaskData, tokenizer, accelerator) -
             log.warning("cannot create the tokenisation cache %s (%s); tokenising in memory "
                         "(data_cache_dir=<a writable folder> keeps it)", cache_dir, exc.strerror or exc)
             cache_dir = None
-    from runner import lm
 
     lengths: dict[str, list[int]] = {}  # tokens per example, per split (classification), read once
     if lm.is_lm_task(cfg.task):  # blocks of text or prompt/response pairs, labels -100 where nothing is learned

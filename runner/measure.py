@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import resource
 import statistics
 import sys
@@ -26,6 +27,7 @@ import torch
 from torch import nn
 from torch.utils import flop_counter
 from torch.utils.flop_counter import FlopCounterMode
+from transformers.modeling_layers import GradientCheckpointingLayer
 
 # ---------------------------------------------------------------------------
 # FLOPs
@@ -137,8 +139,6 @@ class LengthFit:
         if abs(predicted - value) <= 1e-9 * max(abs(value), 1.0):
             return True
         self.enabled = False
-        import logging
-
         logging.getLogger(__name__).warning(
             "%s are not quadratic in the sequence length here (%.0f measured vs %.0f predicted at length %d); "
             "measuring every batch shape instead", self.what, value, predicted, length)
@@ -337,8 +337,6 @@ class SavedTensorMeter:
 
 def checkpointed_layers(model: nn.Module) -> list[nn.Module]:
     """The layers gradient checkpointing recomputes in backward (transformers' ``GradientCheckpointingLayer``)."""
-    from transformers.modeling_layers import GradientCheckpointingLayer
-
     return [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer) and getattr(m, "gradient_checkpointing", False)]
 
 

@@ -13,6 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hydra.utils import get_class, get_method
+
+from runner.errors import ConfigError
+
 
 @dataclass
 class LoopContext:
@@ -51,8 +55,6 @@ class TrainingMethod:
         """The method's checks across keys, before any heavy work (ranges: runner.schema).
         Only ``method=safe`` freezes adapters and has ``safe`` settings."""
         if cfg.get("safe") is not None:
-            from runner.errors import ConfigError
-
             raise ConfigError(f"safe settings need method=safe (method={cfg.method.name} freezes nothing)")
 
     def ddp_kwargs(self) -> dict:
@@ -104,10 +106,6 @@ def method_checks(cfg):
     path, so the pre-flight imports no torch), else the class's own ``check_config`` (importing the class:
     torch-free for this module's ``TrainingMethod``, which ``adapter`` and ``full`` run). Method options are
     user yaml files without shared defaults: a method of one's own may leave it out."""
-    from hydra.utils import get_method
-
-    from runner.errors import ConfigError
-
     path = cfg.method.get("checks")
     if path is None:
         return method_class(cfg).check_config
@@ -119,10 +117,6 @@ def method_checks(cfg):
 
 def method_class(cfg) -> type[TrainingMethod]:
     """The class ``method._target_`` names (Hydra resolves the dotted path)."""
-    from hydra.utils import get_class
-
-    from runner.errors import ConfigError
-
     target = str(cfg.method.get("_target_") or "runner.methods.TrainingMethod")
     try:
         cls = get_class(target)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import hashlib
 import importlib
 from pathlib import Path
 
@@ -11,8 +12,8 @@ from omegaconf import DictConfig
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
 from runner.arch import architecture_of, supported_model_types
-from runner.errors import ModelError
 from runner.classifier_heads import apply_pooling, resolve_pooling
+from runner.errors import ModelError
 
 SUPPORTED_MODEL_TYPES = tuple(supported_model_types())  # one module per family: runner/arch/
 
@@ -49,8 +50,6 @@ def model_source(mcfg: DictConfig, path: str, config) -> dict:
     asked for, and a fingerprint of the weights (SHA-256 over the folder's weight files, in name
     order; for a Hub name, the commit transformers resolved). Runs of different models never share
     a row in the aggregate tables (runner.aggregate.collect)."""
-    import hashlib
-
     folder = Path(path)
     files = sorted(f for pattern in WEIGHT_FILES for f in folder.glob(pattern)) if folder.is_dir() else []
     digest = None

@@ -5,21 +5,22 @@ learning check (and its plot), sharpness, the method's report and the files writ
 The recipe runs the loop and keeps the raw measurements (``history``: one record per optimizer
 step, ``evals``, the phase timer, the step meter); this module turns them into the record's
 sections, summing or taking the maximum over processes where each process saw its own batches.
+
+Each function takes the :class:`runner.train.Recipe` (``recipe``; not imported here, which would
+make an import cycle) after its loop has run.
 """
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from runner import curves, lm, measure, provenance, run_files
 from runner.results import STATUS_COMPLETED, Results
+from runner.sharpness import sharpness_of_run
 
-if TYPE_CHECKING:  # the recipe that measured; imported for types only
-    from runner.train import Recipe
 
 log = logging.getLogger(__name__)
 
@@ -35,15 +36,13 @@ FLOPS_METHOD = (
     "registered; summed over processes")
 
 
-def completed_record(recipe: Recipe, model_dir: Path) -> Results:
+def completed_record(recipe, model_dir: Path) -> Results:
     """The whole record of a run whose training, final evaluation and model save are done (status
     ``completed``; ``wandb`` is added by the main process when it writes it)."""
     cfg = recipe.cfg
     record = training_record(recipe)
     record["learning"] = learning_section(recipe, record["metrics"])
     if cfg.trainer.sharpness.enabled and recipe.is_main:
-        from runner.sharpness import sharpness_of_run  # power iteration: loaded only when asked for
-
         with recipe.timer.phase("sharpness"):
             record["sharpness"] = sharpness_of_run(recipe.accelerator, recipe.model, recipe.train_loader, cfg)
     record["method_report"] = recipe.method.report(recipe.ctx, recipe.history)
@@ -52,7 +51,7 @@ def completed_record(recipe: Recipe, model_dir: Path) -> Results:
     return record
 
 
-def training_record(recipe: Recipe) -> Results:
+def training_record(recipe) -> Results:
     """Who the run is, its final metrics, and its memory, FLOPs and time sections."""
     cfg = recipe.cfg
     final_eval = recipe.evals[-1] if recipe.evals else {}
@@ -85,7 +84,7 @@ def training_record(recipe: Recipe) -> Results:
     }
 
 
-def memory_section(recipe: Recipe) -> dict:
+def memory_section(recipe) -> dict:
     steps = recipe.history
     state = measure.model_state_bytes(recipe.accelerator.unwrap_model(recipe.model), recipe.optimizer)
     state["grad_bytes"] = state["trainable_param_bytes"]  # one gradient per trainable weight at each optimizer step
@@ -110,7 +109,7 @@ def memory_section(recipe: Recipe) -> dict:
     return memory
 
 
-def flops_section(recipe: Recipe) -> dict:
+def flops_section(recipe) -> dict:
     steps = recipe.history
     # method_flops: compute a method spends outside the training forward/backward (SAFE's probe)
     step_flops = [s["flops"] + (s.get("method_flops") or 0) for s in steps if s.get("flops") is not None]
@@ -127,7 +126,7 @@ def flops_section(recipe: Recipe) -> dict:
     }
 
 
-def time_section(recipe: Recipe) -> dict:
+def time_section(recipe) -> dict:
     history = recipe.history
     tokens = recipe.sum_across_processes(sum(s["tokens"] for s in history))
     # evaluation between epochs runs inside the train phase; the final one after it
@@ -149,7 +148,7 @@ def time_section(recipe: Recipe) -> dict:
     }
 
 
-def learning_section(recipe: Recipe, final_metrics: dict) -> dict:
+def learning_section(recipe, final_metrics: dict) -> dict:
     """The final main metric against a constant prediction, and learning_curve.png (main process)."""
     cfg = recipe.cfg
     task = cfg.task

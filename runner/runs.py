@@ -34,10 +34,13 @@ import json
 import os
 from pathlib import Path
 
+import yaml
+
 from runner.atomic_io import atomic_write_text
 from runner.errors import ConfigError
 from runner.results import STATUS_COMPLETED, STATUS_FAILED, STATUS_INTERRUPTED, parse_record
 from runner.run_files import CHECKPOINT_SLOTS, CONFIG, HYDRA_OWN, LOCK_FILE, RETIRED
+from runner.schema import default_of, upgrade_saved
 # Settings that may differ between an interrupted attempt and its resume: how
 # it is run, checked and shown, not what it computes.
 MAY_CHANGE_ON_RESUME = (
@@ -138,8 +141,6 @@ def _flat(node, prefix: str = "") -> dict:
 def changed_settings(saved: dict, now: dict, allowed=MAY_CHANGE_ON_RESUME) -> list[str]:
     """Dotted keys whose values differ between two resolved configs (allowed keys and their children skipped).
     A setting the saved run predates (added to the runner since) is no change while it keeps its default."""
-    from runner.schema import default_of, upgrade_saved
-
     a, b = _flat(upgrade_saved(saved)), _flat(now)
 
     def skip(key: str) -> bool:
@@ -160,8 +161,6 @@ def describe_changes(saved: dict, now: dict, changed: list[str], most: int) -> s
 def settings_changes(directory: Path, now: dict, most: int = 4) -> str | None:
     """How the settings saved in ``directory``'s config.yaml differ from ``now`` (the first ``most`` keys, as
     :func:`describe_changes` says them); None when they agree or nothing is saved. An unreadable file is refused."""
-    import yaml
-
     path = Path(directory) / CONFIG
     if not path.is_file():
         return None

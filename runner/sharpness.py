@@ -25,6 +25,7 @@ import time
 
 import torch
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from runner.adapters import is_adapter_param, mergeable_modules
 
@@ -45,8 +46,6 @@ def fixed_batches(loader, n_batches: int, batch_size: int, device) -> list[dict]
 
 def _math_attention():
     try:
-        from torch.nn.attention import SDPBackend, sdpa_kernel
-
         return sdpa_kernel(SDPBackend.MATH)
     except ImportError:  # pragma: no cover
         return contextlib.nullcontext()

@@ -4,6 +4,9 @@ resumed), data and model loaded, the head and what trains, the data loaders, the
 files and the tracker, the optimizer, Accelerate's wrappers, the step counts and LR schedule, the
 method's context, and on resume the checkpoint restored. Bad input stops here, before anything is
 logged or written.
+
+Each function takes the :class:`runner.train.Recipe` it fills (``recipe``; not imported here,
+which would make an import cycle).
 """
 
 from __future__ import annotations
@@ -11,7 +14,6 @@ from __future__ import annotations
 import logging
 import math
 import sys
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -31,13 +33,11 @@ from runner.results import STATUS_COMPLETED, read_record, write_running
 from runner.tracking import Tracker
 from runner.validate import check_sequence_length
 
-if TYPE_CHECKING:  # the recipe being set up; imported for types only
-    from runner.train import Recipe
 
 log = logging.getLogger(__name__)
 
 
-def setup(recipe: Recipe) -> None:
+def setup(recipe) -> None:
     cfg = recipe.cfg
     with recipe.timer.phase("setup"):
         set_seed(cfg.seed)
@@ -58,7 +58,7 @@ def setup(recipe: Recipe) -> None:
 
 
 
-def experiment_fingerprint(recipe: Recipe) -> dict:
+def experiment_fingerprint(recipe) -> dict:
     """What a resume must find unchanged (results.json "fingerprint", each checkpoint's meta.json)."""
     n = recipe.accelerator.num_processes
     return {"weights": recipe.model_source.get("weights"), "data": data_lib.fingerprint(recipe.data), "world_size": n,
@@ -66,7 +66,7 @@ def experiment_fingerprint(recipe: Recipe) -> dict:
 
 
 
-def load_model_and_data(recipe: Recipe):
+def load_model_and_data(recipe):
     """Data, model, tokenizer, the head and what trains, and the data loaders; returns the model."""
     cfg = recipe.cfg
     recipe.data = data_lib.load_task_splits(cfg.task)
@@ -98,7 +98,7 @@ def load_model_and_data(recipe: Recipe):
 
 
 
-def start_record(recipe: Recipe) -> None:
+def start_record(recipe) -> None:
     """The run dir gets its config, the tracker and (fresh run) a ``running`` record."""
     cfg = recipe.cfg
     recipe.output_dir.mkdir(parents=True, exist_ok=True)
@@ -116,7 +116,7 @@ def start_record(recipe: Recipe) -> None:
 
 
 
-def prepare(recipe: Recipe, model) -> None:
+def prepare(recipe, model) -> None:
     """Optimizer, Accelerate's wrappers, the step counts and the LR schedule, the method's context."""
     cfg = recipe.cfg
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -145,7 +145,7 @@ def prepare(recipe: Recipe, model) -> None:
 
 
 
-def resolve_pooling_of(recipe: Recipe, model_path: str) -> None:
+def resolve_pooling_of(recipe, model_path: str) -> None:
     """``model.pooling=auto`` becomes the pooling used, so config.yaml and a later
     ``prune.from_run`` see the real choice (a causal LM pools nothing)."""
     if recipe.causal_lm:
@@ -159,7 +159,7 @@ def resolve_pooling_of(recipe: Recipe, model_path: str) -> None:
 
 
 
-def start_head(recipe: Recipe, model) -> dict:
+def start_head(recipe, model) -> dict:
     """Regression: the output bias starts at the training-label mean (runner.classifier_heads)."""
     head = {"pooling": recipe.cfg.model.pooling, "pooling_source": recipe.pooling_source, "regression_bias_init": None,
             "trains": "every weight", "params_trainable": None}
@@ -172,7 +172,7 @@ def start_head(recipe: Recipe, model) -> dict:
 
 
 
-def check_output_dir(recipe: Recipe) -> dict | None:
+def check_output_dir(recipe) -> dict | None:
     """Never overwrite or mix into another run's record; resume only the same run from a checkpoint."""
     previous = (read_record(recipe.output_dir) or {}).get("status")
     meta = checkpoint.load_meta(recipe.output_dir)
@@ -188,7 +188,7 @@ def check_output_dir(recipe: Recipe) -> dict | None:
 
 
 
-def restore(recipe: Recipe, meta: dict) -> None:
+def restore(recipe, meta: dict) -> None:
     # The method's state first: SAFE re-freezes adapters, which removes them from the
     # optimizer, so that the saved optimizer state then fits the param groups.
     recipe.adopt(recipe.method.load_state_dict(meta.get("method_state", {})))

@@ -13,15 +13,16 @@ import pytest
 import torch
 
 import runner.train as train_mod
+import runner.train_setup as train_setup
 from runner.app import execute
-from runner.config import compose_config
 from runner.atomic_io import atomic_write_json
+from runner.config import compose_config
 from runner.results import undeclared
 
 
 def break_classifier_at(monkeypatch, step: int, make_output):
     """From the ``step``-th training forward pass on, the classifier returns ``make_output(logits)``."""
-    original = train_mod.prepare_trainable
+    original = train_setup.prepare_trainable
     calls = {"n": 0}
 
     def prepare(model, cfg):
@@ -38,7 +39,7 @@ def break_classifier_at(monkeypatch, step: int, make_output):
         head.register_forward_hook(hook)
         return model
 
-    monkeypatch.setattr(train_mod, "prepare_trainable", prepare)
+    monkeypatch.setattr(train_setup, "prepare_trainable", prepare)
 
 
 def test_nan_loss_stops_marks_failed_and_keeps_last_checkpoint(tiny_overrides, tmp_path, monkeypatch, capsys):

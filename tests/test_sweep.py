@@ -13,6 +13,7 @@ import yaml
 
 import runner.app as app_mod
 import runner.train as train_mod
+import runner.train_setup as train_setup
 from runner.config import compose_config
 from runner.jobs import resolve_auto_resume
 from runner.runs import (
@@ -56,7 +57,7 @@ def test_a_crash_in_a_multirun_job_is_recorded_and_returns_none(tiny_overrides, 
     def explode(model, cfg):
         raise RuntimeError("adapter injection exploded")
 
-    monkeypatch.setattr(train_mod, "prepare_trainable", explode)
+    monkeypatch.setattr(train_setup, "prepare_trainable", explode)
     out = tmp_path / "job"
     assert app_mod.execute(compose_config(tiny_overrides, output_dir=out)) is None
     record = json.loads((out / "results.json").read_text())
@@ -92,7 +93,7 @@ def test_bad_input_in_a_multirun_job_keeps_a_failure_record(tiny_overrides, tmp_
 def test_a_crash_in_a_single_run_is_one_line_and_the_traceback_goes_to_the_log(tiny_overrides, tmp_path, monkeypatch, capsys):
     import logging
 
-    monkeypatch.setattr(train_mod, "prepare_trainable", lambda m, c: (_ for _ in ()).throw(RuntimeError("boom\nsecond line")))
+    monkeypatch.setattr(train_setup, "prepare_trainable", lambda m, c: (_ for _ in ()).throw(RuntimeError("boom\nsecond line")))
     log_file = tmp_path / "job.log"
     handler = logging.FileHandler(log_file)  # what Hydra's job logging installs
     logging.getLogger().addHandler(handler)

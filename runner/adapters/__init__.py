@@ -14,10 +14,12 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from hydra.utils import get_method
 from omegaconf import DictConfig
 from torch import nn
 
 from runner.arch import architecture_of, layer_pattern
+from runner.classifier_heads import head_modules, saved_pooling
 from runner.errors import ConfigError
 
 
@@ -143,8 +145,6 @@ def parameter_counts(model: nn.Module) -> dict[str, int]:
 
 def trained_head_modules(model: nn.Module, cfg: DictConfig) -> list[str]:
     """What trains beside the adapters (``adapter.head_modules``; auto: classifier, + pooler under cls pooling)."""
-    from runner.classifier_heads import head_modules, saved_pooling
-
     return head_modules(model, saved_pooling(model), cfg.adapter.get("head_modules", "auto"))
 
 
@@ -158,8 +158,6 @@ def prepare_trainable(model: nn.Module, cfg: DictConfig) -> nn.Module:
     target = cfg.adapter.get("_target_")
     if not target:
         raise ConfigError(f"method {cfg.method.name} trains adapters, but adapter={cfg.adapter.name}; use adapter=lora or adapter=bottleneck")
-    from hydra.utils import get_method
-
     return get_method(str(target))(model, cfg.adapter, trained_head_modules(model, cfg))
 
 

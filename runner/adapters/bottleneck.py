@@ -9,11 +9,14 @@ from pathlib import Path
 
 import torch
 from omegaconf import DictConfig
+from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from runner.adapters import LAYER_RE, AdapterKind, is_adapter_param, is_head_param, register, target_modules
 from runner.arch import architecture_of
+from runner.atomic_io import atomic_write_json
+from runner.classifier_heads import is_in_modules
 from runner.errors import ConfigError, ModelError
 
 WEIGHTS, CONFIG = "bottleneck_adapters.safetensors", "bottleneck_config.json"
@@ -88,8 +91,6 @@ class BottleneckKind(AdapterKind):
     module_part = "bottleneck"
 
     def add(self, model: nn.Module, acfg: DictConfig, head: list[str]) -> nn.Module:
-        from runner.classifier_heads import is_in_modules
-
         model = add_bottleneck_adapters(model, acfg)
         for name, p in model.named_parameters():
             p.requires_grad_(is_adapter_param(name) or is_in_modules(name, head))
@@ -100,10 +101,6 @@ class BottleneckKind(AdapterKind):
 
     def save(self, model: nn.Module, target: Path, config: dict) -> None:
         """The adapters, the classifier and whatever else trained beside them (the pooler under cls pooling)."""
-        from safetensors.torch import save_file
-
-        from runner.atomic_io import atomic_write_json
-
         state = {n: p.detach().contiguous().cpu() for n, p in model.named_parameters()
                  if is_adapter_param(n) or is_head_param(n) or p.requires_grad}
         save_file(state, str(Path(target) / WEIGHTS))
@@ -113,8 +110,6 @@ class BottleneckKind(AdapterKind):
         return (Path(model_dir) / WEIGHTS).is_file()
 
     def load(self, model_dir: Path, base: nn.Module, scfg: DictConfig) -> nn.Module:
-        from safetensors.torch import load_file
-
         model = add_bottleneck_adapters(base, scfg.adapter)
         state = load_file(str(Path(model_dir) / WEIGHTS))
         missing = set(state) - set(dict(model.named_parameters()))

@@ -7,10 +7,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from omegaconf import DictConfig
+from peft import LoraConfig, PeftModel, TaskType, get_peft_model
+from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
 from runner.adapters import AdapterKind, layer_index, register, target_modules
 from runner.arch import architecture_of
+from runner.classifier_heads import is_causal_lm
 from runner.errors import ConfigError
 
 
@@ -21,12 +24,9 @@ class Lora(AdapterKind):
 
     def add(self, model: nn.Module, acfg: DictConfig, head: list[str] | None = None) -> nn.Module:
         """PEFT LoRA; ``head`` names the modules that train and are saved beside it (default: the classifier)."""
-        from peft import LoraConfig, TaskType, get_peft_model
-
         if acfg.r <= 0:
             raise ConfigError(f"adapter.r must be a positive rank, got {acfg.r}")
         wanted = target_modules(model, acfg)
-        from runner.classifier_heads import is_causal_lm
 
         config = LoraConfig(
             task_type=TaskType.CAUSAL_LM if is_causal_lm(model) else TaskType.SEQ_CLS, r=int(acfg.r), lora_alpha=float(acfg.alpha),
@@ -52,13 +52,9 @@ class Lora(AdapterKind):
         return (Path(model_dir) / "adapter_config.json").is_file()
 
     def load(self, model_dir: Path, base: nn.Module, scfg: DictConfig) -> nn.Module:
-        from peft import PeftModel
-
         return PeftModel.from_pretrained(base, str(model_dir)).merge_and_unload()
 
     def mergeable(self, model: nn.Module) -> list[tuple[str, nn.Module]]:
-        from peft.tuners.tuners_utils import BaseTunerLayer
-
         return [(name, m) for name, m in model.named_modules()
                 if isinstance(m, BaseTunerLayer) and layer_index(name) is not None]
 

@@ -22,16 +22,19 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 from torch.utils.data import DataLoader
+
 from runner import measure
+from runner.atomic_io import atomic_write_json
 from runner.errors import ConfigError
 from runner.prune import plots, quality
 from runner.prune.gate import HeadGate, geometry, unwrap_peft
+from runner.prune.persist import save_pruned
 from runner.prune.physical import count_parameters, heads_kept, prune_heads
-from runner.prune.scores import (CalibrationScores, calibration_scores, criterion_scores, hies_scores, magnitude_scores,
-                                  ranking_agreement)
+from runner.prune.scores import (
+    CalibrationScores, calibration_scores, criterion_scores, hies_scores, magnitude_scores, ranking_agreement,
+)
 from runner.prune.select import mask_to_dict, select_heads_to_prune
 from runner.prune.settings import Pruning
-from runner.atomic_io import atomic_write_json
 
 log = logging.getLogger(__name__)
 
@@ -446,8 +449,6 @@ class MaskEvaluator:
                     for bs, batches in self.ref.latency_batches.items()
                 }
         if save:
-            from runner.prune.persist import save_pruned
-
             self.saved_model = save_pruned(pruned, Path(self.inputs.output_dir) / "pruning" / f"model_{crit}_r{ratio}",
                                            self.inputs.tokenizer, extra={
                 "criterion": crit, "ratio": ratio, "alpha": self.scoring.get("alpha"), "source_run": self.inputs.source_run,

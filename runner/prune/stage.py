@@ -14,21 +14,25 @@ from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
-from runner import provenance
+from runner import data as data_lib, provenance, run_files, runs
 from runner.adapters import KINDS
+from runner.atomic_io import atomic_write_text
+from runner.classifier_heads import apply_pooling, resolve_pooling, saved_pooling
+from runner.config import resolved_config
 from runner.errors import ConfigError, ModelError
+from runner.lm import is_lm_task
+from runner.models import load_model_and_tokenizer, resolve_model_path
 from runner.prune import settings as settings_lib
 from runner.prune.pipeline import PruneInputs, run_pruning
-from runner import runs
-from runner.atomic_io import atomic_write_text
 from runner.results import (
-    STATUS_COMPLETED, STATUS_FAILED, STATUS_INTERRUPTED, flatten, read_record, record_problem, training_completed, write_failure,
-    write_record,
+    STATUS_COMPLETED, STATUS_FAILED, STATUS_INTERRUPTED, flatten, read_record, record_problem, training_completed,
+    write_failure, write_record,
 )
-from runner import run_files
 from runner.secrets import scrub
 from runner.stop_signals import POST_TRAIN, PRUNING, RunInterrupted, StopSignals
+from runner.tracking import Tracker
 
 log = logging.getLogger(__name__)
 
@@ -96,8 +100,6 @@ def _task_config(source_cfg: DictConfig, cfg: DictConfig) -> DictConfig:
 def _job_config(cfg: DictConfig, source_cfg: DictConfig, task: DictConfig) -> dict:
     """The config this pruning job really ran: the source run's task, model, adapter, method and
     trainer (what the pruned model is), this job's pruning settings, seed and logger."""
-    from runner.config import resolved_config
-
     job = resolved_config(cfg)
     source = OmegaConf.to_container(source_cfg, resolve=False)
     job.pop("safe", None)  # only a SAFE source has SAFE's knobs
@@ -108,10 +110,6 @@ def _job_config(cfg: DictConfig, source_cfg: DictConfig, task: DictConfig) -> di
 
 def load_trained_model(model_dir: Path, source_cfg: DictConfig, task: DictConfig):
     """The fine-tuned model of a saved run (LoRA merged, bottleneck adapters attached) and its tokenizer."""
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
-
-    from runner.models import load_model_and_tokenizer
-
     model_dir = Path(model_dir)
     if (model_dir / "pruned_heads.json").is_file():
         raise ModelError(f"{model_dir} is already pruned; prune the fine-tuned (unpruned) run instead")
@@ -123,9 +121,6 @@ def load_trained_model(model_dir: Path, source_cfg: DictConfig, task: DictConfig
         base, tokenizer = load_model_and_tokenizer(mcfg, task)
         model = kind.load(model_dir, base, source_cfg)
     elif (model_dir / "config.json").is_file():
-        from runner.classifier_heads import apply_pooling, saved_pooling
-        from runner.lm import is_lm_task
-
         if is_lm_task(task):
             model = AutoModelForCausalLM.from_pretrained(str(model_dir), attn_implementation=attn)
         else:
@@ -206,8 +201,6 @@ def _claim(out: Path, cfg: DictConfig, job_cfg: dict) -> dict | None:
 def _prune_pretrained(cfg: DictConfig, s: settings_lib.Pruning, src: Path) -> dict:
     """``prune.from_run=<model folder>``: prune a pretrained model without fine-tuning it, with this job's
     task (calibration on its training split, metrics on its eval split) and model settings."""
-    from runner.lm import is_lm_task
-
     if not is_lm_task(cfg.task):
         log.warning("prune.from_run=%s is a model folder: task %s's classifier starts untrained, so its metrics say little; "
                     "fine-tune first and prune the run", src, cfg.task.name)
@@ -225,9 +218,6 @@ def _prune_into(out: Path, cfg: DictConfig, s, src: Path, src_results: dict, sou
                 job_cfg: dict, pretrained: bool = False) -> dict:
     """The pruning job proper, in a dir this process holds; SIGINT/SIGTERM stop it at once with an
     ``interrupted`` record (runner.stop_signals, stage ``pruning``)."""
-    from runner import data as data_lib
-    from runner.tracking import Tracker
-
     run_name = str(cfg.run_name)  # prune-<criterion>-<source run> (runner.config.run_label) unless the user named it
     atomic_write_text(out / run_files.CONFIG, OmegaConf.to_yaml(OmegaConf.create(job_cfg)))
     tcfg = OmegaConf.merge(cfg, {"run_name": run_name})
@@ -237,8 +227,6 @@ def _prune_into(out: Path, cfg: DictConfig, s, src: Path, src_results: dict, sou
     try:
         with _pruning_signals(out):
             if pretrained:
-                from runner.models import load_model_and_tokenizer
-
                 model, tokenizer = load_model_and_tokenizer(source_cfg.model, task)
                 model.eval()
             else:
@@ -308,10 +296,6 @@ def needs_pruning_again(cfg: DictConfig) -> bool:
 def _pooling_settled(cfg: DictConfig) -> DictConfig:
     """``cfg`` with ``model.pooling=auto`` replaced by the choice a run makes and saves in config.yaml
     (runner.train_setup.resolve_pooling_of), so that the two compare."""
-    from runner.classifier_heads import resolve_pooling
-    from runner.lm import is_lm_task
-    from runner.models import resolve_model_path
-
     if is_lm_task(cfg.task):
         return cfg
     pooling, _ = resolve_pooling(cfg.model.get("pooling"), resolve_model_path(cfg.model.name_or_path))
@@ -323,10 +307,6 @@ def prune_trained_run_again(cfg: DictConfig, s: settings_lib.Pruning) -> dict:
     as ``prune.from_run`` loads it) in its own dir, with the settings it ran with; the earlier attempt's
     ``pruning/`` is kept under ``.retired/``. The record keeps every training number and gets the new
     ``pruning`` section; it says ``completed`` once that is written."""
-    from runner import data as data_lib
-    from runner.config import resolved_config
-    from runner.tracking import Tracker
-
     out = Path(cfg.output_dir)
     if int(os.environ.get("RANK", "0")) != 0:  # pruning after training runs on the main process only
         return read_record(out) or {}

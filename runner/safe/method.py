@@ -27,13 +27,16 @@ import time
 from pathlib import Path
 
 import numpy as np
+from accelerate.utils import broadcast_object_list
+from torch.nn.parallel import DistributedDataParallel as DDP
 
 from runner.errors import ConfigError
+from runner.measure import history_peak, optimizer_state_bytes, tensor_bytes
 from runner.methods import LoopContext, StepUpdate, TrainingMethod
 from runner.safe import checks, schedule
-from runner.measure import history_peak, optimizer_state_bytes, tensor_bytes
 from runner.safe.freezer import AdapterFreezer
 from runner.safe.importance import RepresentationProbe, probe_batch, probe_targets
+from runner.safe.plot import freeze_timeline
 from runner.schema import SafeSettings
 
 log = logging.getLogger(__name__)
@@ -53,8 +56,6 @@ def rewrap_ddp(acc, old):
     """A fresh DDP around ``old``'s module, so its reducer only covers parameters that still train
     (None when ``old`` is not DDP-wrapped: nothing to re-wrap). Accelerate has no public call to swap a model it
     prepared, so its list of prepared models is pointed at the new wrapper (it saves and loads those)."""
-    from torch.nn.parallel import DistributedDataParallel as DDP
-
     if not isinstance(old, DDP):
         return None
     handler = getattr(acc, "ddp_handler", None)
@@ -250,8 +251,6 @@ class SafeMethod(TrainingMethod):
             acc = ctx.accelerator
             decision = self._decide(step) if acc.is_main_process else None
             if acc.num_processes > 1:
-                from accelerate.utils import broadcast_object_list
-
                 decision = broadcast_object_list([decision], from_process=0)[0]
             froze, model = self._freeze(ctx, decision["freeze"], step)
             self.measurements.append({
@@ -365,8 +364,6 @@ class SafeMethod(TrainingMethod):
         }
         if ctx.accelerator.is_main_process:
             try:
-                from runner.safe.plot import freeze_timeline
-
                 path = freeze_timeline(
                     Path(ctx.output_dir) / TIMELINE_PNG, layers, self.total_steps,
                     [{"step": m["step"], "normalised": m["normalised"]} for m in self.measurements],
