@@ -168,7 +168,7 @@ def _run_job(cfg: DictConfig, output_dir: Path) -> float | None:
     from runner.train import run
     from runner.validate import validate_config
 
-    prune = validate_config(cfg)  # the one validation; returns the pruning settings (None: no pruning)
+    prune = validate_config(cfg)  # the job's validation; returns the pruning settings (None: no pruning)
     # head pruning (runner.prune, docs/hies.md): a saved run skips training
     if prune is not None and prune.from_run:
         results = prune_stage.prune_saved_run(cfg, prune)

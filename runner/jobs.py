@@ -63,7 +63,7 @@ def sweep_group(default: str) -> str:
 
 
 def record_failure(cfg, output_dir: Path, exc: BaseException, exit_code: int, stage: str = "before_training") -> Path | None:
-    """Leave a failure record in the job's dir unless the run wrote one (:func:`runner.runs.write_failure`).
+    """Leave a failure record in the job's dir unless the run wrote one (:func:`runner.results.write_failure`).
 
     ``runner.train.run`` writes failed/interrupted results itself once training
     has started; this covers the failures before that (bad data, bad model,

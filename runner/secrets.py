@@ -6,7 +6,7 @@ are replaced wherever they appear in a string, for example inside an error
 message or a path built with ``${oc.env:MY_SECRET_TOKEN}``; and values under
 credential-looking keys (``api_key``, ``hub_password``, ...) of a config or of
 ``key=value`` overrides. :func:`scrub_text` is applied by
-:func:`runner.results.atomic_write_text` (every record, summary and config the
+:func:`runner.atomic_io.atomic_write_text` (every record, summary and config the
 runner writes) and by the log filter :func:`install_log_filter`.
 """
 

@@ -526,7 +526,7 @@ def error_text(exc: BaseException) -> str:
 
 
 def write_failure_record(recipe: Recipe, trained: dict | None, status: str, exc: BaseException, stage: str) -> None:
-    """The record of a run that did not complete (:func:`runner.runs.write_failure`), written even on a
+    """The record of a run that did not complete (:func:`runner.results.write_failure`), written even on a
     full disk: the full record, else a small one, else the previous record stays (a fresh run's
     ``running`` one). A resumed attempt that fails before it gets past the previous record's step
     keeps that record (the attempt is added to its ``attempts``): a failed resume never wipes what

@@ -69,10 +69,13 @@ def check_sharding(cfg: DictConfig, env) -> None:
 
 
 def validate_config(cfg: DictConfig):
-    """The one validation of a job, cheap and before any loading: every key's type and range
+    """A job's validation, cheap and before any loading: every key's type and range
     (:mod:`runner.schema`), then the checks that involve several keys (adapters, the method's
     own, pruning's). Returns the job's pruning settings (None: it does not prune), which the
-    job then uses as they are: nothing validates the config again."""
+    job then uses as they are. Each job runs it once (:func:`runner.app.execute`, whoever
+    started the job: the command line, a sweep, Python); the command line also runs it on its
+    own composition of the overrides before Hydra makes the run dir, so that bad input leaves
+    no dir (a few milliseconds; both see the same config)."""
     from runner.schema import check_config
 
     check_config(cfg)  # first: a bad value fails before anything heavy is imported
