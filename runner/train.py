@@ -25,10 +25,8 @@ from accelerate.utils import DataLoaderConfiguration, DistributedDataParallelKwa
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
-from runner import checkpoint, data as data_lib, lm, measure, record_builder, run_files, runs, train_setup
-from runner.adapters import is_adapter_param, is_head_param, layer_index
+from runner import checkpoint, data as data_lib, lm, measure, record_builder, run_files, runs, train_setup, train_state
 from runner.atomic_io import atomic_write_text
-from runner.config import resolved_config
 from runner.errors import ConfigError
 from runner.jobs import reset_accelerate_state
 from runner.methods import build_method
@@ -162,7 +160,7 @@ class Recipe:
                 if not tcfg.eval_every_steps:
                     self.evaluate()
                 if not tcfg.checkpoint_every_steps:
-                    self.save_checkpoint()
+                    train_state.save_checkpoint(self)
         bar.close()
 
     def _micro_step(self, batch: dict) -> bool:
@@ -231,7 +229,7 @@ class Recipe:
         if tcfg.eval_every_steps and self.global_step % tcfg.eval_every_steps == 0 and between:
             self.evaluate()
         if tcfg.checkpoint_every_steps and self.global_step % tcfg.checkpoint_every_steps == 0 and between:
-            self.save_checkpoint()
+            train_state.save_checkpoint(self)
         self.step_meter.started = time.perf_counter()  # eval and checkpoints are not the next step's time
 
     def _show_bars(self) -> bool:
@@ -288,7 +286,7 @@ class Recipe:
             self._stop_with_checkpoint(FINISH)
 
     def _stop_with_checkpoint(self, stage: str) -> None:
-        self.save_checkpoint()
+        train_state.save_checkpoint(self)
         raise RunInterrupted(self.signals.signum or signal.SIGTERM, self.global_step, checkpoint_step=self.global_step, stage=stage)
 
     # ------------------------------------------------------------------- eval
@@ -373,40 +371,6 @@ class Recipe:
         t = torch.tensor(float(value), dtype=torch.float64, device=self.device)
         return float(self.accelerator.gather(t.reshape(1)).max().item())
 
-    # ------------------------------------------------------------ checkpoints
-
-    def save_checkpoint(self) -> None:
-        meta = {
-            "global_step": self.global_step, "epoch": self.epoch, "history": self.history, "evals": self.evals,
-            "scheduler_state": self.scheduler.state_dict(),
-            "method_state": self.method.state_dict(), "wandb_run_id": self.tracker.run_id if self.tracker else None,
-            "meter_state": self.step_meter.state_dict() if self.step_meter is not None else None,
-            "fingerprint": self.fingerprint,
-        }
-        keep = self._trained_weights() if self.cfg.method.uses_adapters else None
-        checkpoint.save(self.accelerator, self.output_dir, meta, keep=keep)
-
-    def _trained_weights(self):
-        """What an adapter run's checkpoint keeps: adapters, the head, whatever trains, and base layers the method changed."""
-        model = self.accelerator.unwrap_model(self.model)
-        trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-        changed = self.method.changed_base_layers()
-
-        def keep(name: str) -> bool:
-            return is_adapter_param(name) or is_head_param(name) or name in trainable or layer_index(name) in changed
-
-        return keep
-
-    def save_model(self) -> Path:
-        """The trained adapter (or full model), its tokenizer and resolved config."""
-        target = self.output_dir / "model"
-        self.accelerator.wait_for_everyone()
-        if self.is_main:
-            model = self.accelerator.unwrap_model(self.model)
-            checkpoint.save_trained_model(model, self.tokenizer, target, resolved_config(self.cfg))
-        self.accelerator.wait_for_everyone()
-        return target
-
 
 def _is_number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
@@ -455,7 +419,7 @@ def train_stage(recipe: Recipe, state: RunState) -> None:
         recipe.evaluate()
     recipe.stop_if_signalled()
     with recipe.timer.phase("save"):
-        state.model_dir = recipe.save_model()
+        state.model_dir = train_state.save_model(recipe)
     recipe.stop_if_signalled()
 
 

@@ -21,7 +21,7 @@ from accelerate.utils import set_seed
 from omegaconf import OmegaConf, open_dict
 from transformers import get_scheduler
 
-from runner import checkpoint, data as data_lib, measure, run_files, runs
+from runner import checkpoint, data as data_lib, run_files, runs, train_state
 from runner.adapters import parameter_counts, prepare_trainable, target_modules, trained_head_modules
 from runner.atomic_io import atomic_write_text
 from runner.classifier_heads import head_parameter_count, resolve_pooling, start_regression_bias
@@ -54,7 +54,7 @@ def setup(recipe) -> None:
         prepare(recipe, model)
         recipe.adopt(recipe.method.setup(recipe.ctx))  # SAFE with safe.policy=static freezes (and may re-wrap) here
         if recipe.resume_state is not None:
-            restore(recipe, recipe.resume_state)
+            train_state.restore(recipe, recipe.resume_state)
 
 
 
@@ -185,19 +185,3 @@ def check_output_dir(recipe) -> dict | None:
         return meta
     runs.check_fresh(recipe.output_dir)
     return None
-
-
-
-def restore(recipe, meta: dict) -> None:
-    # The method's state first: SAFE re-freezes adapters, which removes them from the
-    # optimizer, so that the saved optimizer state then fits the param groups.
-    recipe.adopt(recipe.method.load_state_dict(meta.get("method_state", {})))
-    checkpoint.load(recipe.accelerator, recipe.output_dir, recipe.accelerator.unwrap_model(recipe.model))
-    recipe.scheduler.load_state_dict(meta["scheduler_state"])
-    recipe.global_step = meta["global_step"]
-    recipe.history = meta.get("history", [])
-    recipe.peak_saved = measure.history_peak(recipe.history)
-    recipe.evals = meta.get("evals", [])
-    recipe.meter_state = meta.get("meter_state")  # what the step meter had learned (train() hands it back)
-    log.info("resumed from step %d", recipe.global_step)
-
