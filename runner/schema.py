@@ -459,6 +459,11 @@ def settings_of(group: str, node):
     return _build(schema, data)
 
 
+def as_settings(schema: type, node):
+    """A part of a group (``cfg.trainer.sharpness``) as its schema's dataclass, as :func:`settings_of` does for a group."""
+    return _build(schema, OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node))
+
+
 def _build(schema: type, data: dict):
     hints = typing.get_type_hints(schema)
     values = {}

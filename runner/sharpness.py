@@ -28,6 +28,7 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from runner.adapters import is_adapter_param, mergeable_modules
+from runner.schema import SharpnessSettings, as_settings
 
 log = logging.getLogger(__name__)
 
@@ -137,9 +138,8 @@ def measure_sharpness(model: nn.Module, batches: list[dict], uses_adapters: bool
 
 def sharpness_of_run(accelerator, model: nn.Module, train_loader, cfg) -> dict:
     """``trainer.sharpness`` settings applied to a finished run (call on the main process)."""
-    sharp = cfg.trainer.sharpness
+    sharp = as_settings(SharpnessSettings, cfg.trainer.sharpness)
     module = accelerator.unwrap_model(model)
-    batches = fixed_batches(train_loader, int(sharp.batches), int(sharp.get("batch_size") or cfg.trainer.batch_size),
-                            accelerator.device)
-    return measure_sharpness(module, batches, bool(cfg.method.uses_adapters), iters=int(sharp.iters),
-                             tol=float(sharp.tol), seed=int(cfg.seed))
+    batches = fixed_batches(train_loader, sharp.batches, sharp.batch_size or int(cfg.trainer.batch_size), accelerator.device)
+    return measure_sharpness(module, batches, bool(cfg.method.uses_adapters), iters=sharp.iters, tol=float(sharp.tol),
+                             seed=int(cfg.seed))
