@@ -370,7 +370,7 @@ def record_launch_failure(job: Job, returncode: int, log_path: Path) -> None:
                        job={"num": job.num, "overrides": job.overrides}, log=str(log_path))
 
 
-class Runner:
+class JobLauncher:
     """Runs jobs K at a time, each in its own session; forwards SIGINT/SIGTERM so jobs checkpoint and stop."""
 
     def __init__(self, sweep_dir: Path, *, procs: int, cpu: bool, launcher: str, launch_args: list[str], parallel: int,
@@ -675,9 +675,10 @@ def _launch(p: _Prepared, args, argv: list[str] | None) -> int:
     opts = p.opts
     print(f"sweep: {len(p.jobs)} jobs in {p.sweep_dir}, {len(p.todo)} to run "
           f"({sum(r for _, r in p.todo)} resumed); {opts['procs']} process(es) per job, {opts['parallel']} at a time", file=sys.stderr)
-    runner = Runner(p.sweep_dir, procs=opts["procs"], cpu=opts["cpu"], launcher=opts["launcher"], launch_args=opts["launch_args"],
-                    parallel=opts["parallel"], devices=opts["devices"], grace_s=args.grace, group=p.group)
-    code = runner.run(p.todo)
+    launcher = JobLauncher(p.sweep_dir, procs=opts["procs"], cpu=opts["cpu"], launcher=opts["launcher"],
+                           launch_args=opts["launch_args"], parallel=opts["parallel"], devices=opts["devices"],
+                           grace_s=args.grace, group=p.group)
+    code = launcher.run(p.todo)
     rows = summarize(p.sweep_dir, p.jobs)
     print(f"\nsweep {p.sweep_dir}:\n" + summary_markdown(rows) + f"\nsummary: {p.sweep_dir / SUMMARY}.md (and .json)",
           file=sys.stderr)
