@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 from helpers import compose
 
+from runner.app import execute
 from runner.train import run
 
 pytestmark = pytest.mark.slow
@@ -34,6 +35,16 @@ def _cli(overrides: list[str], cwd: Path, signal_at: str | None = None, module: 
         env["RUNNER_TEST_SIGNAL_AT"] = signal_at
     return subprocess.run([sys.executable, "-m", module, *overrides], cwd=cwd, env=env, capture_output=True, text=True,
                           timeout=300)
+
+
+def _job(overrides: list[str], out: Path, capsys) -> tuple[int, str]:
+    """The same job in this process (exit code, stderr): the command line's own path is what the signal runs test."""
+    try:
+        execute(compose(overrides, out))
+        code = 0
+    except SystemExit as exc:
+        code = exc.code
+    return code, capsys.readouterr().err
 
 
 def _record(out: Path) -> dict:
@@ -52,11 +63,10 @@ def trained(tiny_overrides, tmp_path) -> tuple[list[str], Path]:
     return tiny_overrides, src
 
 
-def test_an_interrupted_pruning_job_reruns_in_place_to_the_straight_jobs_results(trained, tmp_path):
+def test_an_interrupted_pruning_job_reruns_in_place_to_the_straight_jobs_results(trained, tmp_path, capsys):
     common, src = trained
     job = [*common, *PRUNE, f"prune.from_run={src}"]
-    straight = _cli([*job, f"hydra.run.dir={tmp_path / 'straight'}"], tmp_path)
-    assert straight.returncode == 0, straight.stderr[-2000:]
+    assert _job(job, tmp_path / "straight", capsys)[0] == 0
     reference = _record(tmp_path / "straight")
 
     # SIGTERM: one line, exit 143, an interrupted record
@@ -67,11 +77,11 @@ def test_an_interrupted_pruning_job_reruns_in_place_to_the_straight_jobs_results
         "error: interrupted by SIGTERM while pruning; nothing of the source run changed: rerun the same command "
         "with resume=auto to prune again in place"]
     assert _record(out)["status"] == "interrupted" and _record(out)["stage"] == "pruning"
-    again = _cli([*job, f"hydra.run.dir={out}"], tmp_path)  # the same command: refused, it names the way on
-    assert again.returncode == 2 and "already holds a run" in again.stderr and "resume=true" in again.stderr
-    for resume in ("resume=auto", "resume=true"):
-        resumed = _cli([*job, f"hydra.run.dir={out}", resume], tmp_path)
-        assert resumed.returncode == 0, resumed.stderr[-2000:]
+    code, err = _job(job, out, capsys)  # the same command: refused, it names the way on
+    assert code == 2 and "already holds a run" in err and "resume=true" in err
+    resumed = _cli([*job, f"hydra.run.dir={out}", "resume=auto"], tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert _job([*job, "resume=true"], out, capsys)[0] == 0
     assert (out / ".retired" / "1" / "config.yaml").is_file()  # the earlier attempt, kept aside
     assert not (out / ".retired" / "2").exists()  # the second resume found the job completed and did nothing
 
@@ -80,16 +90,16 @@ def test_an_interrupted_pruning_job_reruns_in_place_to_the_straight_jobs_results
     stopped = _cli([*job, f"hydra.run.dir={killed}"], tmp_path, f"{AT_PRUNING}:SIGKILL")
     assert stopped.returncode == -signal.SIGKILL and (killed / "config.yaml").is_file()
     assert not (killed / "results.json").exists()
-    assert _cli([*job, f"hydra.run.dir={killed}", "resume=auto"], tmp_path).returncode == 0
+    assert _job([*job, "resume=auto"], killed, capsys)[0] == 0
 
     for rerun in (out, killed):
         record = _record(rerun)
         assert record["status"] == "completed"
         assert record["pruning"]["primary"]["metrics"] == pytest.approx(reference["pruning"]["primary"]["metrics"], rel=1e-6)
 
-    other = _cli([*common, *PRUNE, "prune.calib_samples=4", f"prune.from_run={src}", f"hydra.run.dir={out}", "resume=auto"],
-                 tmp_path)  # another job is not this one's resume
-    assert other.returncode == 2 and "holds another run than this pruning job (prune.calib_samples" in other.stderr
+    code, err = _job([*common, *PRUNE, "prune.calib_samples=4", f"prune.from_run={src}", "resume=auto"], out,
+                     capsys)  # another job is not this one's resume
+    assert code == 2 and "holds another run than this pruning job (prune.calib_samples" in err
 
 
 def test_a_sweep_of_pruning_jobs_reruns_its_interrupted_jobs_on_resume(trained, tmp_path):
@@ -124,10 +134,11 @@ def test_a_job_killed_by_the_sweep_is_rerun_on_resume(trained, tmp_path):
     assert _record(job)["status"] == "completed"
 
 
-def test_pruning_after_training_interrupted_keeps_the_training_and_resumes_without_retraining(tiny_overrides, tmp_path):
+def test_pruning_after_training_interrupted_keeps_the_training_and_resumes_without_retraining(tiny_overrides, tmp_path,
+                                                                                                capsys):
     job = [*tiny_overrides, *PRUNE]
     straight = tmp_path / "straight"
-    assert _cli([*job, f"hydra.run.dir={straight}"], tmp_path).returncode == 0
+    assert _job(job, straight, capsys)[0] == 0
 
     out = tmp_path / "run"
     stopped = _cli([*job, f"hydra.run.dir={out}"], tmp_path, f"{AT_PRUNING}:SIGTERM")
@@ -139,8 +150,7 @@ def test_pruning_after_training_interrupted_keeps_the_training_and_resumes_witho
     steps = (out / "steps.jsonl").read_text()
 
     # what the message promises: prune.from_run on it works ...
-    elsewhere = _cli([*job, f"prune.from_run={out}", f"hydra.run.dir={tmp_path / 'elsewhere'}"], tmp_path)
-    assert elsewhere.returncode == 0, elsewhere.stderr[-2000:]
+    assert _job([*job, f"prune.from_run={out}"], tmp_path / "elsewhere", capsys)[0] == 0
     # ... and resume=auto prunes again in place: no training step runs, the training numbers stay
     resumed = _cli([*job, f"hydra.run.dir={out}", "resume=auto"], tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
@@ -150,7 +160,7 @@ def test_pruning_after_training_interrupted_keeps_the_training_and_resumes_witho
     assert record["metrics"] == reference["metrics"] and record["steps"] == reference["steps"]
     assert record["pruning"]["primary"]["metrics"] == pytest.approx(reference["pruning"]["primary"]["metrics"], abs=1e-6)
     assert record["pruning"]["pruned_again"]["earlier_attempt"].startswith("RunInterrupted: interrupted by SIGTERM")
-    assert _cli([*job, f"hydra.run.dir={out}", "resume=auto"], tmp_path).returncode == 0  # completed: skipped
+    assert _job([*job, "resume=auto"], out, capsys)[0] == 0  # completed: skipped
     assert _record(out) == record
 
 
