@@ -17,6 +17,7 @@ Every reader accepts records written before a section existed: a missing section
 from __future__ import annotations
 
 import datetime
+import functools
 import json
 import logging
 import os
@@ -227,16 +228,11 @@ class Results(TypedDict, total=False):
 # --------------------------------------------------------------------------- the declared shape
 
 
+@functools.lru_cache(maxsize=None)
 def fields_of(declared: type) -> dict[str, tuple[type, str]]:
-    """A TypedDict's keys in order: ``{key: (type, meaning)}``."""
+    """A TypedDict's keys in order: ``{key: (type, meaning)}`` (resolved once per TypedDict; do not modify)."""
     hints = typing.get_type_hints(declared, include_extras=True)
     return {key: (hint.__origin__, hint.__metadata__[0]) for key, hint in hints.items()}
-
-
-def _section_type(key: str) -> type | None:
-    """The declared TypedDict of a top-level section, or None for a value or a free dict."""
-    tp = fields_of(Results)[key][0]
-    return tp if typing.is_typeddict(tp) else None
 
 
 def undeclared(record: dict) -> list[str]:
@@ -246,8 +242,9 @@ def undeclared(record: dict) -> list[str]:
     for key, value in record.items():
         if key not in declared:
             out.append(key)
-        elif (inner := _section_type(key)) is not None and isinstance(value, dict):
-            out += [f"{key}.{k}" for k in value if k not in fields_of(inner)]
+        elif typing.is_typeddict(inner := declared[key][0]) and isinstance(value, dict):
+            known = fields_of(inner)
+            out += [f"{key}.{k}" for k in value if k not in known]
     return out
 
 
