@@ -641,10 +641,18 @@ def _describe(tp) -> str:
 # ---------------------------------------------------------------- settings that moved
 
 
+# Config groups that became settings: ``freeze=X`` (SAFE's policy, a group of its own until 2026-12) is
+# ``safe.policy=X``.
+MOVED_GROUPS = {"freeze": "safe.policy"}
+
+
 def upgrade_overrides(overrides: list[str]) -> list[str]:
-    """Command-line overrides of a sweep planned before a setting moved, as they read now: ``freeze=X``
-    (SAFE's policy, a group of its own until 2026-12) is ``safe.policy=X``."""
-    return [f"safe.policy={o.split('=', 1)[1]}" if o.startswith("freeze=") else o for o in overrides]
+    """Command-line overrides of a sweep planned before a setting moved, as they read now (:data:`MOVED_GROUPS`)."""
+    out = []
+    for o in overrides:
+        key, sep, value = o.partition("=")
+        out.append(f"{MOVED_GROUPS[key]}={value}" if sep and key in MOVED_GROUPS else o)
+    return out
 
 
 def upgrade_saved(config: dict) -> dict:

@@ -9,6 +9,7 @@ from omegaconf import DictConfig
 
 from runner.config import CONF_DIR
 from runner.errors import ConfigError
+from runner.schema import MOVED_GROUPS
 
 GROUPS = ("task", "model", "adapter", "method", "trainer", "logger", "experiment", "prune", "safe")
 
@@ -23,8 +24,8 @@ def check_group_choices(overrides: list[str]) -> None:
     for item in overrides:
         key, sep, value = item.partition("=")
         key = key.lstrip("+~")
-        if key == "freeze" and sep:  # a group of its own until SAFE's policy became one of its settings
-            raise ConfigError(f"freeze= is now a SAFE setting: method=safe safe.policy={value or 'safe'} "
+        if key in MOVED_GROUPS and sep:  # a group of its own until it became a setting (SAFE's policy)
+            raise ConfigError(f"{key}= is now a SAFE setting: method=safe {MOVED_GROUPS[key]}={value or 'safe'} "
                               f"(safe, random, static or none)")
         if not sep or key not in GROUPS or value in ("", "null"):
             continue
