@@ -8,7 +8,8 @@
 #   SEEDS="1" TASKS="mrpc" bash scripts/bench_depth.sh   # the first slice
 #   STEPS="safe" bash scripts/bench_depth.sh    # only the LoRA-vs-SAFE pairs
 #
-# Per seed and task: LoRA (all-linear r8, lr 1e-3, 3 epochs, batch 32, length-grouped) and SAFE
+# Per seed and task, in sweep dirs of their own ($OUT/safe_<task>/seed<N>, $OUT/hies_<task>/seed<N>: a
+# sweep holds one plan): LoRA (all-linear r8, lr 1e-3, 3 epochs, batch 32, length-grouped) and SAFE
 # at today's defaults back to back (bench_safe.py), then every pruning criterion at 10-70% of the
 # heads on that LoRA run, alpha chosen on one dev half (bench_hies.py, the paper's protocol).
 # SST-2 trains on a fixed sample of SST2_TRAIN examples (the same for every method and seed) so
@@ -22,6 +23,9 @@ TASKS=${TASKS:-mrpc sst2}
 STEPS=${STEPS:-safe hies}
 SST2_TRAIN=${SST2_TRAIN:-8000}
 COMMON=(--override model=mpnet --override trainer.checkpoint_every_steps=50)
+# The issue's targets at depth: mean saved-for-backward memory <= 0.6 and whole-run FLOPs <= 0.75 of
+# LoRA's, the mean metric within 0.5 points; time is reported as a ratio without a target.
+TARGETS=(--target-mean-memory 0.6 --target-flops 0.75 --target-metric-drop 0.5 --target-wall-time none)
 
 task_caps() {  # the training-set cap of a task (SST-2 only)
   if [[ $1 == sst2 ]]; then echo "--max-train-samples $SST2_TRAIN"; fi
@@ -33,10 +37,14 @@ for seed in $SEEDS; do
     if [[ " $STEPS " == *" safe "* ]]; then
       echo "== $(date -Is) SAFE vs LoRA: mpnet $task seed $seed"
       $PY scripts/bench_safe.py --tasks "$task" --seeds "$seed" --sharpness-batches 0 "${COMMON[@]}" \
-        $(task_caps "$task") --out "$OUT/safe_$task"
+        $(task_caps "$task") "${TARGETS[@]}" --out "$OUT/safe_$task/seed$seed"
+      # every seed finished so far, in one table: $OUT/safe_<task>/summary.md
+      # shellcheck disable=SC2086
+      $PY scripts/bench_safe.py --tasks "$task" --seeds $SEEDS --from-sweep "$OUT/safe_$task" "${TARGETS[@]}" \
+        --out "$OUT/safe_$task" > /dev/null
     fi
     if [[ " $STEPS " == *" hies "* ]]; then
-      lora_run=$($PY - "$OUT/safe_$task/adapter" "$seed" <<'EOF'
+      lora_run=$($PY - "$OUT/safe_$task/seed$seed/adapter" "$seed" <<'EOF'
 import sys
 from pathlib import Path
 from runner.results import read_completed

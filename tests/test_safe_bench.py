@@ -65,3 +65,20 @@ def test_table_from_a_sweep_dir(tmp_path, capsys):
 def test_from_sweep_needs_a_folder(tmp_path):
     with pytest.raises(SystemExit, match="no such folder"):
         _bench().main(["--from-sweep", str(tmp_path / "nope")])
+
+
+def test_targets_are_options(tmp_path, capsys):
+    """The depth benchmark checks its own issue's targets; 'none' reports a ratio without a mark."""
+    sweep = tmp_path / "sweep"
+    _write_run(sweep / "a1", "mrpc", "adapter", 1, 0.80, 1e9, 100e12, 200.0)
+    _write_run(sweep / "s1", "mrpc", "safe", 1, 0.80, 0.58e9, 80e12, 150.0)
+    bench = _bench()
+    assert bench.main(["--from-sweep", str(sweep), "--target-mean-memory", "0.6", "--target-flops", "0.75",
+                       "--target-wall-time", "none"]) == 0
+    out = capsys.readouterr().out
+    assert "| method / adapter | mean memory (≤0.6) | peak memory | FLOPs (≤0.75) | wall time | metric Δ points (≥ -0.5) |" in out
+    assert "| safe | 0.580 ✓ | 0.580 | 0.800 ✗ | 0.750 | +0.00 ✓ |" in out
+    safe = json.loads((sweep / "bench_safe" / "summary.json").read_text())["mrpc"]["safe"]
+    assert safe["targets_met"] == {"mean_memory": True, "flops": False, "wall_time": None, "metric": True}
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--target-flops", "three quarters"])
