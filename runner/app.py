@@ -15,14 +15,20 @@ import os
 import shutil
 import sys
 import traceback
+import warnings
 from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from runner.errors import UserError, first_line
-from runner.jobs import record_failure, resolve_auto_resume
+from runner.jobs import hydra_job, record_failure, resolve_auto_resume
+from runner.preflight.errors import ConfigError, UserError, first_line
+from runner.preflight.validate import validate_config
+from runner.runs import RETIRED, DirLock, traces
+from runner.secrets import install_log_filter, scrub_text
+from runner.summary import run_summary
+from runner.tracking import scrub_hydra_files
 
 log = logging.getLogger("runner")
 
@@ -37,8 +43,6 @@ OOM_HINT = ("out of memory; lower trainer.batch_size (with trainer.grad_accum_st
 def _quiet_libraries(verbose: bool = False) -> None:
     """Libraries say only what matters (errors), unless ``verbose=true``: no weight-loading bars,
     no deprecation warnings aimed at library authors, no Accelerate INFO lines per checkpoint file."""
-    import warnings
-
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import datasets
     import transformers
@@ -72,8 +76,6 @@ def _remove_empty_run_dir(output_dir: Path) -> None:
     unless another run holds the dir (then it is that run's)."""
     if not output_dir.is_dir():
         return
-    from runner.errors import ConfigError
-    from runner.runs import RETIRED, DirLock, traces
 
     try:
         lock = DirLock(output_dir).acquire()
@@ -87,8 +89,6 @@ def _remove_empty_run_dir(output_dir: Path) -> None:
 
 
 def _fail(message: str, code: int, cfg: DictConfig, exc: BaseException | None = None, stop_sweep: bool = False) -> None:
-    from runner.secrets import scrub_text
-
     if cfg.get("debug"):
         traceback.print_exc()
     print(f"error: {scrub_text(message)}", file=sys.stderr)
@@ -120,17 +120,13 @@ def execute(cfg: DictConfig) -> float | None:
     """Run the configured job; returns the main metric (for sweepers)."""
     import torch
 
-    from runner.secrets import install_log_filter
     from runner.train import RunInterrupted, TrainingDiverged
 
     _quiet_libraries(bool(cfg.get("verbose")))
     install_log_filter()  # secrets stay out of the job's log file too
     output_dir = Path(cfg.output_dir)
     if int(os.environ.get("RANK", "0")) == 0:
-        from runner.tracking import scrub_hydra_files
-
         # credentials given as overrides stay out of .hydra/ and a multirun's multirun.yaml
-        from runner.jobs import hydra_job
 
         scrub_hydra_files(output_dir, hydra_job().get("sweep_dir"))
     try:
@@ -166,7 +162,6 @@ def _run_job(cfg: DictConfig, output_dir: Path) -> float | None:
     """Validate once, then prune a saved run, skip a completed one (resume=auto), or train (and prune)."""
     from runner.prune import stage as prune_stage
     from runner.train import run
-    from runner.validate import validate_config
 
     prune = validate_config(cfg)  # the job's validation; returns the pruning settings (None: no pruning)
     # head pruning (runner.prune, docs/hies.md): a saved run skips training
@@ -182,8 +177,6 @@ def _run_job(cfg: DictConfig, output_dir: Path) -> float | None:
         return done["metrics"].get(cfg.task.main_metric)
     results = run(cfg, post_train=prune_stage.after_training(prune) if prune is not None else None)
     if int(os.environ.get("RANK", "0")) == 0:
-        from runner.summary import run_summary
-
         print(run_summary(results, output_dir), file=sys.stderr, flush=True)
     if "pruning" in results:  # the job's final model is the pruned one
         return results["pruning"]["primary"]["main_metric"]

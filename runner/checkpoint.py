@@ -23,7 +23,7 @@ from safetensors import safe_open
 
 from runner.adapters import kind_of
 from runner.atomic_io import atomic_write_json, atomic_write_text
-from runner.errors import RecordError, first_line
+from runner.preflight.errors import RecordError, first_line
 from runner.run_files import CHECKPOINT_SLOTS
 from runner.runs import newest_checkpoint
 

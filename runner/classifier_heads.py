@@ -24,11 +24,13 @@ import logging
 from pathlib import Path
 
 import torch
+from omegaconf import DictConfig, open_dict
 from torch import nn
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
 from runner.arch import architecture_of
-from runner.errors import ConfigError, ModelError
+from runner.lm import is_lm_task
+from runner.preflight.errors import ConfigError, ModelError
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +91,18 @@ def resolve_pooling(requested: str | None, model_path: str | Path) -> tuple[str,
     if found is not None:
         return found, "model folder (sentence-transformers pooling config)"
     return own_pooling_of(model_path), "default"
+
+
+def settle_pooling(cfg: DictConfig, model_path: str | Path) -> str | None:
+    """Replace ``model.pooling=auto`` in ``cfg`` by the pooling a run uses, as the run saves it in config.yaml
+    (a later ``prune.from_run``, a resume and the pruning of a trained run compare against it). Returns where
+    the choice came from (:func:`resolve_pooling`); None for a causal LM task, which pools nothing."""
+    if is_lm_task(cfg.task):
+        return None
+    pooling, source = resolve_pooling(cfg.model.get("pooling"), model_path)
+    with open_dict(cfg):
+        cfg.model.pooling = pooling
+    return source
 
 
 class MaskedMeanPooler(nn.Module):

@@ -30,8 +30,8 @@ from torch.utils.data import DataLoader
 from transformers import DataCollatorWithPadding
 
 from runner import lm
-from runner.errors import DataError
 from runner.network import unreachable
+from runner.preflight.errors import DataError
 
 log = logging.getLogger(__name__)
 

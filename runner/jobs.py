@@ -18,7 +18,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import open_dict
+
 from runner import run_files, runs
+from runner.preflight.errors import RecordError
 from runner.results import STATUS_COMPLETED, STATUS_FAILED, identity, read_record, record_problem, write_failure
 
 
@@ -37,9 +42,6 @@ def reset_accelerate_state() -> None:
 def hydra_job() -> dict:
     """This job's number, overrides and sweep dir when Hydra runs it ({} outside Hydra)."""
     try:
-        from hydra.core.hydra_config import HydraConfig
-        from hydra.types import RunMode
-
         hc = HydraConfig.get()
     except (ImportError, ValueError):
         return {}
@@ -89,10 +91,7 @@ def resolve_auto_resume(cfg) -> dict | None:
     This makes rerunning a whole sweep into its old dir (``hydra.sweep.dir=<dir> resume=auto``,
     any launcher) skip completed jobs and continue interrupted ones.
     """
-    from omegaconf import open_dict
-
     from runner import checkpoint
-    from runner.errors import RecordError
 
     if str(cfg.get("resume")).lower() != "auto":
         return None

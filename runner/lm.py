@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from runner.errors import ConfigError, DataError
+from runner.preflight.errors import ConfigError, DataError
 
 IGNORE = -100  # label of a token that is not a target (prompt, padding)
 KIND = "causal_lm"

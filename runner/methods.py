@@ -15,7 +15,7 @@ from typing import Any
 
 from hydra.utils import get_class, get_method
 
-from runner.errors import ConfigError
+from runner.preflight.errors import ConfigError
 
 
 @dataclass
@@ -52,7 +52,7 @@ class TrainingMethod:
 
     @classmethod
     def check_config(cls, cfg) -> None:
-        """The method's checks across keys, before any heavy work (ranges: runner.schema).
+        """The method's checks across keys, before any heavy work (ranges: runner.preflight.schema).
         Only ``method=safe`` freezes adapters and has ``safe`` settings."""
         if cfg.get("safe") is not None:
             raise ConfigError(f"safe settings need method=safe (method={cfg.method.name} freezes nothing)")

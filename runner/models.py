@@ -13,7 +13,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceC
 
 from runner.arch import architecture_of, supported_model_types
 from runner.classifier_heads import apply_pooling, resolve_pooling
-from runner.errors import ModelError
+from runner.preflight.errors import ModelError
 
 SUPPORTED_MODEL_TYPES = tuple(supported_model_types())  # one module per family: runner/arch/
 

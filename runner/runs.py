@@ -37,10 +37,11 @@ from pathlib import Path
 import yaml
 
 from runner.atomic_io import atomic_write_text
-from runner.errors import ConfigError
+from runner.preflight.errors import ConfigError
+from runner.preflight.schema import default_of, upgrade_saved
 from runner.results import STATUS_COMPLETED, STATUS_FAILED, STATUS_INTERRUPTED, parse_record
 from runner.run_files import CHECKPOINT_SLOTS, CONFIG, HYDRA_OWN, LOCK_FILE, RETIRED
-from runner.schema import default_of, upgrade_saved
+
 # Settings that may differ between an interrupted attempt and its resume: how
 # it is run, checked and shown, not what it computes.
 MAY_CHANGE_ON_RESUME = (

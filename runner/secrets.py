@@ -16,6 +16,8 @@ import logging
 import os
 import re
 
+from runner.preflight.errors import ConfigError
+
 MASK = "***"
 SECRET_KEY_RE = re.compile(r"(api[_-]?key|token|secret|password|passwd|credential)", re.I)
 SECRET_ENV_RE = re.compile(r"(WANDB_API_KEY|HF_TOKEN|HUGGING_FACE_HUB_TOKEN|_TOKEN$|_KEY$|SECRET|PASSWORD|PASSWD|CREDENTIAL)", re.I)
@@ -61,8 +63,6 @@ def overrides_through_environment(args: list[str]) -> tuple[list[str], dict[str,
     becomes ``key=${oc.env:RUNNER_SECRET_KEY}`` and ``{RUNNER_SECRET_KEY: VALUE}`` is returned, so no
     file the sweep writes, and no job's command line, holds it. A masked value (``***``, from a Hydra
     multirun.yaml the runner cleaned) is read from the same variable. A swept credential is refused."""
-    from runner.errors import ConfigError
-
     out, env = [], {}
     for arg in args:
         found = _secret_override(arg)

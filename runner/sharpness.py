@@ -28,7 +28,7 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from runner.adapters import is_adapter_param, mergeable_modules
-from runner.schema import SharpnessSettings, as_settings
+from runner.preflight.schema import SharpnessSettings, as_settings
 
 log = logging.getLogger(__name__)
 

@@ -31,7 +31,9 @@ what the overrides say), unless ``--allow-changed-settings``.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import datetime
+import itertools
 import json
 import os
 import shlex
@@ -43,11 +45,18 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
+from omegaconf import OmegaConf
+
 from runner import runs
 from runner.atomic_io import atomic_write_json, atomic_write_text
+from runner.preflight.config import compose_config, dir_name, register_config
+from runner.preflight.errors import ConfigError
+from runner.preflight.schema import upgrade_overrides
 from runner.results import STATUS_COMPLETED, STATUS_FAILED, STATUS_INTERRUPTED, read_record, record_problem, write_failure
 from runner.runs import COMPLETED, DAMAGED, FAILED, INTERRUPTED, MISSING, RESUMABLE
-from runner.schema import upgrade_overrides
+from runner.secrets import missing_sweep_variables, overrides_through_environment, remember_overrides, scrub
 
 MANIFEST = "sweep.json"
 SETTINGS = "settings"  # manifest key: {job name: its config as composed when the sweep was planned}
@@ -70,11 +79,6 @@ def expand(overrides: list[str]) -> list[list[str]]:
     """Every combination of the comma lists, in the order Hydra's basic sweeper numbers them (job
     ``i`` here is job ``i`` of ``python -m runner -m``): one list per key, a later override of a key
     replacing an earlier one, their product in key order. Only Hydra's public override parser is used."""
-    import itertools
-
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.errors import HydraException
-
     per_key: dict[str, list[str]] = {}
     for override in OverridesParser.create().parse_overrides(list(overrides)):
         key = override.get_key_element()
@@ -94,8 +98,6 @@ def _is_hydra_override(item: str) -> bool:
 
 def run_name(overrides: list[str]) -> str | None:
     """The job's ``run_name`` as the runner would compute it (None if the overrides do not compose)."""
-    from runner.config import compose_config
-
     try:
         cfg = compose_config([o for o in overrides if not _is_hydra_override(o)])
         return str(cfg.run_name)
@@ -118,8 +120,6 @@ def plan(sweep_dir: Path, overrides: list[str]) -> list[Job]:
 
 def _job_label(overrides: list[str]) -> str:
     """``run_name``; for a job that prunes a saved run, ``prune-<that run's dir name>`` (its task and seed come from there)."""
-    from runner.config import dir_name
-
     source = next((o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0] == "prune.from_run"), None)
     if source not in (None, "", "null"):
         return dir_name(f"prune-{Path(source).name}")
@@ -139,7 +139,6 @@ def load_plan(sweep_dir: Path) -> tuple[list[Job], dict]:
     multirun = sweep_dir / "multirun.yaml"
     if not multirun.is_file():
         raise SystemExit(f"error: {sweep_dir} holds neither {MANIFEST} nor multirun.yaml; not a sweep dir")
-    from omegaconf import OmegaConf
 
     conf = OmegaConf.load(multirun)
     sweeper = str(OmegaConf.select(conf, "hydra.sweeper._target_") or "")
@@ -179,10 +178,6 @@ def jobs_to_run(jobs: list[Job], retry_failed: bool = False) -> list[tuple[Job, 
 def composed_settings(overrides: list[str]) -> dict | None:
     """The config ``overrides`` compose to now, interpolations unresolved (so the environment does not
     enter it); None when they do not compose (that job then fails on its own, with its own record)."""
-    from omegaconf import OmegaConf
-
-    from runner.config import compose_config
-
     try:
         return OmegaConf.to_container(compose_config([o for o in overrides if not _is_hydra_override(o)]), resolve=False)
     except Exception:  # noqa: BLE001
@@ -273,8 +268,6 @@ class SweepSummary(Callback):
     does (one owner per sweep dir); at its end, write and print the job table."""
 
     def on_multirun_start(self, config, **kwargs) -> None:
-        from runner.errors import ConfigError
-
         try:
             self._lock = runs.DirLock(Path(config.hydra.sweep.dir), "sweep", "hydra.sweep.dir").acquire()  # held until the process exits
         except ConfigError as exc:
@@ -465,8 +458,6 @@ def _stop_with_the_sweep() -> None:
     """In a job's process, before it runs the job (Linux): SIGTERM when the sweep process dies, even by
     SIGKILL, so a job never trains on unseen after its sweep is gone; it checkpoints and stops as on any
     SIGTERM, and the next --resume continues it."""
-    import ctypes
-
     try:
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):  # not Linux: the lock check of --resume still protects the job's dir
@@ -582,8 +573,6 @@ def run_or_resume(sweep_dir: Path, overrides: list[str], options: list[str] = ()
 def _credentials_through_environment(overrides: list[str]) -> list[str]:
     """``overrides`` with each credential read from a RUNNER_SECRET_* variable (set here from the value given, and
     remembered as a secret of this process): the jobs get it through the environment, never a file or a command line."""
-    from runner.secrets import overrides_through_environment, remember_overrides
-
     remember_overrides(overrides)
     overrides, found = overrides_through_environment(overrides)
     os.environ.update(found)
@@ -622,9 +611,6 @@ class _Prepared:
 
 def _prepare(args) -> _Prepared:
     """The sweep's jobs, their settings and what is left to run; refuses (``_Refused``) what must not run."""
-    from runner.errors import ConfigError
-    from runner.secrets import missing_sweep_variables
-
     try:
         args.overrides = _credentials_through_environment(args.overrides)
     except ConfigError as exc:
@@ -651,9 +637,6 @@ def _prepare(args) -> _Prepared:
 
 def _launch(p: _Prepared, args, argv: list[str] | None) -> int:
     """Take the sweep dir (its lock, no live job in it), write the manifest, run the jobs, summarize."""
-    from runner.errors import ConfigError
-    from runner.secrets import scrub
-
     p.sweep_dir.mkdir(parents=True, exist_ok=True)
     try:
         HELD_LOCKS.append(runs.DirLock(p.sweep_dir, "sweep").acquire())  # held until this process exits
@@ -689,9 +672,7 @@ def _launch(p: _Prepared, args, argv: list[str] | None) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from runner.config import register_config as _register_config
-
-    _register_config()
+    register_config()
     args = _parser().parse_args(argv)
     if args.completed is not None:
         done_runs = completed_runs(args.completed, args.method)

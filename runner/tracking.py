@@ -13,8 +13,14 @@ import netrc
 import os
 from pathlib import Path
 
-from runner.secrets import scrub, secret_values
+import yaml
+from hydra.utils import get_method
+
 from runner import run_files
+from runner.atomic_io import atomic_write_text
+from runner.network import unreachable
+from runner.preflight.errors import ConfigError, first_line
+from runner.secrets import scrub, secret_values
 
 log = logging.getLogger(__name__)
 
@@ -23,10 +29,6 @@ def scrub_hydra_files(output_dir: Path, sweep_dir: Path | None = None) -> None:
     """Hydra writes the overrides and the composed config to ``<run dir>/.hydra/`` before the job
     starts, and a multirun's to ``<sweep dir>/multirun.yaml``; rewrite them without credential-looking
     values (``runner.sweep --resume`` reads a masked credential from the environment)."""
-    import yaml
-
-    from runner.atomic_io import atomic_write_text
-
     paths = sorted((Path(output_dir) / ".hydra").glob("*.yaml"))
     if sweep_dir is not None:
         paths.append(Path(sweep_dir) / "multirun.yaml")
@@ -68,8 +70,6 @@ WANDB_INIT_TIMEOUT_S = 20.0  # W&B's own default waits 90 s for a server that do
 
 def wandb_unreachable() -> str | None:
     """Why the W&B server cannot be reached within a few seconds, or None."""
-    from runner.network import unreachable
-
     return unreachable(os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai")
 
 
@@ -101,8 +101,6 @@ def _start_wandb(cfg, output_dir: Path, config: dict, run_id: str | None):
     # talks to no server but the WANDB_BASE_URL it was given, unless the user opts in (WANDB_ERROR_REPORTING=true)
     os.environ.setdefault("WANDB_ERROR_REPORTING", "false")
     import wandb
-
-    from runner.errors import ConfigError, first_line
 
     forced = os.environ.get("WANDB_MODE") == "online" or (cfg.logger.mode == "online" and "WANDB_MODE" not in os.environ)
     api_key = cfg.logger.get("api_key") or None
@@ -161,8 +159,6 @@ class Tracker:
         self._file = open(self.path, "a")
         target = cfg.logger.get("_target_")  # the logger (conf/logger/*.yaml); none: metrics.jsonl only
         if target:
-            from hydra.utils import get_method
-
             self.run = get_method(str(target))(cfg, output_dir, scrub(resolved_config), run_id)
 
     @property

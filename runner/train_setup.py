@@ -18,21 +18,21 @@ import sys
 import numpy as np
 import torch
 from accelerate.utils import set_seed
-from omegaconf import OmegaConf, open_dict
+from omegaconf import OmegaConf
 from transformers import get_scheduler
 
-from runner import checkpoint, data as data_lib, run_files, runs, train_state
+from runner import checkpoint, run_files, runs, train_state
+from runner import data as data_lib
 from runner.adapters import parameter_counts, prepare_trainable, target_modules, trained_head_modules
+from runner.arch import architecture_of
 from runner.atomic_io import atomic_write_text
-from runner.classifier_heads import head_parameter_count, resolve_pooling, start_regression_bias
-from runner.config import resolved_config
-from runner.errors import ConfigError
+from runner.classifier_heads import head_parameter_count, settle_pooling, start_regression_bias
 from runner.methods import LoopContext
 from runner.models import check_per_layer_methods, load_model_and_tokenizer, model_source, resolve_model_path
+from runner.preflight.config import resolved_config
+from runner.preflight.errors import ConfigError
 from runner.results import STATUS_COMPLETED, read_record, write_running
 from runner.tracking import Tracker
-from runner.validate import check_sequence_length
-
 
 log = logging.getLogger(__name__)
 
@@ -148,15 +148,9 @@ def prepare(recipe, model) -> None:
 def resolve_pooling_of(recipe, model_path: str) -> None:
     """``model.pooling=auto`` becomes the pooling used, so config.yaml and a later
     ``prune.from_run`` see the real choice (a causal LM pools nothing)."""
-    if recipe.causal_lm:
-        recipe.pooling_source = None
-        return
-    pooling, source = resolve_pooling(recipe.cfg.model.get("pooling"), model_path)
-    with open_dict(recipe.cfg):
-        recipe.cfg.model.pooling = pooling
-    recipe.pooling_source = source
-    log.info("pooling: %s (%s)", pooling, source)
-
+    recipe.pooling_source = settle_pooling(recipe.cfg, model_path)
+    if recipe.pooling_source is not None:
+        log.info("pooling: %s (%s)", recipe.cfg.model.pooling, recipe.pooling_source)
 
 
 def start_head(recipe, model) -> dict:
@@ -185,3 +179,16 @@ def check_output_dir(recipe) -> dict | None:
         return meta
     runs.check_fresh(recipe.output_dir)
     return None
+
+
+def check_sequence_length(max_seq_length: int, tokenizer, model_config, text_keys) -> None:
+    """``trainer.max_seq_length`` within what the tokenizer needs and the model's positions allow."""
+    special = tokenizer.num_special_tokens_to_add(pair=len(text_keys) > 1)
+    low = special + len(text_keys)  # one token of each text
+    positions = architecture_of(model_config).max_positions(model_config)  # RoBERTa's start after the padding index
+    if max_seq_length < low:
+        raise ConfigError(f"trainer.max_seq_length={max_seq_length} leaves no room for the text: the tokenizer adds "
+                          f"{special} special tokens; use at least {low} (128 is usual)")
+    if positions > 0 and max_seq_length > positions:
+        raise ConfigError(f"trainer.max_seq_length={max_seq_length} exceeds the model's {positions} positions; "
+                          f"use trainer.max_seq_length={positions} or less")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from runner import checkpoint, measure
 from runner.adapters import is_adapter_param, is_head_param, layer_index
-from runner.config import resolved_config
+from runner.preflight.config import resolved_config
 
 log = logging.getLogger(__name__)
 

@@ -86,7 +86,7 @@ def runner_overrides(args) -> list[str]:
 
 
 def run_runner(args, workdir: Path) -> dict:
-    from runner.config import compose_config
+    from runner.preflight.config import compose_config
     from runner.train import run
 
     out = workdir / f"runner-{time.monotonic_ns()}"
@@ -120,8 +120,8 @@ def _prepared(args):
     from transformers import DataCollatorWithPadding
 
     from runner import data as data_lib
-    from runner.config import compose_config
     from runner.models import load_model_and_tokenizer
+    from runner.preflight.config import compose_config
 
     cfg = compose_config(runner_overrides(args))
     torch.manual_seed(args.seed)
@@ -241,7 +241,7 @@ TOOLS = {"runner": run_runner, "plain": run_plain, "trainer": run_trainer}
 def main(argv=None) -> int:
     args = parse_args(argv)
     from runner.app import _quiet_libraries
-    from runner.config import default_glue_dir
+    from runner.preflight.config import default_glue_dir
 
     os.environ.setdefault("GLUE_DIR", default_glue_dir() or "")
     _quiet_libraries()

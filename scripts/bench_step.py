@@ -39,8 +39,8 @@ from transformers import DataCollatorWithPadding, get_scheduler
 
 from runner import data as data_lib
 from runner.adapters import target_modules
-from runner.config import compose_config
 from runner.models import load_model_and_tokenizer
+from runner.preflight.config import compose_config
 from runner.train import run
 
 

@@ -38,8 +38,8 @@ def load(args):
     from omegaconf import OmegaConf
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from runner.config import CONF_DIR, default_glue_dir
     from runner.data import TaskData, load_task_splits
+    from runner.preflight.config import CONF_DIR, default_glue_dir
     from runner.prune.pipeline import PruneData, PruneInputs
     from runner.prune.settings import parse
 
@@ -75,8 +75,8 @@ def layouts(args, n_layers: int, n_heads: int) -> dict:
 
 
 def main(argv=None) -> None:
-    from runner.prune.pipeline import compare_latency, forward_flops
     from runner.prune.physical import count_parameters, prune_heads
+    from runner.prune.pipeline import compare_latency, forward_flops
 
     args = parse_args(argv)
     if args.threads:

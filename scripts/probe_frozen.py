@@ -67,8 +67,8 @@ def main(argv=None) -> int:
     from transformers import AutoModel, AutoTokenizer
 
     from runner import data as data_lib
-    from runner.config import compose_config, default_glue_dir
     from runner.models import resolve_model_path
+    from runner.preflight.config import compose_config, default_glue_dir
 
     os.environ.setdefault("GLUE_DIR", default_glue_dir() or "")
     path = resolve_model_path(compose_config([]).model.name_or_path)

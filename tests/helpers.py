@@ -12,7 +12,7 @@ import torch
 import transformers
 from transformers import BertConfig, BertForSequenceClassification
 
-from runner.config import CONF_DIR, LOCAL_GLUE_DIRS, REPO, compose_config, default_glue_dir  # noqa: F401 (for the tests)
+from runner.preflight.config import CONF_DIR, LOCAL_GLUE_DIRS, REPO, compose_config, default_glue_dir  # noqa: F401 (for the tests)
 
 GLUE_DIR = Path(default_glue_dir() or LOCAL_GLUE_DIRS[0])  # $GLUE_DIR, else ../shared/data/glue, as the runner looks
 
@@ -220,7 +220,7 @@ def compose_cfg(overrides: list[str], output_dir: Path, model_dir: Path):
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from runner.config import register_config
+    from runner.preflight.config import register_config
 
     register_config()
     GlobalHydra.instance().clear()

@@ -289,7 +289,7 @@ def test_pruning_tables_show_mrpc_f1_beside_accuracy(tmp_path):
 
 
 def test_real_runs_aggregate_to_their_own_numbers(tiny_overrides, tmp_path):
-    from runner.config import compose_config
+    from runner.preflight.config import compose_config
     from runner.train import run
 
     root = tmp_path / "sweep"

@@ -11,10 +11,16 @@ import torch
 from helpers import ARCHS, DECODERS, ENCODERS, family_config
 from transformers import AutoModelForSequenceClassification
 
-from runner.errors import ConfigError
 from runner.classifier_heads import (
-    apply_pooling, folder_pooling, head_modules, is_in_modules, resolve_pooling, saved_pooling, start_regression_bias,
+    apply_pooling,
+    folder_pooling,
+    head_modules,
+    is_in_modules,
+    resolve_pooling,
+    saved_pooling,
+    start_regression_bias,
 )
+from runner.preflight.errors import ConfigError
 
 
 def _tiny(kind: str, num_labels: int = 2):

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from helpers import compose_config
 
-import runner.config as runner_config
+import runner.preflight.config as runner_config
 from runner.data import load_task_splits
-from runner.errors import DataError
+from runner.preflight.errors import DataError
 
 # task -> (folder, {file stem: tsv text}, expected first train row, expected first row of the primary eval split)
 H = "\t".join

@@ -68,7 +68,7 @@ def test_text_is_cut_into_blocks_of_every_token_and_prompts_are_not_targets(lm_d
 
 
 def test_bad_files_fail_with_one_clear_error(tmp_path):
-    from runner.errors import DataError
+    from runner.preflight.errors import DataError
 
     (tmp_path / "x.csv").write_text("a\n")
     (tmp_path / "cols.jsonl").write_text(json.dumps({"question": "q"}))
@@ -90,7 +90,7 @@ def test_bad_files_fail_with_one_clear_error(tmp_path):
 ])
 def test_a_record_the_runner_cannot_use_is_an_error_not_replaced(tmp_path, lines, record, why):
     """Nothing silently wrong (issue 38, rule 4): every record of an LM file holds the fields of the first, as text."""
-    from runner.errors import DataError
+    from runner.preflight.errors import DataError
 
     path = tmp_path / "f.jsonl"
     path.write_text("\n".join(json.dumps(line) for line in lines))
@@ -128,9 +128,8 @@ def test_what_the_block_length_cuts_or_drops_is_counted(tokenizer):
 
 
 def _lm(family="llama", seed=0, vocab=120):
-    from transformers import AutoModelForCausalLM
-
     from helpers import family_config
+    from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)
     return AutoModelForCausalLM.from_config(family_config(family, layers=2, heads=4, head_size=8, vocab=vocab)).eval()
@@ -237,11 +236,11 @@ def test_safe_then_hies_on_a_text_task_then_prune_the_saved_run(family, lm_data,
     saved = load_pruned(next((out / "pruning").glob("model_his_*")))
     assert type(saved).__name__.endswith(("ForCausalLM", "LMHeadModel")) and sum(heads_kept(saved)) == 4
     # the reloaded model computes what the job measured
-    from runner.prune.quality import LanguageModel
     from transformers import AutoTokenizer
 
     from runner.data import load_task_splits
-    from runner.config import compose_config
+    from runner.preflight.config import compose_config
+    from runner.prune.quality import LanguageModel
 
     cfg = compose_config(_base(model_dir, lm_data, tmp_path))
     tok = AutoTokenizer.from_pretrained(str(next((out / "pruning").glob("model_his_*"))))
@@ -361,8 +360,8 @@ def test_a_pretrained_decoder_folder_is_pruned_as_it_is(lm_data, tmp_path):
     training text, as LLM pruning papers prune LLaMA-2; its unpruned perplexity is the folder's own."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from runner.config import compose_config
     from runner.data import load_task_splits
+    from runner.preflight.config import compose_config
     from runner.prune.quality import LanguageModel
 
     model_dir = save_family_dir("llama", tmp_path / "model")

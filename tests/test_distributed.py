@@ -19,10 +19,10 @@ pytestmark = pytest.mark.slow
 
 def evaluate_saved_model(model_dir, glue_dir, n_eval):
     """Accuracy of the saved model on the first n_eval MRPC dev examples, in one process, by hand."""
+    from helpers import compose_config
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from runner.data import read_glue_tsv
-    from helpers import compose_config
 
     task = compose_config(["task=glue/mrpc"]).task
     dev = read_glue_tsv(glue_dir / "MRPC" / "dev.tsv", task).select(range(n_eval))
@@ -66,11 +66,11 @@ def test_two_cpu_processes_on_a_text_task_count_every_eval_token_once(glue_dir, 
     duplicates that even out the last batch dropped), equal to the saved model's, computed in one process."""
     import torch
     from helpers import save_family_dir
-
-    from runner.config import compose_config
-    from runner.data import load_task_splits
-    from runner.prune.quality import LanguageModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from runner.data import load_task_splits
+    from runner.preflight.config import compose_config
+    from runner.prune.quality import LanguageModel
 
     model_dir = save_family_dir("llama", tmp_path / "model")
     data = tmp_path / "data"

@@ -178,8 +178,8 @@ def test_a_decoder_tokenizer_without_a_pad_token_pads_with_its_end_token(tmp_pat
     the right, and the classifier finds each example's last real token by that id."""
     from transformers import AutoConfig, AutoTokenizer
 
-    from runner.errors import ModelError
     from runner.models import ensure_pad_token
+    from runner.preflight.errors import ModelError
 
     model_dir = save_family_dir("gpt2", tmp_path / "model")
     tok = AutoTokenizer.from_pretrained(str(model_dir))

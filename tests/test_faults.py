@@ -16,7 +16,7 @@ import runner.train as train_mod
 import runner.train_setup as train_setup
 from runner.app import execute
 from runner.atomic_io import atomic_write_json
-from runner.config import compose_config
+from runner.preflight.config import compose_config
 from runner.results import undeclared
 
 

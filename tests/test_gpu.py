@@ -41,7 +41,7 @@ def gpu_overrides(tmp_path_factory) -> list[str]:
 def _train(overrides, out: Path):
     import json
 
-    from runner.config import compose_config
+    from runner.preflight.config import compose_config
     from runner.train import run
 
     results = run(compose_config(overrides, output_dir=out))
@@ -90,7 +90,7 @@ def test_a_bf16_decoder_with_gradient_checkpointing_trains_prunes_and_reports_ea
             "logger=none", "method=safe", "safe.t_w=0.1", "safe.t_f=0.5", "safe.threshold=1.0"]
     plain, _ = _train(base, tmp_path / "plain")
     from runner.app import execute
-    from runner.config import compose_config
+    from runner.preflight.config import compose_config
 
     execute(compose_config([*base, "trainer.gradient_checkpointing=true", "prune=hies", "prune.latency=none",
                             "prune.ratios=[0.25]", "prune.ratio=0.25"], output_dir=tmp_path / "ckpt"))

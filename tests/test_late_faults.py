@@ -15,18 +15,19 @@ import time
 from pathlib import Path
 
 import pytest
-from omegaconf import OmegaConf
 from helpers import compose
 from netguard.recording_proxy import RecordingServer
+from omegaconf import OmegaConf
 
 import runner.app as app_mod
+import runner.atomic_io as results_mod
 import runner.checkpoint as checkpoint_mod
 import runner.data as data_mod
-import runner.atomic_io as results_mod
 import runner.train as train_mod
 from runner.app import execute
-from runner.errors import ConfigError
-from runner.runs import DAMAGED, state as job_state
+from runner.preflight.errors import ConfigError
+from runner.runs import DAMAGED
+from runner.runs import state as job_state
 from runner.sweep import Job, jobs_to_run, summarize
 from runner.sweep import main as sweep_main
 from runner.tracking import Tracker
@@ -175,17 +176,15 @@ def _readonly_dir(tmp_path) -> Path:
     return path
 
 
-def test_a_readonly_run_dir_is_refused_before_hydra_makes_it(tmp_path, monkeypatch, capsys):
-    from runner.__main__ import _check_output_root_writable
+def test_a_readonly_run_dir_is_refused_before_hydra_makes_it(tmp_path, capsys):
+    from runner.__main__ import _preflight
 
     target = _readonly_dir(tmp_path) / "runner-test" / "run"
-    monkeypatch.setattr(sys, "argv", ["runner", f"hydra.run.dir={target}"])
     with pytest.raises(SystemExit) as exc:
-        _check_output_root_writable()
+        _preflight([f"hydra.run.dir={target}"])
     assert exc.value.code == 7
     assert capsys.readouterr().err.startswith(f"error: cannot write the run dir {target} ")
-    monkeypatch.setattr(sys, "argv", ["runner", f"hydra.run.dir={tmp_path / 'ok' / 'run'}"])
-    _check_output_root_writable()  # a writable place passes, nothing created
+    _preflight([f"hydra.run.dir={tmp_path / 'ok' / 'run'}"])  # a writable place passes, nothing created
     assert not (tmp_path / "ok").exists()
 
 

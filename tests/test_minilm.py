@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from runner.config import compose_config
+from runner.preflight.config import compose_config
 from runner.train import run
 
 pytestmark = pytest.mark.slow

@@ -8,9 +8,9 @@ import pytest
 import torch
 from helpers import ARCHS, family_arch, tiny_batch, tiny_model
 
-from runner.errors import ModelError
-from runner.prune.gate import HeadGate, encoder_layers, supports_head_gating, unwrap_peft
 from runner.arch import architecture_of
+from runner.preflight.errors import ModelError
+from runner.prune.gate import HeadGate, encoder_layers, supports_head_gating, unwrap_peft
 from runner.prune.physical import count_parameters, heads_kept, prune_heads
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from helpers import ARCHS, tiny_batch, tiny_model
 
-from runner.errors import ModelError
+from runner.preflight.errors import ModelError
 from runner.prune.persist import PRUNED_HEADS_FILE, load_pruned, save_pruned
 from runner.prune.physical import heads_kept, prune_heads
 

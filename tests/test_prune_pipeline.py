@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from omegaconf import OmegaConf
 from helpers import GLUE_DIR, compose, tiny_model
+from omegaconf import OmegaConf
 
-from runner.errors import ConfigError
+from runner.preflight.errors import ConfigError
 from runner.prune.persist import load_pruned
 from runner.prune.pipeline import PruneInputs, run_pruning
 from runner.prune.quality import agreement as stability

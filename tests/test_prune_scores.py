@@ -14,11 +14,11 @@ from runner.prune.scores import (
     attention_entropy,
     calibration_scores,
     hies_scores,
-    ranking_agreement,
     layer_normalize,
     magnitude_scores,
     minmax,
     random_scores,
+    ranking_agreement,
 )
 
 # ---------------------------------------------------------------------------
@@ -273,7 +273,7 @@ def test_magnitude_and_random_scores():
 
 
 def test_every_criterion_has_one_scorer_and_the_settings_know_them_all():
+    from runner.preflight.schema import CRITERIA as SETTINGS_CRITERIA
     from runner.prune.scores import CRITERIA, SCORERS
-    from runner.schema import CRITERIA as SETTINGS_CRITERIA
 
     assert set(SCORERS) == set(CRITERIA) == {*SETTINGS_CRITERIA, "none"}

@@ -8,10 +8,10 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from runner.errors import ConfigError
+from runner.preflight.errors import ConfigError
+from runner.preflight.schema import declared_defaults
 from runner.prune.select import dict_to_mask, mask_to_dict, num_heads_to_prune, select_heads_to_prune
 from runner.prune.settings import parse
-from runner.schema import declared_defaults
 
 
 def test_ranking_prunes_the_lowest_scores_over_all_layers():

@@ -12,8 +12,8 @@ from helpers import compose
 
 from runner.app import execute
 from runner.methods import StepUpdate, TrainingMethod
+from runner.preflight.schema import SafeSettings
 from runner.runs import DirLock, changed_settings, traces, trim_metrics
-from runner.schema import SafeSettings
 from runner.train import run
 
 
@@ -170,7 +170,7 @@ def test_a_run_saved_before_a_setting_existed_resumes_while_the_setting_keeps_it
 def test_a_run_saved_while_safes_policy_was_the_freeze_group_resumes():
     """SAFE's policy was a group of its own (freeze.name) and is now safe.policy: a run saved before resumes with the
     same policy, and is refused with another one; a sweep planned with freeze=X composes safe.policy=X."""
-    from runner.schema import upgrade_overrides
+    from runner.preflight.schema import upgrade_overrides
 
     safe = {"threshold": 0.2, "t_w": 0.3, "seed": 1}
     saved = {"seed": 1, "method": {"name": "safe"}, "freeze": {"name": "random"}, "safe": safe}
@@ -284,7 +284,7 @@ def test_a_name_from_a_setting_never_leaves_the_output_root(name, tiny_overrides
     name, or a name longer than a file name may be, gives a run in outputs/runs/ with a cleaned name."""
     import os
 
-    from runner.config import dir_name
+    from runner.preflight.config import dir_name
     from runner.sweep import _job_label
 
     work = tmp_path / "work"
@@ -346,7 +346,7 @@ def test_a_resume_refuses_changed_data_or_weights_in_one_line(tiny_overrides, ti
 
 
 def test_the_process_layout_is_part_of_the_experiment():
-    from runner.errors import ConfigError
+    from runner.preflight.errors import ConfigError
     from runner.runs import check_same_experiment
 
     saved = {"weights": "sha256:a", "data": "sha256:b", "world_size": 1, "effective_batch": 16}

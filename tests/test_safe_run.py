@@ -2,13 +2,11 @@
 
 import json
 import math
-
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-
 from helpers import compose_cfg, read_steps, run_cfg, save_tiny_model_dir, single_thread  # noqa: F401
 
 from runner.results import undeclared
@@ -142,8 +140,8 @@ def test_policy_none_is_plain_adapter_tuning(runs):
 
 
 def test_safe_settings_without_method_safe_are_a_config_error(tmp_path, model_dir):
-    from runner.errors import ConfigError
-    from runner.validate import validate_config
+    from runner.preflight.errors import ConfigError
+    from runner.preflight.validate import validate_config
 
     cfg = compose_cfg(["method=adapter", "+safe=default"], tmp_path, model_dir)
     with pytest.raises(ConfigError, match="safe settings need method=safe"):
@@ -218,8 +216,8 @@ def test_own_importance_in_epoch_units_with_gradient_accumulation(runs):
 
 
 def test_epoch_windows_that_do_not_fit_the_run_fail_in_one_line(tmp_path, model_dir):
-    from runner.errors import ConfigError
-    from runner.validate import validate_config
+    from runner.preflight.errors import ConfigError
+    from runner.preflight.validate import validate_config
 
     window = ["method=safe", *COMMON, "safe.schedule_unit=epoch", "safe.t_w=0.5", "safe.t_f=3"]
     with pytest.raises(ConfigError) as exc:  # trainer.epochs=2: known before anything loads
@@ -245,8 +243,8 @@ class _FakeFreezer:
 
 
 def _decider(policy: str, seed: int = 0):
+    from runner.preflight.schema import SafeSettings
     from runner.safe.method import SafeMethod
-    from runner.schema import SafeSettings
 
     m = SafeMethod.__new__(SafeMethod)  # the real decision code, without a model to train
     m.policy, m.seed, m.total_steps = policy, seed, 100

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from pathlib import Path
 import shutil
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -14,14 +14,13 @@ import yaml
 import runner.app as app_mod
 import runner.train as train_mod
 import runner.train_setup as train_setup
-from runner.config import compose_config
 from runner.jobs import resolve_auto_resume
-from runner.runs import (
-    COMPLETED, FAILED, INCOMPLETE, INTERRUPTED, MISSING, RESUMABLE, retire_dir as retire, state as job_state,
-)
-from runner.sweep import (
-    Job, build_command, completed_runs, expand, job_settings, jobs_to_run, load_plan, main as sweep_main, plan, summarize,
-)
+from runner.preflight.config import compose_config
+from runner.runs import COMPLETED, FAILED, INCOMPLETE, INTERRUPTED, MISSING, RESUMABLE
+from runner.runs import retire_dir as retire
+from runner.runs import state as job_state
+from runner.sweep import Job, build_command, completed_runs, expand, job_settings, jobs_to_run, load_plan, plan, summarize
+from runner.sweep import main as sweep_main
 
 
 def test_jobs_in_one_process_each_get_a_fresh_accelerator(tiny_overrides, tmp_path):

@@ -115,7 +115,7 @@ def test_sweep_of_jobs_with_two_processes_each(tiny_overrides, tmp_path, env):
 
 
 def test_an_interrupted_sweep_resumes_to_the_uninterrupted_metrics(tiny_overrides, tmp_path, env):
-    from runner.config import compose_config
+    from runner.preflight.config import compose_config
     from runner.train import run
 
     common = [o for o in tiny_overrides if not o.startswith(("trainer.epochs", "trainer.batch_size"))]

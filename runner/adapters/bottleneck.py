@@ -17,7 +17,7 @@ from runner.adapters import LAYER_RE, AdapterKind, is_adapter_param, is_head_par
 from runner.arch import architecture_of
 from runner.atomic_io import atomic_write_json
 from runner.classifier_heads import is_in_modules
-from runner.errors import ConfigError, ModelError
+from runner.preflight.errors import ConfigError, ModelError
 
 WEIGHTS, CONFIG = "bottleneck_adapters.safetensors", "bottleneck_config.json"
 ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU, "tanh": nn.Tanh, "silu": nn.SiLU}

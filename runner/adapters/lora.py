@@ -14,7 +14,7 @@ from torch import nn
 from runner.adapters import AdapterKind, layer_index, register, target_modules
 from runner.arch import architecture_of
 from runner.classifier_heads import is_causal_lm
-from runner.errors import ConfigError
+from runner.preflight.errors import ConfigError
 
 
 class Lora(AdapterKind):

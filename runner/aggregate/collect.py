@@ -7,10 +7,12 @@ import os
 from pathlib import Path
 
 import pandas as pd
+import yaml
 
 from runner import run_files
+from runner.preflight.schema import upgrade_saved
 from runner.results import flatten, load_record, read_record
-from runner.schema import upgrade_saved
+from runner.sweep import load_plan
 
 GLUE_ORDER = ["cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "qnli", "rte", "wnli"]
 GROUP_KEYS = ["model", "task", "method", "adapter"]  # more with --by (e.g. prune.name, trainer.lr)
@@ -115,11 +117,10 @@ def find_results(root: Path) -> list[Path]:
 
 
 def _load_config(run_dir: Path) -> dict:
-    """The run's config.yaml as a dict, settings that moved since as they read now (runner.schema.upgrade_saved)."""
+    """The run's config.yaml as a dict, settings that moved since as they read now (runner.preflight.schema.upgrade_saved)."""
     path = run_dir / run_files.CONFIG
     if not path.is_file():
         return {}
-    import yaml
 
     try:
         config = yaml.safe_load(path.read_text()) or {}
@@ -266,8 +267,6 @@ def _jobs_without_results(root: Path) -> list[dict]:
         if _hidden(marker, root) or (marker.name == "multirun.yaml" and (sweep_dir / "sweep.json").is_file()):
             continue
         try:
-            from runner.sweep import load_plan
-
             jobs, _ = load_plan(sweep_dir)
         except (SystemExit, Exception):  # noqa: BLE001 (not a grid sweep: nothing to compare against)
             continue

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from runner.aggregate.plots import _plt, _save
 from runner.aggregate.stats import task_order
 from runner.aggregate.tables import _method_label
 
@@ -164,8 +165,6 @@ def frontier_figure(points: pd.DataFrame, model: str, task: str, baseline: str =
     closest setting when the band is empty)."""
     if points.empty:
         return None
-    from runner.aggregate.plots import _plt
-
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
     b = points.attrs["baseline_metric"]
@@ -196,8 +195,6 @@ def frontier_figure(points: pd.DataFrame, model: str, task: str, baseline: str =
 def plot_frontier(points: pd.DataFrame, model: str, task: str, path: Path, baseline: str = "adapter") -> Path | None:
     """:func:`frontier_figure` of one task's :func:`frontier_points` as a PNG, when it has at least two
     points besides the baseline."""
-    from runner.aggregate.plots import _save
-
     if len(points) < 2:
         return None
     return _save(frontier_figure(points, model, task, baseline), path)

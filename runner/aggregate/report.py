@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
+import runner.aggregate  # the package's docstring is the command line's help
 from runner.aggregate.collect import collect
 from runner.aggregate.frontier import TOLERANCE, frontier_by_task, frontier_table, plot_frontier
 from runner.aggregate.plots import plot_efficiency, plot_freeze_timelines, plot_pruning
@@ -109,8 +110,6 @@ def _frontier_sections(frontiers: dict, model: str, baseline: str, tables: dict)
 
 
 def main(argv: list[str] | None = None) -> int:
-    import runner.aggregate
-
     p = argparse.ArgumentParser(prog="scripts/aggregate.py", description=runner.aggregate.__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("paths", nargs="*", type=Path, default=[Path("outputs")], help="sweep dirs, run dirs or outputs/ (default)")

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from transformers.pytorch_utils import prune_linear_layer
 
-from runner.errors import ModelError
+from runner.preflight.errors import ModelError
 
 
 def _get(root: nn.Module, path: str) -> nn.Module:

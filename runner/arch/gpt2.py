@@ -12,7 +12,7 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from runner.arch import Architecture, _get, register, unwrapped
-from runner.errors import ModelError
+from runner.preflight.errors import ModelError
 
 
 class PrunedConv1D(Conv1D):

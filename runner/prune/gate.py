@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from runner.arch import HeadGeometry, architecture_of
-from runner.errors import ModelError
+from runner.preflight.errors import ModelError
 
 __all__ = ["HeadGate", "HeadGeometry", "encoder_layers", "geometry", "heads_in_layer", "supports_head_gating", "unwrap_peft"]
 

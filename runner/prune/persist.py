@@ -17,10 +17,10 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceC
 
 from runner.adapters import KINDS
 from runner.arch import architecture_of
-from runner.errors import ModelError
-from runner.classifier_heads import apply_pooling, is_causal_lm, saved_pooling
-from runner.prune.physical import PRUNED_HEADS_ATTR, heads_kept, prune_heads
 from runner.atomic_io import atomic_write_json
+from runner.classifier_heads import apply_pooling, is_causal_lm, saved_pooling
+from runner.preflight.errors import ModelError
+from runner.prune.physical import PRUNED_HEADS_ATTR, heads_kept, prune_heads
 
 PRUNED_HEADS_FILE = "pruned_heads.json"
 WEIGHTS_FILE = "model.safetensors"

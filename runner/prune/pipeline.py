@@ -25,13 +25,18 @@ from torch.utils.data import DataLoader
 
 from runner import measure
 from runner.atomic_io import atomic_write_json
-from runner.errors import ConfigError
+from runner.preflight.errors import ConfigError
 from runner.prune import plots, quality
 from runner.prune.gate import HeadGate, geometry, unwrap_peft
 from runner.prune.persist import save_pruned
 from runner.prune.physical import count_parameters, heads_kept, prune_heads
 from runner.prune.scores import (
-    CalibrationScores, calibration_scores, criterion_scores, hies_scores, magnitude_scores, ranking_agreement,
+    CalibrationScores,
+    calibration_scores,
+    criterion_scores,
+    hies_scores,
+    magnitude_scores,
+    ranking_agreement,
 )
 from runner.prune.select import mask_to_dict, select_heads_to_prune
 from runner.prune.settings import Pruning

@@ -21,14 +21,15 @@ import torch
 from scipy.stats import spearmanr
 from torch import nn
 
-from runner.schema import CRITERIA as PRUNING_CRITERIA, HIS_PER  # prune.his_per: where |dL/dm| is taken
 from runner.arch import architecture_of
 from runner.classifier_heads import is_causal_lm
 from runner.lm import example_losses
+from runner.preflight.schema import CRITERIA as PRUNING_CRITERIA  # prune.his_per: where |dL/dm| is taken
+from runner.preflight.schema import HIS_PER
 from runner.prune.gate import HeadGate, encoder_layers, geometry
 from runner.prune.select import select_heads_to_prune
 
-CRITERIA = (*PRUNING_CRITERIA, "none")  # the names are declared with the settings (runner.schema)
+CRITERIA = (*PRUNING_CRITERIA, "none")  # the names are declared with the settings (runner.preflight.schema)
 
 
 # ---------------------------------------------------------------------------

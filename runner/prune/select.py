@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from runner.errors import ConfigError
+from runner.preflight.errors import ConfigError
 
 
 def num_heads_to_prune(ratio: float, total: int) -> int:

@@ -1,5 +1,5 @@
 """``cfg.prune`` checked once into :class:`Pruning`: the settings as declared in
-:class:`runner.schema.PruneSettings` (each key's type, default, range and meaning live there only),
+:class:`runner.preflight.schema.PruneSettings` (each key's type, default, range and meaning live there only),
 plus the few values that follow from several of them (every criterion evaluated, every ratio,
 alpha's ``auto``). Errors are one line."""
 
@@ -10,8 +10,8 @@ from dataclasses import dataclass
 
 from omegaconf import DictConfig, OmegaConf
 
-from runner import schema
-from runner.errors import ConfigError
+from runner.preflight import schema
+from runner.preflight.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -98,7 +98,7 @@ def _plain(value):
 
 def parse(pcfg) -> Pruning:
     """``cfg.prune`` (a composed node, or a plain dict of the keys given) into :class:`Pruning`: every
-    key's type and range by :mod:`runner.schema` (the one place they live), then the checks across keys."""
+    key's type and range by :mod:`runner.preflight.schema` (the one place they live), then the checks across keys."""
     node = OmegaConf.to_container(pcfg, resolve=True) if isinstance(pcfg, DictConfig) else dict(pcfg)
     for key in schema.list_fields(schema.PruneSettings):
         if key in node and node[key] is not None and not isinstance(node[key], list):

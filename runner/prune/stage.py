@@ -1,6 +1,6 @@
 """How a job prunes: right after training, or on a saved run (``prune.from_run``).
 
-``runner.app.execute`` validates the job once (``runner.validate``, which
+``runner.app.execute`` validates the job once (``runner.preflight.validate``, which
 returns the pruning settings), then runs :func:`after_training` as the
 training recipe's post-train stage, or :func:`prune_saved_run` instead of
 training when ``prune.from_run`` is set.
@@ -8,6 +8,7 @@ training when ``prune.from_run`` is set.
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 from pathlib import Path
@@ -16,19 +17,27 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
-from runner import data as data_lib, provenance, run_files, runs
+from runner import data as data_lib
+from runner import provenance, run_files, runs
 from runner.adapters import KINDS
 from runner.atomic_io import atomic_write_text
-from runner.classifier_heads import apply_pooling, resolve_pooling, saved_pooling
-from runner.config import resolved_config
-from runner.errors import ConfigError, ModelError
+from runner.classifier_heads import apply_pooling, saved_pooling, settle_pooling
 from runner.lm import is_lm_task
 from runner.models import load_model_and_tokenizer, resolve_model_path
+from runner.preflight.config import resolved_config
+from runner.preflight.errors import ConfigError, ModelError
 from runner.prune import settings as settings_lib
 from runner.prune.pipeline import PruneInputs, run_pruning
 from runner.results import (
-    STATUS_COMPLETED, STATUS_FAILED, STATUS_INTERRUPTED, flatten, read_record, record_problem, training_completed,
-    write_failure, write_record,
+    STATUS_COMPLETED,
+    STATUS_FAILED,
+    STATUS_INTERRUPTED,
+    flatten,
+    read_record,
+    record_problem,
+    training_completed,
+    write_failure,
+    write_record,
 )
 from runner.secrets import scrub
 from runner.stop_signals import POST_TRAIN, PRUNING, RunInterrupted, StopSignals
@@ -45,7 +54,7 @@ log = logging.getLogger(__name__)
 def after_training(settings: settings_lib.Pruning):
     """The post-train stage for :func:`runner.train.run`: prune the in-memory model of the completed
     run (a ``runner.train.TrainedRun``, not the recipe) with ``settings`` (validated once, by
-    runner.validate); it adds ``{"pruning": ...}`` to the run's results."""
+    runner.preflight.validate); it adds ``{"pruning": ...}`` to the run's results."""
 
     def stage(trained) -> dict:
         if not trained.is_main:
@@ -218,7 +227,7 @@ def _prune_into(out: Path, cfg: DictConfig, s, src: Path, src_results: dict, sou
                 job_cfg: dict, pretrained: bool = False) -> dict:
     """The pruning job proper, in a dir this process holds; SIGINT/SIGTERM stop it at once with an
     ``interrupted`` record (runner.stop_signals, stage ``pruning``)."""
-    run_name = str(cfg.run_name)  # prune-<criterion>-<source run> (runner.config.run_label) unless the user named it
+    run_name = str(cfg.run_name)  # prune-<criterion>-<source run> (runner.preflight.config.run_label) unless the user named it
     atomic_write_text(out / run_files.CONFIG, OmegaConf.to_yaml(OmegaConf.create(job_cfg)))
     tcfg = OmegaConf.merge(cfg, {"run_name": run_name})
     tracker = Tracker(tcfg, out, True, job_cfg)
@@ -294,12 +303,11 @@ def needs_pruning_again(cfg: DictConfig) -> bool:
 
 
 def _pooling_settled(cfg: DictConfig) -> DictConfig:
-    """``cfg`` with ``model.pooling=auto`` replaced by the choice a run makes and saves in config.yaml
-    (runner.train_setup.resolve_pooling_of), so that the two compare."""
-    if is_lm_task(cfg.task):
-        return cfg
-    pooling, _ = resolve_pooling(cfg.model.get("pooling"), resolve_model_path(cfg.model.name_or_path))
-    return OmegaConf.merge(cfg, {"model": {"pooling": pooling}})
+    """A copy of ``cfg`` with ``model.pooling=auto`` replaced as the run replaced it in its config.yaml
+    (:func:`runner.classifier_heads.settle_pooling`), so that the two compare."""
+    settled = copy.deepcopy(cfg)
+    settle_pooling(settled, resolve_model_path(cfg.model.name_or_path))
+    return settled
 
 
 def prune_trained_run_again(cfg: DictConfig, s: settings_lib.Pruning) -> dict:

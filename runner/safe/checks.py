@@ -1,19 +1,19 @@
 """SAFE's checks across keys, before anything heavy loads (torch-free: the pre-flight imports only this).
 
-Each knob's own type and range is :class:`runner.schema.SafeSettings`'; here what needs several keys: the
+Each knob's own type and range is :class:`runner.preflight.schema.SafeSettings`'; here what needs several keys: the
 method needs its ``safe`` group, t_w < t_f within the run, adapters to freeze, ``safe.policy=static`` a count.
 ``conf/method/safe.yaml`` names this function as ``method.checks``.
 """
 
 from __future__ import annotations
 
-from runner.errors import ConfigError
+from runner.preflight.errors import ConfigError
+from runner.preflight.schema import SafeSettings, settings_of
 from runner.safe import schedule
-from runner.schema import SafeSettings, settings_of
 
 
 def safe_settings(cfg) -> SafeSettings:
-    """SAFE's settings parsed once (runner.schema.SafeSettings), policy included."""
+    """SAFE's settings parsed once (runner.preflight.schema.SafeSettings), policy included."""
     if cfg.get("safe") is None:
         raise ConfigError("method=safe needs its `safe:` settings (conf/safe/default.yaml, which conf/method/safe.yaml "
                           "loads); compose the config from conf/train.yaml")

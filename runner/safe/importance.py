@@ -33,8 +33,8 @@ from torch import nn
 from runner import measure
 from runner.adapters import adapted_module_name, adapter_parameters, layer_index
 from runner.arch import layer_pattern
+from runner.preflight.schema import IMPORTANCES, REPRESENTATIONS  # declared with the other settings
 from runner.safe.cka import LinearCKAReference, cka, linear_cka_flops, token_matrix
-from runner.schema import IMPORTANCES, REPRESENTATIONS  # declared with the other settings
 
 _LAYER_MODULE = layer_pattern(end="$")  # a layer module's own name, in any family (runner.arch)
 

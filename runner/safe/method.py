@@ -30,14 +30,14 @@ import numpy as np
 from accelerate.utils import broadcast_object_list
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from runner.errors import ConfigError
 from runner.measure import history_peak, optimizer_state_bytes, tensor_bytes
 from runner.methods import LoopContext, StepUpdate, TrainingMethod
+from runner.preflight.errors import ConfigError
+from runner.preflight.schema import SafeSettings
 from runner.safe import checks, schedule
 from runner.safe.freezer import AdapterFreezer
 from runner.safe.importance import RepresentationProbe, probe_batch, probe_targets
 from runner.safe.plot import freeze_timeline
-from runner.schema import SafeSettings
 
 log = logging.getLogger(__name__)
 

@@ -38,3 +38,9 @@ class RecordError(UserError):
     """A run's record or checkpoint (``results.json``, ``checkpoint/``) is damaged or unreadable."""
 
     exit_code = 8
+
+
+class OutputError(UserError):
+    """The run dir cannot be written (a read-only or forbidden place, a file where a folder should be)."""
+
+    exit_code = 7

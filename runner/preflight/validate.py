@@ -1,17 +1,20 @@
-"""Checks that run before any heavy work, each failing with one clear line."""
+"""A job's validation before any heavy work, each check failing with one clear line."""
 
 from __future__ import annotations
 
 import os
 
-
 from omegaconf import DictConfig
 
-from runner.config import CONF_DIR
-from runner.errors import ConfigError
-from runner.schema import MOVED_GROUPS
+from runner.methods import method_checks
+from runner.preflight.config import CONF_DIR
+from runner.preflight.errors import ConfigError
+from runner.preflight.schema import GROUPS as SETTINGS_GROUPS
+from runner.preflight.schema import MOVED_GROUPS, TARGET_SETS, check_config
+from runner.prune.settings import from_config
 
-GROUPS = ("task", "model", "adapter", "method", "trainer", "logger", "experiment", "prune", "safe")
+OVERLAY_GROUPS = ("experiment",)  # options that set keys of other groups: no settings of their own
+GROUPS = (*SETTINGS_GROUPS, *OVERLAY_GROUPS)  # the groups a command line chooses options of (task=glue/mrpc)
 
 
 def group_options(group: str) -> list[str]:
@@ -41,21 +44,6 @@ def _sweep_values(value: str) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()]
 
 
-def check_sequence_length(max_seq_length: int, tokenizer, model_config, text_keys) -> None:
-    """``trainer.max_seq_length`` within what the tokenizer needs and the model's positions allow."""
-    special = tokenizer.num_special_tokens_to_add(pair=len(text_keys) > 1)
-    low = special + len(text_keys)  # one token of each text
-    from runner.arch import architecture_of
-
-    positions = architecture_of(model_config).max_positions(model_config)  # RoBERTa's start after the padding index
-    if max_seq_length < low:
-        raise ConfigError(f"trainer.max_seq_length={max_seq_length} leaves no room for the text: the tokenizer adds "
-                          f"{special} special tokens; use at least {low} (128 is usual)")
-    if positions > 0 and max_seq_length > positions:
-        raise ConfigError(f"trainer.max_seq_length={max_seq_length} exceeds the model's {positions} positions; "
-                          f"use trainer.max_seq_length={positions} or less")
-
-
 SHARDING = {"ACCELERATE_USE_FSDP": "FSDP", "ACCELERATE_USE_DEEPSPEED": "DeepSpeed"}  # set by accelerate launch
 
 
@@ -71,19 +59,13 @@ def check_sharding(cfg: DictConfig, env) -> None:
 
 def validate_config(cfg: DictConfig):
     """A job's validation, cheap and before any loading: every key's type and range
-    (:mod:`runner.schema`), then the checks that involve several keys (adapters, the method's
+    (:mod:`runner.preflight.schema`), then the checks that involve several keys (adapters, the method's
     own, pruning's). Returns the job's pruning settings (None: it does not prune), which the
     job then uses as they are. Each job runs it once (:func:`runner.app.execute`, whoever
     started the job: the command line, a sweep, Python); the command line also runs it on its
     own composition of the overrides before Hydra makes the run dir, so that bad input leaves
     no dir (a few milliseconds; both see the same config)."""
-    from runner.schema import check_config
-
-    check_config(cfg)  # first: a bad value fails before anything heavy is imported
-    from runner.methods import method_checks
-    from runner.prune.settings import from_config
-    from runner.schema import TARGET_SETS
-
+    check_config(cfg)  # first: every key's type and range, so the checks below see sound values
     if cfg.method.uses_adapters:
         a = cfg.adapter
         if a.name == "none":

@@ -3,7 +3,7 @@
 Each config group has a dataclass here (the option chosen by ``name:`` picks
 it where options differ: ``adapter=lora`` vs ``adapter=bottleneck``). The
 defaults are these dataclasses' and nowhere else: :func:`declared_defaults`
-hands them to Hydra (``runner.config.register_config`` stores them as each
+hands them to Hydra (``runner.preflight.config.register_config`` stores them as each
 group's ``schema`` option), and the yaml files in ``conf/`` start from them
 (``defaults: [schema, _self_]``) and set only what an option changes. Changing a
 default is one edit here.
@@ -19,7 +19,7 @@ work, so every key is checked, not only those somebody thought of:
 A rule on a list field applies to every element (``prune.ratios``). Every
 range lives here and nowhere else; only checks that involve several keys or the
 model stay with the code that knows them (``adapter=none`` with an adapter
-method and the sequence length: ``runner/validate.py``; SAFE's t_w < t_f and
+method and the sequence length: ``runner/preflight/validate.py``; SAFE's t_w < t_f and
 ``static_k``: ``SafeMethod.check_config``; ``prune.alpha=auto`` with its grid:
 ``runner/prune/settings.py``). This module imports nothing heavy: bad input
 fails before torch loads.
@@ -38,7 +38,7 @@ from typing import Any, Optional
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from runner.errors import ConfigError
+from runner.preflight.errors import ConfigError
 
 POSITIVE_INT, POSITIVE, NONNEG, NONNEG_INT, FRACTION, FRACTION_OPEN = (
     "positive_int", "positive", "nonneg", "nonneg_int", "fraction", "fraction_open")
@@ -452,15 +452,14 @@ def settings_of(group: str, node):
     """A group's settings (``cfg.safe``), resolved, as its schema's dataclass: what a component receives
     instead of the raw config node, every key present (no fallbacks), each already checked by
     :func:`check_config`."""
-    data = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
     schema = GROUPS[group]
-    if isinstance(schema, dict):
-        schema = schema[data.get("name")]
-    return _build(schema, data)
+    if isinstance(schema, dict):  # one schema per option (adapter, logger, prune): the node's name says which
+        schema = schema[node.get("name")]
+    return as_settings(schema, node)
 
 
 def as_settings(schema: type, node):
-    """A part of a group (``cfg.trainer.sharpness``) as its schema's dataclass, as :func:`settings_of` does for a group."""
+    """A config node (a group, or a part of one such as ``cfg.trainer.sharpness``), resolved, as ``schema``'s dataclass."""
     return _build(schema, OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node))
 
 

@@ -8,12 +8,16 @@ import re
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
+from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from runner import run_files
+from runner.jobs import sweep_group
+from runner.preflight.schema import declared_defaults
 from runner.results import read_record
+from runner.secrets import scrub
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 CONF_DIR = REPO / "conf"
 # Where task.data_dir looks when GLUE_DIR is not set, in this order (then the Hub)
 LOCAL_GLUE_DIRS = (REPO.parent / "shared" / "data" / "glue", REPO / "data" / "glue")
@@ -85,16 +89,12 @@ def register_config() -> None:
 
 
 def register_declared_defaults() -> None:
-    """Every group's declared defaults (runner.schema, the one place they live) as the ``schema`` options
+    """Every group's declared defaults (runner.preflight.schema, the one place they live) as the ``schema`` options
     that the yaml files of ``conf/`` start from (``defaults: [schema, _self_]``)."""
-    from hydra.core.config_store import ConfigStore
-
-    from runner.schema import declared_defaults
-
     store = ConfigStore.instance()
     for key, node in declared_defaults().items():
         group, name = key.split("/")
-        store.store(group=group, name=name, node=node, provider="runner.schema")
+        store.store(group=group, name=name, node=node, provider="runner.preflight.schema")
 
 
 def register_resolvers() -> None:
@@ -108,8 +108,6 @@ def register_resolvers() -> None:
     if not OmegaConf.has_resolver("run_stamp"):
         OmegaConf.register_new_resolver("run_stamp", run_stamp, use_cache=True)
     if not OmegaConf.has_resolver("sweep_group"):  # sweep: W&B group shared by a multirun's jobs
-        from runner.jobs import sweep_group
-
         OmegaConf.register_new_resolver("sweep_group", sweep_group)
     if not OmegaConf.has_resolver("run_label"):
         OmegaConf.register_new_resolver("run_label", run_label)
@@ -125,8 +123,6 @@ def register_resolvers() -> None:
 
 def resolved_config(cfg: DictConfig) -> dict:
     """The config as it runs: interpolations resolved, secrets masked (config.yaml, W&B, a saved model)."""
-    from runner.secrets import scrub
-
     return scrub(OmegaConf.to_container(cfg, resolve=True))
 
 
