@@ -76,6 +76,16 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def runner_processes(network_guard, tmp_path_factory):
+    """``python -m runner`` as real processes forked from one that imported torch once (tests/cli_process.py)."""
+    from cli_process import RunnerProcesses
+
+    processes = RunnerProcesses(tmp_path_factory.mktemp("zygote-home"))
+    yield processes
+    processes.close()
+
+
+@pytest.fixture(scope="session")
 def glue_dir() -> Path:
     assert (SHARED_GLUE / "MRPC" / "train.tsv").is_file(), f"GLUE files not found under {SHARED_GLUE}; set GLUE_DIR"
     return SHARED_GLUE

@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import re
 import os
-import subprocess
-import sys
 
 import pytest
 from omegaconf import OmegaConf
@@ -138,12 +136,12 @@ CASES = [
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
-def test_bad_input_fails_in_one_line(case, fixtures, glue_dir, tmp_path):
+def test_bad_input_fails_in_one_line(case, fixtures, glue_dir, tmp_path, runner_processes):
     _, overrides, extra_env, code, pattern = case
     overrides = [o.format(**fixtures) for o in overrides]
     env = {**os.environ, "GLUE_DIR": str(glue_dir), "HOME": str(tmp_path), "WANDB_MODE": "offline", **extra_env}
-    cmd = [sys.executable, "-m", "runner", *overrides, "trainer.progress_bar=false", f"data_cache_dir={tmp_path / 'cache'}"]
-    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180)
+    args = [*overrides, "trainer.progress_bar=false", f"data_cache_dir={tmp_path / 'cache'}"]
+    proc = runner_processes.run(args, cwd=tmp_path, env=env, timeout=180)  # a real process (forked after the imports)
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert proc.returncode == code, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
@@ -159,7 +157,7 @@ def test_bad_input_fails_in_one_line(case, fixtures, glue_dir, tmp_path):
 
 
 def test_skipped_and_capped_rows_are_counted_in_the_record_and_the_summary(tiny_overrides, tiny_model_dir, glue_dir,
-                                                                            tmp_path):
+                                                                            tmp_path, runner_processes):
     """Nothing dropped without a count (issue 38, rule 4): malformed GLUE rows (up to 1% are skipped, as QQP's
     train file needs), the max_*_samples cap and non-finite regression labels, through the real command line."""
     from transformers import AutoTokenizer
@@ -177,9 +175,8 @@ def test_skipped_and_capped_rows_are_counted_in_the_record_and_the_summary(tiny_
     (glue / "MRPC" / "train.tsv").write_text("\n".join(train) + "\n")
     out = tmp_path / "run"
     overrides = [o for o in tiny_overrides if not o.startswith(("task.data_dir", "task.max_train_samples"))]
-    proc = subprocess.run([sys.executable, "-m", "runner", *overrides, f"task.data_dir={glue}", "trainer.max_steps=1",
-                           "task.max_train_samples=100", f"hydra.run.dir={out}"], capture_output=True, text=True,
-                          timeout=300, env={**os.environ, "HOME": str(tmp_path)})
+    proc = runner_processes.run([*overrides, f"task.data_dir={glue}", "trainer.max_steps=1", "task.max_train_samples=100",
+                                 f"hydra.run.dir={out}"], cwd=tmp_path, env={**os.environ, "HOME": str(tmp_path)}, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     record = json.loads((out / "results.json").read_text())["data"]["input"]
     rows = len(train) - 1

@@ -279,7 +279,7 @@ def _steps(run_dir):
 
 
 @pytest.mark.parametrize("name", ["model.short_name=/../../../escaped", "run_name=a/../../b", "model.short_name=" + "x" * 600])
-def test_a_name_from_a_setting_never_leaves_the_output_root(name, tiny_overrides, glue_dir, tmp_path):
+def test_a_name_from_a_setting_never_leaves_the_output_root(name, tiny_overrides, glue_dir, tmp_path, runner_processes):
     """Dirs named after settings stay one component inside their parent (issue 38, rule 5): a '/' or '..' in a
     name, or a name longer than a file name may be, gives a run in outputs/runs/ with a cleaned name."""
     import os
@@ -291,8 +291,7 @@ def test_a_name_from_a_setting_never_leaves_the_output_root(name, tiny_overrides
     work.mkdir()
     overrides = [o for o in tiny_overrides if not o.startswith("model.short_name")] + ["trainer.max_steps=1", name]
     env = {**os.environ, "GLUE_DIR": str(glue_dir), "HOME": str(tmp_path)}
-    proc = subprocess.run([sys.executable, "-m", "runner", *overrides], cwd=work, env=env, capture_output=True, text=True,
-                          timeout=180)
+    proc = runner_processes.run(overrides, cwd=work, env=env, timeout=180)
     assert proc.returncode == 0, proc.stderr[-2000:]
     runs = list((work / "outputs" / "runs").iterdir())
     assert len(runs) == 1 and (runs[0] / "results.json").is_file()
