@@ -26,6 +26,7 @@ from runner.lm import is_lm_task
 from runner.models import load_model_and_tokenizer, resolve_model_path
 from runner.preflight.config import resolved_config
 from runner.preflight.errors import ConfigError, ModelError
+from runner.preflight.schema import default_of
 from runner.prune import settings as settings_lib
 from runner.prune.pipeline import PruneInputs, run_pruning
 from runner.results import (
@@ -122,7 +123,7 @@ def load_trained_model(model_dir: Path, source_cfg: DictConfig, task: DictConfig
     model_dir = Path(model_dir)
     if (model_dir / "pruned_heads.json").is_file():
         raise ModelError(f"{model_dir} is already pruned; prune the fine-tuned (unpruned) run instead")
-    attn = source_cfg.model.get("attn_implementation", "sdpa")
+    attn = source_cfg.model.get("attn_implementation", default_of("model.attn_implementation"))  # older runs: the default
     # the source's pooling (runs saved before model.pooling existed pooled with cls)
     mcfg = OmegaConf.merge(source_cfg.model, {"pooling": source_cfg.model.get("pooling") or "cls"})
     kind = next((k for k in KINDS.values() if k.found_in(model_dir)), None)  # runner.adapters
