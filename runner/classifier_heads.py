@@ -29,8 +29,8 @@ from torch import nn
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
 from runner.arch import architecture_of
-from runner.lm import is_lm_task
 from runner.preflight.errors import ConfigError, ModelError
+from runner.preflight.schema import is_lm_task
 
 log = logging.getLogger(__name__)
 

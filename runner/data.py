@@ -32,6 +32,7 @@ from transformers import DataCollatorWithPadding
 from runner import lm
 from runner.network import unreachable
 from runner.preflight.errors import DataError
+from runner.preflight.schema import is_lm_task
 
 log = logging.getLogger(__name__)
 
@@ -262,7 +263,7 @@ def cap(ds: datasets.Dataset, n: int | None) -> datasets.Dataset:
 
 def load_task_splits(task: DictConfig) -> TaskData:
     """Raw train and eval splits of a task, capped as configured."""
-    if lm.is_lm_task(task):
+    if is_lm_task(task):
         data = TaskData(**lm.load_lm_splits(task))
         count_used(data)
         data.train, data.holdout = split_holdout(data.train, task.get("holdout_samples"), task.get("holdout_seed", 0), task.name)
@@ -420,7 +421,7 @@ def build_dataloaders(cfg: DictConfig, data: TaskData, tokenizer, accelerator) -
             cache_dir = None
 
     lengths: dict[str, list[int]] = {}  # tokens per example, per split (classification), read once
-    if lm.is_lm_task(cfg.task):  # blocks of text or prompt/response pairs, labels -100 where nothing is learned
+    if is_lm_task(cfg.task):  # blocks of text or prompt/response pairs, labels -100 where nothing is learned
         block = int(tcfg.max_seq_length)  # what tokenisation cuts or drops is counted in data.input
         train = lm.tokenize_lm(data.train, tokenizer, block, data.input.setdefault("train", {}))
         evals = {k: lm.tokenize_lm(v, tokenizer, block, data.input.setdefault(k, {})) for k, v in data.evals.items()}

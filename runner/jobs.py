@@ -43,7 +43,7 @@ def hydra_job() -> dict:
     """This job's number, overrides and sweep dir when Hydra runs it ({} outside Hydra)."""
     try:
         hc = HydraConfig.get()
-    except (ImportError, ValueError):
+    except ValueError:  # not inside a Hydra job
         return {}
     multirun = hc.mode == RunMode.MULTIRUN
     return {

@@ -35,13 +35,8 @@ from omegaconf import DictConfig
 from runner.preflight.errors import ConfigError, DataError
 
 IGNORE = -100  # label of a token that is not a target (prompt, padding)
-KIND = "causal_lm"
 
 log = logging.getLogger(__name__)
-
-
-def is_lm_task(task: DictConfig) -> bool:
-    return str(task.get("kind", "classification")) == KIND
 
 
 # ---------------------------------------------------------------------------

@@ -31,6 +31,7 @@ from runner.atomic_io import atomic_write_text
 from runner.jobs import reset_accelerate_state
 from runner.methods import build_method
 from runner.preflight.errors import ConfigError
+from runner.preflight.schema import is_lm_task
 from runner.results import (
     STATUS_FAILED,
     STATUS_INTERRUPTED,
@@ -114,7 +115,7 @@ class Recipe:
         self.signals = StopSignals()  # SIGINT/SIGTERM over the whole run (runner.stop_signals)
         self.lock = runs.DirLock(self.output_dir)
         self.resume_state: dict | None = None
-        self.causal_lm = lm.is_lm_task(cfg.task)  # text in, perplexity out (runner.lm)
+        self.causal_lm = is_lm_task(cfg.task)  # text in, perplexity out (runner.lm)
         self.fingerprint: dict = {}
         self.accepted_changes: list[str] = []  # resume_accept_changes=true: what changed since the checkpoint
 

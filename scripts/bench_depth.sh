@@ -38,9 +38,8 @@ for seed in $SEEDS; do
       echo "== $(date -Is) SAFE vs LoRA: mpnet $task seed $seed"
       $PY scripts/bench_safe.py --tasks "$task" --seeds "$seed" --sharpness-batches 0 "${COMMON[@]}" \
         $(task_caps "$task") "${TARGETS[@]}" --out "$OUT/safe_$task/seed$seed"
-      # every seed finished so far, in one table: $OUT/safe_<task>/summary.md
-      # shellcheck disable=SC2086
-      $PY scripts/bench_safe.py --tasks "$task" --seeds $SEEDS --from-sweep "$OUT/safe_$task" "${TARGETS[@]}" \
+      # every seed finished so far (whatever SEEDS this call ran), in one table: $OUT/safe_<task>/summary.md
+      $PY scripts/bench_safe.py --tasks "$task" --all-seeds --from-sweep "$OUT/safe_$task" "${TARGETS[@]}" \
         --out "$OUT/safe_$task" > /dev/null
     fi
     if [[ " $STEPS " == *" hies "* ]]; then

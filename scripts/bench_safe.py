@@ -55,6 +55,7 @@ def parse_args(argv=None):
     p.add_argument("--methods", nargs="+", default=["adapter", "safe"], choices=list(METHODS),
                    help="adapter is the baseline; static needs safe in the list (it copies SAFE's frozen count)")
     p.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
+    p.add_argument("--all-seeds", action="store_true", help="with --from-sweep: every seed found there, not only --seeds")
     p.add_argument("--max-train-samples", type=int, default=None,
                    help="cap on training examples, the same for every method (default: the whole training set)")
     p.add_argument("--max-eval-samples", type=int, default=None, help="cap on eval examples (default: the whole dev set)")
@@ -190,7 +191,7 @@ def from_sweep(args, root: Path) -> dict[str, dict[str, list[dict]]]:
     by_task: dict[str, dict[str, list[dict]]] = {t: {m: [] for m in args.methods} for t in args.tasks}
     for path in find_results(root):
         r = load_results(path.parent)
-        if r is None or r.get("task") not in by_task or int(r.get("seed", -1)) not in args.seeds:
+        if r is None or r.get("task") not in by_task or (int(r.get("seed", -1)) not in args.seeds and not args.all_seeds):
             continue
         method = r.get("method")
         if method == "safe":

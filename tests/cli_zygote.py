@@ -4,7 +4,9 @@
 A child is a real process: it runs ``python -m runner``'s own entry point (``runpy``, as ``-m`` does) in its
 own working dir and environment, writes to its own stdout and stderr files and exits with the runner's exit
 code; only the five-odd seconds of importing torch, transformers, PEFT and the like are shared (fork after
-import, as gunicorn's preload and PyTorch's DataLoader workers do). Protocol: one JSON request per line on
+import, as gunicorn's preload and PyTorch's DataLoader workers do). What a library reads from the environment
+when it is imported (``HF_HOME``, ``HF_HUB_OFFLINE``, the thread count) keeps the zygote's value: a test
+that varies those starts its own process. Protocol: one JSON request per line on
 stdin ({"args", "cwd", "env", "stdout", "stderr", "timeout"}), one JSON reply per line on stdout
 ({"returncode"}; -9 when the child ran past its timeout and was killed).
 """
@@ -38,6 +40,7 @@ def _child(request: dict) -> None:
     """Become ``python -m runner <args>`` in the request's dir and environment; never returns."""
     code = 1
     try:
+        os.setpgid(0, 0)  # a timeout kills what the run started too
         os.chdir(request["cwd"])
         os.environ.clear()
         os.environ.update(request["env"])
@@ -49,6 +52,8 @@ def _child(request: dict) -> None:
         os.dup2(null, 0)  # the protocol pipe is the zygote's, not the run's
         sys.stdin = open(0, closefd=False)
         sys.argv = ["runner", *request["args"]]
+        sys.path[0] = os.getcwd()  # as python -m puts the working dir first
+        sys.modules.pop("runner.__main__", None)  # runpy runs it afresh as __main__ (what it imports stays loaded)
         try:
             runpy.run_module("runner", run_name="__main__", alter_sys=True)
             code = 0
@@ -59,7 +64,12 @@ def _child(request: dict) -> None:
                 print(exc.code, file=sys.stderr)
         except BaseException:  # noqa: BLE001 (as the interpreter would: the traceback, exit 1)
             traceback.print_exc()
+        for thread in threading.enumerate():  # as the interpreter does at exit: wait for non-daemon threads
+            if thread is not threading.current_thread() and not thread.daemon:
+                thread.join()
         atexit._run_exitfuncs()
+    except BaseException:  # noqa: BLE001 (the request could not be set up: say why on whatever stderr is)
+        traceback.print_exc()
     finally:
         for stream in (sys.stdout, sys.stderr):
             try:
@@ -76,7 +86,10 @@ def _wait(pid: int, timeout: float) -> int:
         if done:
             return os.waitstatus_to_exitcode(status)
         if time.monotonic() > deadline:
-            os.kill(pid, signal.SIGKILL)
+            try:
+                os.killpg(pid, signal.SIGKILL)  # the run and every process it started
+            except ProcessLookupError:
+                pass
             os.waitpid(pid, 0)
             return -signal.SIGKILL
         time.sleep(0.05)

@@ -73,8 +73,9 @@ def _top_level_imports(tree: ast.Module) -> list[ast.Import | ast.ImportFrom]:
 
 
 def _function_imports(tree: ast.Module) -> list[ast.Import | ast.ImportFrom]:
-    return [node for fn in ast.walk(tree) if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef))
-            for node in ast.walk(fn) if isinstance(node, (ast.Import, ast.ImportFrom))]
+    found = {id(node): node for fn in ast.walk(tree) if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef))
+             for node in ast.walk(fn) if isinstance(node, (ast.Import, ast.ImportFrom))}  # nested functions: once
+    return sorted(found.values(), key=lambda node: node.lineno)
 
 
 def heavy_on_import() -> dict[str, set[str]]:
@@ -84,8 +85,8 @@ def heavy_on_import() -> dict[str, set[str]]:
     direct: dict[str, tuple[set[str], set[str]]] = {}
     for name, path in modules.items():
         targets = [t for node in _top_level_imports(trees[name]) for t in _targets(node, _package(name, path))]
-        inner = {t for t in targets if t in modules and t != name}
-        inner |= {".".join(t.split(".")[:i]) for t in inner for i in range(2, t.count(".") + 1)}  # its packages
+        inner = {t for t in targets if t in modules} | {name}
+        inner |= {".".join(t.split(".")[:i]) for t in inner for i in range(2, t.count(".") + 1)}  # their packages run first
         direct[name] = ({t.split(".")[0] for t in targets} & HEAVY, inner - {name})
 
     def heavy(name: str) -> set[str]:

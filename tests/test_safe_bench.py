@@ -82,3 +82,14 @@ def test_targets_are_options(tmp_path, capsys):
     assert safe["targets_met"] == {"mean_memory": True, "flops": False, "wall_time": None, "metric": True}
     with pytest.raises(SystemExit):
         bench.parse_args(["--target-flops", "three quarters"])
+
+
+def test_all_seeds_tables_every_seed_found(tmp_path):
+    sweep = tmp_path / "sweep"
+    for seed in (1, 2, 7):
+        _write_run(sweep / f"seed{seed}" / "a", "mrpc", "adapter", seed, 0.80, 1e9, 100e12, 200.0)
+    bench = _bench()
+    assert bench.main(["--from-sweep", str(sweep), "--seeds", "1"]) == 0
+    assert json.loads((sweep / "bench_safe" / "summary.json").read_text())["mrpc"]["adapter"]["n"] == 1
+    assert bench.main(["--from-sweep", str(sweep), "--all-seeds"]) == 0
+    assert json.loads((sweep / "bench_safe" / "summary.json").read_text())["mrpc"]["adapter"]["n"] == 3

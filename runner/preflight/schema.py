@@ -150,12 +150,15 @@ class TrainerSettings:
     sharpness: SharpnessSettings = field(default_factory=SharpnessSettings)
 
 
+CAUSAL_LM = "causal_lm"  # the task kind of text in, perplexity out (runner/lm.py)
+
+
 @dataclass
 class TaskSettings:
     name: str = ""
     # classification (GLUE: sequence classification or regression) or causal_lm (runner/lm.py: text or
     # prompt/response files, perplexity and zero-shot multiple choice; decoders only)
-    kind: str = _setting("classification", ("classification", "causal_lm"))
+    kind: str = _setting("classification", ("classification", CAUSAL_LM))
     train_file: Optional[str] = None  # causal_lm: the training file in data_dir (.txt or .jsonl)
     eval_files: dict[str, str] = _setting({})  # causal_lm: eval split name -> file, primary first
     mc_files: dict[str, str] = _setting({})  # causal_lm: zero-shot multiple-choice set name -> .jsonl
@@ -510,6 +513,12 @@ def default_of(dotted: str):
     if found.default_factory is not dataclasses.MISSING:
         return found.default_factory()
     return _NO_DEFAULT
+
+
+def is_lm_task(task) -> bool:
+    """A causal language-modelling task (``task.kind=causal_lm``); a saved config older than ``task.kind``
+    has the declared default kind."""
+    return str(task.get("kind", default_of("task.kind"))) == CAUSAL_LM
 
 
 def entries_field(dotted: str) -> str | None:

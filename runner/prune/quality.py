@@ -23,6 +23,7 @@ from transformers import DataCollatorWithPadding
 from runner import lm
 from runner.curves import trivial_levels
 from runner.data import tokenize
+from runner.preflight.schema import is_lm_task
 from runner.tasks import compute_metrics, predictions_from_logits
 
 CLASSIFICATION_STABILITY = (
@@ -149,6 +150,6 @@ class LanguageModel(Classification):
 
 
 def for_task(task, tokenizer, max_length: int, cache_dir=None, choices: dict | None = None) -> Classification:
-    if lm.is_lm_task(task):
+    if is_lm_task(task):
         return LanguageModel(task, tokenizer, max_length, cache_dir, choices)
     return Classification(task, tokenizer, max_length, cache_dir)

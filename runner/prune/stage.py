@@ -22,11 +22,10 @@ from runner import provenance, run_files, runs
 from runner.adapters import KINDS
 from runner.atomic_io import atomic_write_text
 from runner.classifier_heads import apply_pooling, saved_pooling, settle_pooling
-from runner.lm import is_lm_task
 from runner.models import load_model_and_tokenizer, resolve_model_path
 from runner.preflight.config import resolved_config
 from runner.preflight.errors import ConfigError, ModelError
-from runner.preflight.schema import default_of
+from runner.preflight.schema import default_of, is_lm_task
 from runner.prune import settings as settings_lib
 from runner.prune.pipeline import PruneInputs, run_pruning
 from runner.results import (
