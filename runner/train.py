@@ -25,22 +25,14 @@ from accelerate.utils import DataLoaderConfiguration, DistributedDataParallelKwa
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
-from runner import checkpoint, lm, measure, record_builder, run_files, runs, train_setup, train_state
-from runner import data as data_lib
+from runner import checkpoint, data as data_lib, lm, measure, record_builder, run_files, runs, train_setup, train_state
 from runner.atomic_io import atomic_write_text
 from runner.jobs import reset_accelerate_state
 from runner.methods import build_method
 from runner.preflight.errors import ConfigError
 from runner.preflight.schema import is_lm_task
 from runner.results import (
-    STATUS_FAILED,
-    STATUS_INTERRUPTED,
-    flatten,
-    identity,
-    keep_previous_record,
-    read_record,
-    write_failure,
-    write_record,
+    STATUS_FAILED, STATUS_INTERRUPTED, flatten, identity, keep_previous_record, read_record, write_failure, write_record,
 )
 from runner.stop_signals import FINISH, POST_TRAIN, TRAIN, RunInterrupted, StopSignals
 from runner.tasks import compute_metrics, predictions_from_logits

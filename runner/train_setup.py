@@ -21,8 +21,7 @@ from accelerate.utils import set_seed
 from omegaconf import OmegaConf
 from transformers import get_scheduler
 
-from runner import checkpoint, run_files, runs, train_state
-from runner import data as data_lib
+from runner import checkpoint, data as data_lib, run_files, runs, train_state
 from runner.adapters import parameter_counts, prepare_trainable, target_modules, trained_head_modules
 from runner.arch import architecture_of
 from runner.atomic_io import atomic_write_text

@@ -12,13 +12,7 @@ from helpers import ARCHS, DECODERS, ENCODERS, family_config
 from transformers import AutoModelForSequenceClassification
 
 from runner.classifier_heads import (
-    apply_pooling,
-    folder_pooling,
-    head_modules,
-    is_in_modules,
-    resolve_pooling,
-    saved_pooling,
-    start_regression_bias,
+    apply_pooling, folder_pooling, head_modules, is_in_modules, resolve_pooling, saved_pooling, start_regression_bias,
 )
 from runner.preflight.errors import ConfigError
 

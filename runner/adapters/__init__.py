@@ -162,5 +162,7 @@ def prepare_trainable(model: nn.Module, cfg: DictConfig) -> nn.Module:
 
 
 from runner.adapters import bottleneck, lora  # noqa: E402  (each registers its kind)
-from runner.adapters.bottleneck import ACTIVATIONS, Bottleneck, WithBottleneck, add_bottleneck_adapters, add_bottlenecks_to_train  # noqa: E402,F401  (conf/adapter/bottleneck.yaml's _target_, the tests)
+from runner.adapters.bottleneck import (  # noqa: E402,F401  (conf/adapter/bottleneck.yaml's _target_, the tests)
+    ACTIVATIONS, Bottleneck, WithBottleneck, add_bottleneck_adapters, add_bottlenecks_to_train,
+)
 from runner.adapters.lora import add_lora  # noqa: E402,F401  (conf/adapter/lora.yaml's _target_)

@@ -9,8 +9,7 @@ from omegaconf import DictConfig
 from runner.methods import method_checks
 from runner.preflight.config import CONF_DIR
 from runner.preflight.errors import ConfigError
-from runner.preflight.schema import GROUPS as SETTINGS_GROUPS
-from runner.preflight.schema import MOVED_GROUPS, TARGET_SETS, check_config
+from runner.preflight.schema import GROUPS as SETTINGS_GROUPS, MOVED_GROUPS, TARGET_SETS, check_config
 from runner.prune.settings import from_config
 
 OVERLAY_GROUPS = ("experiment",)  # options that set keys of other groups: no settings of their own

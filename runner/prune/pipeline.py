@@ -31,12 +31,7 @@ from runner.prune.gate import HeadGate, geometry, unwrap_peft
 from runner.prune.persist import save_pruned
 from runner.prune.physical import count_parameters, heads_kept, prune_heads
 from runner.prune.scores import (
-    CalibrationScores,
-    calibration_scores,
-    criterion_scores,
-    hies_scores,
-    magnitude_scores,
-    ranking_agreement,
+    CalibrationScores, calibration_scores, criterion_scores, hies_scores, magnitude_scores, ranking_agreement,
 )
 from runner.prune.select import mask_to_dict, select_heads_to_prune
 from runner.prune.settings import Pruning

@@ -17,8 +17,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
-from runner import data as data_lib
-from runner import provenance, run_files, runs
+from runner import data as data_lib, provenance, run_files, runs
 from runner.adapters import KINDS
 from runner.atomic_io import atomic_write_text
 from runner.classifier_heads import apply_pooling, saved_pooling, settle_pooling
@@ -29,15 +28,8 @@ from runner.preflight.schema import default_of, is_lm_task
 from runner.prune import settings as settings_lib
 from runner.prune.pipeline import PruneInputs, run_pruning
 from runner.results import (
-    STATUS_COMPLETED,
-    STATUS_FAILED,
-    STATUS_INTERRUPTED,
-    flatten,
-    read_record,
-    record_problem,
-    training_completed,
-    write_failure,
-    write_record,
+    STATUS_COMPLETED, STATUS_FAILED, STATUS_INTERRUPTED, flatten, read_record, record_problem, training_completed,
+    write_failure, write_record,
 )
 from runner.secrets import scrub
 from runner.stop_signals import POST_TRAIN, PRUNING, RunInterrupted, StopSignals
