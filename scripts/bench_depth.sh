@@ -4,46 +4,49 @@
 # first. Every step is a runner.sweep dir under $OUT: rerun this script to continue (completed
 # jobs are skipped, an interrupted one resumes from its last checkpoint, every 50 steps).
 #
-#   bash scripts/bench_depth.sh                 # everything, seed by seed (days on 2 CPU cores)
-#   SEEDS="1" TASKS="mrpc" bash scripts/bench_depth.sh   # the first slice
-#   STEPS="safe" bash scripts/bench_depth.sh    # only the LoRA-vs-SAFE pairs
+#   bash scripts/bench_depth.sh                                   # the whole plan (days on 2 CPU cores)
+#   PLAN="seed:1" TASKS="mrpc" bash scripts/bench_depth.sh        # the first slice
+#   PLAN="seed:2 seed:3" STEPS="safe" bash scripts/bench_depth.sh # only the LoRA-vs-SAFE pairs
+#   DRY_RUN=1 bash scripts/bench_depth.sh                         # print the sweeps' commands, run nothing
 #
-# Per seed and task, in sweep dirs of their own ($OUT/safe_<task>/seed<N>, $OUT/hies_<task>/seed<N>: a
-# sweep holds one plan): LoRA (all-linear r8, lr 1e-3, 3 epochs, batch 32, length-grouped) and SAFE
-# at today's defaults back to back (bench_safe.py), then every pruning criterion at 10-70% of the
-# heads on that LoRA run, alpha chosen on one dev half (bench_hies.py, the paper's protocol).
+# PLAN is a list of phases, run in order:
+#   seed:<N>  per task of TASKS, in sweep dirs of their own ($OUT/safe_<task>/seed<N>, $OUT/hies_<task>/seed<N>:
+#             a sweep holds one plan): LoRA (all-linear r8, lr 1e-3, 3 epochs, batch 32, length-grouped) and
+#             SAFE at today's defaults back to back (bench_safe.py), then every pruning criterion at 10-70% of
+#             the heads on that LoRA run, alpha chosen on one dev half (bench_hies.py, the paper's protocol).
+#   minilm    the same recipe on MiniLM-L6 (6 layers) and SST-2, seeds 1-3 ($OUT/minilm_sst2/): LoRA vs SAFE,
+#             HIES on each LoRA run, full fine-tuning: the two depths on one task both models learn.
+#   probes    linear probes on the frozen MPNet (MRPC, RTE, SST-2) and MiniLM (SST-2): $OUT/probes/.
+#   frontier  SAFE's schedule screened on SST-2, seed 1 ($OUT/frontier_sst2/<setting>/seed1): freezing
+#             earlier (t_f 0.5; t_w 0.1), more (T_final 0.5), drift importance; against seed 1's LoRA run.
+#   budget    SAFE with budget_mode (a lower peak) on each task of TASKS, seed 1 ($OUT/budget_<task>/seed1).
+#   learn     does MPNet learn: full fine-tuning on MRPC, RTE and SST-2 and LoRA on RTE, seeds 1-3
+#             (bench_learn.py; LoRA on MRPC and SST-2 are the seed phases' runs): $OUT/learn/.
 # SST-2 trains on a fixed sample of SST2_TRAIN examples (the same for every method and seed) so
 # that one MPNet run stays near an hour here; its whole dev set (872) is evaluated.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python}
 OUT=${OUT:-outputs/depth}
-SEEDS=${SEEDS:-1 2 3}
+PLAN=${PLAN:-minilm probes seed:1 seed:2 frontier seed:3 budget learn}
 TASKS=${TASKS:-mrpc sst2}
 STEPS=${STEPS:-safe hies}
 SST2_TRAIN=${SST2_TRAIN:-8000}
 COMMON=(--override model=mpnet --override trainer.checkpoint_every_steps=50)
+MINILM=(--override model=minilm --override trainer.checkpoint_every_steps=50)
 # The issue's targets at depth: mean saved-for-backward memory <= 0.6 and whole-run FLOPs <= 0.75 of
 # LoRA's, the mean metric within 0.5 points; time is reported as a ratio without a target.
 TARGETS=(--target-mean-memory 0.6 --target-flops 0.75 --target-metric-drop 0.5 --target-wall-time none)
+HIES=(--prune prune.alpha=auto prune.alpha_split=dev_half)
+DRY=()
+if [[ -n ${DRY_RUN:-} ]]; then DRY=(--dry-run); fi
 
 task_caps() {  # the training-set cap of a task (SST-2 only)
   if [[ $1 == sst2 ]]; then echo "--max-train-samples $SST2_TRAIN"; fi
 }
 
-for seed in $SEEDS; do
-  for task in $TASKS; do
-    # shellcheck disable=SC2046
-    if [[ " $STEPS " == *" safe "* ]]; then
-      echo "== $(date -Is) SAFE vs LoRA: mpnet $task seed $seed"
-      $PY scripts/bench_safe.py --tasks "$task" --seeds "$seed" --sharpness-batches 0 "${COMMON[@]}" \
-        $(task_caps "$task") "${TARGETS[@]}" --out "$OUT/safe_$task/seed$seed"
-      # every seed finished so far (whatever SEEDS this call ran), in one table: $OUT/safe_<task>/summary.md
-      $PY scripts/bench_safe.py --tasks "$task" --all-seeds --from-sweep "$OUT/safe_$task" "${TARGETS[@]}" \
-        --out "$OUT/safe_$task" > /dev/null
-    fi
-    if [[ " $STEPS " == *" hies "* ]]; then
-      lora_run=$($PY - "$OUT/safe_$task/seed$seed/adapter" "$seed" <<'EOF'
+lora_run() {  # the completed run of seed $2 under sweep dir $1 (nothing when none)
+  $PY - "$1" "$2" <<'PYEOF'
 import sys
 from pathlib import Path
 from runner.results import read_completed
@@ -52,13 +55,105 @@ for cfg in sorted(Path(sys.argv[1]).glob(f"**/{RESULTS}")):
     r = read_completed(cfg.parent)
     if r and str(r.get("seed")) == sys.argv[2]:
         print(cfg.parent); break
-EOF
-)
-      if [[ -z $lora_run ]]; then echo "no completed LoRA run for $task seed $seed yet: HIES waits"; continue; fi
-      echo "== $(date -Is) HIES and baselines at 10-70%: mpnet $task seed $seed ($lora_run)"
-      $PY scripts/bench_hies.py --tasks "$task" --seeds "$seed" --runs "$task=$lora_run" \
-        --prune prune.alpha=auto prune.alpha_split=dev_half --out "$OUT/hies_$task/seed$seed"
+PYEOF
+}
+
+seed_phase() {  # per task: LoRA vs SAFE back to back, then every pruning criterion on the LoRA run
+  local seed=$1 task run
+  for task in $TASKS; do
+    if [[ " $STEPS " == *" safe "* ]]; then
+      echo "== $(date -Is) SAFE vs LoRA: mpnet $task seed $seed"
+      # shellcheck disable=SC2046
+      $PY scripts/bench_safe.py "${DRY[@]}" --tasks "$task" --seeds "$seed" --sharpness-batches 0 "${COMMON[@]}" \
+        $(task_caps "$task") "${TARGETS[@]}" --out "$OUT/safe_$task/seed$seed"
+      # every seed finished so far (whatever PLAN this call ran), in one table: $OUT/safe_<task>/summary.md
+      $PY scripts/bench_safe.py "${DRY[@]}" --tasks "$task" --all-seeds --from-sweep "$OUT/safe_$task" "${TARGETS[@]}" \
+        --out "$OUT/safe_$task" > /dev/null
+    fi
+    if [[ " $STEPS " == *" hies "* ]]; then
+      run=$(lora_run "$OUT/safe_$task/seed$seed/adapter" "$seed")
+      if [[ -z $run ]]; then echo "no completed LoRA run for $task seed $seed yet: HIES waits"; continue; fi
+      echo "== $(date -Is) HIES and baselines at 10-70%: mpnet $task seed $seed ($run)"
+      $PY scripts/bench_hies.py "${DRY[@]}" --tasks "$task" --seeds "$seed" --runs "$task=$run" "${HIES[@]}" \
+        --out "$OUT/hies_$task/seed$seed"
     fi
   done
+}
+
+minilm_phase() {  # MiniLM-L6, SST-2, the same recipe and cap: LoRA vs SAFE, HIES, full fine-tuning
+  local dir=$OUT/minilm_sst2 runs=() seed run
+  echo "== $(date -Is) MiniLM on SST-2: LoRA vs SAFE, seeds 1-3"
+  $PY scripts/bench_safe.py "${DRY[@]}" --tasks sst2 --seeds 1 2 3 --sharpness-batches 0 "${MINILM[@]}" \
+    --max-train-samples "$SST2_TRAIN" "${TARGETS[@]}" --out "$dir/safe"
+  for seed in 1 2 3; do
+    run=$(lora_run "$dir/safe/adapter" "$seed")
+    if [[ -n $run ]]; then runs+=("$run"); fi
+  done
+  if (( ${#runs[@]} == 3 )); then
+    echo "== $(date -Is) MiniLM on SST-2: HIES and baselines at 10-70%, seeds 1-3"
+    $PY scripts/bench_hies.py "${DRY[@]}" --tasks sst2 --seeds 1 2 3 --runs "sst2=$(IFS=,; echo "${runs[*]}")" "${HIES[@]}" \
+      --out "$dir/hies"
+  else
+    echo "MiniLM on SST-2: ${#runs[@]} of 3 LoRA runs completed: HIES waits"
+  fi
+  echo "== $(date -Is) MiniLM on SST-2: full fine-tuning, seeds 1-3"
+  $PY scripts/bench_learn.py "${DRY[@]}" --tasks sst2 --recipes full --poolings cls --seeds 1 2 3 --regression-seeds \
+    --max-train-samples "$SST2_TRAIN" --override model=minilm --out "$dir/learn"
+}
+
+probes_phase() {  # what the frozen models' features already hold (linear probes; minutes)
+  local dir=$OUT/probes
+  echo "== $(date -Is) linear probes on the frozen models"
+  if [[ -n ${DRY_RUN:-} ]]; then echo "(dry run: scripts/probe_frozen.py into $dir)"; return; fi
+  mkdir -p "$dir"
+  [[ -s $dir/mpnet.md ]] || $PY scripts/probe_frozen.py --model mpnet --tasks mrpc rte --out "$dir/mpnet.md"
+  [[ -s $dir/mpnet_sst2.md ]] || $PY scripts/probe_frozen.py --model mpnet --tasks sst2 \
+    --max-train-samples "$SST2_TRAIN" --out "$dir/mpnet_sst2.md"
+  [[ -s $dir/minilm_sst2.md ]] || $PY scripts/probe_frozen.py --model minilm --tasks sst2 \
+    --max-train-samples "$SST2_TRAIN" --out "$dir/minilm_sst2.md"
+}
+
+frontier_phase() {  # SAFE's schedule on SST-2, seed 1, each setting against seed 1's LoRA run
+  local name overrides
+  while read -r name overrides; do
+    echo "== $(date -Is) SAFE frontier on SST-2, seed 1: $name ($overrides)"
+    # shellcheck disable=SC2086
+    $PY scripts/bench_safe.py "${DRY[@]}" --tasks sst2 --seeds 1 --methods safe --sharpness-batches 0 "${COMMON[@]}" \
+      --max-train-samples "$SST2_TRAIN" $overrides --out "$OUT/frontier_sst2/$name/seed1" < /dev/null
+  done <<'PLANEOF'
+tf0.5 --safe-override safe.t_f=0.5
+tf0.5-T0.5 --safe-override safe.t_f=0.5 --safe-override safe.threshold=0.5
+tw0.1-tf0.5 --safe-override safe.t_w=0.1 --safe-override safe.t_f=0.5
+drift-tf0.5 --safe-override safe.t_f=0.5 --safe-override safe.importance=drift
+PLANEOF
+}
+
+budget_phase() {  # budget_mode's peak memory, seed 1 of each task
+  local task
+  for task in $TASKS; do
+    echo "== $(date -Is) SAFE with budget_mode: mpnet $task seed 1"
+    # shellcheck disable=SC2046
+    $PY scripts/bench_safe.py "${DRY[@]}" --tasks "$task" --seeds 1 --methods safe --sharpness-batches 0 "${COMMON[@]}" \
+      $(task_caps "$task") --safe-override safe.budget_mode=true --out "$OUT/budget_$task/seed1"
+  done
+}
+
+learn_phase() {  # does MPNet learn: full fine-tuning on the three tasks, LoRA on RTE, seeds 1-3
+  echo "== $(date -Is) MPNet: full fine-tuning on MRPC and RTE, LoRA on RTE"
+  $PY scripts/bench_learn.py "${DRY[@]}" --tasks mrpc rte --recipes full --poolings mean --seeds 1 2 3 --regression-seeds \
+    "${COMMON[@]}" --out "$OUT/learn/mrpc_rte"
+  $PY scripts/bench_learn.py "${DRY[@]}" --tasks rte --recipes lora --poolings mean --seeds 1 2 3 --regression-seeds \
+    "${COMMON[@]}" --out "$OUT/learn/rte_lora"
+  echo "== $(date -Is) MPNet: full fine-tuning on SST-2 ($SST2_TRAIN sentences)"
+  $PY scripts/bench_learn.py "${DRY[@]}" --tasks sst2 --recipes full --poolings mean --seeds 1 2 3 --regression-seeds \
+    --max-train-samples "$SST2_TRAIN" "${COMMON[@]}" --out "$OUT/learn/sst2"
+}
+
+for phase in $PLAN; do
+  case $phase in
+    seed:*) seed_phase "${phase#seed:}" ;;
+    minilm | probes | frontier | budget | learn) "${phase}_phase" ;;
+    *) echo "bench_depth: unknown phase '$phase' in PLAN (seed:<N>, minilm, probes, frontier, budget, learn)" >&2; exit 2 ;;
+  esac
 done
 echo "== $(date -Is) done"

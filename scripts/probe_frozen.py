@@ -1,20 +1,27 @@
 #!/usr/bin/env python
-"""What the frozen model's features already hold: linear probes on MRPC and RTE.
+"""What the frozen model's features already hold: linear probes on GLUE tasks.
 
-No fine-tuning: the packaged MiniLM (eval mode) embeds every training and dev
-example once, and a logistic regression (scikit-learn, C chosen by 5-fold
-cross-validation on the training set only) is fitted on
+No fine-tuning: the model (``--model``, a runner model config: the packaged
+MiniLM by default, ``mpnet`` for all-mpnet-base-v2; eval mode) embeds every
+training and dev example once, and a logistic regression (scikit-learn, C
+chosen by 5-fold cross-validation on the training set only) is fitted on
 
 * ``pair-mean``: the masked mean of the last hidden states of the sentence
   pair fed as one sequence (what fine-tuning with ``model.pooling=mean`` sees);
 * ``bi-encoder``: each sentence embedded alone (mean pooling, as the model was
   trained), features ``[u, v, |u - v|, u * v]`` (sentence-transformers'
-  classification head).
+  classification head);
+* ``sentence-mean``: for single-sentence tasks (SST-2), the masked mean of the
+  sentence's last hidden states.
 
-It prints dev accuracy (and MRPC F1) against the majority class: a reference
-for what fine-tuning should beat, and a hint at the model's ceiling.
+The training set is capped as the runner caps it (``--max-train-samples``:
+the same first N examples a run with ``task.max_train_samples=N`` trains on).
+It prints dev accuracy (and MRPC F1) against the majority class, and writes the
+table to ``--out`` when given: a reference for what fine-tuning should beat, and
+a hint at the model's ceiling.
 
-    python scripts/probe_frozen.py                  # MRPC and RTE, ~5 min on 2 CPU cores
+    python scripts/probe_frozen.py                  # MiniLM, MRPC and RTE, ~5 min on 2 CPU cores
+    python scripts/probe_frozen.py --model mpnet --tasks sst2 --max-train-samples 8000 --out outputs/probe.md
 """
 
 from __future__ import annotations
@@ -63,6 +70,11 @@ def probe(train_x, train_y, dev_x, dev_y) -> dict:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tasks", nargs="+", default=["mrpc", "rte"])
+    p.add_argument("--model", default=None, help="runner model config (conf/model/<name>.yaml; default: the runner's)")
+    p.add_argument("--max-train-samples", type=int, default=None, help="the first N training examples (the runner's cap)")
+    p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
+                   help="runner override for the model and tasks (repeatable), e.g. model.name_or_path=DIR")
+    p.add_argument("--out", type=Path, default=None, help="also write the table here (markdown)")
     args = p.parse_args(argv)
     from transformers import AutoModel, AutoTokenizer
 
@@ -71,24 +83,41 @@ def main(argv=None) -> int:
     from runner.preflight.config import compose_config, default_glue_dir
 
     os.environ.setdefault("GLUE_DIR", default_glue_dir() or "")
-    path = resolve_model_path(compose_config([]).model.name_or_path)
+    model_override = ([f"model={args.model}"] if args.model else []) + list(args.override)
+    path = resolve_model_path(compose_config(model_override).model.name_or_path)
     tokenizer, model = AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path).eval()
-    print("| task | features | dev accuracy | F1 | C | majority class |\n|---|---|---|---|---|---|")
+    cap = f", first {args.max_train_samples} training examples" if args.max_train_samples else ""
+    lines = [f"Linear probes on the frozen {Path(path).name}{cap} (scripts/probe_frozen.py)", "",
+             "| task | features | train examples | dev accuracy | F1 | C | majority class |", "|---|---|---|---|---|---|---|"]
+    print("\n".join(lines), flush=True)
     for task in args.tasks:
-        cfg = compose_config([f"task=glue/{task}"])
+        caps = [f"task.max_train_samples={args.max_train_samples}"] if args.max_train_samples else []
+        cfg = compose_config([f"task=glue/{task}", *model_override, *caps])
         splits = data_lib.load_task_splits(cfg.task)
         train, dev = splits.train, next(iter(splits.evals.values()))
-        a, b = cfg.task.text_keys
         ty, dy = np.array(train["label"]), np.array(dev["label"])
         majority = 100 * float(np.mean(dy == np.bincount(ty).argmax()))
-        feats = {"pair-mean": (embed(model, tokenizer, train[a], train[b]), embed(model, tokenizer, dev[a], dev[b]))}
-        u, v, du, dv = (embed(model, tokenizer, s) for s in (train[a], train[b], dev[a], dev[b]))
-        feats["bi-encoder"] = (np.hstack([u, v, abs(u - v), u * v]), np.hstack([du, dv, abs(du - dv), du * dv]))
-        for name, (tx, dx) in feats.items():
+        for name, (tx, dx) in features(model, tokenizer, list(cfg.task.text_keys), train, dev).items():
             r = probe(tx, ty, dx, dy)
             f1 = f"{r['f1']:.2f}" if task == "mrpc" else "-"
-            print(f"| {task.upper()} | {name} | {r['accuracy']:.2f} | {f1} | {r['C']:g} | {majority:.2f} |", flush=True)
+            lines.append(f"| {task.upper()} | {name} | {len(train)} | {r['accuracy']:.2f} | {f1} | {r['C']:g} | {majority:.2f} |")
+            print(lines[-1], flush=True)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text("\n".join(lines) + "\n")
     return 0
+
+
+def features(model, tokenizer, text_keys: list[str], train, dev) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """(train, dev) features per probe: a pair's joint and bi-encoder features, or one sentence's mean."""
+    if len(text_keys) == 1:
+        (a,) = text_keys
+        return {"sentence-mean": (embed(model, tokenizer, train[a]), embed(model, tokenizer, dev[a]))}
+    a, b = text_keys
+    feats = {"pair-mean": (embed(model, tokenizer, train[a], train[b]), embed(model, tokenizer, dev[a], dev[b]))}
+    u, v, du, dv = (embed(model, tokenizer, s) for s in (train[a], train[b], dev[a], dev[b]))
+    feats["bi-encoder"] = (np.hstack([u, v, abs(u - v), u * v]), np.hstack([du, dv, abs(du - dv), du * dv]))
+    return feats
 
 
 if __name__ == "__main__":

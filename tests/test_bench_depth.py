@@ -1,0 +1,65 @@
+"""scripts/bench_depth.sh: the plan's phases, as the sweeps it would start (DRY_RUN=1), and a bad phase refused."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _dry_run(tmp_path, plan: str, **env) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", str(REPO / "scripts" / "bench_depth.sh")], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHON": sys.executable, "OUT": str(tmp_path), "DRY_RUN": "1",
+                               "PLAN": plan, **env})
+
+
+def _sweeps(stdout: str) -> dict[str, list[str]]:
+    """sweep dir (relative to OUT) -> its overrides, from the '+ python -m runner.sweep --dir D -- ...' lines."""
+    out = {}
+    for line in stdout.splitlines():
+        if "-m runner.sweep --dir " in line:
+            head, _, overrides = line.partition(" -- ")
+            out[head.split("--dir ", 1)[1]] = overrides.split()
+    return out
+
+
+def test_phases_plan_the_sweeps_of_the_issue(tmp_path):
+    done = _dry_run(tmp_path, "minilm seed:2 frontier budget learn", TASKS="sst2")
+    assert done.returncode == 0, done.stderr
+    sweeps = {str(Path(d).relative_to(tmp_path)): o for d, o in _sweeps(done.stdout).items()}
+    assert list(sweeps) == [
+        "minilm_sst2/safe/adapter", "minilm_sst2/safe/safe",
+        *(f"minilm_sst2/learn/full-s{s}-cls" for s in (1, 2, 3)),
+        "safe_sst2/seed2/adapter", "safe_sst2/seed2/safe",
+        *(f"frontier_sst2/{n}/seed1/safe" for n in ("tf0.5", "tf0.5-T0.5", "tw0.1-tf0.5", "drift-tf0.5")),
+        "budget_sst2/seed1/safe",
+        *(f"learn/mrpc_rte/full-s{s}-mean" for s in (1, 2, 3)), *(f"learn/rte_lora/lora-s{s}-mean" for s in (1, 2, 3)),
+        *(f"learn/sst2/full-s{s}-mean" for s in (1, 2, 3)),
+    ]
+    for name, overrides in sweeps.items():
+        model = "model=minilm" if name.startswith("minilm") else "model=mpnet"
+        assert model in overrides, name
+        # SST-2 trains on the same 8,000 sentences everywhere; MRPC and RTE on their whole training sets
+        assert ("task.max_train_samples=8000" in overrides) == ("glue/sst2" in " ".join(overrides)), name
+    assert "seed=1,2,3" in sweeps["minilm_sst2/safe/safe"] and "method=safe" in sweeps["minilm_sst2/safe/safe"]
+    frontier = {n: {o for o in sweeps[f"frontier_sst2/{n}/seed1/safe"] if o.startswith("safe.")}
+                for n in ("tf0.5", "tf0.5-T0.5", "tw0.1-tf0.5", "drift-tf0.5")}
+    assert frontier == {"tf0.5": {"safe.t_f=0.5"}, "tf0.5-T0.5": {"safe.t_f=0.5", "safe.threshold=0.5"},
+                        "tw0.1-tf0.5": {"safe.t_w=0.1", "safe.t_f=0.5"},
+                        "drift-tf0.5": {"safe.t_f=0.5", "safe.importance=drift"}}
+    assert "seed=1" in sweeps["frontier_sst2/tf0.5/seed1/safe"]
+    assert "safe.budget_mode=true" in sweeps["budget_sst2/seed1/safe"]
+    assert "method=full" in sweeps["learn/sst2/full-s1-mean"] and "method=adapter" in sweeps["learn/rte_lora/lora-s1-mean"]
+    # HIES waits for the LoRA runs it prunes, and says so
+    assert "MiniLM on SST-2: 0 of 3 LoRA runs completed: HIES waits" in done.stdout
+    assert "no completed LoRA run for sst2 seed 2 yet: HIES waits" in done.stdout
+
+
+def test_an_unknown_phase_is_refused_in_one_line(tmp_path):
+    done = _dry_run(tmp_path, "seed1")
+    assert done.returncode == 2
+    assert done.stderr.strip() == ("bench_depth: unknown phase 'seed1' in PLAN (seed:<N>, minilm, probes, frontier, budget, "
+                                   "learn)")
