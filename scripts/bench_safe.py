@@ -37,6 +37,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run as a script from anywhere
 
 from runner.results import read_completed
+from runner.run_files import STEPS
 from runner.sweep import completed_runs, run_or_resume
 
 # The MiniLM issue's targets (docs/safe.md); the depth benchmark passes its own (--target-*).
@@ -244,6 +245,46 @@ def ratio(a, b):
     return a / b if a is not None and b not in (None, 0) else None
 
 
+def _steps(run: dict) -> list[dict]:
+    """A run's steps.jsonl, one record per step (a step a resumed run recorded twice: its last record)."""
+    try:
+        lines = (Path(run["_dir"]) / STEPS).read_text().splitlines()
+    except (OSError, KeyError):
+        return []
+    by_step = {}
+    for line in lines:
+        if line.strip():
+            rec = json.loads(line)
+            by_step[rec["step"]] = rec
+    return [by_step[k] for k in sorted(by_step)]
+
+
+def step_flops(run: dict, base: dict | None) -> dict | None:
+    """Training FLOPs per step of a SAFE-family run over its baseline's on the same batches (same task and
+    seed; steps.jsonl's padded tokens equal step by step): ``after_last_freeze``, from the step after the
+    last freeze on, probes left out, is what a step costs once the final frozen set is in place, so had that
+    set been frozen from step 0 the whole-run ratio would be about it plus ``probe_share`` (the probes' FLOPs
+    over the baseline's whole run). None without such a baseline run or a freeze."""
+    last = (run.get("method_report") or {}).get("last_freeze_step")
+    if base is None or last is None:
+        return None
+    steps, base_steps = _steps(run), _steps(base)
+    if not steps or [s["step"] for s in steps] != [s["step"] for s in base_steps] or any(
+            s.get("padded_tokens") != b.get("padded_tokens") for s, b in zip(steps, base_steps)):
+        return None
+    after = [(s, b) for s, b in zip(steps, base_steps) if s["step"] > last]
+    base_total = sum(b["flops"] for b in base_steps)
+    if not after or not base_total:
+        return None
+    return {"after_last_freeze": sum(s["flops"] for s, _ in after) / sum(b["flops"] for _, b in after),  # probes: method_flops
+            "probe_share": sum(s.get("method_flops") or 0 for s in steps) / base_total}
+
+
+def _mean_of(values: list[float | None]) -> float | None:
+    kept = [v for v in values if v is not None]
+    return statistics.fmean(kept) if kept else None
+
+
 def summarize(by_task: dict[str, dict[str, list[dict]]], targets: dict[str, float | None] = TARGETS) -> dict:
     summary = {}
     for task, methods in by_task.items():
@@ -258,6 +299,10 @@ def summarize(by_task: dict[str, dict[str, list[dict]]], targets: dict[str, floa
                 "flops": ratio(r["train_flops"], base["train_flops"]),
                 "wall_time": ratio(r["train_s"], base["train_s"]),
             }
+            base_by_seed = {int(b["seed"]): b for b in methods["adapter"]}
+            paired = [step_flops(run, base_by_seed.get(int(run["seed"]))) for run in methods[m]]
+            r["step_flops"] = {key: _mean_of([p and p[key] for p in paired]) for key in ("after_last_freeze", "probe_share")}
+            r["step_flops"]["paired_seeds"] = sum(p is not None for p in paired)
             drop = base["metric_mean"] - r["metric_mean"] if None not in (base["metric_mean"], r["metric_mean"]) else None
             r["metric_drop_points"] = drop
             r["targets_met"] = {
@@ -306,7 +351,8 @@ def markdown(summary: dict, by_task: dict, targets: dict[str, float | None] = TA
         drop = targets["metric_drop_points"]
         lines += ["", f"| method / adapter | mean memory{_bound_text(targets['mean_memory'])} | peak memory | "
                       f"FLOPs{_bound_text(targets['flops'])} | wall time{_bound_text(targets['wall_time'])} | "
-                      f"metric Δ points{_bound_text(None if drop is None else -drop, '≥ ')} |", "|---|---|---|---|---|---|"]
+                      f"metric Δ points{_bound_text(None if drop is None else -drop, '≥ ')} | "
+                      "step FLOPs after last freeze | probe FLOPs |", "|---|---|---|---|---|---|---|---|"]
         for m, r in rows.items():
             if "ratios" not in r:
                 continue
@@ -316,8 +362,11 @@ def markdown(summary: dict, by_task: dict, targets: dict[str, float | None] = TA
             lines.append(
                 f"| {m} | {_f(q['mean_memory'], '{:.3f}')}{mark(t['mean_memory'])} | {_f(q['peak_memory'], '{:.3f}')} | "
                 f"{_f(q['flops'], '{:.3f}')}{mark(t['flops'])} | {_f(q['wall_time'], '{:.3f}')}{mark(t['wall_time'])} | "
-                f"{_f(r['metric_drop_points'] and -r['metric_drop_points'], '{:+.2f}')}{mark(t['metric'])} |")
-        lines.append("")
+                f"{_f(r['metric_drop_points'] and -r['metric_drop_points'], '{:+.2f}')}{mark(t['metric'])} | "
+                f"{_f(r['step_flops']['after_last_freeze'], '{:.3f}')} | {_f(r['step_flops']['probe_share'], '{:.3f}')} |")
+        lines += ["", "Step FLOPs after last freeze: a SAFE step's training FLOPs over LoRA's on the same batches (same "
+                  "seed), from the step after the last freeze on, probes left out; with the probes' share of LoRA's "
+                  "FLOPs, about the whole-run FLOPs ratio had the final frozen set been frozen from step 0.", ""]
     return "\n".join(lines)
 
 

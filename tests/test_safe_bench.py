@@ -58,7 +58,7 @@ def test_table_from_a_sweep_dir(tmp_path, capsys):
     assert ("minilm + lora (r8, query/value), lr 0.001, batch 32, max length 128, 3 epochs, train cap none, "
             "length-grouped batches; SAFE: importance own, T_final 0.5, t_w 0.3, t_f 0.8 (fraction), every 10 steps; "
             "seeds [1, 2]") in out  # read from the runs' own configs
-    assert "| safe | 0.300 ✓ | 0.300 | 0.650 ✓ | 0.750 ✓ | -0.20 ✓ |" in out
+    assert "| safe | 0.300 ✓ | 0.300 | 0.650 ✓ | 0.750 ✓ | -0.20 ✓ | - | - |" in out  # no steps.jsonl: no step ratio
     assert "rte" not in summary  # no runs for it
 
 
@@ -76,8 +76,9 @@ def test_targets_are_options(tmp_path, capsys):
     assert bench.main(["--from-sweep", str(sweep), "--target-mean-memory", "0.6", "--target-flops", "0.75",
                        "--target-wall-time", "none"]) == 0
     out = capsys.readouterr().out
-    assert "| method / adapter | mean memory (≤0.6) | peak memory | FLOPs (≤0.75) | wall time | metric Δ points (≥ -0.5) |" in out
-    assert "| safe | 0.580 ✓ | 0.580 | 0.800 ✗ | 0.750 | +0.00 ✓ |" in out
+    assert ("| method / adapter | mean memory (≤0.6) | peak memory | FLOPs (≤0.75) | wall time | metric Δ points (≥ -0.5) | "
+            "step FLOPs after last freeze | probe FLOPs |") in out
+    assert "| safe | 0.580 ✓ | 0.580 | 0.800 ✗ | 0.750 | +0.00 ✓ | - | - |" in out
     safe = json.loads((sweep / "bench_safe" / "summary.json").read_text())["mrpc"]["safe"]
     assert safe["targets_met"] == {"mean_memory": True, "flops": False, "wall_time": None, "metric": True}
     with pytest.raises(SystemExit):
@@ -93,3 +94,32 @@ def test_all_seeds_tables_every_seed_found(tmp_path):
     assert json.loads((sweep / "bench_safe" / "summary.json").read_text())["mrpc"]["adapter"]["n"] == 1
     assert bench.main(["--from-sweep", str(sweep), "--all-seeds"]) == 0
     assert json.loads((sweep / "bench_safe" / "summary.json").read_text())["mrpc"]["adapter"]["n"] == 3
+
+
+def _write_steps(d, flops, method_flops=None, padded=None):
+    rows = [{"step": i + 1, "flops": f, "padded_tokens": (padded or [64] * len(flops))[i],
+             **({"method_flops": method_flops[i]} if method_flops and method_flops[i] else {})} for i, f in enumerate(flops)]
+    (d / "steps.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_step_flops_after_the_last_freeze_pair_seeds_on_the_same_batches(tmp_path):
+    """What a step costs once the final frozen set is in place, against LoRA's same batches, and the probes' share:
+    the whole-run FLOPs ratio had that set been frozen from step 0 (the floor of any schedule with that set)."""
+    sweep = tmp_path / "sweep"
+    for seed in (1, 2):
+        _write_run(sweep / f"a{seed}", "mrpc", "adapter", seed, 0.80, 1e9, 100e12, 200.0)
+        _write_run(sweep / f"s{seed}", "mrpc", "safe", seed, 0.80, 0.5e9, 80e12, 150.0)  # last freeze at step 30
+        _write_steps(sweep / f"a{seed}", [10.0] * 40)
+    # seed 1: 10 per step until step 30, then 6 (seed 2: 4), a probe of 2 at steps 1 and 30
+    _write_steps(sweep / "s1", [10.0] * 30 + [6.0] * 10, method_flops=[2.0] + [0.0] * 28 + [2.0] + [0.0] * 10)
+    _write_steps(sweep / "s2", [10.0] * 30 + [4.0] * 10, method_flops=[2.0] + [0.0] * 39)
+    bench = _bench()
+    assert bench.main(["--from-sweep", str(sweep)]) == 0
+    safe = json.loads((sweep / "bench_safe" / "summary.json").read_text())["mrpc"]["safe"]
+    assert safe["step_flops"] == pytest.approx({"after_last_freeze": 0.5, "probe_share": (4 / 400 + 2 / 400) / 2,
+                                                "paired_seeds": 2})
+    # other batches (a different seed's order) are no pair: that seed is left out of the mean
+    _write_steps(sweep / "a2", [10.0] * 40, padded=[64] * 39 + [32])
+    assert bench.main(["--from-sweep", str(sweep)]) == 0
+    safe = json.loads((sweep / "bench_safe" / "summary.json").read_text())["mrpc"]["safe"]
+    assert safe["step_flops"] == pytest.approx({"after_last_freeze": 0.6, "probe_share": 0.01, "paired_seeds": 1})
