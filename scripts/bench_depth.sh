@@ -78,6 +78,17 @@ seed_phase() {  # per task: LoRA vs SAFE back to back, then every pruning criter
         --out "$OUT/hies_$task/seed$seed"
     fi
   done
+  if [[ " $STEPS " == *" hies "* ]]; then hies_table; fi
+}
+
+hies_table() {  # every MPNet pruning run finished so far, all tasks and seeds, in one table: $OUT/hies_mpnet/bench_hies.md
+  local task dirs=() found=()
+  for task in $TASKS; do
+    if [[ -d $OUT/hies_$task ]]; then dirs+=("$OUT/hies_$task"); found+=("$task"); fi
+  done
+  if [[ -z ${DRY_RUN:-} ]] && (( ${#dirs[@]} )); then
+    $PY scripts/bench_hies.py --tasks "${found[@]}" --from-sweep "${dirs[@]}" --out "$OUT/hies_mpnet" > /dev/null || true
+  fi
 }
 
 minilm_phase() {  # MiniLM-L6, SST-2, the same recipe and cap: LoRA vs SAFE, HIES, full fine-tuning

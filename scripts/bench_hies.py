@@ -15,6 +15,7 @@ task, with the cells where pruning collapsed a model to it marked.
     python scripts/bench_hies.py --tasks mrpc --seeds 1 --train task.max_train_samples=256 trainer.max_steps=8  # smoke
     python scripts/bench_hies.py --dry-run                         # print the commands only
     python scripts/bench_hies.py --from-sweep outputs/repro-hies/minilm   # the tables for what `make repro-hies` ran
+    python scripts/bench_hies.py --tasks mrpc sst2 --from-sweep outputs/depth/hies_mrpc outputs/depth/hies_sst2 --out DIR
 
 Everything runs as two ``runner.sweep`` dirs under ``--out`` (``train/``,
 ``prune/``; each job its own process); rerunning the command continues them.
@@ -73,10 +74,10 @@ def _latency_words(e: dict) -> str:
             f"seeds; latency - FLOPs at batch 32: {e.get('latency_minus_flops_bs32', float('nan')):+.3f})")
 
 
-def from_sweep(root: Path, tasks: list[str], criteria: list[str], ratios: list[float]) -> list[dict]:
-    """Summaries of the completed pruning runs under ``root``, one per task, in ``tasks`` order."""
+def from_sweep(roots: list[Path], tasks: list[str], criteria: list[str], ratios: list[float]) -> list[dict]:
+    """Summaries of the completed pruning runs under ``roots``, one per task, in ``tasks`` order."""
     by_task: dict[str, list[dict]] = {}
-    for path in find_results(root):  # skips .retired/ attempts and .hydra/, as the report does
+    for path in (p for root in roots for p in find_results(root)):  # skips .retired/ attempts and .hydra/, as the report does
         res = read_completed(path.parent)
         if res is not None and res.get("pruning") and res.get("task") in tasks:
             res["_dir"] = str(path.parent)
@@ -245,16 +246,17 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, default=None,
                     help="output folder (default outputs/bench_hies, or DIR/bench_hies with --from-sweep)")
     ap.add_argument("--dry-run", action="store_true")
-    ap.add_argument("--from-sweep", type=Path, default=None, metavar="DIR",
-                    help="run nothing: tabulate the completed pruning runs under DIR (e.g. make repro-hies's sweep dir) "
-                         "into DIR/bench_hies/")
+    ap.add_argument("--from-sweep", type=Path, nargs="+", default=None, metavar="DIR",
+                    help="run nothing: tabulate the completed pruning runs under DIR (e.g. make repro-hies's sweep dir; "
+                         "several: their runs together, e.g. one per task) into the first DIR's bench_hies/")
     args = ap.parse_args(argv)
 
     criteria = list(dict.fromkeys(["hies", *args.criteria]))
     t0 = time.perf_counter()
-    if args.from_sweep is not None and not args.from_sweep.is_dir():
-        raise SystemExit(f"--from-sweep {args.from_sweep}: no such folder")
-    out = (args.out or (args.from_sweep / "bench_hies" if args.from_sweep else REPO / "outputs" / "bench_hies")).resolve()
+    for root in args.from_sweep or []:
+        if not root.is_dir():
+            raise SystemExit(f"--from-sweep {root}: no such folder")
+    out = (args.out or (args.from_sweep[0] / "bench_hies" if args.from_sweep else REPO / "outputs" / "bench_hies")).resolve()
     if args.from_sweep is None:
         code = run_sweeps(args, out, criteria)
         if args.dry_run:
@@ -262,9 +264,10 @@ def main(argv: list[str] | None = None) -> None:
         if code:
             raise SystemExit(f"bench_hies: not every job completed (exit {code}); see the sweep_summary.md files under {out}; "
                              "rerun the command to continue")
-    summaries = from_sweep(args.from_sweep or out / "prune", args.tasks, criteria, args.ratios)
+    roots = args.from_sweep or [out / "prune"]
+    summaries = from_sweep(roots, args.tasks, criteria, args.ratios)
     if not summaries:
-        raise SystemExit(f"{args.from_sweep or out}: no completed pruning runs for {args.tasks}")
+        raise SystemExit(f"{', '.join(map(str, roots))}: no completed pruning runs for {args.tasks}")
     md = markdown(summaries, criteria, args.ratios)
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench_hies.md").write_text(md)

@@ -98,6 +98,16 @@ def test_tables_from_a_sweep_dir(tmp_path):
     assert "HIES - HIS, averaged over tasks at 30% and 50%: +0.2000 (target met)" in (sweep / "bench_hies" / "bench_hies.md").read_text()
     with pytest.raises(SystemExit, match="no completed pruning runs"):
         bench.main(["--from-sweep", str(sweep), "--tasks", "sst2"])
+    # several dirs (the depth benchmark keeps one per task and seed): their runs together, into the first one's
+    other = tmp_path / "other" / "seed2"
+    d = other / "0_prune-mrpc"
+    d.mkdir(parents=True)
+    (d / "results.json").write_text(json.dumps({**_result(0.04), "status": "completed", "task": "mrpc"}))
+    bench.main(["--from-sweep", str(sweep), str(tmp_path / "other"), "--criteria", "his", "none", "--ratios", "0.3", "0.5"])
+    mrpc, rte = json.loads((sweep / "bench_hies" / "bench_hies.json").read_text())["summaries"]
+    assert (mrpc["seeds"], rte["seeds"]) == (3, 1)
+    with pytest.raises(SystemExit, match="no such folder"):
+        bench.main(["--from-sweep", str(sweep), str(tmp_path / "nope")])
 
 
 def test_cells_at_the_majority_class_are_marked_collapsed():
