@@ -42,7 +42,7 @@ def test_aggregate_and_markdown():
     assert s["hies_vs_his"]["0.3"]["hies_minus_his"] == pytest.approx(0.15)
     md = bench.markdown([s], ["hies", "his", "none"], [0.3, 0.5])
     assert "| hies | 0.6600 ± 0.014 | 0.5600 ± 0.014 |" in md
-    assert "target met" in md and "x0.820" in md and "latency x0.850 at batch 1" in md
+    assert "at each ratio: met" in md and "x0.820" in md and "latency x0.850 at batch 1" in md
     untimed = [_result(0.0)]
     untimed[0]["pruning"]["results"] = [dict(r, latency=None) for r in untimed[0]["pruning"]["results"]]
     md = bench.markdown([bench.aggregate("mrpc", untimed, ["hies", "his"], [0.5])], ["hies", "his"], [0.5])
@@ -95,7 +95,8 @@ def test_tables_from_a_sweep_dir(tmp_path):
     assert (mrpc["task"], mrpc["seeds"], rte["task"], rte["seeds"]) == ("mrpc", 2, "rte", 1)
     assert mrpc["table"]["hies@0.5"]["metric_mean"] == pytest.approx(0.8 - 0.25 + 0.01)
     assert mrpc["hies_vs_his"]["0.3"]["hies_minus_his"] == pytest.approx(0.15)
-    assert "HIES - HIS, averaged over tasks at 30% and 50%: +0.2000 (target met)" in (sweep / "bench_hies" / "bench_hies.md").read_text()
+    assert ("HIES - HIS, averaged over tasks: 30% +0.1500, 50% +0.2500; over both ratios +0.2000 (target HIES >= HIS at "
+            "each ratio: met)") in (sweep / "bench_hies" / "bench_hies.md").read_text()
     with pytest.raises(SystemExit, match="no completed pruning runs"):
         bench.main(["--from-sweep", str(sweep), "--tasks", "sst2"])
     # several dirs (the depth benchmark keeps one per task and seed): their runs together, into the first one's
