@@ -605,6 +605,7 @@ class PhaseTimer:
         self.nested: dict[tuple[str, str], float] = {}  # (outer, inner) -> seconds of inner spent inside outer
         self.peak_bytes: dict[str, int] = {}
         self._open: list[str] = []
+        self._started: dict[str, float] = {}  # open phase -> its start (perf_counter)
         self._peak_reader = peak_reader
 
     def _boundary(self, device: torch.device | None) -> None:
@@ -622,6 +623,7 @@ class PhaseTimer:
         self._boundary(device)
         start = time.perf_counter()
         self._open.append(name)
+        self._started[name] = start
         try:
             yield
         finally:
@@ -629,10 +631,27 @@ class PhaseTimer:
                 sync(device)
             self._boundary(device)
             self._open.pop()
+            self._started.pop(name, None)
             elapsed = time.perf_counter() - start
             self.seconds[name] = self.seconds.get(name, 0.0) + elapsed
             for outer in set(self._open) - {name}:
                 self.nested[(outer, name)] = self.nested.get((outer, name), 0.0) + elapsed
+
+    def state_dict(self) -> dict:
+        """The seconds so far, open phases up to now (a checkpoint taken inside ``train`` carries its time):
+        what :meth:`load_state_dict` adds to a resumed run's timer."""
+        now = time.perf_counter()
+        seconds = dict(self.seconds)
+        for name, start in self._started.items():
+            seconds[name] = seconds.get(name, 0.0) + now - start
+        return {"seconds": seconds, "nested": [[outer, inner, v] for (outer, inner), v in self.nested.items()]}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Add an interrupted run's phase times (from :meth:`state_dict`) to this one's."""
+        for name, value in (state.get("seconds") or {}).items():
+            self.seconds[name] = self.seconds.get(name, 0.0) + float(value)
+        for outer, inner, value in state.get("nested") or []:
+            self.nested[(outer, inner)] = self.nested.get((outer, inner), 0.0) + float(value)
 
     def without(self, outer: str, *inner: str) -> float:
         """Seconds of ``outer`` less the time its ``inner`` phases took inside it (not the ones outside it)."""

@@ -145,6 +145,7 @@ def time_section(recipe) -> dict:
         # what FLOP counting and saved-tensor hooks cost (an estimate; see measure.measurement_overhead_s)
         "measure_overhead_s": measure.measurement_overhead_s(history),
         "measured_steps": sum(1 for s in history if s.get("measured")),
+        "resumes": recipe.resumes,
     }
 
 

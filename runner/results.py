@@ -82,6 +82,10 @@ class Time(TypedDict, total=False):
     train_tokens_per_s: Annotated[Number, "padded training tokens / train_s"]
     measure_overhead_s: Annotated[Number, "estimated cost of FLOP counting and saved-tensor hooks (runner.measure)"]
     measured_steps: Annotated[int, "optimizer steps that counted FLOPs or hooked saved tensors"]
+    resumes: Annotated[list, "each resume from a checkpoint: {step, time_carried}; with time_carried the phase times "
+                             "include the time before it, up to that checkpoint (work after it was redone, counted "
+                             "once); without (an older checkpoint) they count only what ran after it. Empty: never "
+                             "interrupted"]
 
 
 class Params(TypedDict, total=False):

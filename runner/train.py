@@ -80,6 +80,7 @@ class Recipe:
         self.cfg = cfg
         self.output_dir = Path(cfg.output_dir)
         self.timer = measure.PhaseTimer()
+        self.resumes: list[dict] = []  # {step, time_carried} per resume (train_state.restore)
         self.method = build_method(cfg)
         ddp = DistributedDataParallelKwargs(**self.method.ddp_kwargs())
         self.accelerator = Accelerator(

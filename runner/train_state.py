@@ -26,6 +26,8 @@ def save_checkpoint(recipe) -> None:
         "method_state": recipe.method.state_dict(), "wandb_run_id": recipe.tracker.run_id if recipe.tracker else None,
         "meter_state": recipe.step_meter.state_dict() if recipe.step_meter is not None else None,
         "fingerprint": recipe.fingerprint,
+        # the phase times so far, so that a resumed run's train_s is the whole run's (not the last session's)
+        "timer_state": recipe.timer.state_dict(), "resumes": recipe.resumes,
     }
     keep = trained_weights(recipe) if recipe.cfg.method.uses_adapters else None
     checkpoint.save(recipe.accelerator, recipe.output_dir, meta, keep=keep)
@@ -54,6 +56,13 @@ def restore(recipe, meta: dict) -> None:
     recipe.peak_saved = measure.history_peak(recipe.history)
     recipe.evals = meta.get("evals", [])
     recipe.meter_state = meta.get("meter_state")  # what the step meter had learned (train() hands it back)
+    carried = "timer_state" in meta  # checkpoints before it: the time before this resume is not known
+    if carried:
+        recipe.timer.load_state_dict(meta["timer_state"])
+    else:
+        log.warning("the checkpoint at step %d predates carried phase times: time.train_s will count only what runs "
+                    "from here", recipe.global_step)
+    recipe.resumes = [*meta.get("resumes", []), {"step": recipe.global_step, "time_carried": carried}]
     log.info("resumed from step %d", recipe.global_step)
 
 

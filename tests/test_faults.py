@@ -130,7 +130,10 @@ def test_sigterm_saves_a_checkpoint_and_resume_reaches_the_uninterrupted_metrics
     assert partial["status"] == "interrupted"
     stopped_at = partial["step"]
     assert 7 <= stopped_at < 24
-    assert json.loads((run_dir / "checkpoint" / "meta.json").read_text())["global_step"] == stopped_at
+    meta = json.loads((run_dir / "checkpoint" / "meta.json").read_text())
+    assert meta["global_step"] == stopped_at
+    timer = meta["timer_state"]  # the training time so far, eval between epochs apart
+    carried = timer["seconds"]["train"] - sum(v for outer, inner, v in timer["nested"] if (outer, inner) == ("train", "eval"))
 
     cmd, kw = _cli([*common, f"hydra.run.dir={run_dir}", "resume=true"], tmp_path, env)
     proc = subprocess.run(cmd, timeout=300, **kw)
@@ -139,9 +142,13 @@ def test_sigterm_saves_a_checkpoint_and_resume_reaches_the_uninterrupted_metrics
     reference = json.loads((ref / "results.json").read_text())
     assert resumed["status"] == "completed" and resumed["steps"]["total"] == 24
     assert resumed["metrics"] == pytest.approx(reference["metrics"], rel=1e-6)
-    losses = [json.loads(line)["loss"] for line in (run_dir / "steps.jsonl").read_text().splitlines()]
+    steps = [json.loads(line) for line in (run_dir / "steps.jsonl").read_text().splitlines()]
     ref_losses = [json.loads(line)["loss"] for line in (ref / "steps.jsonl").read_text().splitlines()]
-    assert losses == pytest.approx(ref_losses, rel=1e-6)
+    assert [s["loss"] for s in steps] == pytest.approx(ref_losses, rel=1e-6)
+    # the training time is the whole run's: the steps before the interruption are in train_s, not only the resumed ones
+    assert reference["time"]["resumes"] == [] and resumed["time"]["resumes"] == [{"step": stopped_at, "time_carried": True}]
+    assert carried >= 0.5 * sum(s["step_time_s"] for s in steps if s["step"] <= stopped_at)
+    assert resumed["time"]["train_s"] >= carried + 0.5 * sum(s["step_time_s"] for s in steps if s["step"] > stopped_at)
 
 
 def test_credentials_from_the_environment_appear_in_no_file(tiny_overrides, tmp_path, monkeypatch):
