@@ -604,8 +604,7 @@ class PhaseTimer:
         self.seconds: dict[str, float] = {}
         self.nested: dict[tuple[str, str], float] = {}  # (outer, inner) -> seconds of inner spent inside outer
         self.peak_bytes: dict[str, int] = {}
-        self._open: list[str] = []
-        self._started: dict[str, float] = {}  # open phase -> its start (perf_counter)
+        self._open: list[tuple[str, float]] = []  # the open phases, outermost first, with their starts (perf_counter)
         self._peak_reader = peak_reader
 
     def _boundary(self, device: torch.device | None) -> None:
@@ -613,7 +612,7 @@ class PhaseTimer:
         if reader is None or device is None:
             return
         peak = int(reader(device))
-        for name in self._open:
+        for name, _ in self._open:
             self.peak_bytes[name] = max(self.peak_bytes.get(name, 0), peak)
 
     @contextlib.contextmanager
@@ -622,8 +621,7 @@ class PhaseTimer:
             sync(device)
         self._boundary(device)
         start = time.perf_counter()
-        self._open.append(name)
-        self._started[name] = start
+        self._open.append((name, start))
         try:
             yield
         finally:
@@ -631,10 +629,9 @@ class PhaseTimer:
                 sync(device)
             self._boundary(device)
             self._open.pop()
-            self._started.pop(name, None)
             elapsed = time.perf_counter() - start
             self.seconds[name] = self.seconds.get(name, 0.0) + elapsed
-            for outer in set(self._open) - {name}:
+            for outer in {n for n, _ in self._open} - {name}:
                 self.nested[(outer, name)] = self.nested.get((outer, name), 0.0) + elapsed
 
     def state_dict(self) -> dict:
@@ -642,7 +639,7 @@ class PhaseTimer:
         what :meth:`load_state_dict` adds to a resumed run's timer."""
         now = time.perf_counter()
         seconds = dict(self.seconds)
-        for name, start in self._started.items():
+        for name, start in self._open:
             seconds[name] = seconds.get(name, 0.0) + now - start
         return {"seconds": seconds, "nested": [[outer, inner, v] for (outer, inner), v in self.nested.items()]}
 

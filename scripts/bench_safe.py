@@ -246,17 +246,13 @@ def ratio(a, b):
 
 
 def _steps(run: dict) -> list[dict]:
-    """A run's steps.jsonl, one record per step (a step a resumed run recorded twice: its last record)."""
+    """A run's steps.jsonl: its step history, one record per step in order (a resumed run's too: the file is
+    rewritten whole from the history the checkpoint restored)."""
     try:
         lines = (Path(run["_dir"]) / STEPS).read_text().splitlines()
     except (OSError, KeyError):
         return []
-    by_step = {}
-    for line in lines:
-        if line.strip():
-            rec = json.loads(line)
-            by_step[rec["step"]] = rec
-    return [by_step[k] for k in sorted(by_step)]
+    return [json.loads(line) for line in lines if line.strip()]
 
 
 def step_flops(run: dict, base: dict | None) -> dict | None:

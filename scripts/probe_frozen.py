@@ -84,10 +84,12 @@ def main(argv=None) -> int:
 
     os.environ.setdefault("GLUE_DIR", default_glue_dir() or "")
     model_override = ([f"model={args.model}"] if args.model else []) + list(args.override)
-    path = resolve_model_path(compose_config(model_override).model.name_or_path)
+    model_cfg = compose_config(model_override).model
+    path = resolve_model_path(model_cfg.name_or_path)
     tokenizer, model = AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path).eval()
     cap = f", first {args.max_train_samples} training examples" if args.max_train_samples else ""
-    lines = [f"Linear probes on the frozen {Path(path).name}{cap} (scripts/probe_frozen.py)", "",
+    # the run dirs' model name (the packaged MiniLM's folder is just "model")
+    lines = [f"Linear probes on the frozen {model_cfg.short_name}{cap} (scripts/probe_frozen.py)", "",
              "| task | features | train examples | dev accuracy | F1 | C | majority class |", "|---|---|---|---|---|---|---|"]
     print("\n".join(lines), flush=True)
     for task in args.tasks:
