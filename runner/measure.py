@@ -20,7 +20,6 @@ import logging
 import resource
 import statistics
 import sys
-import time
 from collections.abc import Hashable
 
 import torch
@@ -28,6 +27,8 @@ from torch import nn
 from torch.utils import flop_counter
 from torch.utils.flop_counter import FlopCounterMode
 from transformers.modeling_layers import GradientCheckpointingLayer
+
+from runner import run_clock
 
 # ---------------------------------------------------------------------------
 # FLOPs
@@ -396,7 +397,7 @@ class StepMeter:
         self.flops, self.saved, self.tokens, self.loss_sum, self.micro, self.padded_length = 0, 0, 0, 0.0, 0, 0
         self.loss_weight = 0.0
         self.padded_tokens, self.measured = 0, False
-        self.started = time.perf_counter()
+        self.started = run_clock.now()
 
     @contextlib.contextmanager
     def counting(self, batch: dict, signature: Hashable):
@@ -492,7 +493,7 @@ class StepMeter:
         """This step's measurements (``step_time_s`` up to now, after the device has finished); resets for the next."""
         sync(self.device)
         record = {
-            "loss": self.mean_loss, "step_time_s": time.perf_counter() - self.started,
+            "loss": self.mean_loss, "step_time_s": run_clock.now() - self.started,
             "flops": self.flops if self.count_flops else None,
             "saved_bytes": self.saved if self.measure_activations else None,
             "tokens": self.tokens, "padded_length": self.padded_length, "padded_tokens": self.padded_tokens,
@@ -604,8 +605,15 @@ class PhaseTimer:
         self.seconds: dict[str, float] = {}
         self.nested: dict[tuple[str, str], float] = {}  # (outer, inner) -> seconds of inner spent inside outer
         self.peak_bytes: dict[str, int] = {}
-        self._open: list[tuple[str, float]] = []  # the open phases, outermost first, with their starts (perf_counter)
+        self._open: list[tuple[str, float]] = []  # the open phases, outermost first, with their starts (run_clock.now)
         self._peak_reader = peak_reader
+        self._paused_from, self._paused_before = run_clock.paused_s(), 0.0  # pauses: this process's, a resumed run's
+
+    @property
+    def paused_s(self) -> float:
+        """Seconds the run stood paused by SIGTSTP (``runner.run_clock``), left out of every phase; a resumed
+        run's include the interrupted one's."""
+        return self._paused_before + run_clock.paused_s() - self._paused_from
 
     def _boundary(self, device: torch.device | None) -> None:
         reader = self._peak_reader or (_cuda_peak_and_reset if device is not None and device.type == "cuda" else None)
@@ -620,7 +628,7 @@ class PhaseTimer:
         if device is not None:
             sync(device)
         self._boundary(device)
-        start = time.perf_counter()
+        start = run_clock.now()
         self._open.append((name, start))
         try:
             yield
@@ -629,7 +637,7 @@ class PhaseTimer:
                 sync(device)
             self._boundary(device)
             self._open.pop()
-            elapsed = time.perf_counter() - start
+            elapsed = run_clock.now() - start
             self.seconds[name] = self.seconds.get(name, 0.0) + elapsed
             for outer in {n for n, _ in self._open} - {name}:
                 self.nested[(outer, name)] = self.nested.get((outer, name), 0.0) + elapsed
@@ -637,11 +645,12 @@ class PhaseTimer:
     def state_dict(self) -> dict:
         """The seconds so far, open phases up to now (a checkpoint taken inside ``train`` carries its time):
         what :meth:`load_state_dict` adds to a resumed run's timer."""
-        now = time.perf_counter()
+        now = run_clock.now()
         seconds = dict(self.seconds)
         for name, start in self._open:
             seconds[name] = seconds.get(name, 0.0) + now - start
-        return {"seconds": seconds, "nested": [[outer, inner, v] for (outer, inner), v in self.nested.items()]}
+        return {"seconds": seconds, "nested": [[outer, inner, v] for (outer, inner), v in self.nested.items()],
+                "paused_s": self.paused_s}
 
     def load_state_dict(self, state: dict) -> None:
         """Add an interrupted run's phase times (from :meth:`state_dict`) to this one's."""
@@ -649,6 +658,7 @@ class PhaseTimer:
             self.seconds[name] = self.seconds.get(name, 0.0) + float(value)
         for outer, inner, value in state.get("nested") or []:
             self.nested[(outer, inner)] = self.nested.get((outer, inner), 0.0) + float(value)
+        self._paused_before += float(state.get("paused_s", 0.0))
 
     def without(self, outer: str, *inner: str) -> float:
         """Seconds of ``outer`` less the time its ``inner`` phases took inside it (not the ones outside it)."""

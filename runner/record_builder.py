@@ -146,6 +146,7 @@ def time_section(recipe) -> dict:
         "measure_overhead_s": measure.measurement_overhead_s(history),
         "measured_steps": sum(1 for s in history if s.get("measured")),
         "resumes": recipe.resumes,
+        "paused_s": recipe.timer.paused_s,
     }
 
 

@@ -86,6 +86,9 @@ class Time(TypedDict, total=False):
                              "include the time before it, up to that checkpoint (work after it was redone, counted "
                              "once); without (an older checkpoint) they count only what ran after it. Empty: never "
                              "interrupted"]
+    paused_s: Annotated[float, "seconds the run stood paused by SIGTSTP (Ctrl-Z, kill -TSTP) until SIGCONT, left "
+                               "out of every time above and of each step's step_time_s (runner.run_clock); a "
+                               "SIGSTOP from outside is not seen"]
 
 
 class Params(TypedDict, total=False):

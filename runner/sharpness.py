@@ -21,12 +21,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import time
 
 import torch
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from runner import run_clock
 from runner.adapters import is_adapter_param, mergeable_modules
 from runner.preflight.schema import SharpnessSettings, as_settings
 
@@ -105,7 +105,7 @@ def measure_sharpness(model: nn.Module, batches: list[dict], uses_adapters: bool
     flags = {n: named[n].requires_grad for n in names}
     merged = _merged_tuner_layers(model)
     was_training = model.training
-    start = time.perf_counter()
+    start = run_clock.now()
     try:
         for m in merged:
             m.unmerge()
@@ -131,7 +131,7 @@ def measure_sharpness(model: nn.Module, batches: list[dict], uses_adapters: bool
         "wrt": "adapter parameters (all, incl. frozen) + trainable head" if uses_adapters else "all parameters",
         "num_params": int(sum(p.numel() for p in params)),
         "batches": len(batches), "examples": int(sum(len(b["input_ids"]) for b in batches)),
-        "unmerged_for_measurement": len(merged), "seconds": time.perf_counter() - start,
+        "unmerged_for_measurement": len(merged), "seconds": run_clock.now() - start,
     })
     return result
 

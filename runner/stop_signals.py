@@ -30,6 +30,8 @@ import logging
 import signal
 import threading
 
+from runner import run_clock
+
 log = logging.getLogger(__name__)
 
 SETUP, TRAIN, FINISH, POST_TRAIN, PRUNING = "setup", "train", "finish", "post_train", "pruning"
@@ -83,14 +85,16 @@ class StopSignals:
 
     @contextlib.contextmanager
     def installed(self, run_dir=None):
-        """Handle SIGINT/SIGTERM while the block runs (main thread only), then restore the previous handlers."""
+        """Handle SIGINT/SIGTERM while the block runs (main thread only), then restore the previous handlers;
+        SIGTSTP pauses the run with the pause left out of its times (``runner.run_clock``)."""
         self.run_dir = run_dir
         if threading.current_thread() is not threading.main_thread():
             yield self
             return
         previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
-            yield self
+            with run_clock.counting_pauses():
+                yield self
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)

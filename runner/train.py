@@ -14,7 +14,6 @@ import logging
 import math
 import signal
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ from accelerate.utils import DataLoaderConfiguration, DistributedDataParallelKwa
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
-from runner import checkpoint, data as data_lib, lm, measure, record_builder, run_files, runs, train_setup, train_state
+from runner import checkpoint, data as data_lib, lm, measure, record_builder, run_clock, run_files, runs, train_setup, train_state
 from runner.atomic_io import atomic_write_text
 from runner.jobs import reset_accelerate_state
 from runner.methods import build_method
@@ -148,7 +147,7 @@ class Recipe:
         self.trainable, self.signature = self._trainable()
         self.signals.enter(TRAIN)  # a signal now finishes the step, saves a checkpoint, stops
         with self.timer.phase("train", self.device):
-            self.step_meter.started = time.perf_counter()  # the first step's time starts inside the train phase
+            self.step_meter.started = run_clock.now()  # the first step's time starts inside the train phase
             for epoch in range(self.global_step // self.steps_per_epoch, self.num_epochs):
                 self.epoch = epoch
                 for batch in self._batches(epoch):
@@ -163,6 +162,7 @@ class Recipe:
                     self.evaluate()
                 if not tcfg.checkpoint_every_steps:
                     train_state.save_checkpoint(self)
+                self.step_meter.started = run_clock.now()  # the epoch's evaluation is not the next step's time
         bar.close()
 
     def _micro_step(self, batch: dict) -> bool:
@@ -232,7 +232,7 @@ class Recipe:
             self.evaluate()
         if tcfg.checkpoint_every_steps and self.global_step % tcfg.checkpoint_every_steps == 0 and between:
             train_state.save_checkpoint(self)
-        self.step_meter.started = time.perf_counter()  # eval and checkpoints are not the next step's time
+        self.step_meter.started = run_clock.now()  # eval and checkpoints are not the next step's time
 
     def _show_bars(self) -> bool:
         """Progress bars on the main process, when asked for (``trainer.progress_bar``) and stderr is a

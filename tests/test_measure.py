@@ -250,26 +250,27 @@ def test_phase_timer_subtracts_only_the_time_an_inner_phase_spent_inside_the_out
 def test_phase_times_carry_over_a_resume_open_phases_included(monkeypatch):
     """A checkpoint taken inside ``train`` carries the training time so far; the resumed run adds its own."""
     import json
+    import types
 
     import runner.measure as measure
 
     clock = iter([0.0, 1.0, 3.0, 10.0,  # train opens at 0, eval from 1 to 3, the checkpoint's state at 10
                   100.0, 104.0,         # the resumed run's train phase: 4 s
                   200.0, 300.0])        # the interrupted run's train phase closes; a fresh timer's state
-    monkeypatch.setattr(measure.time, "perf_counter", lambda: next(clock))
+    monkeypatch.setattr(measure.run_clock, "time", types.SimpleNamespace(perf_counter=lambda: next(clock)))
     before = measure.PhaseTimer()
     with before.phase("train"):
         with before.phase("eval"):
             pass
         state = json.loads(json.dumps(before.state_dict()))  # what meta.json holds, mid-phase
-        assert state == {"seconds": {"train": 10.0, "eval": 2.0}, "nested": [["train", "eval", 2.0]]}
+        assert state == {"seconds": {"train": 10.0, "eval": 2.0}, "nested": [["train", "eval", 2.0]], "paused_s": 0.0}
         after = measure.PhaseTimer()
         after.load_state_dict(state)
         with after.phase("train"):
             pass
     assert after.without("train", "eval") == 10.0 - 2.0 + 4.0
     assert after.seconds["eval"] == 2.0
-    assert measure.PhaseTimer().state_dict() == {"seconds": {}, "nested": []}
+    assert measure.PhaseTimer().state_dict() == {"seconds": {}, "nested": [], "paused_s": 0.0}
 
 
 def test_phase_peaks_credit_each_peak_to_the_phases_open_when_it_happened():

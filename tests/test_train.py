@@ -71,24 +71,17 @@ def test_sampled_activation_measurement_reports_the_same_bytes_as_hooks_on_every
     assert t["measured_steps"] == sum(s["measured"] for s in steps_s)
 
 
-def test_the_runs_estimate_of_what_measuring_cost_finds_a_known_cost(tiny_overrides, tmp_path, monkeypatch):
-    """time.measure_overhead_s, checked on a run whose costs are known: the clock the loop reads is a fake
-    that moves only when a micro-batch runs (1 ms per padded token) and when a FLOP count starts (0.3 s
-    more). The estimate must be exactly 0.3 s per counted step: its method, not this machine's timing."""
+def fake_run_clock(monkeypatch):
+    """The clock every duration the runner reports reads (runner.run_clock), faked: it moves 1 ms per padded
+    token of a training forward and otherwise only when the test moves it (``clock.now``)."""
     import types
 
-    from runner import measure
+    from runner import run_clock
     from runner import train as train_module
 
     clock = types.SimpleNamespace(now=0.0)
-    fake_time = types.SimpleNamespace(perf_counter=lambda: clock.now, time=lambda: clock.now, monotonic=lambda: clock.now)
-    monkeypatch.setattr(measure, "time", fake_time)
-    monkeypatch.setattr(train_module, "time", fake_time)
-    enter, forward_module = measure.TotalFlopCounter.__enter__, train_module.Recipe._forward_module
-
-    def counting_costs_more(self):
-        clock.now += 0.3
-        return enter(self)
+    monkeypatch.setattr(run_clock, "time", types.SimpleNamespace(perf_counter=lambda: clock.now))
+    forward_module = train_module.Recipe._forward_module
 
     def timed_forward(self, batch):
         module = forward_module(self, batch)
@@ -98,13 +91,49 @@ def test_the_runs_estimate_of_what_measuring_cost_finds_a_known_cost(tiny_overri
             return module(**kwargs)
         return forward
 
-    monkeypatch.setattr(measure.TotalFlopCounter, "__enter__", counting_costs_more)
     monkeypatch.setattr(train_module.Recipe, "_forward_module", timed_forward)
+    return clock
+
+
+def test_the_runs_estimate_of_what_measuring_cost_finds_a_known_cost(tiny_overrides, tmp_path, monkeypatch):
+    """time.measure_overhead_s, checked on a run whose costs are known: the clock the loop reads is a fake
+    that moves only when a micro-batch runs (1 ms per padded token) and when a FLOP count starts (0.3 s
+    more). The estimate must be exactly 0.3 s per counted step: its method, not this machine's timing."""
+    from runner import measure
+
+    clock = fake_run_clock(monkeypatch)
+    enter = measure.TotalFlopCounter.__enter__
+
+    def counting_costs_more(self):
+        clock.now += 0.3
+        return enter(self)
+
+    monkeypatch.setattr(measure.TotalFlopCounter, "__enter__", counting_costs_more)
     results, out = train([*tiny_overrides, "task.max_train_samples=160", "trainer.batch_size=8", "trainer.max_seq_length=128",
                           "trainer.measure_activations=false"], tmp_path, "known")
     counted = results["flops"]["counted_train_shapes"]
     assert 4 <= counted == results["time"]["measured_steps"] < 20  # variable lengths: the rest predicted
     assert results["time"]["measure_overhead_s"] == pytest.approx(0.3 * counted)
+
+
+def test_a_steps_time_is_its_own_not_the_evaluation_before_it(tiny_overrides, tmp_path, monkeypatch):
+    """A fake clock moves 1 ms per padded token of a training forward and 100 s per evaluation: each step's
+    step_time_s is exactly its own forwards' time, the first step after an epoch's evaluation included."""
+    from runner import train as train_module
+
+    clock = fake_run_clock(monkeypatch)
+    evaluate, evaluations = train_module.Recipe.evaluate, []
+
+    def slow_evaluate(self):
+        clock.now += 100.0
+        evaluations.append(self.global_step)
+        return evaluate(self)
+
+    monkeypatch.setattr(train_module.Recipe, "evaluate", slow_evaluate)
+    _, out = train([*tiny_overrides, "trainer.epochs=3", "trainer.measure_activations=false"], tmp_path, "evals")
+    steps = read_steps(out)
+    assert len(steps) == 12 and evaluations[:2] == [4, 8]  # after the first and second epochs (then the final one)
+    assert [s["step_time_s"] for s in steps] == pytest.approx([1e-3 * s["padded_tokens"] for s in steps])
 
 
 @pytest.mark.slow

@@ -13,7 +13,6 @@ import contextlib
 import copy
 import dataclasses
 import logging
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +22,7 @@ from omegaconf import DictConfig
 from torch import nn
 from torch.utils.data import DataLoader
 
-from runner import measure
+from runner import measure, run_clock
 from runner.atomic_io import atomic_write_json
 from runner.preflight.errors import ConfigError
 from runner.prune import plots, quality
@@ -205,10 +204,10 @@ def torch_threads(n: int | None):
 
 def _time_once(model: nn.Module, batch: dict, device) -> float:
     measure.sync(device)
-    start = time.perf_counter()
+    start = run_clock.now()
     model(**batch)
     measure.sync(device)
-    return time.perf_counter() - start
+    return run_clock.now() - start
 
 
 @torch.inference_mode()
@@ -307,7 +306,7 @@ def choose_alpha(model: nn.Module, calib: CalibrationScores, data: PruneData, s:
     area wins; ties go to the larger area under the stability curve, then to
     the alpha closest to 0.5.
     """
-    start = time.perf_counter()
+    start = run_clock.now()
     loader, q = data.holdout(), data.quality
     base = q.outputs(model, loader, device, choices=False)
     base_metric = q.selection(q.metrics(base, [task.main_metric]))
@@ -338,7 +337,7 @@ def choose_alpha(model: nn.Module, calib: CalibrationScores, data: PruneData, s:
         "holdout_source": data.holdout_source, "alpha_split": s.alpha_split,
         "holdout_unpruned_metric": base_metric, "metric": "-loss" if isinstance(q, quality.LanguageModel) else task.main_metric,
         "evaluations": len(cache),
-        "time_s": time.perf_counter() - start,
+        "time_s": run_clock.now() - start,
     }
 
 
@@ -370,9 +369,9 @@ def score_heads(model: nn.Module, data: PruneData, s: Pruning, task, device) -> 
         extra = {"his_raw": calib.his_raw, **({"attention_entropy": calib.entropy} if entropy else {})}
     magnitude = None
     if "magnitude" in s.compare:
-        t0 = time.perf_counter()
+        t0 = run_clock.now()
         magnitude = magnitude_scores(model)
-        report["magnitude_time_s"] = time.perf_counter() - t0
+        report["magnitude_time_s"] = run_clock.now() - t0
     alpha = s.alpha
     if "hies" in s.compare and s.alpha_auto:
         auto = choose_alpha(model, calib, data, s, task, device)
@@ -504,7 +503,7 @@ def _evaluate_every_mask(evaluator: MaskEvaluator, maps: dict, s: Pruning, task)
 def run_pruning(inputs: PruneInputs, s: Pruning) -> dict:
     """Score once, then for every (criterion, ratio): prune, measure; then files, plots, W&B.
     Returns the ``pruning`` section of results.json."""
-    t_start = time.perf_counter()
+    t_start = run_clock.now()
     task, device = inputs.task, inputs.device
     if device.type == "cuda":  # the stage's own peak (results.json pruning.cuda_peak_bytes)
         torch.cuda.reset_peak_memory_stats(device)
@@ -547,7 +546,7 @@ def run_pruning(inputs: PruneInputs, s: Pruning) -> dict:
         "results": records,
         "settings": s.as_record(),
         "artifacts": artifacts,
-        "time_s": time.perf_counter() - t_start,
+        "time_s": run_clock.now() - t_start,
         "cuda_peak_bytes": int(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else None,
     }
     _log_to_tracker(inputs, section, task.main_metric)

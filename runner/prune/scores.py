@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import contextlib
 import math
-import time
 from dataclasses import dataclass
 
 import torch
 from scipy.stats import spearmanr
 from torch import nn
 
+from runner import run_clock
 from runner.arch import architecture_of
 from runner.classifier_heads import is_causal_lm
 from runner.lm import example_losses
@@ -190,7 +190,7 @@ def calibration_scores(model: nn.Module, batches, normalize_layers: bool = True,
     his, ae_sum = {k: zeros.clone() for k in HIS_PER}, zeros.clone()
     examples = tokens = n_batches = 0
     current_mask: list[torch.Tensor] = []
-    was_training, start = model.training, time.perf_counter()
+    was_training, start = model.training, run_clock.now()
     model.eval()  # no dropout: scores must not depend on dropout noise
     captured, handles = _capture_entropy(model, layers, current_mask) if entropy else ({}, [])
     kernel = eager_attention(model) if entropy else contextlib.nullcontext()
@@ -221,7 +221,7 @@ def calibration_scores(model: nn.Module, batches, normalize_layers: bool = True,
     return CalibrationScores(
         his=final[his_per], his_raw=raw[his_per], entropy=(ae_sum / examples).float() if entropy else torch.full_like(ae_sum, float("nan")).float(),
         examples=examples, tokens=tokens,
-        batches=n_batches, seconds=time.perf_counter() - start, his_per=his_per, his_other=final[other],
+        batches=n_batches, seconds=run_clock.now() - start, his_per=his_per, his_other=final[other],
     )
 
 

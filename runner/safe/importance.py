@@ -24,13 +24,12 @@ from __future__ import annotations
 
 import contextlib
 import math
-import time
 
 import numpy as np
 import torch
 from torch import nn
 
-from runner import measure
+from runner import measure, run_clock
 from runner.adapters import adapted_module_name, adapter_parameters, layer_index
 from runner.arch import layer_pattern
 from runner.preflight.schema import IMPORTANCES, REPRESENTATIONS  # declared with the other settings
@@ -160,7 +159,7 @@ class RepresentationProbe:
                    for layer in layers for n in self.targets[layer]]
         was_training = self.model.training
         self.model.eval()
-        start = time.perf_counter()
+        start = run_clock.now()
         try:
             key = (measure.batch_key(self.batch), measure.trainable_signature(self.model), own)
             with self.flop_meter.context(key) as fl:
@@ -169,7 +168,7 @@ class RepresentationProbe:
             for h in handles:
                 h.remove()
             self.model.train(was_training)
-        self.last_seconds = time.perf_counter() - start
+        self.last_seconds = run_clock.now() - start
         self.last_flops = fl.flops or 0
         now = {layer: [captured[n] for n in self.targets[layer]] for layer in layers}
         off = {layer: [without[n] for n in self.targets[layer]] for layer in layers} if own else {}

@@ -23,13 +23,13 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import time
 from pathlib import Path
 
 import numpy as np
 from accelerate.utils import broadcast_object_list
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from runner import run_clock
 from runner.measure import history_peak, optimizer_state_bytes, tensor_bytes
 from runner.methods import LoopContext, StepUpdate, TrainingMethod
 from runner.preflight.errors import ConfigError
@@ -220,7 +220,7 @@ class SafeMethod(TrainingMethod):
 
     def _decide(self, step: int) -> dict:
         """Measure importance of the active adapters and choose which to freeze (main process)."""
-        start = time.perf_counter()
+        start = run_clock.now()
         progress = step / max(1, self.total_steps)
         t = schedule.threshold(progress, *self._fractions(), self.settings.threshold)
         active = self.freezer.active
@@ -239,7 +239,7 @@ class SafeMethod(TrainingMethod):
                 freeze = sorted(int(k) for k in rng.choice(active, size=len(below), replace=False))
         return {"step": step, "threshold": t, "importance": importance, "normalised": normalised, "freeze": freeze,
                 "below": below,
-                "flops": self.probe.last_flops, "seconds": time.perf_counter() - start}
+                "flops": self.probe.last_flops, "seconds": run_clock.now() - start}
 
     def on_step_end(self, ctx: LoopContext, step: int) -> StepUpdate:
         out: dict = {}
