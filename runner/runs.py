@@ -41,6 +41,7 @@ from runner.preflight.errors import ConfigError
 from runner.preflight.schema import default_of, upgrade_saved
 from runner.results import STATUS_COMPLETED, STATUS_FAILED, STATUS_INTERRUPTED, parse_record
 from runner.run_files import CHECKPOINT_SLOTS, CONFIG, HYDRA_OWN, LOCK_FILE, RETIRED
+from runner.secrets import MASK, SECRET_KEY_RE
 
 # Settings that may differ between an interrupted attempt and its resume: how
 # it is run, checked and shown, not what it computes.
@@ -141,11 +142,14 @@ def _flat(node, prefix: str = "") -> dict:
 
 def changed_settings(saved: dict, now: dict, allowed=MAY_CHANGE_ON_RESUME) -> list[str]:
     """Dotted keys whose values differ between two resolved configs (allowed keys and their children skipped).
-    A setting the saved run predates (added to the runner since) is no change while it keeps its default."""
+    A setting the saved run predates (added to the runner since) is no change while it keeps its default; nor is
+    one an older runner masked as if it were a credential (safe.max_tokens): its value was not kept."""
     a, b = _flat(upgrade_saved(saved)), _flat(now)
 
     def skip(key: str) -> bool:
         if key not in a and key in b and b[key] == default_of(key):
+            return True
+        if a.get(key) == MASK and not SECRET_KEY_RE.search(key.rsplit(".", 1)[-1]):
             return True
         return any(key == k or key.startswith(k + ".") for k in allowed)
 

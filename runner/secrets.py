@@ -19,10 +19,13 @@ import re
 from runner.preflight.errors import ConfigError
 
 MASK = "***"
-SECRET_KEY_RE = re.compile(r"(api[_-]?key|token|secret|password|passwd|credential)", re.I)
+# a key naming a credential: "token" only as a word of its own (hf_token, api_token, token), so that settings
+# such as safe.max_tokens, a tokenizer or tokens_per_s keep their values in every file the runner writes
+_CREDENTIAL = r"api[_-]?key|(?<![a-z])token(?![a-z])|secret|password|passwd|credential"
+SECRET_KEY_RE = re.compile(rf"({_CREDENTIAL})", re.I)
 SECRET_ENV_RE = re.compile(r"(WANDB_API_KEY|HF_TOKEN|HUGGING_FACE_HUB_TOKEN|_TOKEN$|_KEY$|SECRET|PASSWORD|PASSWD|CREDENTIAL)", re.I)
 # key=value pairs inside a string (an override, Hydra's comma-joined override_dirname)
-SECRET_OVERRIDE_RE = re.compile(r"([\w.+~/-]*(?:api[_-]?key|token|secret|password|passwd|credential)[\w.-]*)=([^,\s]+)", re.I)
+SECRET_OVERRIDE_RE = re.compile(rf"([\w.+~/-]*(?:{_CREDENTIAL})[\w.-]*)=([^,\s]+)", re.I)
 MIN_SECRET_LENGTH = 6  # shorter values ("1", "true") would mask ordinary text
 SWEEP_ENV_PREFIX = "RUNNER_SECRET_"  # runner.sweep hands a credential override to its jobs in this variable
 _REMEMBERED: set[str] = set()  # credential values given as overrides to this process (remember_overrides)

@@ -169,6 +169,20 @@ def test_credentials_from_the_environment_appear_in_no_file(tiny_overrides, tmp_
             assert value.encode() not in data, f"{name} leaked into {path.relative_to(out)}"
 
 
+def test_settings_named_like_tokens_keep_their_values():
+    """safe.max_tokens is a setting, not a credential: config.yaml and overrides keep it (a masked value would
+    hide it from the reader and from a resume's comparison); a key naming a token still masks."""
+    from runner.secrets import MASK, scrub
+
+    config = {"safe": {"max_tokens": 1024}, "model": {"tokenizer": "bert"}, "time": {"train_tokens_per_s": 9.5},
+              "hf_token": "hf-Fake-0123456789", "logger": {"api_token": "x", "access-token": "y", "token": "z"}}
+    assert scrub(config, secrets=[]) == {
+        "safe": {"max_tokens": 1024}, "model": {"tokenizer": "bert"}, "time": {"train_tokens_per_s": 9.5},
+        "hf_token": MASK, "logger": {"api_token": MASK, "access-token": MASK, "token": MASK}}
+    line = "safe.max_tokens=2048,trainer.lr=0.001,+logger.api_token=sk-Fake-0123456789"
+    assert scrub(line, secrets=[], overrides=True) == f"safe.max_tokens=2048,trainer.lr=0.001,+logger.api_token={MASK}"
+
+
 @pytest.mark.slow
 def test_credentials_given_as_overrides_appear_in_no_file(tiny_overrides, tmp_path):
     env = {**os.environ, "HOME": str(tmp_path), "WANDB_MODE": "offline", "MY_SERVICE_TOKEN": "tok-FakeOverride-0123456789"}

@@ -167,6 +167,16 @@ def test_a_run_saved_before_a_setting_existed_resumes_while_the_setting_keeps_it
     assert changed_settings(saved, now) == ["adapter.new_knob", "trainer.compile"]
 
 
+def test_a_run_saved_when_max_tokens_was_masked_resumes():
+    """Runners before 2026-12-07 wrote safe.max_tokens as '***' (the word "token"): such a run resumes, as its
+    value cannot be compared; a credential's mask and any other setting still compare."""
+    saved = {"safe": {"max_tokens": "***", "threshold": 0.2}, "logger": {"api_key": "***"}}
+    assert changed_settings(saved, {"safe": {"max_tokens": 1024, "threshold": 0.2}, "logger": {"api_key": "***"}}) == []
+    assert changed_settings(saved, {"safe": {"max_tokens": 1024, "threshold": 0.5}, "logger": {"api_key": "***"}}) == [
+        "safe.threshold"]
+    assert changed_settings({"safe": {"max_tokens": 1024}}, {"safe": {"max_tokens": 2048}}) == ["safe.max_tokens"]
+
+
 def test_a_run_saved_while_safes_policy_was_the_freeze_group_resumes():
     """SAFE's policy was a group of its own (freeze.name) and is now safe.policy: a run saved before resumes with the
     same policy, and is refused with another one; a sweep planned with freeze=X composes safe.policy=X."""
