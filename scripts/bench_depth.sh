@@ -17,8 +17,10 @@
 #   minilm    the same recipe on MiniLM-L6 (6 layers) and SST-2, seeds 1-3 ($OUT/minilm_sst2/): LoRA vs SAFE,
 #             HIES on each LoRA run, full fine-tuning: the two depths on one task both models learn.
 #   probes    linear probes on the frozen MPNet (MRPC, RTE, SST-2) and MiniLM (SST-2): $OUT/probes/.
-#   frontier  SAFE's schedule screened on SST-2, seed 1 ($OUT/frontier_sst2/<setting>/seed1): freezing
-#             earlier (t_f 0.5; t_w 0.1), more (T_final 0.5), drift importance; against seed 1's LoRA run.
+#   frontier  SAFE's schedule screened on SST-2, seeds FRONTIER_SEEDS (1 2: seed 1 froze 11 of 12 layers at the
+#             defaults, seed 2 three) ($OUT/frontier_sst2/<setting>/seed<N>): freezing more (T_final 0.5) and
+#             earlier (t_f 0.5; t_w 0.1), drift importance; each against the same seeds' LoRA runs, tabled in
+#             $OUT/frontier_sst2/summary.md after every run.
 #   budget    SAFE with budget_mode (a lower peak) on each task of TASKS, seed 1 ($OUT/budget_<task>/seed1).
 #   learn     does MPNet learn: full fine-tuning on MRPC, RTE and SST-2 and LoRA on RTE, seeds 1-3
 #             (bench_learn.py; LoRA on MRPC and SST-2 are the seed phases' runs): $OUT/learn/.
@@ -32,6 +34,7 @@ PLAN=${PLAN:-minilm probes seed:1 seed:2 frontier seed:3 budget learn}
 TASKS=${TASKS:-mrpc sst2}
 STEPS=${STEPS:-safe hies}
 SST2_TRAIN=${SST2_TRAIN:-8000}
+FRONTIER_SEEDS=${FRONTIER_SEEDS:-1 2}
 COMMON=(--override model=mpnet --override trainer.checkpoint_every_steps=50)
 MINILM=(--override model=minilm --override trainer.checkpoint_every_steps=50)
 # The issue's targets at depth: mean saved-for-backward memory <= 0.6 and whole-run FLOPs <= 0.75 of
@@ -124,16 +127,24 @@ probes_phase() {  # what the frozen models' features already hold (linear probes
     --max-train-samples "$SST2_TRAIN" --out "$dir/minilm_sst2.md"
 }
 
-frontier_phase() {  # SAFE's schedule on SST-2, seed 1, each setting against seed 1's LoRA run
-  local name overrides
+frontier_phase() {  # SAFE's schedule on SST-2, seeds FRONTIER_SEEDS, each setting against the same seeds' LoRA runs
+  local name overrides seed
   while read -r name overrides; do
-    echo "== $(date -Is) SAFE frontier on SST-2, seed 1: $name ($overrides)"
-    # shellcheck disable=SC2086
-    $PY scripts/bench_safe.py "${DRY[@]}" --tasks sst2 --seeds 1 --methods safe --sharpness-batches 0 "${COMMON[@]}" \
-      --max-train-samples "$SST2_TRAIN" $overrides --out "$OUT/frontier_sst2/$name/seed1" < /dev/null
+    for seed in $FRONTIER_SEEDS; do
+      echo "== $(date -Is) SAFE frontier on SST-2, seed $seed: $name ($overrides)"
+      # shellcheck disable=SC2086
+      $PY scripts/bench_safe.py "${DRY[@]}" --tasks sst2 --seeds "$seed" --methods safe --sharpness-batches 0 "${COMMON[@]}" \
+        --max-train-samples "$SST2_TRAIN" $overrides --out "$OUT/frontier_sst2/$name/seed$seed" < /dev/null
+      # every setting and seed finished so far beside LoRA and the defaults, ratios over paired seeds:
+      # $OUT/frontier_sst2/summary.md
+      if [[ -z ${DRY_RUN:-} ]]; then
+        $PY scripts/bench_safe.py --tasks sst2 --all-seeds --from-sweep "$OUT/safe_sst2" "$OUT/frontier_sst2" \
+          "${TARGETS[@]}" --out "$OUT/frontier_sst2" > /dev/null < /dev/null || true
+      fi
+    done
   done <<'PLANEOF'
-tf0.5 --safe-override safe.t_f=0.5
 tf0.5-T0.5 --safe-override safe.t_f=0.5 --safe-override safe.threshold=0.5
+tf0.5 --safe-override safe.t_f=0.5
 tw0.1-tf0.5 --safe-override safe.t_w=0.1 --safe-override safe.t_f=0.5
 drift-tf0.5 --safe-override safe.t_f=0.5 --safe-override safe.importance=drift
 PLANEOF

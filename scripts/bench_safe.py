@@ -83,9 +83,9 @@ def parse_args(argv=None):
         p.add_argument(f"--target-{flag}", dest=f"target_{key}", type=_bound, default=TARGETS[key], metavar="X",
                        help=f"target: {what} at most X (default {TARGETS[key]}; 'none' reports without a mark)")
     p.add_argument("--dry-run", action="store_true", help="print the commands only")
-    p.add_argument("--from-sweep", type=Path, default=None, metavar="DIR",
-                   help="run nothing: tabulate the completed runs under DIR (e.g. make repro-safe's sweep dir); "
-                        "--tasks/--seeds/--methods still select")
+    p.add_argument("--from-sweep", type=Path, nargs="+", default=None, metavar="DIR",
+                   help="run nothing: tabulate the completed runs under each DIR (e.g. make repro-safe's sweep dir; "
+                        "a frontier's setting dirs beside the LoRA runs); --tasks/--seeds/--methods still select")
     return p.parse_args(argv)
 
 
@@ -184,21 +184,55 @@ def run_sweeps(args) -> int:
     return code
 
 
-def from_sweep(args, root: Path) -> dict[str, dict[str, list[dict]]]:
-    """Completed runs under ``root`` (this benchmark's sweeps, or make repro-safe's), by task and method
-    (SAFE-family runs by their freeze policy)."""
+SAFE_KEYS_NOT_SETTINGS = ("policy", "seed", "static_k")  # the label's policy; the seed; static's k (from SAFE's run)
+
+
+def safe_settings(run: dict) -> dict:
+    """A SAFE-family run's ``safe`` settings from its own config.yaml ({} when unreadable)."""
+    import yaml
+
+    try:
+        config = yaml.safe_load((Path(run["_dir"]) / "config.yaml").read_text()) or {}
+    except (OSError, KeyError, yaml.YAMLError):
+        return {}
+    return {k: v for k, v in (config.get("safe") or {}).items() if k not in SAFE_KEYS_NOT_SETTINGS}
+
+
+def setting_label(policy: str, settings: dict) -> str:
+    """``policy`` and the settings where they differ from today's defaults: ``safe (t_f 0.5, threshold 0.5)``."""
+    import dataclasses
+
+    from runner.preflight.schema import SafeSettings
+
+    defaults = {f.name: f.default for f in dataclasses.fields(SafeSettings)}
+    changed = [f"{k} {v}" for k, v in settings.items() if k in defaults and v != defaults[k] and v != "***"]
+    return f"{policy} ({', '.join(changed)})" if changed else policy
+
+
+def from_sweep(args, roots: list[Path]) -> dict[str, dict[str, list[dict]]]:
+    """Completed runs under ``roots`` (this benchmark's sweeps, make repro-safe's, a frontier's dirs), by task
+    and method: SAFE-family runs by their freeze policy, and where one policy ran with several settings, each
+    setting a row of its own, named by what differs from today's defaults (:func:`setting_label`)."""
     from runner.aggregate import find_results  # skips .retired/ attempts and .hydra/, as the report does
 
     by_task: dict[str, dict[str, list[dict]]] = {t: {m: [] for m in args.methods} for t in args.tasks}
-    for path in find_results(root):
-        r = load_results(path.parent)
-        if r is None or r.get("task") not in by_task or (int(r.get("seed", -1)) not in args.seeds and not args.all_seeds):
-            continue
-        method = r.get("method")
-        if method == "safe":
-            method = (r.get("method_report") or {}).get("policy") or "safe"
-        if method in by_task[r["task"]]:
-            by_task[r["task"]][method].append(r)
+    for root in roots:
+        for path in find_results(root):
+            r = load_results(path.parent)
+            if r is None or r.get("task") not in by_task or (int(r.get("seed", -1)) not in args.seeds and not args.all_seeds):
+                continue
+            method = r.get("method")
+            if method == "safe":
+                method = (r.get("method_report") or {}).get("policy") or "safe"
+            if method in by_task[r["task"]]:
+                by_task[r["task"]][method].append(r)
+    for methods in by_task.values():
+        for policy in [m for m in methods if m != "adapter"]:
+            runs = methods[policy]
+            if len({repr(sorted(safe_settings(r).items())) for r in runs}) > 1:
+                del methods[policy]
+                for r in runs:
+                    methods.setdefault(setting_label(policy, safe_settings(r)), []).append(r)
     return {task: methods for task, methods in by_task.items() if any(methods.values())}
 
 
@@ -285,21 +319,27 @@ def summarize(by_task: dict[str, dict[str, list[dict]]], targets: dict[str, floa
     summary = {}
     for task, methods in by_task.items():
         rows = {m: row(rs) for m, rs in methods.items() if rs}
-        base = rows.get("adapter")
         for m, r in rows.items():
-            if base is None or m == "adapter":
+            if "adapter" not in rows or m == "adapter":
                 continue
+            # ratios over the seeds both have (a frontier's setting may have fewer seeds than LoRA)
+            seeds = {int(x["seed"]) for x in methods[m]} & {int(x["seed"]) for x in methods["adapter"]}
+            if not seeds:
+                continue
+            base, r_paired = (row([x for x in methods[k] if int(x["seed"]) in seeds]) for k in ("adapter", m))
+            r["paired_seeds"] = sorted(seeds)
             r["ratios"] = {
-                "mean_memory": ratio(r["saved_mean_bytes"], base["saved_mean_bytes"]),
-                "peak_memory": ratio(r["saved_peak_bytes"], base["saved_peak_bytes"]),
-                "flops": ratio(r["train_flops"], base["train_flops"]),
-                "wall_time": ratio(r["train_s"], base["train_s"]),
+                "mean_memory": ratio(r_paired["saved_mean_bytes"], base["saved_mean_bytes"]),
+                "peak_memory": ratio(r_paired["saved_peak_bytes"], base["saved_peak_bytes"]),
+                "flops": ratio(r_paired["train_flops"], base["train_flops"]),
+                "wall_time": ratio(r_paired["train_s"], base["train_s"]),
             }
             base_by_seed = {int(b["seed"]): b for b in methods["adapter"]}
             paired = [step_flops(run, base_by_seed.get(int(run["seed"]))) for run in methods[m]]
             r["step_flops"] = {key: _mean_of([p and p[key] for p in paired]) for key in ("after_last_freeze", "probe_share")}
             r["step_flops"]["paired_seeds"] = sum(p is not None for p in paired)
-            drop = base["metric_mean"] - r["metric_mean"] if None not in (base["metric_mean"], r["metric_mean"]) else None
+            drop = (base["metric_mean"] - r_paired["metric_mean"]
+                    if None not in (base["metric_mean"], r_paired["metric_mean"]) else None)
             r["metric_drop_points"] = drop
             r["targets_met"] = {
                 "mean_memory": _le(r["ratios"]["mean_memory"], targets["mean_memory"]),
@@ -332,7 +372,7 @@ def markdown(summary: dict, by_task: dict, targets: dict[str, float | None] = TA
     seeds = sorted({int(r["seed"]) for r in runs})
     lines = [f"# SAFE benchmark ({datetime.datetime.now():%Y-%m-%d %H:%M})", "",
              f"{settings(runs)}; seeds {seeds}. Memory = bytes saved for backward (CPU); wall time = training phase "
-             "without evaluation. Ratios are SAFE/baseline of the seed means.", ""]
+             "without evaluation. Ratios are SAFE/baseline of the means over the seeds both ran (paired seeds).", ""]
     for task, rows in summary.items():
         lines += [f"## {task}", "",
                   "| method | metric (mean ± std) | mean saved GB/step | peak saved GB | after last freeze GB | "
@@ -348,7 +388,7 @@ def markdown(summary: dict, by_task: dict, targets: dict[str, float | None] = TA
         lines += ["", f"| method / adapter | mean memory{_bound_text(targets['mean_memory'])} | peak memory | "
                       f"FLOPs{_bound_text(targets['flops'])} | wall time{_bound_text(targets['wall_time'])} | "
                       f"metric Δ points{_bound_text(None if drop is None else -drop, '≥ ')} | "
-                      "step FLOPs after last freeze | probe FLOPs |", "|---|---|---|---|---|---|---|---|"]
+                      "step FLOPs after last freeze | probe FLOPs | paired seeds |", "|---|---|---|---|---|---|---|---|---|"]
         for m, r in rows.items():
             if "ratios" not in r:
                 continue
@@ -359,7 +399,8 @@ def markdown(summary: dict, by_task: dict, targets: dict[str, float | None] = TA
                 f"| {m} | {_f(q['mean_memory'], '{:.3f}')}{mark(t['mean_memory'])} | {_f(q['peak_memory'], '{:.3f}')} | "
                 f"{_f(q['flops'], '{:.3f}')}{mark(t['flops'])} | {_f(q['wall_time'], '{:.3f}')}{mark(t['wall_time'])} | "
                 f"{_f(r['metric_drop_points'] and -r['metric_drop_points'], '{:+.2f}')}{mark(t['metric'])} | "
-                f"{_f(r['step_flops']['after_last_freeze'], '{:.3f}')} | {_f(r['step_flops']['probe_share'], '{:.3f}')} |")
+                f"{_f(r['step_flops']['after_last_freeze'], '{:.3f}')} | {_f(r['step_flops']['probe_share'], '{:.3f}')} | "
+                f"{', '.join(map(str, r['paired_seeds']))} |")
         lines += ["", "Step FLOPs after last freeze: a SAFE step's training FLOPs over LoRA's on the same batches (same "
                   "seed), from the step after the last freeze on, probes left out; with the probes' share of LoRA's "
                   "FLOPs, about the whole-run FLOPs ratio had the final frozen set been frozen from step 0.", ""]
@@ -370,13 +411,14 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if "static" in args.methods and "safe" not in args.methods:
         raise SystemExit("--methods static needs safe too (k = SAFE's final frozen count)")
-    if args.from_sweep and not args.from_sweep.is_dir():
-        raise SystemExit(f"--from-sweep {args.from_sweep}: no such folder")
-    default_out = (args.from_sweep / "bench_safe" if args.from_sweep
+    for folder in args.from_sweep or []:
+        if not folder.is_dir():
+            raise SystemExit(f"--from-sweep {folder}: no such folder")
+    default_out = (args.from_sweep[0] / "bench_safe" if args.from_sweep
                    else REPO / "outputs" / "bench_safe")  # fixed: rerunning the command continues it
     args.out = args.out or default_out
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "args.json").write_text(json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}, indent=2))
+    (args.out / "args.json").write_text(json.dumps(vars(args), indent=2, default=str))
     start = time.perf_counter()
     code = 0
     if not args.from_sweep:
@@ -385,7 +427,7 @@ def main(argv=None) -> int:
             return 0
         if code in (130, 143) or code < 0:
             return code
-    by_task = from_sweep(args, args.from_sweep or args.out)
+    by_task = from_sweep(args, args.from_sweep or [args.out])
     summary = summarize(by_task, targets_of(args))
     text = markdown(summary, by_task, targets_of(args))
     (args.out / "summary.md").write_text(text + "\n")

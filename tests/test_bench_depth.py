@@ -34,7 +34,7 @@ def test_phases_plan_the_sweeps_of_the_issue(tmp_path):
         "minilm_sst2/safe/adapter", "minilm_sst2/safe/safe",
         *(f"minilm_sst2/learn/full-s{s}-cls" for s in (1, 2, 3)),
         "safe_sst2/seed2/adapter", "safe_sst2/seed2/safe",
-        *(f"frontier_sst2/{n}/seed1/safe" for n in ("tf0.5", "tf0.5-T0.5", "tw0.1-tf0.5", "drift-tf0.5")),
+        *(f"frontier_sst2/{n}/seed{s}/safe" for n in ("tf0.5-T0.5", "tf0.5", "tw0.1-tf0.5", "drift-tf0.5") for s in (1, 2)),
         "budget_sst2/seed1/safe",
         *(f"learn/mrpc_rte/full-s{s}-mean" for s in (1, 2, 3)), *(f"learn/rte_lora/lora-s{s}-mean" for s in (1, 2, 3)),
         *(f"learn/sst2/full-s{s}-mean" for s in (1, 2, 3)),
@@ -45,12 +45,12 @@ def test_phases_plan_the_sweeps_of_the_issue(tmp_path):
         # SST-2 trains on the same 8,000 sentences everywhere; MRPC and RTE on their whole training sets
         assert ("task.max_train_samples=8000" in overrides) == ("glue/sst2" in " ".join(overrides)), name
     assert "seed=1,2,3" in sweeps["minilm_sst2/safe/safe"] and "method=safe" in sweeps["minilm_sst2/safe/safe"]
-    frontier = {n: {o for o in sweeps[f"frontier_sst2/{n}/seed1/safe"] if o.startswith("safe.")}
+    frontier = {n: {o for o in sweeps[f"frontier_sst2/{n}/seed2/safe"] if o.startswith("safe.")}
                 for n in ("tf0.5", "tf0.5-T0.5", "tw0.1-tf0.5", "drift-tf0.5")}
     assert frontier == {"tf0.5": {"safe.t_f=0.5"}, "tf0.5-T0.5": {"safe.t_f=0.5", "safe.threshold=0.5"},
                         "tw0.1-tf0.5": {"safe.t_w=0.1", "safe.t_f=0.5"},
                         "drift-tf0.5": {"safe.t_f=0.5", "safe.importance=drift"}}
-    assert "seed=1" in sweeps["frontier_sst2/tf0.5/seed1/safe"]
+    assert "seed=1" in sweeps["frontier_sst2/tf0.5/seed1/safe"] and "seed=2" in sweeps["frontier_sst2/tf0.5/seed2/safe"]
     assert "safe.budget_mode=true" in sweeps["budget_sst2/seed1/safe"]
     assert "method=full" in sweeps["learn/sst2/full-s1-mean"] and "method=adapter" in sweeps["learn/rte_lora/lora-s1-mean"]
     # HIES waits for the LoRA runs it prunes, and says so

@@ -17,7 +17,7 @@ def _bench():
     return mod
 
 
-def _write_run(d, task, method, seed, acc, saved, flops, train_s, status="completed", policy="safe"):
+def _write_run(d, task, method, seed, acc, saved, flops, train_s, status="completed", policy="safe", safe=None):
     d.mkdir(parents=True)
     r = {"status": status, "task": task, "method": method, "seed": seed, "main_metric": "accuracy",
          "metrics": {"accuracy": acc}, "memory": {"saved_for_backward_mean_bytes": saved, "saved_for_backward_peak_bytes": 2 * saved},
@@ -33,7 +33,7 @@ def _write_run(d, task, method, seed, acc, saved, flops, train_s, status="comple
                     "group_by_length": True}}
     if method == "safe":
         config["safe"] = {"importance": "own", "threshold": 0.5, "t_w": 0.3, "t_f": 0.8, "schedule_unit": "fraction",
-                          "interval": 10}
+                          "interval": 10, "policy": policy, "seed": seed, **(safe or {})}
     (d / "config.yaml").write_text(yaml.safe_dump(config))
 
 
@@ -58,7 +58,7 @@ def test_table_from_a_sweep_dir(tmp_path, capsys):
     assert ("minilm + lora (r8, query/value), lr 0.001, batch 32, max length 128, 3 epochs, train cap none, "
             "length-grouped batches; SAFE: importance own, T_final 0.5, t_w 0.3, t_f 0.8 (fraction), every 10 steps; "
             "seeds [1, 2]") in out  # read from the runs' own configs
-    assert "| safe | 0.300 ✓ | 0.300 | 0.650 ✓ | 0.750 ✓ | -0.20 ✓ | - | - |" in out  # no steps.jsonl: no step ratio
+    assert "| safe | 0.300 ✓ | 0.300 | 0.650 ✓ | 0.750 ✓ | -0.20 ✓ | - | - | 1, 2 |" in out  # no steps.jsonl: no step ratio
     assert "rte" not in summary  # no runs for it
 
 
@@ -77,8 +77,8 @@ def test_targets_are_options(tmp_path, capsys):
                        "--target-wall-time", "none"]) == 0
     out = capsys.readouterr().out
     assert ("| method / adapter | mean memory (≤0.6) | peak memory | FLOPs (≤0.75) | wall time | metric Δ points (≥ -0.5) | "
-            "step FLOPs after last freeze | probe FLOPs |") in out
-    assert "| safe | 0.580 ✓ | 0.580 | 0.800 ✗ | 0.750 | +0.00 ✓ | - | - |" in out
+            "step FLOPs after last freeze | probe FLOPs | paired seeds |") in out
+    assert "| safe | 0.580 ✓ | 0.580 | 0.800 ✗ | 0.750 | +0.00 ✓ | - | - | 1 |" in out
     safe = json.loads((sweep / "bench_safe" / "summary.json").read_text())["mrpc"]["safe"]
     assert safe["targets_met"] == {"mean_memory": True, "flops": False, "wall_time": None, "metric": True}
     with pytest.raises(SystemExit):
@@ -123,3 +123,28 @@ def test_step_flops_after_the_last_freeze_pair_seeds_on_the_same_batches(tmp_pat
     assert bench.main(["--from-sweep", str(sweep)]) == 0
     safe = json.loads((sweep / "bench_safe" / "summary.json").read_text())["mrpc"]["safe"]
     assert safe["step_flops"] == pytest.approx({"after_last_freeze": 0.6, "probe_share": 0.01, "paired_seeds": 1})
+
+
+def test_a_frontier_beside_the_lora_runs_rows_each_setting_over_its_paired_seeds(tmp_path, capsys):
+    """The depth benchmark's frontier: SAFE at other settings in dirs of their own, tabled with the LoRA and
+    default SAFE runs of another dir. Each setting is a row named by what differs from the defaults, and its
+    ratios compare it with LoRA over the seeds both ran (LoRA has seeds 1-2, the setting only seed 1)."""
+    lora, frontier = tmp_path / "safe_sst2", tmp_path / "frontier_sst2"
+    _write_run(lora / "a1", "sst2", "adapter", 1, 0.90, 1e9, 100e12, 200.0)
+    _write_run(lora / "a2", "sst2", "adapter", 2, 0.92, 3e9, 300e12, 600.0)
+    defaults = {"t_f": 0.8, "threshold": 0.2, "interval": 20}
+    for seed in (1, 2):
+        _write_run(lora / f"s{seed}", "sst2", "safe", seed, 0.90, 0.8e9, 90e12, 180.0, safe=defaults)
+    _write_run(frontier / "tf0.5" / "s1", "sst2", "safe", 1, 0.89, 0.5e9, 65e12, 150.0,
+               safe={**defaults, "t_f": 0.5, "max_tokens": "***"})  # an older runner's mask: no setting of its own
+    bench = _bench()
+    assert bench.main(["--tasks", "sst2", "--all-seeds", "--from-sweep", str(lora), str(frontier),
+                       "--out", str(tmp_path / "table")]) == 0
+    summary = json.loads((tmp_path / "table" / "summary.json").read_text())["sst2"]
+    assert set(summary) == {"adapter", "safe", "safe (t_f 0.5)"}
+    assert summary["safe"]["paired_seeds"] == [1, 2] and summary["safe"]["ratios"]["flops"] == pytest.approx(180 / 400)
+    setting = summary["safe (t_f 0.5)"]
+    assert setting["paired_seeds"] == [1] and setting["n"] == 1
+    assert setting["ratios"] == pytest.approx({"mean_memory": 0.5, "peak_memory": 0.5, "flops": 0.65, "wall_time": 0.75})
+    assert setting["metric_drop_points"] == pytest.approx(1.0)  # against LoRA's seed 1 (90), not its mean (91)
+    assert "| safe (t_f 0.5) | 0.500 ✓ | 0.500 | 0.650 ✓ | 0.750 ✓ | -1.00 ✗ | - | - | 1 |" in capsys.readouterr().out
