@@ -21,6 +21,9 @@ A run moves through stages, and a signal means something different in each:
 A second signal stops at once in every stage (``KeyboardInterrupt``); the
 record then names the last complete checkpoint, which is what a resume
 continues from. Exit code 128 + the signal's number (130 SIGINT, 143 SIGTERM).
+
+SIGTSTP (Ctrl-Z) is no stop: it pauses the run until SIGCONT, and the pause is left out of the run's times
+(``runner.run_clock``, installed with the rest by :meth:`StopSignals.installed`).
 """
 
 from __future__ import annotations

@@ -49,7 +49,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 from omegaconf import OmegaConf
 
-from runner import runs
+from runner import run_clock, runs
 from runner.atomic_io import atomic_write_json, atomic_write_text
 from runner.preflight.config import compose_config, dir_name, register_config
 from runner.preflight.errors import ConfigError
@@ -391,12 +391,20 @@ class JobLauncher:
             for proc, *_ in self.running.values():
                 _kill_group(proc, signal.SIGKILL)
             return
-        self.stop_signal, self.stop_time = signum, time.time()
+        self.stop_signal, self.stop_time = signum, time.monotonic()
         print(f"sweep: {signal.Signals(signum).name}: asking {len(self.running)} running job(s) to checkpoint and stop; "
               "no new jobs start", file=sys.stderr)
         for proc, *_ in self.running.values():
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)  # the launcher (torchrun/accelerate) forwards it to every rank
+
+    def _pass_on(self, sig: int) -> None:
+        """SIGTSTP or SIGCONT to every running job's process group: each job is a session of its own, so a
+        terminal's Ctrl-Z and fg reach only the sweep; a run then pauses itself, its pause left out of its times
+        (runner.run_clock)."""
+        for proc, *_ in self.running.values():
+            if proc.poll() is None:
+                _kill_group(proc, sig)
 
     def run(self, todo: list[tuple[Job, bool]]) -> int:
         (self.sweep_dir / "logs").mkdir(parents=True, exist_ok=True)
@@ -404,21 +412,23 @@ class JobLauncher:
         free = list(range(len(self.slots)))
         queue = list(todo)
         try:
-            while queue or self.running:
-                while queue and free and self.stop_signal is None:
-                    job, resume = queue.pop(0)
-                    self._start(job, resume, free.pop(0))
-                time.sleep(0.2)
-                for num, (proc, job, t0, slot) in list(self.running.items()):
-                    if proc.poll() is None:
-                        if self.stop_signal is not None and time.time() - self.stop_time > self.grace_s:
-                            _kill_group(proc, signal.SIGKILL)  # did not checkpoint in time
-                        continue
-                    del self.running[num]
-                    free.append(slot)
-                    self._finished(job, proc.returncode, time.time() - t0)
-                if self.stop_signal is not None and not self.running:
-                    break
+            with run_clock.counting_pauses(on_pause=lambda: self._pass_on(signal.SIGTSTP),
+                                           on_continue=lambda: self._pass_on(signal.SIGCONT)):
+                while queue or self.running:
+                    while queue and free and self.stop_signal is None:
+                        job, resume = queue.pop(0)
+                        self._start(job, resume, free.pop(0))
+                    time.sleep(0.2)
+                    for num, (proc, job, t0, slot) in list(self.running.items()):
+                        if proc.poll() is None:
+                            if self.stop_signal is not None and time.monotonic() - self.stop_time > self.grace_s:
+                                _kill_group(proc, signal.SIGKILL)  # did not checkpoint in time
+                            continue
+                        del self.running[num]
+                        free.append(slot)
+                        self._finished(job, proc.returncode, run_clock.now() - t0)
+                    if self.stop_signal is not None and not self.running:
+                        break
         finally:
             for s, handler in previous.items():
                 signal.signal(s, handler)
@@ -438,7 +448,7 @@ class JobLauncher:
             log.flush()
             proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
                                     preexec_fn=_stop_with_the_sweep)
-        self.running[job.num] = (proc, job, time.time(), slot)
+        self.running[job.num] = (proc, job, run_clock.now(), slot)
         what = "resuming" if resume else "starting"
         print(f"sweep: {what} {job.name}" + (f" on devices {self.slots[slot]}" if self.slots[slot] else ""), file=sys.stderr)
 
