@@ -19,9 +19,10 @@ import re
 from runner.preflight.errors import ConfigError
 
 MASK = "***"
-# a key naming a credential: "token" only as a word of its own (hf_token, api_token, token), so that settings
-# such as safe.max_tokens, a tokenizer or tokens_per_s keep their values in every file the runner writes
-_CREDENTIAL = r"api[_-]?key|(?<![a-z])token(?![a-z])|secret|password|passwd|credential"
+# a key naming a credential; "token" but not "tokens" or "tokeniser/tokenizer", so that settings such as
+# safe.max_tokens, a tokenizer or train_tokens_per_s keep their values in every file the runner writes
+# (hf_token, hubToken, api_token, token still mask; so do pad_token_id or eos_token, should a config hold them)
+_CREDENTIAL = r"api[_-]?key|token(?!s|i[sz])|secret|password|passwd|credential"
 SECRET_KEY_RE = re.compile(rf"({_CREDENTIAL})", re.I)
 SECRET_ENV_RE = re.compile(r"(WANDB_API_KEY|HF_TOKEN|HUGGING_FACE_HUB_TOKEN|_TOKEN$|_KEY$|SECRET|PASSWORD|PASSWD|CREDENTIAL)", re.I)
 # key=value pairs inside a string (an override, Hydra's comma-joined override_dirname)

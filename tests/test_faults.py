@@ -175,10 +175,12 @@ def test_settings_named_like_tokens_keep_their_values():
     from runner.secrets import MASK, scrub
 
     config = {"safe": {"max_tokens": 1024}, "model": {"tokenizer": "bert"}, "time": {"train_tokens_per_s": 9.5},
-              "hf_token": "hf-Fake-0123456789", "logger": {"api_token": "x", "access-token": "y", "token": "z"}}
+              "hf_token": "hf-Fake-0123456789",
+              "logger": {"api_token": "x", "access-token": "y", "token": "z", "hubToken": "w", "hftoken": "v"}}
     assert scrub(config, secrets=[]) == {
         "safe": {"max_tokens": 1024}, "model": {"tokenizer": "bert"}, "time": {"train_tokens_per_s": 9.5},
-        "hf_token": MASK, "logger": {"api_token": MASK, "access-token": MASK, "token": MASK}}
+        "hf_token": MASK, "logger": {"api_token": MASK, "access-token": MASK, "token": MASK, "hubToken": MASK,
+                                     "hftoken": MASK}}
     line = "safe.max_tokens=2048,trainer.lr=0.001,+logger.api_token=sk-Fake-0123456789"
     assert scrub(line, secrets=[], overrides=True) == f"safe.max_tokens=2048,trainer.lr=0.001,+logger.api_token={MASK}"
 
