@@ -137,7 +137,7 @@ frontier_phase() {  # SAFE's schedule on SST-2, seeds FRONTIER_SEEDS, each setti
         --max-train-samples "$SST2_TRAIN" $overrides --out "$OUT/frontier_sst2/$name/seed$seed" < /dev/null
       # every setting and seed finished so far beside LoRA and the defaults, ratios over paired seeds:
       # $OUT/frontier_sst2/summary.md
-      if [[ -z ${DRY_RUN:-} ]]; then
+      if [[ -z ${DRY_RUN:-} && -d $OUT/safe_sst2 ]]; then
         $PY scripts/bench_safe.py --tasks sst2 --all-seeds --from-sweep "$OUT/safe_sst2" "$OUT/frontier_sst2" \
           "${TARGETS[@]}" --out "$OUT/frontier_sst2" > /dev/null < /dev/null || true
       fi

@@ -216,16 +216,16 @@ def from_sweep(args, roots: list[Path]) -> dict[str, dict[str, list[dict]]]:
     from runner.aggregate import find_results  # skips .retired/ attempts and .hydra/, as the report does
 
     by_task: dict[str, dict[str, list[dict]]] = {t: {m: [] for m in args.methods} for t in args.tasks}
-    for root in roots:
-        for path in find_results(root):
-            r = load_results(path.parent)
-            if r is None or r.get("task") not in by_task or (int(r.get("seed", -1)) not in args.seeds and not args.all_seeds):
-                continue
-            method = r.get("method")
-            if method == "safe":
-                method = (r.get("method_report") or {}).get("policy") or "safe"
-            if method in by_task[r["task"]]:
-                by_task[r["task"]][method].append(r)
+    found = {path.parent.resolve(): path for root in roots for path in find_results(root)}  # a run once, however reached
+    for path in found.values():
+        r = load_results(path.parent)
+        if r is None or r.get("task") not in by_task or (_seed(r) not in args.seeds and not args.all_seeds):
+            continue
+        method = r.get("method")
+        if method == "safe":
+            method = (r.get("method_report") or {}).get("policy") or "safe"
+        if method in by_task[r["task"]]:
+            by_task[r["task"]][method].append(r)
     for methods in by_task.values():
         for policy in [m for m in methods if m != "adapter"]:
             runs = methods[policy]
@@ -273,6 +273,10 @@ def row(results: list[dict]) -> dict:
         "total_steps": mean(lambda r: r["steps"]["total"]),
         "cuda_alloc_mean_bytes": mean(lambda r: r["memory"].get("cuda_allocated_mean_bytes")),
     }
+
+
+def _seed(run: dict) -> int:
+    return int(run.get("seed", -1))
 
 
 def ratio(a, b):
@@ -323,11 +327,11 @@ def summarize(by_task: dict[str, dict[str, list[dict]]], targets: dict[str, floa
             if "adapter" not in rows or m == "adapter":
                 continue
             # ratios over the seeds both have (a frontier's setting may have fewer seeds than LoRA)
-            seeds = {int(x["seed"]) for x in methods[m]} & {int(x["seed"]) for x in methods["adapter"]}
+            seeds = {_seed(x) for x in methods[m]} & {_seed(x) for x in methods["adapter"]}
             if not seeds:
                 continue
-            base, r_paired = (row([x for x in methods[k] if int(x["seed"]) in seeds]) for k in ("adapter", m))
-            r["paired_seeds"] = sorted(seeds)
+            base, r_paired = (row([x for x in methods[k] if _seed(x) in seeds]) for k in ("adapter", m))
+            r["ratio_seeds"] = sorted(seeds)
             r["ratios"] = {
                 "mean_memory": ratio(r_paired["saved_mean_bytes"], base["saved_mean_bytes"]),
                 "peak_memory": ratio(r_paired["saved_peak_bytes"], base["saved_peak_bytes"]),
@@ -400,7 +404,7 @@ def markdown(summary: dict, by_task: dict, targets: dict[str, float | None] = TA
                 f"{_f(q['flops'], '{:.3f}')}{mark(t['flops'])} | {_f(q['wall_time'], '{:.3f}')}{mark(t['wall_time'])} | "
                 f"{_f(r['metric_drop_points'] and -r['metric_drop_points'], '{:+.2f}')}{mark(t['metric'])} | "
                 f"{_f(r['step_flops']['after_last_freeze'], '{:.3f}')} | {_f(r['step_flops']['probe_share'], '{:.3f}')} | "
-                f"{', '.join(map(str, r['paired_seeds']))} |")
+                f"{', '.join(map(str, r['ratio_seeds']))} |")
         lines += ["", "Step FLOPs after last freeze: a SAFE step's training FLOPs over LoRA's on the same batches (same "
                   "seed), from the step after the last freeze on, probes left out; with the probes' share of LoRA's "
                   "FLOPs, about the whole-run FLOPs ratio had the final frozen set been frozen from step 0.", ""]

@@ -138,13 +138,13 @@ def test_a_frontier_beside_the_lora_runs_rows_each_setting_over_its_paired_seeds
     _write_run(frontier / "tf0.5" / "s1", "sst2", "safe", 1, 0.89, 0.5e9, 65e12, 150.0,
                safe={**defaults, "t_f": 0.5, "max_tokens": "***"})  # an older runner's mask: no setting of its own
     bench = _bench()
-    assert bench.main(["--tasks", "sst2", "--all-seeds", "--from-sweep", str(lora), str(frontier),
+    assert bench.main(["--tasks", "sst2", "--all-seeds", "--from-sweep", str(lora), str(frontier), str(frontier / "tf0.5"),
                        "--out", str(tmp_path / "table")]) == 0
     summary = json.loads((tmp_path / "table" / "summary.json").read_text())["sst2"]
     assert set(summary) == {"adapter", "safe", "safe (t_f 0.5)"}
-    assert summary["safe"]["paired_seeds"] == [1, 2] and summary["safe"]["ratios"]["flops"] == pytest.approx(180 / 400)
+    assert summary["safe"]["ratio_seeds"] == [1, 2] and summary["safe"]["ratios"]["flops"] == pytest.approx(180 / 400)
     setting = summary["safe (t_f 0.5)"]
-    assert setting["paired_seeds"] == [1] and setting["n"] == 1
+    assert setting["ratio_seeds"] == [1] and setting["n"] == 1  # found twice (two of the dirs hold it), counted once
     assert setting["ratios"] == pytest.approx({"mean_memory": 0.5, "peak_memory": 0.5, "flops": 0.65, "wall_time": 0.75})
     assert setting["metric_drop_points"] == pytest.approx(1.0)  # against LoRA's seed 1 (90), not its mean (91)
     assert "| safe (t_f 0.5) | 0.500 ✓ | 0.500 | 0.650 ✓ | 0.750 ✓ | -1.00 ✗ | - | - | 1 |" in capsys.readouterr().out
