@@ -58,20 +58,24 @@ def test_a_sigcont_that_comes_before_the_handler_runs_leaves_the_run_running():
 
     import torch
 
-    a = torch.randn(1000, 1000)
-    before = run_clock.paused_s()
+    a = torch.randn(2000, 2000)
+    before, threads = run_clock.paused_s(), torch.get_num_threads()
+    torch.set_num_threads(1)  # the C call below lasts about a second, whatever the machine's cores
     with run_clock.counting_pauses():
         safety = _continue_after(5.0)
 
         def ctrl_z_then_fg():
-            time.sleep(0.05)
+            time.sleep(0.02)
             os.kill(os.getpid(), signal.SIGTSTP)
-            time.sleep(0.05)
+            time.sleep(0.02)
             os.kill(os.getpid(), signal.SIGCONT)
 
         signals = threading.Thread(target=ctrl_z_then_fg)
         signals.start()
-        torch.linalg.matrix_power(a, 64)  # one C call of about half a second: no Python handler runs inside it
+        try:
+            torch.linalg.matrix_power(a, 64)  # one C call (6 products of 2000 x 2000): no Python handler runs inside
+        finally:
+            torch.set_num_threads(threads)
         signals.join()
         time.sleep(0.05)  # the handlers run here, in order
     safety.kill()
