@@ -41,7 +41,7 @@ from runner.preflight.errors import ConfigError
 from runner.preflight.schema import default_of, upgrade_saved
 from runner.results import STATUS_COMPLETED, STATUS_FAILED, STATUS_INTERRUPTED, parse_record
 from runner.run_files import CHECKPOINT_SLOTS, CONFIG, HYDRA_OWN, LOCK_FILE, RETIRED
-from runner.secrets import MASK, SECRET_KEY_RE
+from runner.secrets import MASK, is_credential_key
 
 # Settings that may differ between an interrupted attempt and its resume: how
 # it is run, checked and shown, not what it computes.
@@ -149,7 +149,7 @@ def changed_settings(saved: dict, now: dict, allowed=MAY_CHANGE_ON_RESUME) -> li
     def skip(key: str) -> bool:
         if key not in a and key in b and b[key] == default_of(key):
             return True
-        if a.get(key) == MASK and not SECRET_KEY_RE.search(key.rsplit(".", 1)[-1]):
+        if a.get(key) == MASK and not is_credential_key(key):
             return True
         return any(key == k or key.startswith(k + ".") for k in allowed)
 

@@ -39,13 +39,17 @@ def secret_values() -> list[str]:
     return sorted(values | _REMEMBERED, key=len, reverse=True)
 
 
+def is_credential_key(key: str) -> bool:
+    """Whether a config key (dotted, or an override's with ``+``/``~``) names a credential, by its last part."""
+    return bool(SECRET_KEY_RE.search(key.lstrip("+~").rsplit(".", 1)[-1]))
+
+
 def _secret_override(arg: str) -> tuple[str, str] | None:
     """(key, value) of a ``key=value`` override whose key looks like a credential's, else None."""
     if "=" not in arg or arg.startswith("-"):
         return None
     key, value = arg.split("=", 1)
-    leaf = key.lstrip("+~").rsplit(".", 1)[-1]
-    return (key, value) if SECRET_KEY_RE.search(leaf) else None
+    return (key, value) if is_credential_key(key) else None
 
 
 def remember_overrides(args: list[str]) -> None:
