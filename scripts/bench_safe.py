@@ -38,6 +38,7 @@ sys.path.insert(0, str(REPO))  # run as a script from anywhere
 
 from runner.results import read_completed
 from runner.run_files import STEPS
+from runner.secrets import MASK  # how an older runner wrote safe.max_tokens: no setting of the run's
 from runner.sweep import completed_runs, run_or_resume
 
 # The MiniLM issue's targets (docs/safe.md); the depth benchmark passes its own (--target-*).
@@ -205,7 +206,7 @@ def setting_label(policy: str, settings: dict) -> str:
     from runner.preflight.schema import SafeSettings
 
     defaults = {f.name: f.default for f in dataclasses.fields(SafeSettings)}
-    changed = [f"{k} {v}" for k, v in settings.items() if k in defaults and v != defaults[k] and v != "***"]
+    changed = [f"{k} {v}" for k, v in settings.items() if k in defaults and v != defaults[k] and v != MASK]
     return f"{policy} ({', '.join(changed)})" if changed else policy
 
 
@@ -228,11 +229,11 @@ def from_sweep(args, roots: list[Path]) -> dict[str, dict[str, list[dict]]]:
             by_task[r["task"]][method].append(r)
     for methods in by_task.values():
         for policy in [m for m in methods if m != "adapter"]:
-            runs = methods[policy]
-            if len({repr(sorted(safe_settings(r).items())) for r in runs}) > 1:
+            runs = [(r, safe_settings(r)) for r in methods[policy]]
+            if len({repr(sorted(settings.items())) for _, settings in runs}) > 1:
                 del methods[policy]
-                for r in runs:
-                    methods.setdefault(setting_label(policy, safe_settings(r)), []).append(r)
+                for r, settings in runs:
+                    methods.setdefault(setting_label(policy, settings), []).append(r)
     return {task: methods for task, methods in by_task.items() if any(methods.values())}
 
 
@@ -338,8 +339,8 @@ def summarize(by_task: dict[str, dict[str, list[dict]]], targets: dict[str, floa
                 "flops": ratio(r_paired["train_flops"], base["train_flops"]),
                 "wall_time": ratio(r_paired["train_s"], base["train_s"]),
             }
-            base_by_seed = {int(b["seed"]): b for b in methods["adapter"]}
-            paired = [step_flops(run, base_by_seed.get(int(run["seed"]))) for run in methods[m]]
+            base_by_seed = {_seed(b): b for b in methods["adapter"]}
+            paired = [step_flops(run, base_by_seed.get(_seed(run))) for run in methods[m]]
             r["step_flops"] = {key: _mean_of([p and p[key] for p in paired]) for key in ("after_last_freeze", "probe_share")}
             r["step_flops"]["paired_seeds"] = sum(p is not None for p in paired)
             drop = (base["metric_mean"] - r_paired["metric_mean"]
@@ -373,7 +374,7 @@ def _f(x, fmt="{:.2f}"):
 
 def markdown(summary: dict, by_task: dict, targets: dict[str, float | None] = TARGETS) -> str:
     runs = [r for rows in by_task.values() for rs in rows.values() for r in rs]
-    seeds = sorted({int(r["seed"]) for r in runs})
+    seeds = sorted({_seed(r) for r in runs})
     lines = [f"# SAFE benchmark ({datetime.datetime.now():%Y-%m-%d %H:%M})", "",
              f"{settings(runs)}; seeds {seeds}. Memory = bytes saved for backward (CPU); wall time = training phase "
              "without evaluation. Ratios are SAFE/baseline of the means over the seeds both ran (paired seeds).", ""]
