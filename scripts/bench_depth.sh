@@ -17,13 +17,17 @@
 #   minilm    the same recipe on MiniLM-L6 (6 layers) and SST-2, seeds 1-3 ($OUT/minilm_sst2/): LoRA vs SAFE,
 #             HIES on each LoRA run, full fine-tuning: the two depths on one task both models learn.
 #   probes    linear probes on the frozen MPNet (MRPC, RTE, SST-2) and MiniLM (SST-2): $OUT/probes/.
-#   frontier  SAFE's schedule screened on SST-2, seeds FRONTIER_SEEDS (1 2: seed 1 froze 11 of 12 layers at the
-#             defaults, seed 2 three) ($OUT/frontier_sst2/<setting>/seed<N>): freezing more (T_final 0.5) and
-#             earlier (t_f 0.5; t_w 0.1), drift importance; each against the same seeds' LoRA runs, tabled in
-#             $OUT/frontier_sst2/summary.md after every run.
+#   frontier  SAFE's schedule screened on FRONTIER_TASK (sst2), seeds FRONTIER_SEEDS (1 2: seed 1 froze 11 of 12
+#             layers at the defaults, seed 2 three) ($OUT/frontier_<task>/<setting>/seed<N>): freezing more
+#             (T_final 0.5) and earlier (t_f 0.5; t_w 0.1), drift importance; FRONTIER_SETTINGS picks some by name
+#             (default all); each against the same seeds' LoRA runs, tabled in $OUT/frontier_<task>/summary.md
+#             after every run.
 #   budget    SAFE with budget_mode (a lower peak) on each task of TASKS, seed 1 ($OUT/budget_<task>/seed1).
 #   learn     does MPNet learn: full fine-tuning on MRPC, RTE and SST-2 and LoRA on RTE, seeds 1-3
 #             (bench_learn.py; LoRA on MRPC and SST-2 are the seed phases' runs): $OUT/learn/.
+# After every job, the records of what completed (results, configs, step histories, tables; never checkpoints
+# or weights) are copied to ARCHIVE (benchmarks/depth; empty: none) by scripts/archive_runs.py: commit them,
+# outputs/ does not outlive the machine.
 # SST-2 trains on a fixed sample of SST2_TRAIN examples (the same for every method and seed) so
 # that one MPNet run stays near an hour here; its whole dev set (872) is evaluated.
 set -euo pipefail
@@ -35,6 +39,9 @@ TASKS=${TASKS:-mrpc sst2}
 STEPS=${STEPS:-safe hies}
 SST2_TRAIN=${SST2_TRAIN:-8000}
 FRONTIER_SEEDS=${FRONTIER_SEEDS:-1 2}
+FRONTIER_TASK=${FRONTIER_TASK:-sst2}
+FRONTIER_SETTINGS=${FRONTIER_SETTINGS:-}
+ARCHIVE=${ARCHIVE-benchmarks/depth}
 COMMON=(--override model=mpnet --override trainer.checkpoint_every_steps=50)
 MINILM=(--override model=minilm --override trainer.checkpoint_every_steps=50)
 # The issue's targets at depth: mean saved-for-backward memory <= 0.6 and whole-run FLOPs <= 0.75 of
@@ -46,6 +53,10 @@ if [[ -n ${DRY_RUN:-} ]]; then DRY=(--dry-run); fi
 
 task_caps() {  # the training-set cap of a task (SST-2 only)
   if [[ $1 == sst2 ]]; then echo "--max-train-samples $SST2_TRAIN"; fi
+}
+
+keep_records() {  # what completed so far, copied to $ARCHIVE (a failure to copy does not stop the plan)
+  if [[ -z ${DRY_RUN:-} && -n $ARCHIVE && -d $OUT ]]; then $PY scripts/archive_runs.py "$OUT" "$ARCHIVE" || true; fi
 }
 
 lora_run() {  # the completed run of seed $2 under sweep dir $1 (nothing when none)
@@ -72,6 +83,7 @@ seed_phase() {  # per task: LoRA vs SAFE back to back, then every pruning criter
       # every seed finished so far (whatever PLAN this call ran), in one table: $OUT/safe_<task>/summary.md
       $PY scripts/bench_safe.py "${DRY[@]}" --tasks "$task" --all-seeds --from-sweep "$OUT/safe_$task" "${TARGETS[@]}" \
         --out "$OUT/safe_$task" > /dev/null
+      keep_records
     fi
     if [[ " $STEPS " == *" hies "* ]]; then
       run=$(lora_run "$OUT/safe_$task/seed$seed/adapter" "$seed")
@@ -79,9 +91,10 @@ seed_phase() {  # per task: LoRA vs SAFE back to back, then every pruning criter
       echo "== $(date -Is) HIES and baselines at 10-70%: mpnet $task seed $seed ($run)"
       $PY scripts/bench_hies.py "${DRY[@]}" --tasks "$task" --seeds "$seed" --runs "$task=$run" "${HIES[@]}" \
         --out "$OUT/hies_$task/seed$seed"
+      keep_records
     fi
   done
-  if [[ " $STEPS " == *" hies "* ]]; then hies_table; fi
+  if [[ " $STEPS " == *" hies "* ]]; then hies_table; keep_records; fi
 }
 
 hies_table() {  # every MPNet pruning run finished so far, all tasks and seeds, in one table: $OUT/hies_mpnet/bench_hies.md
@@ -127,20 +140,22 @@ probes_phase() {  # what the frozen models' features already hold (linear probes
     --max-train-samples "$SST2_TRAIN" --out "$dir/minilm_sst2.md"
 }
 
-frontier_phase() {  # SAFE's schedule on SST-2, seeds FRONTIER_SEEDS, each setting against the same seeds' LoRA runs
-  local name overrides seed
+frontier_phase() {  # SAFE's schedule on FRONTIER_TASK, seeds FRONTIER_SEEDS, each setting against the same seeds' LoRA runs
+  local name overrides seed task=$FRONTIER_TASK
   while read -r name overrides; do
+    if [[ -n $FRONTIER_SETTINGS && " $FRONTIER_SETTINGS " != *" $name "* ]]; then continue; fi
     for seed in $FRONTIER_SEEDS; do
-      echo "== $(date -Is) SAFE frontier on SST-2, seed $seed: $name ($overrides)"
-      # shellcheck disable=SC2086
-      $PY scripts/bench_safe.py "${DRY[@]}" --tasks sst2 --seeds "$seed" --methods safe --sharpness-batches 0 "${COMMON[@]}" \
-        --max-train-samples "$SST2_TRAIN" $overrides --out "$OUT/frontier_sst2/$name/seed$seed" < /dev/null
+      echo "== $(date -Is) SAFE frontier on $task, seed $seed: $name ($overrides)"
+      # shellcheck disable=SC2086,SC2046
+      $PY scripts/bench_safe.py "${DRY[@]}" --tasks "$task" --seeds "$seed" --methods safe --sharpness-batches 0 "${COMMON[@]}" \
+        $(task_caps "$task") $overrides --out "$OUT/frontier_$task/$name/seed$seed" < /dev/null
       # every setting and seed finished so far beside LoRA and the defaults, ratios over paired seeds:
-      # $OUT/frontier_sst2/summary.md
-      if [[ -z ${DRY_RUN:-} && -d $OUT/safe_sst2 ]]; then
-        $PY scripts/bench_safe.py --tasks sst2 --all-seeds --from-sweep "$OUT/safe_sst2" "$OUT/frontier_sst2" \
-          "${TARGETS[@]}" --out "$OUT/frontier_sst2" > /dev/null < /dev/null || true
+      # $OUT/frontier_<task>/summary.md
+      if [[ -z ${DRY_RUN:-} && -d $OUT/safe_$task ]]; then
+        $PY scripts/bench_safe.py --tasks "$task" --all-seeds --from-sweep "$OUT/safe_$task" "$OUT/frontier_$task" \
+          "${TARGETS[@]}" --out "$OUT/frontier_$task" > /dev/null < /dev/null || true
       fi
+      keep_records
     done
   done <<'PLANEOF'
 tf0.5-T0.5 --safe-override safe.t_f=0.5 --safe-override safe.threshold=0.5
@@ -174,7 +189,7 @@ learn_phase() {  # does MPNet learn: full fine-tuning on the three tasks, LoRA o
 for phase in $PLAN; do
   case $phase in
     seed:*) seed_phase "${phase#seed:}" ;;
-    minilm | probes | frontier | budget | learn) "${phase}_phase" ;;
+    minilm | probes | frontier | budget | learn) "${phase}_phase"; keep_records ;;
     *) echo "bench_depth: unknown phase '$phase' in PLAN (seed:<N>, minilm, probes, frontier, budget, learn)" >&2; exit 2 ;;
   esac
 done

@@ -63,3 +63,15 @@ def test_an_unknown_phase_is_refused_in_one_line(tmp_path):
     assert done.returncode == 2
     assert done.stderr.strip() == ("bench_depth: unknown phase 'seed1' in PLAN (seed:<N>, minilm, probes, frontier, budget, "
                                    "learn)")
+
+
+def test_the_frontier_runs_on_another_task_and_on_chosen_settings(tmp_path):
+    """FRONTIER_TASK=mrpc: the same screen on MRPC's whole training set; FRONTIER_SETTINGS picks settings by name."""
+    done = _dry_run(tmp_path, "frontier", FRONTIER_TASK="mrpc", FRONTIER_SEEDS="3", FRONTIER_SETTINGS="tf0.5-T0.5 drift-tf0.5")
+    assert done.returncode == 0, done.stderr
+    sweeps = {str(Path(d).relative_to(tmp_path)): o for d, o in _sweeps(done.stdout).items()}
+    assert list(sweeps) == ["frontier_mrpc/tf0.5-T0.5/seed3/safe", "frontier_mrpc/drift-tf0.5/seed3/safe"]
+    for overrides in sweeps.values():
+        assert {"task=glue/mrpc", "seed=3", "model=mpnet"} <= set(overrides)
+        assert not any(o.startswith("task.max_train_samples") for o in overrides)
+    assert {"safe.t_f=0.5", "safe.threshold=0.5"} <= set(sweeps["frontier_mrpc/tf0.5-T0.5/seed3/safe"])
