@@ -24,17 +24,19 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from runner import run_files  # noqa: E402
+from runner.models import WEIGHT_FILES  # noqa: E402  a folder holding any (not a run dir) is a saved model: none of it is kept
 from runner.results import read_completed  # noqa: E402
 
 KEPT_SUFFIXES = {".json", ".jsonl", ".yaml", ".md", ".png", ".csv", ".log", ".txt"}
 SKIPPED_DIRS = {*run_files.CHECKPOINT_SLOTS, *run_files.HYDRA_OWN, "wandb", "logs"}  # logs: the sweep's copies
-WEIGHTS = ("*.safetensors", "*.bin", "*.pt")  # a folder holding any is a saved model: none of it is kept
 
 
 def _skipped(path: Path, src: Path) -> bool:
     if any(part in SKIPPED_DIRS or part.startswith(".") for part in path.relative_to(src).parts[:-1]):
         return True
-    return any(next(path.parent.glob(w), None) is not None for w in WEIGHTS)
+    if (path.parent / run_files.RESULTS).is_file():
+        return False  # a run dir's own files are kept whatever else it holds
+    return any(next(path.parent.glob(w), None) is not None for w in WEIGHT_FILES)
 
 
 def _unfinished_run(path: Path, src: Path) -> bool:

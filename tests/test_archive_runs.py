@@ -28,6 +28,7 @@ def test_completed_runs_and_tables_are_kept_and_rebuild_the_same_table(tmp_path)
         (run / kept_out).parent.mkdir(parents=True, exist_ok=True)
         (run / kept_out).write_text("{}")
     (run / "model" / "adapter_model.safetensors").write_bytes(b"\0" * 16)
+    (sweep / "adapter" / "0_a" / "merged.safetensors").write_bytes(b"\0" * 16)  # weights beside a run's own files
     (run / "big.jsonl").write_bytes(b"x" * 3 * 2**20)
     _write_run(sweep / "safe" / "1_running", "mrpc", "safe", 2, 0.5, 1e9, 1e12, 1.0, status="running")
     (sweep / "safe" / "sweep.json").write_text("{}")
