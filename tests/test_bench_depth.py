@@ -53,6 +53,7 @@ def test_phases_plan_the_sweeps_of_the_issue(tmp_path):
     assert "seed=1" in sweeps["frontier_sst2/tf0.5/seed1/safe"] and "seed=2" in sweeps["frontier_sst2/tf0.5/seed2/safe"]
     assert "safe.budget_mode=true" in sweeps["budget_sst2/seed1/safe"]
     assert "method=full" in sweeps["learn/sst2/full-s1-mean"] and "method=adapter" in sweeps["learn/rte_lora/lora-s1-mean"]
+    assert all("trainer.group_by_length=true" in o for n, o in sweeps.items() if n.startswith("learn/"))  # as every phase
     # HIES waits for the LoRA runs it prunes, and says so
     assert "MiniLM on SST-2: 0 of 3 LoRA runs completed: HIES waits" in done.stdout
     assert "no completed LoRA run for sst2 seed 2 yet: HIES waits" in done.stdout
