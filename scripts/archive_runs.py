@@ -17,6 +17,7 @@ is left out and named.
 from __future__ import annotations
 
 import argparse
+import functools
 import shutil
 import sys
 from pathlib import Path
@@ -31,12 +32,22 @@ KEPT_SUFFIXES = {".json", ".jsonl", ".yaml", ".md", ".png", ".csv", ".log", ".tx
 SKIPPED_DIRS = {*run_files.CHECKPOINT_SLOTS, *run_files.HYDRA_OWN, "wandb", "logs"}  # logs: the sweep's copies
 
 
+@functools.cache
+def _holds_weights(folder: Path) -> bool:
+    return any(next(folder.glob(w), None) is not None for w in WEIGHT_FILES)
+
+
+@functools.cache
+def _completed(run_dir: Path) -> bool:
+    return read_completed(run_dir) is not None
+
+
 def _skipped(path: Path, src: Path) -> bool:
     if any(part in SKIPPED_DIRS or part.startswith(".") for part in path.relative_to(src).parts[:-1]):
         return True
     if (path.parent / run_files.RESULTS).is_file():
         return False  # a run dir's own files are kept whatever else it holds
-    return any(next(path.parent.glob(w), None) is not None for w in WEIGHT_FILES)
+    return _holds_weights(path.parent)
 
 
 def _unfinished_run(path: Path, src: Path) -> bool:
@@ -44,7 +55,7 @@ def _unfinished_run(path: Path, src: Path) -> bool:
     not completed."""
     for d in (path.parent, *path.parent.parents):
         if (d / run_files.RESULTS).is_file():
-            return read_completed(d) is None
+            return not _completed(d)
         if d == src:
             return False
     return False

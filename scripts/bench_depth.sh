@@ -178,15 +178,15 @@ budget_phase() {  # budget_mode's peak memory, seed 1 of each task
 learn_phase() {  # does MPNet learn: full fine-tuning on the three tasks, LoRA on RTE, seeds 1-3
   # length-grouped batches, as in every other phase: bench_learn's ungrouped ones pad RTE to 128 tokens, and an MPNet
   # LoRA step then took 16-18 s here (about 70 min a run) against 5-7 s on MRPC's grouped batches
-  local COMMON=("${COMMON[@]}" --override trainer.group_by_length=true)
+  local learn=("${COMMON[@]}" --override trainer.group_by_length=true)
   echo "== $(date -Is) MPNet: full fine-tuning on MRPC and RTE, LoRA on RTE"
   $PY scripts/bench_learn.py "${DRY[@]}" --tasks mrpc rte --recipes full --poolings mean --seeds 1 2 3 --regression-seeds \
-    "${COMMON[@]}" --out "$OUT/learn/mrpc_rte"
+    "${learn[@]}" --out "$OUT/learn/mrpc_rte"
   $PY scripts/bench_learn.py "${DRY[@]}" --tasks rte --recipes lora --poolings mean --seeds 1 2 3 --regression-seeds \
-    "${COMMON[@]}" --out "$OUT/learn/rte_lora"
+    "${learn[@]}" --out "$OUT/learn/rte_lora"
   echo "== $(date -Is) MPNet: full fine-tuning on SST-2 ($SST2_TRAIN sentences)"
   $PY scripts/bench_learn.py "${DRY[@]}" --tasks sst2 --recipes full --poolings mean --seeds 1 2 3 --regression-seeds \
-    --max-train-samples "$SST2_TRAIN" "${COMMON[@]}" --out "$OUT/learn/sst2"
+    --max-train-samples "$SST2_TRAIN" "${learn[@]}" --out "$OUT/learn/sst2"
 }
 
 for phase in $PLAN; do
