@@ -22,7 +22,8 @@
 #             (T_final 0.5) and earlier (t_f 0.5; t_w 0.1), drift importance; FRONTIER_SETTINGS picks some by name
 #             (default all); each against the same seeds' LoRA runs, tabled in $OUT/frontier_<task>/summary.md
 #             after every run.
-#   budget    SAFE with budget_mode (a lower peak) on each task of TASKS, seed 1 ($OUT/budget_<task>/seed1).
+#   budget    SAFE with budget_mode (a lower peak) on each task of TASKS, seeds BUDGET_SEEDS (1)
+#             ($OUT/budget_<task>/seed<N>), against the same seeds' LoRA runs in $OUT/budget_<task>/summary.md.
 #   learn     does MPNet learn: full fine-tuning on MRPC, RTE and SST-2 and LoRA on RTE, seeds 1-3
 #             (bench_learn.py; LoRA on MRPC and SST-2 are the seed phases' runs): $OUT/learn/.
 # After every job, the records of what completed (results, configs, step histories, tables; never checkpoints
@@ -41,12 +42,16 @@ SST2_TRAIN=${SST2_TRAIN:-8000}
 FRONTIER_SEEDS=${FRONTIER_SEEDS:-1 2}
 FRONTIER_TASK=${FRONTIER_TASK:-sst2}
 FRONTIER_SETTINGS=${FRONTIER_SETTINGS:-}
+BUDGET_SEEDS=${BUDGET_SEEDS:-1}
 ARCHIVE=${ARCHIVE-benchmarks/depth}
 COMMON=(--override model=mpnet --override trainer.checkpoint_every_steps=50)
 MINILM=(--override model=minilm --override trainer.checkpoint_every_steps=50)
 # The issue's targets at depth: mean saved-for-backward memory <= 0.6 and whole-run FLOPs <= 0.75 of
 # LoRA's, the mean metric within 0.5 points; time is reported as a ratio without a target.
 TARGETS=(--target-mean-memory 0.6 --target-flops 0.75 --target-metric-drop 0.5 --target-wall-time none)
+# budget_mode's: peak saved-for-backward memory <= 0.6 of LoRA's, the metric within 1 point.
+BUDGET_TARGETS=(--target-peak-memory 0.6 --target-metric-drop 1 --target-mean-memory none --target-flops none
+  --target-wall-time none)
 HIES=(--prune prune.alpha=auto prune.alpha_split=dev_half)
 DRY=()
 if [[ -n ${DRY_RUN:-} ]]; then DRY=(--dry-run); fi
@@ -165,13 +170,22 @@ drift-tf0.5 --safe-override safe.t_f=0.5 --safe-override safe.importance=drift
 PLANEOF
 }
 
-budget_phase() {  # budget_mode's peak memory, seed 1 of each task
-  local task
+budget_phase() {  # budget_mode's peak memory on each task of TASKS, seeds BUDGET_SEEDS, against the same seeds' LoRA runs
+  local task seed
   for task in $TASKS; do
-    echo "== $(date -Is) SAFE with budget_mode: mpnet $task seed 1"
-    # shellcheck disable=SC2046
-    $PY scripts/bench_safe.py "${DRY[@]}" --tasks "$task" --seeds 1 --methods safe --sharpness-batches 0 "${COMMON[@]}" \
-      $(task_caps "$task") --safe-override safe.budget_mode=true --out "$OUT/budget_$task/seed1"
+    for seed in $BUDGET_SEEDS; do
+      echo "== $(date -Is) SAFE with budget_mode: mpnet $task seed $seed"
+      # shellcheck disable=SC2046
+      $PY scripts/bench_safe.py "${DRY[@]}" --tasks "$task" --seeds "$seed" --methods safe --sharpness-batches 0 "${COMMON[@]}" \
+        $(task_caps "$task") --safe-override safe.budget_mode=true --out "$OUT/budget_$task/seed$seed"
+      # every seed finished so far beside LoRA's, ratios over paired seeds, the issue's budget target:
+      # $OUT/budget_<task>/summary.md
+      if [[ -z ${DRY_RUN:-} && -d $OUT/safe_$task ]]; then
+        $PY scripts/bench_safe.py --tasks "$task" --all-seeds --from-sweep "$OUT/safe_$task" "$OUT/budget_$task" \
+          "${BUDGET_TARGETS[@]}" --out "$OUT/budget_$task" > /dev/null || true
+      fi
+      keep_records
+    done
   done
 }
 

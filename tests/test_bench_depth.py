@@ -76,3 +76,14 @@ def test_the_frontier_runs_on_another_task_and_on_chosen_settings(tmp_path):
         assert {"task=glue/mrpc", "seed=3", "model=mpnet"} <= set(overrides)
         assert not any(o.startswith("task.max_train_samples") for o in overrides)
     assert {"safe.t_f=0.5", "safe.threshold=0.5"} <= set(sweeps["frontier_mrpc/tf0.5-T0.5/seed3/safe"])
+
+
+def test_budget_mode_runs_on_chosen_seeds(tmp_path):
+    """BUDGET_SEEDS=3: budget_mode beside a seed whose LoRA run this session has (its peak is a ratio to that run)."""
+    done = _dry_run(tmp_path, "budget", TASKS="mrpc sst2", BUDGET_SEEDS="3")
+    assert done.returncode == 0, done.stderr
+    sweeps = {str(Path(d).relative_to(tmp_path)): o for d, o in _sweeps(done.stdout).items()}
+    assert list(sweeps) == ["budget_mrpc/seed3/safe", "budget_sst2/seed3/safe"]
+    for overrides in sweeps.values():
+        assert {"seed=3", "method=safe", "model=mpnet", "safe.budget_mode=true"} <= set(overrides)
+    assert "task.max_train_samples=8000" in sweeps["budget_sst2/seed3/safe"]

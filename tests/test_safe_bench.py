@@ -53,7 +53,8 @@ def test_table_from_a_sweep_dir(tmp_path, capsys):
     assert summary["mrpc"]["adapter"]["metric_mean"] == pytest.approx(81.0)
     assert safe["metric_drop_points"] == pytest.approx(0.2)
     assert safe["ratios"] == pytest.approx({"mean_memory": 0.3, "peak_memory": 0.3, "flops": 0.65, "wall_time": 0.75})
-    assert safe["targets_met"] == {"mean_memory": True, "flops": True, "wall_time": True, "metric": True}
+    assert safe["targets_met"] == {"mean_memory": True, "peak_memory": None, "flops": True, "wall_time": True,
+                                   "metric": True}
     out = capsys.readouterr().out
     assert ("minilm + lora (r8, query/value), lr 0.001, batch 32, max length 128, 3 epochs, train cap none, "
             "length-grouped batches; SAFE: importance own, T_final 0.5, t_w 0.3, t_f 0.8 (fraction), every 10 steps; "
@@ -80,7 +81,14 @@ def test_targets_are_options(tmp_path, capsys):
             "step FLOPs after last freeze | probe FLOPs | paired seeds |") in out
     assert "| safe | 0.580 ✓ | 0.580 | 0.800 ✗ | 0.750 | +0.00 ✓ | - | - | 1 |" in out
     safe = json.loads((sweep / "bench_safe" / "summary.json").read_text())["mrpc"]["safe"]
-    assert safe["targets_met"] == {"mean_memory": True, "flops": False, "wall_time": None, "metric": True}
+    assert safe["targets_met"] == {"mean_memory": True, "peak_memory": None, "flops": False, "wall_time": None,
+                                   "metric": True}
+    # budget_mode's target is on the peak, within 1 point (bench_depth's budget phase)
+    assert bench.main(["--from-sweep", str(sweep), "--target-peak-memory", "0.5", "--target-metric-drop", "1",
+                       "--target-mean-memory", "none", "--target-flops", "none", "--target-wall-time", "none"]) == 0
+    out = capsys.readouterr().out
+    assert "| method / adapter | mean memory | peak memory (≤0.5) | FLOPs | wall time | metric Δ points (≥ -1) |" in out
+    assert "| safe | 0.580 | 0.580 ✗ | 0.800 | 0.750 | +0.00 ✓ | - | - | 1 |" in out
     with pytest.raises(SystemExit):
         bench.parse_args(["--target-flops", "three quarters"])
 
