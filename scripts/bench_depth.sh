@@ -64,6 +64,16 @@ keep_records() {  # what completed so far, copied to $ARCHIVE (a failure to copy
   if [[ -z ${DRY_RUN:-} && -n $ARCHIVE && -d $OUT ]]; then $PY scripts/archive_runs.py "$OUT" "$ARCHIVE" || true; fi
 }
 
+beside_lora() {  # every completed run under $2 beside task $1's LoRA runs, ratios over paired seeds, against targets $3..:
+  # $2/summary.md (a table that cannot be made yet does not stop the plan)
+  local task=$1 dir=$2
+  shift 2
+  if [[ -z ${DRY_RUN:-} && -d $OUT/safe_$task ]]; then
+    $PY scripts/bench_safe.py --tasks "$task" --all-seeds --from-sweep "$OUT/safe_$task" "$dir" "$@" --out "$dir" \
+      > /dev/null < /dev/null || true
+  fi
+}
+
 lora_run() {  # the completed run of seed $2 under sweep dir $1 (nothing when none)
   $PY - "$1" "$2" <<'PYEOF'
 import sys
@@ -156,10 +166,7 @@ frontier_phase() {  # SAFE's schedule on FRONTIER_TASK, seeds FRONTIER_SEEDS, ea
         $(task_caps "$task") $overrides --out "$OUT/frontier_$task/$name/seed$seed" < /dev/null
       # every setting and seed finished so far beside LoRA and the defaults, ratios over paired seeds:
       # $OUT/frontier_<task>/summary.md
-      if [[ -z ${DRY_RUN:-} && -d $OUT/safe_$task ]]; then
-        $PY scripts/bench_safe.py --tasks "$task" --all-seeds --from-sweep "$OUT/safe_$task" "$OUT/frontier_$task" \
-          "${TARGETS[@]}" --out "$OUT/frontier_$task" > /dev/null < /dev/null || true
-      fi
+      beside_lora "$task" "$OUT/frontier_$task" "${TARGETS[@]}"
       keep_records
     done
   done <<'PLANEOF'
@@ -180,10 +187,7 @@ budget_phase() {  # budget_mode's peak memory on each task of TASKS, seeds BUDGE
         $(task_caps "$task") --safe-override safe.budget_mode=true --out "$OUT/budget_$task/seed$seed"
       # every seed finished so far beside LoRA's, ratios over paired seeds, the issue's budget target:
       # $OUT/budget_<task>/summary.md
-      if [[ -z ${DRY_RUN:-} && -d $OUT/safe_$task ]]; then
-        $PY scripts/bench_safe.py --tasks "$task" --all-seeds --from-sweep "$OUT/safe_$task" "$OUT/budget_$task" \
-          "${BUDGET_TARGETS[@]}" --out "$OUT/budget_$task" > /dev/null || true
-      fi
+      beside_lora "$task" "$OUT/budget_$task" "${BUDGET_TARGETS[@]}"
       keep_records
     done
   done
