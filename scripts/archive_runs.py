@@ -64,6 +64,10 @@ def _unfinished_run(path: Path, src: Path) -> bool:
 def archive(src: Path, dest: Path, max_bytes: int) -> tuple[list[Path], list[str]]:
     """Copy what is kept from ``src`` to ``dest`` (only files that are new or changed). Returns the copied
     files and, for each file left out for its size, a line saying so."""
+    # a folder's weights and a run's completion are decided once per call, not once per process: a run that
+    # completes between two calls is copied by the second
+    _holds_weights.cache_clear()
+    _completed.cache_clear()
     copied, left_out = [], []
     for path in sorted(p for p in src.rglob("*") if p.is_file()):
         if path.suffix not in KEPT_SUFFIXES or path.name.startswith(".") or _skipped(path, src):

@@ -3,6 +3,7 @@ and that the tables rebuilt from the copy are the tables of the original."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -62,3 +63,17 @@ def test_a_missing_source_is_refused_in_one_line(tmp_path):
     assert done.stderr.strip().splitlines() == [
         f"archive_runs: {tmp_path / 'nope'} is not a folder: give a benchmark's output folder, e.g. outputs/depth"]
     assert not (tmp_path / "dest").exists()
+
+
+def test_a_run_that_completes_between_two_calls_in_one_process_is_copied_by_the_second(tmp_path):
+    spec = importlib.util.spec_from_file_location("archive_runs", REPO / "scripts" / "archive_runs.py")
+    archive_runs = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(archive_runs)
+    src, dest = tmp_path / "outputs", tmp_path / "records"
+    run = src / "sweep" / "0_s"
+    _write_run(run, "mrpc", "safe", 1, 0.5, 1e9, 1e12, 1.0, status="running")
+    assert archive_runs.archive(src, dest, 2**20) == ([], [])  # still running: nothing kept
+    record = json.loads((run / "results.json").read_text())
+    (run / "results.json").write_text(json.dumps({**record, "status": "completed"}))  # now completed
+    copied, _ = archive_runs.archive(src, dest, 2**20)
+    assert sorted(p.name for p in copied) == ["config.yaml", "results.json"]
