@@ -64,6 +64,14 @@ keep_records() {  # what completed so far, copied to $ARCHIVE (a failure to copy
   if [[ -z ${DRY_RUN:-} && -n $ARCHIVE && -d $OUT ]]; then $PY scripts/archive_runs.py "$OUT" "$ARCHIVE" || true; fi
 }
 
+safe_alone() {  # SAFE on task $1, seed $2, into $3, with the overrides $4.. (no LoRA run: it pairs with the seed phase's)
+  local task=$1 seed=$2 out=$3
+  shift 3
+  # shellcheck disable=SC2046
+  $PY scripts/bench_safe.py "${DRY[@]}" --tasks "$task" --seeds "$seed" --methods safe --sharpness-batches 0 "${COMMON[@]}" \
+    $(task_caps "$task") "$@" --out "$out" < /dev/null
+}
+
 beside_lora() {  # every completed run under $2 beside task $1's LoRA runs, ratios over paired seeds, against targets $3..:
   # $2/summary.md (a table that cannot be made yet does not stop the plan)
   local task=$1 dir=$2
@@ -161,9 +169,8 @@ frontier_phase() {  # SAFE's schedule on FRONTIER_TASK, seeds FRONTIER_SEEDS, ea
     if [[ -n $FRONTIER_SETTINGS && " $FRONTIER_SETTINGS " != *" $name "* ]]; then continue; fi
     for seed in $FRONTIER_SEEDS; do
       echo "== $(date -Is) SAFE frontier on $task, seed $seed: $name ($overrides)"
-      # shellcheck disable=SC2086,SC2046
-      $PY scripts/bench_safe.py "${DRY[@]}" --tasks "$task" --seeds "$seed" --methods safe --sharpness-batches 0 "${COMMON[@]}" \
-        $(task_caps "$task") $overrides --out "$OUT/frontier_$task/$name/seed$seed" < /dev/null
+      # shellcheck disable=SC2086
+      safe_alone "$task" "$seed" "$OUT/frontier_$task/$name/seed$seed" $overrides
       # every setting and seed finished so far beside LoRA and the defaults, ratios over paired seeds:
       # $OUT/frontier_<task>/summary.md
       beside_lora "$task" "$OUT/frontier_$task" "${TARGETS[@]}"
@@ -182,9 +189,7 @@ budget_phase() {  # budget_mode's peak memory on each task of TASKS, seeds BUDGE
   for task in $TASKS; do
     for seed in $BUDGET_SEEDS; do
       echo "== $(date -Is) SAFE with budget_mode: mpnet $task seed $seed"
-      # shellcheck disable=SC2046
-      $PY scripts/bench_safe.py "${DRY[@]}" --tasks "$task" --seeds "$seed" --methods safe --sharpness-batches 0 "${COMMON[@]}" \
-        $(task_caps "$task") --safe-override safe.budget_mode=true --out "$OUT/budget_$task/seed$seed"
+      safe_alone "$task" "$seed" "$OUT/budget_$task/seed$seed" --safe-override safe.budget_mode=true
       # every seed finished so far beside LoRA's, ratios over paired seeds, the issue's budget target:
       # $OUT/budget_<task>/summary.md
       beside_lora "$task" "$OUT/budget_$task" "${BUDGET_TARGETS[@]}"
