@@ -24,8 +24,8 @@
 #             after every run.
 #   budget    SAFE with budget_mode (a lower peak) on each task of TASKS, seeds BUDGET_SEEDS (1)
 #             ($OUT/budget_<task>/seed<N>), against the same seeds' LoRA runs in $OUT/budget_<task>/summary.md.
-#   learn     does MPNet learn: full fine-tuning on MRPC, RTE and SST-2 and LoRA on RTE, seeds 1-3
-#             (bench_learn.py; LoRA on MRPC and SST-2 are the seed phases' runs): $OUT/learn/.
+#   learn     does MPNet learn: LoRA on RTE, full fine-tuning on MRPC, RTE and SST-2, seeds LEARN_SEEDS (1 2 3),
+#             seed by seed (bench_learn.py; LoRA on MRPC and SST-2 are the seed phases' runs): $OUT/learn/.
 # After every job, the records of what completed (results, configs, step histories, tables; never checkpoints
 # or weights) are copied to ARCHIVE (benchmarks/depth; empty: none) by scripts/archive_runs.py: commit them,
 # outputs/ does not outlive the machine.
@@ -43,6 +43,7 @@ FRONTIER_SEEDS=${FRONTIER_SEEDS:-1 2}
 FRONTIER_TASK=${FRONTIER_TASK:-sst2}
 FRONTIER_SETTINGS=${FRONTIER_SETTINGS:-}
 BUDGET_SEEDS=${BUDGET_SEEDS:-1}
+LEARN_SEEDS=${LEARN_SEEDS:-1 2 3}
 ARCHIVE=${ARCHIVE-benchmarks/depth}
 COMMON=(--override model=mpnet --override trainer.checkpoint_every_steps=50)
 MINILM=(--override model=minilm --override trainer.checkpoint_every_steps=50)
@@ -198,18 +199,26 @@ budget_phase() {  # budget_mode's peak memory on each task of TASKS, seeds BUDGE
   done
 }
 
-learn_phase() {  # does MPNet learn: full fine-tuning on the three tasks, LoRA on RTE, seeds 1-3
+learn_phase() {  # does MPNet learn: LoRA on RTE, full fine-tuning on the three tasks, seed by seed (LEARN_SEEDS)
+  # seed-major, so that a session that ends early has every (task, recipe) on seed 1 before any on seed 2; each
+  # (seed, recipe) is one sweep dir of its own, so running seeds in separate sessions keeps their plans.
   # length-grouped batches, as in every other phase: bench_learn's ungrouped ones pad RTE to 128 tokens, and an MPNet
   # LoRA step then took 16-18 s here (about 70 min a run) against 5-7 s on MRPC's grouped batches
-  local learn=("${COMMON[@]}" --override trainer.group_by_length=true)
-  echo "== $(date -Is) MPNet: full fine-tuning on MRPC and RTE, LoRA on RTE"
-  $PY scripts/bench_learn.py "${DRY[@]}" --tasks mrpc rte --recipes full --poolings mean --seeds 1 2 3 --regression-seeds \
-    "${learn[@]}" --out "$OUT/learn/mrpc_rte"
-  $PY scripts/bench_learn.py "${DRY[@]}" --tasks rte --recipes lora --poolings mean --seeds 1 2 3 --regression-seeds \
-    "${learn[@]}" --out "$OUT/learn/rte_lora"
-  echo "== $(date -Is) MPNet: full fine-tuning on SST-2 ($SST2_TRAIN sentences)"
-  $PY scripts/bench_learn.py "${DRY[@]}" --tasks sst2 --recipes full --poolings mean --seeds 1 2 3 --regression-seeds \
-    --max-train-samples "$SST2_TRAIN" "${learn[@]}" --out "$OUT/learn/sst2"
+  local learn=("${COMMON[@]}" --override trainer.group_by_length=true) seed
+  for seed in $LEARN_SEEDS; do
+    echo "== $(date -Is) MPNet seed $seed: LoRA on RTE"
+    $PY scripts/bench_learn.py "${DRY[@]}" --tasks rte --recipes lora --poolings mean --seeds "$seed" --regression-seeds \
+      "${learn[@]}" --out "$OUT/learn/rte_lora"
+    keep_records
+    echo "== $(date -Is) MPNet seed $seed: full fine-tuning on MRPC and RTE"
+    $PY scripts/bench_learn.py "${DRY[@]}" --tasks mrpc rte --recipes full --poolings mean --seeds "$seed" --regression-seeds \
+      "${learn[@]}" --out "$OUT/learn/mrpc_rte"
+    keep_records
+    echo "== $(date -Is) MPNet seed $seed: full fine-tuning on SST-2 ($SST2_TRAIN sentences)"
+    $PY scripts/bench_learn.py "${DRY[@]}" --tasks sst2 --recipes full --poolings mean --seeds "$seed" --regression-seeds \
+      --max-train-samples "$SST2_TRAIN" "${learn[@]}" --out "$OUT/learn/sst2"
+    keep_records
+  done
 }
 
 for phase in $PLAN; do

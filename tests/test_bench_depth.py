@@ -36,8 +36,9 @@ def test_phases_plan_the_sweeps_of_the_issue(tmp_path):
         "safe_sst2/seed2/adapter", "safe_sst2/seed2/safe",
         *(f"frontier_sst2/{n}/seed{s}/safe" for n in ("tf0.5-T0.5", "tf0.5", "tw0.1-tf0.5", "drift-tf0.5") for s in (1, 2)),
         "budget_sst2/seed1/safe",
-        *(f"learn/mrpc_rte/full-s{s}-mean" for s in (1, 2, 3)), *(f"learn/rte_lora/lora-s{s}-mean" for s in (1, 2, 3)),
-        *(f"learn/sst2/full-s{s}-mean" for s in (1, 2, 3)),
+        # seed by seed, RTE's LoRA run first: a session that ends early has every (task, recipe) on seed 1
+        *(d for s in (1, 2, 3) for d in (f"learn/rte_lora/lora-s{s}-mean", f"learn/mrpc_rte/full-s{s}-mean",
+                                          f"learn/sst2/full-s{s}-mean")),
     ]
     for name, overrides in sweeps.items():
         model = "model=minilm" if name.startswith("minilm") else "model=mpnet"
@@ -87,3 +88,10 @@ def test_budget_mode_runs_on_chosen_seeds(tmp_path):
     for overrides in sweeps.values():
         assert {"seed=3", "method=safe", "model=mpnet", "safe.budget_mode=true"} <= set(overrides)
     assert "task.max_train_samples=8000" in sweeps["budget_sst2/seed3/safe"]
+
+
+def test_the_learn_phase_runs_the_seeds_it_is_given(tmp_path):
+    done = _dry_run(tmp_path, "learn", LEARN_SEEDS="2")
+    assert done.returncode == 0, done.stderr
+    sweeps = [str(Path(d).relative_to(tmp_path)) for d in _sweeps(done.stdout)]
+    assert sweeps == ["learn/rte_lora/lora-s2-mean", "learn/mrpc_rte/full-s2-mean", "learn/sst2/full-s2-mean"]
