@@ -4,8 +4,10 @@ helpers. Fixtures live in conftest.py; nothing here downloads anything."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import torch
@@ -18,6 +20,14 @@ GLUE_DIR = Path(default_glue_dir() or LOCAL_GLUE_DIRS[0])  # $GLUE_DIR, else ../
 
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+def load_script(name: str) -> ModuleType:
+    """scripts/<name>.py imported as a module (the scripts are not a package), a fresh copy each call."""
+    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
 
 def compose(overrides: list[str], output_dir: Path):
     """The config ``python -m runner <overrides>`` would run, with output_dir set."""

@@ -3,12 +3,11 @@ and that the tables rebuilt from the copy are the tables of the original."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
 
-from helpers import REPO
+from helpers import REPO, load_script
 from test_safe_bench import _bench, _write_run
 
 
@@ -66,9 +65,7 @@ def test_a_missing_source_is_refused_in_one_line(tmp_path):
 
 
 def test_a_run_that_completes_between_two_calls_in_one_process_is_copied_by_the_second(tmp_path):
-    spec = importlib.util.spec_from_file_location("archive_runs", REPO / "scripts" / "archive_runs.py")
-    archive_runs = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(archive_runs)
+    archive_runs = load_script("archive_runs")
     src, dest = tmp_path / "outputs", tmp_path / "records"
     run = src / "sweep" / "0_s"
     _write_run(run, "mrpc", "safe", 1, 0.5, 1e9, 1e12, 1.0, status="running")

@@ -2,20 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
-
-REPO = Path(__file__).resolve().parents[1]
+from helpers import load_script
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("probe_frozen", REPO / "scripts" / "probe_frozen.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("probe_frozen")
 
 
 def test_probes_pair_and_single_sentence_tasks_on_the_capped_training_set(tiny_model_dir, glue_dir, tmp_path, capsys):

@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 
 import pytest
-from helpers import REPO
+from helpers import load_script
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("bench_hies", REPO / "scripts" / "bench_hies.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("bench_hies")
 
 
 def _result(seed_shift: float) -> dict:

@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 
 import pytest
 import yaml
-from helpers import REPO
+from helpers import load_script
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("bench_safe", REPO / "scripts" / "bench_safe.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("bench_safe")
 
 
 def _write_run(d, task, method, seed, acc, saved, flops, train_s, status="completed", policy="safe", safe=None):
