@@ -199,25 +199,27 @@ budget_phase() {  # budget_mode's peak memory on each task of TASKS, seeds BUDGE
   done
 }
 
+learn_sweep() {  # bench_learn's recipe $2 (lora, full) on the tasks $4.. at seed $1, into $OUT/learn/$3, records kept
+  local seed=$1 recipe=$2 out=$3
+  shift 3
+  echo "== $(date -Is) MPNet seed $seed: $recipe on $*"
+  # length-grouped batches, as in every other phase: bench_learn's ungrouped ones pad RTE to 128 tokens, and an MPNet
+  # LoRA step then took 16-18 s here (about 70 min a run) against 5-7 s on MRPC's grouped batches
+  # shellcheck disable=SC2046
+  $PY scripts/bench_learn.py "${DRY[@]}" --tasks "$@" --recipes "$recipe" --poolings mean --seeds "$seed" --regression-seeds \
+    $(for task in "$@"; do task_caps "$task"; done) "${COMMON[@]}" --override trainer.group_by_length=true \
+    --out "$OUT/learn/$out"
+  keep_records
+}
+
 learn_phase() {  # does MPNet learn: LoRA on RTE, full fine-tuning on the three tasks, seed by seed (LEARN_SEEDS)
   # seed-major, so that a session that ends early has every (task, recipe) on seed 1 before any on seed 2; each
   # (seed, recipe) is one sweep dir of its own, so running seeds in separate sessions keeps their plans.
-  # length-grouped batches, as in every other phase: bench_learn's ungrouped ones pad RTE to 128 tokens, and an MPNet
-  # LoRA step then took 16-18 s here (about 70 min a run) against 5-7 s on MRPC's grouped batches
-  local learn=("${COMMON[@]}" --override trainer.group_by_length=true) seed
+  local seed
   for seed in $LEARN_SEEDS; do
-    echo "== $(date -Is) MPNet seed $seed: LoRA on RTE"
-    $PY scripts/bench_learn.py "${DRY[@]}" --tasks rte --recipes lora --poolings mean --seeds "$seed" --regression-seeds \
-      "${learn[@]}" --out "$OUT/learn/rte_lora"
-    keep_records
-    echo "== $(date -Is) MPNet seed $seed: full fine-tuning on MRPC and RTE"
-    $PY scripts/bench_learn.py "${DRY[@]}" --tasks mrpc rte --recipes full --poolings mean --seeds "$seed" --regression-seeds \
-      "${learn[@]}" --out "$OUT/learn/mrpc_rte"
-    keep_records
-    echo "== $(date -Is) MPNet seed $seed: full fine-tuning on SST-2 ($SST2_TRAIN sentences)"
-    $PY scripts/bench_learn.py "${DRY[@]}" --tasks sst2 --recipes full --poolings mean --seeds "$seed" --regression-seeds \
-      --max-train-samples "$SST2_TRAIN" "${learn[@]}" --out "$OUT/learn/sst2"
-    keep_records
+    learn_sweep "$seed" lora rte_lora rte
+    learn_sweep "$seed" full mrpc_rte mrpc rte
+    learn_sweep "$seed" full sst2 sst2
   done
 }
 
