@@ -389,10 +389,11 @@ def markdown(summary: dict, by_task: dict, targets: dict[str, float | None] = TA
                 f"{_f(r['train_flops'] and r['train_flops'] / 1e12, '{:.1f}')} | {_f(r['train_s'], '{:.0f}')} | "
                 f"{_f(r['sharpness'], '{:.3g}')} | {_f(r['n_frozen'], '{:.1f}')} |")
         drop = targets["metric_drop_points"]
-        lines += ["", "| method / adapter | "
-                      + "".join(f"{label}{_bound_text(targets[k])} | " for k, label in RATIO_COLUMNS.items())
-                      + f"metric Δ points{_bound_text(None if drop is None else -drop, '≥ ')} | "
-                      "step FLOPs after last freeze | probe FLOPs | paired seeds |", "|---|---|---|---|---|---|---|---|---|"]
+        header = ("| method / adapter | "
+                  + "".join(f"{label}{_bound_text(targets[k])} | " for k, label in RATIO_COLUMNS.items())
+                  + f"metric Δ points{_bound_text(None if drop is None else -drop, '≥ ')} | "
+                  "step FLOPs after last freeze | probe FLOPs | paired seeds |")
+        lines += ["", header, "|" + "---|" * (header.count("|") - 1)]  # as many columns as RATIO_COLUMNS makes
         for m, r in rows.items():
             if "ratios" not in r:
                 continue
