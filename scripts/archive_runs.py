@@ -43,7 +43,7 @@ def _completed(run_dir: Path) -> bool:
 
 
 def _skipped(path: Path, src: Path) -> bool:
-    if any(part in SKIPPED_DIRS or part.startswith(".") for part in path.relative_to(src).parts[:-1]):
+    if run_files.in_dot_dir(path, src) or any(part in SKIPPED_DIRS for part in path.relative_to(src).parts[:-1]):
         return True
     if (path.parent / run_files.RESULTS).is_file():
         return False  # a run dir's own files are kept whatever else it holds

@@ -100,20 +100,11 @@ def trivial_level(results: dict) -> dict | None:
 # ------------------------------------------------------------------ collecting
 
 
-def _hidden(path: Path, root: Path) -> bool:
-    """Inside .hydra/, .retired/ (superseded attempts), .submitit/, a checkpoint temp dir..."""
-    try:
-        parts = path.relative_to(root).parts
-    except ValueError:
-        parts = path.parts
-    return any(p.startswith(".") for p in parts[:-1])
-
-
 def find_results(root: Path) -> list[Path]:
     root = Path(root)
     if root.is_file():
         return [root]
-    return sorted(p for p in root.rglob(run_files.RESULTS) if not _hidden(p, root) and "wandb" not in p.parts)
+    return sorted(p for p in root.rglob(run_files.RESULTS) if not run_files.in_dot_dir(p, root) and "wandb" not in p.parts)
 
 
 def _load_config(run_dir: Path) -> dict:
@@ -256,7 +247,7 @@ def _jobs_without_results(root: Path) -> list[dict]:
         return out
     for hydra_dir in root.rglob(".hydra"):
         run_dir = hydra_dir.parent
-        if _hidden(hydra_dir, root) or (run_dir / run_files.RESULTS).is_file():
+        if run_files.in_dot_dir(hydra_dir, root) or (run_dir / run_files.RESULTS).is_file():
             continue
         seen.add(run_dir.resolve())
         has_ckpt = (run_dir / "checkpoint" / "meta.json").is_file()
@@ -264,7 +255,7 @@ def _jobs_without_results(root: Path) -> list[dict]:
                     "error": "no results.json: still running, or killed before writing one"})
     for marker in [*root.rglob("multirun.yaml"), *root.rglob("sweep.json")]:
         sweep_dir = marker.parent
-        if _hidden(marker, root) or (marker.name == "multirun.yaml" and (sweep_dir / "sweep.json").is_file()):
+        if run_files.in_dot_dir(marker, root) or (marker.name == "multirun.yaml" and (sweep_dir / "sweep.json").is_file()):
             continue
         try:
             jobs, _ = load_plan(sweep_dir)
