@@ -35,7 +35,7 @@ smoke-mpnet: install ## The smoke pipeline on all-mpnet-base-v2 (12 x 12 heads; 
 smoke: install ## The whole pipeline (train, SAFE freezing, HIES pruning, plots) in about 35 s after install (experiment=smoke)
 	$(PYTHON) -m runner experiment=smoke
 
-test: install ## Run the whole test suite (682 tests, 3 skipped without a GPU; 13-15 minutes on 2 CPU cores with two workers, fresh clone, 2026-12-07), listing the 15 slowest
+test: install ## Run the whole test suite (683 tests, 3 skipped without a GPU; 13-15 minutes on 2 CPU cores with two workers, fresh clone, 2026-12-07), listing the 15 slowest
 	$(PYTHON) -m pytest -q $(XDIST) $(PYTEST_ARGS)
 
 test-fast: install ## Run the tests not marked slow

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import subprocess
+import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -20,6 +22,25 @@ GLUE_DIR = Path(default_glue_dir() or LOCAL_GLUE_DIRS[0])  # $GLUE_DIR, else ../
 
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+WAKER = """
+import os, signal, sys, time
+pid, seconds = int(sys.argv[1]), float(sys.argv[2])
+deadline = time.time() + 120
+while open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "T":  # until the process has stopped
+    if time.time() > deadline:
+        sys.exit(1)
+    time.sleep(0.01)
+time.sleep(seconds)
+os.kill(pid, signal.SIGCONT)
+"""
+
+
+def continue_after(seconds: float, pid: int | None = None) -> subprocess.Popen:
+    """Another process that continues process ``pid`` (this one) ``seconds`` after it has stopped (a stopped
+    process cannot continue itself)."""
+    return subprocess.Popen([sys.executable, "-c", WAKER, str(pid or os.getpid()), str(seconds)])
+
 
 def load_script(name: str) -> ModuleType:
     """scripts/<name>.py imported as a module (the scripts are not a package), a fresh copy each call."""

@@ -10,27 +10,9 @@ import sys
 import time
 
 import pytest
+from helpers import continue_after
 
 from runner import run_clock
-
-
-WAKER = """
-import os, signal, sys, time
-pid, seconds = int(sys.argv[1]), float(sys.argv[2])
-deadline = time.time() + 120
-while open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "T":  # until the process has stopped
-    if time.time() > deadline:
-        sys.exit(1)
-    time.sleep(0.01)
-time.sleep(seconds)
-os.kill(pid, signal.SIGCONT)
-"""
-
-
-def _continue_after(seconds: float, pid: int | None = None) -> subprocess.Popen:
-    """Another process that continues process ``pid`` (this one) ``seconds`` after it has stopped (a stopped
-    process cannot continue itself)."""
-    return subprocess.Popen([sys.executable, "-c", WAKER, str(pid or os.getpid()), str(seconds)])
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="the waker reads the process state from /proc (Linux)")
@@ -39,7 +21,7 @@ def test_the_run_clock_leaves_a_sigtstp_pause_out():
     handler = signal.getsignal(signal.SIGTSTP)
     with run_clock.counting_pauses():
         for seconds in (1.0, 0.5):  # two pauses, each continued by a waker of its own
-            waker = _continue_after(seconds)
+            waker = continue_after(seconds)
             os.kill(os.getpid(), signal.SIGTSTP)  # the handler stops this process until the waker continues it
             waker.wait(timeout=150)
     paused = run_clock.paused_s() - before_paused
@@ -62,7 +44,7 @@ def test_a_sigcont_that_comes_before_the_handler_runs_leaves_the_run_running():
     before, threads = run_clock.paused_s(), torch.get_num_threads()
     torch.set_num_threads(1)  # the C call below lasts about a second, whatever the machine's cores
     with run_clock.counting_pauses():
-        safety = _continue_after(5.0)
+        safety = continue_after(5.0)
 
         def ctrl_z_then_fg():
             time.sleep(0.02)
@@ -114,7 +96,7 @@ def test_a_run_paused_mid_training_reports_its_own_time_and_the_pause(tiny_overr
         if metrics.is_file() and len(metrics.read_text().splitlines()) >= 5:
             break
         time.sleep(0.02)
-    waker = _continue_after(3.0, proc.pid)  # 3 s after the run has stopped itself
+    waker = continue_after(3.0, proc.pid)  # 3 s after the run has stopped itself
     try:
         proc.send_signal(signal.SIGTSTP)
         waker.wait(timeout=150)

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
 import random
+import signal
+import time
 
 import numpy as np
 import pytest
 import torch
 import yaml
-from helpers import GLUE_DIR, compose, tiny_model
+from helpers import GLUE_DIR, compose, continue_after, tiny_model
 from omegaconf import OmegaConf
 
 from runner.preflight.errors import ConfigError
@@ -120,6 +123,37 @@ def test_run_pruning_reports_every_criterion_and_ratio(tokenizer, tmp_path):
     preds = logits.argmax(-1)
     assert np.mean(preds == labels) == pytest.approx(out["primary"]["metrics"]["accuracy"])
     assert stability(preds, base_logits.argmax(-1), False) == pytest.approx(out["primary"]["stability"])
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="the waker reads the process state from /proc (Linux)")
+def test_a_pruning_stage_paused_with_ctrl_z_reports_the_pause_apart_from_its_time(tokenizer, tmp_path, monkeypatch):
+    """SIGTSTP between scoring and the masks' evaluation stops the stage for 2 s (a waker continues it): the
+    section's ``paused_s`` holds the pause, ``time_s`` does not."""
+    from runner import run_clock
+    from runner.prune import pipeline
+
+    task, data = _synthetic_task()
+    s = parse(OmegaConf.create({"name": "his", "ratio": 0.25, "ratios": [0.25], "compare": ["his"], "calib_samples": 8,
+                                "calib_batch_size": 4, "latency": "none", "flops_batch_size": 4}))
+    inputs = PruneInputs(model=tiny_model(vocab=tokenizer.vocab_size), tokenizer=tokenizer, task=task, data=data,
+                         max_seq_length=32, eval_batch_size=8, train_batch_size=8, output_dir=tmp_path,
+                         device=torch.device("cpu"))
+    score_heads = pipeline.score_heads
+
+    def score_then_ctrl_z(*args, **kwargs):
+        scored = score_heads(*args, **kwargs)
+        waker = continue_after(2.0)
+        os.kill(os.getpid(), signal.SIGTSTP)  # the handler stops this process until the waker continues it
+        waker.wait(timeout=150)
+        return scored
+
+    monkeypatch.setattr(pipeline, "score_heads", score_then_ctrl_z)
+    wall = time.perf_counter()
+    with run_clock.counting_pauses():  # installed for every run by StopSignals.installed
+        out = run_pruning(inputs, s)
+    wall = time.perf_counter() - wall
+    assert 2.0 <= out["paused_s"] <= wall
+    assert out["time_s"] <= wall - out["paused_s"] + 0.05
 
 
 def test_calibration_and_holdout_come_from_training_data_only(tokenizer, tmp_path):

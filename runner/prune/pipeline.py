@@ -503,7 +503,7 @@ def _evaluate_every_mask(evaluator: MaskEvaluator, maps: dict, s: Pruning, task)
 def run_pruning(inputs: PruneInputs, s: Pruning) -> dict:
     """Score once, then for every (criterion, ratio): prune, measure; then files, plots, W&B.
     Returns the ``pruning`` section of results.json."""
-    t_start = run_clock.now()
+    t_start, paused_before = run_clock.now(), run_clock.paused_s()
     task, device = inputs.task, inputs.device
     if device.type == "cuda":  # the stage's own peak (results.json pruning.cuda_peak_bytes)
         torch.cuda.reset_peak_memory_stats(device)
@@ -547,6 +547,7 @@ def run_pruning(inputs: PruneInputs, s: Pruning) -> dict:
         "settings": s.as_record(),
         "artifacts": artifacts,
         "time_s": run_clock.now() - t_start,
+        "paused_s": run_clock.paused_s() - paused_before,  # SIGTSTP to SIGCONT: left out of time_s and every time above
         "cuda_peak_bytes": int(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else None,
     }
     _log_to_tracker(inputs, section, task.main_metric)
