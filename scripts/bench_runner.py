@@ -23,7 +23,8 @@ the benchmark stops if they differ (a difference in data order would pass for
 speed). Repeats are interleaved, the order rotating by one tool per repeat (runner,
 plain, trainer; plain, trainer, runner; ...) so machine noise and the place in
 the order hit all three alike; it prints, per tool, the median wall time (model load to dev
-metric), training samples per second and dev accuracy, and the ratios to the
+metric), training samples per second (steps x batch over the train phase, the same clock for all three:
+``runner.run_clock``, which leaves out a pause with Ctrl-Z until ``fg``) and dev accuracy, and the ratios to the
 plain loop and to the Trainer (targets: runner <= 1.05x plain, <= 1.0x
 Trainer). ``--max-steps`` shortens every run the same way (a smoke test).
 
@@ -47,6 +48,8 @@ sys.path.insert(0, str(REPO))  # run as a script from anywhere
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+
+from runner import run_clock  # noqa: E402
 
 LR, WEIGHT_DECAY, WARMUP, BATCH, MAX_LEN, CLIP, R = 1e-3, 0.01, 0.06, 32, 128, 1.0, 8
 TARGETS = ["query", "key", "value", "output.dense", "intermediate.dense"]
@@ -90,9 +93,9 @@ def run_runner(args, workdir: Path) -> dict:
     from runner.train import run
 
     out = workdir / f"runner-{time.monotonic_ns()}"
-    t0 = time.perf_counter()
+    t0 = run_clock.now()
     results = run(compose_config(runner_overrides(args), output_dir=out))
-    wall = time.perf_counter() - t0
+    wall = run_clock.now() - t0
     steps = results["steps"]["total"]
     padded = [json.loads(line)["padded_tokens"] for line in (out / "steps.jsonl").read_text().splitlines()]
     t = results["time"]
@@ -153,7 +156,7 @@ def run_plain(args, workdir: Path) -> dict:
     from torch.utils.data import DataLoader, RandomSampler
     from transformers import get_scheduler
 
-    t0 = time.perf_counter()
+    t0 = run_clock.now()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True  # as the runner's tf32=auto
@@ -170,7 +173,7 @@ def run_plain(args, workdir: Path) -> dict:
     opt = torch.optim.AdamW(params, lr=LR, weight_decay=WEIGHT_DECAY)
     sched = get_scheduler("linear", opt, num_warmup_steps=int(WARMUP * total), num_training_steps=total)
     model.train()
-    t_train = time.perf_counter()
+    t_train = run_clock.now()
     padded = []
     for step, batch in enumerate(loader):
         if step >= total:
@@ -184,7 +187,7 @@ def run_plain(args, workdir: Path) -> dict:
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
-    train_s = time.perf_counter() - t_train
+    train_s = run_clock.now() - t_train
     model.eval()
     preds, labels = [], []
     with torch.no_grad():
@@ -194,7 +197,7 @@ def run_plain(args, workdir: Path) -> dict:
             preds.append(logits.argmax(-1).cpu())
             labels.append(batch["labels"])
     accuracy = float((torch.cat(preds) == torch.cat(labels)).float().mean())
-    wall = time.perf_counter() - t0
+    wall = run_clock.now() - t0
     return {"wall_s": wall, "samples_per_s": total * BATCH / train_s, "accuracy": accuracy,
             "cuda_peak_bytes": _cuda_peak(), "train_padded_tokens": sum(padded), "padded_per_step": padded,
             "phases": {"setup": t_train - t0, "train": train_s, "eval": t0 + wall - t_train - train_s}}
@@ -203,7 +206,7 @@ def run_plain(args, workdir: Path) -> dict:
 def run_trainer(args, workdir: Path) -> dict:
     from transformers import Trainer, TrainingArguments
 
-    t0 = time.perf_counter()
+    t0 = run_clock.now()
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     model, _, train, dev, collator = _prepared(args)
@@ -222,15 +225,15 @@ def run_trainer(args, workdir: Path) -> dict:
     counting = CountingCollator(collator)
     trainer = Trainer(model=model, args=targs, train_dataset=train, eval_dataset=dev, data_collator=counting,
                       compute_metrics=accuracy)
-    t_train = time.perf_counter()
+    t_train = run_clock.now()
     out = trainer.train()
-    train_s = time.perf_counter() - t_train
+    train_s = run_clock.now() - t_train
     # before evaluate() pads the dev set with the same collator; with --max-steps it may include a batch
     # the Trainer fetched ahead but did not train on (a whole epoch has none)
     padded = counting.padded[:out.global_step]
     metrics = trainer.evaluate()
-    wall = time.perf_counter() - t0
-    return {"wall_s": wall, "samples_per_s": out.metrics["train_samples_per_second"],
+    wall = run_clock.now() - t0
+    return {"wall_s": wall, "samples_per_s": out.global_step * BATCH / train_s,  # as the others: not the Trainer's own clock
             "accuracy": metrics["eval_accuracy"], "cuda_peak_bytes": _cuda_peak(), "train_padded_tokens": sum(padded),
             "padded_per_step": padded, "phases": {"setup": t_train - t0, "train": train_s, "eval": t0 + wall - t_train - train_s}}
 
@@ -246,8 +249,8 @@ def main(argv=None) -> int:
     os.environ.setdefault("GLUE_DIR", default_glue_dir() or "")
     _quiet_libraries()
     measured: dict[str, list[dict]] = {t: [] for t in args.tools}
-    t0 = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp:
+    t0 = run_clock.now()
+    with run_clock.counting_pauses(), tempfile.TemporaryDirectory() as tmp:  # Ctrl-Z: left out of every time
         for i in range(args.repeats):
             for tool in args.tools[i % len(args.tools):] + args.tools[:i % len(args.tools)]:
                 m = TOOLS[tool](args, Path(tmp))
@@ -264,7 +267,7 @@ def main(argv=None) -> int:
               | {"cuda_peak_bytes": max((m["cuda_peak_bytes"] or 0) for m in ms) or None}
               for t, ms in measured.items()}
     print(f"\nMRPC, MiniLM (mean pooling) + LoRA r8 (every linear layer), lr {LR:g}, batch {BATCH}, {'1 epoch' if not args.max_steps else f'{args.max_steps} steps'}, "
-          f"{args.repeats} interleaved repeats, torch threads {torch.get_num_threads()}, {time.perf_counter() - t0:.0f} s in all\n")
+          f"{args.repeats} interleaved repeats, torch threads {torch.get_num_threads()}, {run_clock.now() - t0:.0f} s in all\n")
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU, torch threads {torch.get_num_threads()}"
     print(f"device: {device}; precision {args.precision}{', torch.compile' if args.compile else ''}\n")
     print("| tool | wall s (median) | train samples/s | dev accuracy | padded train tokens | wall / plain | wall / Trainer | CUDA peak MiB |")

@@ -16,7 +16,8 @@ steps (everything between steps included: the runner's per-step records,
 logging and checks, and its measured steps, which come first), and the median
 step after warm-up (what a steady step costs). Measuring's cost side by side
 (on minus off, whole train phases) is printed next to the runs' own estimate
-(``time.measure_overhead_s``).
+(``time.measure_overhead_s``). Every time is read from ``runner.run_clock``: a pause with Ctrl-Z (SIGTSTP)
+until ``fg`` is left out of the loop it paused, as it is of a run's own times.
 
     python scripts/bench_step.py                      # MRPC: variable lengths (dynamic padding)
     python scripts/bench_step.py --task rte --steps 40 --repeats 3   # RTE: nearly every batch pads to 128
@@ -29,7 +30,6 @@ import json
 import os
 import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -38,6 +38,7 @@ from torch.utils.data import DataLoader, RandomSampler
 from transformers import DataCollatorWithPadding, get_scheduler
 
 from runner import data as data_lib
+from runner import run_clock
 from runner.adapters import target_modules
 from runner.models import load_model_and_tokenizer
 from runner.preflight.config import compose_config
@@ -85,7 +86,7 @@ def plain(args) -> dict:
     sched = get_scheduler("linear", opt, num_warmup_steps=int(0.06 * args.steps), num_training_steps=args.steps)
     model.train()
     times, padded = [], []
-    t = start = time.perf_counter()
+    t = start = run_clock.now()
     for batch in loader:
         padded.append(int(batch["input_ids"].numel()))
         loss = model(**batch).loss
@@ -95,10 +96,10 @@ def plain(args) -> dict:
         sched.step()
         opt.zero_grad(set_to_none=True)
         loss.item()
-        now = time.perf_counter()
+        now = run_clock.now()
         times.append(now - t)
         t = now
-    return {"times": times, "padded": padded, "train_s": time.perf_counter() - start}
+    return {"times": times, "padded": padded, "train_s": run_clock.now() - start}
 
 
 LOOPS = {"ours": lambda args, tmp, i: ours(args, tmp, i), "ours, measuring off": lambda args, tmp, i: ours(args, tmp, i, False),
@@ -122,7 +123,7 @@ def main() -> None:
     _quiet_libraries()
     blocks: dict[str, list[dict]] = {name: [] for name in LOOPS}
     names = list(LOOPS)
-    with tempfile.TemporaryDirectory() as tmp:
+    with run_clock.counting_pauses(), tempfile.TemporaryDirectory() as tmp:  # Ctrl-Z: left out of every time
         for i in range(args.repeats):
             for name in names[i % len(names):] + names[:i % len(names)]:
                 block = LOOPS[name](args, Path(tmp), i)
